@@ -1,0 +1,89 @@
+//! alert-engine: owns `device_alerts` and serves them over gRPC
+//! (`iot.v1.Alerts`). Rule evaluation on the readings topic comes with the
+//! alert-engine issue; today the service connects to PostgreSQL and Kafka,
+//! serves the alerts it holds and answers health checks.
+
+mod config;
+mod service;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use iot_proto::v1::alerts_server::AlertsServer;
+use iot_runtime::CancellationToken;
+use iot_telemetry::Readiness;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+pub use service::AlertsService;
+
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let pool = iot_db::pool(&config.database_url, config.pool_size)?;
+    pool.get()
+        .await?
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 3", &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
+    // Check that the readings topic is reachable before reporting ready.
+    let kafka = config.kafka.clone();
+    let group = config.group_id.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let c: BaseConsumer = kafka.client_config().set("group.id", &group).create()?;
+        c.fetch_metadata(None, Duration::from_secs(10))?;
+        Ok(())
+    })
+    .await??;
+
+    let registry =
+        iot_telemetry::prometheus::Registry::new_custom(Some("iot_alerts".into()), None)?;
+    let ready = Readiness::default();
+    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
+        config.admin_addr,
+        iot_telemetry::admin_router(registry, ready.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+    let (health, health_svc) = iot_runtime::grpc_health();
+    health.set_serving::<AlertsServer<AlertsService>>().await;
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    let grpc_addr = listener.local_addr()?;
+    let svc = AlertsService::new(pool);
+    let task = tokio::spawn(async move {
+        tracing::info!(%grpc_addr, %admin_addr, "alert-engine serving");
+        ready.set(true);
+        tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(AlertsServer::new(svc))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await?;
+        ready.set(false);
+        admin_task.await?;
+        tracing::info!("alert-engine stopped");
+        Ok(())
+    });
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        task,
+    })
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}

@@ -1,0 +1,12 @@
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    iot_telemetry::init_tracing("alert-engine");
+    let config = alert_engine::Config::load(iot_runtime::config_path_from_args().as_deref())?;
+    iot_runtime::run_until_signal(
+        |shutdown| alert_engine::run(config, shutdown),
+        Duration::from_secs(10),
+    )
+    .await
+}

@@ -1,0 +1,12 @@
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    iot_telemetry::init_tracing("graphql-gateway");
+    let config = graphql_gateway::Config::load(iot_runtime::config_path_from_args().as_deref())?;
+    iot_runtime::run_until_signal(
+        |shutdown| graphql_gateway::run(config, shutdown),
+        Duration::from_secs(10),
+    )
+    .await
+}

@@ -1,0 +1,72 @@
+//! ingest-writer configuration (env prefix `INGEST_WRITER__`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use iot_kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database_url: String,
+    pub pool_size: usize,
+    pub kafka: KafkaConfig,
+    /// Consumer group; replicas in one group split the partitions.
+    pub group_id: String,
+    /// A batch is written when it holds this many readings...
+    pub batch_max_rows: usize,
+    /// ...or when its first reading has waited this long.
+    pub batch_max_wait_ms: u64,
+    /// gRPC API (Telemetry + grpc.health.v1).
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/iot".into(),
+            pool_size: 8,
+            kafka: KafkaConfig::default(),
+            group_id: "ingest-writer".into(),
+            batch_max_rows: 5000,
+            batch_max_wait_ms: 200,
+            grpc_addr: ([127, 0, 0, 1], 50052).into(),
+            admin_addr: ([127, 0, 0, 1], 9102).into(),
+        }
+    }
+}
+
+impl iot_runtime::Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.kafka.problems("kafka");
+        if self.database_url.parse::<tokio_postgres::Config>().is_err() {
+            p.push(format!(
+                "database_url {:?} is not a PostgreSQL URL",
+                self.database_url
+            ));
+        }
+        if self.pool_size == 0 {
+            p.push("pool_size must be at least 1".into());
+        }
+        if self.group_id.is_empty() {
+            p.push("group_id is empty".into());
+        }
+        if self.batch_max_rows == 0 || self.batch_max_rows > 100_000 {
+            p.push("batch_max_rows must be in 1..=100000".into());
+        }
+        if self.batch_max_wait_ms == 0 {
+            p.push("batch_max_wait_ms must be positive".into());
+        }
+        p
+    }
+}
+
+impl Config {
+    pub const ENV_PREFIX: &'static str = "INGEST_WRITER";
+
+    pub fn load(file: Option<&Path>) -> Result<Self, iot_runtime::ConfigError> {
+        iot_runtime::load_config(Self::ENV_PREFIX, file)
+    }
+}

@@ -1,0 +1,230 @@
+//! Kafka to PostgreSQL: batch by size and time, write in one transaction,
+//! store offsets only after the commit. A batch is never skipped: database
+//! errors are retried with backoff while consumption waits.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use iot_domain::{RejectReason, Rejection};
+use iot_kafka::DeadLetters;
+use iot_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use iot_kafka::rdkafka::message::Message;
+use iot_kafka::rdkafka::{Offset, TopicPartitionList};
+use iot_proto::Message as _;
+use iot_runtime::CancellationToken;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::store::{self, Row};
+
+pub struct BatchSettings {
+    pub max_rows: usize,
+    pub max_wait: Duration,
+}
+
+/// Decodes one record; `Err` is a poison record for the dead-letter topic.
+pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
+    let bad = |what: String| Rejection::new(RejectReason::Undecodable, what);
+    let env = iot_proto::v1::ReadingEnvelope::decode(payload)
+        .map_err(|e| bad(format!("not a ReadingEnvelope: {e}")))?;
+    let device_id = Uuid::parse_str(&env.device_uuid)
+        .map_err(|e| bad(format!("device_uuid {:?}: {e}", env.device_uuid)))?;
+    let value =
+        Decimal::from_str(&env.value).map_err(|e| bad(format!("value {:?}: {e}", env.value)))?;
+    let time = env
+        .time
+        .as_ref()
+        .and_then(iot_proto::from_timestamp)
+        .ok_or_else(|| bad("missing or invalid time".into()))?;
+    if !iot_domain::validate::is_valid_sensor_name(&env.sensor_name) {
+        return Err(bad(format!("sensor_name {:?} is invalid", env.sensor_name)));
+    }
+    Ok(Row {
+        time,
+        device_id,
+        sensor_name: env.sensor_name,
+        value,
+        unit: env.unit,
+        quality: env.quality,
+    })
+}
+
+pub async fn run(
+    consumer: StreamConsumer,
+    pool: Pool,
+    dead_letters: DeadLetters,
+    settings: BatchSettings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut rows: Vec<Row> = Vec::with_capacity(settings.max_rows);
+    // Highest offset seen per (topic, partition) in the current batch.
+    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    'outer: loop {
+        // Wait for the first record of a batch.
+        let first = tokio::select! {
+            () = shutdown.cancelled() => break 'outer,
+            m = consumer.recv() => m,
+        };
+        let deadline = tokio::time::Instant::now() + settings.max_wait;
+        let mut next = Some(first);
+        loop {
+            if let Some(msg) = next.take() {
+                match msg {
+                    Ok(m) => {
+                        let payload = m.payload().unwrap_or_default();
+                        match decode(payload) {
+                            Ok(row) => rows.push(row),
+                            Err(rejection) => {
+                                let origin =
+                                    format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset());
+                                send_dead_letter(
+                                    &dead_letters,
+                                    &rejection,
+                                    &origin,
+                                    payload,
+                                    &metrics,
+                                    &shutdown,
+                                )
+                                .await;
+                            }
+                        }
+                        let key = (m.topic().to_owned(), m.partition());
+                        let off = offsets.entry(key).or_insert(m.offset());
+                        *off = (*off).max(m.offset());
+                    }
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                }
+            }
+            if rows.len() >= settings.max_rows {
+                break;
+            }
+            tokio::select! {
+                m = consumer.recv() => next = Some(m),
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if !write_with_retry(&pool, &rows, &metrics, &shutdown).await {
+            // Stopped before the batch was stored: its offsets are not
+            // stored either, so the records are read again after restart.
+            break 'outer;
+        }
+        store_offsets(&consumer, &offsets);
+        rows.clear();
+        offsets.clear();
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "final offset commit");
+    }
+    Ok(())
+}
+
+async fn send_dead_letter(
+    dead_letters: &DeadLetters,
+    rejection: &Rejection,
+    origin: &str,
+    payload: &[u8],
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match dead_letters.send(rejection, origin, payload).await {
+            Ok(()) => {
+                metrics.poison(origin, rejection);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-letter write failed, retrying");
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Writes the batch, retrying on database errors. Returns false only when
+/// shutdown arrived before the batch could be written.
+async fn write_with_retry(
+    pool: &Pool,
+    rows: &[Row],
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    if rows.is_empty() {
+        return true;
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = std::time::Instant::now();
+        match store::write_batch(pool, rows).await {
+            Ok(inserted) => {
+                metrics.batch_written(rows.len(), inserted, started.elapsed());
+                return true;
+            }
+            Err(e) => {
+                metrics.db_error(&e);
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn store_offsets(consumer: &StreamConsumer, offsets: &BTreeMap<(String, i32), i64>) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
+            tracing::error!(error = %e, "cannot build offset list");
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Happens when a rebalance took the partition away; the new owner
+        // re-reads from the last commit and the unique key absorbs repeats.
+        tracing::warn!(error = %e, "cannot store offsets");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_records_are_rejected_with_reason() {
+        let err = decode(b"\xff\xff garbage").unwrap_err();
+        assert_eq!(err.reason, RejectReason::Undecodable);
+        let env = iot_proto::v1::ReadingEnvelope {
+            device_uuid: "not-a-uuid".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&env.encode_to_vec()).unwrap_err().reason,
+            RejectReason::Undecodable
+        );
+    }
+
+    #[test]
+    fn envelope_decodes() {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let env = iot_proto::v1::ReadingEnvelope {
+            device_uuid: Uuid::nil().to_string(),
+            device_id: "d".into(),
+            sensor_name: "temperature".into(),
+            value: "23.5".into(),
+            time: Some(iot_proto::timestamp(t)),
+            ..Default::default()
+        };
+        let row = decode(&env.encode_to_vec()).unwrap();
+        assert_eq!(row.value, Decimal::new(235, 1));
+        assert_eq!(row.time, t);
+    }
+}

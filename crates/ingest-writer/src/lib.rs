@@ -1,0 +1,142 @@
+//! ingest-writer: consumes readings from Kafka and batches them into
+//! `sensor_readings`; owns the telemetry tables and serves them over gRPC
+//! (`iot.v1.Telemetry`).
+//!
+//! Architecture Invariant: a Kafka offset is stored only after the
+//! transaction holding its reading has committed.
+
+mod config;
+pub mod consumer;
+mod metrics;
+mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iot_kafka::DeadLetters;
+use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use iot_proto::v1::telemetry_server::TelemetryServer;
+use iot_runtime::CancellationToken;
+use iot_telemetry::Readiness;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+pub use service::TelemetryService;
+
+pub const SERVICE: &str = "ingest-writer";
+
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let pool = iot_db::pool(&config.database_url, config.pool_size)?;
+    let backend = {
+        let client = pool.get().await?;
+        iot_db::storage_backend(&client)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("database is not migrated (run `iotctl migrate`)"))?
+    };
+    config.kafka.ensure_topics().await?;
+    let consumer: StreamConsumer = config
+        .kafka
+        .client_config()
+        .set("group.id", &config.group_id)
+        .set("client.id", SERVICE)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&config.kafka.readings_topic])?;
+    let producer = config.kafka.producer(SERVICE)?;
+    let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
+
+    let registry =
+        iot_telemetry::prometheus::Registry::new_custom(Some("iot_writer".into()), None)?;
+    let metrics = metrics::Metrics::register(&registry)?;
+    let ready = Readiness::default();
+    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
+        config.admin_addr,
+        iot_telemetry::admin_router(registry, ready.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let (health, health_svc) = iot_runtime::grpc_health();
+    health
+        .set_serving::<TelemetryServer<TelemetryService>>()
+        .await;
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    let grpc_addr = listener.local_addr()?;
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(TelemetryServer::new(TelemetryService::new(pool.clone())))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+
+    if backend == iot_db::Backend::Postgres.as_str() {
+        tokio::spawn(partition_maintenance(pool.clone(), shutdown.clone()));
+    }
+
+    let settings = consumer::BatchSettings {
+        max_rows: config.batch_max_rows,
+        max_wait: Duration::from_millis(config.batch_max_wait_ms),
+    };
+    let task = tokio::spawn(async move {
+        tracing::info!(%grpc_addr, %admin_addr, %backend, "ingest-writer serving");
+        ready.set(true);
+        let grpc_task = tokio::spawn(grpc);
+        let result = consumer::run(
+            consumer,
+            pool,
+            dead_letters,
+            settings,
+            metrics,
+            shutdown.clone(),
+        )
+        .await;
+        shutdown.cancel();
+        ready.set(false);
+        grpc_task.await??;
+        admin_task.await?;
+        tracing::info!("ingest-writer stopped");
+        result
+    });
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        task,
+    })
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// Keeps daily partitions prepared ahead of time (plain PostgreSQL backend).
+async fn partition_maintenance(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store::ensure_partitions(&pool).await {
+            Ok(n) if n > 0 => tracing::info!(created = n, "partitions created"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
+        }
+    }
+}

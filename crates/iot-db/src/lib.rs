@@ -1,0 +1,14 @@
+//! PostgreSQL plumbing shared by the services that own tables.
+//!
+//! Architecture Invariant: schema changes happen only through
+//! [`migrate::migrate`]; services never create or alter tables at run time
+//! (the partition-maintenance function the migrations install is the one
+//! exception, and it only adds partitions).
+
+pub mod migrate;
+pub mod pool;
+
+pub use migrate::{
+    Backend, BackendChoice, MigrateError, MigrationReport, migrate, storage_backend,
+};
+pub use pool::{DbError, ensure_database, pool};

@@ -1,0 +1,269 @@
+//! Numbered, idempotent migrations under an advisory lock, so several
+//! replicas may run them at once. The storage backend (TimescaleDB or plain
+//! PostgreSQL) is detected once, recorded in `platform_info`, and never
+//! switched afterwards.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tokio_postgres::{Client, NoTls};
+
+/// Arbitrary, fixed key of the migration advisory lock.
+const MIGRATION_LOCK: i64 = 0x10_7_da7a_0001;
+
+/// The storage backend for telemetry tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    TimescaleDb,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TimescaleDb => "timescaledb",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// TimescaleDB when the extension is available, else PostgreSQL.
+    #[default]
+    Auto,
+    Force(Backend),
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "timescaledb" => Ok(Self::Force(Backend::TimescaleDb)),
+            "postgres" => Ok(Self::Force(Backend::Postgres)),
+            other => Err(format!(
+                "unknown storage backend {other:?}: expected auto, timescaledb or postgres"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("invalid database URL: {0}")]
+    BadUrl(String),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Step {
+        version: i32,
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("TimescaleDB was requested but the extension is not available on this server")]
+    TimescaleUnavailable,
+    #[error("database was migrated with backend {recorded}, but {requested} was requested")]
+    BackendMismatch {
+        recorded: String,
+        requested: Backend,
+    },
+}
+
+struct Migration {
+    version: i32,
+    name: &'static str,
+    postgres: &'static str,
+    timescaledb: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        postgres: include_str!("../../../migrations/0001_registry.sql"),
+        timescaledb: include_str!("../../../migrations/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "telemetry",
+        postgres: include_str!("../../../migrations/0002_telemetry.postgres.sql"),
+        timescaledb: include_str!("../../../migrations/0002_telemetry.timescaledb.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "alerts",
+        postgres: include_str!("../../../migrations/0003_alerts.sql"),
+        timescaledb: include_str!("../../../migrations/0003_alerts.sql"),
+    },
+];
+
+/// What a migration run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub backend: Backend,
+    pub applied: Vec<i32>,
+    pub already_applied: Vec<i32>,
+}
+
+/// Applies every pending migration to the database at `url`.
+pub async fn migrate(url: &str, choice: BackendChoice) -> Result<MigrationReport, MigrateError> {
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| MigrateError::BadUrl(e.to_string()))?;
+    let (mut client, conn) = cfg.connect(NoTls).await?;
+    let conn_task = tokio::spawn(conn);
+    client
+        .batch_execute("SET client_min_messages = warning")
+        .await?;
+    // Session-level lock: held across the per-migration transactions below,
+    // released explicitly (and by the server if this process dies).
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = migrate_locked(&mut client, choice).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    drop(client);
+    let _ = conn_task.await;
+    let report = result?;
+    unlocked?;
+    Ok(report)
+}
+
+async fn migrate_locked(
+    client: &mut Client,
+    choice: BackendChoice,
+) -> Result<MigrationReport, MigrateError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    INT PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 backend    TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS platform_info (
+                 key   TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );",
+        )
+        .await?;
+    let backend = decide_backend(client, choice).await?;
+    let done: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut report = MigrationReport {
+        backend,
+        applied: Vec::new(),
+        already_applied: Vec::new(),
+    };
+    for m in MIGRATIONS {
+        if done.contains(&m.version) {
+            report.already_applied.push(m.version);
+            continue;
+        }
+        let sql = match backend {
+            Backend::Postgres => m.postgres,
+            Backend::TimescaleDb => m.timescaledb,
+        };
+        let step = |source| MigrateError::Step {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await.map_err(step)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, backend) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &backend.as_str()],
+        )
+        .await
+        .map_err(step)?;
+        tx.commit().await.map_err(step)?;
+        tracing::info!(version = m.version, name = m.name, %backend, "migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+async fn decide_backend(client: &Client, choice: BackendChoice) -> Result<Backend, MigrateError> {
+    let recorded: Option<String> = client
+        .query_opt(
+            "SELECT value FROM platform_info WHERE key = 'storage_backend'",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let available: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if let Some(recorded) = recorded {
+        let backend = if recorded == Backend::TimescaleDb.as_str() {
+            Backend::TimescaleDb
+        } else {
+            Backend::Postgres
+        };
+        if let BackendChoice::Force(requested) = choice
+            && requested != backend
+        {
+            return Err(MigrateError::BackendMismatch {
+                recorded,
+                requested,
+            });
+        }
+        return Ok(backend);
+    }
+    let backend = match choice {
+        BackendChoice::Auto if available => Backend::TimescaleDb,
+        BackendChoice::Auto => Backend::Postgres,
+        BackendChoice::Force(Backend::TimescaleDb) if !available => {
+            return Err(MigrateError::TimescaleUnavailable);
+        }
+        BackendChoice::Force(b) => b,
+    };
+    client
+        .execute(
+            "INSERT INTO platform_info (key, value) VALUES ('storage_backend', $1)",
+            &[&backend.as_str()],
+        )
+        .await?;
+    tracing::info!(%backend, timescaledb_available = available, "storage backend chosen");
+    Ok(backend)
+}
+
+/// The backend recorded at migration time, if the database was migrated.
+pub async fn storage_backend(client: &Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('platform_info') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt(
+            "SELECT value FROM platform_info WHERE key = 'storage_backend'",
+            &[],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}

@@ -1,0 +1,12 @@
+//! Domain types and validation shared by every service.
+//!
+//! Architecture Invariant: this crate does no I/O. It knows nothing of Kafka,
+//! MQTT, gRPC or SQL; the services translate at their edges.
+
+pub mod reading;
+pub mod reject;
+pub mod validate;
+
+pub use reading::{Reading, ReadingInput};
+pub use reject::{RejectReason, Rejection};
+pub use validate::{Limits, parse_mqtt_payload, parse_topic, validate_reading};

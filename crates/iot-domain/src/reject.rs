@@ -1,0 +1,88 @@
+//! Why a message was rejected. Every rejection has a stable code that is
+//! written to the dead-letter topic and used as a Prometheus label.
+
+use std::fmt;
+
+/// A stable, machine-readable reason for rejecting input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The topic is not `{prefix}/{device_id}/{sensor_name}`.
+    BadTopic,
+    /// The payload is not the expected JSON object.
+    BadJson,
+    /// The payload is larger than the configured limit.
+    PayloadTooLarge,
+    /// No device with this id is registered.
+    UnknownDevice,
+    /// The device exists but is not `active`.
+    InactiveDevice,
+    /// Sensor name outside `[A-Za-z0-9_.-]{1,100}`.
+    BadSensorName,
+    /// Value is not a finite number or does not fit NUMERIC(10,4).
+    BadValue,
+    /// Timestamp is not RFC 3339.
+    BadTimestamp,
+    /// Timestamp too far in the future or the past.
+    TimestampOutOfRange,
+    /// `unit` or `quality` is not a short string.
+    BadField,
+    /// A Kafka record could not be decoded.
+    Undecodable,
+}
+
+impl RejectReason {
+    /// All reasons, for pre-registering metric labels.
+    pub const ALL: [RejectReason; 11] = [
+        Self::BadTopic,
+        Self::BadJson,
+        Self::PayloadTooLarge,
+        Self::UnknownDevice,
+        Self::InactiveDevice,
+        Self::BadSensorName,
+        Self::BadValue,
+        Self::BadTimestamp,
+        Self::TimestampOutOfRange,
+        Self::BadField,
+        Self::Undecodable,
+    ];
+
+    /// The stable code written to the dead-letter topic.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::BadTopic => "bad_topic",
+            Self::BadJson => "bad_json",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnknownDevice => "unknown_device",
+            Self::InactiveDevice => "inactive_device",
+            Self::BadSensorName => "bad_sensor_name",
+            Self::BadValue => "bad_value",
+            Self::BadTimestamp => "bad_timestamp",
+            Self::TimestampOutOfRange => "timestamp_out_of_range",
+            Self::BadField => "bad_field",
+            Self::Undecodable => "undecodable",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A rejected input: a reason code plus a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The one validation behind every door (MQTT, HTTP, gRPC).
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Reading, ReadingInput, RejectReason, Rejection};
+
+/// Configurable bounds applied to every reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    /// How far ahead of the receive time a timestamp may be.
+    pub max_future: Duration,
+    /// How far behind the receive time a timestamp may be.
+    pub max_past: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 64 * 1024,
+            max_future: Duration::minutes(5),
+            max_past: Duration::days(365),
+        }
+    }
+}
+
+/// Largest absolute value NUMERIC(10,4) holds: 999999.9999.
+fn numeric_10_4_max() -> Decimal {
+    Decimal::new(9_999_999_999, 4)
+}
+
+const MAX_FIELD_LEN: usize = 20;
+const MAX_QUALITY_LEN: usize = 50;
+
+/// Splits `{prefix}/{device_id}/{sensor_name}` into its two names.
+pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Result<(&'a str, &'a str), Rejection> {
+    let bad = || {
+        Rejection::new(
+            RejectReason::BadTopic,
+            format!("topic {topic:?} is not {prefix}/{{device_id}}/{{sensor_name}}"),
+        )
+    };
+    let rest = topic
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(bad)?;
+    let mut parts = rest.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(device), Some(sensor), None) if !device.is_empty() && !sensor.is_empty() => {
+            Ok((device, sensor))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Parses the seed's payload `{"value": 23.5, "timestamp": "...", "unit": ..,
+/// "quality": ..}` for the sensor named by the topic.
+pub fn parse_mqtt_payload(
+    sensor_name: &str,
+    payload: &[u8],
+    limits: &Limits,
+) -> Result<ReadingInput, Rejection> {
+    if payload.len() > limits.max_payload_bytes {
+        return Err(Rejection::new(
+            RejectReason::PayloadTooLarge,
+            format!(
+                "payload is {} bytes, limit is {}",
+                payload.len(),
+                limits.max_payload_bytes
+            ),
+        ));
+    }
+    let json: Value = serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(RejectReason::BadJson, format!("payload is not JSON: {e}")))?;
+    let Value::Object(obj) = json else {
+        return Err(Rejection::new(
+            RejectReason::BadJson,
+            "payload must be a JSON object with a \"value\" field",
+        ));
+    };
+    let value = match obj.get("value") {
+        Some(Value::Number(n)) => parse_decimal(&n.to_string())?,
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::BadValue,
+                format!("\"value\" must be a JSON number, got {other}"),
+            ));
+        }
+        None => return Err(Rejection::new(RejectReason::BadJson, "missing \"value\"")),
+    };
+    let time = match obj.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(parse_time(s)?),
+        Some(other) => {
+            return Err(Rejection::new(
+                RejectReason::BadTimestamp,
+                format!("\"timestamp\" must be an RFC 3339 string, got {other}"),
+            ));
+        }
+    };
+    Ok(ReadingInput {
+        sensor_name: sensor_name.to_owned(),
+        value,
+        time,
+        unit: optional_string(&obj, "unit")?,
+        quality: optional_string(&obj, "quality")?,
+    })
+}
+
+fn optional_string(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, Rejection> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(Rejection::new(
+            RejectReason::BadField,
+            format!("{key:?} must be a string, got {other}"),
+        )),
+    }
+}
+
+/// Parses a decimal written as a JSON number (plain or scientific).
+pub fn parse_decimal(text: &str) -> Result<Decimal, Rejection> {
+    let parsed = if text.contains(['e', 'E']) {
+        Decimal::from_scientific(text)
+    } else {
+        text.parse::<Decimal>()
+    };
+    parsed.map_err(|e| {
+        Rejection::new(
+            RejectReason::BadValue,
+            format!("value {text} is not a finite number that fits NUMERIC(10,4): {e}"),
+        )
+    })
+}
+
+/// Parses an RFC 3339 timestamp.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            Rejection::new(
+                RejectReason::BadTimestamp,
+                format!("timestamp {text:?} is not RFC 3339: {e}"),
+            )
+        })
+}
+
+/// True when `name` matches `[A-Za-z0-9_.-]{1,100}`.
+pub fn is_valid_sensor_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a parsed reading for a known device and turns it into a [`Reading`].
+/// The device's existence and status are checked by the caller, which owns
+/// the registry lookup.
+pub fn validate_reading(
+    device_uuid: Uuid,
+    device_id: &str,
+    input: ReadingInput,
+    received_at: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Reading, Rejection> {
+    if !is_valid_sensor_name(&input.sensor_name) {
+        return Err(Rejection::new(
+            RejectReason::BadSensorName,
+            format!(
+                "sensor name {:?} must match [A-Za-z0-9_.-]{{1,100}}",
+                input.sensor_name
+            ),
+        ));
+    }
+    let value = input
+        .value
+        .round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
+    if value.abs() > numeric_10_4_max() {
+        return Err(Rejection::new(
+            RejectReason::BadValue,
+            format!(
+                "value {} is outside NUMERIC(10,4) (|v| <= 999999.9999)",
+                input.value
+            ),
+        ));
+    }
+    let time = input.time.unwrap_or(received_at);
+    if time > received_at + limits.max_future {
+        return Err(Rejection::new(
+            RejectReason::TimestampOutOfRange,
+            format!(
+                "timestamp {time} is more than {} s in the future",
+                limits.max_future.num_seconds()
+            ),
+        ));
+    }
+    if time < received_at - limits.max_past {
+        return Err(Rejection::new(
+            RejectReason::TimestampOutOfRange,
+            format!(
+                "timestamp {time} is more than {} s in the past",
+                limits.max_past.num_seconds()
+            ),
+        ));
+    }
+    check_field("unit", input.unit.as_deref(), MAX_FIELD_LEN)?;
+    check_field("quality", input.quality.as_deref(), MAX_QUALITY_LEN)?;
+    Ok(Reading {
+        device_uuid,
+        device_id: device_id.to_owned(),
+        sensor_name: input.sensor_name,
+        value,
+        time,
+        unit: input.unit,
+        quality: input.quality,
+        received_at,
+    })
+}
+
+fn check_field(name: &str, value: Option<&str>, max: usize) -> Result<(), Rejection> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(Rejection::new(
+            RejectReason::BadField,
+            format!("{name} is longer than {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        parse_time("2026-11-27T10:00:30Z").unwrap()
+    }
+
+    #[test]
+    fn topic_shapes() {
+        assert_eq!(
+            parse_topic("sensors", "sensors/d1/temperature").unwrap(),
+            ("d1", "temperature")
+        );
+        assert_eq!(parse_topic("a/b", "a/b/d1/t").unwrap(), ("d1", "t"));
+        for bad in [
+            "sensors/d1",
+            "sensors/d1/t/x",
+            "other/d1/t",
+            "sensors//t",
+            "sensorsX/d1/t",
+        ] {
+            assert_eq!(
+                parse_topic("sensors", bad).unwrap_err().reason,
+                RejectReason::BadTopic,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn seed_payload_parses() {
+        let r = parse_mqtt_payload(
+            "temperature",
+            br#"{"value": 23.5, "timestamp": "2026-11-27T10:00:00Z", "unit": "C"}"#,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(r.value, Decimal::new(235, 1));
+        assert_eq!(r.time, Some(parse_time("2026-11-27T10:00:00Z").unwrap()));
+        assert_eq!(r.unit.as_deref(), Some("C"));
+    }
+
+    #[test]
+    fn bad_payloads_have_specific_reasons() {
+        let l = Limits::default();
+        let cases: [(&[u8], RejectReason); 7] = [
+            (b"not json", RejectReason::BadJson),
+            (b"[1,2]", RejectReason::BadJson),
+            (
+                br#"{"timestamp":"2026-11-27T10:00:00Z"}"#,
+                RejectReason::BadJson,
+            ),
+            (br#"{"value":"23.5"}"#, RejectReason::BadValue),
+            (br#"{"value":1e400}"#, RejectReason::BadJson),
+            (
+                br#"{"value":1,"timestamp":"yesterday"}"#,
+                RejectReason::BadTimestamp,
+            ),
+            (br#"{"value":1,"unit":5}"#, RejectReason::BadField),
+        ];
+        for (payload, reason) in cases {
+            let got = parse_mqtt_payload("t", payload, &l).unwrap_err();
+            assert_eq!(got.reason, reason, "{}", String::from_utf8_lossy(payload));
+        }
+        let big = vec![b' '; l.max_payload_bytes + 1];
+        assert_eq!(
+            parse_mqtt_payload("t", &big, &l).unwrap_err().reason,
+            RejectReason::PayloadTooLarge
+        );
+    }
+
+    #[test]
+    fn validation_bounds() {
+        let l = Limits::default();
+        let id = Uuid::nil();
+        let input = |name: &str, v: Decimal, t: Option<&str>| ReadingInput {
+            sensor_name: name.into(),
+            value: v,
+            time: t.map(|t| parse_time(t).unwrap()),
+            unit: None,
+            quality: None,
+        };
+        let ok = validate_reading(
+            id,
+            "d",
+            input("t", Decimal::new(123_456_789, 5), None),
+            now(),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(ok.value, Decimal::new(12_345_679, 4));
+        assert_eq!(ok.time, now());
+        let err = |i| validate_reading(id, "d", i, now(), &l).unwrap_err().reason;
+        assert_eq!(
+            err(input("bad name", Decimal::ONE, None)),
+            RejectReason::BadSensorName
+        );
+        assert_eq!(
+            err(input("t", Decimal::new(10_000_000, 1), None)),
+            RejectReason::BadValue
+        );
+        assert_eq!(
+            err(input("t", Decimal::ONE, Some("2026-11-28T10:00:00Z"))),
+            RejectReason::TimestampOutOfRange
+        );
+        assert_eq!(
+            err(input("t", Decimal::ONE, Some("2020-01-01T00:00:00Z"))),
+            RejectReason::TimestampOutOfRange
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_mqtt_payload("t", &bytes, &Limits::default());
+        }
+
+        #[test]
+        fn sensor_name_rule(name in "[A-Za-z0-9_.-]{1,100}") {
+            prop_assert!(is_valid_sensor_name(&name));
+        }
+
+        #[test]
+        fn accepted_values_fit_numeric(v in -1.0e7f64..1.0e7f64) {
+            let payload = format!("{{\"value\": {v}}}");
+            if let Ok(input) = parse_mqtt_payload("t", payload.as_bytes(), &Limits::default()) {
+                if let Ok(r) = validate_reading(Uuid::nil(), "d", input, now(), &Limits::default()) {
+                    prop_assert!(r.value.abs() <= numeric_10_4_max());
+                    prop_assert!(r.value.scale() <= 4);
+                }
+            }
+        }
+    }
+}

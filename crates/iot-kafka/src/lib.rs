@@ -1,0 +1,225 @@
+//! Kafka plumbing shared by the services: one place for client settings,
+//! topic creation and the dead-letter writer.
+//!
+//! API Boundary: dead letters are encoded only here (as
+//! `iot.v1.DeadLetter`), so every service writes them the same way.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use iot_proto::Message as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+pub use rdkafka;
+
+/// Connection settings common to every Kafka client of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Topic of validated readings.
+    pub readings_topic: String,
+    /// Topic of rejected input.
+    pub dead_letter_topic: String,
+    /// Partitions for topics this service creates when missing.
+    pub partitions: i32,
+    /// Replication factor for topics this service creates when missing.
+    pub replication: i32,
+    /// Extra librdkafka properties, passed through as they are.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:19092".into(),
+            readings_topic: "iot.readings.v1".into(),
+            dead_letter_topic: "iot.dead-letter.v1".into(),
+            partitions: 6,
+            replication: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Reports every problem with these settings.
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.brokers.trim().is_empty() {
+            p.push(format!("{prefix}.brokers is empty"));
+        }
+        for (name, topic) in [
+            ("readings_topic", &self.readings_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+        ] {
+            if !valid_topic_name(topic) {
+                p.push(format!(
+                    "{prefix}.{name} {topic:?} is not a Kafka topic name ([A-Za-z0-9._-]{{1,249}})"
+                ));
+            }
+        }
+        if self.readings_topic == self.dead_letter_topic {
+            p.push(format!(
+                "{prefix}.readings_topic and dead_letter_topic must differ"
+            ));
+        }
+        if self.partitions < 1 {
+            p.push(format!("{prefix}.partitions must be at least 1"));
+        }
+        if self.replication < 1 {
+            p.push(format!("{prefix}.replication must be at least 1"));
+        }
+        p
+    }
+
+    /// A client config with the brokers and the pass-through properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// An idempotent producer tuned for throughput: batches by time and size,
+    /// lz4 compression, acks from all in-sync replicas.
+    pub fn producer(&self, client_id: &str) -> Result<FutureProducer, KafkaError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c.create()
+    }
+
+    /// Creates the readings and dead-letter topics when they do not exist.
+    pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
+        ensure_topics(
+            self,
+            &[
+                (self.readings_topic.as_str(), self.partitions),
+                (self.dead_letter_topic.as_str(), self.partitions.min(3)),
+            ],
+        )
+        .await
+    }
+}
+
+fn valid_topic_name(t: &str) -> bool {
+    (1..=249).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Creates topics that do not exist yet; existing ones are left alone.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = cfg.client_config().create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(cfg.replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = %name, ?code, "cannot create topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write dead letter to {topic}: {source}")]
+pub struct DeadLetterError {
+    pub topic: String,
+    #[source]
+    pub source: KafkaError,
+}
+
+/// Writes rejected input to the dead-letter topic, with its reason, origin
+/// and the original payload byte for byte.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    service: &'static str,
+}
+
+impl DeadLetters {
+    pub fn new(producer: FutureProducer, topic: String, service: &'static str) -> Self {
+        Self {
+            producer,
+            topic,
+            service,
+        }
+    }
+
+    /// Sends one dead letter and waits for Kafka's delivery report.
+    pub async fn send(
+        &self,
+        rejection: &iot_domain::Rejection,
+        origin: &str,
+        payload: &[u8],
+    ) -> Result<(), DeadLetterError> {
+        let letter = iot_proto::v1::DeadLetter {
+            reason: rejection.reason.code().to_owned(),
+            detail: rejection.detail.clone(),
+            origin: origin.to_owned(),
+            payload: payload.to_vec(),
+            rejected_at: Some(iot_proto::timestamp(chrono::Utc::now())),
+            service: self.service.to_owned(),
+        };
+        let bytes = letter.encode_to_vec();
+        let record = FutureRecord::to(&self.topic)
+            .key(rejection.reason.code())
+            .payload(&bytes);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| DeadLetterError {
+                topic: self.topic.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_problems_are_all_reported() {
+        let cfg = KafkaConfig {
+            brokers: " ".into(),
+            readings_topic: "bad topic".into(),
+            dead_letter_topic: "bad topic".into(),
+            partitions: 0,
+            replication: 0,
+            properties: BTreeMap::new(),
+        };
+        assert_eq!(cfg.problems("kafka").len(), 6);
+        assert!(KafkaConfig::default().problems("kafka").is_empty());
+    }
+}

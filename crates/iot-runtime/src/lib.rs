@@ -1,0 +1,10 @@
+//! The lifecycle every service binary shares: load config (defaults < file <
+//! environment), validate it, run until SIGTERM/SIGINT, drain under a grace
+//! period, then abort what is left.
+
+pub mod config;
+pub mod lifecycle;
+
+pub use config::{ConfigError, Validate, load_config};
+pub use lifecycle::{config_path_from_args, grpc_health, run_until_signal};
+pub use tokio_util::sync::CancellationToken;

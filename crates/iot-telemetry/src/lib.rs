@@ -1,0 +1,100 @@
+//! Logs, metrics and the admin endpoint (`/metrics`, `/healthz`, `/readyz`)
+//! that every service exposes in the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+pub use prometheus;
+
+/// Installs the global tracing subscriber. `RUST_LOG` filters; `LOG_FORMAT=json`
+/// switches to JSON lines. Calling it twice is harmless (tests do).
+pub fn init_tracing(service: &'static str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,rumqttc=warn"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let result = if json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .try_init()
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+    };
+    if result.is_ok() {
+        tracing::debug!(service, "tracing initialised");
+    }
+}
+
+/// Readiness flag shared between a service and its admin endpoint.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    ready: Readiness,
+}
+
+/// The admin router: Prometheus text format on `/metrics`, liveness on
+/// `/healthz`, readiness on `/readyz`.
+pub fn admin_router(registry: Registry, ready: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { registry, ready })
+}
+
+async fn metrics(State(s): State<AdminState>) -> (StatusCode, String) {
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&s.registry.gather(), &mut buf) {
+        Ok(()) => (StatusCode::OK, String::from_utf8_lossy(&buf).into_owned()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
+    if s.ready.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Binds the admin endpoint and serves it until `shutdown` is cancelled.
+/// Returns the bound address (port 0 picks a free one).
+pub async fn serve_admin(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,173 @@
+//! Test support for integration and end-to-end tests. Everything here talks
+//! to the real components; every test makes its own names (database, topics,
+//! MQTT prefix, device ids) so tests run in parallel without seeing each other.
+//!
+//! The addresses come from `IOT_TEST_DATABASE_URL`, `IOT_TEST_MQTT` and
+//! `IOT_TEST_KAFKA` (set by `cargo xtask test`), defaulting to the local stack.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use iot_kafka::KafkaConfig;
+use iot_kafka::rdkafka::ClientConfig;
+use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use iot_kafka::rdkafka::message::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// Maintenance database URL of the test server.
+pub fn admin_database_url() -> String {
+    std::env::var("IOT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("IOT_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn mqtt_addr() -> (String, u16) {
+    let v = std::env::var("IOT_TEST_MQTT").unwrap_or_else(|_| "127.0.0.1:11883".into());
+    let (h, p) = v.rsplit_once(':').expect("IOT_TEST_MQTT is host:port");
+    (h.to_owned(), p.parse().expect("IOT_TEST_MQTT port"))
+}
+
+/// A short unique suffix for names.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Creates an empty database of its own for one test; returns its URL.
+pub async fn empty_database() -> String {
+    let admin = admin_database_url();
+    let name = format!("iot_test_{}", unique());
+    let base = admin.rsplit_once('/').expect("database URL has a path").0;
+    let url = format!("{base}/{name}");
+    assert!(
+        iot_db::ensure_database(&url)
+            .await
+            .expect("create test database")
+    );
+    url
+}
+
+/// A migrated database of its own for one test.
+pub async fn migrated_database() -> String {
+    let url = empty_database().await;
+    iot_db::migrate(&url, iot_db::BackendChoice::Auto)
+        .await
+        .expect("migrate test database");
+    url
+}
+
+/// Kafka settings with topics of the test's own.
+pub fn kafka_config() -> KafkaConfig {
+    let id = unique();
+    KafkaConfig {
+        brokers: kafka_brokers(),
+        readings_topic: format!("test.readings.{id}"),
+        dead_letter_topic: format!("test.dead-letter.{id}"),
+        partitions: 3,
+        ..KafkaConfig::default()
+    }
+}
+
+/// Reads `n` records from `topic` (from the beginning), or fewer on timeout.
+pub async fn read_topic(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("test-reader-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+            )),
+            Ok(Err(e)) => eprintln!("test consumer: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Publishes QoS 1 messages and waits for every PUBACK.
+pub async fn publish_all(messages: &[(String, Vec<u8>)]) {
+    let (host, port) = mqtt_addr();
+    let mut opts = MqttOptions::new(format!("test-pub-{}", unique()), host, port);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    let wait = async {
+        while acked < messages.len() {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("mqtt: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("PUBACKs within 60s");
+    let _ = client.disconnect().await;
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain client to the test database.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to test database");
+    tokio::spawn(conn);
+    client
+}
+
+/// GETs an admin endpoint path (e.g. `/metrics`) and returns the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}

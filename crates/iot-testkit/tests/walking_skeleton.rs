@@ -1,0 +1,401 @@
+//! End to end over the real components: MQTT publish -> mqtt-gateway ->
+//! Kafka-API broker -> ingest-writer -> PostgreSQL, and bad input -> the
+//! dead-letter topic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use iot_proto::Message as _;
+use iot_proto::v1::device_registry_client::DeviceRegistryClient;
+use iot_proto::v1::telemetry_client::TelemetryClient;
+use iot_proto::v1::{self, CreateDeviceRequest, QueryReadingsRequest};
+use iot_runtime::CancellationToken;
+use iot_testkit as kit;
+use rust_decimal::Decimal;
+
+const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+struct Platform {
+    db: String,
+    kafka: iot_kafka::KafkaConfig,
+    prefix: String,
+    registry: SocketAddr,
+    telemetry: SocketAddr,
+    writer_admin: SocketAddr,
+    gateway_admin: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Platform {
+    async fn start() -> Self {
+        let db = kit::migrated_database().await;
+        let kafka = kit::kafka_config();
+        let prefix = format!("t{}/sensors", kit::unique());
+        let shutdown = CancellationToken::new();
+
+        let registry = device_registry::start(
+            device_registry::Config {
+                database_url: db.clone(),
+                grpc_addr: ANY,
+                admin_addr: ANY,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let writer = ingest_writer::start(
+            ingest_writer::Config {
+                database_url: db.clone(),
+                kafka: kafka.clone(),
+                group_id: format!("writer-{}", kit::unique()),
+                batch_max_wait_ms: 50,
+                grpc_addr: ANY,
+                admin_addr: ANY,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let (host, port) = kit::mqtt_addr();
+        let gateway = mqtt_gateway::start(
+            mqtt_gateway::Config {
+                mqtt: mqtt_gateway::MqttConfig {
+                    host,
+                    port,
+                    client_id: format!("gw-{}", kit::unique()),
+                    topic_prefix: prefix.clone(),
+                    share_group: format!("g{}", kit::unique()),
+                    ..Default::default()
+                },
+                kafka: kafka.clone(),
+                registry_url: format!("http://{}", registry.grpc_addr),
+                admin_addr: ANY,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let p = Platform {
+            db,
+            kafka,
+            prefix,
+            registry: registry.grpc_addr,
+            telemetry: writer.grpc_addr,
+            writer_admin: writer.admin_addr,
+            gateway_admin: gateway.admin_addr,
+            shutdown,
+            tasks: vec![
+                tokio::spawn(registry.wait()),
+                tokio::spawn(writer.wait()),
+                tokio::spawn(gateway.wait()),
+            ],
+        };
+        // The gateway is ready once its subscription is acknowledged.
+        kit::eventually("gateway ready", Duration::from_secs(30), || async {
+            let body = kit::http_get(p.gateway_admin, "/readyz").await;
+            (body == "ready").then_some(())
+        })
+        .await;
+        p
+    }
+
+    async fn create_device(&self, device_id: &str, status: &str) -> v1::Device {
+        let mut c = DeviceRegistryClient::connect(format!("http://{}", self.registry))
+            .await
+            .unwrap();
+        c.create_device(CreateDeviceRequest {
+            device_id: device_id.into(),
+            name: "Test device".into(),
+            device_type: "temperature_sensor".into(),
+            status: status.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(40), t)
+                .await
+                .expect("service stops within its grace period")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_published_reading_reaches_the_database() {
+    let p = Platform::start().await;
+    let device_id = format!("dev-{}", kit::unique());
+    let device = p.create_device(&device_id, "active").await;
+    let time = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let time = chrono::DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap();
+    let payload = format!(r#"{{"value": 23.5, "timestamp": "{}"}}"#, time.to_rfc3339());
+    kit::publish_all(&[(
+        format!("{}/{device_id}/temperature", p.prefix),
+        payload.into_bytes(),
+    )])
+    .await;
+
+    let db = kit::connect(&p.db).await;
+    let uuid = uuid::Uuid::parse_str(&device.id).unwrap();
+    let row = kit::eventually(
+        "reading in sensor_readings",
+        Duration::from_secs(30),
+        || async {
+            db.query_opt(
+                "SELECT time, sensor_name, value FROM sensor_readings WHERE device_id = $1",
+                &[&uuid],
+            )
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    let stored_time: chrono::DateTime<chrono::Utc> = row.get(0);
+    let sensor: String = row.get(1);
+    let value: Decimal = row.get(2);
+    assert_eq!(stored_time, time);
+    assert_eq!(sensor, "temperature");
+    assert_eq!(value, Decimal::from_str("23.5").unwrap());
+
+    // The same reading through the telemetry query API.
+    let mut t = TelemetryClient::connect(format!("http://{}", p.telemetry))
+        .await
+        .unwrap();
+    let resp = t
+        .query_readings(QueryReadingsRequest {
+            device_uuid: device.id.clone(),
+            sensor_name: "temperature".into(),
+            start: Some(iot_proto::timestamp(time - chrono::Duration::minutes(1))),
+            end: Some(iot_proto::timestamp(chrono::Utc::now())),
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.readings.len(), 1);
+    assert_eq!(resp.readings[0].value, "23.5");
+
+    // On Kafka the reading is keyed by the device's platform id.
+    let records = kit::read_topic(&p.kafka.readings_topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].0.as_deref(), Some(device.id.as_bytes()));
+    let env = v1::ReadingEnvelope::decode(records[0].1.as_slice()).unwrap();
+    assert_eq!(
+        (env.device_id.as_str(), env.value.as_str()),
+        (device_id.as_str(), "23.5")
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_goes_to_the_dead_letter_topic_with_its_reason() {
+    let p = Platform::start().await;
+    let good = format!("dev-{}", kit::unique());
+    let idle = format!("idle-{}", kit::unique());
+    let device = p.create_device(&good, "active").await;
+    p.create_device(&idle, "inactive").await;
+    let pre = &p.prefix;
+    let cases: Vec<(String, &[u8], &str)> = vec![
+        (
+            format!("{pre}/no-such-device/temperature"),
+            br#"{"value": 1}"#,
+            "unknown_device",
+        ),
+        (
+            format!("{pre}/{good}/temperature/extra"),
+            br#"{"value": 1}"#,
+            "bad_topic",
+        ),
+        (format!("{pre}/{good}"), br#"{"value": 1}"#, "bad_topic"),
+        (
+            format!("{pre}/{good}/temperature"),
+            b"{not json",
+            "bad_json",
+        ),
+        (
+            format!("{pre}/{good}/temperature"),
+            br#"{"value": "hot"}"#,
+            "bad_value",
+        ),
+        (
+            format!("{pre}/{good}/temperature"),
+            br#"{"value": 12345678}"#,
+            "bad_value",
+        ),
+        (
+            format!("{pre}/{good}/bad sensor"),
+            br#"{"value": 1}"#,
+            "bad_sensor_name",
+        ),
+        (
+            format!("{pre}/{good}/temperature"),
+            br#"{"value": 1, "timestamp": "soon"}"#,
+            "bad_timestamp",
+        ),
+        (
+            format!("{pre}/{idle}/temperature"),
+            br#"{"value": 1}"#,
+            "inactive_device",
+        ),
+    ];
+    let mut messages: Vec<(String, Vec<u8>)> = cases
+        .iter()
+        .map(|(t, b, _)| (t.clone(), b.to_vec()))
+        .collect();
+    // A valid reading after the bad ones: the gateway keeps going.
+    messages.push((
+        format!("{pre}/{good}/temperature"),
+        br#"{"value": 21.25}"#.to_vec(),
+    ));
+    kit::publish_all(&messages).await;
+
+    let letters = kit::read_topic(
+        &p.kafka.dead_letter_topic,
+        cases.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        letters.len(),
+        cases.len(),
+        "one dead letter per bad message"
+    );
+    let mut got: Vec<(String, String, Vec<u8>)> = letters
+        .iter()
+        .map(|(_, bytes)| {
+            let l = v1::DeadLetter::decode(bytes.as_slice()).unwrap();
+            assert_eq!(l.service, "mqtt-gateway");
+            assert!(!l.detail.is_empty());
+            assert!(l.rejected_at.is_some());
+            (l.origin, l.reason, l.payload)
+        })
+        .collect();
+    let mut want: Vec<(String, String, Vec<u8>)> = cases
+        .iter()
+        .map(|(t, b, r)| (t.clone(), (*r).to_owned(), b.to_vec()))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Counted per reason.
+    let metrics = kit::http_get(p.gateway_admin, "/metrics").await;
+    for (reason, n) in [
+        ("unknown_device", 1),
+        ("bad_topic", 2),
+        ("bad_value", 2),
+        ("bad_json", 1),
+    ] {
+        let line = format!("iot_gateway_readings_rejected_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+    }
+
+    // The valid reading still lands; nothing else was written.
+    let db = kit::connect(&p.db).await;
+    let uuid = uuid::Uuid::parse_str(&device.id).unwrap();
+    let v: Decimal = kit::eventually("valid reading stored", Duration::from_secs(30), || async {
+        db.query_opt(
+            "SELECT value FROM sensor_readings WHERE device_id = $1",
+            &[&uuid],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+    })
+    .await;
+    assert_eq!(v, Decimal::from_str("21.25").unwrap());
+    let total: i64 = db
+        .query_one("SELECT count(*) FROM sensor_readings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 1);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writer_ignores_redelivered_readings_and_dead_letters_poison() {
+    let p = Platform::start().await;
+    let device = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let producer = p.kafka.producer("test").unwrap();
+    let t = chrono::Utc::now();
+    let env = v1::ReadingEnvelope {
+        device_uuid: device.id.clone(),
+        device_id: device.device_id.clone(),
+        sensor_name: "humidity".into(),
+        value: "40.5".into(),
+        time: Some(iot_proto::timestamp(t)),
+        received_at: Some(iot_proto::timestamp(t)),
+        source: "test".into(),
+        ..Default::default()
+    };
+    let bytes = env.encode_to_vec();
+    // The same reading twice (a redelivery), and one undecodable record.
+    for payload in [&bytes[..], &bytes[..], b"\x00garbage\xff"] {
+        producer
+            .send(
+                iot_kafka::rdkafka::producer::FutureRecord::to(&p.kafka.readings_topic)
+                    .key(device.id.as_bytes())
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let letters = kit::read_topic(&p.kafka.dead_letter_topic, 1, Duration::from_secs(30)).await;
+    assert_eq!(letters.len(), 1);
+    let l = v1::DeadLetter::decode(letters[0].1.as_slice()).unwrap();
+    assert_eq!(
+        (l.reason.as_str(), l.service.as_str()),
+        ("undecodable", "ingest-writer")
+    );
+    assert_eq!(l.payload, b"\x00garbage\xff");
+
+    let db = kit::connect(&p.db).await;
+    let uuid = uuid::Uuid::parse_str(&device.id).unwrap();
+    kit::eventually("reading stored", Duration::from_secs(30), || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
+                &[&uuid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    // The writer saw the redelivery and ignored it.
+    kit::eventually("duplicate counted", Duration::from_secs(30), || async {
+        let m = kit::http_get(p.writer_admin, "/metrics").await;
+        m.contains("iot_writer_duplicates_ignored_total 1")
+            .then_some(())
+    })
+    .await;
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
+            &[&uuid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    p.stop().await;
+}

@@ -1,0 +1,95 @@
+//! `iotctl devices ...`: calls device-registry over gRPC.
+
+use clap::Subcommand;
+use iot_proto::v1::device_registry_client::DeviceRegistryClient;
+use iot_proto::v1::{self, CreateDeviceRequest, GetDeviceRequest, ListDevicesRequest};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(
+        long,
+        env = "IOT_REGISTRY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    registry_url: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Register a device.
+    Create {
+        device_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "temperature_sensor")]
+        device_type: String,
+        #[arg(long)]
+        location: Option<String>,
+        /// JSON, e.g. '{"temperature": {"max": 30}}'
+        #[arg(long)]
+        alert_threshold: Option<String>,
+    },
+    /// Show one device (platform UUID or external device_id).
+    Get { id: String },
+    /// List devices.
+    List {
+        #[arg(long)]
+        device_type: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut client = DeviceRegistryClient::connect(args.registry_url).await?;
+    match args.command {
+        Cmd::Create {
+            device_id,
+            name,
+            device_type,
+            location,
+            alert_threshold,
+        } => {
+            let d = client
+                .create_device(CreateDeviceRequest {
+                    name: name.unwrap_or_else(|| device_id.clone()),
+                    device_id,
+                    device_type,
+                    location,
+                    config: Some(v1::DeviceConfig {
+                        alert_threshold_json: alert_threshold,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            print_device(&d);
+        }
+        Cmd::Get { id } => print_device(
+            &client
+                .get_device(GetDeviceRequest { id })
+                .await?
+                .into_inner(),
+        ),
+        Cmd::List { device_type, limit } => {
+            let resp = client
+                .list_devices(ListDevicesRequest { device_type, limit })
+                .await?
+                .into_inner();
+            for d in &resp.devices {
+                print_device(d);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_device(d: &v1::Device) {
+    println!(
+        "{}\t{}\t{}\t{}\t{}",
+        d.id, d.device_id, d.name, d.device_type, d.status
+    );
+}

@@ -1,0 +1,146 @@
+//! mqtt-gateway configuration (env prefix `MQTT_GATEWAY__`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use iot_kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub kafka: KafkaConfig,
+    /// gRPC address of device-registry, e.g. `http://127.0.0.1:50051`.
+    pub registry_url: String,
+    /// How long a device lookup is cached.
+    pub device_cache_ttl_secs: u64,
+    /// How long an "unknown device" answer is cached.
+    pub unknown_device_ttl_secs: u64,
+    pub limits: LimitsConfig,
+    /// Messages processed at once (each waits for its Kafka delivery report).
+    pub max_in_flight: usize,
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Client id; with a persistent session the broker keeps unacknowledged
+    /// messages for it across reconnects. Give each replica its own.
+    pub client_id: String,
+    /// Readings arrive on `{topic_prefix}/{device_id}/{sensor_name}`.
+    pub topic_prefix: String,
+    /// Shared-subscription group: replicas in one group split the load.
+    pub share_group: String,
+    pub keep_alive_secs: u64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_payload_bytes: usize,
+    pub max_future_secs: i64,
+    pub max_past_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mqtt: MqttConfig::default(),
+            kafka: KafkaConfig::default(),
+            registry_url: "http://127.0.0.1:50051".into(),
+            device_cache_ttl_secs: 60,
+            unknown_device_ttl_secs: 5,
+            limits: LimitsConfig::default(),
+            max_in_flight: 512,
+            admin_addr: ([127, 0, 0, 1], 9104).into(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 11883,
+            client_id: "mqtt-gateway-0".into(),
+            topic_prefix: "sensors".into(),
+            share_group: "iot-gateway".into(),
+            keep_alive_secs: 30,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = iot_domain::Limits::default();
+        Self {
+            max_payload_bytes: d.max_payload_bytes,
+            max_future_secs: d.max_future.num_seconds(),
+            max_past_secs: d.max_past.num_seconds(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn limits(&self) -> iot_domain::Limits {
+        iot_domain::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_future: chrono::Duration::seconds(self.max_future_secs),
+            max_past: chrono::Duration::seconds(self.max_past_secs),
+        }
+    }
+}
+
+impl iot_runtime::Validate for Config {
+    fn problems(&self) -> Vec<String> {
+        let mut p = self.kafka.problems("kafka");
+        if self.mqtt.host.is_empty() {
+            p.push("mqtt.host is empty".into());
+        }
+        if self.mqtt.port == 0 {
+            p.push("mqtt.port must not be 0".into());
+        }
+        if self.mqtt.client_id.is_empty() {
+            p.push("mqtt.client_id is empty".into());
+        }
+        if self.mqtt.topic_prefix.is_empty() || self.mqtt.topic_prefix.contains(['+', '#']) {
+            p.push("mqtt.topic_prefix must be non-empty and free of wildcards".into());
+        }
+        if self.mqtt.share_group.is_empty() || self.mqtt.share_group.contains(['/', '+', '#']) {
+            p.push("mqtt.share_group must be one topic level without wildcards".into());
+        }
+        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
+        {
+            p.push(format!(
+                "registry_url {:?} must start with http:// or https://",
+                self.registry_url
+            ));
+        }
+        if self.limits.max_payload_bytes == 0 {
+            p.push("limits.max_payload_bytes must be positive".into());
+        }
+        if self.limits.max_future_secs < 0 || self.limits.max_past_secs <= 0 {
+            p.push("limits.max_future_secs must be >= 0 and limits.max_past_secs > 0".into());
+        }
+        if self.max_in_flight == 0 {
+            p.push("max_in_flight must be at least 1".into());
+        }
+        p
+    }
+}
+
+impl Config {
+    pub const ENV_PREFIX: &'static str = "MQTT_GATEWAY";
+
+    pub fn load(file: Option<&Path>) -> Result<Self, iot_runtime::ConfigError> {
+        iot_runtime::load_config(Self::ENV_PREFIX, file)
+    }
+}

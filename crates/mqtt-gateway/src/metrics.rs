@@ -1,0 +1,64 @@
+//! The gateway's metrics; each event logs and counts in one place.
+
+use iot_domain::RejectReason;
+use iot_telemetry::prometheus::{IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    accepted: IntCounterVec,
+    rejected: IntCounterVec,
+    retries: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Self, iot_telemetry::prometheus::Error> {
+        let accepted = IntCounterVec::new(
+            Opts::new(
+                "readings_accepted_total",
+                "Readings produced to Kafka, by door",
+            ),
+            &["source"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "readings_rejected_total",
+                "Messages written to the dead-letter topic, by reason",
+            ),
+            &["reason"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "transient_errors_total",
+                "Transient failures (registry or Kafka unavailable) that delayed an ack",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(accepted.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        for r in RejectReason::ALL {
+            rejected.with_label_values(&[r.code()]);
+        }
+        Ok(Self {
+            accepted,
+            rejected,
+            retries,
+        })
+    }
+
+    pub fn accepted(&self, source: &str) {
+        self.accepted.with_label_values(&[source]).inc();
+    }
+
+    pub fn rejected(&self, origin: &str, rejection: &iot_domain::Rejection) {
+        tracing::info!(origin, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
+        self.rejected
+            .with_label_values(&[rejection.reason.code()])
+            .inc();
+    }
+
+    pub fn transient(&self, kind: &str, error: &dyn std::fmt::Display) {
+        tracing::warn!(kind, error = %error, "transient failure, will retry");
+        self.retries.with_label_values(&[kind]).inc();
+    }
+}

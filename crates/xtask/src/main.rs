@@ -1,0 +1,42 @@
+//! `cargo xtask <command>`: the project's own set-up, with nothing installed
+//! first but the Rust toolchain.
+//!
+//!   up      install and start the stack and every service, feed it from a
+//!           simulated fleet, print where to look
+//!   down    stop everything `up` (or `stack`) started
+//!   test    install and start what the tests need, run the whole suite
+//!   stack   install and start PostgreSQL, Mosquitto and Tansu only
+//!   status  show what runs
+
+mod paths;
+mod proc;
+mod stack;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str).unwrap_or("help");
+    let result = match cmd {
+        "up" => stack::up(),
+        "down" => stack::down(),
+        "test" => stack::test(&args[1..]),
+        "stack" => stack::infra().map(|_| ()),
+        "status" => stack::status(),
+        _ => {
+            eprintln!("usage: cargo xtask <up|down|test|stack|status>");
+            return if cmd == "help" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

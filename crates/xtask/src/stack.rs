@@ -1,0 +1,341 @@
+//! The local stack: PostgreSQL, Mosquitto and Tansu, then the services.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::paths;
+use crate::proc::{self, Result};
+
+pub const PG_PORT: u16 = 5432;
+pub const MQTT_PORT: u16 = 11883;
+pub const KAFKA_PORT: u16 = 19092;
+const DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/iot";
+/// Maintenance database the tests create their own databases from.
+const TEST_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
+/// The services, in start order, with the port that says they are up.
+const SERVICES: [(&str, u16); 5] = [
+    ("device-registry", 50051),
+    ("ingest-writer", 50052),
+    ("alert-engine", 50053),
+    ("mqtt-gateway", 9104),
+    ("graphql-gateway", 50055),
+];
+const SIMULATOR: &str = "simulator";
+/// Infrastructure we may start, in stop order.
+const INFRA: [&str; 3] = ["tansu", "mosquitto", "postgres"];
+
+/// Which components this invocation started (and so may stop).
+pub struct Started(Vec<&'static str>);
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !proc::have("apt-get") {
+        return Err(format!(
+            "{packages:?} missing and apt-get is not available: install them by hand"
+        ));
+    }
+    proc::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    proc::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn pg_bin_dir() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+/// Reuses a PostgreSQL on 127.0.0.1:5432; otherwise installs the server if
+/// needed and runs our own trust-auth cluster on loopback.
+fn ensure_postgres(started: &mut Started) -> Result<()> {
+    if proc::port_open(PG_PORT) {
+        eprintln!("postgres: reusing the server on 127.0.0.1:{PG_PORT}");
+        return Ok(());
+    }
+    if pg_bin_dir().is_none() {
+        apt_install(&["postgresql"])?;
+        // The package may have started its own cluster.
+        if proc::wait_port("postgres", PG_PORT, Duration::from_secs(5)).is_ok() {
+            set_postgres_password()?;
+            return Ok(());
+        }
+    }
+    let bin = pg_bin_dir().ok_or("PostgreSQL server binaries not found after install")?;
+    let data = paths::pg_data();
+    proc::ensure_run_dirs()?;
+    if !data.join("PG_VERSION").exists() {
+        fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        proc::run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(data.parent().unwrap_or(&data)),
+        )?;
+        proc::run(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args([
+                    "--auth=trust",
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]),
+        )?;
+    }
+    let log = data.join("server.log");
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"])
+        .arg(bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("port={PG_PORT}"),
+        ])
+        .args([
+            "-c",
+            "unix_socket_directories=/tmp",
+            "-c",
+            "max_connections=300",
+        ])
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+    proc::spawn("postgres", &mut cmd)?;
+    eprintln!(
+        "postgres: own cluster in {} (server log {})",
+        data.display(),
+        log.display()
+    );
+    started.0.push("postgres");
+    proc::wait_port("postgres", PG_PORT, Duration::from_secs(30))
+}
+
+/// For a cluster the package started: password auth on TCP needs one.
+fn set_postgres_password() -> Result<()> {
+    proc::run(Command::new("runuser").args([
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-q",
+        "-c",
+        "ALTER USER postgres PASSWORD 'postgres'",
+    ]))
+}
+
+fn ensure_mosquitto(started: &mut Started) -> Result<()> {
+    if proc::running("mosquitto").is_some() || proc::port_open(MQTT_PORT) {
+        eprintln!("mosquitto: already running on 127.0.0.1:{MQTT_PORT}");
+        return Ok(());
+    }
+    if !proc::have("mosquitto") && !Path::new("/usr/sbin/mosquitto").exists() {
+        apt_install(&["mosquitto"])?;
+    }
+    proc::ensure_run_dirs()?;
+    let template = fs::read_to_string(paths::repo().join("deploy/local/mosquitto.conf"))
+        .map_err(|e| format!("deploy/local/mosquitto.conf: {e}"))?;
+    let conf = paths::run_dir().join("mosquitto.conf");
+    fs::write(
+        &conf,
+        template.replace("@RUN_DIR@", &paths::run_dir().to_string_lossy()),
+    )
+    .map_err(|e| e.to_string())?;
+    let bin = if proc::have("mosquitto") {
+        "mosquitto".into()
+    } else {
+        "/usr/sbin/mosquitto".to_string()
+    };
+    // Runs in the foreground under our pid file (no -d).
+    proc::spawn("mosquitto", Command::new(bin).arg("-c").arg(&conf))?;
+    started.0.push("mosquitto");
+    proc::wait_port("mosquitto", MQTT_PORT, Duration::from_secs(15))
+}
+
+fn ensure_tansu(started: &mut Started) -> Result<()> {
+    if proc::running("tansu").is_some() || proc::port_open(KAFKA_PORT) {
+        eprintln!("tansu: already running on 127.0.0.1:{KAFKA_PORT}");
+        return Ok(());
+    }
+    let bin = paths::tansu_bin();
+    if !bin.exists() {
+        eprintln!(
+            "tansu: building once per machine into {} (takes ~12 minutes on 2 cores)",
+            bin.display()
+        );
+        proc::run(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "tansu",
+                    "--locked",
+                    "--features",
+                    "dynostore",
+                    "--root",
+                ])
+                .arg(paths::cache_dir().join("tansu"))
+                .env_remove("CARGO_TARGET_DIR"),
+        )?;
+    }
+    let url = format!("tcp://127.0.0.1:{KAFKA_PORT}");
+    proc::spawn(
+        "tansu",
+        Command::new(&bin)
+            .arg("broker")
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", "warn"),
+    )?;
+    started.0.push("tansu");
+    proc::wait_port("tansu", KAFKA_PORT, Duration::from_secs(30))
+}
+
+/// Installs (where missing) and starts PostgreSQL, Mosquitto and Tansu.
+pub fn infra() -> Result<Started> {
+    let mut started = Started(Vec::new());
+    ensure_postgres(&mut started)?;
+    ensure_mosquitto(&mut started)?;
+    ensure_tansu(&mut started)?;
+    Ok(started)
+}
+
+fn stop_infra(started: &Started) {
+    for name in INFRA {
+        if started.0.contains(&name) {
+            proc::stop(name, Duration::from_secs(15));
+        }
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(paths::repo())
+        .env("CARGO_TARGET_DIR", paths::target_dir());
+    c
+}
+
+fn bin(name: &str) -> PathBuf {
+    paths::target_dir().join("debug").join(name)
+}
+
+/// `cargo xtask up`.
+pub fn up() -> Result<()> {
+    let started = infra()?;
+    proc::run(cargo().args(["build", "--bins"]))?;
+    proc::run(
+        Command::new(bin("iotctl"))
+            .arg("migrate")
+            .args(["--database-url", DATABASE_URL]),
+    )?;
+    for (name, port) in SERVICES {
+        if proc::running(name).is_some() {
+            eprintln!("{name}: already running");
+            continue;
+        }
+        let config = paths::repo().join(format!("deploy/local/{name}.toml"));
+        proc::spawn(name, Command::new(bin(name)).arg("--config").arg(config))?;
+        if let Err(e) = proc::wait_port(name, port, Duration::from_secs(60)) {
+            eprintln!("{e}");
+            for (n, _) in SERVICES.iter().rev() {
+                proc::stop(n, Duration::from_secs(10));
+            }
+            stop_infra(&started);
+            return Err(e);
+        }
+    }
+    if proc::running(SIMULATOR).is_none() {
+        proc::spawn(
+            SIMULATOR,
+            Command::new(bin("iotctl")).args(["simulate", "--devices", "5", "--rate", "5"]),
+        )?;
+    }
+    let run = paths::run_dir();
+    println!();
+    println!("The platform is up, fed by 5 simulated devices (5 readings/s).");
+    println!("  logs and pids     {}", run.display());
+    println!(
+        "  MQTT              127.0.0.1:{MQTT_PORT}  topic sensors/{{device_id}}/{{sensor_name}}"
+    );
+    println!(
+        "  Kafka (Tansu)     127.0.0.1:{KAFKA_PORT}  topics iot.readings.v1, iot.dead-letter.v1"
+    );
+    println!("  PostgreSQL        {DATABASE_URL}");
+    println!(
+        "  gRPC              registry :50051, telemetry :50052, alerts :50053 (grpc.health.v1 on each)"
+    );
+    println!("  metrics           http://127.0.0.1:910{{1..5}}/metrics");
+    println!(
+        "  look at data      {} status --database-url {DATABASE_URL}",
+        bin("iotctl").display()
+    );
+    println!("  stop everything   cargo xtask down");
+    Ok(())
+}
+
+/// `cargo xtask down`: stops what `up` started, newest first.
+pub fn down() -> Result<()> {
+    proc::stop(SIMULATOR, Duration::from_secs(5));
+    for (name, _) in SERVICES.iter().rev() {
+        proc::stop(name, Duration::from_secs(35));
+    }
+    for name in INFRA {
+        proc::stop(name, Duration::from_secs(15));
+    }
+    Ok(())
+}
+
+/// `cargo xtask status`.
+pub fn status() -> Result<()> {
+    for name in INFRA
+        .iter()
+        .rev()
+        .chain(SERVICES.iter().map(|(n, _)| n))
+        .chain([&SIMULATOR])
+    {
+        match proc::running(name) {
+            Some(pid) => println!("{name:16} running (pid {pid})"),
+            None => println!("{name:16} not started by xtask"),
+        }
+    }
+    Ok(())
+}
+
+/// `cargo xtask test [nextest args]`: lint, start what the tests need, run
+/// the whole suite, stop what it started.
+pub fn test(extra: &[String]) -> Result<()> {
+    proc::run(cargo().args(["fmt", "--all", "--check"]))?;
+    proc::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let started = infra()?;
+    let mut cmd = cargo();
+    if proc::have("cargo-nextest") {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    cmd.args(extra)
+        .env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
+        .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
+        .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"));
+    let result = proc::run(&mut cmd);
+    stop_infra(&started);
+    result
+}
