@@ -84,6 +84,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     )
     .await?;
     let (health, health_svc) = iot_runtime::grpc_health();
+    // Not serving until every upstream answers its health check.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let grpc_addr = listener.local_addr()?;
     let token = shutdown.clone();
@@ -106,6 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
             let bad = upstreams.unhealthy().await;
             let now_ready = bad.is_empty();
+            ready.set(now_ready);
             if now_ready != was_ready {
                 if now_ready {
                     tracing::info!("all upstreams serving");
@@ -120,7 +125,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 }
                 was_ready = now_ready;
             }
-            ready.set(now_ready);
         }
         ready.set(false);
         grpc.await??;

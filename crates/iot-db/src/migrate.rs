@@ -9,7 +9,7 @@ use std::str::FromStr;
 use tokio_postgres::{Client, NoTls};
 
 /// Arbitrary, fixed key of the migration advisory lock.
-const MIGRATION_LOCK: i64 = 0x10_7_da7a_0001;
+const MIGRATION_LOCK: i64 = 0x0107_da7a_0001;
 
 /// The storage backend for telemetry tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

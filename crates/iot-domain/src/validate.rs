@@ -360,11 +360,11 @@ mod tests {
         #[test]
         fn accepted_values_fit_numeric(v in -1.0e7f64..1.0e7f64) {
             let payload = format!("{{\"value\": {v}}}");
-            if let Ok(input) = parse_mqtt_payload("t", payload.as_bytes(), &Limits::default()) {
-                if let Ok(r) = validate_reading(Uuid::nil(), "d", input, now(), &Limits::default()) {
-                    prop_assert!(r.value.abs() <= numeric_10_4_max());
-                    prop_assert!(r.value.scale() <= 4);
-                }
+            let limits = Limits::default();
+            let input = parse_mqtt_payload("t", payload.as_bytes(), &limits);
+            if let Ok(r) = input.and_then(|i| validate_reading(Uuid::nil(), "d", i, now(), &limits)) {
+                prop_assert!(r.value.abs() <= numeric_10_4_max());
+                prop_assert!(r.value.scale() <= 4);
             }
         }
     }

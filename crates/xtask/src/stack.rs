@@ -94,7 +94,6 @@ fn ensure_postgres(started: &mut Started) -> Result<()> {
                 ]),
         )?;
     }
-    let log = data.join("server.log");
     let mut cmd = Command::new("runuser");
     cmd.args(["-u", "postgres", "--"])
         .arg(bin.join("postgres"))
@@ -111,14 +110,9 @@ fn ensure_postgres(started: &mut Started) -> Result<()> {
             "unix_socket_directories=/tmp",
             "-c",
             "max_connections=300",
-        ])
-        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+        ]);
     proc::spawn("postgres", &mut cmd)?;
-    eprintln!(
-        "postgres: own cluster in {} (server log {})",
-        data.display(),
-        log.display()
-    );
+    eprintln!("postgres: own trust-auth cluster in {}", data.display());
     started.0.push("postgres");
     proc::wait_port("postgres", PG_PORT, Duration::from_secs(30))
 }

@@ -1,0 +1,138 @@
+//! Every service starts against the real components, answers gRPC health
+//! checks, and stops cleanly when told to.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iot_runtime::CancellationToken;
+use iot_testkit as kit;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+async fn health(addr: SocketAddr) -> Option<i32> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut c = HealthClient::new(channel);
+    c.check(HealthCheckRequest {
+        service: String::new(),
+    })
+    .await
+    .ok()
+    .map(|r| r.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_answer_health_checks_and_stop_cleanly() {
+    let db = kit::migrated_database().await;
+    let kafka = kit::kafka_config();
+    let shutdown = CancellationToken::new();
+    let registry = device_registry::start(
+        device_registry::Config {
+            database_url: db.clone(),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let writer = ingest_writer::start(
+        ingest_writer::Config {
+            database_url: db.clone(),
+            kafka: kafka.clone(),
+            group_id: format!("w-{}", kit::unique()),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let alerts = alert_engine::start(
+        alert_engine::Config {
+            database_url: db.clone(),
+            kafka: kafka.clone(),
+            group_id: format!("a-{}", kit::unique()),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let graphql = graphql_gateway::start(
+        graphql_gateway::Config {
+            registry_url: format!("http://{}", registry.grpc_addr),
+            telemetry_url: format!("http://{}", writer.grpc_addr),
+            alerts_url: format!("http://{}", alerts.grpc_addr),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    for addr in [registry.grpc_addr, writer.grpc_addr, alerts.grpc_addr] {
+        assert_eq!(
+            health(addr).await,
+            Some(ServingStatus::Serving as i32),
+            "{addr}"
+        );
+    }
+    // The GraphQL gateway reports serving once all its upstreams do.
+    let gql = graphql.grpc_addr;
+    kit::eventually(
+        "graphql-gateway serving",
+        Duration::from_secs(20),
+        || async move { (health(gql).await == Some(ServingStatus::Serving as i32)).then_some(()) },
+    )
+    .await;
+    assert_eq!(kit::http_get(graphql.admin_addr, "/readyz").await, "ready");
+    assert!(
+        kit::http_get(writer.admin_addr, "/metrics")
+            .await
+            .contains("iot_writer_rows_written_total 0")
+    );
+
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(40), async {
+        registry.wait().await.unwrap();
+        writer.wait().await.unwrap();
+        alerts.wait().await.unwrap();
+        graphql.wait().await.unwrap();
+    })
+    .await;
+    assert!(stopped.is_ok(), "services did not stop within 40s");
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(gql).await.is_err());
+}
+
+#[tokio::test]
+async fn a_service_refuses_an_unmigrated_database() {
+    let db = kit::empty_database().await;
+    let err = device_registry::start(
+        device_registry::Config {
+            database_url: db,
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("start must fail");
+    assert!(err.to_string().contains("iotctl migrate"), "{err}");
+}
