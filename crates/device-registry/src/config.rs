@@ -19,7 +19,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            database_url: "postgres://postgres@127.0.0.1:5432/iot".into(),
+            database_url: "postgres://postgres:postgres@127.0.0.1:5432/iot".into(),
             pool_size: 8,
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             admin_addr: ([127, 0, 0, 1], 9101).into(),

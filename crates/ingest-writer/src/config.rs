@@ -26,7 +26,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            database_url: "postgres://postgres@127.0.0.1:5432/iot".into(),
+            database_url: "postgres://postgres:postgres@127.0.0.1:5432/iot".into(),
             pool_size: 8,
             kafka: KafkaConfig::default(),
             group_id: "ingest-writer".into(),

@@ -21,13 +21,17 @@ pub fn init_tracing(service: &'static str) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,rumqttc=warn"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let result = if json {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .json()
             .try_init()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).try_init()
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .try_init()
     };
     if result.is_ok() {
         tracing::debug!(service, "tracing initialised");

@@ -20,7 +20,7 @@ enum Command {
         #[arg(
             long,
             env = "IOT_DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/iot"
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432/iot"
         )]
         database_url: String,
         /// auto (TimescaleDB when available), timescaledb or postgres.
@@ -32,7 +32,7 @@ enum Command {
         #[arg(
             long,
             env = "IOT_DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/iot"
+            default_value = "postgres://postgres:postgres@127.0.0.1:5432/iot"
         )]
         database_url: String,
     },
