@@ -9,9 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "iot/v1/ingest.proto",
         "iot/v1/alerts.proto",
     ];
-    for f in &files {
-        println!("cargo:rerun-if-changed={}", root.join(f).display());
-    }
+    // Relative to this package, so that clones sharing one target directory
+    // each watch their own files.
+    println!("cargo:rerun-if-changed=../../proto");
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -3,10 +3,12 @@
 //! Architecture Invariant: this crate does no I/O. It knows nothing of Kafka,
 //! MQTT, gRPC or SQL; the services translate at their edges.
 
+pub mod payload;
 pub mod reading;
 pub mod reject;
 pub mod validate;
 
+pub use payload::{Entry, parse_batch, parse_senml, parse_single};
 pub use reading::{Reading, ReadingInput};
 pub use reject::{RejectReason, Rejection};
-pub use validate::{Limits, parse_mqtt_payload, parse_topic, validate_reading};
+pub use validate::{Limits, parse_device_topic, parse_topic, validate_reading};

@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde_json::Value;
 use uuid::Uuid;
 
+#[cfg(test)]
+use crate::payload::parse_single as parse_mqtt_payload;
 use crate::{Reading, ReadingInput, RejectReason, Rejection};
 
 /// Configurable bounds applied to every reading.
@@ -56,72 +57,18 @@ pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Result<(&'a str, &'a str
     }
 }
 
-/// Parses the seed's payload `{"value": 23.5, "timestamp": "...", "unit": ..,
-/// "quality": ..}` for the sensor named by the topic.
-pub fn parse_mqtt_payload(
-    sensor_name: &str,
-    payload: &[u8],
-    limits: &Limits,
-) -> Result<ReadingInput, Rejection> {
-    if payload.len() > limits.max_payload_bytes {
-        return Err(Rejection::new(
-            RejectReason::PayloadTooLarge,
-            format!(
-                "payload is {} bytes, limit is {}",
-                payload.len(),
-                limits.max_payload_bytes
-            ),
-        ));
-    }
-    let json: Value = serde_json::from_slice(payload)
-        .map_err(|e| Rejection::new(RejectReason::BadJson, format!("payload is not JSON: {e}")))?;
-    let Value::Object(obj) = json else {
-        return Err(Rejection::new(
-            RejectReason::BadJson,
-            "payload must be a JSON object with a \"value\" field",
-        ));
-    };
-    let value = match obj.get("value") {
-        Some(Value::Number(n)) => parse_decimal(&n.to_string())?,
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectReason::BadValue,
-                format!("\"value\" must be a JSON number, got {other}"),
-            ));
-        }
-        None => return Err(Rejection::new(RejectReason::BadJson, "missing \"value\"")),
-    };
-    let time = match obj.get("timestamp") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(parse_time(s)?),
-        Some(other) => {
-            return Err(Rejection::new(
-                RejectReason::BadTimestamp,
-                format!("\"timestamp\" must be an RFC 3339 string, got {other}"),
-            ));
-        }
-    };
-    Ok(ReadingInput {
-        sensor_name: sensor_name.to_owned(),
-        value,
-        time,
-        unit: optional_string(&obj, "unit")?,
-        quality: optional_string(&obj, "quality")?,
-    })
-}
-
-fn optional_string(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-) -> Result<Option<String>, Rejection> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(Rejection::new(
-            RejectReason::BadField,
-            format!("{key:?} must be a string, got {other}"),
-        )),
-    }
+/// Reads the device of `{prefix}/{device_id}` (the batch and SenML topics).
+pub fn parse_device_topic<'a>(prefix: &str, topic: &'a str) -> Result<&'a str, Rejection> {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('/'))
+        .filter(|d| !d.is_empty() && !d.contains('/'))
+        .ok_or_else(|| {
+            Rejection::new(
+                RejectReason::BadTopic,
+                format!("topic {topic:?} is not {prefix}/{{device_id}}"),
+            )
+        })
 }
 
 /// Parses a decimal written as a JSON number (plain or scientific).
@@ -249,6 +196,13 @@ mod tests {
             ("d1", "temperature")
         );
         assert_eq!(parse_topic("a/b", "a/b/d1/t").unwrap(), ("d1", "t"));
+        assert_eq!(parse_device_topic("batches", "batches/d1").unwrap(), "d1");
+        for bad in ["batches/d1/x", "batches/", "batches", "other/d1"] {
+            assert_eq!(
+                parse_device_topic("batches", bad).unwrap_err().reason,
+                RejectReason::BadTopic
+            );
+        }
         for bad in [
             "sensors/d1",
             "sensors/d1/t/x",

@@ -104,7 +104,8 @@ pub async fn read_topic(
 pub async fn publish_all(messages: &[(String, Vec<u8>)]) {
     let (host, port) = mqtt_addr();
     let mut opts = MqttOptions::new(format!("test-pub-{}", unique()), host, port);
-    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     for (topic, payload) in messages {
         client
@@ -154,6 +155,51 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
         .expect("connect to test database");
     tokio::spawn(conn);
     client
+}
+
+/// POSTs `body` and returns the status code and the response body.
+pub async fn http_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Decodes every dead letter on `topic` (waiting for at least `n`).
+pub async fn dead_letters(
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<iot_proto::v1::DeadLetter> {
+    use iot_proto::Message as _;
+    read_topic(topic, n, timeout)
+        .await
+        .iter()
+        .map(|(_, b)| iot_proto::v1::DeadLetter::decode(b.as_slice()).expect("dead letter decodes"))
+        .collect()
 }
 
 /// GETs an admin endpoint path (e.g. `/metrics`) and returns the body.

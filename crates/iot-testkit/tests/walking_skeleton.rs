@@ -4,135 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::str::FromStr;
 use std::time::Duration;
 
+use common::Platform;
 use iot_proto::Message as _;
-use iot_proto::v1::device_registry_client::DeviceRegistryClient;
 use iot_proto::v1::telemetry_client::TelemetryClient;
-use iot_proto::v1::{self, CreateDeviceRequest, QueryReadingsRequest};
-use iot_runtime::CancellationToken;
+use iot_proto::v1::{self, QueryReadingsRequest};
 use iot_testkit as kit;
 use rust_decimal::Decimal;
-
-const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
-
-struct Platform {
-    db: String,
-    kafka: iot_kafka::KafkaConfig,
-    prefix: String,
-    registry: SocketAddr,
-    telemetry: SocketAddr,
-    writer_admin: SocketAddr,
-    gateway_admin: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Platform {
-    async fn start() -> Self {
-        let db = kit::migrated_database().await;
-        let kafka = kit::kafka_config();
-        let prefix = format!("t{}/sensors", kit::unique());
-        let shutdown = CancellationToken::new();
-
-        let registry = device_registry::start(
-            device_registry::Config {
-                database_url: db.clone(),
-                grpc_addr: ANY,
-                admin_addr: ANY,
-                ..Default::default()
-            },
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let writer = ingest_writer::start(
-            ingest_writer::Config {
-                database_url: db.clone(),
-                kafka: kafka.clone(),
-                group_id: format!("writer-{}", kit::unique()),
-                batch_max_wait_ms: 50,
-                grpc_addr: ANY,
-                admin_addr: ANY,
-                ..Default::default()
-            },
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let (host, port) = kit::mqtt_addr();
-        let gateway = mqtt_gateway::start(
-            mqtt_gateway::Config {
-                mqtt: mqtt_gateway::MqttConfig {
-                    host,
-                    port,
-                    client_id: format!("gw-{}", kit::unique()),
-                    topic_prefix: prefix.clone(),
-                    share_group: format!("g{}", kit::unique()),
-                    ..Default::default()
-                },
-                kafka: kafka.clone(),
-                registry_url: format!("http://{}", registry.grpc_addr),
-                admin_addr: ANY,
-                ..Default::default()
-            },
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let p = Platform {
-            db,
-            kafka,
-            prefix,
-            registry: registry.grpc_addr,
-            telemetry: writer.grpc_addr,
-            writer_admin: writer.admin_addr,
-            gateway_admin: gateway.admin_addr,
-            shutdown,
-            tasks: vec![
-                tokio::spawn(registry.wait()),
-                tokio::spawn(writer.wait()),
-                tokio::spawn(gateway.wait()),
-            ],
-        };
-        // The gateway is ready once its subscription is acknowledged.
-        kit::eventually("gateway ready", Duration::from_secs(30), || async {
-            let body = kit::http_get(p.gateway_admin, "/readyz").await;
-            (body == "ready").then_some(())
-        })
-        .await;
-        p
-    }
-
-    async fn create_device(&self, device_id: &str, status: &str) -> v1::Device {
-        let mut c = DeviceRegistryClient::connect(format!("http://{}", self.registry))
-            .await
-            .unwrap();
-        c.create_device(CreateDeviceRequest {
-            device_id: device_id.into(),
-            name: "Test device".into(),
-            device_type: "temperature_sensor".into(),
-            status: status.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        for t in self.tasks {
-            tokio::time::timeout(Duration::from_secs(40), t)
-                .await
-                .expect("service stops within its grace period")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_published_reading_reaches_the_database() {
@@ -208,6 +90,8 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_its_reason() {
     let device = p.create_device(&good, "active").await;
     p.create_device(&idle, "inactive").await;
     let pre = &p.prefix;
+    // Over the gateway's 64 KiB limit, under the broker's 1 MiB one.
+    let big = format!(r#"{{"value": 1, "pad": "{}"}}"#, "x".repeat(70_000)).into_bytes();
     let cases: Vec<(String, &[u8], &str)> = vec![
         (
             format!("{pre}/no-such-device/temperature"),
@@ -249,6 +133,21 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_its_reason() {
             format!("{pre}/{idle}/temperature"),
             br#"{"value": 1}"#,
             "inactive_device",
+        ),
+        (
+            format!("{pre}/{good}/temperature"),
+            br#"{"value": 1, "timestamp": "2001-01-01T00:00:00Z"}"#,
+            "timestamp_out_of_range",
+        ),
+        (
+            format!("{pre}/{good}/temperature"),
+            br#"{"value": 1, "unit": 7}"#,
+            "bad_field",
+        ),
+        (
+            format!("{pre}/{good}/temperature"),
+            &big,
+            "payload_too_large",
         ),
     ];
     let mut messages: Vec<(String, Vec<u8>)> = cases

@@ -20,6 +20,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Messages processed at once (each waits for its Kafka delivery report).
     pub max_in_flight: usize,
+    /// HTTP door: `POST /v1/devices/{device}/readings`.
+    pub http_addr: SocketAddr,
+    /// gRPC door (`iot.v1.Ingest`) and `grpc.health.v1`.
+    pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
 }
 
@@ -31,8 +35,12 @@ pub struct MqttConfig {
     /// Client id; with a persistent session the broker keeps unacknowledged
     /// messages for it across reconnects. Give each replica its own.
     pub client_id: String,
-    /// Readings arrive on `{topic_prefix}/{device_id}/{sensor_name}`.
+    /// Single readings arrive on `{topic_prefix}/{device_id}/{sensor_name}`.
     pub topic_prefix: String,
+    /// Batches of one device arrive on `{batch_topic_prefix}/{device_id}`.
+    pub batch_topic_prefix: String,
+    /// SenML packs of one device arrive on `{senml_topic_prefix}/{device_id}`.
+    pub senml_topic_prefix: String,
     /// Shared-subscription group: replicas in one group split the load.
     pub share_group: String,
     pub keep_alive_secs: u64,
@@ -58,6 +66,8 @@ impl Default for Config {
             unknown_device_ttl_secs: 5,
             limits: LimitsConfig::default(),
             max_in_flight: 512,
+            http_addr: ([127, 0, 0, 1], 8088).into(),
+            grpc_addr: ([127, 0, 0, 1], 50054).into(),
             admin_addr: ([127, 0, 0, 1], 9104).into(),
         }
     }
@@ -70,6 +80,8 @@ impl Default for MqttConfig {
             port: 11883,
             client_id: "mqtt-gateway-0".into(),
             topic_prefix: "sensors".into(),
+            batch_topic_prefix: "batches".into(),
+            senml_topic_prefix: "senml".into(),
             share_group: "iot-gateway".into(),
             keep_alive_secs: 30,
             username: None,
@@ -111,8 +123,27 @@ impl iot_runtime::Validate for Config {
         if self.mqtt.client_id.is_empty() {
             p.push("mqtt.client_id is empty".into());
         }
-        if self.mqtt.topic_prefix.is_empty() || self.mqtt.topic_prefix.contains(['+', '#']) {
-            p.push("mqtt.topic_prefix must be non-empty and free of wildcards".into());
+        let prefixes = [
+            ("mqtt.topic_prefix", &self.mqtt.topic_prefix),
+            ("mqtt.batch_topic_prefix", &self.mqtt.batch_topic_prefix),
+            ("mqtt.senml_topic_prefix", &self.mqtt.senml_topic_prefix),
+        ];
+        for (name, prefix) in prefixes {
+            if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+                p.push(format!(
+                    "{name} must be non-empty, free of wildcards and not end in '/'"
+                ));
+            }
+        }
+        for (i, (a, pa)) in prefixes.iter().enumerate() {
+            for (b, pb) in &prefixes[i + 1..] {
+                let nested = |x: &str, y: &str| x == y || y.starts_with(&format!("{x}/"));
+                if nested(pa, pb) || nested(pb, pa) {
+                    p.push(format!(
+                        "{a} and {b} overlap; each form needs a topic tree of its own"
+                    ));
+                }
+            }
         }
         if self.mqtt.share_group.is_empty() || self.mqtt.share_group.contains(['/', '+', '#']) {
             p.push("mqtt.share_group must be one topic level without wildcards".into());

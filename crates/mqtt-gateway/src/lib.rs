@@ -7,6 +7,8 @@
 
 mod config;
 pub mod directory;
+mod grpc;
+mod http;
 mod metrics;
 mod mqtt;
 pub mod pipeline;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iot_kafka::DeadLetters;
+use iot_proto::v1::ingest_server::IngestServer;
 use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
 use tokio::task::JoinHandle;
@@ -26,6 +29,8 @@ pub const SERVICE: &str = "mqtt-gateway";
 
 pub struct Running {
     pub admin_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -56,7 +61,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         readings_topic: config.kafka.readings_topic.clone(),
         dead_letters,
         limits: config.limits.limits(),
-        topic_prefix: config.mqtt.topic_prefix.clone(),
+        topics: pipeline::Topics {
+            single: config.mqtt.topic_prefix.clone(),
+            batch: config.mqtt.batch_topic_prefix.clone(),
+            senml: config.mqtt.senml_topic_prefix.clone(),
+        },
         metrics,
     });
     let ready = Readiness::default();
@@ -66,8 +75,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
     )
     .await?;
+    let (http_addr, http_task) = iot_telemetry::serve_admin(
+        config.http_addr,
+        http::router(pipeline.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+    let (health, health_svc) = iot_runtime::grpc_health();
+    health
+        .set_serving::<IngestServer<grpc::IngestService>>()
+        .await;
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
+    let grpc_addr = listener.local_addr()?;
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(IngestServer::new(grpc::IngestService::new(
+                pipeline.clone(),
+            )))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
     let task = tokio::spawn(async move {
-        tracing::info!(%admin_addr, "mqtt-gateway starting");
+        tracing::info!(%admin_addr, %http_addr, %grpc_addr, "mqtt-gateway starting");
         let result = mqtt::run_subscriber(
             config.mqtt,
             pipeline,
@@ -86,11 +118,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         if let Err(e) = flushed {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
+        http_task.await?;
+        grpc_task.await??;
         admin_task.await?;
         tracing::info!("mqtt-gateway stopped");
         result
     });
-    Ok(Running { admin_addr, task })
+    Ok(Running {
+        admin_addr,
+        http_addr,
+        grpc_addr,
+        task,
+    })
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -46,8 +46,8 @@ impl Metrics {
         })
     }
 
-    pub fn accepted(&self, source: &str) {
-        self.accepted.with_label_values(&[source]).inc();
+    pub fn accepted(&self, source: &str, n: usize) {
+        self.accepted.with_label_values(&[source]).inc_by(n as u64);
     }
 
     pub fn rejected(&self, origin: &str, rejection: &iot_domain::Rejection) {

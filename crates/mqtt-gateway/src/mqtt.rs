@@ -36,9 +36,16 @@ pub async fn run_subscriber(
         opts.set_credentials(u, p);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    // `#`, not `+/+`: a topic of the wrong shape under the prefix must reach
+    // `#`, not `+/+`: a topic of the wrong shape under a prefix must reach
     // the gateway to be dead-lettered, not be ignored by the broker.
-    let filter = format!("$share/{}/{}/#", cfg.share_group, cfg.topic_prefix);
+    let filters: Vec<String> = [
+        &cfg.topic_prefix,
+        &cfg.batch_topic_prefix,
+        &cfg.senml_topic_prefix,
+    ]
+    .iter()
+    .map(|prefix| format!("$share/{}/{prefix}/#", cfg.share_group))
+    .collect();
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let work = CancellationToken::new();
 
@@ -49,8 +56,15 @@ pub async fn run_subscriber(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                tracing::info!(session_present = ack.session_present, %filter, "connected to MQTT broker");
-                client.subscribe(&filter, QoS::AtLeastOnce).await?;
+                tracing::info!(
+                    session_present = ack.session_present,
+                    ?filters,
+                    "connected to MQTT broker"
+                );
+                let subs = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                client.subscribe_many(subs).await?;
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
             Ok(Event::Incoming(Packet::Publish(publish))) => {

@@ -1,9 +1,11 @@
-//! One validation, then Kafka or the dead-letter topic.
+//! One validation behind three doors (MQTT, HTTP, gRPC): then Kafka for
+//! valid readings, the dead-letter topic for everything else.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use iot_domain::{Reading, RejectReason, Rejection};
+use chrono::Utc;
+use futures::future::join_all;
+use iot_domain::{Entry, Reading, RejectReason, Rejection};
 use iot_kafka::rdkafka::error::KafkaError;
 use iot_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use iot_kafka::{DeadLetterError, DeadLetters};
@@ -12,12 +14,41 @@ use iot_proto::Message as _;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 
-/// What became of a message. Both outcomes mean Kafka holds it, so the
-/// message may be acknowledged.
+/// Which door a message came through; a label on metrics and envelopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted,
-    Rejected(RejectReason),
+pub enum Door {
+    Mqtt,
+    Http,
+    Grpc,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// What became of a message once Kafka holds all of it: how many readings
+/// were produced, and each rejection (with the entry index for multi-reading
+/// payloads; `None` when the whole message was refused).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub accepted: usize,
+    pub rejected: Vec<(Option<usize>, Rejection)>,
+}
+
+impl Delivery {
+    /// The whole message was refused for one reason.
+    pub fn refused(&self) -> Option<&Rejection> {
+        match self.rejected.as_slice() {
+            [(None, r)] if self.accepted == 0 => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// A failure that says nothing about the message: retry it later, do not
@@ -42,75 +73,158 @@ impl Transient {
     }
 }
 
+/// MQTT topic prefixes of the three payload forms.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `{single}/{device_id}/{sensor_name}`
+    pub single: String,
+    /// `{batch}/{device_id}`
+    pub batch: String,
+    /// `{senml}/{device_id}`
+    pub senml: String,
+}
+
 pub struct Pipeline {
     pub directory: Directory,
     pub producer: FutureProducer,
     pub readings_topic: String,
     pub dead_letters: DeadLetters,
     pub limits: iot_domain::Limits,
-    pub topic_prefix: String,
+    pub topics: Topics,
     pub metrics: Metrics,
 }
 
+fn under(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 impl Pipeline {
-    /// Handles one MQTT message from `topic`.
-    pub async fn handle_mqtt(&self, topic: &str, payload: &[u8]) -> Result<Outcome, Transient> {
-        let received_at = Utc::now();
-        match self.validate_mqtt(topic, payload, received_at).await? {
-            Ok(reading) => {
-                self.produce(&reading, "mqtt").await?;
-                self.metrics.accepted("mqtt");
-                Ok(Outcome::Accepted)
+    /// Handles one MQTT message, routed by its topic to the payload form.
+    pub async fn handle_mqtt(&self, topic: &str, payload: &[u8]) -> Result<Delivery, Transient> {
+        let parsed = if under(&self.topics.batch, topic) {
+            iot_domain::parse_device_topic(&self.topics.batch, topic).and_then(|device| {
+                Ok((
+                    device,
+                    iot_domain::parse_batch(payload, &self.limits)?,
+                    true,
+                ))
+            })
+        } else if under(&self.topics.senml, topic) {
+            iot_domain::parse_device_topic(&self.topics.senml, topic).and_then(|device| {
+                Ok((
+                    device,
+                    iot_domain::parse_senml(payload, &self.limits, Utc::now())?,
+                    true,
+                ))
+            })
+        } else {
+            iot_domain::parse_topic(&self.topics.single, topic).map(|(device, sensor)| {
+                let entry = iot_domain::parse_single(sensor, payload, &self.limits);
+                (device, vec![entry], false)
+            })
+        };
+        match parsed {
+            Ok((device, entries, multi)) => {
+                self.ingest(Door::Mqtt, device, entries, multi, topic, payload)
+                    .await
             }
-            Err(rejection) => {
-                self.dead_letters.send(&rejection, topic, payload).await?;
-                self.metrics.rejected(topic, &rejection);
-                Ok(Outcome::Rejected(rejection.reason))
-            }
+            Err(rejection) => self.refuse(rejection, topic, payload).await,
         }
     }
 
-    async fn validate_mqtt(
+    /// Validates the entries of one message for `device` (external id or
+    /// UUID), produces the valid ones, dead-letters the rest, and returns
+    /// once Kafka holds all of it.
+    pub async fn ingest(
         &self,
-        topic: &str,
+        door: Door,
+        device: &str,
+        entries: Vec<Entry>,
+        multi: bool,
+        origin: &str,
         payload: &[u8],
-        received_at: DateTime<Utc>,
-    ) -> Result<Result<Reading, Rejection>, Transient> {
-        let (device, sensor) = match iot_domain::parse_topic(&self.topic_prefix, topic) {
-            Ok(names) => names,
-            Err(r) => return Ok(Err(r)),
-        };
-        let input = match iot_domain::parse_mqtt_payload(sensor, payload, &self.limits) {
-            Ok(input) => input,
-            Err(r) => return Ok(Err(r)),
-        };
+    ) -> Result<Delivery, Transient> {
+        let received_at = Utc::now();
         let info = match self.directory.lookup(device).await? {
-            Some(info) => info,
+            Some(info) if info.active => info,
+            Some(_) => {
+                let r = Rejection::new(
+                    RejectReason::InactiveDevice,
+                    format!("device {device:?} is not active"),
+                );
+                return self.refuse(r, origin, payload).await;
+            }
             None => {
-                return Ok(Err(Rejection::new(
+                let r = Rejection::new(
                     RejectReason::UnknownDevice,
                     format!("device {device:?} is not registered"),
-                )));
+                );
+                return self.refuse(r, origin, payload).await;
             }
         };
-        if !info.active {
-            return Ok(Err(Rejection::new(
-                RejectReason::InactiveDevice,
-                format!("device {device:?} is not active"),
-            )));
+        let mut readings = Vec::with_capacity(entries.len());
+        let mut rejected = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let checked = entry.and_then(|input| {
+                iot_domain::validate_reading(
+                    info.uuid,
+                    &info.device_id,
+                    input,
+                    received_at,
+                    &self.limits,
+                )
+                .map_err(|r| {
+                    if multi {
+                        Rejection::new(r.reason, format!("readings[{i}]: {}", r.detail))
+                    } else {
+                        r
+                    }
+                })
+            });
+            match checked {
+                Ok(reading) => readings.push(reading),
+                Err(r) => rejected.push((multi.then_some(i), r)),
+            }
         }
-        Ok(iot_domain::validate_reading(
-            info.uuid,
-            &info.device_id,
-            input,
-            received_at,
-            &self.limits,
-        ))
+        let produced = join_all(readings.iter().map(|r| self.produce(r, door))).await;
+        produced.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let letters = join_all(
+            rejected
+                .iter()
+                .map(|(_, r)| self.dead_letters.send(r, origin, payload)),
+        )
+        .await;
+        letters.into_iter().collect::<Result<Vec<()>, _>>()?;
+        self.metrics.accepted(door.as_str(), readings.len());
+        for (_, r) in &rejected {
+            self.metrics.rejected(origin, r);
+        }
+        Ok(Delivery {
+            accepted: readings.len(),
+            rejected,
+        })
+    }
+
+    /// Dead-letters a whole message.
+    pub async fn refuse(
+        &self,
+        rejection: Rejection,
+        origin: &str,
+        payload: &[u8],
+    ) -> Result<Delivery, Transient> {
+        self.dead_letters.send(&rejection, origin, payload).await?;
+        self.metrics.rejected(origin, &rejection);
+        Ok(Delivery {
+            accepted: 0,
+            rejected: vec![(None, rejection)],
+        })
     }
 
     /// Produces a valid reading keyed by device and waits for Kafka's
     /// delivery report.
-    async fn produce(&self, r: &Reading, source: &str) -> Result<(), KafkaError> {
+    async fn produce(&self, r: &Reading, door: Door) -> Result<(), KafkaError> {
         let envelope = iot_proto::v1::ReadingEnvelope {
             device_uuid: r.device_uuid.to_string(),
             device_id: r.device_id.clone(),
@@ -120,12 +234,11 @@ impl Pipeline {
             unit: r.unit.clone(),
             quality: r.quality.clone(),
             received_at: Some(iot_proto::timestamp(r.received_at)),
-            source: source.to_owned(),
+            source: door.as_str().to_owned(),
         };
         let bytes = envelope.encode_to_vec();
-        let key = envelope.device_uuid.as_bytes();
         let record = FutureRecord::to(&self.readings_topic)
-            .key(key)
+            .key(envelope.device_uuid.as_bytes())
             .payload(&bytes)
             .timestamp(r.time.timestamp_millis());
         self.producer

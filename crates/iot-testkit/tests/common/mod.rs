@@ -1,0 +1,150 @@
+//! A platform of in-process services on the real components, with names of
+//! its own (database, topics, MQTT prefixes, consumer groups).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iot_proto::v1::device_registry_client::DeviceRegistryClient;
+use iot_proto::v1::{self, CreateDeviceRequest};
+use iot_runtime::CancellationToken;
+use iot_testkit as kit;
+
+pub const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+pub struct Platform {
+    pub db: String,
+    pub kafka: iot_kafka::KafkaConfig,
+    /// `{prefix}/{device_id}/{sensor}`
+    pub prefix: String,
+    /// `{batch_prefix}/{device_id}`
+    pub batch_prefix: String,
+    /// `{senml_prefix}/{device_id}`
+    pub senml_prefix: String,
+    pub registry: SocketAddr,
+    pub telemetry: SocketAddr,
+    pub writer_admin: SocketAddr,
+    pub gateway_admin: SocketAddr,
+    pub gateway_http: SocketAddr,
+    pub gateway_grpc: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Platform {
+    pub async fn start() -> Self {
+        let db = kit::migrated_database().await;
+        let kafka = kit::kafka_config();
+        let root = format!("t{}", kit::unique());
+        let (prefix, batch_prefix, senml_prefix) = (
+            format!("{root}/sensors"),
+            format!("{root}/batches"),
+            format!("{root}/senml"),
+        );
+        let shutdown = CancellationToken::new();
+
+        let registry = device_registry::start(
+            device_registry::Config {
+                database_url: db.clone(),
+                grpc_addr: ANY,
+                admin_addr: ANY,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let writer = ingest_writer::start(
+            ingest_writer::Config {
+                database_url: db.clone(),
+                kafka: kafka.clone(),
+                group_id: format!("writer-{}", kit::unique()),
+                batch_max_wait_ms: 50,
+                grpc_addr: ANY,
+                admin_addr: ANY,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let (host, port) = kit::mqtt_addr();
+        let gateway = mqtt_gateway::start(
+            mqtt_gateway::Config {
+                mqtt: mqtt_gateway::MqttConfig {
+                    host,
+                    port,
+                    client_id: format!("gw-{}", kit::unique()),
+                    topic_prefix: prefix.clone(),
+                    batch_topic_prefix: batch_prefix.clone(),
+                    senml_topic_prefix: senml_prefix.clone(),
+                    share_group: format!("g{}", kit::unique()),
+                    ..Default::default()
+                },
+                kafka: kafka.clone(),
+                registry_url: format!("http://{}", registry.grpc_addr),
+                http_addr: ANY,
+                grpc_addr: ANY,
+                admin_addr: ANY,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let p = Platform {
+            db,
+            kafka,
+            prefix,
+            batch_prefix,
+            senml_prefix,
+            registry: registry.grpc_addr,
+            telemetry: writer.grpc_addr,
+            writer_admin: writer.admin_addr,
+            gateway_admin: gateway.admin_addr,
+            gateway_http: gateway.http_addr,
+            gateway_grpc: gateway.grpc_addr,
+            shutdown,
+            tasks: vec![
+                tokio::spawn(registry.wait()),
+                tokio::spawn(writer.wait()),
+                tokio::spawn(gateway.wait()),
+            ],
+        };
+        // The gateway is ready once its subscription is acknowledged.
+        kit::eventually("gateway ready", Duration::from_secs(30), || async {
+            let body = kit::http_get(p.gateway_admin, "/readyz").await;
+            (body == "ready").then_some(())
+        })
+        .await;
+        p
+    }
+
+    pub async fn create_device(&self, device_id: &str, status: &str) -> v1::Device {
+        let mut c = DeviceRegistryClient::connect(format!("http://{}", self.registry))
+            .await
+            .unwrap();
+        c.create_device(CreateDeviceRequest {
+            device_id: device_id.into(),
+            name: "Test device".into(),
+            device_type: "temperature_sensor".into(),
+            status: status.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(40), t)
+                .await
+                .expect("service stops within its grace period")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}

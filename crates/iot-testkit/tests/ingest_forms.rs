@@ -1,0 +1,207 @@
+//! The three payload forms over MQTT, and the HTTP and gRPC doors, on the
+//! real components.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::Platform;
+use iot_proto::v1::ingest_client::IngestClient;
+use iot_proto::v1::{IngestReading, IngestReadingsRequest};
+use iot_testkit as kit;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+/// Waits until `n` rows of the device are stored and returns (sensor, value) sorted.
+async fn rows(p: &Platform, device: &str, n: usize) -> Vec<(String, Decimal)> {
+    let db = kit::connect(&p.db).await;
+    let uuid = Uuid::parse_str(device).unwrap();
+    kit::eventually("rows stored", Duration::from_secs(30), || async {
+        let rows = db
+            .query(
+                "SELECT sensor_name, value FROM sensor_readings WHERE device_id = $1 ORDER BY sensor_name, value",
+                &[&uuid],
+            )
+            .await
+            .unwrap();
+        (rows.len() >= n).then(|| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    })
+    .await
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_and_senml_messages_over_mqtt() {
+    let p = Platform::start().await;
+    let dev = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let now = chrono::Utc::now();
+    let batch = format!(
+        r#"{{"readings": [
+            {{"sensor": "temperature", "value": 21.5, "timestamp": "{t1}"}},
+            {{"sensor": "temperature", "value": "warm"}},
+            {{"sensor": "humidity", "value": 40, "unit": "%", "timestamp": "{t1}"}},
+            {{"sensor": "pressure", "value": 1013.25, "timestamp": "{t2}"}}
+        ]}}"#,
+        t1 = (now - chrono::Duration::seconds(10)).to_rfc3339(),
+        t2 = (now - chrono::Duration::seconds(9)).to_rfc3339(),
+    );
+    let senml = format!(
+        r#"[{{"bn": "boiler.", "bt": {bt}, "bu": "Cel", "n": "flow_temp", "v": 55.5}},
+            {{"n": "return_temp", "v": 40.25, "t": 1}}]"#,
+        bt = now.timestamp() - 20
+    );
+    kit::publish_all(&[
+        (
+            format!("{}/{}", p.batch_prefix, dev.device_id),
+            batch.clone().into_bytes(),
+        ),
+        (
+            format!("{}/{}", p.senml_prefix, dev.device_id),
+            senml.into_bytes(),
+        ),
+    ])
+    .await;
+    let got = rows(&p, &dev.id, 5).await;
+    assert_eq!(
+        got,
+        vec![
+            ("boiler.flow_temp".into(), d("55.5")),
+            ("boiler.return_temp".into(), d("40.25")),
+            ("humidity".into(), d("40")),
+            ("pressure".into(), d("1013.25")),
+            ("temperature".into(), d("21.5")),
+        ]
+    );
+    // The one bad entry is dead-lettered with its index and the whole message.
+    let letters = kit::dead_letters(&p.kafka.dead_letter_topic, 1, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "bad_value");
+    assert!(
+        letters[0].detail.starts_with("readings[1]:"),
+        "{}",
+        letters[0].detail
+    );
+    assert_eq!(letters[0].payload, batch.as_bytes());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_door_answers_with_what_it_accepted() {
+    let p = Platform::start().await;
+    let dev = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let path = format!("/v1/devices/{}/readings", dev.device_id);
+    let (status, body) = kit::http_post(
+        p.gateway_http,
+        &path,
+        "application/json",
+        br#"[{"sensor": "temperature", "value": 19.75}, {"sensor": "bad name", "value": 1}]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["accepted"], 1);
+    assert_eq!(json["rejected"][0]["index"], 1);
+    assert_eq!(json["rejected"][0]["reason"], "bad_sensor_name");
+
+    // SenML by content type, addressed by the platform UUID.
+    let (status, body) = kit::http_post(
+        p.gateway_http,
+        &format!("/v1/devices/{}/readings", dev.id),
+        "application/senml+json",
+        br#"[{"n": "humidity", "v": 51}]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = kit::http_post(
+        p.gateway_http,
+        "/v1/devices/nobody/readings",
+        "application/json",
+        br#"{"sensor": "t", "value": 1}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("unknown_device"), "{body}");
+    let (status, body) = kit::http_post(p.gateway_http, &path, "application/json", b"{oops").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_json"), "{body}");
+
+    assert_eq!(
+        rows(&p, &dev.id, 2).await,
+        vec![
+            ("humidity".into(), d("51")),
+            ("temperature".into(), d("19.75"))
+        ]
+    );
+    let letters = kit::dead_letters(&p.kafka.dead_letter_topic, 3, Duration::from_secs(20)).await;
+    let mut reasons: Vec<_> = letters.iter().map(|l| l.reason.as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["bad_json", "bad_sensor_name", "unknown_device"]);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_door_uses_the_same_validation() {
+    let p = Platform::start().await;
+    let dev = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let mut c = IngestClient::connect(format!("http://{}", p.gateway_grpc))
+        .await
+        .unwrap();
+    let reading = |sensor: &str, value: &str| IngestReading {
+        sensor_name: sensor.into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    let resp = c
+        .ingest_readings(IngestReadingsRequest {
+            device: dev.device_id.clone(),
+            readings: vec![
+                reading("temperature", "23.5"),
+                reading("temperature", "1e9"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.accepted, 1);
+    assert_eq!(resp.rejected.len(), 1);
+    assert_eq!(
+        (resp.rejected[0].index, resp.rejected[0].reason.as_str()),
+        (1, "bad_value")
+    );
+
+    let err = c
+        .ingest_readings(IngestReadingsRequest {
+            device: "nobody".into(),
+            readings: vec![reading("t", "1")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = c
+        .ingest_readings(IngestReadingsRequest {
+            device: dev.id.clone(),
+            readings: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    assert_eq!(
+        rows(&p, &dev.id, 1).await,
+        vec![("temperature".into(), d("23.5"))]
+    );
+    p.stop().await;
+}
