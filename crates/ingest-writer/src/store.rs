@@ -3,9 +3,21 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
+const CREATE_STAGING: &str = include_str!("sql/create_staging.sql");
+const COPY_STAGING: &str = include_str!("sql/copy_staging.sql");
 const INSERT_READINGS: &str = include_str!("sql/insert_readings.sql");
+const STAGING_TYPES: [Type; 6] = [
+    Type::TIMESTAMPTZ,
+    Type::UUID,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::TEXT,
+    Type::TEXT,
+];
 const QUERY_READINGS: &str = include_str!("sql/query_readings.sql");
 
 /// A reading as stored.
@@ -27,24 +39,33 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Writes a batch in one transaction; a reading already stored (same device,
-/// sensor and time) is ignored. Returns the number of new rows.
+/// Writes a batch in one transaction: binary `COPY` into a session-local
+/// staging table, then one `INSERT ... SELECT ... ON CONFLICT DO NOTHING`, so
+/// a reading already stored (same device, sensor and time) is ignored.
+/// Returns the number of new rows.
 pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    tx.batch_execute(CREATE_STAGING).await?;
+    let sink = tx.copy_in(COPY_STAGING).await?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGING_TYPES);
+    futures::pin_mut!(writer);
+    for r in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &r.time,
+                &r.device_id,
+                &r.sensor_name,
+                &r.value,
+                &r.unit,
+                &r.quality,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
     let stmt = tx.prepare_cached(INSERT_READINGS).await?;
-    let times: Vec<_> = rows.iter().map(|r| r.time).collect();
-    let devices: Vec<_> = rows.iter().map(|r| r.device_id).collect();
-    let sensors: Vec<_> = rows.iter().map(|r| r.sensor_name.as_str()).collect();
-    let values: Vec<_> = rows.iter().map(|r| r.value).collect();
-    let units: Vec<_> = rows.iter().map(|r| r.unit.as_deref()).collect();
-    let qualities: Vec<_> = rows.iter().map(|r| r.quality.as_deref()).collect();
-    let inserted = tx
-        .execute(
-            &stmt,
-            &[&times, &devices, &sensors, &values, &units, &qualities],
-        )
-        .await?;
+    let inserted = tx.execute(&stmt, &[]).await?;
     tx.commit().await?;
     Ok(inserted)
 }
