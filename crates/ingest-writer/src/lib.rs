@@ -46,7 +46,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .await?
             .ok_or_else(|| anyhow::anyhow!("database is not migrated (run `iotctl migrate`)"))?
     };
-    config.kafka.ensure_topics().await?;
+    {
+        // In the background: the service starts (and makes no progress)
+        // while Kafka is down.
+        let kafka = config.kafka.clone();
+        tokio::spawn(async move { kafka.try_ensure_topics().await });
+    }
     let consumer: StreamConsumer = config
         .kafka
         .client_config()

@@ -108,6 +108,15 @@ impl KafkaConfig {
         c.create()
     }
 
+    /// Like [`Self::ensure_topics`], but a broker that cannot be reached is
+    /// only logged: services start while Kafka is down and simply make no
+    /// progress (and acknowledge nothing) until it is back.
+    pub async fn try_ensure_topics(&self) {
+        if let Err(e) = self.ensure_topics().await {
+            tracing::warn!(error = %e, brokers = %self.brokers, "cannot ensure topics now; continuing");
+        }
+    }
+
     /// Creates the readings and dead-letter topics when they do not exist.
     pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
         ensure_topics(
@@ -134,7 +143,9 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<
         .iter()
         .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(cfg.replication)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {
         match result {
             Ok(name) => tracing::info!(topic = %name, "topic created"),

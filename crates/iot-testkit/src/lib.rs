@@ -71,14 +71,25 @@ pub fn kafka_config() -> KafkaConfig {
     }
 }
 
-/// Reads `n` records from `topic` (from the beginning), or fewer on timeout.
+/// Reads `n` records from `topic` on the test broker (from the beginning),
+/// or fewer on timeout.
 pub async fn read_topic(
     topic: &str,
     n: usize,
     timeout: Duration,
 ) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    read_topic_from(&kafka_brokers(), topic, n, timeout).await
+}
+
+/// Like [`read_topic`], on the given brokers.
+pub async fn read_topic_from(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-reader-{}", unique()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -20,6 +20,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Messages processed at once (each waits for its Kafka delivery report).
     pub max_in_flight: usize,
+    /// On shutdown, how long in-flight messages may take to reach Kafka and
+    /// be acknowledged; the rest stay unacknowledged and are redelivered.
+    pub drain_timeout_secs: u64,
     /// HTTP door: `POST /v1/devices/{device}/readings`.
     pub http_addr: SocketAddr,
     /// gRPC door (`iot.v1.Ingest`) and `grpc.health.v1`.
@@ -66,6 +69,7 @@ impl Default for Config {
             unknown_device_ttl_secs: 5,
             limits: LimitsConfig::default(),
             max_in_flight: 512,
+            drain_timeout_secs: 20,
             http_addr: ([127, 0, 0, 1], 8088).into(),
             grpc_addr: ([127, 0, 0, 1], 50054).into(),
             admin_addr: ([127, 0, 0, 1], 9104).into(),

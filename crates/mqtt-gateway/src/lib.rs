@@ -41,7 +41,12 @@ impl Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    config.kafka.ensure_topics().await?;
+    {
+        // In the background: the service starts (and makes no progress)
+        // while Kafka is down.
+        let kafka = config.kafka.clone();
+        tokio::spawn(async move { kafka.try_ensure_topics().await });
+    }
     let producer = config.kafka.producer(&config.mqtt.client_id)?;
     let dead_letters = DeadLetters::new(
         producer.clone(),
@@ -98,12 +103,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 shutdown.clone().cancelled_owned(),
             ),
     );
+    let drain = Duration::from_secs(config.drain_timeout_secs);
     let task = tokio::spawn(async move {
         tracing::info!(%admin_addr, %http_addr, %grpc_addr, "mqtt-gateway starting");
         let result = mqtt::run_subscriber(
             config.mqtt,
             pipeline,
             config.max_in_flight,
+            drain,
             ready,
             shutdown.clone(),
         )
@@ -112,7 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // Deliver what is still queued in the producer.
         let flushed = tokio::task::spawn_blocking(move || {
             use iot_kafka::rdkafka::producer::Producer as _;
-            producer.flush(Duration::from_secs(10))
+            producer.flush(drain)
         })
         .await?;
         if let Err(e) = flushed {

@@ -23,6 +23,7 @@ pub async fn run_subscriber(
     cfg: MqttConfig,
     pipeline: Arc<Pipeline>,
     max_in_flight: usize,
+    drain_timeout: Duration,
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -48,6 +49,7 @@ pub async fn run_subscriber(
     .collect();
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let work = CancellationToken::new();
+    let mut handlers = tokio::task::JoinSet::new();
 
     loop {
         let event = tokio::select! {
@@ -72,10 +74,12 @@ pub async fn run_subscriber(
                 let pipeline = pipeline.clone();
                 let client = client.clone();
                 let work = work.clone();
-                tokio::spawn(async move {
+                handlers.spawn(async move {
                     handle(&pipeline, &client, publish, &work).await;
                     drop(permit);
                 });
+                // Reap finished handlers so the set stays small.
+                while handlers.try_join_next().is_some() {}
             }
             Ok(_) => {}
             Err(e) => {
@@ -96,14 +100,18 @@ pub async fn run_subscriber(
         let _all = permits.acquire_many(max_in_flight as u32).await;
     };
     tokio::pin!(drain);
-    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    let deadline = tokio::time::sleep(drain_timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             () = &mut drain => break,
             () = &mut deadline => {
-                tracing::warn!("drain deadline reached; unacknowledged messages will be redelivered");
+                tracing::warn!(
+                    in_flight = handlers.len(),
+                    "drain deadline reached; unacknowledged messages will be redelivered"
+                );
                 work.cancel();
+                handlers.abort_all();
                 break;
             }
             ev = eventloop.poll() => if ev.is_err() { break },

@@ -29,13 +29,23 @@ pub struct Platform {
     pub gateway_http: SocketAddr,
     pub gateway_grpc: SocketAddr,
     pub shutdown: CancellationToken,
+    /// The gateway's own token (a child of `shutdown`), to stop it alone.
+    pub gateway_shutdown: CancellationToken,
+    /// The gateway's config, to start it again with the same MQTT session.
+    pub gateway_config: mqtt_gateway::Config,
     pub tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Platform {
     pub async fn start() -> Self {
+        Self::start_with(kit::kafka_config()).await
+    }
+
+    /// A platform on the given Kafka settings (e.g. a broker of the test's own).
+    pub async fn start_with(kafka: iot_kafka::KafkaConfig) -> Self {
+        // Service logs show up in a failing test's output.
+        iot_telemetry::init_tracing("test");
         let db = kit::migrated_database().await;
-        let kafka = kit::kafka_config();
         let root = format!("t{}", kit::unique());
         let (prefix, batch_prefix, senml_prefix) = (
             format!("{root}/sensors"),
@@ -70,29 +80,29 @@ impl Platform {
         .await
         .unwrap();
         let (host, port) = kit::mqtt_addr();
-        let gateway = mqtt_gateway::start(
-            mqtt_gateway::Config {
-                mqtt: mqtt_gateway::MqttConfig {
-                    host,
-                    port,
-                    client_id: format!("gw-{}", kit::unique()),
-                    topic_prefix: prefix.clone(),
-                    batch_topic_prefix: batch_prefix.clone(),
-                    senml_topic_prefix: senml_prefix.clone(),
-                    share_group: format!("g{}", kit::unique()),
-                    ..Default::default()
-                },
-                kafka: kafka.clone(),
-                registry_url: format!("http://{}", registry.grpc_addr),
-                http_addr: ANY,
-                grpc_addr: ANY,
-                admin_addr: ANY,
+        let gateway_config = mqtt_gateway::Config {
+            mqtt: mqtt_gateway::MqttConfig {
+                host,
+                port,
+                client_id: format!("gw-{}", kit::unique()),
+                topic_prefix: prefix.clone(),
+                batch_topic_prefix: batch_prefix.clone(),
+                senml_topic_prefix: senml_prefix.clone(),
+                share_group: format!("g{}", kit::unique()),
                 ..Default::default()
             },
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
+            kafka: kafka.clone(),
+            registry_url: format!("http://{}", registry.grpc_addr),
+            http_addr: ANY,
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            drain_timeout_secs: 2,
+            ..Default::default()
+        };
+        let gateway_shutdown = shutdown.child_token();
+        let gateway = mqtt_gateway::start(gateway_config.clone(), gateway_shutdown.clone())
+            .await
+            .unwrap();
         let p = Platform {
             db,
             kafka,
@@ -106,6 +116,8 @@ impl Platform {
             gateway_http: gateway.http_addr,
             gateway_grpc: gateway.grpc_addr,
             shutdown,
+            gateway_shutdown,
+            gateway_config,
             tasks: vec![
                 tokio::spawn(registry.wait()),
                 tokio::spawn(writer.wait()),
@@ -135,6 +147,27 @@ impl Platform {
         .await
         .unwrap()
         .into_inner()
+    }
+
+    /// Stops the gateway alone and starts it again with the same MQTT
+    /// session (client id), as a redeployed replica would.
+    pub async fn restart_gateway(&mut self) {
+        self.gateway_shutdown.cancel();
+        // The gateway's task was pushed last.
+        let task = self.tasks.pop().expect("gateway task");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("gateway stops within its drain timeout")
+            .unwrap()
+            .unwrap();
+        self.gateway_shutdown = self.shutdown.child_token();
+        let g = mqtt_gateway::start(self.gateway_config.clone(), self.gateway_shutdown.clone())
+            .await
+            .unwrap();
+        self.gateway_admin = g.admin_addr;
+        self.gateway_http = g.http_addr;
+        self.gateway_grpc = g.grpc_addr;
+        self.tasks.push(tokio::spawn(g.wait()));
     }
 
     pub async fn stop(self) {
