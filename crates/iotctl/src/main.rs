@@ -1,7 +1,6 @@
 //! iotctl: the operator's and developer's command line.
 
-mod devices;
-mod simulate;
+use iotctl::{devices, simulate};
 
 use clap::{Parser, Subcommand};
 

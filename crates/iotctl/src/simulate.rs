@@ -1,51 +1,179 @@
-//! `iotctl simulate`: a small fleet publishing readings over MQTT (QoS 1).
+//! `iotctl simulate`: a fleet of devices publishing realistic readings over
+//! MQTT, for demos and load tests. Devices are registered first; each has
+//! `--sensors` sensors whose values follow a sine curve plus noise, with
+//! occasional out-of-range spikes (which the gateway must dead-letter).
 
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use iot_proto::v1::CreateDeviceRequest;
 use iot_proto::v1::device_registry_client::DeviceRegistryClient;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
-#[derive(clap::Args)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Form {
+    /// One reading per message on `{prefix}/{device}/{sensor}`.
+    Single,
+    /// `--batch-size` readings of one device per message on `{batch-prefix}/{device}`.
+    Batch,
+    /// A SenML pack of `--batch-size` records on `{senml-prefix}/{device}`.
+    Senml,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[arg(
         long,
         env = "IOT_REGISTRY_URL",
         default_value = "http://127.0.0.1:50051"
     )]
-    registry_url: String,
+    pub registry_url: String,
     #[arg(long, default_value = "127.0.0.1")]
-    mqtt_host: String,
+    pub mqtt_host: String,
     #[arg(long, default_value_t = 11883)]
-    mqtt_port: u16,
+    pub mqtt_port: u16,
     #[arg(long, default_value = "sensors")]
-    topic_prefix: String,
+    pub topic_prefix: String,
+    #[arg(long, default_value = "batches")]
+    pub batch_prefix: String,
+    #[arg(long, default_value = "senml")]
+    pub senml_prefix: String,
     /// Number of simulated devices (registered if missing).
     #[arg(long, default_value_t = 5)]
-    devices: u32,
-    /// Device ids are `{prefix}-{n}`.
+    pub devices: u32,
+    /// Sensors per device.
+    #[arg(long, default_value_t = 3)]
+    pub sensors: u32,
+    /// Device ids are `{device-prefix}-{n}`.
     #[arg(long, default_value = "sim")]
-    device_prefix: String,
-    /// Readings per second, across the fleet.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
-    /// Stop after this many seconds (0: run until Ctrl-C).
+    pub device_prefix: String,
+    /// Total readings per second across the fleet (0: as fast as possible).
+    #[arg(long, default_value_t = 10.0, conflicts_with = "rate_per_device")]
+    pub rate: f64,
+    /// Readings per second per device (instead of --rate).
+    #[arg(long)]
+    pub rate_per_device: Option<f64>,
+    /// MQTT QoS: 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    #[arg(long, value_enum, default_value_t = Form::Single)]
+    pub form: Form,
+    /// Readings per message for the batch and SenML forms.
+    #[arg(long, default_value_t = 50)]
+    pub batch_size: u32,
+    /// Stop after this many seconds (0: no time limit).
     #[arg(long, default_value_t = 0)]
-    duration: u64,
+    pub duration: u64,
+    /// Stop after this many readings (0: no count limit).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Share of readings that are out-of-range spikes (rejected by the gateway).
+    #[arg(long, default_value_t = 0.001)]
+    pub spike_ratio: f64,
+    /// MQTT connections to spread the fleet over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: u32,
+    /// QoS 1 messages in flight per connection.
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: u16,
+    /// Do not print progress.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
-const SENSORS: [(&str, &str, f64, f64); 3] = [
-    ("temperature", "C", 21.0, 4.0),
-    ("humidity", "%", 45.0, 10.0),
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub messages: u64,
+    pub readings: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn rate(&self) -> f64 {
+        self.readings as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    readings: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+const SENSOR_KINDS: [(&str, &str, f64, f64); 6] = [
+    ("temperature", "Cel", 21.0, 4.0),
+    ("humidity", "%RH", 45.0, 10.0),
     ("pressure", "hPa", 1013.0, 8.0),
+    ("co2", "ppm", 600.0, 150.0),
+    ("battery", "%", 80.0, 15.0),
+    ("vibration", "mm/s", 2.0, 1.5),
 ];
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.rate > 0.0 && args.rate.is_finite(),
-        "--rate must be a positive number"
-    );
-    anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
+/// Small deterministic PRNG (xorshift64*), so runs need no extra crates.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Roughly normal noise (sum of uniforms).
+    fn noise(&mut self) -> f64 {
+        (0..4).map(|_| self.next()).sum::<f64>() - 2.0
+    }
+}
+
+struct Series {
+    device: String,
+    sensor: String,
+    unit: &'static str,
+    base: f64,
+    amp: f64,
+    phase: f64,
+    last: DateTime<Utc>,
+}
+
+impl Series {
+    fn sample(
+        &mut self,
+        rng: &mut Rng,
+        spike_ratio: f64,
+        started: Instant,
+    ) -> (f64, DateTime<Utc>) {
+        let t = started.elapsed().as_secs_f64();
+        let v = if rng.next() < spike_ratio {
+            // Outside NUMERIC(10,4): the gateway dead-letters it.
+            9_999_999.0
+        } else {
+            let raw = self.base
+                + self.amp * (t / 60.0 * std::f64::consts::TAU + self.phase).sin()
+                + self.amp * 0.05 * rng.noise();
+            (raw * 100.0).round() / 100.0
+        };
+        // At least 1 ms apart per series, so no two readings share a key
+        // (SenML times are read to the microsecond, but keep a margin).
+        let now = Utc::now().max(self.last + chrono::Duration::milliseconds(1));
+        self.last = now;
+        (v, now)
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Registers the fleet's devices (those missing) and returns their ids.
+pub async fn register(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut registry = DeviceRegistryClient::connect(args.registry_url.clone()).await?;
     let ids: Vec<String> = (1..=args.devices)
         .map(|n| format!("{}-{n:04}", args.device_prefix))
@@ -61,70 +189,329 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await;
         match created {
-            Ok(_) => println!("registered {id}"),
+            Ok(_) => {}
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => return Err(s.into()),
         }
     }
+    Ok(ids)
+}
 
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let s = simulate(args).await?;
+    println!(
+        "sent {} messages ({} readings) in {:.1}s: {:.0} readings/s; {} acknowledged; {} errors",
+        s.messages,
+        s.readings,
+        s.elapsed.as_secs_f64(),
+        s.rate(),
+        s.acked,
+        s.errors
+    );
+    Ok(())
+}
+
+/// Runs the simulation and returns its summary.
+pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        args.rate >= 0.0 && args.rate.is_finite(),
+        "--rate must be a number >= 0"
+    );
+    anyhow::ensure!(
+        args.rate_per_device
+            .is_none_or(|r| r > 0.0 && r.is_finite()),
+        "--rate-per-device must be positive"
+    );
+    anyhow::ensure!(
+        args.devices > 0 && args.sensors > 0,
+        "--devices and --sensors must be at least 1"
+    );
+    anyhow::ensure!(
+        args.sensors as usize <= SENSOR_KINDS.len() * 100,
+        "at most 600 sensors per device"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.batch_size),
+        "--batch-size must be in 1..=10000"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.spike_ratio),
+        "--spike-ratio must be in 0..=1"
+    );
+    let ids = register(&args).await?;
+    let total_rate = args
+        .rate_per_device
+        .map_or(args.rate, |r| r * f64::from(args.devices));
+    let connections = args.connections.clamp(1, args.devices);
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let devices: Vec<String> = ids
+            .iter()
+            .skip(c as usize)
+            .step_by(connections as usize)
+            .cloned()
+            .collect();
+        let args = args.clone();
+        let counters = counters.clone();
+        let stop = stop.clone();
+        let share = total_rate * devices.len() as f64 / ids.len() as f64;
+        let count = (args.count > 0).then(|| args.count * devices.len() as u64 / ids.len() as u64);
+        tasks.push(tokio::spawn(async move {
+            connection(c, &args, devices, share, count, &counters, started, stop).await
+        }));
+    }
+    let show = !args.quiet;
+    let tty = std::io::stderr().is_terminal();
+    let end = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
+    let mut tick = tokio::time::interval(Duration::from_millis(if tty { 500 } else { 5000 }));
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if end.is_some_and(|e| Instant::now() >= e) || tasks.iter().all(|t| t.is_finished()) {
+            break;
+        }
+        if show {
+            let readings = counters.readings.load(Ordering::Relaxed);
+            let rate = (readings - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), readings);
+            let goal = (args.count > 0).then_some(args.count).or_else(|| {
+                (args.duration > 0)
+                    .then_some((total_rate * args.duration as f64) as u64)
+                    .filter(|g| *g > 0)
+            });
+            let bar = goal.map_or(String::new(), |g| {
+                let filled = ((readings as f64 / g as f64).min(1.0) * 30.0) as usize;
+                format!("[{}{}] ", "#".repeat(filled), ".".repeat(30 - filled))
+            });
+            let line = format!(
+                "{bar}{readings} readings, {} acked, {} errors, {:.0}/s",
+                counters.acked.load(Ordering::Relaxed),
+                counters.errors.load(Ordering::Relaxed),
+                rate
+            );
+            if tty {
+                eprint!("\r{line}   ");
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    if show && tty {
+        eprintln!();
+    }
+    Ok(Summary {
+        messages: counters.messages.load(Ordering::Relaxed),
+        readings: counters.readings.load(Ordering::Relaxed),
+        acked: counters.acked.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    n: u32,
+    args: &Args,
+    devices: Vec<String>,
+    rate: f64,
+    count: Option<u64>,
+    counters: &Counters,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let mut opts = MqttOptions::new(
-        format!("iotctl-sim-{}", std::process::id()),
+        format!("iotctl-sim-{}-{n}", std::process::id()),
         &args.mqtt_host,
         args.mqtt_port,
     );
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(args.max_in_flight.max(1))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, usize::from(args.max_in_flight).max(16));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(n) + 1).wrapping_mul(0x1234_5678_9abc));
+    let mut series: Vec<Series> = devices
+        .iter()
+        .flat_map(|d| {
+            (0..args.sensors).map(move |s| {
+                let (kind, unit, base, amp) = SENSOR_KINDS[s as usize % SENSOR_KINDS.len()];
+                let sensor = if (s as usize) < SENSOR_KINDS.len() {
+                    kind.to_owned()
+                } else {
+                    format!("{kind}_{s}")
+                };
+                (d.clone(), sensor, unit, base, amp)
+            })
+        })
+        .map(|(device, sensor, unit, base, amp)| Series {
+            device,
+            sensor,
+            unit,
+            base,
+            amp,
+            phase: 0.0,
+            last: DateTime::<Utc>::MIN_UTC,
+        })
+        .collect();
+    for s in &mut series {
+        s.phase = rng.next() * std::f64::consts::TAU;
+    }
+    let per_msg = match args.form {
+        Form::Single => 1,
+        Form::Batch | Form::Senml => args.batch_size as u64,
+    };
+    let qos = if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut budget = 0.0f64;
+    let mut next_series = 0usize;
+    let mut readings = 0u64;
+    let mut pending: Option<(String, Vec<u8>, u64)> = None;
     let (mut sent, mut acked) = (0u64, 0u64);
-    let interval = Duration::from_secs_f64(1.0 / args.rate);
-    let mut tick = tokio::time::interval(interval);
-    let started = Instant::now();
-    let end = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
-    let mut step: u64 = 0;
     loop {
+        let done = stop.load(Ordering::Relaxed) || count.is_some_and(|c| readings >= c);
+        if done && pending.is_none() {
+            break;
+        }
         tokio::select! {
-            _ = tick.tick() => {
-                if end.is_some_and(|e| Instant::now() >= e) { break; }
-                let device = &ids[(step as usize) % ids.len()];
-                let (sensor, unit, base, spread) = SENSORS[(step as usize / ids.len()) % SENSORS.len()];
-                let phase = (step as f64) / 20.0;
-                let value = ((base + spread * phase.sin()) * 100.0).round() / 100.0;
-                let payload = serde_json::json!({
-                    "value": value,
-                    "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "unit": unit,
-                });
-                let topic = format!("{}/{device}/{sensor}", args.topic_prefix);
-                client.publish(topic, QoS::AtLeastOnce, false, payload.to_string()).await?;
-                step += 1;
+            _ = tick.tick(), if !done => {
+                budget += if rate > 0.0 { rate / 100.0 } else { f64::INFINITY };
+                while budget >= per_msg as f64 || (rate == 0.0 && budget.is_infinite()) {
+                    if pending.is_none() {
+                        let want = count.map_or(per_msg, |c| per_msg.min(c - readings));
+                        if want == 0 { break; }
+                        pending = Some(message(args, &mut series, &mut next_series, want, &mut rng, started));
+                    }
+                    let Some((topic, payload, n)) = pending.take() else { break };
+                    match client.try_publish(topic.clone(), qos, false, payload.clone()) {
+                        Ok(()) => {
+                            budget -= n as f64;
+                            readings += n;
+                            counters.messages.fetch_add(1, Ordering::Relaxed);
+                            counters.readings.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            // The request queue is full: keep it for the next tick.
+                            pending = Some((topic, payload, n));
+                            break;
+                        }
+                    }
+                }
+                if rate == 0.0 { budget = 0.0; }
             }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("mqtt: {e}; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if !args.quiet {
+                        eprintln!("\nmqtt connection {n}: {e}; reconnecting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
-            _ = tokio::signal::ctrl_c() => break,
         }
     }
-    // Wait a little for outstanding acknowledgements.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while acked < sent {
+    // Wait for outstanding acknowledgements (QoS 1).
+    let wait = async {
+        while qos == QoS::AtLeastOnce && acked < sent.max(counters_for(&readings, per_msg)) {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
                 Ok(_) => {}
                 Err(_) => break,
             }
         }
-    })
-    .await;
-    println!(
-        "published {sent} readings from {} devices in {:.1}s; {acked} acknowledged (QoS 1)",
-        ids.len(),
-        started.elapsed().as_secs_f64()
-    );
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
     Ok(())
+}
+
+/// Messages published so far, from the readings count.
+fn counters_for(readings: &u64, per_msg: u64) -> u64 {
+    readings.div_ceil(per_msg)
+}
+
+/// Builds the next message of `n` readings, round-robin over the series.
+fn message(
+    args: &Args,
+    series: &mut [Series],
+    next: &mut usize,
+    n: u64,
+    rng: &mut Rng,
+    started: Instant,
+) -> (String, Vec<u8>, u64) {
+    match args.form {
+        Form::Single => {
+            let s = &mut series[*next % series.len()];
+            *next += 1;
+            let (v, t) = s.sample(rng, args.spike_ratio, started);
+            let topic = format!("{}/{}/{}", args.topic_prefix, s.device, s.sensor);
+            let body = format!(
+                r#"{{"value":{v},"timestamp":"{}","unit":"{}"}}"#,
+                ts(t),
+                s.unit
+            );
+            (topic, body.into_bytes(), 1)
+        }
+        Form::Batch | Form::Senml => {
+            // All readings of one message belong to one device.
+            let per_device = args.sensors as usize;
+            let device_idx = (*next / per_device) % (series.len() / per_device);
+            let device = series[device_idx * per_device].device.clone();
+            let mut items = Vec::with_capacity(n as usize);
+            for i in 0..n as usize {
+                let s = &mut series[device_idx * per_device + i % per_device];
+                let (v, t) = s.sample(rng, args.spike_ratio, started);
+                items.push(if args.form == Form::Batch {
+                    format!(
+                        r#"{{"sensor":"{}","value":{v},"timestamp":"{}","unit":"{}"}}"#,
+                        s.sensor,
+                        ts(t),
+                        s.unit
+                    )
+                } else {
+                    let secs = t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6;
+                    format!(
+                        r#"{{"n":"{}","u":"{}","v":{v},"t":{secs:.6}}}"#,
+                        s.sensor, s.unit
+                    )
+                });
+            }
+            *next += per_device;
+            let prefix = if args.form == Form::Batch {
+                &args.batch_prefix
+            } else {
+                &args.senml_prefix
+            };
+            (
+                format!("{prefix}/{device}"),
+                format!("[{}]", items.join(",")).into_bytes(),
+                n,
+            )
+        }
+    }
 }

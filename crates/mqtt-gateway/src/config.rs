@@ -47,6 +47,9 @@ pub struct MqttConfig {
     /// Shared-subscription group: replicas in one group split the load.
     pub share_group: String,
     pub keep_alive_secs: u64,
+    /// How long the broker keeps the session (and its unacknowledged
+    /// messages) while the gateway is away.
+    pub session_expiry_secs: u32,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -88,6 +91,7 @@ impl Default for MqttConfig {
             senml_topic_prefix: "senml".into(),
             share_group: "iot-gateway".into(),
             keep_alive_secs: 30,
+            session_expiry_secs: 86_400,
             username: None,
             password: None,
         }
@@ -165,8 +169,8 @@ impl iot_runtime::Validate for Config {
         if self.limits.max_future_secs < 0 || self.limits.max_past_secs <= 0 {
             p.push("limits.max_future_secs must be >= 0 and limits.max_past_secs > 0".into());
         }
-        if self.max_in_flight == 0 {
-            p.push("max_in_flight must be at least 1".into());
+        if self.max_in_flight == 0 || self.max_in_flight > usize::from(u16::MAX) {
+            p.push("max_in_flight must be in 1..=65535 (it is the MQTT Receive Maximum)".into());
         }
         p
     }

@@ -1,13 +1,15 @@
 //! The gateway's metrics; each event logs and counts in one place.
 
 use iot_domain::RejectReason;
-use iot_telemetry::prometheus::{IntCounterVec, Opts, Registry};
+use iot_telemetry::prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
     accepted: IntCounterVec,
     rejected: IntCounterVec,
     retries: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub mqtt_acks: IntCounter,
 }
 
 impl Metrics {
@@ -33,6 +35,16 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let in_flight = IntGauge::new(
+            "mqtt_in_flight_messages",
+            "MQTT messages received and not yet acknowledged (waiting for Kafka)",
+        )?;
+        let mqtt_acks = IntCounter::new(
+            "mqtt_acks_total",
+            "PUBACKs sent to the MQTT broker (each after Kafka's delivery report)",
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(mqtt_acks.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(retries.clone()))?;
@@ -43,6 +55,8 @@ impl Metrics {
             accepted,
             rejected,
             retries,
+            in_flight,
+            mqtt_acks,
         })
     }
 

@@ -1,14 +1,28 @@
-//! The MQTT door: a shared subscription on a persistent session, with manual
-//! acknowledgements sent only after Kafka holds the message (as a reading or
-//! as a dead letter).
+//! The MQTT door: a shared subscription on a persistent MQTT 5 session, with
+//! manual acknowledgements sent only after Kafka holds the message (as a
+//! reading or as a dead letter).
+//!
+//! The event loop never waits on anything but the network and finished
+//! work: a handler hands its message back when Kafka holds it, and the loop
+//! queues the PUBACK. Flow control is layered:
+//! - the gateway announces a Receive Maximum of `max_in_flight`, so a
+//!   compliant broker never has more unacknowledged messages out to it;
+//! - at most `max_in_flight` messages are processed at once, the rest wait;
+//! - if a broker sends more anyway and the waiting queue reaches
+//!   `4 * max_in_flight`, the loop stops reading the socket until work
+//!   drains, so memory stays bounded whatever the broker does.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::Semaphore;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::config::MqttConfig;
 use crate::pipeline::Pipeline;
@@ -19,6 +33,76 @@ pub fn max_packet_bytes(max_payload: usize) -> usize {
     (max_payload * 2).max(1024 * 1024)
 }
 
+/// The subscriber's state between events.
+struct Flow {
+    client: AsyncClient,
+    pipeline: Arc<Pipeline>,
+    work: CancellationToken,
+    handlers: JoinSet<()>,
+    done_tx: mpsc::UnboundedSender<Publish>,
+    /// Received, not yet being processed.
+    waiting: VecDeque<Publish>,
+    /// Processed (Kafka holds them), PUBACK not yet queued to the client.
+    to_ack: VecDeque<Publish>,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+impl Flow {
+    /// Starts waiting messages while there is capacity, and queues every
+    /// PUBACK the client will take now.
+    fn advance(&mut self) {
+        while self.in_flight < self.max_in_flight {
+            let Some(publish) = self.waiting.pop_front() else {
+                break;
+            };
+            self.in_flight += 1;
+            self.pipeline.metrics.in_flight.inc();
+            let (pipeline, work, done) = (
+                self.pipeline.clone(),
+                self.work.clone(),
+                self.done_tx.clone(),
+            );
+            self.handlers.spawn(async move {
+                if handle(&pipeline, &publish, &work).await {
+                    let _ = done.send(publish);
+                }
+            });
+        }
+        while let Some(publish) = self.to_ack.front() {
+            if self.client.try_ack(publish).is_err() {
+                // The request queue is full; the event loop drains it.
+                break;
+            }
+            self.to_ack.pop_front();
+            self.pipeline.metrics.mqtt_acks.inc();
+        }
+        while self.handlers.try_join_next().is_some() {}
+    }
+
+    fn finished(&mut self, publish: Publish) {
+        self.in_flight -= 1;
+        self.pipeline.metrics.in_flight.dec();
+        self.to_ack.push_back(publish);
+    }
+}
+
+fn options(cfg: &MqttConfig, max_in_flight: usize, max_payload: usize) -> MqttOptions {
+    let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    let receive_maximum = u16::try_from(max_in_flight).unwrap_or(u16::MAX);
+    let max_packet = u32::try_from(max_packet_bytes(max_payload)).unwrap_or(u32::MAX);
+    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(cfg.session_expiry_secs))
+        .set_receive_maximum(Some(receive_maximum))
+        .set_max_packet_size(Some(max_packet))
+        .set_manual_acks(true);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u, p);
+    }
+    opts
+}
+
 pub async fn run_subscriber(
     cfg: MqttConfig,
     pipeline: Arc<Pipeline>,
@@ -27,16 +111,8 @@ pub async fn run_subscriber(
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
-    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
-        .set_clean_session(false)
-        .set_manual_acks(true);
-    let max_packet = max_packet_bytes(pipeline.limits.max_payload_bytes);
-    opts.set_max_packet_size(max_packet, max_packet);
-    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        opts.set_credentials(u, p);
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    let opts = options(&cfg, max_in_flight, pipeline.limits.max_payload_bytes);
+    let (client, mut eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
     // `#`, not `+/+`: a topic of the wrong shape under a prefix must reach
     // the gateway to be dead-lettered, not be ignored by the broker.
     let filters: Vec<String> = [
@@ -47,76 +123,51 @@ pub async fn run_subscriber(
     .iter()
     .map(|prefix| format!("$share/{}/{prefix}/#", cfg.share_group))
     .collect();
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    let work = CancellationToken::new();
-    let mut handlers = tokio::task::JoinSet::new();
-
-    loop {
-        let event = tokio::select! {
-            () = shutdown.cancelled() => break,
-            ev = eventloop.poll() => ev,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                tracing::info!(
-                    session_present = ack.session_present,
-                    ?filters,
-                    "connected to MQTT broker"
-                );
-                let subs = filters
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                client.subscribe_many(subs).await?;
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let permit = permits.clone().acquire_owned().await?;
-                let pipeline = pipeline.clone();
-                let client = client.clone();
-                let work = work.clone();
-                handlers.spawn(async move {
-                    handle(&pipeline, &client, publish, &work).await;
-                    drop(permit);
-                });
-                // Reap finished handlers so the set stays small.
-                while handlers.try_join_next().is_some() {}
-            }
-            Ok(_) => {}
-            Err(e) => {
-                ready.set(false);
-                tracing::warn!(error = %e, "MQTT connection error, reconnecting");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    }
-
-    // Drain: let in-flight messages finish (and be acknowledged) while the
-    // event loop keeps running to send the acks out.
-    ready.set(false);
-    let drain = async {
-        let _all = permits.acquire_many(max_in_flight as u32).await;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut flow = Flow {
+        client: client.clone(),
+        pipeline,
+        work: CancellationToken::new(),
+        handlers: JoinSet::new(),
+        done_tx,
+        waiting: VecDeque::new(),
+        to_ack: VecDeque::new(),
+        in_flight: 0,
+        max_in_flight,
     };
-    tokio::pin!(drain);
-    let deadline = tokio::time::sleep(drain_timeout);
-    tokio::pin!(deadline);
+    let hold_limit = 4 * max_in_flight;
+
     loop {
+        flow.advance();
+        let can_read = flow.waiting.len() < hold_limit;
         tokio::select! {
-            () = &mut drain => break,
-            () = &mut deadline => {
-                tracing::warn!(
-                    in_flight = handlers.len(),
-                    "drain deadline reached; unacknowledged messages will be redelivered"
-                );
-                work.cancel();
-                handlers.abort_all();
-                break;
-            }
-            ev = eventloop.poll() => if ev.is_err() { break },
+            () = shutdown.cancelled() => break,
+            Some(publish) = done_rx.recv() => flow.finished(publish),
+            ev = eventloop.poll(), if can_read => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::info!(session_present = ack.session_present, ?filters, "connected to MQTT broker");
+                    let subs = filters.iter().map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+                    client.try_subscribe_many(subs)?;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
+                Ok(Event::Incoming(Packet::Publish(publish))) => flow.waiting.push_back(publish),
+                Ok(_) => {}
+                Err(e) => {
+                    ready.set(false);
+                    tracing::warn!(error = %e, "MQTT connection error, reconnecting");
+                    // Messages not yet acknowledged are redelivered on the
+                    // resumed session; drop our copies of the unstarted ones.
+                    flow.waiting.clear();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            },
         }
     }
+    ready.set(false);
+    drain(flow, &mut eventloop, &mut done_rx, drain_timeout).await;
     let _ = client.disconnect().await;
     // Flush the DISCONNECT and pending acks.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -126,28 +177,56 @@ pub async fn run_subscriber(
     Ok(())
 }
 
-/// Processes one message until it is in Kafka, then acknowledges it. On a
-/// transient failure it retries with backoff; if the service stops first the
-/// message stays unacknowledged and the broker redelivers it.
-async fn handle(
-    pipeline: &Pipeline,
-    client: &AsyncClient,
-    publish: Publish,
-    work: &CancellationToken,
+/// Lets in-flight messages finish and be acknowledged while the event loop
+/// keeps sending acks; messages not started are left to the broker.
+async fn drain(
+    mut flow: Flow,
+    eventloop: &mut EventLoop,
+    done_rx: &mut mpsc::UnboundedReceiver<Publish>,
+    timeout: Duration,
 ) {
+    flow.waiting.clear();
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        flow.advance();
+        if flow.in_flight == 0 && flow.to_ack.is_empty() {
+            break;
+        }
+        tokio::select! {
+            () = &mut deadline => {
+                tracing::warn!(
+                    in_flight = flow.in_flight,
+                    "drain deadline reached; unacknowledged messages will be redelivered"
+                );
+                flow.work.cancel();
+                flow.handlers.abort_all();
+                break;
+            }
+            Some(publish) = done_rx.recv() => flow.finished(publish),
+            ev = eventloop.poll() => match ev {
+                // A publish arriving now is not ours to process any more:
+                // unacknowledged, the broker redelivers it.
+                Ok(_) => {}
+                Err(_) => break,
+            },
+        }
+    }
+}
+
+/// Processes one message until Kafka holds it (returns true: acknowledge
+/// it). On a transient failure it retries with backoff; if the service stops
+/// first it returns false and the broker redelivers the message.
+async fn handle(pipeline: &Pipeline, publish: &Publish, work: &CancellationToken) -> bool {
+    let topic = String::from_utf8_lossy(&publish.topic);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match pipeline.handle_mqtt(&publish.topic, &publish.payload).await {
-            Ok(_) => {
-                if let Err(e) = client.ack(&publish).await {
-                    tracing::warn!(error = %e, "could not send PUBACK; broker will redeliver");
-                }
-                return;
-            }
+        match pipeline.handle_mqtt(&topic, &publish.payload).await {
+            Ok(_) => return true,
             Err(e) => {
                 pipeline.metrics.transient(e.kind(), &e);
                 tokio::select! {
-                    () = work.cancelled() => return,
+                    () = work.cancelled() => return false,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -1,0 +1,4 @@
+//! iotctl as a library: the simulator is also driven by the benchmarks.
+
+pub mod devices;
+pub mod simulate;
