@@ -118,26 +118,32 @@ pub async fn publish_all(messages: &[(String, Vec<u8>)]) {
     opts.set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    for (topic, payload) in messages {
-        client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            .await
-            .unwrap();
-    }
-    let mut acked = 0;
-    let wait = async {
-        while acked < messages.len() {
+    let total = messages.len();
+    // The event loop runs beside the publisher so a long list never fills
+    // the request queue.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < total {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                 Ok(_) => {}
                 Err(e) => panic!("mqtt: {e}"),
             }
         }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
+        eventloop
+    });
+    for (topic, payload) in messages {
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    let mut eventloop = tokio::time::timeout(Duration::from_secs(60), acks)
         .await
-        .expect("PUBACKs within 60s");
+        .expect("PUBACKs within 60s")
+        .expect("publisher event loop");
     let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.

@@ -205,3 +205,47 @@ async fn grpc_door_uses_the_same_validation() {
     );
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_far_larger_than_the_in_flight_window_is_stored_whole() {
+    // A small window: the broker must hold the rest, and the gateway must
+    // keep acknowledging while it works (a stall here once lost liveness).
+    let p = Platform::start_tuned(kit::kafka_config(), |c| c.max_in_flight = 8).await;
+    let dev = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let t0 = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let messages: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| {
+            let t = t0 + chrono::Duration::milliseconds(i);
+            (
+                format!("{}/{}/temperature", p.prefix, dev.device_id),
+                format!(
+                    r#"{{"value": {}, "timestamp": "{}"}}"#,
+                    i % 100,
+                    t.to_rfc3339()
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    kit::publish_all(&messages).await;
+    let db = kit::connect(&p.db).await;
+    let uuid = Uuid::parse_str(&dev.id).unwrap();
+    kit::eventually("all 3000 stored", Duration::from_secs(120), || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
+                &[&uuid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 3000).then_some(())
+    })
+    .await;
+    let m = kit::http_get(p.gateway_admin, "/metrics").await;
+    assert!(m.contains("iot_gateway_mqtt_acks_total 3000"), "{m}");
+    assert!(m.contains("iot_gateway_mqtt_in_flight_messages 0"), "{m}");
+    p.stop().await;
+}

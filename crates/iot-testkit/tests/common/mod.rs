@@ -43,6 +43,14 @@ impl Platform {
 
     /// A platform on the given Kafka settings (e.g. a broker of the test's own).
     pub async fn start_with(kafka: iot_kafka::KafkaConfig) -> Self {
+        Self::start_tuned(kafka, |_| {}).await
+    }
+
+    /// A platform whose gateway config is adjusted by `tune` first.
+    pub async fn start_tuned(
+        kafka: iot_kafka::KafkaConfig,
+        tune: impl FnOnce(&mut mqtt_gateway::Config),
+    ) -> Self {
         // Service logs show up in a failing test's output.
         iot_telemetry::init_tracing("test");
         let db = kit::migrated_database().await;
@@ -80,7 +88,7 @@ impl Platform {
         .await
         .unwrap();
         let (host, port) = kit::mqtt_addr();
-        let gateway_config = mqtt_gateway::Config {
+        let mut gateway_config = mqtt_gateway::Config {
             mqtt: mqtt_gateway::MqttConfig {
                 host,
                 port,
@@ -99,6 +107,7 @@ impl Platform {
             drain_timeout_secs: 2,
             ..Default::default()
         };
+        tune(&mut gateway_config);
         let gateway_shutdown = shutdown.child_token();
         let gateway = mqtt_gateway::start(gateway_config.clone(), gateway_shutdown.clone())
             .await
