@@ -1,7 +1,6 @@
 //! alert-engine configuration (env prefix `ALERT_ENGINE__`).
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use iot_kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
@@ -50,33 +49,8 @@ impl iot_runtime::Validate for Config {
     }
 }
 
-impl Config {
-    pub const ENV_PREFIX: &'static str = "ALERT_ENGINE";
-
-    pub fn load(file: Option<&Path>) -> Result<Self, iot_runtime::ConfigError> {
-        iot_runtime::load_config(Self::ENV_PREFIX, file)
-    }
+impl iot_runtime::ServiceConfig for Config {
+    const ENV_PREFIX: &'static str = "ALERT_ENGINE";
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_example_config_parses() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/alert-engine.toml");
-        let config = Config::load(Some(&path)).unwrap();
-        assert_eq!(config.admin_addr.port(), 9103);
-    }
-
-    #[test]
-    fn unknown_keys_are_refused() {
-        let dir = std::env::temp_dir().join(format!("cfg-{}-{}", std::process::id(), line!()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
-        let err = Config::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("no_such_setting"), "{err}");
-    }
-}
+iot_runtime::service_config_tests!(super::Config, "alert-engine.toml", 9103);

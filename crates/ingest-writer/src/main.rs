@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use iot_runtime::ServiceConfig as _;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     iot_telemetry::init_tracing("ingest-writer");

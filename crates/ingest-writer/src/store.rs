@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 const CREATE_STAGING: &str = include_str!("sql/create_staging.sql");
 const COPY_STAGING: &str = include_str!("sql/copy_staging.sql");
+const COPY_DIRECT: &str = include_str!("sql/copy_direct.sql");
 const INSERT_READINGS: &str = include_str!("sql/insert_readings.sql");
-const STAGING_TYPES: [Type; 6] = [
+const COLUMN_TYPES: [Type; 6] = [
     Type::TIMESTAMPTZ,
     Type::UUID,
     Type::TEXT,
@@ -39,16 +41,38 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Writes a batch in one transaction: binary `COPY` into a session-local
-/// staging table, then one `INSERT ... SELECT ... ON CONFLICT DO NOTHING`, so
-/// a reading already stored (same device, sensor and time) is ignored.
-/// Returns the number of new rows.
+/// Writes a batch in one transaction and returns the number of new rows.
+///
+/// Fast path: binary `COPY` straight into `sensor_readings`. If any reading
+/// is already stored (a redelivery: same device, sensor and time) the unique
+/// key refuses the whole `COPY`; the batch is then written again through a
+/// session-local staging table and `INSERT ... ON CONFLICT DO NOTHING`, so
+/// the stored readings are ignored, not duplicated.
 pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
+    match copy_rows(&mut client, COPY_DIRECT, None, rows).await {
+        Ok(n) => Ok(n),
+        Err(StoreError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            copy_rows(&mut client, COPY_STAGING, Some(INSERT_READINGS), rows).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One transaction: `COPY` the rows with `copy`, then run `then` (if any);
+/// returns the rows `then` inserted, or the rows copied.
+async fn copy_rows(
+    client: &mut deadpool_postgres::Object,
+    copy: &str,
+    then: Option<&str>,
+    rows: &[Row],
+) -> Result<u64, StoreError> {
     let tx = client.transaction().await?;
-    tx.batch_execute(CREATE_STAGING).await?;
-    let sink = tx.copy_in(COPY_STAGING).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGING_TYPES);
+    if then.is_some() {
+        tx.batch_execute(CREATE_STAGING).await?;
+    }
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
     futures::pin_mut!(writer);
     for r in rows {
         writer
@@ -63,11 +87,16 @@ pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, StoreError> {
             ])
             .await?;
     }
-    writer.finish().await?;
-    let stmt = tx.prepare_cached(INSERT_READINGS).await?;
-    let inserted = tx.execute(&stmt, &[]).await?;
+    let copied = writer.finish().await?;
+    let n = match then {
+        Some(sql) => {
+            let stmt = tx.prepare_cached(sql).await?;
+            tx.execute(&stmt, &[]).await?
+        }
+        None => copied,
+    };
     tx.commit().await?;
-    Ok(inserted)
+    Ok(n)
 }
 
 /// Raw readings of one device and sensor in `[start, end)`, newest first.

@@ -23,6 +23,49 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// The config of one service binary.
+pub trait ServiceConfig: Serialize + DeserializeOwned + Default + Validate {
+    /// Prefix of its environment variables, e.g. `INGEST_WRITER`.
+    const ENV_PREFIX: &'static str;
+
+    /// Defaults, then `file`, then `{ENV_PREFIX}__...` variables, validated.
+    fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        load_config(Self::ENV_PREFIX, file)
+    }
+}
+
+/// The tests every service config gets: the example shipped in
+/// `deploy/local/` parses (and sets the admin port it names), and unknown
+/// keys are refused.
+#[macro_export]
+macro_rules! service_config_tests {
+    ($config:ty, $example:literal, $admin_port:expr) => {
+        #[cfg(test)]
+        mod service_config_tests {
+            use $crate::ServiceConfig as _;
+
+            #[test]
+            fn shipped_example_config_parses() {
+                let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../deploy/local")
+                    .join($example);
+                let config = <$config>::load(Some(&path)).unwrap();
+                assert_eq!(config.admin_addr.port(), $admin_port);
+            }
+
+            #[test]
+            fn unknown_keys_are_refused() {
+                let dir = std::env::temp_dir().join(format!("cfg-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join("unknown.toml");
+                std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+                let err = <$config>::load(Some(&path)).unwrap_err().to_string();
+                assert!(err.contains("no_such_setting"), "{err}");
+            }
+        }
+    };
+}
+
 /// Loads `T` from its defaults, then the TOML file (if given), then
 /// environment variables `{PREFIX}__SECTION__KEY` (for example
 /// `INGEST_WRITER__KAFKA__BROKERS`), then validates the result.

@@ -6,6 +6,7 @@
 //!   down    stop everything `up` (or `stack`) started
 //!   test    install and start what the tests need, run the whole suite
 //!   stack   install and start PostgreSQL, Mosquitto and Tansu only
+//!   bench   run a benchmark program against the stack (`bench ingest`)
 //!   status  show what runs
 
 mod paths;
@@ -23,8 +24,9 @@ fn main() -> ExitCode {
         "test" => stack::test(&args[1..]),
         "stack" => stack::infra().map(|_| ()),
         "status" => stack::status(),
+        "bench" => stack::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <up|down|test|stack|status>");
+            eprintln!("usage: cargo xtask <up|down|test|stack|status|bench ingest>");
             return if cmd == "help" {
                 ExitCode::SUCCESS
             } else {

@@ -333,3 +333,35 @@ pub fn test(extra: &[String]) -> Result<()> {
     stop_infra(&started);
     result
 }
+
+/// `cargo xtask bench ingest`: release build, stack up, run the program.
+pub fn bench(args: &[String]) -> Result<()> {
+    let what = args.first().map(String::as_str).unwrap_or("");
+    if what != "ingest" {
+        return Err("usage: cargo xtask bench ingest".into());
+    }
+    proc::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "device-registry",
+        "-p",
+        "ingest-writer",
+        "-p",
+        "mqtt-gateway",
+        "-p",
+        "iot-bench",
+    ]))?;
+    let started = infra()?;
+    let release = paths::target_dir().join("release");
+    let result = proc::run(
+        Command::new(release.join("iot-bench"))
+            .arg(what)
+            .env("IOT_BENCH_BIN_DIR", &release)
+            .env("IOT_BENCH_DATABASE_URL", TEST_ADMIN_URL)
+            .env("IOT_BENCH_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"))
+            .env("IOT_BENCH_MQTT_PORT", MQTT_PORT.to_string()),
+    );
+    stop_infra(&started);
+    result
+}

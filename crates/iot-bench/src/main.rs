@@ -1,0 +1,416 @@
+//! `iot-bench ingest`: the ingest path's throughput, latency and memory, each
+//! as a ratio to the raw limit measured in the same run on the same machine.
+//!
+//! Run through `cargo xtask bench ingest`, which builds release binaries and
+//! starts the stack. Phases:
+//! 1. raw limit: binary `COPY` of N rows straight into `sensor_readings`;
+//! 2. writer: ingest-writer draining a pre-filled Kafka topic of N readings;
+//! 3. end to end: `iotctl simulate` at full speed over MQTT (QoS 1) to rows,
+//!    single-reading messages and 50-reading batches;
+//! 4. latency: publish-to-row p50/p99 for probe readings while the fleet
+//!    publishes at half the measured single-message rate;
+//! 5. peak RSS (VmHWM) of every service process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod procs;
+
+use std::time::{Duration, Instant};
+
+use futures::pin_mut;
+use iot_proto::Message as _;
+use procs::Service;
+use rust_decimal::Decimal;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn unique() -> String {
+    Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+struct Ctx {
+    admin_db: String,
+    brokers: String,
+    mqtt_port: u16,
+    rows: usize,
+}
+
+async fn fresh_db(ctx: &Ctx) -> String {
+    let base = ctx.admin_db.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/iot_bench_{}", unique());
+    iot_db::ensure_database(&url).await.unwrap();
+    iot_db::migrate(&url, iot_db::BackendChoice::Auto)
+        .await
+        .unwrap();
+    url
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+async fn count(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT count(*) FROM sensor_readings", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until the table holds `n` rows; returns when that happened.
+async fn wait_rows(db: &tokio_postgres::Client, n: i64, limit: Duration) -> Instant {
+    let start = Instant::now();
+    loop {
+        if count(db).await >= n {
+            return Instant::now();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting for {n} rows (have {})",
+            count(db).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The same rows every phase writes: 100 devices, 3 sensors, 1 s apart.
+fn rows(n: usize) -> Vec<(chrono::DateTime<chrono::Utc>, Uuid, String, Decimal)> {
+    let devices: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(2);
+    (0..n)
+        .map(|i| {
+            (
+                t0 + chrono::Duration::milliseconds((i / 300) as i64 * 1000 + (i % 300) as i64),
+                devices[i % 100],
+                ["temperature", "humidity", "pressure"][(i / 100) % 3].to_owned(),
+                Decimal::new((i % 100_000) as i64, 2),
+            )
+        })
+        .collect()
+}
+
+async fn raw_copy(ctx: &Ctx) -> f64 {
+    let db = fresh_db(ctx).await;
+    let client = connect(&db).await;
+    let data = rows(ctx.rows);
+    let start = Instant::now();
+    for chunk in data.chunks(5000) {
+        let sink = client
+            .copy_in("COPY sensor_readings (time, device_id, sensor_name, value) FROM STDIN BINARY")
+            .await
+            .unwrap();
+        let w = BinaryCopyInWriter::new(
+            sink,
+            &[Type::TIMESTAMPTZ, Type::UUID, Type::VARCHAR, Type::NUMERIC],
+        );
+        pin_mut!(w);
+        for (t, d, s, v) in chunk {
+            w.as_mut().write(&[t, d, s, v]).await.unwrap();
+        }
+        w.finish().await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(count(&client).await, ctx.rows as i64);
+    ctx.rows as f64 / secs
+}
+
+async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
+    let db = fresh_db(ctx).await;
+    let kafka = iot_kafka::KafkaConfig {
+        brokers: ctx.brokers.clone(),
+        readings_topic: format!("bench.readings.{}", unique()),
+        dead_letter_topic: format!("bench.dlq.{}", unique()),
+        ..Default::default()
+    };
+    kafka.ensure_topics().await.unwrap();
+    let producer = kafka.producer("bench").unwrap();
+    for chunk in rows(ctx.rows).chunks(2000) {
+        let sends = chunk.iter().map(|(t, d, s, v)| {
+            let env = iot_proto::v1::ReadingEnvelope {
+                device_uuid: d.to_string(),
+                device_id: d.to_string(),
+                sensor_name: s.clone(),
+                value: v.to_string(),
+                time: Some(iot_proto::timestamp(*t)),
+                received_at: Some(iot_proto::timestamp(*t)),
+                source: "bench".into(),
+                ..Default::default()
+            };
+            let bytes = env.encode_to_vec();
+            let key = env.device_uuid;
+            let producer = &producer;
+            let topic = &kafka.readings_topic;
+            async move {
+                producer
+                    .send(
+                        iot_kafka::rdkafka::producer::FutureRecord::to(topic)
+                            .key(&key)
+                            .payload(&bytes),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+    let client = connect(&db).await;
+    let start = Instant::now();
+    let writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
+    let done = wait_rows(&client, ctx.rows as i64, Duration::from_secs(600)).await;
+    let rss = writer.peak_rss_kib();
+    drop(writer);
+    (ctx.rows as f64 / (done - start).as_secs_f64(), rss)
+}
+
+struct E2e {
+    single: f64,
+    batch: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    latency_rate: f64,
+    rss: Vec<(&'static str, u64)>,
+}
+
+async fn end_to_end(ctx: &Ctx) -> E2e {
+    let db = fresh_db(ctx).await;
+    let client = connect(&db).await;
+    let kafka = iot_kafka::KafkaConfig {
+        brokers: ctx.brokers.clone(),
+        readings_topic: format!("bench.readings.{}", unique()),
+        dead_letter_topic: format!("bench.dlq.{}", unique()),
+        ..Default::default()
+    };
+    kafka.ensure_topics().await.unwrap();
+    let root = format!("bench{}", unique());
+    let registry = Service::registry(&db);
+    let writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
+    let gateway = Service::gateway(&kafka, &root, ctx.mqtt_port, &registry.grpc_url());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let sim = |form: iotctl::simulate::Form, count: u64, rate: f64, prefix: &str| {
+        iotctl::simulate::Args {
+            registry_url: registry.grpc_url(),
+            mqtt_host: "127.0.0.1".into(),
+            mqtt_port: ctx.mqtt_port,
+            topic_prefix: format!("{root}/sensors"),
+            batch_prefix: format!("{root}/batches"),
+            senml_prefix: format!("{root}/senml"),
+            devices: 100,
+            sensors: 3,
+            device_prefix: prefix.to_owned(),
+            rate,
+            rate_per_device: None,
+            qos: 1,
+            form,
+            batch_size: 50,
+            duration: 0,
+            count,
+            spike_ratio: 0.0,
+            connections: 4,
+            max_in_flight: 1000,
+            quiet: true,
+        }
+    };
+    // Register the fleet first so that registration is not timed.
+    iotctl::simulate::register(&sim(iotctl::simulate::Form::Single, 0, 1.0, "dev"))
+        .await
+        .unwrap();
+
+    let n = (ctx.rows / 2) as u64;
+    let start = Instant::now();
+    let s = iotctl::simulate::simulate(sim(iotctl::simulate::Form::Single, n, 0.0, "dev"))
+        .await
+        .unwrap();
+    let done = wait_rows(&client, s.readings as i64, Duration::from_secs(900)).await;
+    let single = s.readings as f64 / (done - start).as_secs_f64();
+
+    let before = count(&client).await;
+    let start = Instant::now();
+    let s = iotctl::simulate::simulate(sim(iotctl::simulate::Form::Batch, n * 2, 0.0, "dev"))
+        .await
+        .unwrap();
+    let done = wait_rows(
+        &client,
+        before + s.readings as i64,
+        Duration::from_secs(900),
+    )
+    .await;
+    let batch = s.readings as f64 / (done - start).as_secs_f64();
+
+    // Latency below saturation: the fleet at half the single-message rate,
+    // plus a probe device publishing every 20 ms.
+    let latency_rate = (single / 2.0).max(100.0);
+    let load = tokio::spawn(iotctl::simulate::simulate(sim(
+        iotctl::simulate::Form::Single,
+        (latency_rate * 15.0) as u64,
+        latency_rate,
+        "dev",
+    )));
+    let (p50_ms, p99_ms) = probe_latency(
+        ctx,
+        &root,
+        &registry.grpc_url(),
+        &client,
+        Duration::from_secs(10),
+    )
+    .await;
+    load.await.unwrap().unwrap();
+
+    let rss = vec![
+        ("device-registry", registry.peak_rss_kib()),
+        ("ingest-writer", writer.peak_rss_kib()),
+        ("mqtt-gateway", gateway.peak_rss_kib()),
+    ];
+    E2e {
+        single,
+        batch,
+        p50_ms,
+        p99_ms,
+        latency_rate,
+        rss,
+    }
+}
+
+/// Publishes a probe reading every 20 ms and measures publish-to-row time.
+async fn probe_latency(
+    ctx: &Ctx,
+    root: &str,
+    registry: &str,
+    db: &tokio_postgres::Client,
+    run: Duration,
+) -> (f64, f64) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut reg =
+        iot_proto::v1::device_registry_client::DeviceRegistryClient::connect(registry.to_owned())
+            .await
+            .unwrap();
+    let probe = reg
+        .create_device(iot_proto::v1::CreateDeviceRequest {
+            device_id: format!("probe-{}", unique()),
+            name: "latency probe".into(),
+            device_type: "probe".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let probe_uuid = Uuid::parse_str(&probe.id).unwrap();
+    let (client, mut eventloop) = AsyncClient::new(
+        MqttOptions::new(format!("probe-{}", unique()), "127.0.0.1", ctx.mqtt_port),
+        100,
+    );
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut sent: Vec<Instant> = Vec::new();
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut seen = 0usize;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while start.elapsed() < run || seen < sent.len() {
+        tick.tick().await;
+        if start.elapsed() < run {
+            let i = sent.len();
+            let payload = format!(
+                r#"{{"value": {i}, "timestamp": "{}"}}"#,
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
+            sent.push(Instant::now());
+            client
+                .publish(
+                    format!("{root}/sensors/{}/probe", probe.device_id),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .unwrap();
+        }
+        let rows = db
+            .query(
+                "SELECT value FROM sensor_readings WHERE device_id = $1 AND sensor_name = 'probe'",
+                &[&probe_uuid],
+            )
+            .await
+            .unwrap();
+        let now = Instant::now();
+        if rows.len() > seen {
+            let mut values: Vec<usize> = rows
+                .iter()
+                .map(|r| {
+                    r.get::<_, Decimal>(0)
+                        .normalize()
+                        .to_string()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            values.sort_unstable();
+            for v in &values[seen..] {
+                latencies.push((now - sent[*v]).as_secs_f64() * 1000.0);
+            }
+            seen = values.len();
+        }
+        assert!(
+            start.elapsed() < run + Duration::from_secs(60),
+            "probe readings did not all arrive"
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    (pct(0.5), pct(0.99))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    anyhow::ensure!(what == "ingest", "usage: iot-bench ingest");
+    let ctx = Ctx {
+        admin_db: env(
+            "IOT_BENCH_DATABASE_URL",
+            "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+        ),
+        brokers: env("IOT_BENCH_KAFKA", "127.0.0.1:19092"),
+        mqtt_port: env("IOT_BENCH_MQTT_PORT", "11883").parse()?,
+        rows: env("IOT_BENCH_ROWS", "200000").parse()?,
+    };
+    println!("ingest benchmark, {} rows per phase", ctx.rows);
+    let raw = raw_copy(&ctx).await;
+    println!("raw COPY into sensor_readings      {raw:>10.0} rows/s   1.00x (baseline)");
+    let (writer, writer_rss) = writer_drain(&ctx).await;
+    println!(
+        "ingest-writer draining Kafka       {writer:>10.0} rows/s   {:.2}x",
+        writer / raw
+    );
+    let e = end_to_end(&ctx).await;
+    println!(
+        "end to end, 1 reading/message      {:>10.0} readings/s {:.2}x",
+        e.single,
+        e.single / raw
+    );
+    println!(
+        "end to end, 50 readings/message    {:>10.0} readings/s {:.2}x",
+        e.batch,
+        e.batch / raw
+    );
+    println!(
+        "publish-to-row latency at {:.0} readings/s: p50 {:.1} ms, p99 {:.1} ms",
+        e.latency_rate, e.p50_ms, e.p99_ms
+    );
+    println!(
+        "peak RSS: ingest-writer (drain phase) {} MiB",
+        writer_rss / 1024
+    );
+    for (name, kib) in &e.rss {
+        println!("peak RSS: {name} {} MiB", kib / 1024);
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Service processes started from the release binaries in `IOT_BENCH_BIN_DIR`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct Service {
+    child: Child,
+    grpc_port: u16,
+}
+
+fn bin(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var("IOT_BENCH_BIN_DIR").unwrap_or_else(|_| "target/release".into()))
+        .join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Service {
+    fn spawn(name: &str, prefix: &str, vars: &[(&str, String)]) -> Self {
+        let grpc_port = free_port();
+        let mut cmd = Command::new(bin(name));
+        cmd.env(
+            format!("{prefix}__GRPC_ADDR"),
+            format!("127.0.0.1:{grpc_port}"),
+        )
+        .env(format!("{prefix}__ADMIN_ADDR"), "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        for (k, v) in vars {
+            cmd.env(format!("{prefix}__{k}"), v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self { child, grpc_port }
+    }
+
+    pub fn registry(db: &str) -> Self {
+        Self::spawn(
+            "device-registry",
+            "DEVICE_REGISTRY",
+            &[("DATABASE_URL", db.into())],
+        )
+    }
+
+    pub fn writer(db: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> Self {
+        Self::spawn(
+            "ingest-writer",
+            "INGEST_WRITER",
+            &[
+                ("DATABASE_URL", db.into()),
+                ("GROUP_ID", group.into()),
+                ("KAFKA__BROKERS", kafka.brokers.clone()),
+                ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
+                ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
+            ],
+        )
+    }
+
+    pub fn gateway(
+        kafka: &iot_kafka::KafkaConfig,
+        root: &str,
+        mqtt_port: u16,
+        registry: &str,
+    ) -> Self {
+        Self::spawn(
+            "mqtt-gateway",
+            "MQTT_GATEWAY",
+            &[
+                ("HTTP_ADDR", "127.0.0.1:0".into()),
+                ("REGISTRY_URL", registry.into()),
+                ("KAFKA__BROKERS", kafka.brokers.clone()),
+                ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
+                ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
+                ("MQTT__PORT", mqtt_port.to_string()),
+                ("MQTT__CLIENT_ID", format!("{root}-gw")),
+                ("MQTT__TOPIC_PREFIX", format!("{root}/sensors")),
+                ("MQTT__BATCH_TOPIC_PREFIX", format!("{root}/batches")),
+                ("MQTT__SENML_TOPIC_PREFIX", format!("{root}/senml")),
+                ("MQTT__SHARE_GROUP", root.into()),
+            ],
+        )
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Peak resident set size (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
