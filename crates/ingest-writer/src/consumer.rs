@@ -63,11 +63,26 @@ pub async fn run(
     let mut rows: Vec<Row> = Vec::with_capacity(settings.max_rows);
     // Highest offset seen per (topic, partition) in the current batch.
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut writing: Option<Writing> = None;
     'outer: loop {
-        // Wait for the first record of a batch.
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break 'outer,
-            m = consumer.recv() => m,
+        // Wait for the first record of a batch; meanwhile store the offsets
+        // of the batch being written as soon as it is.
+        let first = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break 'outer,
+                m = consumer.recv() => break m,
+                Some(done) = async {
+                    match writing.as_mut() {
+                        Some(w) => Some(w.await),
+                        None => None,
+                    }
+                }, if writing.is_some() => {
+                    writing = None;
+                    if !stored(&consumer, done) {
+                        break 'outer;
+                    }
+                }
+            }
         };
         let deadline = tokio::time::Instant::now() + settings.max_wait;
         let mut next = Some(first);
@@ -107,19 +122,57 @@ pub async fn run(
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        if !write_with_retry(&pool, &rows, &metrics, &shutdown).await {
-            // Stopped before the batch was stored: its offsets are not
-            // stored either, so the records are read again after restart.
+        // One write runs while the next batch is collected (at most two
+        // batches in memory); writes stay in order, and so do the offsets.
+        if !finish(&consumer, writing.take()).await {
             break 'outer;
         }
-        store_offsets(&consumer, &offsets);
-        rows.clear();
-        offsets.clear();
+        let batch = std::mem::replace(&mut rows, Vec::with_capacity(settings.max_rows));
+        let batch_offsets = std::mem::take(&mut offsets);
+        let (pool, metrics, shutdown) = (pool.clone(), metrics.clone(), shutdown.clone());
+        writing = Some(tokio::spawn(async move {
+            let stored = write_with_retry(&pool, &batch, &metrics, &shutdown).await;
+            (stored, batch_offsets)
+        }));
     }
+    finish(&consumer, writing.take()).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final offset commit");
     }
     Ok(())
+}
+
+/// Highest offset per (topic, partition) of a batch.
+type Offsets = BTreeMap<(String, i32), i64>;
+
+/// A batch being written, with the offsets to store once it is.
+type Writing = tokio::task::JoinHandle<(bool, Offsets)>;
+
+/// Waits for the batch being written, then stores its offsets. False when
+/// it was not stored (shutdown came first): its offsets are not stored
+/// either, so its records are read again after a restart.
+async fn finish(consumer: &StreamConsumer, writing: Option<Writing>) -> bool {
+    let Some(writing) = writing else {
+        return true;
+    };
+    stored(consumer, writing.await)
+}
+
+fn stored(
+    consumer: &StreamConsumer,
+    done: Result<(bool, Offsets), tokio::task::JoinError>,
+) -> bool {
+    match done {
+        Ok((true, offsets)) => {
+            store_offsets(consumer, &offsets);
+            true
+        }
+        Ok((false, _)) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "batch writer task failed");
+            false
+        }
+    }
 }
 
 async fn send_dead_letter(

@@ -61,6 +61,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
+        // Low latency from produce to row, and a bounded prefetch buffer.
+        .set("fetch.wait.max.ms", "50")
+        .set("queued.max.messages.kbytes", "16384")
         .create()?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let producer = config.kafka.producer(SERVICE)?;
