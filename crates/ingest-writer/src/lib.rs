@@ -64,6 +64,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // Low latency from produce to row, and a bounded prefetch buffer.
         .set("fetch.wait.max.ms", "50")
         .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
         .create()?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let producer = config.kafka.producer(SERVICE)?;
