@@ -23,3 +23,7 @@ status:
 # Apply migrations to the local database.
 migrate:
     cargo run -q -p iotctl -- migrate
+
+# Run the ingest benchmark (release build, real stack).
+bench-ingest:
+    cargo xtask bench ingest
