@@ -41,12 +41,9 @@ impl Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    {
-        // In the background: the service starts (and makes no progress)
-        // while Kafka is down.
-        let kafka = config.kafka.clone();
-        tokio::spawn(async move { kafka.try_ensure_topics().await });
-    }
+    // Topics are created by ingest-writer (their consumer) or by operators;
+    // until they exist, produces fail as transient errors and nothing is
+    // acknowledged.
     let producer = config.kafka.producer(&config.mqtt.client_id)?;
     let dead_letters = DeadLetters::new(
         producer.clone(),
