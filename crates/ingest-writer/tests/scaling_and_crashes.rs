@@ -162,7 +162,24 @@ async fn two_replicas_in_one_group_split_the_partitions() {
     }
 }
 
-fn spawn_writer(db_url: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> Child {
+/// A writer process, killed when dropped (also when a test panics).
+struct WriterProcess(Child);
+
+impl WriterProcess {
+    /// SIGKILL, and wait for it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WriterProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_writer(db_url: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> WriterProcess {
     // A short session so the group notices the killed member quickly.
     let dir = std::env::temp_dir().join(format!("writer-{}", kit::unique()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -194,6 +211,7 @@ fn spawn_writer(db_url: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> Ch
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(WriterProcess)
         .expect("start ingest-writer")
 }
 
@@ -220,8 +238,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
         (count(&db).await > 2_000).then_some(())
     })
     .await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill(); // SIGKILL
     let at_kill = count(&db).await;
     assert!(
         at_kill < 20_000,
@@ -237,6 +254,5 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(&db).await, 20_000);
     assert_same(&stored_keys(&db).await, &expected_keys(&envs));
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }

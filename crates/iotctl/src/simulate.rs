@@ -268,13 +268,17 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
     let end = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
     let mut tick = tokio::time::interval(Duration::from_millis(if tty { 500 } else { 5000 }));
     let mut last = (Instant::now(), 0u64);
-    loop {
+    // Ends as soon as every connection is done (not at the next tick), so
+    // the elapsed time and rate are exact.
+    let mut all = std::pin::pin!(futures::future::join_all(tasks));
+    let results = loop {
         tokio::select! {
+            results = &mut all => break results,
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::signal::ctrl_c() => stop.store(true, Ordering::Relaxed),
         }
-        if end.is_some_and(|e| Instant::now() >= e) || tasks.iter().all(|t| t.is_finished()) {
-            break;
+        if end.is_some_and(|e| Instant::now() >= e) {
+            stop.store(true, Ordering::Relaxed);
         }
         if show {
             let readings = counters.readings.load(Ordering::Relaxed);
@@ -302,10 +306,10 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
                 eprintln!("{line}");
             }
         }
-    }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await??;
+    };
+    let elapsed = started.elapsed();
+    for r in results {
+        r??;
     }
     if show && tty {
         eprintln!();
@@ -315,7 +319,7 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         readings: counters.readings.load(Ordering::Relaxed),
         acked: counters.acked.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
+        elapsed,
     })
 }
 
