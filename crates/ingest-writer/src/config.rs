@@ -29,7 +29,7 @@ impl Default for Config {
             pool_size: 8,
             kafka: KafkaConfig::default(),
             group_id: "ingest-writer".into(),
-            batch_max_rows: 5000,
+            batch_max_rows: 10_000,
             batch_max_wait_ms: 100,
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
             admin_addr: ([127, 0, 0, 1], 9102).into(),
