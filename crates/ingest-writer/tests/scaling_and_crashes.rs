@@ -256,3 +256,85 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     assert_same(&stored_keys(&db).await, &expected_keys(&envs));
     second.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_errors_are_retried_and_no_batch_is_skipped() {
+    let db_url = kit::migrated_database().await;
+    let admin = kit::connect(&db_url).await;
+    // The writer runs as a role of its own whose INSERT right we can take away.
+    let role = format!("writer_{}", kit::unique());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'writer';
+             GRANT USAGE, CREATE ON SCHEMA public TO {role};
+             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role};
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role};
+             REVOKE INSERT ON sensor_readings FROM {role};"
+        ))
+        .await
+        .unwrap();
+    let (_, rest) = db_url.split_once("://").unwrap();
+    let (_, host_db) = rest.split_once('@').unwrap();
+    let writer_url = format!("postgres://{role}:writer@{host_db}");
+
+    let kafka = kit::kafka_config();
+    kafka.ensure_topics().await.unwrap();
+    let shutdown = CancellationToken::new();
+    let w = ingest_writer::start(
+        ingest_writer::Config {
+            database_url: writer_url,
+            kafka: kafka.clone(),
+            group_id: format!("dberr-{}", kit::unique()),
+            batch_max_rows: 100,
+            batch_max_wait_ms: 20,
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let admin_addr = w.admin_addr;
+    let task = tokio::spawn(w.wait());
+    let envs = readings(10, 1000);
+    produce(
+        &kafka.producer("test").unwrap(),
+        &kafka.readings_topic,
+        &envs,
+    )
+    .await;
+
+    // Writes fail while the right is missing: the writer retries, nothing lands.
+    kit::eventually("failed writes counted", Duration::from_secs(30), || async {
+        let m = kit::http_get(admin_addr, "/metrics").await;
+        let errors: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("iot_writer_db_errors_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (errors >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(count(&admin).await, 0);
+
+    // The database recovers: every reading arrives, none twice.
+    admin
+        .batch_execute(&format!("GRANT INSERT ON sensor_readings TO {role}"))
+        .await
+        .unwrap();
+    kit::eventually(
+        "all rows after recovery",
+        Duration::from_secs(60),
+        || async { (count(&admin).await >= 1000).then_some(()) },
+    )
+    .await;
+    assert_same(&stored_keys(&admin).await, &expected_keys(&envs));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    // Roles are server-wide: leave none behind.
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
