@@ -65,7 +65,9 @@ async fn count(db: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Waits until the table holds `n` rows; returns when that happened.
+/// Waits until the table holds `n` rows; returns when that happened. Polls
+/// every 250 ms: `count(*)` scans the table, and polling it faster would
+/// load the very database being measured.
 async fn wait_rows(db: &tokio_postgres::Client, n: i64, limit: Duration) -> Instant {
     let start = Instant::now();
     loop {
@@ -77,7 +79,7 @@ async fn wait_rows(db: &tokio_postgres::Client, n: i64, limit: Duration) -> Inst
             "timed out waiting for {n} rows (have {})",
             count(db).await
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
