@@ -174,7 +174,10 @@ async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     let done = wait_rows(&client, ctx.rows as i64, Duration::from_secs(600)).await;
     let rss = writer.peak_rss_kib();
     drop(writer);
-    ((ctx.rows as i64 - first) as f64 / (done - start).as_secs_f64(), rss)
+    (
+        (ctx.rows as i64 - first) as f64 / (done - start).as_secs_f64(),
+        rss,
+    )
 }
 
 struct E2e {
