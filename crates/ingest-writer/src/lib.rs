@@ -65,6 +65,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .set("fetch.wait.max.ms", "50")
         .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "20000")
+        .set("fetch.max.bytes", "16777216")
         .create()?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let producer = config.kafka.producer(SERVICE)?;

@@ -101,6 +101,10 @@ impl KafkaConfig {
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
+            // A bounded local queue: when it is full, sends wait (backpressure
+            // up to the MQTT broker) instead of growing memory.
+            .set("queue.buffering.max.kbytes", "32768")
+            .set("queue.buffering.max.messages", "100000")
             .set("message.timeout.ms", "30000");
         for (k, v) in &self.properties {
             c.set(k, v);
