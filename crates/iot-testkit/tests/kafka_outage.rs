@@ -33,7 +33,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_broker(port: u16) -> Child {
+/// A broker of the test's own, killed when dropped (also on panic).
+struct Broker(Child);
+
+impl Broker {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn start_broker(port: u16) -> Broker {
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu_bin())
         .args(["broker", "--storage-engine", "memory://tansu/"])
@@ -42,6 +58,7 @@ async fn start_broker(port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Broker)
         .expect("start tansu (set IOT_TEST_TANSU_BIN or run `cargo xtask stack`)");
     kit::eventually("broker listening", Duration::from_secs(20), || async move {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -100,8 +117,7 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
 
     // Kafka goes away; the device keeps publishing (Mosquitto takes the
     // messages; the gateway must not acknowledge them to Mosquitto).
-    broker.kill().unwrap();
-    broker.wait().unwrap();
+    broker.kill();
     kit::publish_all(
         &(10..20)
             .map(|i| (topic.clone(), payload(i)))
@@ -190,6 +206,5 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
     );
     p.stop().await;
     writer.wait().await.unwrap();
-    broker.kill().unwrap();
-    broker.wait().unwrap();
+    broker.kill();
 }
