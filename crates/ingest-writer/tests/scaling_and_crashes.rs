@@ -141,12 +141,8 @@ async fn two_replicas_in_one_group_split_the_partitions() {
     .await;
     let mut per_replica = Vec::new();
     for a in &admins {
-        let m = kit::http_get(*a, "/metrics").await;
-        let n: u64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix("iot_writer_rows_written_total "))
-            .unwrap()
-            .parse()
+        let n = kit::metric(*a, "iot_writer_rows_written_total")
+            .await
             .unwrap();
         per_replica.push(n);
     }
@@ -307,11 +303,8 @@ async fn database_errors_are_retried_and_no_batch_is_skipped() {
 
     // Writes fail while the right is missing: the writer retries, nothing lands.
     kit::eventually("failed writes counted", Duration::from_secs(30), || async {
-        let m = kit::http_get(admin_addr, "/metrics").await;
-        let errors: u64 = m
-            .lines()
-            .find_map(|l| l.strip_prefix("iot_writer_db_errors_total "))
-            .and_then(|n| n.parse().ok())
+        let errors = kit::metric(admin_addr, "iot_writer_db_errors_total")
+            .await
             .unwrap_or(0);
         (errors >= 2).then_some(())
     })

@@ -219,6 +219,27 @@ pub async fn dead_letters(
         .collect()
 }
 
+/// The value of one Prometheus series on a service's admin endpoint, e.g.
+/// `metric(addr, "iot_writer_rows_written_total")`; `None` when absent.
+pub async fn metric(admin: std::net::SocketAddr, series: &str) -> Option<u64> {
+    let body = http_get(admin, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Rows stored for one device.
+pub async fn device_rows(db: &tokio_postgres::Client, device: uuid::Uuid) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
+        &[&device],
+    )
+    .await
+    .expect("count rows")
+    .get(0)
+}
+
 /// GETs an admin endpoint path (e.g. `/metrics`) and returns the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -233,15 +233,7 @@ async fn a_burst_far_larger_than_the_in_flight_window_is_stored_whole() {
     let db = kit::connect(&p.db).await;
     let uuid = Uuid::parse_str(&dev.id).unwrap();
     kit::eventually("all 3000 stored", Duration::from_secs(120), || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
-                &[&uuid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n == 3000).then_some(())
+        (kit::device_rows(&db, uuid).await == 3000).then_some(())
     })
     .await;
     let m = kit::http_get(p.gateway_admin, "/metrics").await;

@@ -99,17 +99,7 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
     .await;
     let db = kit::connect(&p.db).await;
     let uuid = uuid::Uuid::parse_str(&dev.id).unwrap();
-    let count = || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
-                &[&uuid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
+    let count = || kit::device_rows(&db, uuid);
     kit::eventually("first ten stored", Duration::from_secs(30), || async {
         (count().await == 10).then_some(())
     })
@@ -125,11 +115,11 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let accepted = |admin| async move {
-        let m = kit::http_get(admin, "/metrics").await;
-        m.lines()
-            .find_map(|l| l.strip_prefix("iot_gateway_readings_accepted_total{source=\"mqtt\"} "))
-            .map(|n| n.parse::<u64>().unwrap())
+    let accepted = |admin| {
+        kit::metric(
+            admin,
+            "iot_gateway_readings_accepted_total{source=\"mqtt\"}",
+        )
     };
     assert_eq!(
         accepted(p.gateway_admin).await,

@@ -269,15 +269,7 @@ async fn writer_ignores_redelivered_readings_and_dead_letters_poison() {
     let db = kit::connect(&p.db).await;
     let uuid = uuid::Uuid::parse_str(&device.id).unwrap();
     kit::eventually("reading stored", Duration::from_secs(30), || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
-                &[&uuid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n > 0).then_some(())
+        (kit::device_rows(&db, uuid).await > 0).then_some(())
     })
     .await;
     // The writer saw the redelivery and ignored it.
@@ -287,14 +279,7 @@ async fn writer_ignores_redelivered_readings_and_dead_letters_poison() {
             .then_some(())
     })
     .await;
-    let n: i64 = db
-        .query_one(
-            "SELECT count(*) FROM sensor_readings WHERE device_id = $1",
-            &[&uuid],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n = kit::device_rows(&db, uuid).await;
     assert_eq!(n, 1);
     p.stop().await;
 }
