@@ -54,18 +54,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     let consumer: StreamConsumer = config
         .kafka
-        .client_config()
+        .client_config_with(&[
+            ("client.id", SERVICE),
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            // Low latency from produce to row, and a bounded prefetch buffer.
+            ("fetch.wait.max.ms", "50"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("queued.min.messages", "20000"),
+            ("fetch.max.bytes", "16777216"),
+        ])
+        // Not overridable: offsets are stored only after the database commit.
         .set("group.id", &config.group_id)
-        .set("client.id", SERVICE)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        // Low latency from produce to row, and a bounded prefetch buffer.
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
-        .set("fetch.max.bytes", "16777216")
         .create()?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let producer = config.kafka.producer(SERVICE)?;

@@ -82,8 +82,17 @@ impl KafkaConfig {
 
     /// A client config with the brokers and the pass-through properties.
     pub fn client_config(&self) -> ClientConfig {
+        self.client_config_with(&[])
+    }
+
+    /// A client config with the brokers, then the service's `defaults`,
+    /// then the operator's pass-through properties, which win.
+    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -91,25 +100,24 @@ impl KafkaConfig {
     }
 
     /// An idempotent producer tuned for throughput: batches by time and size,
-    /// lz4 compression, acks from all in-sync replicas.
+    /// lz4 compression, acks from all in-sync replicas. The tuning can be
+    /// overridden through `properties`; idempotence and `acks=all` cannot,
+    /// because acknowledging a device's message relies on them.
     pub fn producer(&self, client_id: &str) -> Result<FutureProducer, KafkaError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("client.id", client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
+        self.client_config_with(&[
+            ("client.id", client_id),
+            ("compression.type", "lz4"),
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
             // A bounded local queue: when it is full, sends wait (backpressure
             // up to the MQTT broker) instead of growing memory.
-            .set("queue.buffering.max.kbytes", "32768")
-            .set("queue.buffering.max.messages", "100000")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c.create()
+            ("queue.buffering.max.kbytes", "32768"),
+            ("queue.buffering.max.messages", "100000"),
+            ("message.timeout.ms", "30000"),
+        ])
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
     }
 
     /// Like [`Self::ensure_topics`], but a broker that cannot be reached is
