@@ -3,16 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{ANY, Platform};
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 async fn health(addr: SocketAddr) -> Option<i32> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -31,60 +32,36 @@ async fn health(addr: SocketAddr) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_answer_health_checks_and_stop_cleanly() {
-    let db = kit::migrated_database().await;
-    let kafka = kit::kafka_config();
-    let shutdown = CancellationToken::new();
-    let registry = device_registry::start(
-        device_registry::Config {
-            database_url: db.clone(),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let writer = ingest_writer::start(
-        ingest_writer::Config {
-            database_url: db.clone(),
-            kafka: kafka.clone(),
-            group_id: format!("w-{}", kit::unique()),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    // Registry, writer and gateway, plus the two services the platform
+    // fixture does not start.
+    let p = Platform::start().await;
     let alerts = alert_engine::start(
         alert_engine::Config {
-            database_url: db.clone(),
-            kafka: kafka.clone(),
+            database_url: p.db.clone(),
+            kafka: p.kafka.clone(),
             group_id: format!("a-{}", kit::unique()),
             grpc_addr: ANY,
             admin_addr: ANY,
             ..Default::default()
         },
-        shutdown.clone(),
+        p.shutdown.clone(),
     )
     .await
     .unwrap();
     let graphql = graphql_gateway::start(
         graphql_gateway::Config {
-            registry_url: format!("http://{}", registry.grpc_addr),
-            telemetry_url: format!("http://{}", writer.grpc_addr),
+            registry_url: format!("http://{}", p.registry),
+            telemetry_url: format!("http://{}", p.telemetry),
             alerts_url: format!("http://{}", alerts.grpc_addr),
             grpc_addr: ANY,
             admin_addr: ANY,
         },
-        shutdown.clone(),
+        p.shutdown.clone(),
     )
     .await
     .unwrap();
 
-    for addr in [registry.grpc_addr, writer.grpc_addr, alerts.grpc_addr] {
+    for addr in [p.registry, p.telemetry, alerts.grpc_addr, p.gateway_grpc] {
         assert_eq!(
             health(addr).await,
             Some(ServingStatus::Serving as i32),
@@ -100,21 +77,20 @@ async fn services_answer_health_checks_and_stop_cleanly() {
     )
     .await;
     assert_eq!(kit::http_get(graphql.admin_addr, "/readyz").await, "ready");
-    assert!(
-        kit::http_get(writer.admin_addr, "/metrics")
-            .await
-            .contains("iot_writer_rows_written_total 0")
+    assert_eq!(
+        kit::metric(p.writer_admin, "iot_writer_rows_written_total").await,
+        Some(0)
     );
 
-    shutdown.cancel();
+    p.shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(40), async {
-        registry.wait().await.unwrap();
-        writer.wait().await.unwrap();
         alerts.wait().await.unwrap();
         graphql.wait().await.unwrap();
     })
     .await;
     assert!(stopped.is_ok(), "services did not stop within 40s");
+    // The fixture's services stop within their grace period too.
+    p.stop().await;
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(gql).await.is_err());
 }
