@@ -50,6 +50,18 @@ async fn fresh_db(ctx: &Ctx) -> String {
     url
 }
 
+/// Readings and dead-letter topics of this phase's own, created.
+async fn fresh_topics(ctx: &Ctx) -> iot_kafka::KafkaConfig {
+    let kafka = iot_kafka::KafkaConfig {
+        brokers: ctx.brokers.clone(),
+        readings_topic: format!("bench.readings.{}", unique()),
+        dead_letter_topic: format!("bench.dlq.{}", unique()),
+        ..Default::default()
+    };
+    kafka.ensure_topics().await.unwrap();
+    kafka
+}
+
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -126,13 +138,7 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
 
 async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     let db = fresh_db(ctx).await;
-    let kafka = iot_kafka::KafkaConfig {
-        brokers: ctx.brokers.clone(),
-        readings_topic: format!("bench.readings.{}", unique()),
-        dead_letter_topic: format!("bench.dlq.{}", unique()),
-        ..Default::default()
-    };
-    kafka.ensure_topics().await.unwrap();
+    let kafka = fresh_topics(ctx).await;
     let producer = kafka.producer("bench").unwrap();
     for chunk in rows(ctx.rows).chunks(2000) {
         let sends = chunk.iter().map(|(t, d, s, v)| {
@@ -192,13 +198,7 @@ struct E2e {
 async fn end_to_end(ctx: &Ctx) -> E2e {
     let db = fresh_db(ctx).await;
     let client = connect(&db).await;
-    let kafka = iot_kafka::KafkaConfig {
-        brokers: ctx.brokers.clone(),
-        readings_topic: format!("bench.readings.{}", unique()),
-        dead_letter_topic: format!("bench.dlq.{}", unique()),
-        ..Default::default()
-    };
-    kafka.ensure_topics().await.unwrap();
+    let kafka = fresh_topics(ctx).await;
     let root = format!("bench{}", unique());
     let registry = Service::registry(&db);
     let writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
