@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use iot_kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::retention::RetentionConfig;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -20,6 +22,8 @@ pub struct Config {
     /// gRPC API (Telemetry + grpc.health.v1).
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Raw and rollup retention, and how often it is applied.
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
             batch_max_wait_ms: 100,
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
             admin_addr: ([127, 0, 0, 1], 9102).into(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -40,6 +45,7 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
+        p.extend(self.retention.problems("retention"));
         if self.database_url.parse::<tokio_postgres::Config>().is_err() {
             p.push(format!(
                 "database_url {:?} is not a PostgreSQL URL",

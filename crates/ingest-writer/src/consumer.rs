@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use iot_domain::{RejectReason, Rejection};
 use iot_kafka::DeadLetters;
 use iot_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -18,7 +17,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::store::{self, Row};
+use crate::store::{Row, Store};
 
 pub struct BatchSettings {
     pub max_rows: usize,
@@ -54,7 +53,7 @@ pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
 
 pub async fn run(
     consumer: StreamConsumer,
-    pool: Pool,
+    store: Store,
     dead_letters: DeadLetters,
     settings: BatchSettings,
     metrics: Metrics,
@@ -129,9 +128,9 @@ pub async fn run(
         }
         let batch = std::mem::replace(&mut rows, Vec::with_capacity(settings.max_rows));
         let batch_offsets = std::mem::take(&mut offsets);
-        let (pool, metrics, shutdown) = (pool.clone(), metrics.clone(), shutdown.clone());
+        let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
         writing = Some(tokio::spawn(async move {
-            let stored = write_with_retry(&pool, &batch, &metrics, &shutdown).await;
+            let stored = write_with_retry(&store, &batch, &metrics, &shutdown).await;
             (stored, batch_offsets)
         }));
     }
@@ -205,7 +204,7 @@ async fn send_dead_letter(
 /// Writes the batch, retrying on database errors. Returns false only when
 /// shutdown arrived before the batch could be written.
 async fn write_with_retry(
-    pool: &Pool,
+    store: &Store,
     rows: &[Row],
     metrics: &Metrics,
     shutdown: &CancellationToken,
@@ -216,7 +215,7 @@ async fn write_with_retry(
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = std::time::Instant::now();
-        match store::write_batch(pool, rows).await {
+        match store.write_batch(rows).await {
             Ok(inserted) => {
                 metrics.batch_written(rows.len(), inserted, started.elapsed());
                 return true;

@@ -8,6 +8,8 @@
 mod config;
 pub mod consumer;
 mod metrics;
+pub mod retention;
+pub mod rollup;
 mod service;
 pub mod store;
 
@@ -23,6 +25,7 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 pub use service::TelemetryService;
+pub use store::Store;
 
 pub const SERVICE: &str = "ingest-writer";
 
@@ -46,6 +49,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .await?
             .ok_or_else(|| anyhow::anyhow!("database is not migrated (run `iotctl migrate`)"))?
     };
+    let backend = backend
+        .parse::<iot_db::Backend>()
+        .map_err(anyhow::Error::msg)?;
+    let store = Store::new(pool.clone(), backend);
     {
         // In the background: the service starts (and makes no progress)
         // while Kafka is down.
@@ -92,15 +99,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let grpc_addr = listener.local_addr()?;
     let grpc = tonic::transport::Server::builder()
         .add_service(health_svc)
-        .add_service(TelemetryServer::new(TelemetryService::new(pool.clone())))
+        .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
 
-    if backend == iot_db::Backend::Postgres.as_str() {
-        tokio::spawn(partition_maintenance(pool.clone(), shutdown.clone()));
-    }
+    tokio::spawn(maintenance(
+        pool.clone(),
+        backend,
+        config.retention.clone(),
+        shutdown.clone(),
+    ));
 
     let settings = consumer::BatchSettings {
         max_rows: config.batch_max_rows,
@@ -112,7 +122,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let grpc_task = tokio::spawn(grpc);
         let result = consumer::run(
             consumer,
-            pool,
+            store,
             dead_letters,
             settings,
             metrics,
@@ -137,18 +147,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     start(config, shutdown).await?.wait().await
 }
 
-/// Keeps daily partitions prepared ahead of time (plain PostgreSQL backend).
-async fn partition_maintenance(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+/// Keeps daily partitions prepared ahead of time (plain PostgreSQL backend)
+/// and applies retention, every `retention.interval_secs`.
+async fn maintenance(
+    pool: deadpool_postgres::Pool,
+    backend: iot_db::Backend,
+    retention: retention::RetentionConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(retention.interval_secs));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store::ensure_partitions(&pool).await {
-            Ok(n) if n > 0 => tracing::info!(created = n, "partitions created"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
+        if backend == iot_db::Backend::Postgres {
+            match store::ensure_partitions(&pool, 7).await {
+                Ok(n) if n > 0 => tracing::info!(created = n, "partitions created"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
+            }
+        }
+        match retention::apply(&pool, &retention, chrono::Utc::now()).await {
+            Ok(r) => tracing::info!(
+                horizon_days = r.horizon_days,
+                partitions_dropped = r.partitions_dropped,
+                devices_trimmed = r.devices_trimmed,
+                rows_deleted = r.rows_deleted,
+                "retention applied"
+            ),
+            Err(e) => tracing::warn!(error = %e, "retention failed"),
         }
     }
 }

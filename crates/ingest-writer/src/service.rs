@@ -1,22 +1,34 @@
-//! The gRPC telemetry query API.
+//! The gRPC telemetry query API. Every bad argument is reported at once,
+//! each naming its field.
 
-use deadpool_postgres::Pool;
+use chrono::{DateTime, TimeDelta, Utc};
 use iot_proto::v1::{self, telemetry_server::Telemetry};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::store::{self, StoreError};
+use crate::rollup::{Agg, Width};
+use crate::store::{Row, Store, StoreError};
 
-const MAX_LIMIT: u32 = 10_000;
+/// Most readings per page.
+pub const MAX_LIMIT: u32 = 10_000;
+const DEFAULT_LIMIT: u32 = 1_000;
+/// Most buckets per metrics request.
+pub const MAX_BUCKETS: i64 = 10_000;
+/// Longest range for a bucket width no rollup serves (read from raw rows).
+pub const MAX_RAW_METRICS_DAYS: i64 = 31;
+/// Most devices per latest-readings request.
+pub const MAX_DEVICES: usize = 1_000;
 
 #[derive(Clone)]
 pub struct TelemetryService {
-    pool: Pool,
+    store: Store,
 }
 
 impl TelemetryService {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub fn new(store: Store) -> Self {
+        Self { store }
     }
 }
 
@@ -32,6 +44,105 @@ impl From<StoreError> for Status {
     }
 }
 
+/// Collects argument problems; `finish` turns them into one InvalidArgument.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, field: &str, what: impl std::fmt::Display) {
+        self.0.push(format!("{field}: {what}"));
+    }
+
+    fn uuid(&mut self, field: &str, s: &str) -> Uuid {
+        Uuid::parse_str(s).unwrap_or_else(|_| {
+            self.add(field, format_args!("{s:?} is not a UUID"));
+            Uuid::nil()
+        })
+    }
+
+    fn sensor(&mut self, field: &str, s: &str) {
+        if !iot_domain::validate::is_valid_sensor_name(s) {
+            self.add(field, format_args!("{s:?} is not 1-100 of [A-Za-z0-9_.-]"));
+        }
+    }
+
+    /// `start` and `end`, both required, start before end.
+    fn range(
+        &mut self,
+        start: Option<&iot_proto::Timestamp>,
+        end: Option<&iot_proto::Timestamp>,
+    ) -> (DateTime<Utc>, DateTime<Utc>) {
+        let mut time = |field: &str, t: Option<&iot_proto::Timestamp>| match t {
+            None => {
+                self.add(field, "is required");
+                None
+            }
+            Some(ts) => iot_proto::from_timestamp(ts).or_else(|| {
+                self.add(field, "is not a valid timestamp");
+                None
+            }),
+        };
+        let (s, e) = (time("start", start), time("end", end));
+        if let (Some(s), Some(e)) = (s, e)
+            && s >= e
+        {
+            self.add("end", "must be after start");
+        }
+        (
+            s.unwrap_or(DateTime::UNIX_EPOCH),
+            e.unwrap_or(DateTime::UNIX_EPOCH),
+        )
+    }
+
+    fn finish(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(self.0.join("; ")))
+        }
+    }
+}
+
+fn reading(r: Row) -> v1::SensorReading {
+    v1::SensorReading {
+        time: Some(iot_proto::timestamp(r.time)),
+        device_uuid: r.device_id.to_string(),
+        sensor_name: r.sensor_name,
+        value: r.value.normalize().to_string(),
+        unit: r.unit,
+        quality: r.quality,
+    }
+}
+
+fn metric(bucket: DateTime<Utc>, a: Agg) -> v1::SensorMetric {
+    let f = |d: Decimal| d.to_f64().unwrap_or(f64::NAN);
+    let avg = if a.count > 0 {
+        a.sum / Decimal::from(a.count)
+    } else {
+        Decimal::ZERO
+    };
+    v1::SensorMetric {
+        bucket: Some(iot_proto::timestamp(bucket)),
+        count: u64::try_from(a.count).unwrap_or(0),
+        avg: f(avg),
+        min: f(a.min),
+        max: f(a.max),
+        sum: a.sum.normalize().to_string(),
+    }
+}
+
+/// Cursor of a page of readings: the time of its last (oldest) reading.
+fn cursor(t: DateTime<Utc>) -> String {
+    format!("t{}", t.timestamp_micros())
+}
+
+fn parse_cursor(s: &str) -> Option<DateTime<Utc>> {
+    s.strip_prefix('t')?
+        .parse()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+}
+
 #[tonic::async_trait]
 impl Telemetry for TelemetryService {
     async fn query_readings(
@@ -39,51 +150,151 @@ impl Telemetry for TelemetryService {
         request: Request<v1::QueryReadingsRequest>,
     ) -> Result<Response<v1::QueryReadingsResponse>, Status> {
         let req = request.into_inner();
-        let mut problems = Vec::new();
-        let device = Uuid::parse_str(&req.device_uuid).map_err(|_| {
-            problems.push(format!("device_uuid {:?} is not a UUID", req.device_uuid));
-        });
-        if !iot_domain::validate::is_valid_sensor_name(&req.sensor_name) {
-            problems.push(format!("sensor_name {:?} is invalid", req.sensor_name));
-        }
-        let start = req.start.as_ref().and_then(iot_proto::from_timestamp);
-        let end = req.end.as_ref().and_then(iot_proto::from_timestamp);
-        if start.is_none() || end.is_none() {
-            problems.push("start and end are required timestamps".into());
-        }
-        if let (Some(s), Some(e)) = (start, end)
-            && s >= e
-        {
-            problems.push("start must be before end".into());
-        }
-        let (Ok(device), Some(start), Some(end), true) = (device, start, end, problems.is_empty())
-        else {
-            return Err(Status::invalid_argument(problems.join("; ")));
-        };
+        let mut p = Problems::default();
+        let device = p.uuid("device_uuid", &req.device_uuid);
+        p.sensor("sensor_name", &req.sensor_name);
+        let (start, mut end) = p.range(req.start.as_ref(), req.end.as_ref());
         let limit = match req.limit {
-            0 => 1000,
-            n => n.min(MAX_LIMIT),
+            0 => DEFAULT_LIMIT,
+            n if n > MAX_LIMIT => {
+                p.add("limit", format_args!("{n} is more than {MAX_LIMIT}"));
+                n
+            }
+            n => n,
         };
-        let rows = store::query_readings(
-            &self.pool,
-            device,
-            &req.sensor_name,
-            start,
-            end,
-            i64::from(limit),
-        )
-        .await?;
-        let readings = rows
-            .into_iter()
-            .map(|r| v1::SensorReading {
-                time: Some(iot_proto::timestamp(r.time)),
-                device_uuid: r.device_id.to_string(),
-                sensor_name: r.sensor_name,
-                value: r.value.normalize().to_string(),
-                unit: r.unit,
-                quality: r.quality,
-            })
+        if !req.cursor.is_empty() {
+            match parse_cursor(&req.cursor) {
+                Some(c) => end = end.min(c),
+                None => p.add("cursor", "is not a cursor this API returned"),
+            }
+        }
+        p.finish()?;
+        let rows = self
+            .store
+            .query_readings(device, &req.sensor_name, start, end, i64::from(limit))
+            .await?;
+        let next_cursor = match rows.last() {
+            Some(last) if rows.len() == limit as usize => cursor(last.time),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::QueryReadingsResponse {
+            readings: rows.into_iter().map(reading).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn query_metrics(
+        &self,
+        request: Request<v1::QueryMetricsRequest>,
+    ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
+        let req = request.into_inner();
+        let mut p = Problems::default();
+        let device = p.uuid("device_uuid", &req.device_uuid);
+        p.sensor("sensor_name", &req.sensor_name);
+        let (start, end) = p.range(req.start.as_ref(), req.end.as_ref());
+        let width = req
+            .granularity
+            .parse::<Width>()
+            .map_err(|e| p.add("granularity", e))
+            .ok();
+        if let Some(w) = width
+            && start < end
+        {
+            let span = (end - start).num_seconds();
+            let buckets = span / w.secs() + 2;
+            if buckets > MAX_BUCKETS {
+                p.add(
+                    "granularity",
+                    format_args!(
+                        "{} over this range gives about {buckets} buckets, more than {MAX_BUCKETS}",
+                        req.granularity
+                    ),
+                );
+            }
+            if w.levels().is_empty() && end - start > TimeDelta::days(MAX_RAW_METRICS_DAYS) {
+                p.add(
+                    "end",
+                    format_args!(
+                        "a range over {MAX_RAW_METRICS_DAYS} days needs a granularity of whole hours"
+                    ),
+                );
+            }
+        }
+        p.finish()?;
+        let Some(width) = width else {
+            return Err(Status::invalid_argument("granularity: missing"));
+        };
+        let metrics = self
+            .store
+            .query_metrics(device, &req.sensor_name, start, end, width)
+            .await?;
+        Ok(Response::new(v1::QueryMetricsResponse {
+            metrics: metrics.into_iter().map(|(b, a)| metric(b, a)).collect(),
+        }))
+    }
+
+    async fn latest_readings(
+        &self,
+        request: Request<v1::LatestReadingsRequest>,
+    ) -> Result<Response<v1::LatestReadingsResponse>, Status> {
+        let req = request.into_inner();
+        let mut p = Problems::default();
+        if req.device_uuids.len() > MAX_DEVICES {
+            p.add(
+                "device_uuids",
+                format_args!("{} ids, more than {MAX_DEVICES}", req.device_uuids.len()),
+            );
+        }
+        let devices: Vec<Uuid> = req
+            .device_uuids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| p.uuid(&format!("device_uuids[{i}]"), s))
             .collect();
-        Ok(Response::new(v1::QueryReadingsResponse { readings }))
+        p.finish()?;
+        let rows = self.store.latest_readings(&devices).await?;
+        Ok(Response::new(v1::LatestReadingsResponse {
+            readings: rows.into_iter().map(reading).collect(),
+        }))
+    }
+
+    async fn fleet_stats(
+        &self,
+        _request: Request<v1::FleetStatsRequest>,
+    ) -> Result<Response<v1::FleetStatsResponse>, Status> {
+        let s = self.store.fleet_stats().await?;
+        let u = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(Response::new(v1::FleetStatsResponse {
+            readings_last_minute: u(s.readings_last_minute),
+            readings_per_second: s.readings_last_minute as f64 / 60.0,
+            devices_reporting: u(s.devices_reporting),
+            devices_silent: u(s.devices_seen - s.devices_reporting),
+            series: u(s.series),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let t = DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap();
+        assert_eq!(parse_cursor(&cursor(t)), Some(t));
+        assert_eq!(parse_cursor("x1"), None);
+        assert_eq!(parse_cursor("t"), None);
+    }
+
+    #[test]
+    fn problems_name_their_fields() {
+        let mut p = Problems::default();
+        p.uuid("device_uuid", "nope");
+        p.sensor("sensor_name", "bad name");
+        p.range(None, None);
+        let msg = p.finish().unwrap_err().message().to_owned();
+        for field in ["device_uuid:", "sensor_name:", "start:", "end:"] {
+            assert!(msg.contains(field), "{msg}");
+        }
     }
 }

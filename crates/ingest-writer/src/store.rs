@@ -1,17 +1,29 @@
 //! SQL access to the telemetry tables.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
+use futures::future::{BoxFuture, FutureExt, try_join_all};
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
+
+use crate::rollup::{self, Agg, Key, Level, Segment, Source, Width};
 
 const CREATE_STAGING: &str = include_str!("sql/create_staging.sql");
 const COPY_STAGING: &str = include_str!("sql/copy_staging.sql");
 const COPY_DIRECT: &str = include_str!("sql/copy_direct.sql");
 const INSERT_READINGS: &str = include_str!("sql/insert_readings.sql");
+const UPSERT_ROLLUP: &str = include_str!("sql/upsert_rollup.sql");
+const UPSERT_LATEST: &str = include_str!("sql/upsert_latest.sql");
+const COUNT_READINGS: &str = include_str!("sql/count_readings.sql");
+const QUERY_READINGS: &str = include_str!("sql/query_readings.sql");
+const QUERY_METRICS: &str = include_str!("sql/query_metrics.sql");
+const LATEST_READINGS: &str = include_str!("sql/latest_readings.sql");
+const FLEET_STATS: &str = include_str!("sql/fleet_stats.sql");
 const COLUMN_TYPES: [Type; 6] = [
     Type::TIMESTAMPTZ,
     Type::UUID,
@@ -20,7 +32,6 @@ const COLUMN_TYPES: [Type; 6] = [
     Type::TEXT,
     Type::TEXT,
 ];
-const QUERY_READINGS: &str = include_str!("sql/query_readings.sql");
 
 /// A reading as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +44,19 @@ pub struct Row {
     pub quality: Option<String>,
 }
 
+impl From<&tokio_postgres::Row> for Row {
+    fn from(r: &tokio_postgres::Row) -> Self {
+        Self {
+            time: r.get(0),
+            device_id: r.get(1),
+            sensor_name: r.get(2),
+            value: r.get(3),
+            unit: r.get(4),
+            quality: r.get(5),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
@@ -41,96 +65,355 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Writes a batch in one transaction and returns the number of new rows.
-///
-/// Fast path: binary `COPY` straight into `sensor_readings`. If any reading
-/// is already stored (a redelivery: same device, sensor and time) the unique
-/// key refuses the whole `COPY`; the batch is then written again through a
-/// session-local staging table and `INSERT ... ON CONFLICT DO NOTHING`, so
-/// the stored readings are ignored, not duplicated.
-pub async fn write_batch(pool: &Pool, rows: &[Row]) -> Result<u64, StoreError> {
-    let mut client = pool.get().await?;
-    match copy_rows(&mut client, COPY_DIRECT, None, rows).await {
-        Ok(n) => Ok(n),
-        Err(StoreError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            copy_rows(&mut client, COPY_STAGING, Some(INSERT_READINGS), rows).await
-        }
-        Err(e) => Err(e),
-    }
+/// The telemetry tables of one database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    /// Plain PostgreSQL: the writer keeps the rollup tables. TimescaleDB:
+    /// continuous aggregates do.
+    keeps_rollups: bool,
+    /// This process's rows in `ingest_counts`.
+    writer_id: Uuid,
+    upsert_rollup: [(Level, String); 3],
 }
 
-/// One transaction: `COPY` the rows with `copy`, then run `then` (if any);
-/// returns the rows `then` inserted, or the rows copied.
-async fn copy_rows(
-    client: &mut deadpool_postgres::Object,
-    copy: &str,
-    then: Option<&str>,
-    rows: &[Row],
-) -> Result<u64, StoreError> {
-    let tx = client.transaction().await?;
-    if then.is_some() {
-        tx.batch_execute(CREATE_STAGING).await?;
+impl Store {
+    pub fn new(pool: Pool, backend: iot_db::Backend) -> Self {
+        Self {
+            pool,
+            keeps_rollups: backend == iot_db::Backend::Postgres,
+            writer_id: Uuid::new_v4(),
+            upsert_rollup: Level::ALL.map(|l| (l, UPSERT_ROLLUP.replace("{table}", l.table()))),
+        }
     }
-    let sink = tx.copy_in(copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
-    futures::pin_mut!(writer);
-    for r in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &r.time,
-                &r.device_id,
-                &r.sensor_name,
-                &r.value,
-                &r.unit,
-                &r.quality,
-            ])
+
+    fn upsert_sql(&self, level: Level) -> &str {
+        self.upsert_rollup
+            .iter()
+            .find(|(l, _)| *l == level)
+            .map_or("", |(_, sql)| sql.as_str())
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Writes a batch in one transaction and returns the number of new rows.
+    ///
+    /// Fast path: binary `COPY` straight into `sensor_readings`. If any
+    /// reading is already stored (a redelivery: same device, sensor and
+    /// time) the unique key refuses the whole `COPY`; the batch is then
+    /// written again through a session-local staging table and `INSERT ...
+    /// ON CONFLICT DO NOTHING`, so stored readings are ignored, not
+    /// duplicated. Either way the rollups, the latest readings and the
+    /// ingest counts are updated from the rows actually inserted, in the
+    /// same transaction.
+    pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, StoreError> {
+        let mut client = self.pool.get().await?;
+        match self.write_tx(&mut client, rows, false).await {
+            Err(StoreError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                self.write_tx(&mut client, rows, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_tx(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        rows: &[Row],
+        dedup: bool,
+    ) -> Result<u64, StoreError> {
+        let tx = client.transaction().await?;
+        if dedup {
+            tx.batch_execute(CREATE_STAGING).await?;
+        }
+        let sink = tx
+            .copy_in(if dedup { COPY_STAGING } else { COPY_DIRECT })
             .await?;
-    }
-    let copied = writer.finish().await?;
-    let n = match then {
-        Some(sql) => {
-            let stmt = tx.prepare_cached(sql).await?;
-            tx.execute(&stmt, &[]).await?
+        let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
+        futures::pin_mut!(writer);
+        for r in rows {
+            writer
+                .as_mut()
+                .write(&[
+                    &r.time,
+                    &r.device_id,
+                    &r.sensor_name,
+                    &r.value,
+                    &r.unit,
+                    &r.quality,
+                ])
+                .await?;
         }
-        None => copied,
-    };
-    tx.commit().await?;
-    Ok(n)
+        writer.finish().await?;
+        let inserted: Cow<[Row]> = if dedup {
+            let stmt = tx.prepare_cached(INSERT_READINGS).await?;
+            let new = tx.query(&stmt, &[]).await?;
+            Cow::Owned(new.iter().map(Row::from).collect())
+        } else {
+            Cow::Borrowed(rows)
+        };
+        if !inserted.is_empty() {
+            self.derive(&tx, &inserted).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted.len() as u64)
+    }
+
+    /// Rollups (plain PostgreSQL), latest readings and ingest counts of the
+    /// inserted rows; the statements are pipelined on the connection.
+    async fn derive(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
+        let rollups: Vec<(&str, RollupArrays)> = if self.keeps_rollups {
+            rollup::rollups(rows)
+                .iter()
+                .map(|(level, aggs)| (self.upsert_sql(*level), RollupArrays::from(aggs)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let latest = LatestArrays::from(rollup::latest(rows).as_slice());
+        let n = rows.len() as i64;
+        let mut work: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
+        for (sql, arrays) in &rollups {
+            work.push(execute(tx, sql, arrays.params()).boxed());
+        }
+        work.push(execute(tx, UPSERT_LATEST, latest.params()).boxed());
+        work.push(execute(tx, COUNT_READINGS, vec![&self.writer_id, &n]).boxed());
+        try_join_all(work).await?;
+        Ok(())
+    }
+
+    /// Raw readings of one device and sensor in `[start, end)`, newest first.
+    pub async fn query_readings(
+        &self,
+        device: Uuid,
+        sensor: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(QUERY_READINGS).await?;
+        let rows = client
+            .query(&stmt, &[&device, &sensor, &start, &end, &limit])
+            .await?;
+        Ok(rows.iter().map(Row::from).collect())
+    }
+
+    /// Count, sum, min and max per bucket of `width` over `[start, end)`,
+    /// oldest first, stitched from the rollups and raw rows by
+    /// [`rollup::plan`].
+    pub async fn query_metrics(
+        &self,
+        device: Uuid,
+        sensor: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        width: Width,
+    ) -> Result<Vec<(DateTime<Utc>, Agg)>, StoreError> {
+        let ranges = slots(&rollup::plan(start, end, &width.levels()), start);
+        let width_secs = width.secs() as f64;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&device, &sensor, &width_secs];
+        for (a, b) in &ranges {
+            params.push(a);
+            params.push(b);
+        }
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(QUERY_METRICS).await?;
+        let rows = client.query(&stmt, &params).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Agg {
+                        count: r.get(1),
+                        sum: r.get(2),
+                        min: r.get(3),
+                        max: r.get(4),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// The latest reading of every sensor of `devices`.
+    pub async fn latest_readings(&self, devices: &[Uuid]) -> Result<Vec<Row>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LATEST_READINGS).await?;
+        let rows = client.query(&stmt, &[&devices]).await?;
+        Ok(rows.iter().map(Row::from).collect())
+    }
+
+    pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(FLEET_STATS).await?;
+        let r = client.query_one(&stmt, &[]).await?;
+        Ok(FleetStats {
+            readings_last_minute: r.get(0),
+            devices_reporting: r.get(1),
+            devices_seen: r.get(2),
+            series: r.get(3),
+        })
+    }
 }
 
-/// Raw readings of one device and sensor in `[start, end)`, newest first.
-pub async fn query_readings(
-    pool: &Pool,
-    device: Uuid,
-    sensor: &str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<Row>, StoreError> {
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(QUERY_READINGS).await?;
-    let rows = client
-        .query(&stmt, &[&device, &sensor, &start, &end, &limit])
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Row {
-            time: r.get(0),
-            device_id: r.get(1),
-            sensor_name: r.get(2),
-            value: r.get(3),
-            unit: r.get(4),
-            quality: r.get(5),
-        })
-        .collect())
+/// Fleet-wide figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetStats {
+    pub readings_last_minute: i64,
+    pub devices_reporting: i64,
+    pub devices_seen: i64,
+    pub series: i64,
+}
+
+async fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: Vec<&(dyn ToSql + Sync)>,
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.execute(&stmt, &params).await
+}
+
+/// The query's fixed slots, in `query_metrics.sql` order: 1w once, 1d
+/// twice, 1h twice, raw twice. A level appears at most once in the middle
+/// of a plan or twice at its edges (finer levels), so the slots suffice;
+/// unused slots get an empty range.
+fn slots(plan: &[Segment], at: DateTime<Utc>) -> [(DateTime<Utc>, DateTime<Utc>); 7] {
+    let order = [
+        Source::Rollup(Level::Week),
+        Source::Rollup(Level::Day),
+        Source::Rollup(Level::Day),
+        Source::Rollup(Level::Hour),
+        Source::Rollup(Level::Hour),
+        Source::Raw,
+        Source::Raw,
+    ];
+    let mut out = [(at, at); 7];
+    let mut used = [false; 7];
+    for seg in plan {
+        let slot = order
+            .iter()
+            .enumerate()
+            .position(|(i, s)| *s == seg.source && !used[i]);
+        // rollup::plan never yields more segments per source than slots.
+        if let Some(i) = slot {
+            used[i] = true;
+            out[i] = (seg.start, seg.end);
+        }
+    }
+    out
+}
+
+/// Rollup rows as column arrays for `unnest`.
+#[derive(Default)]
+struct RollupArrays {
+    device: Vec<Uuid>,
+    sensor: Vec<String>,
+    bucket: Vec<DateTime<Utc>>,
+    count: Vec<i64>,
+    sum: Vec<Decimal>,
+    min: Vec<Decimal>,
+    max: Vec<Decimal>,
+}
+
+impl From<&std::collections::BTreeMap<Key, Agg>> for RollupArrays {
+    fn from(aggs: &std::collections::BTreeMap<Key, Agg>) -> Self {
+        let mut a = Self::default();
+        for ((d, s, t), g) in aggs {
+            a.device.push(*d);
+            a.sensor.push(s.clone());
+            a.bucket.push(*t);
+            a.count.push(g.count);
+            a.sum.push(g.sum);
+            a.min.push(g.min);
+            a.max.push(g.max);
+        }
+        a
+    }
+}
+
+impl RollupArrays {
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.device,
+            &self.sensor,
+            &self.bucket,
+            &self.count,
+            &self.sum,
+            &self.min,
+            &self.max,
+        ]
+    }
+}
+
+/// Latest rows as column arrays for `unnest`.
+struct LatestArrays<'a> {
+    device: Vec<Uuid>,
+    sensor: Vec<&'a str>,
+    time: Vec<DateTime<Utc>>,
+    value: Vec<Decimal>,
+    unit: Vec<Option<&'a str>>,
+    quality: Vec<Option<&'a str>>,
+}
+
+impl<'a> From<&[&'a Row]> for LatestArrays<'a> {
+    fn from(rows: &[&'a Row]) -> Self {
+        Self {
+            device: rows.iter().map(|r| r.device_id).collect(),
+            sensor: rows.iter().map(|r| r.sensor_name.as_str()).collect(),
+            time: rows.iter().map(|r| r.time).collect(),
+            value: rows.iter().map(|r| r.value).collect(),
+            unit: rows.iter().map(|r| r.unit.as_deref()).collect(),
+            quality: rows.iter().map(|r| r.quality.as_deref()).collect(),
+        }
+    }
+}
+
+impl LatestArrays<'_> {
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.device,
+            &self.sensor,
+            &self.time,
+            &self.value,
+            &self.unit,
+            &self.quality,
+        ]
+    }
 }
 
 /// Creates the partitions ahead (plain-PostgreSQL backend only).
-pub async fn ensure_partitions(pool: &Pool) -> Result<i32, StoreError> {
+pub async fn ensure_partitions(pool: &Pool, days_back: i32) -> Result<i32, StoreError> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT iot_ensure_partitions(7, 14)", &[])
+        .query_one("SELECT iot_ensure_partitions($1, 14)", &[&days_back])
         .await?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_plan_fits_the_slots() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let (s, e) = (t("2026-01-01T10:30:00Z"), t("2026-03-20T05:15:00Z"));
+        for levels in [
+            &Level::ALL[..],
+            &[Level::Day, Level::Hour],
+            &[Level::Hour],
+            &[],
+        ] {
+            let plan = rollup::plan(s, e, levels);
+            let filled = slots(&plan, s);
+            let used: Vec<_> = filled.iter().filter(|(a, b)| a < b).collect();
+            assert_eq!(used.len(), plan.len(), "{levels:?}");
+            let covered: i64 = used.iter().map(|(a, b)| (*b - *a).num_seconds()).sum();
+            assert_eq!(covered, (e - s).num_seconds());
+        }
+    }
 }

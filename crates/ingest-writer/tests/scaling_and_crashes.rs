@@ -263,7 +263,7 @@ async fn database_errors_are_retried_and_no_batch_is_skipped() {
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN PASSWORD 'writer';
              GRANT USAGE, CREATE ON SCHEMA public TO {role};
-             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
              GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role};
              REVOKE INSERT ON sensor_readings FROM {role};"
         ))

@@ -33,6 +33,17 @@ impl fmt::Display for Backend {
     }
 }
 
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "timescaledb" => Ok(Self::TimescaleDb),
+            "postgres" => Ok(Self::Postgres),
+            other => Err(format!("unknown storage backend {other:?}")),
+        }
+    }
+}
+
 /// What the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
@@ -47,11 +58,9 @@ impl FromStr for BackendChoice {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(Self::Auto),
-            "timescaledb" => Ok(Self::Force(Backend::TimescaleDb)),
-            "postgres" => Ok(Self::Force(Backend::Postgres)),
-            other => Err(format!(
-                "unknown storage backend {other:?}: expected auto, timescaledb or postgres"
-            )),
+            other => other.parse().map(Self::Force).map_err(|_| {
+                format!("unknown storage backend {other:?}: expected auto, timescaledb or postgres")
+            }),
         }
     }
 }
@@ -102,6 +111,18 @@ const MIGRATIONS: &[Migration] = &[
         name: "alerts",
         postgres: include_str!("../../../migrations/0003_alerts.sql"),
         timescaledb: include_str!("../../../migrations/0003_alerts.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "rollups",
+        postgres: include_str!("../../../migrations/0004_rollups.postgres.sql"),
+        timescaledb: include_str!("../../../migrations/0004_rollups.timescaledb.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "latest",
+        postgres: include_str!("../../../migrations/0005_latest.sql"),
+        timescaledb: include_str!("../../../migrations/0005_latest.sql"),
     },
 ];
 

@@ -63,6 +63,7 @@ async fn a_published_reading_reaches_the_database() {
             start: Some(iot_proto::timestamp(time - chrono::Duration::minutes(1))),
             end: Some(iot_proto::timestamp(chrono::Utc::now())),
             limit: 10,
+            cursor: String::new(),
         })
         .await
         .unwrap()

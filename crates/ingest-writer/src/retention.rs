@@ -1,0 +1,146 @@
+//! Retention: raw readings by whole partitions (chunks on TimescaleDB) at
+//! the platform horizon, per-device retention shorter than it by bounded
+//! deletes, and rollups kept longer than raw rows.
+//!
+//! The platform horizon is the longest retention any device asks for (and
+//! at least the default), so no device loses data early; devices that ask
+//! for less are trimmed one bounded `DELETE` at a time. The SQL functions
+//! it calls (`iot_drop_expired`, `iot_delete_device_readings`) come with
+//! each backend's migration.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Raw readings of a device without `device_config.data_retention_days`.
+    pub default_days: i64,
+    /// Rollups, kept longer than raw rows (the spec's downsampling).
+    pub hourly_days: i64,
+    pub daily_days: i64,
+    pub weekly_days: i64,
+    /// How often the job runs.
+    pub interval_secs: u64,
+    /// Most rows one per-device `DELETE` removes.
+    pub delete_batch: i32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            default_days: 365,
+            hourly_days: 730,
+            daily_days: 3_650,
+            weekly_days: 3_650,
+            interval_secs: 3_600,
+            delete_batch: 10_000,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        for (name, days) in [
+            ("default_days", self.default_days),
+            ("hourly_days", self.hourly_days),
+            ("daily_days", self.daily_days),
+            ("weekly_days", self.weekly_days),
+        ] {
+            if !(1..=36_500).contains(&days) {
+                p.push(format!("{prefix}.{name} must be in 1..=36500"));
+            }
+        }
+        if self.interval_secs == 0 {
+            p.push(format!("{prefix}.interval_secs must be positive"));
+        }
+        if self.delete_batch <= 0 {
+            p.push(format!("{prefix}.delete_batch must be positive"));
+        }
+        p
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Raw readings older than this are gone for every device.
+    pub horizon_days: i64,
+    pub partitions_dropped: i32,
+    /// Devices trimmed to a retention shorter than the horizon.
+    pub devices_trimmed: usize,
+    pub rows_deleted: i64,
+}
+
+/// Applies retention as of `now`.
+pub async fn apply(
+    pool: &Pool,
+    cfg: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> Result<Report, StoreError> {
+    let client = pool.get().await?;
+    let devices: Vec<(Uuid, i64)> = client
+        .query(
+            "SELECT device_id, retention_days FROM device_retention",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let days: Option<i32> = r.get(1);
+            (r.get(0), days.map_or(cfg.default_days, i64::from))
+        })
+        .collect();
+    let horizon_days = devices
+        .iter()
+        .map(|(_, d)| *d)
+        .chain([cfg.default_days])
+        .max()
+        .unwrap_or(cfg.default_days);
+    let ago = |days: i64| now - TimeDelta::days(days);
+    let partitions_dropped: i32 = client
+        .query_one(
+            "SELECT iot_drop_expired($1, $2, $3, $4)",
+            &[
+                &ago(horizon_days),
+                &ago(cfg.hourly_days),
+                &ago(cfg.daily_days),
+                &ago(cfg.weekly_days),
+            ],
+        )
+        .await?
+        .get(0);
+    let mut report = Report {
+        horizon_days,
+        partitions_dropped,
+        ..Report::default()
+    };
+    let stmt = client
+        .prepare("SELECT iot_delete_device_readings($1, $2, $3)")
+        .await?;
+    for (device, days) in devices.iter().filter(|(_, d)| *d < horizon_days) {
+        report.devices_trimmed += 1;
+        loop {
+            let n: i32 = client
+                .query_one(&stmt, &[device, &ago(*days), &cfg.delete_batch])
+                .await?
+                .get(0);
+            report.rows_deleted += i64::from(n);
+            if n < cfg.delete_batch {
+                break;
+            }
+        }
+    }
+    client
+        .execute(
+            "DELETE FROM ingest_counts WHERE second < $1",
+            &[&(now - TimeDelta::hours(1))],
+        )
+        .await?;
+    Ok(report)
+}
