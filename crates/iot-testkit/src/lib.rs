@@ -59,6 +59,36 @@ pub async fn migrated_database() -> String {
     url
 }
 
+/// The storage backends the test server can run: plain PostgreSQL always,
+/// TimescaleDB where the extension is installed. A storage test runs its one
+/// body on each.
+pub async fn backends() -> Vec<iot_db::Backend> {
+    let db = connect(&admin_database_url()).await;
+    let timescale: bool = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut out = vec![iot_db::Backend::Postgres];
+    if timescale {
+        out.push(iot_db::Backend::TimescaleDb);
+    }
+    out
+}
+
+/// A database of its own migrated with the given backend.
+pub async fn migrated_database_with(backend: iot_db::Backend) -> String {
+    let url = empty_database().await;
+    let report = iot_db::migrate(&url, iot_db::BackendChoice::Force(backend))
+        .await
+        .expect("migrate test database");
+    assert_eq!(report.backend, backend);
+    url
+}
+
 /// Kafka settings with topics of the test's own.
 pub fn kafka_config() -> KafkaConfig {
     let id = unique();

@@ -1,0 +1,647 @@
+//! Storage and the telemetry query API against the real database. Every
+//! test body runs once per storage backend the test server has (plain
+//! PostgreSQL always; TimescaleDB where installed). Readings are written
+//! with the writer's own `Store::write_batch`, then read back over gRPC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ingest_writer::store::Row;
+use ingest_writer::{Store, TelemetryService};
+use iot_db::Backend;
+use iot_proto::v1::telemetry_client::TelemetryClient;
+use iot_proto::v1::telemetry_server::TelemetryServer;
+use iot_proto::v1::{self, QueryMetricsRequest, QueryReadingsRequest};
+use iot_testkit as kit;
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+struct Env {
+    backend: Backend,
+    db: tokio_postgres::Client,
+    store: Store,
+    api: TelemetryClient<Channel>,
+}
+
+/// A database of its own with `backend`, the writer's store on it, and the
+/// Telemetry gRPC service in front of it on a local port.
+async fn env(backend: Backend) -> Env {
+    let url = kit::migrated_database_with(backend).await;
+    let store = Store::new(iot_db::pool(&url, 4).unwrap(), backend);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let api = TelemetryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Env {
+        backend,
+        db: kit::connect(&url).await,
+        store,
+        api,
+    }
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn row(device: Uuid, sensor: &str, time: DateTime<Utc>, value: &str) -> Row {
+    Row {
+        time,
+        device_id: device,
+        sensor_name: sensor.into(),
+        value: Decimal::from_str(value).unwrap(),
+        unit: Some("C".into()),
+        quality: None,
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> Option<iot_proto::Timestamp> {
+    Some(iot_proto::timestamp(t))
+}
+
+async fn metrics(
+    env: &Env,
+    device: Uuid,
+    sensor: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    granularity: &str,
+) -> Result<Vec<v1::SensorMetric>, tonic::Status> {
+    env.api
+        .clone()
+        .query_metrics(QueryMetricsRequest {
+            device_uuid: device.to_string(),
+            sensor_name: sensor.into(),
+            start: ts(start),
+            end: ts(end),
+            granularity: granularity.into(),
+        })
+        .await
+        .map(|r| r.into_inner().metrics)
+}
+
+/// (bucket, count, avg, min, max) of each metric.
+fn summary(m: &[v1::SensorMetric]) -> Vec<(DateTime<Utc>, u64, f64, f64, f64)> {
+    m.iter()
+        .map(|m| {
+            (
+                iot_proto::from_timestamp(m.bucket.as_ref().unwrap()).unwrap(),
+                m.count,
+                m.avg,
+                m.min,
+                m.max,
+            )
+        })
+        .collect()
+}
+
+/// The rollups are exact now on both backends (the writer's tables are
+/// current; TimescaleDB's aggregates are real-time). On TimescaleDB this
+/// also materializes them, as the refresh policies do in production, so
+/// that they keep readings that retention then deletes.
+async fn materialize(env: &Env) {
+    if env.backend == Backend::TimescaleDb {
+        for (view, until) in [
+            ("sensor_readings_1h", "3 days"),
+            ("sensor_readings_1d", "7 days"),
+            ("sensor_readings_1w", "5 weeks"),
+        ] {
+            env.db
+                .batch_execute(&format!(
+                    "CALL refresh_continuous_aggregate('{view}', now() - INTERVAL '400 days', now() - INTERVAL '{until}')"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_specs_aggregation_test_including_across_an_hour_boundary() {
+    for backend in kit::backends().await {
+        let mut env = env(backend).await;
+        let device = Uuid::new_v4();
+        // 20, 22, 21, 23, 24 within one hour: avg 22, min 20, max 24.
+        let base = t("2026-11-27T10:00:00Z");
+        let rows: Vec<Row> = ["20", "22", "21", "23", "24"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                row(
+                    device,
+                    "temperature",
+                    base + TimeDelta::minutes(10 * i as i64),
+                    v,
+                )
+            })
+            .collect();
+        assert_eq!(env.store.write_batch(&rows).await.unwrap(), 5);
+        for g in ["1h", "1d", "1w"] {
+            let m = metrics(
+                &env,
+                device,
+                "temperature",
+                base,
+                base + TimeDelta::hours(1),
+                g,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                summary(&m)
+                    .iter()
+                    .map(|s| (s.1, s.2, s.3, s.4))
+                    .collect::<Vec<_>>(),
+                vec![(5, 22.0, 20.0, 24.0)],
+                "{backend} {g}"
+            );
+            assert_eq!(m[0].sum, "110");
+        }
+
+        // The same five straddling 11:00 at 1h: two buckets, each exact.
+        let device = Uuid::new_v4();
+        let straddle = t("2026-11-27T10:58:00Z");
+        let rows: Vec<Row> = ["20", "22", "21", "23", "24"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                row(
+                    device,
+                    "temperature",
+                    straddle + TimeDelta::minutes(i as i64),
+                    v,
+                )
+            })
+            .collect();
+        env.store.write_batch(&rows).await.unwrap();
+        let m = metrics(
+            &env,
+            device,
+            "temperature",
+            t("2026-11-27T00:00:00Z"),
+            t("2026-11-28T00:00:00Z"),
+            "1h",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            summary(&m),
+            vec![
+                (t("2026-11-27T10:00:00Z"), 2, 21.0, 20.0, 22.0),
+                (
+                    t("2026-11-27T11:00:00Z"),
+                    3,
+                    (21.0f64 + 23.0 + 24.0) / 3.0,
+                    21.0,
+                    24.0
+                ),
+            ],
+            "{backend}"
+        );
+        // A range cutting the first reading off, not aligned to any bucket.
+        let m = metrics(
+            &env,
+            device,
+            "temperature",
+            t("2026-11-27T10:58:30Z"),
+            t("2026-11-27T11:01:30Z"),
+            "1d",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            summary(&m),
+            vec![(t("2026-11-27T00:00:00Z"), 3, 22.0, 21.0, 23.0)],
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn raw_readings_page_newest_first_and_redelivery_changes_nothing() {
+    for backend in kit::backends().await {
+        let mut env = env(backend).await;
+        let device = Uuid::new_v4();
+        let base = t("2026-11-20T00:00:00Z");
+        let rows: Vec<Row> = (0..25)
+            .map(|i| {
+                row(
+                    device,
+                    "humidity",
+                    base + TimeDelta::seconds(10 * i),
+                    &i.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(env.store.write_batch(&rows[..10]).await.unwrap(), 10);
+        // A redelivered batch overlapping the first: only new rows count,
+        // in the raw table and in the rollups.
+        assert_eq!(env.store.write_batch(&rows).await.unwrap(), 15);
+        assert_eq!(env.store.write_batch(&rows).await.unwrap(), 0);
+        let m = metrics(
+            &env,
+            device,
+            "humidity",
+            base,
+            base + TimeDelta::days(1),
+            "1d",
+        )
+        .await
+        .unwrap();
+        assert_eq!(m[0].count, 25);
+        assert_eq!(m[0].sum, (0..25).sum::<i32>().to_string());
+
+        let mut pages = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = env
+                .api
+                .query_readings(QueryReadingsRequest {
+                    device_uuid: device.to_string(),
+                    sensor_name: "humidity".into(),
+                    start: ts(base),
+                    end: ts(base + TimeDelta::days(1)),
+                    limit: 10,
+                    cursor: cursor.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            pages.push(
+                page.readings
+                    .iter()
+                    .map(|r| r.value.clone())
+                    .collect::<Vec<_>>(),
+            );
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        let expected: Vec<String> = (0..25).rev().map(|i: i32| i.to_string()).collect();
+        assert_eq!(pages.len(), 3, "{backend}");
+        assert_eq!(pages.concat(), expected, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn latest_readings_of_many_devices_in_one_call_and_fleet_stats() {
+    for backend in kit::backends().await {
+        let mut env = env(backend).await;
+        let devices: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let now = Utc::now();
+        let mut rows = Vec::new();
+        for (i, d) in devices.iter().enumerate() {
+            for s in ["temperature", "battery"] {
+                for k in 0..3 {
+                    let v = format!("{}", i * 10 + k);
+                    rows.push(row(*d, s, now - TimeDelta::seconds(30 - k as i64), &v));
+                }
+            }
+        }
+        // Out of order on purpose: the latest is by time, not arrival.
+        rows.reverse();
+        env.store.write_batch(&rows).await.unwrap();
+        // An older reading arriving later does not replace the latest.
+        env.store
+            .write_batch(&[row(devices[0], "battery", now - TimeDelta::hours(1), "99")])
+            .await
+            .unwrap();
+        let latest = env
+            .api
+            .latest_readings(v1::LatestReadingsRequest {
+                device_uuids: devices[..2].iter().map(Uuid::to_string).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .readings;
+        let got: BTreeMap<(String, String), String> = latest
+            .into_iter()
+            .map(|r| ((r.device_uuid, r.sensor_name), r.value))
+            .collect();
+        assert_eq!(got.len(), 4, "{backend}");
+        for (i, d) in devices[..2].iter().enumerate() {
+            for s in ["temperature", "battery"] {
+                assert_eq!(
+                    got[&(d.to_string(), s.to_owned())],
+                    (i * 10 + 2).to_string()
+                );
+            }
+        }
+
+        let stats = env
+            .api
+            .fleet_stats(v1::FleetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stats.devices_reporting, 3);
+        assert_eq!(stats.series, 6);
+        // The 19 readings were stored within the last second or two: they
+        // count once the second they were stored in is complete.
+        let stats = kit::eventually(
+            "readings counted",
+            std::time::Duration::from_secs(5),
+            || {
+                let mut api = env.api.clone();
+                async move {
+                    let s = api
+                        .fleet_stats(v1::FleetStatsRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    (s.readings_last_minute == 19).then_some(s)
+                }
+            },
+        )
+        .await;
+        assert!((stats.readings_per_second - 19.0 / 60.0).abs() < 1e-9);
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_name_the_field() {
+    let mut env = env(Backend::Postgres).await;
+    let d = Uuid::new_v4();
+    let now = Utc::now();
+    let cases = [
+        (now, now - TimeDelta::hours(1), "1h", "end"),
+        (now - TimeDelta::hours(1), now, "1y", "granularity"),
+        (now - TimeDelta::days(365), now, "1m", "granularity"),
+        (now - TimeDelta::days(60), now, "1h", "ok"),
+        (now - TimeDelta::days(40), now, "30m", "end"),
+    ];
+    for (start, end, g, field) in cases {
+        let r = metrics(&env, d, "temperature", start, end, g).await;
+        if field == "ok" {
+            assert!(r.is_ok(), "{g}: {r:?}");
+            continue;
+        }
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{g}");
+        assert!(e.message().starts_with(&format!("{field}:")), "{e:?}");
+    }
+    let e = env
+        .api
+        .query_readings(QueryReadingsRequest {
+            device_uuid: "boiler-7".into(),
+            sensor_name: "temperature".into(),
+            start: ts(now - TimeDelta::hours(1)),
+            end: ts(now),
+            limit: 50_000,
+            cursor: "garbage".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    for field in ["device_uuid:", "limit:", "cursor:"] {
+        assert!(e.message().contains(field), "{e:?}");
+    }
+    let e = env
+        .api
+        .latest_readings(v1::LatestReadingsRequest {
+            device_uuids: vec![d.to_string(), "x".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("device_uuids[1]:"), "{e:?}");
+}
+
+#[tokio::test]
+async fn retention_per_device_keeps_rollups_and_other_devices() {
+    for backend in kit::backends().await {
+        let mut env = env(backend).await;
+        // Device A keeps raw readings 10 days; B has no config (the default,
+        // 30 days here).
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let owner = Uuid::new_v4();
+        for (id, ext) in [(a, "ret-a"), (b, "ret-b")] {
+            env.db
+                .execute(
+                    "INSERT INTO devices (id, device_id, name, device_type, owner_id)
+                     VALUES ($1, $2, $2, 'sensor', $3)",
+                    &[&id, &ext, &owner],
+                )
+                .await
+                .unwrap();
+        }
+        env.db
+            .execute(
+                "INSERT INTO device_config (device_id, data_retention_days) VALUES ($1, 10)",
+                &[&a],
+            )
+            .await
+            .unwrap();
+        if backend == Backend::Postgres {
+            // Daily partitions for the whole range, so old days go by DROP.
+            env.db
+                .execute("SELECT iot_ensure_partitions(60, 14)", &[])
+                .await
+                .unwrap();
+        }
+        let now = Utc::now();
+        let ages = [45, 20, 5, 0];
+        let mut rows = Vec::new();
+        for d in [a, b] {
+            for age in ages {
+                rows.push(row(d, "temperature", now - TimeDelta::days(age), "1.5"));
+            }
+        }
+        env.store.write_batch(&rows).await.unwrap();
+        materialize(&env).await;
+
+        let cfg = ingest_writer::retention::RetentionConfig {
+            default_days: 30,
+            hourly_days: 30,
+            ..Default::default()
+        };
+        let report = ingest_writer::retention::apply(env.store.pool(), &cfg, now)
+            .await
+            .unwrap();
+        assert_eq!(report.horizon_days, 30);
+        assert_eq!(report.devices_trimmed, 1);
+        if backend == Backend::Postgres {
+            assert!(report.partitions_dropped >= 1, "{report:?}");
+        }
+
+        let raw = |d: Uuid| {
+            let db = &env.db;
+            async move {
+                let ages: Vec<i64> = db
+                    .query(
+                        "SELECT time FROM sensor_readings WHERE device_id = $1 ORDER BY time",
+                        &[&d],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (now - r.get::<_, DateTime<Utc>>(0)).num_days())
+                    .collect();
+                ages
+            }
+        };
+        // A: older than 10 days gone. B: older than the 30-day default gone.
+        assert_eq!(raw(a).await, vec![5, 0], "{backend}");
+        assert_eq!(raw(b).await, vec![20, 5, 0], "{backend}");
+
+        // Daily rollups outlive raw rows: A's month still counts all four.
+        let start = now - TimeDelta::days(50);
+        let end = now + TimeDelta::hours(1);
+        let m = metrics(&env, a, "temperature", start, end, "1w")
+            .await
+            .unwrap();
+        let total: u64 = m.iter().map(|m| m.count).sum();
+        assert_eq!(total, 4, "{backend}: {m:?}");
+        // Hourly rollups are kept 30 days: the 45-day-old hour is gone.
+        let hourly: i64 = env
+            .db
+            .query_one(
+                "SELECT count(*) FROM sensor_readings_1h WHERE device_id = $1",
+                &[&a],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(hourly, 3, "{backend}");
+    }
+}
+
+/// Naive per-bucket (count, sum, min, max) of raw rows in `[start, end)`,
+/// buckets aligned to Monday 2000-01-03 UTC.
+fn naive(
+    raw: &[(DateTime<Utc>, Decimal)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    width: i64,
+) -> Vec<(DateTime<Utc>, u64, Decimal, Decimal, Decimal)> {
+    let origin = t("2000-01-03T00:00:00Z");
+    let mut out: BTreeMap<DateTime<Utc>, (u64, Decimal, Decimal, Decimal)> = BTreeMap::new();
+    for (time, v) in raw.iter().filter(|(time, _)| *time >= start && *time < end) {
+        let k = (*time - origin)
+            .num_microseconds()
+            .unwrap()
+            .div_euclid(width * 1_000_000);
+        let bucket = origin + TimeDelta::seconds(k * width);
+        let e = out.entry(bucket).or_insert((0, Decimal::ZERO, *v, *v));
+        e.0 += 1;
+        e.1 += *v;
+        e.2 = e.2.min(*v);
+        e.3 = e.3.max(*v);
+    }
+    out.into_iter()
+        .map(|(b, (n, s, lo, hi))| (b, n, s, lo, hi))
+        .collect()
+}
+
+#[test]
+fn metrics_equal_a_naive_computation_over_the_raw_rows() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let widths = [
+        ("90s", 90),
+        ("5m", 300),
+        ("1h", 3_600),
+        ("2h", 7_200),
+        ("1d", 86_400),
+        ("3d", 259_200),
+        ("1w", 604_800),
+        ("2w", 1_209_600),
+    ];
+    for backend in rt.block_on(kit::backends()) {
+        let mut env = rt.block_on(env(backend));
+        let base = t("2026-09-30T07:13:21Z");
+        let day = 86_400i64;
+        let strategy = (
+            prop::collection::vec(
+                (0..21 * day, 0..1000i64, -9_999_999_999i64..10_000_000_000),
+                1..300,
+            ),
+            prop::collection::vec((-day..22 * day, 1..23 * day, 0..widths.len()), 1..6),
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 24,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&strategy, |(readings, queries)| {
+                rt.block_on(async {
+                    let device = Uuid::new_v4();
+                    let rows: Vec<Row> = readings
+                        .iter()
+                        .map(|(secs, millis, v)| Row {
+                            time: base
+                                + TimeDelta::seconds(*secs)
+                                + TimeDelta::milliseconds(*millis),
+                            device_id: device,
+                            sensor_name: "s".into(),
+                            value: Decimal::new(*v, 4),
+                            unit: None,
+                            quality: None,
+                        })
+                        .collect();
+                    // Half first (the direct COPY), then all of it again
+                    // (the de-duplicating path inserts only the rest).
+                    env.store
+                        .write_batch(&rows[..rows.len() / 2])
+                        .await
+                        .unwrap();
+                    env.store.write_batch(&rows).await.unwrap();
+                    let raw: Vec<(DateTime<Utc>, Decimal)> = env
+                        .db
+                        .query(
+                            "SELECT time, value FROM sensor_readings WHERE device_id = $1",
+                            &[&device],
+                        )
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1)))
+                        .collect();
+                    for (from, len, w) in queries {
+                        let (name, width) = widths[w];
+                        let start = base + TimeDelta::seconds(from);
+                        let end = start + TimeDelta::seconds(len.min(9_000 * width));
+                        let got = metrics(&env, device, "s", start, end, name)
+                            .await
+                            .unwrap_or_else(|e| panic!("{name} {start} {end}: {e:?}"));
+                        let want = naive(&raw, start, end, width);
+                        let f = |d: Decimal| d.to_f64().unwrap();
+                        let got: Vec<_> = got
+                            .iter()
+                            .map(|m| {
+                                (
+                                    iot_proto::from_timestamp(m.bucket.as_ref().unwrap()).unwrap(),
+                                    m.count,
+                                    Decimal::from_str(&m.sum).unwrap(),
+                                    m.min,
+                                    m.max,
+                                    m.avg,
+                                )
+                            })
+                            .collect();
+                        let want: Vec<_> = want
+                            .iter()
+                            .map(|(b, n, s, lo, hi)| {
+                                (*b, *n, *s, f(*lo), f(*hi), f(*s / Decimal::from(*n)))
+                            })
+                            .collect();
+                        assert_eq!(got, want, "{backend} {name} [{start}, {end})");
+                    }
+                });
+                Ok(())
+            })
+            .unwrap();
+    }
+}
