@@ -131,7 +131,7 @@ async fn materialize(env: &Env) {
 #[tokio::test]
 async fn the_specs_aggregation_test_including_across_an_hour_boundary() {
     for backend in kit::backends().await {
-        let mut env = env(backend).await;
+        let env = env(backend).await;
         let device = Uuid::new_v4();
         // 20, 22, 21, 23, 24 within one hour: avg 22, min 20, max 24.
         let base = t("2026-11-27T10:00:00Z");
@@ -423,7 +423,7 @@ async fn bad_arguments_name_the_field() {
 #[tokio::test]
 async fn retention_per_device_keeps_rollups_and_other_devices() {
     for backend in kit::backends().await {
-        let mut env = env(backend).await;
+        let env = env(backend).await;
         // Device A keeps raw readings 10 days; B has no config (the default,
         // 30 days here).
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -560,7 +560,7 @@ fn metrics_equal_a_naive_computation_over_the_raw_rows() {
         ("2w", 1_209_600),
     ];
     for backend in rt.block_on(kit::backends()) {
-        let mut env = rt.block_on(env(backend));
+        let env = rt.block_on(env(backend));
         let base = t("2026-09-30T07:13:21Z");
         let day = 86_400i64;
         let strategy = (
