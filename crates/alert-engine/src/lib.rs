@@ -68,7 +68,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .add_service(health_svc)
             .add_service(AlertsServer::new(svc))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                iot_runtime::grpc_incoming(listener),
                 shutdown.cancelled_owned(),
             )
             .await?;

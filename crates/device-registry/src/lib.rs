@@ -68,10 +68,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tonic::transport::Server::builder()
             .add_service(health_svc)
             .add_service(DeviceRegistryServer::new(svc))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                token.cancelled(),
-            )
+            .serve_with_incoming_shutdown(iot_runtime::grpc_incoming(listener), token.cancelled())
             .await?;
         ready.set(false);
         admin_task.await?;

@@ -97,7 +97,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             tonic::transport::Server::builder()
                 .add_service(health_svc)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    iot_runtime::grpc_incoming(listener),
                     token.clone().cancelled_owned(),
                 ),
         );

@@ -101,7 +101,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .add_service(health_svc)
         .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            iot_runtime::grpc_incoming(listener),
             shutdown.clone().cancelled_owned(),
         );
 

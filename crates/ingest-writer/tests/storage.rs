@@ -39,7 +39,7 @@ async fn env(backend: Backend) -> Env {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(iot_runtime::grpc_incoming(listener)),
     );
     let api = TelemetryClient::connect(format!("http://{addr}"))
         .await

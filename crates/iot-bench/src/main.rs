@@ -1,3 +1,5 @@
+//! `iot-bench query`: see `query.rs`.
+//!
 //! `iot-bench ingest`: the ingest path's throughput, latency and memory, each
 //! as a ratio to the raw limit measured in the same run on the same machine.
 //!
@@ -14,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod procs;
+mod query;
 
 use std::time::{Duration, Instant};
 
@@ -380,7 +383,10 @@ async fn probe_latency(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
-    anyhow::ensure!(what == "ingest", "usage: iot-bench ingest");
+    anyhow::ensure!(
+        what == "ingest" || what == "query",
+        "usage: iot-bench ingest|query"
+    );
     let ctx = Ctx {
         admin_db: env(
             "IOT_BENCH_DATABASE_URL",
@@ -390,6 +396,10 @@ async fn main() -> anyhow::Result<()> {
         mqtt_port: env("IOT_BENCH_MQTT_PORT", "11883").parse()?,
         rows: env("IOT_BENCH_ROWS", "200000").parse()?,
     };
+    if what == "query" {
+        query::run(&ctx).await;
+        return Ok(());
+    }
     println!("ingest benchmark, {} rows per phase", ctx.rows);
     let raw = raw_copy(&ctx).await;
     println!("raw COPY into sensor_readings      {raw:>10.0} rows/s   1.00x (baseline)");

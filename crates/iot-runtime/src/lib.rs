@@ -6,5 +6,5 @@ pub mod config;
 pub mod lifecycle;
 
 pub use config::{ConfigError, ServiceConfig, Validate, load_config};
-pub use lifecycle::{config_path_from_args, grpc_health, run_until_signal};
+pub use lifecycle::{config_path_from_args, grpc_health, grpc_incoming, run_until_signal};
 pub use tokio_util::sync::CancellationToken;

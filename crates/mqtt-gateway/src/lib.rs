@@ -96,7 +96,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 pipeline.clone(),
             )))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                iot_runtime::grpc_incoming(listener),
                 shutdown.clone().cancelled_owned(),
             ),
     );

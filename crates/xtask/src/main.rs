@@ -6,7 +6,7 @@
 //!   down    stop everything `up` (or `stack`) started
 //!   test    install and start what the tests need, run the whole suite
 //!   stack   install and start PostgreSQL, Mosquitto and Tansu only
-//!   bench   run a benchmark program against the stack (`bench ingest`)
+//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`)
 //!   status  show what runs
 
 mod paths;
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         "status" => stack::status(),
         "bench" => stack::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <up|down|test|stack|status|bench ingest>");
+            eprintln!("usage: cargo xtask <up|down|test|stack|status|bench ingest|query>");
             return if cmd == "help" {
                 ExitCode::SUCCESS
             } else {

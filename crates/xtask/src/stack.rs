@@ -337,8 +337,8 @@ pub fn test(extra: &[String]) -> Result<()> {
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if what != "ingest" {
-        return Err("usage: cargo xtask bench ingest".into());
+    if what != "ingest" && what != "query" {
+        return Err("usage: cargo xtask bench ingest|query".into());
     }
     proc::run(cargo().args([
         "build",

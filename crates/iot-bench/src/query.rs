@@ -1,0 +1,501 @@
+//! `iot-bench query`: telemetry query latency over a year of data, straight
+//! against the database (the writer's `Store`, in this process: SQL and row
+//! decoding) and through the gRPC API of a running ingest-writer, with the
+//! ratio of the two measured in the same run.
+//!
+//! Data: `IOT_BENCH_SERIES` series (default 10) at one reading per 10 s for
+//! 365 days (3,153,600 rows each: 31.5M in all), written with the writer's
+//! own batch path so the rollups are what production keeps, plus 90 more
+//! devices with a day of readings (for "latest readings of 100 devices").
+//! The loaded database is kept (`iot_bench_query`) and reused by the next
+//! run when it holds the same data; `IOT_BENCH_RELOAD=1` loads it afresh.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use ingest_writer::Store;
+use ingest_writer::rollup::Width;
+use ingest_writer::store::Row;
+use iot_proto::v1::telemetry_client::TelemetryClient;
+use iot_proto::v1::{self, LatestReadingsRequest, QueryMetricsRequest, QueryReadingsRequest};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::procs::Service;
+use crate::{Ctx, connect, fresh_topics};
+
+const DB_NAME: &str = "iot_bench_query";
+const STEP_SECS: i64 = 10;
+const DAYS: i64 = 365;
+const LIGHT_DEVICES: usize = 90;
+const SAMPLES: usize = 400;
+
+/// Device `i` of the benchmark: stable ids so a kept database is reusable.
+fn device(i: usize) -> Uuid {
+    Uuid::from_u128(0x1075_0000_0000_4000_8000_0000_0000_0000 | i as u128)
+}
+
+/// A smooth, noisy signal; exact to 4 decimals.
+fn value(series: usize, k: i64) -> Decimal {
+    let x = (k as f64 / 360.0).sin() * 1000.0 + (k % 97) as f64 + series as f64;
+    Decimal::new((x * 10_000.0).round() as i64, 4)
+}
+
+struct Data {
+    series: usize,
+    /// The last reading's time; series run back `DAYS` days from here.
+    end: DateTime<Utc>,
+}
+
+impl Data {
+    fn rows(&self) -> i64 {
+        self.series as i64 * DAYS * 86_400 / STEP_SECS
+    }
+
+    fn start(&self) -> DateTime<Utc> {
+        self.end - TimeDelta::days(DAYS)
+    }
+}
+
+/// Loads the year (or finds it loaded); returns the database URL.
+async fn load(ctx: &Ctx, series: usize) -> (String, Data) {
+    let base = ctx.admin_db.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/{DB_NAME}");
+    let admin = connect(&ctx.admin_db).await;
+    let reload = std::env::var("IOT_BENCH_RELOAD").is_ok_and(|v| v == "1");
+    if !reload
+        && iot_db::ensure_database(&url)
+            .await
+            .is_ok_and(|created| !created)
+    {
+        let db = connect(&url).await;
+        let kept = db
+            .query_opt(
+                "SELECT value FROM platform_info WHERE key = 'bench_query_data'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, String>(0));
+        if let Some((n, end)) = kept.as_deref().and_then(|s| s.split_once(' '))
+            && n == series.to_string()
+            && let Ok(end) = end.parse::<DateTime<Utc>>()
+        {
+            println!("reusing the loaded year in database {DB_NAME} (IOT_BENCH_RELOAD=1 reloads)");
+            return (url, Data { series, end });
+        }
+    }
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
+        .await
+        .unwrap();
+    iot_db::ensure_database(&url).await.unwrap();
+    let report = iot_db::migrate(&url, iot_db::BackendChoice::Auto)
+        .await
+        .unwrap();
+    let db = connect(&url).await;
+    if report.backend == iot_db::Backend::Postgres {
+        db.execute(
+            "SELECT iot_ensure_partitions($1, 14)",
+            &[&(DAYS as i32 + 2)],
+        )
+        .await
+        .unwrap();
+    }
+    let end = Utc::now()
+        .duration_trunc(TimeDelta::seconds(STEP_SECS))
+        .unwrap();
+    let data = Data { series, end };
+    println!(
+        "loading {} rows ({} series x {DAYS} days at one reading per {STEP_SECS} s) with the writer's batch path...",
+        data.rows(),
+        series
+    );
+    let store = Store::new(iot_db::pool(&url, 2).unwrap(), report.backend);
+    let started = Instant::now();
+    let per_series = DAYS * 86_400 / STEP_SECS;
+    const BATCH: i64 = 50_000;
+    // Two loaders: one per core.
+    let loaders: Vec<_> = (0..2)
+        .map(|w| {
+            let store = store.clone();
+            let start = data.start();
+            tokio::spawn(async move {
+                for s in (0..series).filter(|s| s % 2 == w) {
+                    let mut k = 0;
+                    while k < per_series {
+                        let rows: Vec<Row> = (k..(k + BATCH).min(per_series))
+                            .map(|k| Row {
+                                time: start + TimeDelta::seconds((k + 1) * STEP_SECS),
+                                device_id: device(s),
+                                sensor_name: "temperature".into(),
+                                value: value(s, k),
+                                unit: Some("C".into()),
+                                quality: None,
+                            })
+                            .collect();
+                        store.write_batch(&rows).await.unwrap();
+                        k += BATCH;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut done = 0;
+    for l in loaders {
+        l.await.unwrap();
+        done += 1;
+        println!(
+            "  loader {done}/2 done after {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // The light devices: three sensors, a reading a minute over the last day.
+    for d in series..series + LIGHT_DEVICES {
+        let rows: Vec<Row> = (0..1440)
+            .flat_map(|m| {
+                ["temperature", "humidity", "battery"].map(|s| Row {
+                    time: end - TimeDelta::minutes(m),
+                    device_id: device(d),
+                    sensor_name: s.into(),
+                    value: value(d, m),
+                    unit: None,
+                    quality: None,
+                })
+            })
+            .collect();
+        store.write_batch(&rows).await.unwrap();
+    }
+    if report.backend == iot_db::Backend::TimescaleDb {
+        for (view, until) in [
+            ("sensor_readings_1h", "1 hour"),
+            ("sensor_readings_1d", "1 day"),
+            ("sensor_readings_1w", "1 week"),
+        ] {
+            db.batch_execute(&format!(
+                "CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{until}')"
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    db.batch_execute("VACUUM ANALYZE").await.unwrap();
+    db.execute(
+        "INSERT INTO platform_info (key, value) VALUES ('bench_query_data', $1)",
+        &[&format!("{series} {}", end.to_rfc3339())],
+    )
+    .await
+    .unwrap();
+    println!(
+        "loaded in {:.0} s ({:.0} rows/s)",
+        started.elapsed().as_secs_f64(),
+        data.rows() as f64 / started.elapsed().as_secs_f64()
+    );
+    (url, data)
+}
+
+/// Latency percentiles in milliseconds.
+struct Stats {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+fn stats(mut ms: Vec<f64>) -> Stats {
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    Stats {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+/// A query run both ways: `direct` against the database, `grpc` through the
+/// API. Samples interleave the two so that noise hits both alike.
+async fn measure<D, DF, G, GF>(name: &str, target_p95_ms: f64, mut direct: D, mut grpc: G)
+where
+    D: FnMut(usize) -> DF,
+    DF: Future<Output = usize>,
+    G: FnMut(usize) -> GF,
+    GF: Future<Output = usize>,
+{
+    // Warm-up: prepared statements, caches, connections.
+    for i in 0..10 {
+        direct(i).await;
+        grpc(i).await;
+    }
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let mut items = 0;
+    for i in 0..SAMPLES {
+        // Both run with the same arguments; whichever runs second finds the
+        // pages the first read in cache, so the order alternates.
+        let (nd, ng) = if i % 2 == 0 {
+            let t = Instant::now();
+            let nd = direct(i).await;
+            d.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let ng = grpc(i).await;
+            g.push(t.elapsed().as_secs_f64() * 1000.0);
+            (nd, ng)
+        } else {
+            let t = Instant::now();
+            let ng = grpc(i).await;
+            g.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            let nd = direct(i).await;
+            d.push(t.elapsed().as_secs_f64() * 1000.0);
+            (nd, ng)
+        };
+        assert_eq!(ng, nd, "{name}: gRPC and direct disagree");
+        items = nd;
+    }
+    let (d, g) = (stats(d), stats(g));
+    let verdict = if g.p95 <= target_p95_ms {
+        "ok"
+    } else {
+        "MISSED"
+    };
+    println!(
+        "{name:<34} {items:>5} items | direct p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} | gRPC p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} ms | gRPC/direct p50 {:.2}x p95 {:.2}x | target p95 <= {target_p95_ms} ms: {verdict}",
+        d.p50,
+        d.p95,
+        d.p99,
+        g.p50,
+        g.p95,
+        g.p99,
+        g.p50 / d.p50,
+        g.p95 / d.p95,
+    );
+}
+
+/// Random-looking but reproducible offsets.
+fn jitter(i: usize, modulo: i64) -> i64 {
+    ((i as i64).wrapping_mul(2_654_435_761) >> 7).rem_euclid(modulo)
+}
+
+pub async fn run(ctx: &Ctx) {
+    let series: usize = std::env::var("IOT_BENCH_SERIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let (url, data) = load(ctx, series).await;
+    let backend = {
+        let db = connect(&url).await;
+        iot_db::storage_backend(&db).await.unwrap().unwrap()
+    };
+    let store = Store::new(iot_db::pool(&url, 4).unwrap(), backend.parse().unwrap());
+    let kafka = fresh_topics(ctx).await;
+    let writer = Service::writer(&url, &kafka, "bench-query");
+    let api = loop {
+        match TelemetryClient::connect(writer.grpc_url()).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    println!(
+        "query benchmark: {} rows, backend {backend}, {SAMPLES} samples per query, gRPC through a release ingest-writer",
+        data.rows()
+    );
+    // The floor: a gRPC round trip that does no work (the health check).
+    {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Endpoint::from_shared(writer.grpc_url())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let mut ms = Vec::new();
+        for i in 0..SAMPLES + 10 {
+            let t = Instant::now();
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .unwrap();
+            if i >= 10 {
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let s = stats(ms);
+        println!(
+            "gRPC round trip doing no work (health check): p50 {:.2} p95 {:.2} p99 {:.2} ms",
+            s.p50, s.p95, s.p99
+        );
+    }
+    let sensor = "temperature";
+    let series_of = |i: usize| device(i % series);
+    let ts = |t: DateTime<Utc>| Some(iot_proto::timestamp(t));
+
+    // A year of daily metrics for one series (start not aligned to a day).
+    let range = |i: usize| {
+        let start = data.start() + TimeDelta::seconds(jitter(i, 86_400));
+        (start, start + TimeDelta::days(DAYS))
+    };
+    measure(
+        "metrics 1d over a year",
+        20.0,
+        |i| {
+            let (s, e) = range(i);
+            let store = store.clone();
+            async move {
+                store
+                    .query_metrics(series_of(i), sensor, s, e, "1d".parse::<Width>().unwrap())
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        },
+        |i| {
+            let (s, e) = range(i);
+            let mut api = api.clone();
+            async move { metrics(&mut api, series_of(i), sensor, ts(s), ts(e), "1d").await }
+        },
+    )
+    .await;
+
+    // A week of hourly metrics, somewhere in the year.
+    let week = |i: usize| {
+        let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 8) * 86_400));
+        (start, start + TimeDelta::days(7))
+    };
+    measure(
+        "metrics 1h over a week",
+        10.0,
+        |i| {
+            let (s, e) = week(i);
+            let store = store.clone();
+            async move {
+                store
+                    .query_metrics(series_of(i), sensor, s, e, "1h".parse::<Width>().unwrap())
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        },
+        |i| {
+            let (s, e) = week(i);
+            let mut api = api.clone();
+            async move { metrics(&mut api, series_of(i), sensor, ts(s), ts(e), "1h").await }
+        },
+    )
+    .await;
+
+    // 1000 raw readings, newest first, from a day somewhere in the year.
+    let day = |i: usize| {
+        let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 2) * 86_400));
+        (start, start + TimeDelta::days(1))
+    };
+    measure(
+        "1000 raw readings",
+        20.0,
+        |i| {
+            let (s, e) = day(i);
+            let store = store.clone();
+            async move {
+                store
+                    .query_readings(series_of(i), sensor, s, e, 1000)
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        },
+        |i| {
+            let (s, e) = day(i);
+            let mut api = api.clone();
+            async move {
+                api.query_readings(QueryReadingsRequest {
+                    device_uuid: series_of(i).to_string(),
+                    sensor_name: sensor.into(),
+                    start: ts(s),
+                    end: ts(e),
+                    limit: 1000,
+                    cursor: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .readings
+                .len()
+            }
+        },
+    )
+    .await;
+
+    // Latest readings of 100 devices in one call.
+    let hundred: Vec<Uuid> = (0..series + LIGHT_DEVICES).take(100).map(device).collect();
+    measure(
+        "latest readings of 100 devices",
+        20.0,
+        |_| {
+            let store = store.clone();
+            let ids = hundred.clone();
+            async move { store.latest_readings(&ids).await.unwrap().len() }
+        },
+        |_| {
+            let mut api = api.clone();
+            let ids = hundred.iter().map(Uuid::to_string).collect();
+            async move {
+                api.latest_readings(LatestReadingsRequest { device_uuids: ids })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .readings
+                    .len()
+            }
+        },
+    )
+    .await;
+
+    // A few minutes of 5-minute buckets from raw rows (no rollup fits).
+    let hours = |i: usize| {
+        let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 2) * 86_400));
+        (start, start + TimeDelta::hours(6))
+    };
+    measure(
+        "metrics 5m over 6 hours (raw)",
+        20.0,
+        |i| {
+            let (s, e) = hours(i);
+            let store = store.clone();
+            async move {
+                store
+                    .query_metrics(series_of(i), sensor, s, e, "5m".parse::<Width>().unwrap())
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        },
+        |i| {
+            let (s, e) = hours(i);
+            let mut api = api.clone();
+            async move { metrics(&mut api, series_of(i), sensor, ts(s), ts(e), "5m").await }
+        },
+    )
+    .await;
+    drop(writer);
+}
+
+async fn metrics(
+    api: &mut TelemetryClient<tonic::transport::Channel>,
+    device: Uuid,
+    sensor: &str,
+    start: Option<iot_proto::Timestamp>,
+    end: Option<iot_proto::Timestamp>,
+    granularity: &str,
+) -> usize {
+    let m: Vec<v1::SensorMetric> = api
+        .query_metrics(QueryMetricsRequest {
+            device_uuid: device.to_string(),
+            sensor_name: sensor.into(),
+            start,
+            end,
+            granularity: granularity.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .metrics;
+    m.len()
+}
