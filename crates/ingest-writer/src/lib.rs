@@ -161,22 +161,17 @@ async fn maintenance(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if backend == iot_db::Backend::Postgres {
-            match store::ensure_partitions(&pool, 7).await {
-                Ok(n) if n > 0 => tracing::info!(created = n, "partitions created"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "partition maintenance failed"),
-            }
-        }
-        match retention::apply(&pool, &retention, chrono::Utc::now()).await {
-            Ok(r) => tracing::info!(
+        match retention::maintain(&pool, backend, &retention, chrono::Utc::now()).await {
+            Ok(Some((created, r))) => tracing::info!(
+                partitions_created = created,
                 horizon_days = r.horizon_days,
                 partitions_dropped = r.partitions_dropped,
                 devices_trimmed = r.devices_trimmed,
                 rows_deleted = r.rows_deleted,
-                "retention applied"
+                "maintenance done"
             ),
-            Err(e) => tracing::warn!(error = %e, "retention failed"),
+            Ok(None) => tracing::debug!("maintenance running in another replica"),
+            Err(e) => tracing::warn!(error = %e, "maintenance failed"),
         }
     }
 }

@@ -77,13 +77,52 @@ pub struct Report {
     pub rows_deleted: i64,
 }
 
+/// Arbitrary, fixed key of the maintenance advisory lock.
+const MAINTENANCE_LOCK: i64 = 0x0107_da7a_0002;
+
+/// One maintenance run: daily partitions ahead (plain PostgreSQL) and
+/// retention as of `now`. Replicas take turns: while one runs, the others
+/// skip (`None`) rather than race to create or drop the same partitions.
+pub async fn maintain(
+    pool: &Pool,
+    backend: iot_db::Backend,
+    cfg: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> Result<Option<(i32, Report)>, StoreError> {
+    let client = pool.get().await?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let result = async {
+        let created = match backend {
+            iot_db::Backend::Postgres => client
+                .query_one("SELECT iot_ensure_partitions(7, 14)", &[])
+                .await?
+                .get(0),
+            iot_db::Backend::TimescaleDb => 0,
+        };
+        Ok::<_, StoreError>((created, apply(&client, cfg, now).await?))
+    }
+    .await;
+    // Session lock: released here, or by the server if the connection died.
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
+        .await;
+    let done = result?;
+    unlocked?;
+    Ok(Some(done))
+}
+
 /// Applies retention as of `now`.
 pub async fn apply(
-    pool: &Pool,
+    client: &tokio_postgres::Client,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
 ) -> Result<Report, StoreError> {
-    let client = pool.get().await?;
     let devices: Vec<(Uuid, i64)> = client
         .query(
             "SELECT device_id, retention_days FROM device_retention",

@@ -385,15 +385,6 @@ impl LatestArrays<'_> {
     }
 }
 
-/// Creates the partitions ahead (plain-PostgreSQL backend only).
-pub async fn ensure_partitions(pool: &Pool, days_back: i32) -> Result<i32, StoreError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one("SELECT iot_ensure_partitions($1, 14)", &[&days_back])
-        .await?;
-    Ok(row.get(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
