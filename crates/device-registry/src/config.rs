@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::broker::BrokerConfig;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -13,6 +15,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin_addr: SocketAddr,
+    /// The MQTT broker where devices get their accounts.
+    pub broker: BrokerConfig,
 }
 
 impl Default for Config {
@@ -22,13 +26,14 @@ impl Default for Config {
             pool_size: 8,
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             admin_addr: ([127, 0, 0, 1], 9101).into(),
+            broker: BrokerConfig::default(),
         }
     }
 }
 
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
+        let mut p = self.broker.problems("broker");
         if self.database_url.parse::<tokio_postgres::Config>().is_err() {
             p.push(format!(
                 "database_url {:?} is not a PostgreSQL URL",

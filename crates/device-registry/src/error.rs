@@ -12,6 +12,8 @@ pub enum RegistryError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("MQTT broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 impl From<RegistryError> for tonic::Status {
@@ -20,7 +22,9 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
-            RegistryError::Pool(_) => tonic::Status::unavailable(e.to_string()),
+            RegistryError::Pool(_) | RegistryError::Broker(_) => {
+                tonic::Status::unavailable(e.to_string())
+            }
             RegistryError::Db(_) => {
                 tracing::error!(error = %e, "registry database error");
                 tonic::Status::internal("database error")

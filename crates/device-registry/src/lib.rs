@@ -4,6 +4,7 @@
 //! Architecture Invariant: no other service writes these tables; they ask
 //! this service.
 
+mod broker;
 mod config;
 mod error;
 mod service;
@@ -16,6 +17,7 @@ use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
 use tokio::task::JoinHandle;
 
+pub use broker::BrokerConfig;
 pub use config::Config;
 pub use error::RegistryError;
 pub use service::RegistryService;
@@ -60,7 +62,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let grpc_addr = listener.local_addr()?;
-    let svc = RegistryService::new(pool);
+    let broker = config
+        .broker
+        .enabled
+        .then(|| broker::Dynsec::start(&config.broker, shutdown.clone()));
+    let svc = RegistryService::new(pool, broker);
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         ready.set(true);

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::RegistryError;
+use crate::broker::{self, Dynsec};
 use crate::store::{self, NewDevice};
 
 const STATUSES: [&str; 3] = ["active", "inactive", "error"];
@@ -17,11 +18,57 @@ const MAX_LIST: u32 = 1000;
 #[derive(Clone)]
 pub struct RegistryService {
     pool: Pool,
+    /// None when the broker authenticates devices some other way.
+    broker: Option<Dynsec>,
 }
 
 impl RegistryService {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool, broker: Option<Dynsec>) -> Self {
+        Self { pool, broker }
+    }
+
+    /// Issues a fresh password for `device` (creating its broker account if
+    /// it has none) inside `tx`: the broker is told before the commit, and
+    /// told to forget the account again if the commit fails, so the
+    /// database and the broker never disagree about a device that exists.
+    async fn issue(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        device: Uuid,
+        device_id: &str,
+        fresh_account: bool,
+    ) -> Result<Option<v1::MqttCredentials>, RegistryError> {
+        let Some(broker) = &self.broker else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let password = broker::new_password();
+        store::set_credentials(&tx, device, device_id, &broker::hash_password(&password)).await?;
+        if fresh_account {
+            broker.create_account(device_id, &password).await?;
+        } else {
+            broker.set_password(device_id, &password).await?;
+        }
+        if let Err(e) = tx.commit().await {
+            if let Err(undo) = broker.delete_account(device_id).await {
+                tracing::error!(error = %undo, device_id, "broker account left after a failed commit");
+            }
+            return Err(e.into());
+        }
+        Ok(Some(v1::MqttCredentials {
+            username: device_id.to_owned(),
+            password,
+            publish_topics: broker.config().topics_of(device_id),
+        }))
+    }
+
+    async fn find(&self, id: &str) -> Result<v1::Device, RegistryError> {
+        if id.is_empty() {
+            return Err(RegistryError::Invalid(vec!["id: is empty".into()]));
+        }
+        store::get(&self.pool, id)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
     }
 }
 
@@ -32,11 +79,15 @@ impl DeviceRegistry for RegistryService {
         request: Request<v1::CreateDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let new = validate_create(request.into_inner())?;
-        let id = store::insert(&self.pool, &new).await?;
+        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
+        let tx = client.transaction().await.map_err(RegistryError::from)?;
+        // Nothing is half-written: the device, its config, its credentials
+        // and its broker account all come to be, or none does.
+        let id = store::insert(&tx, &new).await?;
+        let credentials = self.issue(tx, id, &new.device_id, true).await?;
         tracing::info!(%id, device_id = %new.device_id, "device registered");
-        let device = store::get(&self.pool, &id.to_string())
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let mut device = self.find(&id.to_string()).await?;
+        device.credentials = credentials;
         Ok(Response::new(device))
     }
 
@@ -44,14 +95,7 @@ impl DeviceRegistry for RegistryService {
         &self,
         request: Request<v1::GetDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let id = request.into_inner().id;
-        if id.is_empty() {
-            return Err(RegistryError::Invalid(vec!["id is empty".into()]).into());
-        }
-        let device = store::get(&self.pool, &id)
-            .await?
-            .ok_or(RegistryError::NotFound(id))?;
-        Ok(Response::new(device))
+        Ok(Response::new(self.find(&request.into_inner().id).await?))
     }
 
     async fn list_devices(
@@ -65,6 +109,53 @@ impl DeviceRegistry for RegistryService {
         };
         let devices = store::list(&self.pool, req.device_type.as_deref(), i64::from(limit)).await?;
         Ok(Response::new(v1::ListDevicesResponse { devices }))
+    }
+
+    async fn rotate_credentials(
+        &self,
+        request: Request<v1::GetDeviceRequest>,
+    ) -> Result<Response<v1::MqttCredentials>, Status> {
+        let device = self.find(&request.into_inner().id).await?;
+        if self.broker.is_none() {
+            return Err(Status::failed_precondition(
+                "this registry issues no broker credentials (broker.enabled = false)",
+            ));
+        }
+        let id =
+            Uuid::parse_str(&device.id).map_err(|_| RegistryError::NotFound(device.id.clone()))?;
+        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
+        let tx = client.transaction().await.map_err(RegistryError::from)?;
+        let had_account = store::revoke_credentials(&tx, id).await?;
+        let credentials = self
+            .issue(tx, id, &device.device_id, !had_account)
+            .await?
+            .ok_or_else(|| Status::internal("no credentials issued"))?;
+        tracing::info!(device_id = %device.device_id, "device credentials rotated");
+        Ok(Response::new(credentials))
+    }
+
+    async fn revoke_credentials(
+        &self,
+        request: Request<v1::GetDeviceRequest>,
+    ) -> Result<Response<v1::RevokeCredentialsResponse>, Status> {
+        let device = self.find(&request.into_inner().id).await?;
+        let Some(broker) = &self.broker else {
+            return Err(Status::failed_precondition(
+                "this registry issues no broker credentials (broker.enabled = false)",
+            ));
+        };
+        let id =
+            Uuid::parse_str(&device.id).map_err(|_| RegistryError::NotFound(device.id.clone()))?;
+        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
+        let tx = client.transaction().await.map_err(RegistryError::from)?;
+        store::revoke_credentials(&tx, id).await?;
+        broker
+            .delete_account(&device.device_id)
+            .await
+            .map_err(RegistryError::from)?;
+        tx.commit().await.map_err(RegistryError::from)?;
+        tracing::info!(device_id = %device.device_id, "device credentials revoked");
+        Ok(Response::new(v1::RevokeCredentialsResponse {}))
     }
 }
 
@@ -117,6 +208,11 @@ fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryEr
     check_len(&mut p, "device_id", &req.device_id, 100, true);
     if req.device_id.contains(['/', '+', '#']) {
         p.push("device_id must not contain '/', '+' or '#' (it is an MQTT topic level)".into());
+    }
+    if req.device_id.starts_with("platform.") {
+        p.push(
+            "device_id must not start with \"platform.\" (reserved for platform accounts)".into(),
+        );
     }
     check_len(&mut p, "name", &req.name, 255, true);
     check_len(&mut p, "device_type", &req.device_type, 50, true);

@@ -1,6 +1,6 @@
 //! SQL access to the registry's tables.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use iot_proto::v1;
 use rust_decimal::Decimal;
 use tokio_postgres::Row;
@@ -11,6 +11,7 @@ use crate::RegistryError;
 const SELECT_DEVICE: &str = include_str!("sql/select_device.sql");
 const INSERT_DEVICE: &str = include_str!("sql/insert_device.sql");
 const INSERT_CONFIG: &str = include_str!("sql/insert_config.sql");
+const UPSERT_CREDENTIALS: &str = include_str!("sql/upsert_credentials.sql");
 
 /// A validated device to insert.
 pub struct NewDevice {
@@ -28,9 +29,8 @@ pub struct NewDevice {
     pub custom_fields: Option<serde_json::Value>,
 }
 
-pub async fn insert(pool: &Pool, d: &NewDevice) -> Result<Uuid, RegistryError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+/// Inserts the device and its config in `tx` (not committed).
+pub async fn insert(tx: &Transaction<'_>, d: &NewDevice) -> Result<Uuid, RegistryError> {
     let stmt = tx.prepare_cached(INSERT_DEVICE).await?;
     let row = tx
         .query_opt(
@@ -63,8 +63,31 @@ pub async fn insert(pool: &Pool, d: &NewDevice) -> Result<Uuid, RegistryError> {
         ],
     )
     .await?;
-    tx.commit().await?;
     Ok(id)
+}
+
+/// Records (or replaces) a device's credentials hash in `tx`.
+pub async fn set_credentials(
+    tx: &Transaction<'_>,
+    device: Uuid,
+    username: &str,
+    password_hash: &str,
+) -> Result<(), RegistryError> {
+    let stmt = tx.prepare_cached(UPSERT_CREDENTIALS).await?;
+    tx.execute(&stmt, &[&device, &username, &password_hash])
+        .await?;
+    Ok(())
+}
+
+/// Marks a device's credentials revoked in `tx`; false when it has none.
+pub async fn revoke_credentials(tx: &Transaction<'_>, device: Uuid) -> Result<bool, RegistryError> {
+    let n = tx
+        .execute(
+            "UPDATE device_credentials SET revoked_at = now() WHERE device_id = $1 AND revoked_at IS NULL",
+            &[&device],
+        )
+        .await?;
+    Ok(n > 0)
 }
 
 /// Finds a device by platform UUID or by external device_id.
@@ -129,5 +152,6 @@ fn device_from_row(r: &Row) -> v1::Device {
             data_retention_days: r.get("data_retention_days"),
             custom_fields_json: custom.map(|v| v.to_string()),
         }),
+        credentials: None,
     }
 }

@@ -203,7 +203,7 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
     let client = connect(&db).await;
     let kafka = fresh_topics(ctx).await;
     let root = format!("bench{}", unique());
-    let registry = Service::registry(&db);
+    let registry = Service::registry(&db, ctx.mqtt_port);
     let writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
     let gateway = Service::gateway(&kafka, &root, ctx.mqtt_port, &registry.grpc_url());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -213,6 +213,8 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
             registry_url: registry.grpc_url(),
             mqtt_host: "127.0.0.1".into(),
             mqtt_port: ctx.mqtt_port,
+            mqtt_username: Some(procs::account("publisher").0),
+            mqtt_password: Some(procs::account("publisher").1),
             topic_prefix: format!("{root}/sensors"),
             batch_prefix: format!("{root}/batches"),
             senml_prefix: format!("{root}/senml"),
@@ -316,10 +318,10 @@ async fn probe_latency(
         .unwrap()
         .into_inner();
     let probe_uuid = Uuid::parse_str(&probe.id).unwrap();
-    let (client, mut eventloop) = AsyncClient::new(
-        MqttOptions::new(format!("probe-{}", unique()), "127.0.0.1", ctx.mqtt_port),
-        100,
-    );
+    let mut opts = MqttOptions::new(format!("probe-{}", unique()), "127.0.0.1", ctx.mqtt_port);
+    let (user, password) = procs::account("publisher");
+    opts.set_credentials(user, password);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let mut sent: Vec<Instant> = Vec::new();
     let mut latencies: Vec<f64> = Vec::new();

@@ -13,6 +13,15 @@ fn bin(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A platform account on the broker (`admin`, `gateway`, `publisher`);
+/// passwords from `IOT_BENCH_MQTT_<NAME>_PASSWORD`, by default the local
+/// stack's (`cargo xtask`, `ACCOUNTS`).
+pub fn account(name: &str) -> (String, String) {
+    let password = std::env::var(format!("IOT_BENCH_MQTT_{}_PASSWORD", name.to_uppercase()))
+        .unwrap_or_else(|_| format!("local-{name}-password"));
+    (format!("platform.{name}"), password)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -40,11 +49,20 @@ impl Service {
         Self { child, grpc_port }
     }
 
-    pub fn registry(db: &str) -> Self {
+    pub fn registry(db: &str, mqtt_port: u16) -> Self {
         Self::spawn(
             "device-registry",
             "DEVICE_REGISTRY",
-            &[("DATABASE_URL", db.into())],
+            &[
+                ("DATABASE_URL", db.into()),
+                ("BROKER__PORT", mqtt_port.to_string()),
+                ("BROKER__USERNAME", account("admin").0),
+                ("BROKER__PASSWORD", account("admin").1),
+                (
+                    "BROKER__CLIENT_ID",
+                    format!("bench-registry-{}", std::process::id()),
+                ),
+            ],
         )
     }
 
@@ -74,6 +92,8 @@ impl Service {
             &[
                 ("HTTP_ADDR", "127.0.0.1:0".into()),
                 ("REGISTRY_URL", registry.into()),
+                ("MQTT__USERNAME", account("gateway").0),
+                ("MQTT__PASSWORD", account("gateway").1),
                 ("KAFKA__BROKERS", kafka.brokers.clone()),
                 ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
                 ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),

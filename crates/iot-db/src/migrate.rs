@@ -124,6 +124,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0005_latest.sql"),
         timescaledb: include_str!("../../../migrations/0005_latest.sql"),
     },
+    Migration {
+        version: 6,
+        name: "credentials",
+        postgres: include_str!("../../../migrations/0006_credentials.sql"),
+        timescaledb: include_str!("../../../migrations/0006_credentials.sql"),
+    },
 ];
 
 /// What a migration run did.

@@ -31,6 +31,36 @@ pub fn mqtt_addr() -> (String, u16) {
     (h.to_owned(), p.parse().expect("IOT_TEST_MQTT port"))
 }
 
+/// A platform account on the test broker: `admin` (dynamic-security
+/// control), `gateway` (subscribes) or `publisher` (publishes for many
+/// devices). Passwords come from `IOT_TEST_MQTT_<NAME>_PASSWORD`, by default
+/// those `cargo xtask` provisions (`crates/xtask/src/stack.rs`, `ACCOUNTS`).
+pub fn mqtt_account(name: &str) -> (String, String) {
+    let password = std::env::var(format!("IOT_TEST_MQTT_{}_PASSWORD", name.to_uppercase()))
+        .unwrap_or_else(|_| format!("local-{name}-password"));
+    (format!("platform.{name}"), password)
+}
+
+/// device-registry's broker settings for the test broker, with devices'
+/// topics under `root` (each test has its own).
+pub fn broker_config(root: &str) -> device_registry::BrokerConfig {
+    let (host, port) = mqtt_addr();
+    let (username, password) = mqtt_account("admin");
+    device_registry::BrokerConfig {
+        host,
+        port,
+        username,
+        password,
+        client_id: format!("registry-{}", unique()),
+        device_topics: vec![
+            format!("{root}/sensors/{{device_id}}/+"),
+            format!("{root}/batches/{{device_id}}"),
+            format!("{root}/senml/{{device_id}}"),
+        ],
+        ..Default::default()
+    }
+}
+
 /// A short unique suffix for names.
 pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
@@ -145,7 +175,9 @@ pub async fn read_topic_from(
 pub async fn publish_all(messages: &[(String, Vec<u8>)]) {
     let (host, port) = mqtt_addr();
     let mut opts = MqttOptions::new(format!("test-pub-{}", unique()), host, port);
-    opts.set_keep_alive(Duration::from_secs(10))
+    let (user, password) = mqtt_account("publisher");
+    opts.set_credentials(user, password)
+        .set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let total = messages.len();

@@ -35,6 +35,12 @@ pub struct Args {
     pub mqtt_host: String,
     #[arg(long, default_value_t = 11883)]
     pub mqtt_port: u16,
+    /// Broker account to publish with: a platform publisher account, since
+    /// one connection publishes for several devices.
+    #[arg(long, env = "IOT_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    #[arg(long, env = "IOT_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
     #[arg(long, default_value = "sensors")]
     pub topic_prefix: String,
     #[arg(long, default_value = "batches")]
@@ -342,6 +348,9 @@ async fn connection(
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(args.max_in_flight.max(1))
         .set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(user) = &args.mqtt_username {
+        opts.set_credentials(user, args.mqtt_password.as_deref().unwrap_or_default());
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, usize::from(args.max_in_flight).max(16));
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(n) + 1).wrapping_mul(0x1234_5678_9abc));
     let mut series: Vec<Series> = devices

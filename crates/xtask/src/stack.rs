@@ -130,6 +130,15 @@ fn set_postgres_password() -> Result<()> {
     ]))
 }
 
+/// Debian installs it under the architecture's library folder.
+fn dynsec_plugin() -> Option<PathBuf> {
+    fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("mosquitto_dynamic_security.so"))
+        .find(|p| p.exists())
+}
+
 fn ensure_mosquitto(started: &mut Started) -> Result<()> {
     if proc::running("mosquitto").is_some() || proc::port_open(MQTT_PORT) {
         eprintln!("mosquitto: already running on 127.0.0.1:{MQTT_PORT}");
@@ -142,9 +151,14 @@ fn ensure_mosquitto(started: &mut Started) -> Result<()> {
     let template = fs::read_to_string(paths::repo().join("deploy/local/mosquitto.conf"))
         .map_err(|e| format!("deploy/local/mosquitto.conf: {e}"))?;
     let conf = paths::run_dir().join("mosquitto.conf");
+    let plugin = dynsec_plugin().ok_or(
+        "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed",
+    )?;
     fs::write(
         &conf,
-        template.replace("@RUN_DIR@", &paths::run_dir().to_string_lossy()),
+        template
+            .replace("@RUN_DIR@", &paths::run_dir().to_string_lossy())
+            .replace("@DYNSEC_PLUGIN@", &plugin.to_string_lossy()),
     )
     .map_err(|e| e.to_string())?;
     let bin = if proc::have("mosquitto") {
@@ -152,10 +166,86 @@ fn ensure_mosquitto(started: &mut Started) -> Result<()> {
     } else {
         "/usr/sbin/mosquitto".to_string()
     };
+    // The dynamic-security plugin's state, with its admin account.
+    let dynsec = paths::run_dir().join("mosquitto/dynamic-security.json");
+    if !dynsec.exists() {
+        fs::create_dir_all(paths::run_dir().join("mosquitto")).map_err(|e| e.to_string())?;
+        proc::run(
+            Command::new("mosquitto_ctrl")
+                .args(["dynsec", "init"])
+                .arg(&dynsec)
+                .args([ACCOUNTS[0].0, ACCOUNTS[0].1]),
+        )?;
+    }
     // Runs in the foreground under our pid file (no -d).
     proc::spawn("mosquitto", Command::new(bin).arg("-c").arg(&conf))?;
     started.0.push("mosquitto");
     proc::wait_port("mosquitto", MQTT_PORT, Duration::from_secs(15))
+}
+
+/// (username, password, (ACL type, topic) pairs its role allows).
+type Account = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The local stack's platform accounts at the broker (user, password,
+/// what its role allows). Devices get accounts of their own from
+/// device-registry; there is no anonymous access. The same values are in
+/// `deploy/local/*.toml` and the test kit's defaults.
+pub const ACCOUNTS: [Account; 3] = [
+    // Created by `dynsec init` with the plugin's admin role.
+    ("platform.admin", "local-admin-password", &[]),
+    (
+        "platform.gateway",
+        "local-gateway-password",
+        &[("subscribePattern", "#"), ("subscribePattern", "$share/#")],
+    ),
+    // Load generators (`iotctl simulate`, tests, benchmarks) that publish
+    // for many devices over few connections.
+    (
+        "platform.publisher",
+        "local-publisher-password",
+        &[("publishClientSend", "#")],
+    ),
+];
+
+/// Creates the platform accounts (idempotent: existing ones keep their
+/// role and get their password set again).
+fn provision_mqtt_accounts() -> Result<()> {
+    let (admin, admin_pw, _) = ACCOUNTS[0];
+    let ctrl = |args: &[&str]| {
+        Command::new("mosquitto_ctrl")
+            .args(["-h", "127.0.0.1", "-p", &MQTT_PORT.to_string()])
+            .args(["-u", admin, "-P", admin_pw, "dynsec"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !ctrl(&["listClients"]) {
+        return Err(format!(
+            "mosquitto on 127.0.0.1:{MQTT_PORT} refuses the dynamic-security admin account: \
+             it was started without the plugin or with other accounts; stop it (cargo xtask down) \
+             and run again"
+        ));
+    }
+    for (user, password, acls) in &ACCOUNTS[1..] {
+        // "already exists" on a second run is fine.
+        ctrl(&["createRole", user]);
+        for (acl, topic) in *acls {
+            ctrl(&["addRoleACL", user, acl, topic, "allow"]);
+        }
+        ctrl(&["createClient", user, "-p", password]);
+        ctrl(&["addClientRole", user, user]);
+        if !ctrl(&["setClientPassword", user, password]) {
+            return Err(format!("cannot provision the broker account {user}"));
+        }
+    }
+    Ok(())
 }
 
 fn ensure_tansu(started: &mut Started) -> Result<()> {
@@ -201,6 +291,7 @@ pub fn infra() -> Result<Started> {
     let mut started = Started(Vec::new());
     ensure_postgres(&mut started)?;
     ensure_mosquitto(&mut started)?;
+    provision_mqtt_accounts()?;
     ensure_tansu(&mut started)?;
     Ok(started)
 }
@@ -252,7 +343,10 @@ pub fn up() -> Result<()> {
     if proc::running(SIMULATOR).is_none() {
         proc::spawn(
             SIMULATOR,
-            Command::new(bin("iotctl")).args(["simulate", "--devices", "5", "--rate", "5"]),
+            Command::new(bin("iotctl"))
+                .args(["simulate", "--devices", "5", "--rate", "5"])
+                .env("IOT_MQTT_USERNAME", ACCOUNTS[2].0)
+                .env("IOT_MQTT_PASSWORD", ACCOUNTS[2].1),
         )?;
     }
     let run = paths::run_dir();

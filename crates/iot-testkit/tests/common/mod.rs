@@ -15,6 +15,8 @@ pub const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4A
 
 pub struct Platform {
     pub db: String,
+    /// Every MQTT topic of this platform is under `{root}/`.
+    pub root: String,
     pub kafka: iot_kafka::KafkaConfig,
     /// `{prefix}/{device_id}/{sensor}`
     pub prefix: String,
@@ -67,6 +69,7 @@ impl Platform {
                 database_url: db.clone(),
                 grpc_addr: ANY,
                 admin_addr: ANY,
+                broker: kit::broker_config(&root),
                 ..Default::default()
             },
             shutdown.clone(),
@@ -88,10 +91,13 @@ impl Platform {
         .await
         .unwrap();
         let (host, port) = kit::mqtt_addr();
+        let (username, password) = kit::mqtt_account("gateway");
         let mut gateway_config = mqtt_gateway::Config {
             mqtt: mqtt_gateway::MqttConfig {
                 host,
                 port,
+                username: Some(username),
+                password: Some(password),
                 client_id: format!("gw-{}", kit::unique()),
                 topic_prefix: prefix.clone(),
                 batch_topic_prefix: batch_prefix.clone(),
@@ -114,6 +120,7 @@ impl Platform {
             .unwrap();
         let p = Platform {
             db,
+            root,
             kafka,
             prefix,
             batch_prefix,

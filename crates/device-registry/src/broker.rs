@@ -1,0 +1,350 @@
+//! Device accounts at the MQTT broker, through Mosquitto's dynamic-security
+//! plugin: JSON commands published to `$CONTROL/dynamic-security/v1`,
+//! answers read from `.../response` (see
+//! <https://mosquitto.org/documentation/dynamic-security/>).
+//!
+//! Each device gets a client (username = its `device_id`) and a role of its
+//! own that may publish only to its own topics (the plugin in Mosquitto 2.0
+//! has no `%u` substitution in role ACLs, so the role names the topics).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use iot_runtime::CancellationToken;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const CONTROL: &str = "$CONTROL/dynamic-security/v1";
+const RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
+
+/// Where the broker is, the registry's admin account there, and the topics
+/// a device may publish to (`{device_id}` is replaced).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Issue broker accounts for devices. Off only for deployments whose
+    /// broker authenticates devices some other way.
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    pub client_id: String,
+    pub device_topics: Vec<String>,
+    pub timeout_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            host: "127.0.0.1".into(),
+            port: 11883,
+            username: "platform.admin".into(),
+            password: String::new(),
+            client_id: "device-registry".into(),
+            device_topics: vec![
+                "sensors/{device_id}/+".into(),
+                "batches/{device_id}".into(),
+                "senml/{device_id}".into(),
+            ],
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if !self.enabled {
+            return p;
+        }
+        if self.password.is_empty() {
+            p.push(format!(
+                "{prefix}.password is required while {prefix}.enabled (the dynamic-security admin account)"
+            ));
+        }
+        if self.device_topics.is_empty()
+            || self
+                .device_topics
+                .iter()
+                .any(|t| !t.contains("{device_id}"))
+        {
+            p.push(format!(
+                "{prefix}.device_topics must be non-empty and each must contain {{device_id}}"
+            ));
+        }
+        if self.timeout_ms == 0 {
+            p.push(format!("{prefix}.timeout_ms must be positive"));
+        }
+        p
+    }
+
+    /// The topic filters `device_id` may publish to.
+    pub fn topics_of(&self, device_id: &str) -> Vec<String> {
+        self.device_topics
+            .iter()
+            .map(|t| t.replace("{device_id}", device_id))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("broker connection: {0}")]
+    Client(#[from] rumqttc::ClientError),
+    #[error("broker refused {command}: {error}")]
+    Refused { command: String, error: String },
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<Value>>>>>;
+
+/// The registry's admin session with the broker's dynamic-security plugin.
+#[derive(Clone)]
+pub struct Dynsec {
+    client: AsyncClient,
+    pending: Pending,
+    timeout: Duration,
+    config: BrokerConfig,
+}
+
+impl Dynsec {
+    /// Connects in the background (and reconnects); calls wait for it.
+    pub fn start(config: &BrokerConfig, shutdown: CancellationToken) -> Self {
+        let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
+        opts.set_credentials(&config.username, &config.password)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true);
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let pending: Pending = Arc::default();
+        let (sub, answers) = (client.clone(), pending.clone());
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    e = events.poll() => e,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // A new session each time: subscribe again.
+                        if let Err(e) = sub.try_subscribe(RESPONSE, QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, "cannot subscribe to dynamic-security answers");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == RESPONSE => {
+                        deliver(&answers, &p.payload);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broker admin connection lost; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Self {
+            client,
+            pending,
+            timeout: Duration::from_millis(config.timeout_ms),
+            config: config.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Sends commands in one control message and checks every answer.
+    /// `tolerate` lists errors that are not failures (e.g. "not found" when
+    /// cleaning up).
+    async fn call(&self, mut commands: Vec<Value>, tolerate: &[&str]) -> Result<(), BrokerError> {
+        let id = Uuid::new_v4().simple().to_string();
+        for (i, c) in commands.iter_mut().enumerate() {
+            c["correlationData"] = json!(format!("{id}/{i}"));
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        let body = json!({ "commands": commands }).to_string();
+        let sent = async {
+            self.client
+                .publish(CONTROL, QoS::AtLeastOnce, false, body)
+                .await?;
+            tokio::time::timeout(self.timeout, rx)
+                .await
+                .map_err(|_| BrokerError::Timeout(self.timeout))?
+                .map_err(|_| BrokerError::Timeout(self.timeout))
+        }
+        .await;
+        lock(&self.pending).remove(&id);
+        for r in sent? {
+            if let Some(error) = r.get("error").and_then(Value::as_str)
+                && !tolerate.iter().any(|t| error.contains(t))
+            {
+                return Err(BrokerError::Refused {
+                    command: r
+                        .get("command")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_owned(),
+                    error: error.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the device's role (publish to its own topics only) and its
+    /// client with `password`. A leftover account of the same name (from a
+    /// create that failed after reaching the broker) is replaced.
+    pub async fn create_account(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
+        self.delete_account(device_id).await?;
+        let acls: Vec<Value> = self
+            .config
+            .topics_of(device_id)
+            .into_iter()
+            .map(|t| json!({"acltype": "publishClientSend", "topic": t, "priority": 0, "allow": true}))
+            .collect();
+        let role = role_of(device_id);
+        self.call(
+            vec![
+                json!({"command": "createRole", "rolename": role, "acls": acls}),
+                json!({
+                    "command": "createClient",
+                    "username": device_id,
+                    "password": password,
+                    "roles": [{"rolename": role, "priority": 0}],
+                }),
+            ],
+            &[],
+        )
+        .await
+    }
+
+    pub async fn set_password(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
+        self.call(
+            vec![json!({"command": "setClientPassword", "username": device_id, "password": password})],
+            &[],
+        )
+        .await
+    }
+
+    /// Deletes the device's client (the broker closes its connection) and
+    /// role; an account that is not there is not an error.
+    pub async fn delete_account(&self, device_id: &str) -> Result<(), BrokerError> {
+        self.call(
+            vec![
+                json!({"command": "deleteClient", "username": device_id}),
+                json!({"command": "deleteRole", "rolename": role_of(device_id)}),
+            ],
+            &["not found"],
+        )
+        .await
+    }
+}
+
+fn role_of(device_id: &str) -> String {
+    format!("device:{device_id}")
+}
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<Value>>>> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hands an answer to the call waiting for it.
+fn deliver(pending: &Pending, payload: &[u8]) {
+    #[derive(Deserialize)]
+    struct Answer {
+        responses: Vec<Value>,
+    }
+    let Ok(answer) = serde_json::from_slice::<Answer>(payload) else {
+        tracing::warn!("unreadable dynamic-security answer");
+        return;
+    };
+    let id = answer
+        .responses
+        .iter()
+        .find_map(|r| r.get("correlationData").and_then(Value::as_str))
+        .and_then(|c| c.split_once('/'))
+        .map(|(id, _)| id.to_owned());
+    if let Some(tx) = id.and_then(|id| lock(pending).remove(&id)) {
+        let _ = tx.send(answer.responses);
+    }
+}
+
+/// A new random password: 32 bytes from the OS generator (through UUID v4,
+/// 244 random bits), URL-safe base64.
+pub fn new_password() -> String {
+    let mut bytes = [0u8; 32];
+    bytes[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    bytes[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What the registry keeps of a password: `sha256$salt$digest`. The
+/// passwords are random 244-bit secrets, so a salted fast hash suffices (no
+/// dictionary to slow down).
+pub fn hash_password(password: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let salt = Uuid::new_v4();
+    let mut h = sha2::Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(password.as_bytes());
+    format!(
+        "sha256${}${}",
+        b64.encode(salt.as_bytes()),
+        b64.encode(h.finalize())
+    )
+}
+
+/// Whether `password` matches a stored `hash_password` value.
+#[cfg(test)]
+fn verify_password(password: &str, stored: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut parts = stored.split('$');
+    let (Some("sha256"), Some(salt), Some(digest)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Ok(salt), Ok(digest)) = (b64.decode(salt), b64.decode(digest)) else {
+        return false;
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(&salt);
+    h.update(password.as_bytes());
+    h.finalize().as_slice() == digest.as_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_random_and_only_their_hash_verifies() {
+        let (a, b) = (new_password(), new_password());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        let h = hash_password(&a);
+        assert!(!h.contains(&a));
+        assert!(verify_password(&a, &h));
+        assert!(!verify_password(&b, &h));
+        assert_ne!(hash_password(&a), h, "salted");
+    }
+
+    #[test]
+    fn device_topics_name_the_device() {
+        let c = BrokerConfig::default();
+        assert_eq!(
+            c.topics_of("boiler-7"),
+            vec!["sensors/boiler-7/+", "batches/boiler-7", "senml/boiler-7"]
+        );
+        assert!(c.problems("broker")[0].contains("broker.password"));
+    }
+}
