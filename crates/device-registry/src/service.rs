@@ -62,13 +62,45 @@ impl RegistryService {
         }))
     }
 
-    async fn find(&self, id: &str) -> Result<v1::Device, RegistryError> {
+    /// The device `id` (UUID or external id) if `owner` may see it.
+    async fn find(&self, id: &str, owner: Option<Uuid>) -> Result<v1::Device, RegistryError> {
         if id.is_empty() {
-            return Err(RegistryError::Invalid(vec!["id: is empty".into()]));
+            return Err(RegistryError::Invalid(vec!["id is empty".into()]));
         }
-        store::get(&self.pool, id)
+        store::get(&self.pool, id, owner)
             .await?
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+    }
+
+    /// `find`, returning the device's platform UUID too.
+    async fn find_id(
+        &self,
+        id: &str,
+        owner: Option<Uuid>,
+    ) -> Result<(Uuid, v1::Device), RegistryError> {
+        let d = self.find(id, owner).await?;
+        let uuid = Uuid::parse_str(&d.id).map_err(|_| RegistryError::NotFound(d.id.clone()))?;
+        Ok((uuid, d))
+    }
+}
+
+/// The caller's scope from the `x-iot-owner` metadata: `Some(owner)` or
+/// `None` for the admin scope (`*`).
+fn scope<T>(req: &Request<T>) -> Result<Option<Uuid>, Status> {
+    let Some(v) = req.metadata().get(iot_proto::SCOPE_METADATA) else {
+        return Err(Status::unauthenticated(format!(
+            "{} metadata is required: an owner UUID, or * for the admin scope",
+            iot_proto::SCOPE_METADATA
+        )));
+    };
+    match v.to_str().unwrap_or_default() {
+        "*" => Ok(None),
+        s => Uuid::parse_str(s).map(Some).map_err(|_| {
+            Status::unauthenticated(format!(
+                "{} {s:?} is neither an owner UUID nor *",
+                iot_proto::SCOPE_METADATA
+            ))
+        }),
     }
 }
 
@@ -78,15 +110,17 @@ impl DeviceRegistry for RegistryService {
         &self,
         request: Request<v1::CreateDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        let new = validate_create(request.into_inner())?;
+        let owner = scope(&request)?;
+        let new = validate_create(request.into_inner(), owner)?;
         let mut client = self.pool.get().await.map_err(RegistryError::from)?;
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         // Nothing is half-written: the device, its config, its credentials
         // and its broker account all come to be, or none does.
         let id = store::insert(&tx, &new).await?;
+        store::insert_sensors(&tx, id, &new.sensors).await?;
         let credentials = self.issue(tx, id, &new.device_id, true).await?;
         tracing::info!(%id, device_id = %new.device_id, "device registered");
-        let mut device = self.find(&id.to_string()).await?;
+        let mut device = self.find(&id.to_string(), None).await?;
         device.credentials = credentials;
         Ok(Response::new(device))
     }
@@ -95,27 +129,194 @@ impl DeviceRegistry for RegistryService {
         &self,
         request: Request<v1::GetDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
-        Ok(Response::new(self.find(&request.into_inner().id).await?))
+        let owner = scope(&request)?;
+        Ok(Response::new(
+            self.find(&request.into_inner().id, owner).await?,
+        ))
     }
 
     async fn list_devices(
         &self,
         request: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        let caller = scope(&request)?;
         let req = request.into_inner();
+        let mut p = Vec::new();
         let limit = match req.limit {
             0 => 100,
-            n => n.min(MAX_LIST),
+            n if n > MAX_LIST => {
+                p.push(format!("limit {n} is more than {MAX_LIST}"));
+                n
+            }
+            n => n,
         };
-        let devices = store::list(&self.pool, req.device_type.as_deref(), i64::from(limit)).await?;
-        Ok(Response::new(v1::ListDevicesResponse { devices }))
+        let owner = match (caller, req.owner_id.as_deref()) {
+            (Some(own), _) => Some(own),
+            (None, None) => None,
+            (None, Some(o)) => Uuid::parse_str(o).map(Some).unwrap_or_else(|_| {
+                p.push(format!("owner_id {o:?} is not a UUID"));
+                None
+            }),
+        };
+        if let Some(s) = req.status.as_deref()
+            && !STATUSES.contains(&s)
+        {
+            p.push(format!("status {s:?} must be one of {STATUSES:?}"));
+        }
+        let after = if req.cursor.is_empty() {
+            None
+        } else {
+            let parsed = parse_cursor(&req.cursor);
+            if parsed.is_none() {
+                p.push("cursor is not a cursor this API returned".into());
+            }
+            parsed
+        };
+        if !p.is_empty() {
+            return Err(RegistryError::Invalid(p).into());
+        }
+        let devices = store::list(
+            &self.pool,
+            &store::ListFilter {
+                device_type: req.device_type.as_deref(),
+                status: req.status.as_deref(),
+                owner,
+                location: req.location.as_deref(),
+                after,
+                limit: i64::from(limit),
+            },
+        )
+        .await?;
+        let next_cursor = match devices.last() {
+            Some(d) if devices.len() == limit as usize => cursor(d),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListDevicesResponse {
+            devices,
+            next_cursor,
+        }))
+    }
+
+    async fn update_device(
+        &self,
+        request: Request<v1::UpdateDeviceRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let owner = scope(&request)?;
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        for (field, v, max) in [
+            ("name", &req.name, 255),
+            ("device_type", &req.device_type, 50),
+            ("location", &req.location, 255),
+        ] {
+            if let Some(v) = v {
+                check_len(&mut p, field, v, max, field != "location");
+            }
+        }
+        let change = store::DeviceChange {
+            latitude: parse_coord(&mut p, "latitude", req.latitude.as_deref(), 90),
+            longitude: parse_coord(&mut p, "longitude", req.longitude.as_deref(), 180),
+            status: req.status.clone().inspect(|s| check_status(&mut p, s)),
+            name: req.name,
+            device_type: req.device_type,
+            location: req.location,
+        };
+        if !p.is_empty() {
+            return Err(RegistryError::Invalid(p).into());
+        }
+        let (id, _) = self.find_id(&req.id, owner).await?;
+        store::update(&self.pool, id, &change).await?;
+        Ok(Response::new(self.find(&id.to_string(), owner).await?))
+    }
+
+    async fn delete_device(
+        &self,
+        request: Request<v1::GetDeviceRequest>,
+    ) -> Result<Response<v1::DeleteDeviceResponse>, Status> {
+        let owner = scope(&request)?;
+        let (id, device) = self.find_id(&request.into_inner().id, owner).await?;
+        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
+        let tx = client.transaction().await.map_err(RegistryError::from)?;
+        store::delete(&tx, id).await?;
+        if let Some(broker) = &self.broker {
+            broker
+                .delete_account(&device.device_id)
+                .await
+                .map_err(RegistryError::from)?;
+        }
+        tx.commit().await.map_err(RegistryError::from)?;
+        tracing::info!(%id, device_id = %device.device_id, "device deleted");
+        Ok(Response::new(v1::DeleteDeviceResponse {}))
+    }
+
+    async fn update_device_config(
+        &self,
+        request: Request<v1::UpdateDeviceConfigRequest>,
+    ) -> Result<Response<v1::DeviceConfig>, Status> {
+        let owner = scope(&request)?;
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        let change = store::ConfigChange {
+            read_interval: req.read_interval.inspect(|n| {
+                if *n <= 0 {
+                    p.push("config.read_interval must be positive".into());
+                }
+            }),
+            data_retention_days: req.data_retention_days.inspect(|n| {
+                if *n <= 0 {
+                    p.push("config.data_retention_days must be positive".into());
+                }
+            }),
+            alert_threshold: parse_thresholds(
+                &mut p,
+                "config.alert_threshold_json",
+                req.alert_threshold_json.as_deref(),
+            ),
+            custom_fields: parse_json(
+                &mut p,
+                "config.custom_fields_json",
+                req.custom_fields_json.as_deref(),
+            ),
+        };
+        if !p.is_empty() {
+            return Err(RegistryError::Invalid(p).into());
+        }
+        let (id, _) = self.find_id(&req.id, owner).await?;
+        store::update_config(&self.pool, id, &change).await?;
+        let device = self.find(&id.to_string(), owner).await?;
+        Ok(Response::new(device.config.unwrap_or_default()))
+    }
+
+    async fn list_sensors(
+        &self,
+        request: Request<v1::GetDeviceRequest>,
+    ) -> Result<Response<v1::ListSensorsResponse>, Status> {
+        let owner = scope(&request)?;
+        let (id, _) = self.find_id(&request.into_inner().id, owner).await?;
+        let sensors = store::sensors(&self.pool, id).await?;
+        Ok(Response::new(v1::ListSensorsResponse { sensors }))
+    }
+
+    async fn device_status_summary(
+        &self,
+        request: Request<v1::DeviceStatusSummaryRequest>,
+    ) -> Result<Response<v1::DeviceStatusSummaryResponse>, Status> {
+        let owner = scope(&request)?;
+        let secs = match request.into_inner().offline_after_secs {
+            0 => 300,
+            n => n,
+        };
+        Ok(Response::new(
+            store::status_summary(&self.pool, owner, f64::from(secs)).await?,
+        ))
     }
 
     async fn rotate_credentials(
         &self,
         request: Request<v1::GetDeviceRequest>,
     ) -> Result<Response<v1::MqttCredentials>, Status> {
-        let device = self.find(&request.into_inner().id).await?;
+        let owner = scope(&request)?;
+        let device = self.find(&request.into_inner().id, owner).await?;
         if self.broker.is_none() {
             return Err(Status::failed_precondition(
                 "this registry issues no broker credentials (broker.enabled = false)",
@@ -138,7 +339,8 @@ impl DeviceRegistry for RegistryService {
         &self,
         request: Request<v1::GetDeviceRequest>,
     ) -> Result<Response<v1::RevokeCredentialsResponse>, Status> {
-        let device = self.find(&request.into_inner().id).await?;
+        let owner = scope(&request)?;
+        let device = self.find(&request.into_inner().id, owner).await?;
         let Some(broker) = &self.broker else {
             return Err(Status::failed_precondition(
                 "this registry issues no broker credentials (broker.enabled = false)",
@@ -202,8 +404,127 @@ fn parse_json(
     }
 }
 
-/// Checks a create request and reports every problem at once.
-fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryError> {
+fn check_status(problems: &mut Vec<String>, status: &str) {
+    if !STATUSES.contains(&status) {
+        problems.push(format!("status {status:?} must be one of {STATUSES:?}"));
+    }
+}
+
+/// The spec's `alert_threshold`: an object of sensor name to
+/// `{"min": number?, "max": number?}` with min <= max.
+fn parse_thresholds(
+    problems: &mut Vec<String>,
+    field: &str,
+    v: Option<&str>,
+) -> Option<serde_json::Value> {
+    let json = parse_json(problems, field, v)?;
+    let before = problems.len();
+    match json.as_object() {
+        None => problems.push(format!(
+            "{field} must be an object of sensor name to {{min?, max?}}"
+        )),
+        Some(sensors) => {
+            for (sensor, limits) in sensors {
+                let at = format!("{field}.{sensor}");
+                if !iot_domain::validate::is_valid_sensor_name(sensor) {
+                    problems.push(format!("{at}: {sensor:?} is not a valid sensor name"));
+                }
+                let Some(limits) = limits.as_object() else {
+                    problems.push(format!("{at} must be an object {{min?, max?}}"));
+                    continue;
+                };
+                for key in limits.keys().filter(|k| *k != "min" && *k != "max") {
+                    problems.push(format!("{at}.{key} is not min or max"));
+                }
+                let num = |k: &str| match limits.get(k) {
+                    None => Ok(None),
+                    Some(v) => v.as_f64().map(Some).ok_or(k.to_owned()),
+                };
+                match (num("min"), num("max")) {
+                    (Ok(Some(lo)), Ok(Some(hi))) if lo > hi => {
+                        problems.push(format!("{at}: min {lo} is greater than max {hi}"));
+                    }
+                    (Ok(None), Ok(None)) => problems.push(format!("{at} needs min or max")),
+                    (Err(k), _) | (_, Err(k)) => {
+                        problems.push(format!("{at}.{k} must be a number"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    (problems.len() == before).then_some(json)
+}
+
+fn validate_sensors(problems: &mut Vec<String>, sensors: Vec<v1::Sensor>) -> Vec<store::NewSensor> {
+    let mut seen = std::collections::HashSet::new();
+    sensors
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let at = format!("sensors[{i}]");
+            if !iot_domain::validate::is_valid_sensor_name(&s.sensor_name) {
+                problems.push(format!(
+                    "{at}.sensor_name {:?} is not 1-100 of [A-Za-z0-9_.-]",
+                    s.sensor_name
+                ));
+            }
+            if !seen.insert(s.sensor_name.clone()) {
+                problems.push(format!(
+                    "{at}.sensor_name {:?} is declared twice",
+                    s.sensor_name
+                ));
+            }
+            if let Some(u) = &s.unit {
+                check_len(problems, &format!("{at}.unit"), u, 20, false);
+            }
+            if let Some(t) = &s.sensor_type {
+                check_len(problems, &format!("{at}.sensor_type"), t, 50, false);
+            }
+            let accuracy = s
+                .accuracy
+                .as_deref()
+                .and_then(|a| match Decimal::from_str(a) {
+                    Ok(d) if d.abs() < Decimal::from(1000) && d.scale() <= 2 => Some(d),
+                    _ => {
+                        problems.push(format!("{at}.accuracy {a:?} does not fit NUMERIC(5,2)"));
+                        None
+                    }
+                });
+            store::NewSensor {
+                name: s.sensor_name,
+                unit: s.unit,
+                sensor_type: s.sensor_type,
+                accuracy,
+            }
+        })
+        .collect()
+}
+
+/// Cursor of a device listing: the last device's (created_at, id).
+fn cursor(d: &v1::Device) -> String {
+    let micros = d
+        .created_at
+        .as_ref()
+        .and_then(iot_proto::from_timestamp)
+        .map_or(0, |t| t.timestamp_micros());
+    format!("{micros}:{}", d.id)
+}
+
+fn parse_cursor(s: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
+    let (micros, id) = s.split_once(':')?;
+    Some((
+        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
+/// Checks a create request and reports every problem at once. In an owner
+/// scope the device belongs to the caller.
+fn validate_create(
+    req: v1::CreateDeviceRequest,
+    caller: Option<Uuid>,
+) -> Result<NewDevice, RegistryError> {
     let mut p = Vec::new();
     check_len(&mut p, "device_id", &req.device_id, 100, true);
     if req.device_id.contains(['/', '+', '#']) {
@@ -221,22 +542,30 @@ fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryEr
     }
     let latitude = parse_coord(&mut p, "latitude", req.latitude.as_deref(), 90);
     let longitude = parse_coord(&mut p, "longitude", req.longitude.as_deref(), 180);
-    let owner_id = if req.owner_id.is_empty() {
-        Uuid::nil()
+    let requested = if req.owner_id.is_empty() {
+        None
     } else {
-        Uuid::parse_str(&req.owner_id).unwrap_or_else(|_| {
-            p.push(format!("owner_id {:?} is not a UUID", req.owner_id));
-            Uuid::nil()
-        })
+        Uuid::parse_str(&req.owner_id)
+            .map(Some)
+            .unwrap_or_else(|_| {
+                p.push(format!("owner_id {:?} is not a UUID", req.owner_id));
+                None
+            })
+    };
+    let owner_id = match (caller, requested) {
+        (Some(c), Some(r)) if c != r => {
+            p.push("owner_id is not the caller's owner".into());
+            c
+        }
+        (Some(c), _) => c,
+        (None, r) => r.unwrap_or(Uuid::nil()),
     };
     let status = if req.status.is_empty() {
         "active".to_owned()
     } else {
         req.status
     };
-    if !STATUSES.contains(&status.as_str()) {
-        p.push(format!("status {status:?} must be one of {STATUSES:?}"));
-    }
+    check_status(&mut p, &status);
     let cfg = req.config.unwrap_or_default();
     let read_interval = if cfg.read_interval == 0 {
         60
@@ -249,7 +578,7 @@ fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryEr
     if cfg.data_retention_days.is_some_and(|d| d <= 0) {
         p.push("config.data_retention_days must be positive".into());
     }
-    let alert_threshold = parse_json(
+    let alert_threshold = parse_thresholds(
         &mut p,
         "config.alert_threshold_json",
         cfg.alert_threshold_json.as_deref(),
@@ -259,6 +588,7 @@ fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryEr
         "config.custom_fields_json",
         cfg.custom_fields_json.as_deref(),
     );
+    let sensors = validate_sensors(&mut p, req.sensors);
     if !p.is_empty() {
         return Err(RegistryError::Invalid(p));
     }
@@ -275,6 +605,7 @@ fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryEr
         alert_threshold,
         data_retention_days: Some(cfg.data_retention_days.unwrap_or(365)),
         custom_fields,
+        sensors,
     })
 }
 
@@ -282,18 +613,78 @@ fn validate_create(req: v1::CreateDeviceRequest) -> Result<NewDevice, RegistryEr
 mod tests {
     use super::*;
 
+    fn threshold_problems(json: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        parse_thresholds(&mut p, "t", Some(json));
+        p
+    }
+
+    #[test]
+    fn thresholds_are_the_specs_shape() {
+        assert!(threshold_problems(r#"{"temperature": {"max": 30}}"#).is_empty());
+        assert!(
+            threshold_problems(
+                r#"{"temperature": {"min": -5, "max": 30.5}, "battery": {"min": 15}}"#
+            )
+            .is_empty()
+        );
+        for bad in [
+            "[1]",
+            r#"{"temperature": 30}"#,
+            r#"{"temperature": {"min": 40, "max": 30}}"#,
+            r#"{"temperature": {"max": "hot"}}"#,
+            r#"{"temperature": {}}"#,
+            r#"{"temperature": {"maximum": 3}}"#,
+            r#"{"bad name": {"max": 3}}"#,
+            "{not json",
+        ] {
+            let p = threshold_problems(bad);
+            assert!(!p.is_empty(), "{bad}");
+            assert!(p.iter().all(|m| m.starts_with('t')), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn an_owner_creates_only_its_own_devices() {
+        let me = Uuid::new_v4();
+        let req = |owner: String| v1::CreateDeviceRequest {
+            device_id: "d".into(),
+            name: "D".into(),
+            device_type: "t".into(),
+            owner_id: owner,
+            ..Default::default()
+        };
+        assert_eq!(
+            validate_create(req(String::new()), Some(me))
+                .unwrap()
+                .owner_id,
+            me
+        );
+        assert!(validate_create(req(Uuid::new_v4().to_string()), Some(me)).is_err());
+        let other = Uuid::new_v4();
+        assert_eq!(
+            validate_create(req(other.to_string()), None)
+                .unwrap()
+                .owner_id,
+            other
+        );
+    }
+
     #[test]
     fn create_reports_every_problem() {
-        let err = validate_create(v1::CreateDeviceRequest {
-            device_id: "a/b".into(),
-            name: String::new(),
-            device_type: "x".repeat(51),
-            latitude: Some("91".into()),
-            longitude: Some("east".into()),
-            owner_id: "nope".into(),
-            status: "broken".into(),
-            ..Default::default()
-        })
+        let err = validate_create(
+            v1::CreateDeviceRequest {
+                device_id: "a/b".into(),
+                name: String::new(),
+                device_type: "x".repeat(51),
+                latitude: Some("91".into()),
+                longitude: Some("east".into()),
+                owner_id: "nope".into(),
+                status: "broken".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .err()
         .unwrap();
         let RegistryError::Invalid(p) = err else {
@@ -304,12 +695,15 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let d = validate_create(v1::CreateDeviceRequest {
-            device_id: "dev-1".into(),
-            name: "Dev".into(),
-            device_type: "temperature_sensor".into(),
-            ..Default::default()
-        })
+        let d = validate_create(
+            v1::CreateDeviceRequest {
+                device_id: "dev-1".into(),
+                name: "Dev".into(),
+                device_type: "temperature_sensor".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .unwrap();
         assert_eq!(d.status, "active");
         assert_eq!(d.read_interval, 60);

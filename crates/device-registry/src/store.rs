@@ -27,6 +27,7 @@ pub struct NewDevice {
     pub alert_threshold: Option<serde_json::Value>,
     pub data_retention_days: Option<i32>,
     pub custom_fields: Option<serde_json::Value>,
+    pub sensors: Vec<NewSensor>,
 }
 
 /// Inserts the device and its config in `tx` (not committed).
@@ -90,38 +91,237 @@ pub async fn revoke_credentials(tx: &Transaction<'_>, device: Uuid) -> Result<bo
     Ok(n > 0)
 }
 
-/// Finds a device by platform UUID or by external device_id.
-pub async fn get(pool: &Pool, id: &str) -> Result<Option<v1::Device>, RegistryError> {
+/// Finds a device by platform UUID or by external device_id, within
+/// `owner` (None: any owner).
+pub async fn get(
+    pool: &Pool,
+    id: &str,
+    owner: Option<Uuid>,
+) -> Result<Option<v1::Device>, RegistryError> {
     let client = pool.get().await?;
-    let row = match Uuid::parse_str(id) {
-        Ok(uuid) => {
-            let sql = format!(
-                "{SELECT_DEVICE} WHERE d.id = $1 OR d.device_id = $2 ORDER BY (d.id = $1) DESC LIMIT 1"
-            );
-            let stmt = client.prepare_cached(&sql).await?;
-            client.query_opt(&stmt, &[&uuid, &id]).await?
-        }
-        Err(_) => {
-            let sql = format!("{SELECT_DEVICE} WHERE d.device_id = $1");
-            let stmt = client.prepare_cached(&sql).await?;
-            client.query_opt(&stmt, &[&id]).await?
-        }
-    };
+    let uuid = Uuid::parse_str(id).ok();
+    let sql = format!(
+        "{SELECT_DEVICE} WHERE (d.id = $1 OR d.device_id = $2) AND ($3::uuid IS NULL OR d.owner_id = $3)
+         ORDER BY (d.id = $1) DESC NULLS LAST LIMIT 1"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client.query_opt(&stmt, &[&uuid, &id, &owner]).await?;
     Ok(row.as_ref().map(device_from_row))
 }
 
-pub async fn list(
-    pool: &Pool,
-    device_type: Option<&str>,
-    limit: i64,
-) -> Result<Vec<v1::Device>, RegistryError> {
+/// Filters of a device listing; `None` matches anything.
+pub struct ListFilter<'a> {
+    pub device_type: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub owner: Option<Uuid>,
+    pub location: Option<&'a str>,
+    /// Continue after this (created_at, id).
+    pub after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+pub async fn list(pool: &Pool, f: &ListFilter<'_>) -> Result<Vec<v1::Device>, RegistryError> {
     let client = pool.get().await?;
     let sql = format!(
-        "{SELECT_DEVICE} WHERE ($1::text IS NULL OR d.device_type = $1) ORDER BY d.created_at, d.id LIMIT $2"
+        "{SELECT_DEVICE}
+         WHERE ($1::text IS NULL OR d.device_type = $1)
+           AND ($2::text IS NULL OR d.status = $2)
+           AND ($3::uuid IS NULL OR d.owner_id = $3)
+           AND ($4::text IS NULL OR d.location = $4)
+           AND ($5::timestamptz IS NULL OR (d.created_at, d.id) > ($5, $6))
+         ORDER BY d.created_at, d.id
+         LIMIT $7"
     );
     let stmt = client.prepare_cached(&sql).await?;
-    let rows = client.query(&stmt, &[&device_type, &limit]).await?;
+    let (after_t, after_id) = (f.after.map(|a| a.0), f.after.map(|a| a.1));
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &f.device_type,
+                &f.status,
+                &f.owner,
+                &f.location,
+                &after_t,
+                &after_id,
+                &f.limit,
+            ],
+        )
+        .await?;
     Ok(rows.iter().map(device_from_row).collect())
+}
+
+/// Changed device fields; `None` keeps the stored value.
+#[derive(Default)]
+pub struct DeviceChange {
+    pub name: Option<String>,
+    pub device_type: Option<String>,
+    pub location: Option<String>,
+    pub latitude: Option<Decimal>,
+    pub longitude: Option<Decimal>,
+    pub status: Option<String>,
+}
+
+pub async fn update(pool: &Pool, id: Uuid, c: &DeviceChange) -> Result<(), RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE devices SET
+                 name = COALESCE($2, name),
+                 device_type = COALESCE($3, device_type),
+                 location = COALESCE($4, location),
+                 latitude = COALESCE($5, latitude),
+                 longitude = COALESCE($6, longitude),
+                 status = COALESCE($7, status)
+             WHERE id = $1",
+        )
+        .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &id,
+                &c.name,
+                &c.device_type,
+                &c.location,
+                &c.latitude,
+                &c.longitude,
+                &c.status,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Changed config fields; `None` keeps the stored value.
+#[derive(Default)]
+pub struct ConfigChange {
+    pub read_interval: Option<i32>,
+    pub alert_threshold: Option<serde_json::Value>,
+    pub data_retention_days: Option<i32>,
+    pub custom_fields: Option<serde_json::Value>,
+}
+
+pub async fn update_config(pool: &Pool, id: Uuid, c: &ConfigChange) -> Result<(), RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO device_config (device_id, read_interval, alert_threshold, data_retention_days, custom_fields)
+             VALUES ($1, COALESCE($2, 60), $3, COALESCE($4, 365), $5)
+             ON CONFLICT (device_id) DO UPDATE SET
+                 read_interval = COALESCE($2, device_config.read_interval),
+                 alert_threshold = COALESCE($3, device_config.alert_threshold),
+                 data_retention_days = COALESCE($4, device_config.data_retention_days),
+                 custom_fields = COALESCE($5, device_config.custom_fields),
+                 updated_at = now()",
+        )
+        .await?;
+    client
+        .execute(
+            &stmt,
+            &[
+                &id,
+                &c.read_interval,
+                &c.alert_threshold,
+                &c.data_retention_days,
+                &c.custom_fields,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the device in `tx` (config, sensors and credentials go with it).
+pub async fn delete(tx: &Transaction<'_>, id: Uuid) -> Result<(), RegistryError> {
+    tx.execute("DELETE FROM devices WHERE id = $1", &[&id])
+        .await?;
+    Ok(())
+}
+
+/// A declared sensor.
+pub struct NewSensor {
+    pub name: String,
+    pub unit: Option<String>,
+    pub sensor_type: Option<String>,
+    pub accuracy: Option<Decimal>,
+}
+
+pub async fn insert_sensors(
+    tx: &Transaction<'_>,
+    device: Uuid,
+    sensors: &[NewSensor],
+) -> Result<(), RegistryError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO sensors (device_id, sensor_name, unit, sensor_type, accuracy)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
+    for s in sensors {
+        tx.execute(
+            &stmt,
+            &[&device, &s.name, &s.unit, &s.sensor_type, &s.accuracy],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn sensors(pool: &Pool, device: Uuid) -> Result<Vec<v1::Sensor>, RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT sensor_name, unit, sensor_type, accuracy, created_at FROM sensors
+             WHERE device_id = $1 ORDER BY sensor_name",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&device])
+        .await?
+        .iter()
+        .map(|r| {
+            let accuracy: Option<Decimal> = r.get(3);
+            v1::Sensor {
+                sensor_name: r.get(0),
+                unit: r.get(1),
+                sensor_type: r.get(2),
+                accuracy: accuracy.map(|a| a.normalize().to_string()),
+                created_at: Some(iot_proto::timestamp(r.get(4))),
+            }
+        })
+        .collect())
+}
+
+/// Device counts by status within `owner`; active devices without a
+/// heartbeat for `offline_after_secs` count as offline.
+pub async fn status_summary(
+    pool: &Pool,
+    owner: Option<Uuid>,
+    offline_after_secs: f64,
+) -> Result<v1::DeviceStatusSummaryResponse, RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE status = 'active'),
+                    count(*) FILTER (WHERE status = 'inactive'),
+                    count(*) FILTER (WHERE status = 'error'),
+                    count(*) FILTER (WHERE status = 'active' AND (last_heartbeat IS NULL
+                        OR last_heartbeat < now() - $2::float8 * INTERVAL '1 second'))
+             FROM devices WHERE ($1::uuid IS NULL OR owner_id = $1)",
+        )
+        .await?;
+    let r = client
+        .query_one(&stmt, &[&owner, &offline_after_secs])
+        .await?;
+    let n = |i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+    Ok(v1::DeviceStatusSummaryResponse {
+        total: n(0),
+        active: n(1),
+        inactive: n(2),
+        error: n(3),
+        offline: n(4),
+    })
 }
 
 fn device_from_row(r: &Row) -> v1::Device {

@@ -303,10 +303,9 @@ async fn probe_latency(
     run: Duration,
 ) -> (f64, f64) {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
-    let mut reg =
-        iot_proto::v1::device_registry_client::DeviceRegistryClient::connect(registry.to_owned())
-            .await
-            .unwrap();
+    let mut reg = iot_proto::registry_client(registry.to_owned(), iot_proto::Scope::Admin)
+        .await
+        .unwrap();
     let probe = reg
         .create_device(iot_proto::v1::CreateDeviceRequest {
             device_id: format!("probe-{}", unique()),

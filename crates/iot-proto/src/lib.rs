@@ -25,6 +25,50 @@ pub fn from_timestamp(t: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(t.seconds, nanos)
 }
 
+/// Whose devices a call to device-registry may see: one owner (tenant) or
+/// all (the platform's own services). Carried in the `x-iot-owner` gRPC
+/// metadata: an owner UUID, or `*` for all. The registry's port is internal;
+/// the public API (graphql-gateway) sets the owner of the authenticated
+/// caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    Owner(String),
+}
+
+/// The metadata key of [`Scope`].
+pub const SCOPE_METADATA: &str = "x-iot-owner";
+
+impl tonic::service::Interceptor for Scope {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = match self {
+            Scope::Admin => "*",
+            Scope::Owner(o) => o.as_str(),
+        };
+        let value = value
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("owner id is not valid metadata"))?;
+        req.metadata_mut().insert(SCOPE_METADATA, value);
+        Ok(req)
+    }
+}
+
+/// A device-registry client whose every call carries `scope`.
+pub type RegistryClient = v1::device_registry_client::DeviceRegistryClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Scope>,
+>;
+
+/// Connects to device-registry at `url` with `scope`.
+pub async fn registry_client(
+    url: impl Into<String>,
+    scope: Scope,
+) -> Result<RegistryClient, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.into())?
+        .connect()
+        .await?;
+    Ok(v1::device_registry_client::DeviceRegistryClient::with_interceptor(channel, scope))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,6 @@ mod common;
 use std::time::Duration;
 
 use common::{ANY, Platform};
-use iot_proto::v1::device_registry_client::DeviceRegistryClient;
 use iot_proto::v1::{self, CreateDeviceRequest, GetDeviceRequest};
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
@@ -72,7 +71,7 @@ async fn refused(user: &str, password: &str, topic: &str) -> bool {
 }
 
 async fn create(
-    registry: &mut DeviceRegistryClient<tonic::transport::Channel>,
+    registry: &mut iot_proto::RegistryClient,
     device_id: &str,
 ) -> Result<v1::Device, tonic::Status> {
     registry
@@ -89,9 +88,7 @@ async fn create(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn devices_publish_only_as_themselves_and_lose_access_when_revoked() {
     let p = Platform::start().await;
-    let mut registry = DeviceRegistryClient::connect(format!("http://{}", p.registry))
-        .await
-        .unwrap();
+    let mut registry = p.registry_client(iot_proto::Scope::Admin).await;
     let (a_id, b_id) = (
         format!("a-{}", kit::unique()),
         format!("b-{}", kit::unique()),
@@ -204,9 +201,7 @@ async fn devices_publish_only_as_themselves_and_lose_access_when_revoked() {
 #[tokio::test]
 async fn a_failed_create_leaves_no_device_and_no_account() {
     let p = Platform::start().await;
-    let mut registry = DeviceRegistryClient::connect(format!("http://{}", p.registry))
-        .await
-        .unwrap();
+    let mut registry = p.registry_client(iot_proto::Scope::Admin).await;
     // A duplicate device_id: AlreadyExists, and the first device's account
     // still works.
     let id = format!("dup-{}", kit::unique());
@@ -237,9 +232,12 @@ async fn a_failed_create_leaves_no_device_and_no_account() {
     )
     .await
     .unwrap();
-    let mut broken_client = DeviceRegistryClient::connect(format!("http://{}", broken.grpc_addr))
-        .await
-        .unwrap();
+    let mut broken_client = iot_proto::registry_client(
+        format!("http://{}", broken.grpc_addr),
+        iot_proto::Scope::Admin,
+    )
+    .await
+    .unwrap();
     let lost = format!("lost-{}", kit::unique());
     let err = create(&mut broken_client, &lost).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");

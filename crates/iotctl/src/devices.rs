@@ -1,7 +1,6 @@
 //! `iotctl devices ...`: calls device-registry over gRPC.
 
 use clap::Subcommand;
-use iot_proto::v1::device_registry_client::DeviceRegistryClient;
 use iot_proto::v1::{self, CreateDeviceRequest, GetDeviceRequest, ListDevicesRequest};
 
 #[derive(clap::Args)]
@@ -43,7 +42,8 @@ enum Cmd {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut client = DeviceRegistryClient::connect(args.registry_url).await?;
+    // The operator's CLI: the admin scope.
+    let mut client = iot_proto::registry_client(args.registry_url, iot_proto::Scope::Admin).await?;
     match args.command {
         Cmd::Create {
             device_id,
@@ -76,7 +76,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         Cmd::List { device_type, limit } => {
             let resp = client
-                .list_devices(ListDevicesRequest { device_type, limit })
+                .list_devices(ListDevicesRequest {
+                    device_type,
+                    limit,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             for d in &resp.devices {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use iot_proto::v1::CreateDeviceRequest;
-use iot_proto::v1::device_registry_client::DeviceRegistryClient;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,7 +179,8 @@ fn ts(t: DateTime<Utc>) -> String {
 
 /// Registers the fleet's devices (those missing) and returns their ids.
 pub async fn register(args: &Args) -> anyhow::Result<Vec<String>> {
-    let mut registry = DeviceRegistryClient::connect(args.registry_url.clone()).await?;
+    let mut registry =
+        iot_proto::registry_client(args.registry_url.clone(), iot_proto::Scope::Admin).await?;
     let ids: Vec<String> = (1..=args.devices)
         .map(|n| format!("{}-{n:04}", args.device_prefix))
         .collect();

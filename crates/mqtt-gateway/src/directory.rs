@@ -22,7 +22,7 @@ pub struct DeviceInfo {
 }
 
 pub struct Directory {
-    client: DeviceRegistryClient<Channel>,
+    client: iot_proto::RegistryClient,
     ttl: Duration,
     unknown_ttl: Duration,
     cache: Mutex<HashMap<String, (Option<DeviceInfo>, Instant)>>,
@@ -35,7 +35,8 @@ impl Directory {
             .timeout(Duration::from_secs(10))
             .connect_lazy();
         Ok(Self {
-            client: DeviceRegistryClient::new(channel),
+            // A platform service: it resolves every owner's devices.
+            client: DeviceRegistryClient::with_interceptor(channel, iot_proto::Scope::Admin),
             ttl,
             unknown_ttl,
             cache: Mutex::new(HashMap::new()),

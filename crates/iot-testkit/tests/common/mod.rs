@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iot_proto::v1::device_registry_client::DeviceRegistryClient;
 use iot_proto::v1::{self, CreateDeviceRequest};
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
@@ -149,10 +148,15 @@ impl Platform {
         p
     }
 
-    pub async fn create_device(&self, device_id: &str, status: &str) -> v1::Device {
-        let mut c = DeviceRegistryClient::connect(format!("http://{}", self.registry))
+    /// A device-registry client of this platform with `scope`.
+    pub async fn registry_client(&self, scope: iot_proto::Scope) -> iot_proto::RegistryClient {
+        iot_proto::registry_client(format!("http://{}", self.registry), scope)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn create_device(&self, device_id: &str, status: &str) -> v1::Device {
+        let mut c = self.registry_client(iot_proto::Scope::Admin).await;
         c.create_device(CreateDeviceRequest {
             device_id: device_id.into(),
             name: "Test device".into(),

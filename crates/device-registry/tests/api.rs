@@ -1,0 +1,364 @@
+//! device-registry's gRPC API on the real database and broker: owner
+//! isolation across every call, updates, deletion, sensors, the status
+//! summary and bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use iot_proto::v1::{self, CreateDeviceRequest, GetDeviceRequest};
+use iot_proto::{RegistryClient, Scope};
+use iot_runtime::CancellationToken;
+use iot_testkit as kit;
+use tonic::Code;
+use uuid::Uuid;
+
+const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+struct Registry {
+    url: String,
+    db: String,
+    _stop: StopOnDrop,
+}
+
+/// Stops the registry when the test ends.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+async fn registry() -> Registry {
+    let db = kit::migrated_database().await;
+    let shutdown = CancellationToken::new();
+    let r = device_registry::start(
+        device_registry::Config {
+            database_url: db.clone(),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            broker: kit::broker_config(&format!("t{}", kit::unique())),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    Registry {
+        url: format!("http://{}", r.grpc_addr),
+        db,
+        _stop: StopOnDrop(shutdown),
+    }
+}
+
+impl Registry {
+    async fn client(&self, scope: Scope) -> RegistryClient {
+        iot_proto::registry_client(self.url.clone(), scope)
+            .await
+            .unwrap()
+    }
+}
+
+fn device(id: &str) -> CreateDeviceRequest {
+    CreateDeviceRequest {
+        device_id: id.into(),
+        name: format!("Device {id}"),
+        device_type: "temperature_sensor".into(),
+        location: Some("Building A".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn every_call_is_scoped_to_the_callers_owner() {
+    let r = registry().await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = r.client(Scope::Owner(alice.to_string())).await;
+    let mut b = r.client(Scope::Owner(bob.to_string())).await;
+    let mut admin = r.client(Scope::Admin).await;
+
+    let ad = a
+        .create_device(device("alice-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ad.owner_id, alice.to_string());
+    b.create_device(device("bob-1")).await.unwrap();
+    // Creating for someone else is refused.
+    let mut other = device("alice-2");
+    other.owner_id = bob.to_string();
+    let e = a.create_device(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("owner_id"), "{e:?}");
+
+    // Bob sees none of Alice's device, by UUID or external id, in any call.
+    for id in [ad.id.clone(), ad.device_id.clone()] {
+        let get = || GetDeviceRequest { id: id.clone() };
+        let codes = [
+            b.get_device(get()).await.map(|_| ()).unwrap_err().code(),
+            b.update_device(v1::UpdateDeviceRequest {
+                id: id.clone(),
+                name: Some("stolen".into()),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+            b.update_device_config(v1::UpdateDeviceConfigRequest {
+                id: id.clone(),
+                read_interval: Some(5),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .code(),
+            b.list_sensors(get()).await.map(|_| ()).unwrap_err().code(),
+            b.rotate_credentials(get())
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+            b.revoke_credentials(get())
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+            b.delete_device(get()).await.map(|_| ()).unwrap_err().code(),
+        ];
+        assert!(codes.iter().all(|c| *c == Code::NotFound), "{codes:?}");
+    }
+    // Nothing changed.
+    let still = a
+        .get_device(GetDeviceRequest { id: ad.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.name, ad.name);
+    assert_eq!(still.config.unwrap().read_interval, 60);
+
+    // Listings and counts are per owner, even when asking for another's.
+    let list = |owner: Option<String>| v1::ListDevicesRequest {
+        owner_id: owner,
+        ..Default::default()
+    };
+    let ids = |resp: v1::ListDevicesResponse| {
+        resp.devices
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(b.list_devices(list(None)).await.unwrap().into_inner()),
+        vec!["bob-1"]
+    );
+    assert_eq!(
+        ids(b
+            .list_devices(list(Some(alice.to_string())))
+            .await
+            .unwrap()
+            .into_inner()),
+        vec!["bob-1"]
+    );
+    assert_eq!(
+        ids(admin
+            .list_devices(list(Some(alice.to_string())))
+            .await
+            .unwrap()
+            .into_inner()),
+        vec!["alice-1"]
+    );
+    assert_eq!(
+        ids(admin.list_devices(list(None)).await.unwrap().into_inner()).len(),
+        2
+    );
+    let summary = |c: &mut RegistryClient| {
+        let mut c = c.clone();
+        async move {
+            c.device_status_summary(v1::DeviceStatusSummaryRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .total
+        }
+    };
+    assert_eq!(summary(&mut a).await, 1);
+    assert_eq!(summary(&mut admin).await, 2);
+
+    // No scope, no answer.
+    let mut anonymous = v1::device_registry_client::DeviceRegistryClient::connect(r.url.clone())
+        .await
+        .unwrap();
+    let e = anonymous
+        .get_device(GetDeviceRequest { id: ad.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn update_config_sensors_paging_and_delete() {
+    let r = registry().await;
+    let mut c = r.client(Scope::Admin).await;
+    let mut req = device("boiler-1");
+    req.sensors = vec![v1::Sensor {
+        sensor_name: "temperature".into(),
+        unit: Some("C".into()),
+        sensor_type: Some("thermistor".into()),
+        accuracy: Some("0.5".into()),
+        created_at: None,
+    }];
+    req.config = Some(v1::DeviceConfig {
+        alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
+        ..Default::default()
+    });
+    let d = c.create_device(req).await.unwrap().into_inner();
+    let get = || GetDeviceRequest { id: d.id.clone() };
+
+    let sensors = c.list_sensors(get()).await.unwrap().into_inner().sensors;
+    assert_eq!(sensors.len(), 1);
+    assert_eq!(sensors[0].accuracy.as_deref(), Some("0.5"));
+
+    let updated = c
+        .update_device(v1::UpdateDeviceRequest {
+            id: "boiler-1".into(),
+            status: Some("inactive".into()),
+            latitude: Some("52.52".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.status, "inactive");
+    assert_eq!(updated.latitude.as_deref(), Some("52.52"));
+    assert_eq!(updated.name, d.name, "unset fields are kept");
+
+    let cfg = c
+        .update_device_config(v1::UpdateDeviceConfigRequest {
+            id: d.id.clone(),
+            alert_threshold_json: Some(r#"{"temperature": {"min": 5, "max": 35}}"#.into()),
+            data_retention_days: Some(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cfg.read_interval, 60);
+    assert_eq!(cfg.data_retention_days, Some(30));
+    let t: serde_json::Value =
+        serde_json::from_str(cfg.alert_threshold_json.as_deref().unwrap()).unwrap();
+    assert_eq!(t["temperature"]["max"], 35);
+
+    // Paging: 5 more devices, pages of 2, every device once.
+    for i in 0..5 {
+        c.create_device(device(&format!("page-{i}"))).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = c
+            .list_devices(v1::ListDevicesRequest {
+                limit: 2,
+                cursor: cursor.clone(),
+                location: Some("Building A".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.devices.into_iter().map(|d| d.device_id));
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let inactive = c
+        .list_devices(v1::ListDevicesRequest {
+            status: Some("inactive".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    assert_eq!(inactive.len(), 1);
+
+    // Deleting removes the device, its config, sensors and credentials;
+    // its readings are left to age out with the platform retention.
+    let db = kit::connect(&r.db).await;
+    let uuid = Uuid::parse_str(&d.id).unwrap();
+    db.execute(
+        "INSERT INTO sensor_readings (time, device_id, sensor_name, value) VALUES (now(), $1, 'temperature', 20)",
+        &[&uuid],
+    )
+    .await
+    .unwrap();
+    c.delete_device(get()).await.unwrap();
+    assert_eq!(
+        c.get_device(get()).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    for table in ["device_config", "sensors", "device_credentials"] {
+        let n: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE device_id = $1"),
+                &[&uuid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table}");
+    }
+    assert_eq!(kit::device_rows(&db, uuid).await, 1);
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_writes_nothing() {
+    let r = registry().await;
+    let mut c = r.client(Scope::Admin).await;
+    c.create_device(device("dup")).await.unwrap();
+    assert_eq!(
+        c.create_device(device("dup")).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+    let mut bad = device("bad-1");
+    bad.latitude = Some("91".into());
+    bad.longitude = Some("-181".into());
+    bad.status = "offline-ish".into();
+    bad.name = "n".repeat(256);
+    bad.config = Some(v1::DeviceConfig {
+        alert_threshold_json: Some(r#"{"temperature": {"min": 40, "max": 30}}"#.into()),
+        ..Default::default()
+    });
+    let e = c.create_device(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for field in [
+        "latitude",
+        "longitude",
+        "status",
+        "name",
+        "config.alert_threshold_json.temperature",
+    ] {
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+    assert_eq!(
+        c.get_device(GetDeviceRequest { id: "bad-1".into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let e = c
+        .update_device_config(v1::UpdateDeviceConfigRequest {
+            id: "dup".into(),
+            alert_threshold_json: Some("[1, 2]".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("config.alert_threshold_json"), "{e:?}");
+}
