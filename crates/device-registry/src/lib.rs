@@ -66,6 +66,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .broker
         .enabled
         .then(|| broker::Dynsec::start(&config.broker, shutdown.clone()));
+    {
+        // The change log only has to cover a watcher's reconnect.
+        let (pool, shutdown) = (pool.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = store::trim_changes(&pool).await {
+                    tracing::warn!(error = %e, "cannot trim the device change log");
+                }
+            }
+        });
+    }
     let svc = RegistryService::new(pool, broker);
     let token = shutdown.clone();
     let task = tokio::spawn(async move {

@@ -118,6 +118,7 @@ impl DeviceRegistry for RegistryService {
         // and its broker account all come to be, or none does.
         let id = store::insert(&tx, &new).await?;
         store::insert_sensors(&tx, id, &new.sensors).await?;
+        store::record_change(&tx, id, &new.device_id, "created").await?;
         let credentials = self.issue(tx, id, &new.device_id, true).await?;
         tracing::info!(%id, device_id = %new.device_id, "device registered");
         let mut device = self.find(&id.to_string(), None).await?;
@@ -224,8 +225,12 @@ impl DeviceRegistry for RegistryService {
         if !p.is_empty() {
             return Err(RegistryError::Invalid(p).into());
         }
-        let (id, _) = self.find_id(&req.id, owner).await?;
-        store::update(&self.pool, id, &change).await?;
+        let (id, d) = self.find_id(&req.id, owner).await?;
+        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
+        let tx = client.transaction().await.map_err(RegistryError::from)?;
+        store::update(&tx, id, &change).await?;
+        store::record_change(&tx, id, &d.device_id, "updated").await?;
+        tx.commit().await.map_err(RegistryError::from)?;
         Ok(Response::new(self.find(&id.to_string(), owner).await?))
     }
 
@@ -238,6 +243,7 @@ impl DeviceRegistry for RegistryService {
         let mut client = self.pool.get().await.map_err(RegistryError::from)?;
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         store::delete(&tx, id).await?;
+        store::record_change(&tx, id, &device.device_id, "deleted").await?;
         if let Some(broker) = &self.broker {
             broker
                 .delete_account(&device.device_id)
@@ -281,8 +287,12 @@ impl DeviceRegistry for RegistryService {
         if !p.is_empty() {
             return Err(RegistryError::Invalid(p).into());
         }
-        let (id, _) = self.find_id(&req.id, owner).await?;
-        store::update_config(&self.pool, id, &change).await?;
+        let (id, d) = self.find_id(&req.id, owner).await?;
+        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
+        let tx = client.transaction().await.map_err(RegistryError::from)?;
+        store::update_config(&tx, id, &change).await?;
+        store::record_change(&tx, id, &d.device_id, "config").await?;
+        tx.commit().await.map_err(RegistryError::from)?;
         let device = self.find(&id.to_string(), owner).await?;
         Ok(Response::new(device.config.unwrap_or_default()))
     }
@@ -309,6 +319,74 @@ impl DeviceRegistry for RegistryService {
         Ok(Response::new(
             store::status_summary(&self.pool, owner, f64::from(secs)).await?,
         ))
+    }
+
+    async fn record_activity(
+        &self,
+        request: Request<v1::RecordActivityRequest>,
+    ) -> Result<Response<v1::RecordActivityResponse>, Status> {
+        if scope(&request)?.is_some() {
+            return Err(Status::permission_denied(
+                "RecordActivity is for platform services",
+            ));
+        }
+        let mut p = Vec::new();
+        let mut seen = Vec::new();
+        let mut sensors = Vec::new();
+        for (i, a) in request.into_inner().devices.into_iter().enumerate() {
+            let Ok(id) = Uuid::parse_str(&a.device_uuid) else {
+                p.push(format!(
+                    "devices[{i}].device_uuid {:?} is not a UUID",
+                    a.device_uuid
+                ));
+                continue;
+            };
+            if let Some(t) = a.last_seen.as_ref().and_then(iot_proto::from_timestamp) {
+                seen.push((id, t));
+            }
+            for s in a.new_sensors {
+                if iot_domain::validate::is_valid_sensor_name(&s) {
+                    sensors.push((id, s));
+                } else {
+                    p.push(format!(
+                        "devices[{i}].new_sensors: {s:?} is not a sensor name"
+                    ));
+                }
+            }
+        }
+        if !p.is_empty() {
+            return Err(RegistryError::Invalid(p).into());
+        }
+        store::record_activity(&self.pool, &seen, &sensors).await?;
+        Ok(Response::new(v1::RecordActivityResponse {}))
+    }
+
+    type WatchDeviceChangesStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::DeviceChange, Status>> + Send>,
+    >;
+
+    async fn watch_device_changes(
+        &self,
+        request: Request<v1::WatchDeviceChangesRequest>,
+    ) -> Result<Response<Self::WatchDeviceChangesStream>, Status> {
+        if scope(&request)?.is_some() {
+            return Err(Status::permission_denied(
+                "WatchDeviceChanges is for platform services",
+            ));
+        }
+        let asked = i64::try_from(request.into_inner().resume_after).unwrap_or(i64::MAX);
+        let (oldest, newest) = store::change_bounds(&self.pool).await?;
+        let (first, from) = match asked {
+            0 => ("sync", newest),
+            n if n < oldest => ("reset", newest),
+            n => ("sync", n.min(newest)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let pool = self.pool.clone();
+        tokio::spawn(watch(pool, from, first, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn rotate_credentials(
@@ -401,6 +479,69 @@ fn parse_json(
             problems.push(format!("{field} is not valid JSON: {e}"));
             None
         }
+    }
+}
+
+/// A change older than this with an earlier sequence number still missing
+/// means that number will never commit (its transaction rolled back).
+const GAP_GRACE_SECS: f64 = 2.0;
+
+/// Streams changes after `from` to one watcher until it goes away. The
+/// resume point only passes a missing sequence number once it is older
+/// than `GAP_GRACE_SECS`: numbers are taken at insert but become visible at
+/// commit, so a later number can show up first. Changes past a gap are sent
+/// at once anyway (dropping a cache entry twice is harmless).
+async fn watch(
+    pool: Pool,
+    from: i64,
+    first: &'static str,
+    tx: tokio::sync::mpsc::Sender<Result<v1::DeviceChange, Status>>,
+) {
+    let mut resume = from;
+    // Sent, but not yet passed by `resume`.
+    let mut sent = std::collections::BTreeSet::new();
+    let hello = v1::DeviceChange {
+        kind: first.into(),
+        resume_after: u64::try_from(resume).unwrap_or(0),
+        ..Default::default()
+    };
+    if tx.send(Ok(hello)).await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            _ = tick.tick() => {}
+        }
+        let changes = match store::changes_after(&pool, resume).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch: cannot read changes");
+                continue;
+            }
+        };
+        let mut contiguous = true;
+        for c in changes {
+            if contiguous && (c.seq == resume + 1 || c.age_secs > GAP_GRACE_SECS) {
+                resume = c.seq;
+            } else {
+                contiguous = false;
+            }
+            if !sent.insert(c.seq) {
+                continue;
+            }
+            let change = v1::DeviceChange {
+                kind: c.kind,
+                device_uuid: c.device.to_string(),
+                device_id: c.external_id,
+                resume_after: u64::try_from(resume).unwrap_or(0),
+            };
+            if tx.send(Ok(change)).await.is_err() {
+                return;
+            }
+        }
+        sent.retain(|seq| *seq > resume);
     }
 }
 

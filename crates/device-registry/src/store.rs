@@ -162,8 +162,8 @@ pub struct DeviceChange {
     pub status: Option<String>,
 }
 
-pub async fn update(pool: &Pool, id: Uuid, c: &DeviceChange) -> Result<(), RegistryError> {
-    let client = pool.get().await?;
+pub async fn update(tx: &Transaction<'_>, id: Uuid, c: &DeviceChange) -> Result<(), RegistryError> {
+    let client = tx;
     let stmt = client
         .prepare_cached(
             "UPDATE devices SET
@@ -202,8 +202,12 @@ pub struct ConfigChange {
     pub custom_fields: Option<serde_json::Value>,
 }
 
-pub async fn update_config(pool: &Pool, id: Uuid, c: &ConfigChange) -> Result<(), RegistryError> {
-    let client = pool.get().await?;
+pub async fn update_config(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    c: &ConfigChange,
+) -> Result<(), RegistryError> {
+    let client = tx;
     let stmt = client
         .prepare_cached(
             "INSERT INTO device_config (device_id, read_interval, alert_threshold, data_retention_days, custom_fields)
@@ -354,4 +358,105 @@ fn device_from_row(r: &Row) -> v1::Device {
         }),
         credentials: None,
     }
+}
+
+/// Logs a change of `device` in `tx`, for watchers.
+pub async fn record_change(
+    tx: &Transaction<'_>,
+    device: Uuid,
+    external_id: &str,
+    kind: &str,
+) -> Result<(), RegistryError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO device_changes (device_id, external_id, kind) VALUES ($1, $2, $3)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&device, &external_id, &kind]).await?;
+    Ok(())
+}
+
+/// A logged change.
+pub struct Change {
+    pub seq: i64,
+    pub device: Uuid,
+    pub external_id: String,
+    pub kind: String,
+    /// Seconds since its transaction began.
+    pub age_secs: f64,
+}
+
+/// Changes after `after`, oldest first.
+pub async fn changes_after(pool: &Pool, after: i64) -> Result<Vec<Change>, RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT seq, device_id, external_id, kind, extract(epoch FROM now() - at)::float8
+             FROM device_changes WHERE seq > $1 ORDER BY seq LIMIT 1000",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&after])
+        .await?
+        .iter()
+        .map(|r| Change {
+            seq: r.get(0),
+            device: r.get(1),
+            external_id: r.get(2),
+            kind: r.get(3),
+            age_secs: r.get(4),
+        })
+        .collect())
+}
+
+/// (oldest kept seq - 1, newest seq): the range a watcher can resume in.
+pub async fn change_bounds(pool: &Pool) -> Result<(i64, i64), RegistryError> {
+    let client = pool.get().await?;
+    let r = client
+        .query_one(
+            "SELECT COALESCE(min(seq) - 1, 0), COALESCE(max(seq), 0) FROM device_changes",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// Drops changes older than a day.
+pub async fn trim_changes(pool: &Pool) -> Result<u64, RegistryError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM device_changes WHERE at < now() - INTERVAL '1 day'",
+            &[],
+        )
+        .await?)
+}
+
+/// Heartbeats (newest wins) and first-seen sensors, in one transaction.
+pub async fn record_activity(
+    pool: &Pool,
+    seen: &[(Uuid, chrono::DateTime<chrono::Utc>)],
+    sensors: &[(Uuid, String)],
+) -> Result<(), RegistryError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let (ids, times): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
+        seen.iter().copied().unzip();
+    tx.execute(
+        "UPDATE devices d SET last_heartbeat = GREATEST(d.last_heartbeat, a.seen)
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen) WHERE d.id = a.id",
+        &[&ids, &times],
+    )
+    .await?;
+    let (devs, names): (Vec<Uuid>, Vec<String>) = sensors.iter().cloned().unzip();
+    tx.execute(
+        "INSERT INTO sensors (device_id, sensor_name)
+         SELECT s.d, s.n FROM unnest($1::uuid[], $2::text[]) AS s(d, n)
+         WHERE EXISTS (SELECT 1 FROM devices WHERE id = s.d)
+         ON CONFLICT (device_id, sensor_name) DO NOTHING",
+        &[&devs, &names],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

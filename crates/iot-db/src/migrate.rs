@@ -130,6 +130,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0006_credentials.sql"),
         timescaledb: include_str!("../../../migrations/0006_credentials.sql"),
     },
+    Migration {
+        version: 7,
+        name: "device_changes",
+        postgres: include_str!("../../../migrations/0007_device_changes.sql"),
+        timescaledb: include_str!("../../../migrations/0007_device_changes.sql"),
+    },
 ];
 
 /// What a migration run did.

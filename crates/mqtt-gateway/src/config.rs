@@ -27,6 +27,9 @@ pub struct Config {
     /// gRPC door (`iot.v1.Ingest`) and `grpc.health.v1`.
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Device heartbeats and first-seen sensors go to the registry in one
+    /// call this often.
+    pub activity_flush_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +78,7 @@ impl Default for Config {
             http_addr: ([127, 0, 0, 1], 8088).into(),
             grpc_addr: ([127, 0, 0, 1], 50054).into(),
             admin_addr: ([127, 0, 0, 1], 9104).into(),
+            activity_flush_secs: 5,
         }
     }
 }
@@ -123,6 +127,9 @@ impl iot_runtime::Validate for Config {
         let mut p = self.kafka.problems("kafka");
         if self.mqtt.host.is_empty() {
             p.push("mqtt.host is empty".into());
+        }
+        if self.activity_flush_secs == 0 {
+            p.push("activity_flush_secs must be positive".into());
         }
         if self.mqtt.port == 0 {
             p.push("mqtt.port must not be 0".into());

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use iot_proto::v1::GetDeviceRequest;
 use iot_proto::v1::device_registry_client::DeviceRegistryClient;
+use iot_proto::v1::{self, GetDeviceRequest};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -26,6 +26,16 @@ pub struct Directory {
     ttl: Duration,
     unknown_ttl: Duration,
     cache: Mutex<HashMap<String, (Option<DeviceInfo>, Instant)>>,
+    activity: Mutex<Activity>,
+}
+
+/// Device activity not yet reported to the registry.
+#[derive(Default)]
+struct Activity {
+    /// Last reading accepted per device, and sensors not reported before.
+    pending: HashMap<Uuid, (chrono::DateTime<chrono::Utc>, Vec<String>)>,
+    /// Every (device, sensor) reported by this process.
+    known: std::collections::HashSet<(Uuid, String)>,
 }
 
 impl Directory {
@@ -40,7 +50,121 @@ impl Directory {
             ttl,
             unknown_ttl,
             cache: Mutex::new(HashMap::new()),
+            activity: Mutex::default(),
         })
+    }
+
+    /// Drops what is cached of a device (after a change at the registry).
+    pub fn forget(&self, uuid: &str, device_id: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|key, (hit, _)| {
+            key != device_id
+                && key != uuid
+                && hit.as_ref().is_none_or(|d| d.uuid.to_string() != uuid)
+        });
+    }
+
+    /// Drops the whole cache.
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Notes that `device` just reported readings of `sensors`.
+    pub fn record_activity<'a>(&self, device: Uuid, sensors: impl Iterator<Item = &'a str>) {
+        let now = chrono::Utc::now();
+        let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        let Activity { pending, known } = &mut *a;
+        let entry = pending.entry(device).or_insert_with(|| (now, Vec::new()));
+        entry.0 = now;
+        for s in sensors {
+            if known.len() < MAX_ENTRIES * 10 && known.insert((device, s.to_owned())) {
+                entry.1.push(s.to_owned());
+            }
+        }
+    }
+
+    /// Reports the activity noted since the last flush, in one call; kept for
+    /// the next flush if the registry does not answer.
+    pub async fn flush_activity(&self) -> Result<usize, tonic::Status> {
+        let pending = std::mem::take(
+            &mut self
+                .activity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pending,
+        );
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let devices: Vec<v1::DeviceActivity> = pending
+            .iter()
+            .map(|(uuid, (seen, sensors))| v1::DeviceActivity {
+                device_uuid: uuid.to_string(),
+                last_seen: Some(iot_proto::timestamp(*seen)),
+                new_sensors: sensors.clone(),
+            })
+            .collect();
+        let n = devices.len();
+        let mut client = self.client.clone();
+        match client
+            .record_activity(v1::RecordActivityRequest { devices })
+            .await
+        {
+            Ok(_) => Ok(n),
+            Err(e) => {
+                let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+                for (uuid, (seen, sensors)) in pending {
+                    let entry = a.pending.entry(uuid).or_insert((seen, Vec::new()));
+                    entry.0 = entry.0.max(seen);
+                    entry.1.extend(sensors);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Follows the registry's device changes and drops changed devices from
+    /// the cache, until `shutdown`; reconnects (resuming) when cut off.
+    pub async fn follow_changes(&self, shutdown: iot_runtime::CancellationToken) {
+        let mut resume = 0u64;
+        loop {
+            let mut client = self.client.clone();
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                s = client.watch_device_changes(v1::WatchDeviceChangesRequest { resume_after: resume }) => s,
+            };
+            match stream {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        let next = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            n = stream.message() => n,
+                        };
+                        match next {
+                            Ok(Some(change)) => {
+                                resume = change.resume_after;
+                                match change.kind.as_str() {
+                                    "sync" => {}
+                                    "reset" => self.clear(),
+                                    _ => self.forget(&change.device_uuid, &change.device_id),
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "device change stream broke");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot watch device changes yet"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Looks a device up by external id or UUID. `Ok(None)`: not registered.

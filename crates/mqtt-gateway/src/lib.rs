@@ -100,6 +100,29 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 shutdown.clone().cancelled_owned(),
             ),
     );
+    {
+        // Cache entries of changed devices go at once, not at their TTL.
+        let (p, stop) = (pipeline.clone(), shutdown.clone());
+        tokio::spawn(async move { p.directory.follow_changes(stop).await });
+        // Heartbeats and first-seen sensors, coalesced.
+        let (p, stop) = (pipeline.clone(), shutdown.clone());
+        let every = Duration::from_secs(config.activity_flush_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                let last = tokio::select! {
+                    () = stop.cancelled() => true,
+                    _ = tick.tick() => false,
+                };
+                if let Err(e) = p.directory.flush_activity().await {
+                    tracing::warn!(error = %e, "cannot report device activity; keeping it");
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+    }
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let task = tokio::spawn(async move {
         tracing::info!(%admin_addr, %http_addr, %grpc_addr, "mqtt-gateway starting");
