@@ -32,6 +32,12 @@ enum Cmd {
     },
     /// Show one device (platform UUID or external device_id).
     Get { id: String },
+    /// Issue a new MQTT password (the old one stops working at once).
+    Rotate { id: String },
+    /// Remove the device's broker account (it is disconnected at once).
+    Revoke { id: String },
+    /// Delete the device, its config, sensors and broker account.
+    Delete { id: String },
     /// List devices.
     List {
         #[arg(long)]
@@ -74,6 +80,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .await?
                 .into_inner(),
         ),
+        Cmd::Rotate { id } => {
+            let c = client
+                .rotate_credentials(GetDeviceRequest { id })
+                .await?
+                .into_inner();
+            println!("mqtt username: {}", c.username);
+            println!("mqtt password: {}  (shown once)", c.password);
+        }
+        Cmd::Revoke { id } => {
+            client
+                .revoke_credentials(GetDeviceRequest { id: id.clone() })
+                .await?;
+            println!("revoked the broker account of {id}");
+        }
+        Cmd::Delete { id } => {
+            client
+                .delete_device(GetDeviceRequest { id: id.clone() })
+                .await?;
+            println!("deleted {id}");
+        }
         Cmd::List { device_type, limit } => {
             let resp = client
                 .list_devices(ListDevicesRequest {
@@ -96,4 +122,13 @@ fn print_device(d: &v1::Device) {
         "{}\t{}\t{}\t{}\t{}",
         d.id, d.device_id, d.name, d.device_type, d.status
     );
+    if let Some(c) = &d.credentials {
+        // Shown once: the registry keeps only a hash.
+        println!("mqtt username: {}", c.username);
+        println!(
+            "mqtt password: {}  (shown once; `iotctl devices rotate` issues a new one)",
+            c.password
+        );
+        println!("may publish to: {}", c.publish_topics.join(", "));
+    }
 }
