@@ -15,6 +15,8 @@ pub struct Config {
     pub group_id: String,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// device-registry, for each device's thresholds (and their changes).
+    pub registry_url: String,
 }
 
 impl Default for Config {
@@ -26,6 +28,7 @@ impl Default for Config {
             group_id: "alert-engine".into(),
             grpc_addr: ([127, 0, 0, 1], 50053).into(),
             admin_addr: ([127, 0, 0, 1], 9103).into(),
+            registry_url: "http://127.0.0.1:50051".into(),
         }
     }
 }

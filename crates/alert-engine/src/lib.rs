@@ -1,15 +1,19 @@
-//! alert-engine: owns `device_alerts` and serves them over gRPC
-//! (`iot.v1.Alerts`). Rule evaluation on the readings topic comes with the
-//! alert-engine issue; today the service connects to PostgreSQL and Kafka,
-//! serves the alerts it holds and answers health checks.
+//! alert-engine: consumes the readings topic in its own consumer group,
+//! raises and resolves threshold alerts (`engine.rs`), owns
+//! `device_alerts` and serves them over gRPC (`iot.v1.Alerts`).
 
 mod config;
+mod engine;
+mod metrics;
 mod service;
+pub mod thresholds;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Arc;
+
+use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use iot_proto::v1::alerts_server::AlertsServer;
 use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
@@ -34,7 +38,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     pool.get()
         .await?
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 3", &[])
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 8", &[])
         .await
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     // Check that the readings topic is reachable before reporting ready.
@@ -49,6 +53,36 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let registry =
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_alerts".into()), None)?;
+    let metrics = metrics::Metrics::register(&registry)?;
+    let consumer: StreamConsumer = config
+        .kafka
+        .client_config_with(&[
+            ("client.id", "alert-engine"),
+            ("auto.offset.reset", "earliest"),
+            ("auto.commit.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "50"),
+        ])
+        // Not overridable: an offset is stored only once its reading is evaluated.
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .create()?;
+    consumer.subscribe(&[&config.kafka.readings_topic])?;
+    let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    // A platform service: it reads every owner's device config.
+    let devices = Arc::new(engine::Devices::new(
+        iot_proto::v1::device_registry_client::DeviceRegistryClient::with_interceptor(
+            channel,
+            iot_proto::Scope::Admin,
+        ),
+    ));
+    {
+        let (d, stop) = (devices.clone(), shutdown.clone());
+        tokio::spawn(async move { d.follow_changes(stop).await });
+    }
     let ready = Readiness::default();
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
@@ -60,18 +94,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     health.set_serving::<AlertsServer<AlertsService>>().await;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let grpc_addr = listener.local_addr()?;
-    let svc = AlertsService::new(pool);
+    let svc = AlertsService::new(pool.clone());
     let task = tokio::spawn(async move {
         tracing::info!(%grpc_addr, %admin_addr, "alert-engine serving");
         ready.set(true);
-        tonic::transport::Server::builder()
-            .add_service(health_svc)
-            .add_service(AlertsServer::new(svc))
-            .serve_with_incoming_shutdown(
-                iot_runtime::grpc_incoming(listener),
-                shutdown.cancelled_owned(),
-            )
-            .await?;
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_svc)
+                .add_service(AlertsServer::new(svc))
+                .serve_with_incoming_shutdown(
+                    iot_runtime::grpc_incoming(listener),
+                    shutdown.clone().cancelled_owned(),
+                ),
+        );
+        let evaluated = engine::run(consumer, pool, devices, metrics, shutdown.clone()).await;
+        shutdown.cancel();
+        grpc.await??;
+        evaluated?;
         ready.set(false);
         admin_task.await?;
         tracing::info!("alert-engine stopped");

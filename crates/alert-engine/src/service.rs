@@ -7,9 +7,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 const LIST_ALERTS: &str =
-    "SELECT id, device_id, alert_type, severity, value, threshold, acknowledged, created_at
+    "SELECT id, device_id, alert_type, severity, value, threshold, acknowledged,
+       created_at, sensor_name, message, last_seen_at, occurrences, resolved_at
 FROM device_alerts
 WHERE ($1::uuid IS NULL OR device_id = $1) AND (NOT $2 OR NOT acknowledged)
+  AND (NOT $4 OR resolved_at IS NULL)
 ORDER BY created_at DESC, id
 LIMIT $3";
 
@@ -52,7 +54,10 @@ impl Alerts for AlertsService {
             .await
             .map_err(|e| db_status(&e))?;
         let rows = client
-            .query(&stmt, &[&device, &req.only_unacknowledged, &limit])
+            .query(
+                &stmt,
+                &[&device, &req.only_unacknowledged, &limit, &req.only_open],
+            )
             .await
             .map_err(|e| db_status(&e))?;
         let alerts = rows
@@ -71,6 +76,15 @@ impl Alerts for AlertsService {
                     threshold: threshold.map(|v| v.normalize().to_string()),
                     acknowledged: r.get(6),
                     created_at: Some(iot_proto::timestamp(r.get(7))),
+                    sensor_name: r.get(8),
+                    message: r.get(9),
+                    last_seen_at: r
+                        .get::<_, Option<chrono::DateTime<chrono::Utc>>>(10)
+                        .map(iot_proto::timestamp),
+                    occurrences: u64::try_from(r.get::<_, i64>(11)).unwrap_or(0),
+                    resolved_at: r
+                        .get::<_, Option<chrono::DateTime<chrono::Utc>>>(12)
+                        .map(iot_proto::timestamp),
                 }
             })
             .collect();

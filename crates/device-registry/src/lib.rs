@@ -42,7 +42,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // Fail fast when the database is unreachable or not migrated.
     let client = pool.get().await?;
     client
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 1", &[])
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 7", &[])
         .await
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     drop(client);

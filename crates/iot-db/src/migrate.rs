@@ -136,6 +136,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0007_device_changes.sql"),
         timescaledb: include_str!("../../../migrations/0007_device_changes.sql"),
     },
+    Migration {
+        version: 8,
+        name: "alert_lifecycle",
+        postgres: include_str!("../../../migrations/0008_alert_lifecycle.sql"),
+        timescaledb: include_str!("../../../migrations/0008_alert_lifecycle.sql"),
+    },
 ];
 
 /// What a migration run did.

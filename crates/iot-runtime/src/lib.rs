@@ -3,8 +3,10 @@
 //! period, then abort what is left.
 
 pub mod config;
+pub mod device_changes;
 pub mod lifecycle;
 
 pub use config::{ConfigError, ServiceConfig, Validate, load_config};
+pub use device_changes::follow_device_changes;
 pub use lifecycle::{config_path_from_args, grpc_health, grpc_incoming, run_until_signal};
 pub use tokio_util::sync::CancellationToken;

@@ -105,6 +105,12 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
     })
     .await;
 
+    // The platform's writer leaves first: librdkafka 2.12's consumer crashes
+    // (SIGSEGV in rd_kafka_metadata_update_op) on the metadata a restarted
+    // memory broker sends for a topic it knew by id: no topic name. A real
+    // Kafka keeps its topics (see README, known issues). A new writer reads
+    // the recreated topic below.
+    p.stop_writer().await;
     // Kafka goes away; the device keeps publishing (Mosquitto takes the
     // messages; the gateway must not acknowledge them to Mosquitto).
     broker.kill();
@@ -154,9 +160,8 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
     produced.sort_unstable();
     assert_eq!(produced, (10..20).collect::<Vec<_>>());
 
-    // The platform's writer still holds its position in the topic the memory
-    // broker forgot (a real Kafka keeps topics and offsets); a writer in a
-    // fresh group reads the recreated topic and stores the ten.
+    // A writer in a fresh group reads the recreated topic (the memory broker
+    // forgot topics and offsets; a real Kafka keeps them) and stores the ten.
     let writer = ingest_writer::start(
         ingest_writer::Config {
             database_url: p.db.clone(),

@@ -124,47 +124,16 @@ impl Directory {
     }
 
     /// Follows the registry's device changes and drops changed devices from
-    /// the cache, until `shutdown`; reconnects (resuming) when cut off.
+    /// the cache, until `shutdown`.
     pub async fn follow_changes(&self, shutdown: iot_runtime::CancellationToken) {
-        let mut resume = 0u64;
-        loop {
-            let mut client = self.client.clone();
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                s = client.watch_device_changes(v1::WatchDeviceChangesRequest { resume_after: resume }) => s,
-            };
-            match stream {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    loop {
-                        let next = tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            n = stream.message() => n,
-                        };
-                        match next {
-                            Ok(Some(change)) => {
-                                resume = change.resume_after;
-                                match change.kind.as_str() {
-                                    "sync" => {}
-                                    "reset" => self.clear(),
-                                    _ => self.forget(&change.device_uuid, &change.device_id),
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "device change stream broke");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot watch device changes yet"),
+        iot_runtime::follow_device_changes(self.client.clone(), shutdown, |change| {
+            match change.kind.as_str() {
+                "sync" => {}
+                "reset" => self.clear(),
+                _ => self.forget(&change.device_uuid, &change.device_id),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        })
+        .await;
     }
 
     /// Looks a device up by external id or UUID. `Ok(None)`: not registered.

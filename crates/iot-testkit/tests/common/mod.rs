@@ -32,6 +32,8 @@ pub struct Platform {
     pub shutdown: CancellationToken,
     /// The gateway's own token (a child of `shutdown`), to stop it alone.
     pub gateway_shutdown: CancellationToken,
+    /// The writer's own token (a child of `shutdown`), to stop it alone.
+    pub writer_shutdown: CancellationToken,
     /// The gateway's config, to start it again with the same MQTT session.
     pub gateway_config: mqtt_gateway::Config,
     pub tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -75,6 +77,7 @@ impl Platform {
         )
         .await
         .unwrap();
+        let writer_shutdown = shutdown.child_token();
         let writer = ingest_writer::start(
             ingest_writer::Config {
                 database_url: db.clone(),
@@ -85,7 +88,7 @@ impl Platform {
                 admin_addr: ANY,
                 ..Default::default()
             },
-            shutdown.clone(),
+            writer_shutdown.clone(),
         )
         .await
         .unwrap();
@@ -132,6 +135,7 @@ impl Platform {
             gateway_grpc: gateway.grpc_addr,
             shutdown,
             gateway_shutdown,
+            writer_shutdown,
             gateway_config,
             tasks: vec![
                 tokio::spawn(registry.wait()),
@@ -171,6 +175,17 @@ impl Platform {
 
     /// Stops the gateway alone and starts it again with the same MQTT
     /// session (client id), as a redeployed replica would.
+    /// Stops the platform's writer (its task is the second).
+    pub async fn stop_writer(&mut self) {
+        self.writer_shutdown.cancel();
+        let task = self.tasks.remove(1);
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("writer stops")
+            .unwrap()
+            .unwrap();
+    }
+
     pub async fn restart_gateway(&mut self) {
         self.gateway_shutdown.cancel();
         // The gateway's task was pushed last.

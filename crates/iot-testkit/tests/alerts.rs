@@ -1,0 +1,132 @@
+//! Threshold alerts over the real components: MQTT → gateway → Kafka →
+//! alert-engine (its own consumer group) → device_alerts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ANY, Platform};
+use iot_proto::Scope;
+use iot_proto::v1::alerts_client::AlertsClient;
+use iot_proto::v1::{self, CreateDeviceRequest, ListAlertsRequest};
+use iot_testkit as kit;
+
+async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
+    let mut c = AlertsClient::connect(url.to_owned()).await.unwrap();
+    c.list_alerts(ListAlertsRequest {
+        device_uuid: Some(device.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .alerts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_specs_threshold_test_and_a_config_change_without_restart() {
+    let p = Platform::start().await;
+    let engine = alert_engine::start(
+        alert_engine::Config {
+            database_url: p.db.clone(),
+            kafka: p.kafka.clone(),
+            group_id: format!("alerts-{}", kit::unique()),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            registry_url: format!("http://{}", p.registry),
+            ..Default::default()
+        },
+        p.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", engine.grpc_addr);
+    let mut registry = p.registry_client(Scope::Admin).await;
+    let create = |id: &str| CreateDeviceRequest {
+        device_id: id.into(),
+        name: id.into(),
+        device_type: "temperature_sensor".into(),
+        config: Some(v1::DeviceConfig {
+            alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    // The spec: threshold max 30, a reading of 35 gives exactly one alert of
+    // severity warning for that device.
+    let hot_id = format!("hot-{}", kit::unique());
+    let hot = registry
+        .create_device(create(&hot_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = format!("{}/{hot_id}/temperature", p.prefix);
+    kit::publish_all(&[(topic.clone(), br#"{"value": 35}"#.to_vec())]).await;
+    let raised = kit::eventually("alert raised", Duration::from_secs(30), || async {
+        let a = alerts(&url, &hot.id).await;
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0].severity, "warning");
+    assert_eq!(raised[0].alert_type, "threshold_max");
+    assert_eq!(raised[0].value.as_deref(), Some("35"));
+    assert_eq!(raised[0].threshold.as_deref(), Some("30"));
+    assert_eq!(raised[0].device_uuid, hot.id);
+
+    // Still too hot: the same alert, seen again; back to normal: resolved.
+    kit::publish_all(&[
+        (topic.clone(), br#"{"value": 36}"#.to_vec()),
+        (topic.clone(), br#"{"value": 25}"#.to_vec()),
+    ])
+    .await;
+    let resolved = kit::eventually("alert resolved", Duration::from_secs(30), || async {
+        let a = alerts(&url, &hot.id).await;
+        (a.len() == 1 && a[0].resolved_at.is_some()).then_some(a)
+    })
+    .await;
+    assert_eq!(resolved[0].occurrences, 2);
+
+    // The threshold is lowered while everything runs: the next reading of
+    // 25 raises an alert, no restart.
+    let cool_id = format!("cool-{}", kit::unique());
+    let cool = registry
+        .create_device(create(&cool_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let cool_topic = format!("{}/{cool_id}/temperature", p.prefix);
+    kit::publish_all(&[(cool_topic.clone(), br#"{"value": 25}"#.to_vec())]).await;
+    let db = kit::connect(&p.db).await;
+    let uuid = uuid::Uuid::parse_str(&cool.id).unwrap();
+    kit::eventually("first reading through", Duration::from_secs(30), || async {
+        (kit::device_rows(&db, uuid).await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(alerts(&url, &cool.id).await.is_empty());
+    registry
+        .update_device_config(v1::UpdateDeviceConfigRequest {
+            id: cool.id.clone(),
+            alert_threshold_json: Some(r#"{"temperature": {"max": 20}}"#.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kit::publish_all(&[(cool_topic, br#"{"value": 25}"#.to_vec())]).await;
+    let a = kit::eventually(
+        "alert after the change",
+        Duration::from_secs(30),
+        || async {
+            let a = alerts(&url, &cool.id).await;
+            (!a.is_empty()).then_some(a)
+        },
+    )
+    .await;
+    assert_eq!(a[0].threshold.as_deref(), Some("20"));
+    p.stop().await;
+}
