@@ -72,6 +72,23 @@ impl RegistryService {
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
     }
 
+    /// Runs `write` and logs it as a change of the device for watchers, in
+    /// one transaction.
+    async fn write_change(
+        &self,
+        id: Uuid,
+        device_id: &str,
+        kind: &str,
+        write: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        write(&tx).await?;
+        store::record_change(&tx, id, device_id, kind).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// `find`, returning the device's platform UUID too.
     async fn find_id(
         &self,
@@ -226,11 +243,10 @@ impl DeviceRegistry for RegistryService {
             return Err(RegistryError::Invalid(p).into());
         }
         let (id, d) = self.find_id(&req.id, owner).await?;
-        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
-        let tx = client.transaction().await.map_err(RegistryError::from)?;
-        store::update(&tx, id, &change).await?;
-        store::record_change(&tx, id, &d.device_id, "updated").await?;
-        tx.commit().await.map_err(RegistryError::from)?;
+        self.write_change(id, &d.device_id, "updated", async |tx| {
+            store::update(tx, id, &change).await
+        })
+        .await?;
         Ok(Response::new(self.find(&id.to_string(), owner).await?))
     }
 
@@ -288,11 +304,10 @@ impl DeviceRegistry for RegistryService {
             return Err(RegistryError::Invalid(p).into());
         }
         let (id, d) = self.find_id(&req.id, owner).await?;
-        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
-        let tx = client.transaction().await.map_err(RegistryError::from)?;
-        store::update_config(&tx, id, &change).await?;
-        store::record_change(&tx, id, &d.device_id, "config").await?;
-        tx.commit().await.map_err(RegistryError::from)?;
+        self.write_change(id, &d.device_id, "config", async |tx| {
+            store::update_config(tx, id, &change).await
+        })
+        .await?;
         let device = self.find(&id.to_string(), owner).await?;
         Ok(Response::new(device.config.unwrap_or_default()))
     }

@@ -17,7 +17,7 @@ use ingest_writer::Store;
 use ingest_writer::rollup::Width;
 use ingest_writer::store::Row;
 use iot_proto::v1::telemetry_client::TelemetryClient;
-use iot_proto::v1::{self, LatestReadingsRequest, QueryMetricsRequest, QueryReadingsRequest};
+use iot_proto::v1::{LatestReadingsRequest, QueryMetricsRequest, QueryReadingsRequest};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -328,59 +328,33 @@ pub async fn run(ctx: &Ctx) {
     let series_of = |i: usize| device(i % series);
     let ts = |t: DateTime<Utc>| Some(iot_proto::timestamp(t));
 
-    // A year of daily metrics for one series (start not aligned to a day).
-    let range = |i: usize| {
-        let start = data.start() + TimeDelta::seconds(jitter(i, 86_400));
-        (start, start + TimeDelta::days(DAYS))
-    };
-    measure(
-        "metrics 1d over a year",
-        20.0,
-        |i| {
-            let (s, e) = range(i);
-            let store = store.clone();
-            async move {
-                store
-                    .query_metrics(series_of(i), sensor, s, e, "1d".parse::<Width>().unwrap())
-                    .await
-                    .unwrap()
-                    .len()
-            }
-        },
-        |i| {
-            let (s, e) = range(i);
-            let mut api = api.clone();
-            async move { metrics(&mut api, series_of(i), sensor, ts(s), ts(e), "1d").await }
-        },
-    )
-    .await;
-
-    // A week of hourly metrics, somewhere in the year.
-    let week = |i: usize| {
-        let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 8) * 86_400));
-        (start, start + TimeDelta::days(7))
-    };
-    measure(
-        "metrics 1h over a week",
-        10.0,
-        |i| {
-            let (s, e) = week(i);
-            let store = store.clone();
-            async move {
-                store
-                    .query_metrics(series_of(i), sensor, s, e, "1h".parse::<Width>().unwrap())
-                    .await
-                    .unwrap()
-                    .len()
-            }
-        },
-        |i| {
-            let (s, e) = week(i);
-            let mut api = api.clone();
-            async move { metrics(&mut api, series_of(i), sensor, ts(s), ts(e), "1h").await }
-        },
-    )
-    .await;
+    // The metrics queries, each direct and through gRPC: (name, target p95,
+    // granularity, range length, how far into the year it may start).
+    let metrics_queries = [
+        // A year of daily metrics (start not aligned to a day).
+        (
+            "metrics 1d over a year",
+            20.0,
+            "1d",
+            TimeDelta::days(DAYS),
+            86_400,
+        ),
+        // A week of hourly metrics, somewhere in the year.
+        (
+            "metrics 1h over a week",
+            10.0,
+            "1h",
+            TimeDelta::days(7),
+            (DAYS - 8) * 86_400,
+        ),
+    ];
+    for (name, target, granularity, length, spread) in metrics_queries {
+        measure_metrics(&store, &api, name, target, granularity, |i| {
+            let start = data.start() + TimeDelta::seconds(jitter(i, spread));
+            (series_of(i), start, start + length)
+        })
+        .await;
+    }
 
     // 1000 raw readings, newest first, from a day somewhere in the year.
     let day = |i: usize| {
@@ -448,54 +422,65 @@ pub async fn run(ctx: &Ctx) {
     )
     .await;
 
-    // A few minutes of 5-minute buckets from raw rows (no rollup fits).
-    let hours = |i: usize| {
-        let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 2) * 86_400));
-        (start, start + TimeDelta::hours(6))
-    };
-    measure(
+    // 5-minute buckets over 6 hours: read from raw rows (no rollup fits).
+    measure_metrics(
+        &store,
+        &api,
         "metrics 5m over 6 hours (raw)",
         20.0,
+        "5m",
         |i| {
-            let (s, e) = hours(i);
-            let store = store.clone();
-            async move {
-                store
-                    .query_metrics(series_of(i), sensor, s, e, "5m".parse::<Width>().unwrap())
-                    .await
-                    .unwrap()
-                    .len()
-            }
-        },
-        |i| {
-            let (s, e) = hours(i);
-            let mut api = api.clone();
-            async move { metrics(&mut api, series_of(i), sensor, ts(s), ts(e), "5m").await }
+            let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 2) * 86_400));
+            (series_of(i), start, start + TimeDelta::hours(6))
         },
     )
     .await;
     drop(writer);
 }
 
-async fn metrics(
-    api: &mut TelemetryClient<tonic::transport::Channel>,
-    device: Uuid,
-    sensor: &str,
-    start: Option<iot_proto::Timestamp>,
-    end: Option<iot_proto::Timestamp>,
+/// Measures one metrics query, direct and through gRPC; `args(i)` gives
+/// sample i's series and range.
+async fn measure_metrics(
+    store: &Store,
+    api: &TelemetryClient<tonic::transport::Channel>,
+    name: &str,
+    target_p95_ms: f64,
     granularity: &str,
-) -> usize {
-    let m: Vec<v1::SensorMetric> = api
-        .query_metrics(QueryMetricsRequest {
-            device_uuid: device.to_string(),
-            sensor_name: sensor.into(),
-            start,
-            end,
-            granularity: granularity.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .metrics;
-    m.len()
+    args: impl Fn(usize) -> (Uuid, DateTime<Utc>, DateTime<Utc>),
+) {
+    let width: Width = granularity.parse().unwrap();
+    measure(
+        name,
+        target_p95_ms,
+        |i| {
+            let (device, s, e) = args(i);
+            let store = store.clone();
+            async move {
+                store
+                    .query_metrics(device, "temperature", s, e, width)
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        },
+        |i| {
+            let (device, s, e) = args(i);
+            let mut api = api.clone();
+            async move {
+                api.query_metrics(QueryMetricsRequest {
+                    device_uuid: device.to_string(),
+                    sensor_name: "temperature".into(),
+                    start: Some(iot_proto::timestamp(s)),
+                    end: Some(iot_proto::timestamp(e)),
+                    granularity: granularity.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .metrics
+                .len()
+            }
+        },
+    )
+    .await;
 }
