@@ -34,8 +34,10 @@ pub struct Directory {
 struct Activity {
     /// Last reading accepted per device, and sensors not reported before.
     pending: HashMap<Uuid, (chrono::DateTime<chrono::Utc>, Vec<String>)>,
-    /// Every (device, sensor) reported by this process.
-    known: std::collections::HashSet<(Uuid, String)>,
+    /// Every sensor reported by this process, per device.
+    known: HashMap<Uuid, std::collections::HashSet<String>>,
+    /// Number of (device, sensor) pairs in `known`.
+    known_pairs: usize,
 }
 
 impl Directory {
@@ -73,11 +75,19 @@ impl Directory {
     pub fn record_activity<'a>(&self, device: Uuid, sensors: impl Iterator<Item = &'a str>) {
         let now = chrono::Utc::now();
         let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-        let Activity { pending, known } = &mut *a;
+        let Activity {
+            pending,
+            known,
+            known_pairs,
+        } = &mut *a;
         let entry = pending.entry(device).or_insert_with(|| (now, Vec::new()));
         entry.0 = now;
+        let seen = known.entry(device).or_default();
         for s in sensors {
-            if known.len() < MAX_ENTRIES * 10 && known.insert((device, s.to_owned())) {
+            // A lookup per reading; an allocation only for a new sensor.
+            if !seen.contains(s) && *known_pairs < MAX_ENTRIES * 10 {
+                seen.insert(s.to_owned());
+                *known_pairs += 1;
                 entry.1.push(s.to_owned());
             }
         }
