@@ -1,19 +1,22 @@
-//! The gRPC alerts API.
+//! The gRPC alerts API: list with filters and paging, acknowledge, resolve.
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use iot_proto::v1::{self, alerts_server::Alerts};
 use rust_decimal::Decimal;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-const LIST_ALERTS: &str =
-    "SELECT id, device_id, alert_type, severity, value, threshold, acknowledged,
-       created_at, sensor_name, message, last_seen_at, occurrences, resolved_at
-FROM device_alerts
-WHERE ($1::uuid IS NULL OR device_id = $1) AND (NOT $2 OR NOT acknowledged)
-  AND (NOT $4 OR resolved_at IS NULL)
-ORDER BY created_at DESC, id
-LIMIT $3";
+const COLUMNS: &str = "id, device_id, alert_type, severity, value, threshold, acknowledged,
+       created_at, sensor_name, message, last_seen_at, occurrences, resolved_at,
+       acknowledged_by, acknowledged_at";
+
+/// The state filter as SQL over one alert row.
+const STATE: &str = "CASE WHEN resolved_at IS NOT NULL THEN 'resolved'
+            WHEN acknowledged THEN 'acknowledged' ELSE 'open' END";
+
+const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
+const STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
 
 #[derive(Clone)]
 pub struct AlertsService {
@@ -24,11 +27,101 @@ impl AlertsService {
     pub fn new(pool: Pool) -> Self {
         Self { pool }
     }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
+        self.pool.get().await.map_err(|e| db_status(&e))
+    }
+
+    /// Runs an update of one alert returning its row; NotFound when the
+    /// alert does not exist.
+    async fn act(
+        &self,
+        sql: &str,
+        id: Uuid,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<v1::Alert, Status> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(sql, params)
+            .await
+            .map_err(|e| db_status(&e))?
+            .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
+        Ok(alert(&row))
+    }
 }
 
 fn db_status(e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "alerts query failed");
     Status::unavailable("database unavailable")
+}
+
+fn alert(r: &tokio_postgres::Row) -> v1::Alert {
+    let id: Uuid = r.get(0);
+    let device: Uuid = r.get(1);
+    let value: Option<Decimal> = r.get(4);
+    let threshold: Option<Decimal> = r.get(5);
+    let ts = |i: usize| {
+        r.get::<_, Option<DateTime<Utc>>>(i)
+            .map(iot_proto::timestamp)
+    };
+    let acknowledged: bool = r.get(6);
+    let state = if ts(12).is_some() {
+        "resolved"
+    } else if acknowledged {
+        "acknowledged"
+    } else {
+        "open"
+    };
+    v1::Alert {
+        id: id.to_string(),
+        device_uuid: device.to_string(),
+        alert_type: r.get(2),
+        severity: r.get(3),
+        value: value.map(|v| v.normalize().to_string()),
+        threshold: threshold.map(|v| v.normalize().to_string()),
+        acknowledged,
+        created_at: ts(7),
+        sensor_name: r.get(8),
+        message: r.get(9),
+        last_seen_at: ts(10),
+        occurrences: u64::try_from(r.get::<_, i64>(11)).unwrap_or(0),
+        resolved_at: ts(12),
+        acknowledged_by: r.get::<_, Option<Uuid>>(13).map(|u| u.to_string()),
+        acknowledged_at: ts(14),
+        state: state.into(),
+    }
+}
+
+/// Cursor of a page: the last alert's (created_at, id).
+fn cursor(a: &v1::Alert) -> String {
+    let micros = a
+        .created_at
+        .as_ref()
+        .and_then(iot_proto::from_timestamp)
+        .map_or(0, |t| t.timestamp_micros());
+    format!("{micros}:{}", a.id)
+}
+
+fn parse_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = s.split_once(':')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
+fn parse_id(field: &str, s: &str, p: &mut Vec<String>) -> Option<Uuid> {
+    Uuid::parse_str(s)
+        .map_err(|_| p.push(format!("{field}: {s:?} is not a UUID")))
+        .ok()
+}
+
+fn invalid(p: Vec<String>) -> Result<(), Status> {
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(p.join("; ")))
+    }
 }
 
 #[tonic::async_trait]
@@ -38,56 +131,139 @@ impl Alerts for AlertsService {
         request: Request<v1::ListAlertsRequest>,
     ) -> Result<Response<v1::ListAlertsResponse>, Status> {
         let req = request.into_inner();
-        let device = match req.device_uuid.as_deref() {
-            None => None,
-            Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
-                Status::invalid_argument(format!("device_uuid {s:?} is not a UUID"))
-            })?),
-        };
-        let limit = i64::from(match req.limit {
+        let mut p = Vec::new();
+        let device = req
+            .device_uuid
+            .as_deref()
+            .and_then(|s| parse_id("device_uuid", s, &mut p));
+        let limit = match req.limit {
             0 => 100,
-            n => n.min(1000),
-        });
-        let client = self.pool.get().await.map_err(|e| db_status(&e))?;
+            n if n > 1000 => {
+                p.push(format!("limit: {n} is more than 1000"));
+                n
+            }
+            n => n,
+        };
+        for (field, v, allowed) in [
+            ("severity", &req.severity, &SEVERITIES),
+            ("state", &req.state, &STATES),
+        ] {
+            if let Some(v) = v
+                && !allowed.contains(&v.as_str())
+            {
+                p.push(format!("{field}: {v:?} is not one of {allowed:?}"));
+            }
+        }
+        let time =
+            |t: &Option<iot_proto::Timestamp>| t.as_ref().and_then(iot_proto::from_timestamp);
+        let (start, end) = (time(&req.start), time(&req.end));
+        if let (Some(s), Some(e)) = (start, end)
+            && s >= e
+        {
+            p.push("end: must be after start".into());
+        }
+        let after = if req.cursor.is_empty() {
+            None
+        } else {
+            let c = parse_cursor(&req.cursor);
+            if c.is_none() {
+                p.push("cursor: is not a cursor this API returned".into());
+            }
+            c
+        };
+        invalid(p)?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM device_alerts
+             WHERE ($1::uuid IS NULL OR device_id = $1)
+               AND (NOT $2 OR NOT acknowledged)
+               AND (NOT $3 OR resolved_at IS NULL)
+               AND ($4::text IS NULL OR severity = $4)
+               AND ($5::text IS NULL OR {STATE} = $5)
+               AND ($6::timestamptz IS NULL OR created_at >= $6)
+               AND ($7::timestamptz IS NULL OR created_at < $7)
+               AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $10"
+        );
+        let client = self.client().await?;
         let stmt = client
-            .prepare_cached(LIST_ALERTS)
+            .prepare_cached(&sql)
             .await
             .map_err(|e| db_status(&e))?;
+        let limit = i64::from(limit);
         let rows = client
             .query(
                 &stmt,
-                &[&device, &req.only_unacknowledged, &limit, &req.only_open],
+                &[
+                    &device,
+                    &req.only_unacknowledged,
+                    &req.only_open,
+                    &req.severity,
+                    &req.state,
+                    &start,
+                    &end,
+                    &after.map(|a| a.0),
+                    &after.map(|a| a.1),
+                    &limit,
+                ],
             )
             .await
             .map_err(|e| db_status(&e))?;
-        let alerts = rows
-            .iter()
-            .map(|r| {
-                let id: Uuid = r.get(0);
-                let device: Uuid = r.get(1);
-                let value: Option<Decimal> = r.get(4);
-                let threshold: Option<Decimal> = r.get(5);
-                v1::Alert {
-                    id: id.to_string(),
-                    device_uuid: device.to_string(),
-                    alert_type: r.get(2),
-                    severity: r.get(3),
-                    value: value.map(|v| v.normalize().to_string()),
-                    threshold: threshold.map(|v| v.normalize().to_string()),
-                    acknowledged: r.get(6),
-                    created_at: Some(iot_proto::timestamp(r.get(7))),
-                    sensor_name: r.get(8),
-                    message: r.get(9),
-                    last_seen_at: r
-                        .get::<_, Option<chrono::DateTime<chrono::Utc>>>(10)
-                        .map(iot_proto::timestamp),
-                    occurrences: u64::try_from(r.get::<_, i64>(11)).unwrap_or(0),
-                    resolved_at: r
-                        .get::<_, Option<chrono::DateTime<chrono::Utc>>>(12)
-                        .map(iot_proto::timestamp),
-                }
-            })
-            .collect();
-        Ok(Response::new(v1::ListAlertsResponse { alerts }))
+        let alerts: Vec<v1::Alert> = rows.iter().map(alert).collect();
+        let next_cursor = match alerts.last() {
+            Some(a) if alerts.len() as i64 == limit => cursor(a),
+            _ => String::new(),
+        };
+        Ok(Response::new(v1::ListAlertsResponse {
+            alerts,
+            next_cursor,
+        }))
+    }
+
+    async fn acknowledge_alert(
+        &self,
+        request: Request<v1::AlertActionRequest>,
+    ) -> Result<Response<v1::Alert>, Status> {
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        let id = parse_id("id", &req.id, &mut p);
+        let by = parse_id("by", &req.by, &mut p);
+        invalid(p)?;
+        let sql = format!(
+            "UPDATE device_alerts SET
+                 acknowledged = TRUE,
+                 acknowledged_by = CASE WHEN acknowledged THEN acknowledged_by ELSE $2 END,
+                 acknowledged_at = CASE WHEN acknowledged THEN acknowledged_at ELSE now() END
+             WHERE id = $1
+             RETURNING {COLUMNS}"
+        );
+        let id = id.unwrap_or_default();
+        let a = self.act(&sql, id, &[&id, &by]).await?;
+        tracing::info!(alert = %a.id, by = ?a.acknowledged_by, "alert acknowledged");
+        Ok(Response::new(a))
+    }
+
+    async fn resolve_alert(
+        &self,
+        request: Request<v1::AlertActionRequest>,
+    ) -> Result<Response<v1::Alert>, Status> {
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        let id = parse_id("id", &req.id, &mut p);
+        let by = if req.by.is_empty() {
+            None
+        } else {
+            parse_id("by", &req.by, &mut p)
+        };
+        invalid(p)?;
+        let sql = format!(
+            "UPDATE device_alerts SET resolved_at = COALESCE(resolved_at, now())
+             WHERE id = $1
+             RETURNING {COLUMNS}"
+        );
+        let id = id.unwrap_or_default();
+        let a = self.act(&sql, id, &[&id]).await?;
+        tracing::info!(alert = %a.id, by = ?by, "alert resolved by hand");
+        Ok(Response::new(a))
     }
 }

@@ -128,5 +128,94 @@ async fn the_specs_threshold_test_and_a_config_change_without_restart() {
     )
     .await;
     assert_eq!(a[0].threshold.as_deref(), Some("20"));
+    assert_eq!(a[0].state, "open");
+
+    // Open → acknowledged (by whom, when) → resolved by hand.
+    let mut api = AlertsClient::connect(url.clone()).await.unwrap();
+    let (alice, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let ack = |by: uuid::Uuid| v1::AlertActionRequest {
+        id: a[0].id.clone(),
+        by: by.to_string(),
+    };
+    let acked = api
+        .acknowledge_alert(ack(alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.state, "acknowledged");
+    assert_eq!(acked.acknowledged_by, Some(alice.to_string()));
+    assert!(acked.acknowledged_at.is_some());
+    let again = api.acknowledge_alert(ack(bob)).await.unwrap().into_inner();
+    assert_eq!(
+        again.acknowledged_by,
+        Some(alice.to_string()),
+        "the first one stays"
+    );
+    let listed = api
+        .list_alerts(ListAlertsRequest {
+            device_uuid: Some(cool.id.clone()),
+            state: Some("acknowledged".into()),
+            severity: Some("warning".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert_eq!(listed.len(), 1);
+    let resolved = api
+        .resolve_alert(v1::AlertActionRequest {
+            id: a[0].id.clone(),
+            by: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resolved.state, "resolved");
+    let open = api
+        .list_alerts(ListAlertsRequest {
+            device_uuid: Some(cool.id.clone()),
+            only_open: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert!(open.is_empty());
+
+    // Bad arguments name their field; an unknown alert is NotFound.
+    let e = api
+        .acknowledge_alert(v1::AlertActionRequest {
+            id: "nope".into(),
+            by: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("id:") && e.message().contains("by:"),
+        "{e:?}"
+    );
+    let e = api
+        .resolve_alert(v1::AlertActionRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            by: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = api
+        .list_alerts(ListAlertsRequest {
+            state: Some("sleeping".into()),
+            limit: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("state:") && e.message().contains("limit:"),
+        "{e:?}"
+    );
     p.stop().await;
 }
