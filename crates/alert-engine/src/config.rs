@@ -17,6 +17,42 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// device-registry, for each device's thresholds (and their changes).
     pub registry_url: String,
+    /// When a silent device counts as offline.
+    pub offline: OfflineConfig,
+}
+
+/// A device is offline when it has not reported for `missed_intervals` of
+/// its `read_interval` (at least `min_secs`), or `default_secs` when it has
+/// no config; checked every `check_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfflineConfig {
+    pub default_secs: u64,
+    pub missed_intervals: u64,
+    pub min_secs: u64,
+    pub check_secs: u64,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        Self {
+            default_secs: 300,
+            missed_intervals: 3,
+            min_secs: 30,
+            check_secs: 5,
+        }
+    }
+}
+
+impl OfflineConfig {
+    /// How long `read_interval` (seconds, if configured) may stay silent.
+    pub fn expectation(&self, read_interval: Option<i32>) -> std::time::Duration {
+        let secs = match read_interval.and_then(|r| u64::try_from(r).ok()) {
+            Some(r) => (r * self.missed_intervals).max(self.min_secs),
+            None => self.default_secs,
+        };
+        std::time::Duration::from_secs(secs)
+    }
 }
 
 impl Default for Config {
@@ -29,6 +65,7 @@ impl Default for Config {
             grpc_addr: ([127, 0, 0, 1], 50053).into(),
             admin_addr: ([127, 0, 0, 1], 9103).into(),
             registry_url: "http://127.0.0.1:50051".into(),
+            offline: OfflineConfig::default(),
         }
     }
 }
@@ -47,6 +84,16 @@ impl iot_runtime::Validate for Config {
         }
         if self.group_id.is_empty() {
             p.push("group_id is empty".into());
+        }
+        for (name, v) in [
+            ("default_secs", self.offline.default_secs),
+            ("missed_intervals", self.offline.missed_intervals),
+            ("min_secs", self.offline.min_secs),
+            ("check_secs", self.offline.check_secs),
+        ] {
+            if v == 0 {
+                p.push(format!("offline.{name} must be positive"));
+            }
         }
         p
     }

@@ -24,10 +24,19 @@ use uuid::Uuid;
 
 use crate::thresholds::{self, Thresholds};
 
-/// Thresholds per device, from the registry.
+/// What the rules need to know of a device.
+#[derive(Debug, Default)]
+pub struct Rules {
+    pub thresholds: Thresholds,
+    pub read_interval: Option<i32>,
+    pub active: bool,
+    pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Rules per device, from the registry.
 pub struct Devices {
     client: iot_proto::RegistryClient,
-    cache: Mutex<HashMap<Uuid, Arc<Thresholds>>>,
+    cache: Mutex<HashMap<Uuid, Arc<Rules>>>,
 }
 
 impl Devices {
@@ -38,36 +47,51 @@ impl Devices {
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Thresholds>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Rules>>> {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The device's thresholds; an unknown device has none.
-    pub async fn thresholds(&self, device: Uuid) -> Result<Arc<Thresholds>, tonic::Status> {
-        if let Some(t) = self.cache().get(&device) {
-            return Ok(t.clone());
+    /// The device's rules (cached); `None` for a device the registry does
+    /// not know.
+    pub async fn rules(&self, device: Uuid) -> Result<Option<Arc<Rules>>, tonic::Status> {
+        if let Some(r) = self.cache().get(&device) {
+            return Ok(Some(r.clone()));
         }
+        let fresh = self.fetch(device).await?;
+        if let Some(r) = &fresh {
+            self.cache().insert(device, r.clone());
+        }
+        Ok(fresh)
+    }
+
+    /// The device's rules straight from the registry (with its current
+    /// heartbeat).
+    pub async fn fetch(&self, device: Uuid) -> Result<Option<Arc<Rules>>, tonic::Status> {
         let mut client = self.client.clone();
-        let t = match client
+        match client
             .get_device(GetDeviceRequest {
                 id: device.to_string(),
             })
             .await
         {
-            Ok(d) => thresholds::parse(
-                d.into_inner()
-                    .config
-                    .and_then(|c| c.alert_threshold_json)
-                    .as_deref(),
-            ),
-            Err(s) if s.code() == tonic::Code::NotFound => Thresholds::new(),
-            Err(s) => return Err(s),
-        };
-        let t = Arc::new(t);
-        self.cache().insert(device, t.clone());
-        Ok(t)
+            Ok(d) => {
+                let d = d.into_inner();
+                let config = d.config.unwrap_or_default();
+                Ok(Some(Arc::new(Rules {
+                    thresholds: thresholds::parse(config.alert_threshold_json.as_deref()),
+                    read_interval: (config.read_interval > 0).then_some(config.read_interval),
+                    active: d.status == "active",
+                    last_heartbeat: d
+                        .last_heartbeat
+                        .as_ref()
+                        .and_then(iot_proto::from_timestamp),
+                })))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(s),
+        }
     }
 
     /// Drops changed devices from the cache until `shutdown`.
@@ -104,6 +128,125 @@ WHERE device_id = $1 AND sensor_name = $2 AND alert_type = ANY($3) AND resolved_
 const OPEN: &str = "SELECT device_id, sensor_name, alert_type FROM device_alerts
 WHERE resolved_at IS NULL AND alert_type = ANY($1) AND sensor_name IS NOT NULL";
 
+const RAISE_OFFLINE: &str = "INSERT INTO device_alerts
+    (device_id, alert_type, severity, message, created_at, last_seen_at)
+VALUES ($1, 'device_offline', 'warning', $2, now(), now())
+ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
+DO NOTHING";
+
+const RESOLVE_OFFLINE: &str = "UPDATE device_alerts SET resolved_at = now()
+WHERE device_id = $1 AND alert_type = 'device_offline' AND resolved_at IS NULL";
+
+const OPEN_OFFLINE: &str = "SELECT device_id FROM device_alerts WHERE resolved_at IS NULL AND alert_type = 'device_offline'";
+
+/// Devices and when they were last heard from, and which are offline.
+#[derive(Default)]
+pub struct Presence {
+    last_seen: HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
+    offline: HashSet<Uuid>,
+}
+
+impl Presence {
+    /// Starts from the database (open offline alerts) and the registry's
+    /// heartbeats, so a restart raises no false alert and misses no device
+    /// that went silent while the engine was down.
+    pub async fn load(pool: &Pool, client: &iot_proto::RegistryClient) -> anyhow::Result<Self> {
+        let mut p = Presence::default();
+        let db = pool.get().await?;
+        p.offline = db
+            .query(OPEN_OFFLINE, &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Err(e) = p.seed(client).await {
+            // Devices are then tracked from their next reading on.
+            tracing::warn!(error = %e, "cannot read heartbeats from the registry; tracking devices from their readings");
+        }
+        Ok(p)
+    }
+
+    /// Last-seen times from the registry's heartbeats of active devices.
+    async fn seed(&mut self, client: &iot_proto::RegistryClient) -> Result<(), tonic::Status> {
+        let mut client = client.clone();
+        let mut cursor = String::new();
+        loop {
+            let page = client
+                .list_devices(iot_proto::v1::ListDevicesRequest {
+                    status: Some("active".into()),
+                    limit: 1000,
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            for d in &page.devices {
+                if let (Ok(id), Some(hb)) = (
+                    Uuid::parse_str(&d.id),
+                    d.last_heartbeat
+                        .as_ref()
+                        .and_then(iot_proto::from_timestamp),
+                ) {
+                    self.last_seen.insert(id, hb);
+                }
+            }
+            if page.next_cursor.is_empty() {
+                return Ok(());
+            }
+            cursor = page.next_cursor;
+        }
+    }
+}
+
+/// Raises `device_offline` for devices silent past their expectation. The
+/// registry's heartbeat (kept current by every gateway) is checked before
+/// raising, so a device reporting through another replica's partitions is
+/// not taken for offline.
+async fn check_offline(
+    pool: &Pool,
+    devices: &Devices,
+    presence: &mut Presence,
+    offline: &crate::config::OfflineConfig,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let silent: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = presence
+        .last_seen
+        .iter()
+        .filter(|(d, _)| !presence.offline.contains(*d))
+        .map(|(d, t)| (*d, *t))
+        .collect();
+    for (device, seen) in silent {
+        let cached = devices.rules(device).await?;
+        let expect = offline.expectation(cached.as_ref().and_then(|r| r.read_interval));
+        if (now - seen).to_std().unwrap_or_default() <= expect {
+            continue;
+        }
+        let Some(rules) = devices.fetch(device).await? else {
+            presence.last_seen.remove(&device);
+            continue;
+        };
+        let heard = rules.last_heartbeat.map_or(seen, |h| h.max(seen));
+        if !rules.active || (now - heard).to_std().unwrap_or_default() <= expect {
+            presence.last_seen.insert(device, heard);
+            continue;
+        }
+        let message = format!(
+            "no reading since {} (expected within {} s)",
+            heard.to_rfc3339(),
+            expect.as_secs()
+        );
+        pool.get()
+            .await?
+            .execute(RAISE_OFFLINE, &[&device, &message])
+            .await?;
+        presence.offline.insert(device);
+        metrics.raised.inc();
+        tracing::info!(%device, "device offline");
+    }
+    Ok(())
+}
+
 /// Conditions open in the database.
 async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, anyhow::Error> {
     let client = pool.get().await?;
@@ -125,15 +268,25 @@ pub async fn run(
     consumer: StreamConsumer,
     pool: Pool,
     devices: Arc<Devices>,
+    offline: crate::config::OfflineConfig,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut open = load_open(&pool).await?;
+    let mut presence = Presence::load(&pool, &devices.client).await?;
     let mut reload = tokio::time::interval(Duration::from_secs(10));
     reload.tick().await;
+    let mut check = tokio::time::interval(Duration::from_secs(offline.check_secs));
+    check.tick().await;
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            _ = check.tick() => {
+                if let Err(e) = check_offline(&pool, &devices, &mut presence, &offline, &metrics).await {
+                    tracing::warn!(error = %e, "offline check failed");
+                }
+                continue;
+            }
             _ = reload.tick() => {
                 // Another replica may have raised or resolved meanwhile.
                 match load_open(&pool).await {
@@ -158,6 +311,7 @@ pub async fn run(
                 &pool,
                 &devices,
                 &mut open,
+                &mut presence,
                 &metrics,
             )
             .await
@@ -184,6 +338,7 @@ async fn evaluate(
     pool: &Pool,
     devices: &Devices,
     open: &mut HashSet<OpenKey>,
+    presence: &mut Presence,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
     // The writer dead-letters undecodable records; here they are skipped.
@@ -197,8 +352,27 @@ async fn evaluate(
         return Ok(());
     };
     metrics.evaluated.inc();
-    let thresholds = devices.thresholds(device).await?;
-    let Some(limits) = thresholds.get(&env.sensor_name) else {
+    // The device is heard from: an offline alert resolves.
+    let received = env
+        .received_at
+        .as_ref()
+        .and_then(iot_proto::from_timestamp)
+        .unwrap_or_else(chrono::Utc::now);
+    let seen = presence.last_seen.entry(device).or_insert(received);
+    *seen = (*seen).max(received);
+    if presence.offline.contains(&device) {
+        let n = pool
+            .get()
+            .await?
+            .execute(RESOLVE_OFFLINE, &[&device])
+            .await?;
+        presence.offline.remove(&device);
+        metrics.resolved.inc_by(n);
+    }
+    let Some(rules) = devices.rules(device).await? else {
+        return Ok(());
+    };
+    let Some(limits) = rules.thresholds.get(&env.sensor_name) else {
         return Ok(());
     };
     let time = env

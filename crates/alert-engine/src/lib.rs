@@ -19,7 +19,7 @@ use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
 use tokio::task::JoinHandle;
 
-pub use config::Config;
+pub use config::{Config, OfflineConfig};
 pub use service::AlertsService;
 
 pub struct Running {
@@ -107,7 +107,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                     shutdown.clone().cancelled_owned(),
                 ),
         );
-        let evaluated = engine::run(consumer, pool, devices, metrics, shutdown.clone()).await;
+        let evaluated = engine::run(
+            consumer,
+            pool,
+            devices,
+            config.offline,
+            metrics,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         grpc.await??;
         evaluated?;

@@ -219,3 +219,72 @@ async fn the_specs_threshold_test_and_a_config_change_without_restart() {
     );
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_device_goes_offline_and_its_next_reading_resolves_it() {
+    let p = Platform::start_tuned(kit::kafka_config(), |c| c.activity_flush_secs = 1).await;
+    let engine = alert_engine::start(
+        alert_engine::Config {
+            database_url: p.db.clone(),
+            kafka: p.kafka.clone(),
+            group_id: format!("alerts-{}", kit::unique()),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            registry_url: format!("http://{}", p.registry),
+            // Offline after two missed 2-second intervals.
+            offline: alert_engine::OfflineConfig {
+                missed_intervals: 2,
+                min_secs: 1,
+                check_secs: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        p.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", engine.grpc_addr);
+    let mut registry = p.registry_client(Scope::Admin).await;
+    let id = format!("quiet-{}", kit::unique());
+    let dev = registry
+        .create_device(CreateDeviceRequest {
+            device_id: id.clone(),
+            name: id.clone(),
+            device_type: "temperature_sensor".into(),
+            config: Some(v1::DeviceConfig {
+                read_interval: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = format!("{}/{id}/temperature", p.prefix);
+    let started = std::time::Instant::now();
+    kit::publish_all(&[(topic.clone(), br#"{"value": 20}"#.to_vec())]).await;
+    let offline = kit::eventually("offline raised", Duration::from_secs(30), || async {
+        let a = alerts(&url, &dev.id).await;
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "not before 2 x 2 s"
+    );
+    assert_eq!(offline.len(), 1);
+    assert_eq!(offline[0].alert_type, "device_offline");
+    assert_eq!(offline[0].state, "open");
+    // Silence goes on: still one alert.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(alerts(&url, &dev.id).await.len(), 1);
+
+    kit::publish_all(&[(topic, br#"{"value": 21}"#.to_vec())]).await;
+    kit::eventually("offline resolved", Duration::from_secs(30), || async {
+        let a = alerts(&url, &dev.id).await;
+        (a.len() == 1 && a[0].state == "resolved").then_some(())
+    })
+    .await;
+    p.stop().await;
+}

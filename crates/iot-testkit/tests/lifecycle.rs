@@ -42,6 +42,7 @@ async fn services_answer_health_checks_and_stop_cleanly() {
             group_id: format!("a-{}", kit::unique()),
             grpc_addr: ANY,
             admin_addr: ANY,
+            registry_url: format!("http://{}", p.registry),
             ..Default::default()
         },
         p.shutdown.clone(),
