@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ANY, Platform};
+use common::Platform;
 use iot_proto::Scope;
 use iot_proto::v1::alerts_client::AlertsClient;
 use iot_proto::v1::{self, CreateDeviceRequest, ListAlertsRequest};
@@ -28,20 +28,7 @@ async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_specs_threshold_test_and_a_config_change_without_restart() {
     let p = Platform::start().await;
-    let engine = alert_engine::start(
-        alert_engine::Config {
-            database_url: p.db.clone(),
-            kafka: p.kafka.clone(),
-            group_id: format!("alerts-{}", kit::unique()),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            registry_url: format!("http://{}", p.registry),
-            ..Default::default()
-        },
-        p.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let engine = p.start_alert_engine(|_| {}).await;
     let url = format!("http://{}", engine.grpc_addr);
     let mut registry = p.registry_client(Scope::Admin).await;
     let create = |id: &str| CreateDeviceRequest {
@@ -223,27 +210,17 @@ async fn the_specs_threshold_test_and_a_config_change_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_device_goes_offline_and_its_next_reading_resolves_it() {
     let p = Platform::start_tuned(kit::kafka_config(), |c| c.activity_flush_secs = 1).await;
-    let engine = alert_engine::start(
-        alert_engine::Config {
-            database_url: p.db.clone(),
-            kafka: p.kafka.clone(),
-            group_id: format!("alerts-{}", kit::unique()),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            registry_url: format!("http://{}", p.registry),
-            // Offline after two missed 2-second intervals.
-            offline: alert_engine::OfflineConfig {
+    // Offline after two missed 2-second intervals.
+    let engine = p
+        .start_alert_engine(|c| {
+            c.offline = alert_engine::OfflineConfig {
                 missed_intervals: 2,
                 min_secs: 1,
                 check_secs: 1,
                 ..Default::default()
-            },
-            ..Default::default()
-        },
-        p.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+            };
+        })
+        .await;
     let url = format!("http://{}", engine.grpc_addr);
     let mut registry = p.registry_client(Scope::Admin).await;
     let id = format!("quiet-{}", kit::unique());

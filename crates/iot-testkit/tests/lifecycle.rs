@@ -35,20 +35,7 @@ async fn services_answer_health_checks_and_stop_cleanly() {
     // Registry, writer and gateway, plus the two services the platform
     // fixture does not start.
     let p = Platform::start().await;
-    let alerts = alert_engine::start(
-        alert_engine::Config {
-            database_url: p.db.clone(),
-            kafka: p.kafka.clone(),
-            group_id: format!("a-{}", kit::unique()),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            registry_url: format!("http://{}", p.registry),
-            ..Default::default()
-        },
-        p.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let alerts = p.start_alert_engine(|_| {}).await;
     let graphql = graphql_gateway::start(
         graphql_gateway::Config {
             registry_url: format!("http://{}", p.registry),

@@ -175,6 +175,27 @@ impl Platform {
 
     /// Stops the gateway alone and starts it again with the same MQTT
     /// session (client id), as a redeployed replica would.
+    /// Starts an alert-engine on this platform (a consumer group of its own),
+    /// its config adjusted by `tune` first.
+    pub async fn start_alert_engine(
+        &self,
+        tune: impl FnOnce(&mut alert_engine::Config),
+    ) -> alert_engine::Running {
+        let mut config = alert_engine::Config {
+            database_url: self.db.clone(),
+            kafka: self.kafka.clone(),
+            group_id: format!("alerts-{}", kit::unique()),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            registry_url: format!("http://{}", self.registry),
+            ..Default::default()
+        };
+        tune(&mut config);
+        alert_engine::start(config, self.shutdown.clone())
+            .await
+            .unwrap()
+    }
+
     /// Stops the platform's writer (its task is the second).
     pub async fn stop_writer(&mut self) {
         self.writer_shutdown.cancel();
