@@ -497,66 +497,47 @@ fn parse_json(
     }
 }
 
-/// A change older than this with an earlier sequence number still missing
-/// means that number will never commit (its transaction rolled back).
-const GAP_GRACE_SECS: f64 = 2.0;
-
-/// Streams changes after `from` to one watcher until it goes away. The
-/// resume point only passes a missing sequence number once it is older
-/// than `GAP_GRACE_SECS`: numbers are taken at insert but become visible at
-/// commit, so a later number can show up first. Changes past a gap are sent
-/// at once anyway (dropping a cache entry twice is harmless).
+/// Streams changes after `from` to one watcher until it goes away (see
+/// `iot_db::tail` for how the resume point passes gaps).
 async fn watch(
     pool: Pool,
     from: i64,
     first: &'static str,
     tx: tokio::sync::mpsc::Sender<Result<v1::DeviceChange, Status>>,
 ) {
-    let mut resume = from;
-    // Sent, but not yet passed by `resume`.
-    let mut sent = std::collections::BTreeSet::new();
     let hello = v1::DeviceChange {
         kind: first.into(),
-        resume_after: u64::try_from(resume).unwrap_or(0),
+        resume_after: u64::try_from(from).unwrap_or(0),
         ..Default::default()
     };
     if tx.send(Ok(hello)).await.is_err() {
         return;
     }
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            () = tx.closed() => return,
-            _ = tick.tick() => {}
-        }
-        let changes = match store::changes_after(&pool, resume).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "watch: cannot read changes");
-                continue;
+    let gone = tx.clone();
+    let tail = iot_db::tail::tail(
+        from,
+        std::time::Duration::from_millis(200),
+        |after| {
+            let pool = pool.clone();
+            async move { store::changes_after(&pool, after).await }
+        },
+        |c: store::Change, resume| {
+            let tx = tx.clone();
+            async move {
+                let change = v1::DeviceChange {
+                    kind: c.kind,
+                    device_uuid: c.device.to_string(),
+                    device_id: c.external_id,
+                    resume_after: u64::try_from(resume).unwrap_or(0),
+                };
+                tx.send(Ok(change)).await.is_ok()
             }
-        };
-        let mut contiguous = true;
-        for c in changes {
-            if contiguous && (c.seq == resume + 1 || c.age_secs > GAP_GRACE_SECS) {
-                resume = c.seq;
-            } else {
-                contiguous = false;
-            }
-            if !sent.insert(c.seq) {
-                continue;
-            }
-            let change = v1::DeviceChange {
-                kind: c.kind,
-                device_uuid: c.device.to_string(),
-                device_id: c.external_id,
-                resume_after: u64::try_from(resume).unwrap_or(0),
-            };
-            if tx.send(Ok(change)).await.is_err() {
-                return;
-            }
-        }
-        sent.retain(|seq| *seq > resume);
+        },
+    );
+    // Until the watcher goes away, even when nothing changes.
+    tokio::select! {
+        () = gone.closed() => {}
+        () = tail => {}
     }
 }
 

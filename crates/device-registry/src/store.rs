@@ -378,16 +378,16 @@ pub async fn record_change(
 
 /// A logged change.
 pub struct Change {
-    pub seq: i64,
     pub device: Uuid,
     pub external_id: String,
     pub kind: String,
-    /// Seconds since its transaction began.
-    pub age_secs: f64,
 }
 
 /// Changes after `after`, oldest first.
-pub async fn changes_after(pool: &Pool, after: i64) -> Result<Vec<Change>, RegistryError> {
+pub async fn changes_after(
+    pool: &Pool,
+    after: i64,
+) -> Result<Vec<iot_db::tail::Entry<Change>>, RegistryError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -399,12 +399,14 @@ pub async fn changes_after(pool: &Pool, after: i64) -> Result<Vec<Change>, Regis
         .query(&stmt, &[&after])
         .await?
         .iter()
-        .map(|r| Change {
+        .map(|r| iot_db::tail::Entry {
             seq: r.get(0),
-            device: r.get(1),
-            external_id: r.get(2),
-            kind: r.get(3),
             age_secs: r.get(4),
+            item: Change {
+                device: r.get(1),
+                external_id: r.get(2),
+                kind: r.get(3),
+            },
         })
         .collect())
 }

@@ -7,6 +7,7 @@
 
 pub mod migrate;
 pub mod pool;
+pub mod tail;
 
 pub use migrate::{
     Backend, BackendChoice, MigrateError, MigrationReport, migrate, storage_backend,
