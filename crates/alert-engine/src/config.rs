@@ -19,6 +19,8 @@ pub struct Config {
     pub registry_url: String,
     /// When a silent device counts as offline.
     pub offline: OfflineConfig,
+    /// Every alert change is published here (key: device UUID).
+    pub alerts_topic: String,
 }
 
 /// A device is offline when it has not reported for `missed_intervals` of
@@ -66,6 +68,7 @@ impl Default for Config {
             admin_addr: ([127, 0, 0, 1], 9103).into(),
             registry_url: "http://127.0.0.1:50051".into(),
             offline: OfflineConfig::default(),
+            alerts_topic: "iot.alerts.v1".into(),
         }
     }
 }
@@ -84,6 +87,9 @@ impl iot_runtime::Validate for Config {
         }
         if self.group_id.is_empty() {
             p.push("group_id is empty".into());
+        }
+        if self.alerts_topic.is_empty() {
+            p.push("alerts_topic is empty".into());
         }
         for (name, v) in [
             ("default_secs", self.offline.default_secs),

@@ -22,6 +22,7 @@ use iot_runtime::CancellationToken;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use crate::events;
 use crate::thresholds::{self, Thresholds};
 
 /// What the rules need to know of a device.
@@ -114,28 +115,55 @@ impl Devices {
 /// (device, sensor, alert type) of an open alert.
 type OpenKey = (Uuid, String, &'static str);
 
-const RAISE: &str = "INSERT INTO device_alerts
-    (device_id, alert_type, severity, sensor_name, message, value, threshold, created_at, last_seen_at)
-VALUES ($1, $2, 'warning', $3, $4, $5, $6, $7, $7)
-ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
-DO UPDATE SET occurrences = device_alerts.occurrences + 1,
-              value = excluded.value,
-              last_seen_at = GREATEST(device_alerts.last_seen_at, excluded.last_seen_at)";
+/// Raises the alert, or counts it again if open; returns it only when it
+/// was raised now (that is the change subscribers hear of).
+fn raise_sql() -> String {
+    format!(
+        "WITH up AS (
+            INSERT INTO device_alerts
+                (device_id, alert_type, severity, sensor_name, message, value, threshold, created_at, last_seen_at)
+            VALUES ($1, $2, 'warning', $3, $4, $5, $6, $7, $7)
+            ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
+            DO UPDATE SET occurrences = device_alerts.occurrences + 1,
+                          value = excluded.value,
+                          last_seen_at = GREATEST(device_alerts.last_seen_at, excluded.last_seen_at)
+            RETURNING *, (xmax = 0) AS inserted)
+         SELECT {} FROM up WHERE inserted",
+        events::COLUMNS
+    )
+}
 
-const RESOLVE: &str = "UPDATE device_alerts SET resolved_at = now()
-WHERE device_id = $1 AND sensor_name = $2 AND alert_type = ANY($3) AND resolved_at IS NULL";
+fn resolve_sql() -> String {
+    format!(
+        "UPDATE device_alerts SET resolved_at = now()
+         WHERE device_id = $1 AND sensor_name = $2 AND alert_type = ANY($3) AND resolved_at IS NULL
+         RETURNING {}",
+        events::COLUMNS
+    )
+}
 
 const OPEN: &str = "SELECT device_id, sensor_name, alert_type FROM device_alerts
 WHERE resolved_at IS NULL AND alert_type = ANY($1) AND sensor_name IS NOT NULL";
 
-const RAISE_OFFLINE: &str = "INSERT INTO device_alerts
-    (device_id, alert_type, severity, message, created_at, last_seen_at)
-VALUES ($1, 'device_offline', 'warning', $2, now(), now())
-ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
-DO NOTHING";
+fn raise_offline_sql() -> String {
+    format!(
+        "INSERT INTO device_alerts (device_id, alert_type, severity, message, created_at, last_seen_at)
+         VALUES ($1, 'device_offline', 'warning', $2, now(), now())
+         ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
+         DO NOTHING
+         RETURNING {}",
+        events::COLUMNS
+    )
+}
 
-const RESOLVE_OFFLINE: &str = "UPDATE device_alerts SET resolved_at = now()
-WHERE device_id = $1 AND alert_type = 'device_offline' AND resolved_at IS NULL";
+fn resolve_offline_sql() -> String {
+    format!(
+        "UPDATE device_alerts SET resolved_at = now()
+         WHERE device_id = $1 AND alert_type = 'device_offline' AND resolved_at IS NULL
+         RETURNING {}",
+        events::COLUMNS
+    )
+}
 
 const OPEN_OFFLINE: &str = "SELECT device_id FROM device_alerts WHERE resolved_at IS NULL AND alert_type = 'device_offline'";
 
@@ -236,10 +264,7 @@ async fn check_offline(
             heard.to_rfc3339(),
             expect.as_secs()
         );
-        pool.get()
-            .await?
-            .execute(RAISE_OFFLINE, &[&device, &message])
-            .await?;
+        events::change(pool, "raised", &raise_offline_sql(), &[&device, &message]).await?;
         presence.offline.insert(device);
         metrics.raised.inc();
         tracing::info!(%device, "device offline");
@@ -361,13 +386,9 @@ async fn evaluate(
     let seen = presence.last_seen.entry(device).or_insert(received);
     *seen = (*seen).max(received);
     if presence.offline.contains(&device) {
-        let n = pool
-            .get()
-            .await?
-            .execute(RESOLVE_OFFLINE, &[&device])
-            .await?;
+        let resolved = events::change(pool, "resolved", &resolve_offline_sql(), &[&device]).await?;
         presence.offline.remove(&device);
-        metrics.resolved.inc_by(n);
+        metrics.resolved.inc_by(resolved.len() as u64);
     }
     let Some(rules) = devices.rules(device).await? else {
         return Ok(());
@@ -382,21 +403,21 @@ async fn evaluate(
         .unwrap_or_else(chrono::Utc::now);
     match thresholds::check(limits, &env.sensor_name, value) {
         Some(v) => {
-            let client = pool.get().await?;
-            client
-                .execute(
-                    RAISE,
-                    &[
-                        &device,
-                        &v.alert_type,
-                        &env.sensor_name,
-                        &v.message,
-                        &value,
-                        &v.threshold,
-                        &time,
-                    ],
-                )
-                .await?;
+            events::change(
+                pool,
+                "raised",
+                &raise_sql(),
+                &[
+                    &device,
+                    &v.alert_type,
+                    &env.sensor_name,
+                    &v.message,
+                    &value,
+                    &v.threshold,
+                    &time,
+                ],
+            )
+            .await?;
             if open.insert((device, env.sensor_name.clone(), v.alert_type)) {
                 metrics.raised.inc();
             }
@@ -405,12 +426,15 @@ async fn evaluate(
             let before = open.len();
             open.retain(|(d, s, _)| !(*d == device && *s == env.sensor_name));
             if open.len() < before {
-                let client = pool.get().await?;
                 let kinds: Vec<&str> = thresholds::KINDS.to_vec();
-                let n = client
-                    .execute(RESOLVE, &[&device, &env.sensor_name, &kinds])
-                    .await?;
-                metrics.resolved.inc_by(n);
+                let resolved = events::change(
+                    pool,
+                    "resolved",
+                    &resolve_sql(),
+                    &[&device, &env.sensor_name, &kinds],
+                )
+                .await?;
+                metrics.resolved.inc_by(resolved.len() as u64);
             }
         }
     }

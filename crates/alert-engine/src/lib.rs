@@ -4,8 +4,9 @@
 
 mod config;
 mod engine;
+mod events;
 mod metrics;
-mod service;
+pub mod service;
 pub mod thresholds;
 
 use std::net::SocketAddr;
@@ -38,7 +39,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     pool.get()
         .await?
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 8", &[])
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 9", &[])
         .await
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     // Check that the readings topic is reachable before reporting ready.
@@ -82,6 +83,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     {
         let (d, stop) = (devices.clone(), shutdown.clone());
         tokio::spawn(async move { d.follow_changes(stop).await });
+    }
+    {
+        // The alerts topic is created in the background (the service starts
+        // while Kafka is down); the relay publishes the outbox to it.
+        let producer = config.kafka.producer("alert-engine")?;
+        let (kafka, topic) = (config.kafka.clone(), config.alerts_topic.clone());
+        let (pool, stop) = (pool.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let partitions = kafka.partitions;
+            if let Err(e) = iot_kafka::ensure_topics(&kafka, &[(topic.as_str(), partitions)]).await
+            {
+                tracing::warn!(error = %e, "cannot create the alerts topic now");
+            }
+            events::relay(pool, producer, topic, stop).await;
+        });
     }
     let ready = Readiness::default();
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(

@@ -7,9 +7,7 @@ use rust_decimal::Decimal;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-const COLUMNS: &str = "id, device_id, alert_type, severity, value, threshold, acknowledged,
-       created_at, sensor_name, message, last_seen_at, occurrences, resolved_at,
-       acknowledged_by, acknowledged_at";
+use crate::events::{self, COLUMNS};
 
 /// The state filter as SQL over one alert row.
 const STATE: &str = "CASE WHEN resolved_at IS NOT NULL THEN 'resolved'
@@ -32,21 +30,32 @@ impl AlertsService {
         self.pool.get().await.map_err(|e| db_status(&e))
     }
 
-    /// Runs an update of one alert returning its row; NotFound when the
-    /// alert does not exist.
+    /// Runs `sql` (an update of alert `id` that returns it only when it
+    /// changed) with its `kind` event; an alert already in that state is
+    /// returned as it is; NotFound when there is none.
     async fn act(
         &self,
+        kind: &str,
         sql: &str,
         id: Uuid,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<v1::Alert, Status> {
+        let changed = events::change(&self.pool, kind, sql, params)
+            .await
+            .map_err(|e| db_status(&e))?;
+        if let Some(a) = changed.into_iter().next() {
+            return Ok(a);
+        }
         let client = self.client().await?;
         let row = client
-            .query_opt(sql, params)
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM device_alerts WHERE id = $1"),
+                &[&id],
+            )
             .await
             .map_err(|e| db_status(&e))?
             .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
-        Ok(alert(&row))
+        Ok(alert_from_row(&row))
     }
 }
 
@@ -55,7 +64,8 @@ fn db_status(e: &dyn std::fmt::Display) -> Status {
     Status::unavailable("database unavailable")
 }
 
-fn alert(r: &tokio_postgres::Row) -> v1::Alert {
+/// An alert from a row of `events::COLUMNS`.
+pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
     let id: Uuid = r.get(0);
     let device: Uuid = r.get(1);
     let value: Option<Decimal> = r.get(4);
@@ -209,7 +219,7 @@ impl Alerts for AlertsService {
             )
             .await
             .map_err(|e| db_status(&e))?;
-        let alerts: Vec<v1::Alert> = rows.iter().map(alert).collect();
+        let alerts: Vec<v1::Alert> = rows.iter().map(alert_from_row).collect();
         let next_cursor = match alerts.last() {
             Some(a) if alerts.len() as i64 == limit => cursor(a),
             _ => String::new(),
@@ -218,6 +228,33 @@ impl Alerts for AlertsService {
             alerts,
             next_cursor,
         }))
+    }
+
+    type SubscribeAlertsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::AlertEvent, Status>> + Send>>;
+
+    async fn subscribe_alerts(
+        &self,
+        request: Request<v1::SubscribeAlertsRequest>,
+    ) -> Result<Response<Self::SubscribeAlertsStream>, Status> {
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        let device = req
+            .device_uuid
+            .as_deref()
+            .and_then(|s| parse_id("device_uuid", s, &mut p));
+        invalid(p)?;
+        let from = match i64::try_from(req.resume_after).unwrap_or(i64::MAX) {
+            0 => events::newest(&self.pool)
+                .await
+                .map_err(|e| db_status(&e))?,
+            n => n,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(events::subscribe(self.pool.clone(), from, device, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn acknowledge_alert(
@@ -230,15 +267,12 @@ impl Alerts for AlertsService {
         let by = parse_id("by", &req.by, &mut p);
         invalid(p)?;
         let sql = format!(
-            "UPDATE device_alerts SET
-                 acknowledged = TRUE,
-                 acknowledged_by = CASE WHEN acknowledged THEN acknowledged_by ELSE $2 END,
-                 acknowledged_at = CASE WHEN acknowledged THEN acknowledged_at ELSE now() END
-             WHERE id = $1
+            "UPDATE device_alerts SET acknowledged = TRUE, acknowledged_by = $2, acknowledged_at = now()
+             WHERE id = $1 AND NOT acknowledged
              RETURNING {COLUMNS}"
         );
         let id = id.unwrap_or_default();
-        let a = self.act(&sql, id, &[&id, &by]).await?;
+        let a = self.act("acknowledged", &sql, id, &[&id, &by]).await?;
         tracing::info!(alert = %a.id, by = ?a.acknowledged_by, "alert acknowledged");
         Ok(Response::new(a))
     }
@@ -257,12 +291,12 @@ impl Alerts for AlertsService {
         };
         invalid(p)?;
         let sql = format!(
-            "UPDATE device_alerts SET resolved_at = COALESCE(resolved_at, now())
-             WHERE id = $1
+            "UPDATE device_alerts SET resolved_at = now()
+             WHERE id = $1 AND resolved_at IS NULL
              RETURNING {COLUMNS}"
         );
         let id = id.unwrap_or_default();
-        let a = self.act(&sql, id, &[&id]).await?;
+        let a = self.act("resolved", &sql, id, &[&id]).await?;
         tracing::info!(alert = %a.id, by = ?by, "alert resolved by hand");
         Ok(Response::new(a))
     }

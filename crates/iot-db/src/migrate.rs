@@ -142,6 +142,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0008_alert_lifecycle.sql"),
         timescaledb: include_str!("../../../migrations/0008_alert_lifecycle.sql"),
     },
+    Migration {
+        version: 9,
+        name: "alert_events",
+        postgres: include_str!("../../../migrations/0009_alert_events.sql"),
+        timescaledb: include_str!("../../../migrations/0009_alert_events.sql"),
+    },
 ];
 
 /// What a migration run did.

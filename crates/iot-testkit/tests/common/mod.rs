@@ -188,6 +188,7 @@ impl Platform {
             grpc_addr: ANY,
             admin_addr: ANY,
             registry_url: format!("http://{}", self.registry),
+            alerts_topic: format!("test.alerts.{}", kit::unique()),
             ..Default::default()
         };
         tune(&mut config);
