@@ -167,6 +167,17 @@ fn resolve_offline_sql() -> String {
 
 const OPEN_OFFLINE: &str = "SELECT device_id FROM device_alerts WHERE resolved_at IS NULL AND alert_type = 'device_offline'";
 
+/// Devices with an open offline alert (whoever raised or resolved it).
+async fn open_offline(pool: &Pool) -> anyhow::Result<HashSet<Uuid>> {
+    let db = pool.get().await?;
+    Ok(db
+        .query(OPEN_OFFLINE, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Devices and when they were last heard from, and which are offline.
 #[derive(Default)]
 pub struct Presence {
@@ -179,14 +190,10 @@ impl Presence {
     /// heartbeats, so a restart raises no false alert and misses no device
     /// that went silent while the engine was down.
     pub async fn load(pool: &Pool, client: &iot_proto::RegistryClient) -> anyhow::Result<Self> {
-        let mut p = Presence::default();
-        let db = pool.get().await?;
-        p.offline = db
-            .query(OPEN_OFFLINE, &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let mut p = Presence {
+            offline: open_offline(pool).await?,
+            ..Presence::default()
+        };
         if let Err(e) = p.seed(client).await {
             // Devices are then tracked from their next reading on.
             tracing::warn!(error = %e, "cannot read heartbeats from the registry; tracking devices from their readings");
@@ -313,10 +320,16 @@ pub async fn run(
                 continue;
             }
             _ = reload.tick() => {
-                // Another replica may have raised or resolved meanwhile.
-                match load_open(&pool).await {
-                    Ok(o) => open = o,
-                    Err(e) => tracing::warn!(error = %e, "cannot reload open alerts"),
+                // Another replica, or someone by hand, may have raised or
+                // resolved meanwhile.
+                match (load_open(&pool).await, open_offline(&pool).await) {
+                    (Ok(o), Ok(off)) => {
+                        open = o;
+                        presence.offline = off;
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(error = %e, "cannot reload open alerts");
+                    }
                 }
                 continue;
             }
