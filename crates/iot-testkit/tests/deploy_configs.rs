@@ -1,0 +1,166 @@
+//! docker-compose.yml and k8s/ are not run on our machines (no Docker, no
+//! cluster), so this checks what can be checked here: every environment
+//! variable they give a service is a setting that service's config accepts
+//! (its loader refuses unknown keys and reports invalid values), and every
+//! file compose mounts exists under deploy/.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use iot_runtime::ServiceConfig;
+use serde::Deserialize as _;
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            let mut v = Value::deserialize(d).unwrap();
+            v.apply_merge().unwrap();
+            v
+        })
+        .collect()
+}
+
+/// Loads the service's config with exactly `env` set; the error names what
+/// the service would refuse at start.
+fn load(service: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
+    let mut outcome = Ok(());
+    figment::Jail::expect_with(|jail| {
+        for (k, v) in env {
+            jail.set_env(k, v);
+        }
+        let loaded = match service {
+            "device-registry" => device_registry::Config::load(None).map(drop),
+            "ingest-writer" => ingest_writer::Config::load(None).map(drop),
+            "alert-engine" => alert_engine::Config::load(None).map(drop),
+            "mqtt-gateway" => mqtt_gateway::Config::load(None).map(drop),
+            "graphql-gateway" => graphql_gateway::Config::load(None).map(drop),
+            other => panic!("unknown service {other}"),
+        };
+        outcome = loaded.map_err(|e| e.to_string());
+        Ok(())
+    });
+    outcome
+}
+
+fn prefix(service: &str) -> String {
+    format!("{}__", service.to_uppercase().replace('-', "_"))
+}
+
+#[test]
+fn compose_gives_each_service_settings_it_accepts() {
+    let compose = yaml_docs(&repo().join("docker-compose.yml")).remove(0);
+    let services = compose["services"].as_mapping().unwrap();
+    let mut checked = 0;
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        // Every file or folder compose mounts from the repository exists.
+        for vol in svc["volumes"].as_sequence().into_iter().flatten() {
+            let vol = vol.as_str().unwrap();
+            if let Some(local) = vol.strip_prefix("./") {
+                let local = local.split(':').next().unwrap();
+                assert!(repo().join(local).exists(), "{name} mounts missing {local}");
+            }
+        }
+        let Some(cmd) = svc["command"].as_sequence().and_then(|c| c.first()) else {
+            continue;
+        };
+        let service = cmd.as_str().unwrap();
+        if service == "iotctl" {
+            continue;
+        }
+        let env: BTreeMap<String, String> = svc["environment"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+                };
+                (k.as_str().unwrap().to_owned(), v)
+            })
+            .filter(|(k, _)| k.starts_with(&prefix(service)))
+            .collect();
+        assert!(!env.is_empty(), "{name}: no {} settings", prefix(service));
+        load(service, &env).unwrap_or_else(|e| panic!("compose service {name}: {e}"));
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "all five services are in compose");
+}
+
+#[test]
+fn k8s_gives_each_service_settings_it_accepts() {
+    let dir = repo().join("k8s");
+    let docs: Vec<Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .flat_map(|p| yaml_docs(&p))
+        .collect();
+    // ConfigMap and Secret values, by (name, key).
+    let mut values: BTreeMap<(String, String), String> = BTreeMap::new();
+    for d in &docs {
+        if matches!(d["kind"].as_str(), Some("ConfigMap" | "Secret")) {
+            let name = d["metadata"]["name"].as_str().unwrap().to_owned();
+            for field in ["data", "stringData"] {
+                for (k, v) in d[field].as_mapping().into_iter().flatten() {
+                    values.insert(
+                        (name.clone(), k.as_str().unwrap().to_owned()),
+                        v.as_str().unwrap().to_owned(),
+                    );
+                }
+            }
+        }
+    }
+    let mut checked = 0;
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .unwrap()
+        {
+            let service = c["command"][0].as_str().unwrap();
+            let mut env = BTreeMap::new();
+            for e in c["env"].as_sequence().unwrap() {
+                let name = e["name"].as_str().unwrap().to_owned();
+                let value = if let Some(v) = e["value"].as_str() {
+                    v.to_owned()
+                } else {
+                    let from = &e["valueFrom"];
+                    let r = if from["configMapKeyRef"].is_mapping() {
+                        &from["configMapKeyRef"]
+                    } else {
+                        &from["secretKeyRef"]
+                    };
+                    if from["fieldRef"].is_mapping() {
+                        "pod-0".to_owned()
+                    } else {
+                        let key = (
+                            r["name"].as_str().unwrap().to_owned(),
+                            r["key"].as_str().unwrap().to_owned(),
+                        );
+                        values
+                            .get(&key)
+                            .unwrap_or_else(|| {
+                                panic!("{service}: {key:?} is in no ConfigMap or Secret")
+                            })
+                            .clone()
+                    }
+                };
+                if name.starts_with(&prefix(service)) {
+                    env.insert(name, value);
+                }
+            }
+            load(service, &env).unwrap_or_else(|e| panic!("k8s {service}: {e}"));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 5, "all five services are in k8s/");
+}
