@@ -50,9 +50,12 @@ pub async fn change(
     Ok(alerts)
 }
 
+/// Arbitrary, fixed key of the relay's advisory lock.
+const RELAY_LOCK: i64 = 0x0107_da7a_0003;
+
 /// Publishes unpublished events to `topic` (key: device UUID) in order and
-/// marks them, until `shutdown`. Replicas share the work: rows are locked
-/// with SKIP LOCKED. An event can go out twice (crash between the delivery
+/// marks them, until `shutdown`. One replica relays at a time (a
+/// transaction-scoped advisory lock); the others skip their turn. An event can go out twice (crash between the delivery
 /// report and the commit); consumers tell by `resume_after`.
 pub async fn relay(
     pool: Pool,
@@ -76,10 +79,18 @@ pub async fn relay(
 async fn relay_once(pool: &Pool, producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // One relay at a time across replicas, so events go out in order.
+    let ours: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&RELAY_LOCK])
+        .await?
+        .get(0);
+    if !ours {
+        return Ok(());
+    }
     let rows = tx
         .query(
             "SELECT seq, device_id, kind, alert FROM alert_events
-             WHERE published_at IS NULL ORDER BY seq LIMIT 500 FOR UPDATE SKIP LOCKED",
+             WHERE published_at IS NULL ORDER BY seq LIMIT 500",
             &[],
         )
         .await?;
@@ -167,6 +178,7 @@ pub async fn subscribe(
     from: i64,
     device: Option<Uuid>,
     tx: tokio::sync::mpsc::Sender<Result<v1::AlertEvent, tonic::Status>>,
+    shutdown: CancellationToken,
 ) {
     let gone = tx.clone();
     let tail = iot_db::tail::tail(
@@ -189,6 +201,7 @@ pub async fn subscribe(
     );
     tokio::select! {
         () = gone.closed() => {}
+        () = shutdown.cancelled() => {}
         () = tail => {}
     }
 }

@@ -110,7 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     health.set_serving::<AlertsServer<AlertsService>>().await;
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let grpc_addr = listener.local_addr()?;
-    let svc = AlertsService::new(pool.clone());
+    let svc = AlertsService::new(pool.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
         tracing::info!(%grpc_addr, %admin_addr, "alert-engine serving");
         ready.set(true);

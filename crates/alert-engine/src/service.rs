@@ -19,11 +19,13 @@ const STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
 #[derive(Clone)]
 pub struct AlertsService {
     pool: Pool,
+    /// Ends open alert streams when the service stops.
+    shutdown: iot_runtime::CancellationToken,
 }
 
 impl AlertsService {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool, shutdown: iot_runtime::CancellationToken) -> Self {
+        Self { pool, shutdown }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
@@ -251,7 +253,13 @@ impl Alerts for AlertsService {
             n => n,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(events::subscribe(self.pool.clone(), from, device, tx));
+        tokio::spawn(events::subscribe(
+            self.pool.clone(),
+            from,
+            device,
+            tx,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -82,7 +82,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
-    let svc = RegistryService::new(pool, broker);
+    let svc = RegistryService::new(pool, broker, shutdown.clone());
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         ready.set(true);

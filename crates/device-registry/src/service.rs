@@ -14,17 +14,30 @@ use crate::store::{self, NewDevice};
 
 const STATUSES: [&str; 3] = ["active", "inactive", "error"];
 const MAX_LIST: u32 = 1000;
+/// A hundred years: the writer's retention horizon is the longest retention
+/// any device asks for.
+const MAX_RETENTION_DAYS: i32 = 36_500;
 
 #[derive(Clone)]
 pub struct RegistryService {
     pool: Pool,
     /// None when the broker authenticates devices some other way.
     broker: Option<Dynsec>,
+    /// Ends open change streams when the service stops.
+    shutdown: iot_runtime::CancellationToken,
 }
 
 impl RegistryService {
-    pub fn new(pool: Pool, broker: Option<Dynsec>) -> Self {
-        Self { pool, broker }
+    pub fn new(
+        pool: Pool,
+        broker: Option<Dynsec>,
+        shutdown: iot_runtime::CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            broker,
+            shutdown,
+        }
     }
 
     /// Issues a fresh password for `device` (creating its broker account if
@@ -37,8 +50,15 @@ impl RegistryService {
         device: Uuid,
         device_id: &str,
         fresh_account: bool,
+        change: Option<&str>,
     ) -> Result<Option<v1::MqttCredentials>, RegistryError> {
+        // The change-log row goes in last, just before the commit, so that
+        // its sequence number is not held open across broker calls (see
+        // `iot_db::tail`).
         let Some(broker) = &self.broker else {
+            if let Some(kind) = change {
+                store::record_change(&tx, device, device_id, kind).await?;
+            }
             tx.commit().await?;
             return Ok(None);
         };
@@ -48,6 +68,9 @@ impl RegistryService {
             broker.create_account(device_id, &password).await?;
         } else {
             broker.set_password(device_id, &password).await?;
+        }
+        if let Some(kind) = change {
+            store::record_change(&tx, device, device_id, kind).await?;
         }
         if let Err(e) = tx.commit().await {
             if let Err(undo) = broker.delete_account(device_id).await {
@@ -135,8 +158,9 @@ impl DeviceRegistry for RegistryService {
         // and its broker account all come to be, or none does.
         let id = store::insert(&tx, &new).await?;
         store::insert_sensors(&tx, id, &new.sensors).await?;
-        store::record_change(&tx, id, &new.device_id, "created").await?;
-        let credentials = self.issue(tx, id, &new.device_id, true).await?;
+        let credentials = self
+            .issue(tx, id, &new.device_id, true, Some("created"))
+            .await?;
         tracing::info!(%id, device_id = %new.device_id, "device registered");
         let mut device = self.find(&id.to_string(), None).await?;
         device.credentials = credentials;
@@ -259,13 +283,13 @@ impl DeviceRegistry for RegistryService {
         let mut client = self.pool.get().await.map_err(RegistryError::from)?;
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         store::delete(&tx, id).await?;
-        store::record_change(&tx, id, &device.device_id, "deleted").await?;
         if let Some(broker) = &self.broker {
             broker
                 .delete_account(&device.device_id)
                 .await
                 .map_err(RegistryError::from)?;
         }
+        store::record_change(&tx, id, &device.device_id, "deleted").await?;
         tx.commit().await.map_err(RegistryError::from)?;
         tracing::info!(%id, device_id = %device.device_id, "device deleted");
         Ok(Response::new(v1::DeleteDeviceResponse {}))
@@ -285,8 +309,10 @@ impl DeviceRegistry for RegistryService {
                 }
             }),
             data_retention_days: req.data_retention_days.inspect(|n| {
-                if *n <= 0 {
-                    p.push("config.data_retention_days must be positive".into());
+                if !(1..=MAX_RETENTION_DAYS).contains(n) {
+                    p.push(format!(
+                        "config.data_retention_days must be in 1..={MAX_RETENTION_DAYS}"
+                    ));
                 }
             }),
             alert_threshold: parse_thresholds(
@@ -398,7 +424,7 @@ impl DeviceRegistry for RegistryService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let pool = self.pool.clone();
-        tokio::spawn(watch(pool, from, first, tx));
+        tokio::spawn(watch(pool, from, first, tx, self.shutdown.clone()));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -421,7 +447,7 @@ impl DeviceRegistry for RegistryService {
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         let had_account = store::revoke_credentials(&tx, id).await?;
         let credentials = self
-            .issue(tx, id, &device.device_id, !had_account)
+            .issue(tx, id, &device.device_id, !had_account, None)
             .await?
             .ok_or_else(|| Status::internal("no credentials issued"))?;
         tracing::info!(device_id = %device.device_id, "device credentials rotated");
@@ -504,6 +530,7 @@ async fn watch(
     from: i64,
     first: &'static str,
     tx: tokio::sync::mpsc::Sender<Result<v1::DeviceChange, Status>>,
+    shutdown: iot_runtime::CancellationToken,
 ) {
     let hello = v1::DeviceChange {
         kind: first.into(),
@@ -534,9 +561,11 @@ async fn watch(
             }
         },
     );
-    // Until the watcher goes away, even when nothing changes.
+    // Until the watcher goes away (even when nothing changes) or the
+    // service stops (the watcher resumes elsewhere).
     tokio::select! {
         () = gone.closed() => {}
+        () = shutdown.cancelled() => {}
         () = tail => {}
     }
 }
@@ -667,6 +696,11 @@ fn validate_create(
     if req.device_id.contains(['/', '+', '#']) {
         p.push("device_id must not contain '/', '+' or '#' (it is an MQTT topic level)".into());
     }
+    if Uuid::parse_str(&req.device_id).is_ok() {
+        // A topic names a device by device_id or platform UUID; a device_id
+        // shaped like a UUID could publish as another owner's device.
+        p.push("device_id must not be a UUID (platform ids are UUIDs)".into());
+    }
     if req.device_id.starts_with("platform.") {
         p.push(
             "device_id must not start with \"platform.\" (reserved for platform accounts)".into(),
@@ -712,8 +746,13 @@ fn validate_create(
     if read_interval < 0 {
         p.push("config.read_interval must be positive".into());
     }
-    if cfg.data_retention_days.is_some_and(|d| d <= 0) {
-        p.push("config.data_retention_days must be positive".into());
+    if cfg
+        .data_retention_days
+        .is_some_and(|d| !(1..=MAX_RETENTION_DAYS).contains(&d))
+    {
+        p.push(format!(
+            "config.data_retention_days must be in 1..={MAX_RETENTION_DAYS}"
+        ));
     }
     let alert_threshold = parse_thresholds(
         &mut p,
@@ -740,7 +779,8 @@ fn validate_create(
         status,
         read_interval,
         alert_threshold,
-        data_retention_days: Some(cfg.data_retention_days.unwrap_or(365)),
+        // None: the platform's default retention applies.
+        data_retention_days: cfg.data_retention_days,
         custom_fields,
         sensors,
     })

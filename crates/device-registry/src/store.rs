@@ -211,7 +211,7 @@ pub async fn update_config(
     let stmt = client
         .prepare_cached(
             "INSERT INTO device_config (device_id, read_interval, alert_threshold, data_retention_days, custom_fields)
-             VALUES ($1, COALESCE($2, 60), $3, COALESCE($4, 365), $5)
+             VALUES ($1, COALESCE($2, 60), $3, $4, $5)
              ON CONFLICT (device_id) DO UPDATE SET
                  read_interval = COALESCE($2, device_config.read_interval),
                  alert_threshold = COALESCE($3, device_config.alert_threshold),

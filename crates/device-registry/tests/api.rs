@@ -351,6 +351,19 @@ async fn bad_input_names_the_field_and_writes_nothing() {
             .code(),
         Code::NotFound
     );
+    // A device_id shaped like a UUID could publish as another owner's
+    // device (topics accept either id); a retention past a century would
+    // hold every device's data.
+    let mut sneaky = device(&Uuid::new_v4().to_string());
+    sneaky.config = Some(v1::DeviceConfig {
+        data_retention_days: Some(40_000),
+        ..Default::default()
+    });
+    let e = c.create_device(sneaky).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    for field in ["device_id must not be a UUID", "config.data_retention_days"] {
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
     let e = c
         .update_device_config(v1::UpdateDeviceConfigRequest {
             id: "dup".into(),
