@@ -38,6 +38,9 @@ pub struct Rules {
 pub struct Devices {
     client: iot_proto::RegistryClient,
     cache: Mutex<HashMap<Uuid, Arc<Rules>>>,
+    /// Bumped by every change event: an answer fetched while a change
+    /// arrived may predate it and is not cached.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Devices {
@@ -45,6 +48,7 @@ impl Devices {
         Self {
             client,
             cache: Mutex::default(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -60,9 +64,13 @@ impl Devices {
         if let Some(r) = self.cache().get(&device) {
             return Ok(Some(r.clone()));
         }
+        let before = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
         let fresh = self.fetch(device).await?;
         if let Some(r) = &fresh {
-            self.cache().insert(device, r.clone());
+            let mut cache = self.cache();
+            if self.epoch.load(std::sync::atomic::Ordering::SeqCst) == before {
+                cache.insert(device, r.clone());
+            }
         }
         Ok(fresh)
     }
@@ -98,6 +106,7 @@ impl Devices {
     /// Drops changed devices from the cache until `shutdown`.
     pub async fn follow_changes(&self, shutdown: CancellationToken) {
         iot_runtime::follow_device_changes(self.client.clone(), shutdown, |c| {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match c.kind.as_str() {
                 "sync" => {}
                 "reset" => self.cache().clear(),
