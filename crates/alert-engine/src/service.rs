@@ -104,24 +104,6 @@ pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
     }
 }
 
-/// Cursor of a page: the last alert's (created_at, id).
-fn cursor(a: &v1::Alert) -> String {
-    let micros = a
-        .created_at
-        .as_ref()
-        .and_then(iot_proto::from_timestamp)
-        .map_or(0, |t| t.timestamp_micros());
-    format!("{micros}:{}", a.id)
-}
-
-fn parse_cursor(s: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let (micros, id) = s.split_once(':')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        Uuid::parse_str(id).ok()?,
-    ))
-}
-
 fn parse_id(field: &str, s: &str, p: &mut Vec<String>) -> Option<Uuid> {
     Uuid::parse_str(s)
         .map_err(|_| p.push(format!("{field}: {s:?} is not a UUID")))
@@ -177,7 +159,7 @@ impl Alerts for AlertsService {
         let after = if req.cursor.is_empty() {
             None
         } else {
-            let c = parse_cursor(&req.cursor);
+            let c = iot_proto::parse_keyset_cursor(&req.cursor);
             if c.is_none() {
                 p.push("cursor: is not a cursor this API returned".into());
             }
@@ -223,7 +205,9 @@ impl Alerts for AlertsService {
             .map_err(|e| db_status(&e))?;
         let alerts: Vec<v1::Alert> = rows.iter().map(alert_from_row).collect();
         let next_cursor = match alerts.last() {
-            Some(a) if alerts.len() as i64 == limit => cursor(a),
+            Some(a) if alerts.len() as i64 == limit => {
+                iot_proto::keyset_cursor(a.created_at.as_ref(), &a.id)
+            }
             _ => String::new(),
         };
         Ok(Response::new(v1::ListAlertsResponse {

@@ -112,6 +112,15 @@ impl RegistryService {
         Ok(())
     }
 
+    /// The broker session, for calls that need one.
+    fn broker(&self) -> Result<&Dynsec, Status> {
+        self.broker.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this registry issues no broker credentials (broker.enabled = false)",
+            )
+        })
+    }
+
     /// `find`, returning the device's platform UUID too.
     async fn find_id(
         &self,
@@ -208,7 +217,7 @@ impl DeviceRegistry for RegistryService {
         let after = if req.cursor.is_empty() {
             None
         } else {
-            let parsed = parse_cursor(&req.cursor);
+            let parsed = iot_proto::parse_keyset_cursor(&req.cursor);
             if parsed.is_none() {
                 p.push("cursor is not a cursor this API returned".into());
             }
@@ -230,7 +239,9 @@ impl DeviceRegistry for RegistryService {
         )
         .await?;
         let next_cursor = match devices.last() {
-            Some(d) if devices.len() == limit as usize => cursor(d),
+            Some(d) if devices.len() == limit as usize => {
+                iot_proto::keyset_cursor(d.created_at.as_ref(), &d.id)
+            }
             _ => String::new(),
         };
         Ok(Response::new(v1::ListDevicesResponse {
@@ -435,14 +446,8 @@ impl DeviceRegistry for RegistryService {
         request: Request<v1::GetDeviceRequest>,
     ) -> Result<Response<v1::MqttCredentials>, Status> {
         let owner = scope(&request)?;
-        let device = self.find(&request.into_inner().id, owner).await?;
-        if self.broker.is_none() {
-            return Err(Status::failed_precondition(
-                "this registry issues no broker credentials (broker.enabled = false)",
-            ));
-        }
-        let id =
-            Uuid::parse_str(&device.id).map_err(|_| RegistryError::NotFound(device.id.clone()))?;
+        let (id, device) = self.find_id(&request.into_inner().id, owner).await?;
+        self.broker()?;
         let mut client = self.pool.get().await.map_err(RegistryError::from)?;
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         let had_account = store::revoke_credentials(&tx, id).await?;
@@ -459,14 +464,8 @@ impl DeviceRegistry for RegistryService {
         request: Request<v1::GetDeviceRequest>,
     ) -> Result<Response<v1::RevokeCredentialsResponse>, Status> {
         let owner = scope(&request)?;
-        let device = self.find(&request.into_inner().id, owner).await?;
-        let Some(broker) = &self.broker else {
-            return Err(Status::failed_precondition(
-                "this registry issues no broker credentials (broker.enabled = false)",
-            ));
-        };
-        let id =
-            Uuid::parse_str(&device.id).map_err(|_| RegistryError::NotFound(device.id.clone()))?;
+        let (id, device) = self.find_id(&request.into_inner().id, owner).await?;
+        let broker = self.broker()?;
         let mut client = self.pool.get().await.map_err(RegistryError::from)?;
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         store::revoke_credentials(&tx, id).await?;
@@ -665,24 +664,6 @@ fn validate_sensors(problems: &mut Vec<String>, sensors: Vec<v1::Sensor>) -> Vec
             }
         })
         .collect()
-}
-
-/// Cursor of a device listing: the last device's (created_at, id).
-fn cursor(d: &v1::Device) -> String {
-    let micros = d
-        .created_at
-        .as_ref()
-        .and_then(iot_proto::from_timestamp)
-        .map_or(0, |t| t.timestamp_micros());
-    format!("{micros}:{}", d.id)
-}
-
-fn parse_cursor(s: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
-    let (micros, id) = s.split_once(':')?;
-    Some((
-        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        Uuid::parse_str(id).ok()?,
-    ))
 }
 
 /// Checks a create request and reports every problem at once. In an owner

@@ -74,7 +74,8 @@ pub struct Store {
     keeps_rollups: bool,
     /// This process's rows in `ingest_counts`.
     writer_id: Uuid,
-    upsert_rollup: [(Level, String); 3],
+    /// The rollup upsert of each level, in `Level::ALL` order.
+    upsert_rollup: [String; 3],
 }
 
 impl Store {
@@ -83,15 +84,17 @@ impl Store {
             pool,
             keeps_rollups: backend == iot_db::Backend::Postgres,
             writer_id: Uuid::new_v4(),
-            upsert_rollup: Level::ALL.map(|l| (l, UPSERT_ROLLUP.replace("{table}", l.table()))),
+            upsert_rollup: Level::ALL.map(|l| UPSERT_ROLLUP.replace("{table}", l.table())),
         }
     }
 
     fn upsert_sql(&self, level: Level) -> &str {
-        self.upsert_rollup
-            .iter()
-            .find(|(l, _)| *l == level)
-            .map_or("", |(_, sql)| sql.as_str())
+        let [week, day, hour] = &self.upsert_rollup;
+        match level {
+            Level::Week => week,
+            Level::Day => day,
+            Level::Hour => hour,
+        }
     }
 
     pub fn pool(&self) -> &Pool {

@@ -25,6 +25,24 @@ pub fn from_timestamp(t: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(t.seconds, nanos)
 }
 
+/// A page cursor for listings ordered by (created_at, id): the last item's
+/// creation time (microseconds) and id. Opaque to clients.
+pub fn keyset_cursor(created_at: Option<&Timestamp>, id: &str) -> String {
+    let micros = created_at
+        .and_then(from_timestamp)
+        .map_or(0, |t| t.timestamp_micros());
+    format!("{micros}:{id}")
+}
+
+/// Reads a [`keyset_cursor`]; `None` when it is not one.
+pub fn parse_keyset_cursor(s: &str) -> Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> {
+    let (micros, id) = s.split_once(':')?;
+    Some((
+        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        uuid::Uuid::parse_str(id).ok()?,
+    ))
+}
+
 /// Whose devices a call to device-registry may see: one owner (tenant) or
 /// all (the platform's own services). Carried in the `x-iot-owner` gRPC
 /// metadata: an owner UUID, or `*` for all. The registry's port is internal;
@@ -91,5 +109,14 @@ mod tests {
         let back = v1::ReadingEnvelope::decode(bytes.as_slice()).unwrap();
         assert_eq!(back, env);
         assert_eq!(from_timestamp(back.time.as_ref().unwrap()), Some(t));
+    }
+
+    #[test]
+    fn keyset_cursors_round_trip() {
+        let t = chrono::DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap();
+        let id = uuid::Uuid::new_v4();
+        let c = keyset_cursor(Some(&timestamp(t)), &id.to_string());
+        assert_eq!(parse_keyset_cursor(&c), Some((t, id)));
+        assert_eq!(parse_keyset_cursor("garbage"), None);
     }
 }
