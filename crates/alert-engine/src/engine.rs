@@ -130,8 +130,8 @@ fn raise_sql() -> String {
     format!(
         "WITH up AS (
             INSERT INTO device_alerts
-                (device_id, alert_type, severity, sensor_name, message, value, threshold, created_at, last_seen_at)
-            VALUES ($1, $2, 'warning', $3, $4, $5, $6, $7, $7)
+                (device_id, alert_type, severity, sensor_name, message, value, threshold, created_at, last_seen_at, owner_id)
+            VALUES ($1, $2, 'warning', $3, $4, $5, $6, $7, $7, (SELECT owner_id FROM devices WHERE id = $1))
             ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
             DO UPDATE SET occurrences = device_alerts.occurrences + 1,
                           value = excluded.value,
@@ -156,8 +156,8 @@ WHERE resolved_at IS NULL AND alert_type = ANY($1) AND sensor_name IS NOT NULL";
 
 fn raise_offline_sql() -> String {
     format!(
-        "INSERT INTO device_alerts (device_id, alert_type, severity, message, created_at, last_seen_at)
-         VALUES ($1, 'device_offline', 'warning', $2, now(), now())
+        "INSERT INTO device_alerts (device_id, alert_type, severity, message, created_at, last_seen_at, owner_id)
+         VALUES ($1, 'device_offline', 'warning', $2, now(), now(), (SELECT owner_id FROM devices WHERE id = $1))
          ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
          DO NOTHING
          RETURNING {}",

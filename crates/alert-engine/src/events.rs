@@ -17,7 +17,7 @@ use uuid::Uuid;
 /// The columns every alert query returns, in `alert_from_row` order.
 pub const COLUMNS: &str = "id, device_id, alert_type, severity, value, threshold, acknowledged,
        created_at, sensor_name, message, last_seen_at, occurrences, resolved_at,
-       acknowledged_by, acknowledged_at";
+       acknowledged_by, acknowledged_at, owner_id";
 
 /// Runs `sql` (which returns `COLUMNS` of the alerts it changed) and
 /// records a `kind` event for each, in one transaction. Returns the alerts.
@@ -171,12 +171,13 @@ pub async fn newest(pool: &Pool) -> Result<i64, anyhow::Error> {
         .get(0))
 }
 
-/// Streams events after `from` (of `device`, or all) to `tx` until the
-/// subscriber goes away.
+/// Streams events after `from` (of `device`, or all; of `owner`'s devices,
+/// or all) to `tx` until the subscriber goes away.
 pub async fn subscribe(
     pool: Pool,
     from: i64,
     device: Option<Uuid>,
+    owner: Option<Uuid>,
     tx: tokio::sync::mpsc::Sender<Result<v1::AlertEvent, tonic::Status>>,
     shutdown: CancellationToken,
 ) {
@@ -191,7 +192,13 @@ pub async fn subscribe(
         |(of, mut event): (Uuid, v1::AlertEvent), resume| {
             let tx = tx.clone();
             async move {
-                if device.is_some_and(|d| d != of) {
+                let owned = |o: Uuid| {
+                    event
+                        .alert
+                        .as_ref()
+                        .is_some_and(|a| a.owner_id == o.to_string())
+                };
+                if device.is_some_and(|d| d != of) || owner.is_some_and(|o| !owned(o)) {
                     return true;
                 }
                 event.resume_after = u64::try_from(resume).unwrap_or(0);

@@ -40,6 +40,7 @@ impl AlertsService {
         kind: &str,
         sql: &str,
         id: Uuid,
+        owner: Option<Uuid>,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<v1::Alert, Status> {
         let changed = events::change(&self.pool, kind, sql, params)
@@ -51,8 +52,11 @@ impl AlertsService {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &format!("SELECT {COLUMNS} FROM device_alerts WHERE id = $1"),
-                &[&id],
+                &format!(
+                    "SELECT {COLUMNS} FROM device_alerts
+                     WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)"
+                ),
+                &[&id, &owner],
             )
             .await
             .map_err(|e| db_status(&e))?
@@ -101,6 +105,7 @@ pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
         acknowledged_by: r.get::<_, Option<Uuid>>(13).map(|u| u.to_string()),
         acknowledged_at: ts(14),
         state: state.into(),
+        owner_id: r.get::<_, Uuid>(15).to_string(),
     }
 }
 
@@ -118,18 +123,58 @@ fn invalid(p: Vec<String>) -> Result<(), Status> {
     }
 }
 
-#[tonic::async_trait]
-impl Alerts for AlertsService {
-    async fn list_alerts(
-        &self,
-        request: Request<v1::ListAlertsRequest>,
-    ) -> Result<Response<v1::ListAlertsResponse>, Status> {
-        let req = request.into_inner();
+/// The filters of a listing as SQL over `device_alerts`, parameters $1..$9
+/// in [`Filter::params`] order.
+fn where_sql() -> String {
+    format!(
+        "($1::uuid IS NULL OR device_id = $1)
+   AND (NOT $2 OR NOT acknowledged)
+   AND (NOT $3 OR resolved_at IS NULL)
+   AND ($4::text IS NULL OR severity = $4)
+   AND ($5::text IS NULL OR {STATE} = $5)
+   AND ($6::timestamptz IS NULL OR created_at >= $6)
+   AND ($7::timestamptz IS NULL OR created_at < $7)
+   AND ($8::uuid IS NULL OR owner_id = $8)
+   AND ($9::uuid[] IS NULL OR device_id = ANY($9))"
+    )
+}
+
+/// A listing's filters, checked.
+struct Filter {
+    device: Option<Uuid>,
+    only_unacknowledged: bool,
+    only_open: bool,
+    severity: Option<String>,
+    state: Option<String>,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    owner: Option<Uuid>,
+    devices: Option<Vec<Uuid>>,
+    limit: u32,
+    after: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl Filter {
+    /// The request's filters for a caller scoped to `owner` (None: all);
+    /// INVALID_ARGUMENT naming every bad field.
+    fn parse(req: v1::ListAlertsRequest, owner: Option<Uuid>) -> Result<Self, Status> {
         let mut p = Vec::new();
         let device = req
             .device_uuid
             .as_deref()
             .and_then(|s| parse_id("device_uuid", s, &mut p));
+        if req.device_uuids.len() > 1000 {
+            p.push(format!(
+                "device_uuids: {} is more than 1000",
+                req.device_uuids.len()
+            ));
+        }
+        let devices = (!req.device_uuids.is_empty()).then(|| {
+            req.device_uuids
+                .iter()
+                .filter_map(|s| parse_id("device_uuids", s, &mut p))
+                .collect()
+        });
         let limit = match req.limit {
             0 => 100,
             n if n > 1000 => {
@@ -166,41 +211,64 @@ impl Alerts for AlertsService {
             c
         };
         invalid(p)?;
+        Ok(Self {
+            device,
+            only_unacknowledged: req.only_unacknowledged,
+            only_open: req.only_open,
+            severity: req.severity,
+            state: req.state,
+            start,
+            end,
+            owner,
+            devices,
+            limit,
+            after,
+        })
+    }
+
+    fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        vec![
+            &self.device,
+            &self.only_unacknowledged,
+            &self.only_open,
+            &self.severity,
+            &self.state,
+            &self.start,
+            &self.end,
+            &self.owner,
+            &self.devices,
+        ]
+    }
+}
+
+#[tonic::async_trait]
+impl Alerts for AlertsService {
+    async fn list_alerts(
+        &self,
+        request: Request<v1::ListAlertsRequest>,
+    ) -> Result<Response<v1::ListAlertsResponse>, Status> {
+        let owner = iot_proto::scope_of(&request)?;
+        let f = Filter::parse(request.into_inner(), owner)?;
         let sql = format!(
-            "SELECT {COLUMNS} FROM device_alerts
-             WHERE ($1::uuid IS NULL OR device_id = $1)
-               AND (NOT $2 OR NOT acknowledged)
-               AND (NOT $3 OR resolved_at IS NULL)
-               AND ($4::text IS NULL OR severity = $4)
-               AND ($5::text IS NULL OR {STATE} = $5)
-               AND ($6::timestamptz IS NULL OR created_at >= $6)
-               AND ($7::timestamptz IS NULL OR created_at < $7)
-               AND ($8::timestamptz IS NULL OR (created_at, id) < ($8, $9))
+            "SELECT {COLUMNS} FROM device_alerts WHERE {}
+               AND ($10::timestamptz IS NULL OR (created_at, id) < ($10, $11))
              ORDER BY created_at DESC, id DESC
-             LIMIT $10"
+             LIMIT $12",
+            where_sql()
         );
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&sql)
             .await
             .map_err(|e| db_status(&e))?;
-        let limit = i64::from(limit);
+        let limit = i64::from(f.limit);
+        let mut params = f.params();
+        let (after_t, after_id) = (f.after.map(|a| a.0), f.after.map(|a| a.1));
+        params.push(&after_t);
+        params.push(&after_id);
+        params.push(&limit);
         let rows = client
-            .query(
-                &stmt,
-                &[
-                    &device,
-                    &req.only_unacknowledged,
-                    &req.only_open,
-                    &req.severity,
-                    &req.state,
-                    &start,
-                    &end,
-                    &after.map(|a| a.0),
-                    &after.map(|a| a.1),
-                    &limit,
-                ],
-            )
+            .query(&stmt, &params)
             .await
             .map_err(|e| db_status(&e))?;
         let alerts: Vec<v1::Alert> = rows.iter().map(alert_from_row).collect();
@@ -216,6 +284,30 @@ impl Alerts for AlertsService {
         }))
     }
 
+    async fn count_alerts(
+        &self,
+        request: Request<v1::ListAlertsRequest>,
+    ) -> Result<Response<v1::CountAlertsResponse>, Status> {
+        let owner = iot_proto::scope_of(&request)?;
+        let f = Filter::parse(request.into_inner(), owner)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM device_alerts WHERE {}",
+                where_sql()
+            ))
+            .await
+            .map_err(|e| db_status(&e))?;
+        let n: i64 = client
+            .query_one(&stmt, &f.params())
+            .await
+            .map_err(|e| db_status(&e))?
+            .get(0);
+        Ok(Response::new(v1::CountAlertsResponse {
+            count: u64::try_from(n).unwrap_or(0),
+        }))
+    }
+
     type SubscribeAlertsStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::AlertEvent, Status>> + Send>>;
 
@@ -223,6 +315,7 @@ impl Alerts for AlertsService {
         &self,
         request: Request<v1::SubscribeAlertsRequest>,
     ) -> Result<Response<Self::SubscribeAlertsStream>, Status> {
+        let owner = iot_proto::scope_of(&request)?;
         let req = request.into_inner();
         let mut p = Vec::new();
         let device = req
@@ -241,6 +334,7 @@ impl Alerts for AlertsService {
             self.pool.clone(),
             from,
             device,
+            owner,
             tx,
             self.shutdown.clone(),
         ));
@@ -253,6 +347,7 @@ impl Alerts for AlertsService {
         &self,
         request: Request<v1::AlertActionRequest>,
     ) -> Result<Response<v1::Alert>, Status> {
+        let owner = iot_proto::scope_of(&request)?;
         let req = request.into_inner();
         let mut p = Vec::new();
         let id = parse_id("id", &req.id, &mut p);
@@ -260,11 +355,13 @@ impl Alerts for AlertsService {
         invalid(p)?;
         let sql = format!(
             "UPDATE device_alerts SET acknowledged = TRUE, acknowledged_by = $2, acknowledged_at = now()
-             WHERE id = $1 AND NOT acknowledged
+             WHERE id = $1 AND NOT acknowledged AND ($3::uuid IS NULL OR owner_id = $3)
              RETURNING {COLUMNS}"
         );
         let id = id.unwrap_or_default();
-        let a = self.act("acknowledged", &sql, id, &[&id, &by]).await?;
+        let a = self
+            .act("acknowledged", &sql, id, owner, &[&id, &by, &owner])
+            .await?;
         tracing::info!(alert = %a.id, by = ?a.acknowledged_by, "alert acknowledged");
         Ok(Response::new(a))
     }
@@ -273,6 +370,7 @@ impl Alerts for AlertsService {
         &self,
         request: Request<v1::AlertActionRequest>,
     ) -> Result<Response<v1::Alert>, Status> {
+        let owner = iot_proto::scope_of(&request)?;
         let req = request.into_inner();
         let mut p = Vec::new();
         let id = parse_id("id", &req.id, &mut p);
@@ -284,11 +382,13 @@ impl Alerts for AlertsService {
         invalid(p)?;
         let sql = format!(
             "UPDATE device_alerts SET resolved_at = now()
-             WHERE id = $1 AND resolved_at IS NULL
+             WHERE id = $1 AND resolved_at IS NULL AND ($2::uuid IS NULL OR owner_id = $2)
              RETURNING {COLUMNS}"
         );
         let id = id.unwrap_or_default();
-        let a = self.act("resolved", &sql, id, &[&id]).await?;
+        let a = self
+            .act("resolved", &sql, id, owner, &[&id, &owner])
+            .await?;
         tracing::info!(alert = %a.id, by = ?by, "alert resolved by hand");
         Ok(Response::new(a))
     }

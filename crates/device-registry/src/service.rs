@@ -3,6 +3,7 @@
 use std::str::FromStr;
 
 use deadpool_postgres::Pool;
+use iot_proto::scope_of as scope;
 use iot_proto::v1::{self, device_registry_server::DeviceRegistry};
 use rust_decimal::Decimal;
 use tonic::{Request, Response, Status};
@@ -130,26 +131,6 @@ impl RegistryService {
         let d = self.find(id, owner).await?;
         let uuid = Uuid::parse_str(&d.id).map_err(|_| RegistryError::NotFound(d.id.clone()))?;
         Ok((uuid, d))
-    }
-}
-
-/// The caller's scope from the `x-iot-owner` metadata: `Some(owner)` or
-/// `None` for the admin scope (`*`).
-fn scope<T>(req: &Request<T>) -> Result<Option<Uuid>, Status> {
-    let Some(v) = req.metadata().get(iot_proto::SCOPE_METADATA) else {
-        return Err(Status::unauthenticated(format!(
-            "{} metadata is required: an owner UUID, or * for the admin scope",
-            iot_proto::SCOPE_METADATA
-        )));
-    };
-    match v.to_str().unwrap_or_default() {
-        "*" => Ok(None),
-        s => Uuid::parse_str(s).map(Some).map_err(|_| {
-            Status::unauthenticated(format!(
-                "{} {s:?} is neither an owner UUID nor *",
-                iot_proto::SCOPE_METADATA
-            ))
-        }),
     }
 }
 

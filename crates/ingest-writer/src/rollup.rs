@@ -5,16 +5,14 @@
 //! and weeks start on Monday.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::store::Row;
 
-/// Seconds from the Unix epoch to 2000-01-03T00:00:00Z.
-pub const ORIGIN_SECS: i64 = 946_857_600;
+pub use iot_domain::bucket::ORIGIN_SECS;
 
 /// A rollup level: the tables `sensor_readings_1h`, `_1d`, `_1w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,67 +43,20 @@ impl Level {
     }
 }
 
-/// A bucket width in whole seconds, parsed from "90s", "5m", "1h", "1d", "1w".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Width(i64);
+pub use iot_domain::bucket::{Width, ceil, floor};
 
-impl Width {
-    pub fn secs(self) -> i64 {
-        self.0
-    }
+/// The rollup levels whose buckets nest in buckets of `width`, coarsest
+/// first.
+pub trait Levels {
+    fn levels(self) -> Vec<Level>;
+}
 
-    /// The rollup levels whose buckets nest in this width, coarsest first.
-    pub fn levels(self) -> Vec<Level> {
+impl Levels for Width {
+    fn levels(self) -> Vec<Level> {
         Level::ALL
             .into_iter()
-            .filter(|l| self.0 % l.secs() == 0)
+            .filter(|l| self.secs() % l.secs() == 0)
             .collect()
-    }
-}
-
-impl std::str::FromStr for Width {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a bucket width (a number and s, m, h, d or w: 5m, 1h)");
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (n, unit) = s.split_at(split);
-        let n: i64 = n.parse().map_err(|_| bad())?;
-        let unit = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3_600,
-            "d" => 86_400,
-            "w" => 604_800,
-            _ => return Err(bad()),
-        };
-        match n.checked_mul(unit) {
-            Some(secs) if n > 0 && secs <= 52 * 604_800 => Ok(Self(secs)),
-            _ => Err(format!("{s:?} must be between 1s and 52w")),
-        }
-    }
-}
-
-impl fmt::Display for Width {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}s", self.0)
-    }
-}
-
-/// Start of the bucket of width `secs` holding `t`.
-pub fn floor(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
-    let micros = secs * 1_000_000;
-    let since = t.timestamp_micros() - ORIGIN_SECS * 1_000_000;
-    let start = since.div_euclid(micros) * micros + ORIGIN_SECS * 1_000_000;
-    DateTime::from_timestamp_micros(start).unwrap_or(t)
-}
-
-/// First bucket boundary at or after `t`.
-pub fn ceil(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
-    let f = floor(t, secs);
-    if f == t {
-        t
-    } else {
-        f + TimeDelta::seconds(secs)
     }
 }
 
@@ -239,6 +190,7 @@ pub fn latest(rows: &[Row]) -> Vec<&Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeDelta;
     use proptest::prelude::*;
 
     fn t(s: &str) -> DateTime<Utc> {

@@ -8,7 +8,7 @@ use rust_decimal::prelude::ToPrimitive;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::rollup::{Agg, Width};
+use crate::rollup::{Agg, Levels as _, Width};
 use crate::store::{Row, Store, StoreError};
 
 /// Most readings per page.
@@ -260,9 +260,15 @@ impl Telemetry for TelemetryService {
 
     async fn fleet_stats(
         &self,
-        _request: Request<v1::FleetStatsRequest>,
+        request: Request<v1::FleetStatsRequest>,
     ) -> Result<Response<v1::FleetStatsResponse>, Status> {
-        let s = self.store.fleet_stats().await?;
+        let mut p = Problems::default();
+        let owner = request
+            .into_inner()
+            .owner_id
+            .map(|o| p.uuid("owner_id", &o));
+        p.finish()?;
+        let s = self.store.fleet_stats(owner).await?;
         let u = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Response::new(v1::FleetStatsResponse {
             readings_last_minute: u(s.readings_last_minute),

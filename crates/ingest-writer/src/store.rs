@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-use crate::rollup::{self, Agg, Key, Level, Segment, Source, Width};
+use crate::rollup::{self, Agg, Key, Level, Levels as _, Segment, Source, Width};
 
 const CREATE_STAGING: &str = include_str!("sql/create_staging.sql");
 const COPY_STAGING: &str = include_str!("sql/copy_staging.sql");
@@ -24,6 +24,7 @@ const QUERY_READINGS: &str = include_str!("sql/query_readings.sql");
 const QUERY_METRICS: &str = include_str!("sql/query_metrics.sql");
 const LATEST_READINGS: &str = include_str!("sql/latest_readings.sql");
 const FLEET_STATS: &str = include_str!("sql/fleet_stats.sql");
+const FLEET_STATS_OWNER: &str = include_str!("sql/fleet_stats_owner.sql");
 const COLUMN_TYPES: [Type; 6] = [
     Type::TIMESTAMPTZ,
     Type::UUID,
@@ -249,10 +250,19 @@ impl Store {
         Ok(rows.iter().map(Row::from).collect())
     }
 
-    pub async fn fleet_stats(&self) -> Result<FleetStats, StoreError> {
+    /// Figures for the whole fleet, or for `owner`'s devices.
+    pub async fn fleet_stats(&self, owner: Option<Uuid>) -> Result<FleetStats, StoreError> {
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(FLEET_STATS).await?;
-        let r = client.query_one(&stmt, &[]).await?;
+        let r = match owner {
+            None => {
+                let stmt = client.prepare_cached(FLEET_STATS).await?;
+                client.query_one(&stmt, &[]).await?
+            }
+            Some(o) => {
+                let stmt = client.prepare_cached(FLEET_STATS_OWNER).await?;
+                client.query_one(&stmt, &[&o]).await?
+            }
+        };
         Ok(FleetStats {
             readings_last_minute: r.get(0),
             devices_reporting: r.get(1),

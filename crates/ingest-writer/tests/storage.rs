@@ -344,7 +344,7 @@ async fn latest_readings_of_many_devices_in_one_call_and_fleet_stats() {
 
         let stats = env
             .api
-            .fleet_stats(v1::FleetStatsRequest {})
+            .fleet_stats(v1::FleetStatsRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -359,7 +359,7 @@ async fn latest_readings_of_many_devices_in_one_call_and_fleet_stats() {
                 let mut api = env.api.clone();
                 async move {
                     let s = api
-                        .fleet_stats(v1::FleetStatsRequest {})
+                        .fleet_stats(v1::FleetStatsRequest::default())
                         .await
                         .unwrap()
                         .into_inner();

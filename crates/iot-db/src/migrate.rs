@@ -148,6 +148,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0009_alert_events.sql"),
         timescaledb: include_str!("../../../migrations/0009_alert_events.sql"),
     },
+    Migration {
+        version: 10,
+        name: "alert_owner",
+        postgres: include_str!("../../../migrations/0010_alert_owner.sql"),
+        timescaledb: include_str!("../../../migrations/0010_alert_owner.sql"),
+    },
 ];
 
 /// What a migration run did.

@@ -3,6 +3,7 @@
 //! Architecture Invariant: this crate does no I/O. It knows nothing of Kafka,
 //! MQTT, gRPC or SQL; the services translate at their edges.
 
+pub mod bucket;
 pub mod payload;
 pub mod reading;
 pub mod reject;

@@ -71,6 +71,30 @@ impl tonic::service::Interceptor for Scope {
     }
 }
 
+/// The caller's scope from the `x-iot-owner` metadata of a request:
+/// `Some(owner)`, or `None` for the admin scope (`*`). UNAUTHENTICATED when
+/// it is missing or neither.
+pub fn scope_of<T>(req: &tonic::Request<T>) -> Result<Option<uuid::Uuid>, tonic::Status> {
+    let Some(v) = req.metadata().get(SCOPE_METADATA) else {
+        return Err(tonic::Status::unauthenticated(format!(
+            "{SCOPE_METADATA} metadata is required: an owner UUID, or * for the admin scope"
+        )));
+    };
+    match v.to_str().unwrap_or_default() {
+        "*" => Ok(None),
+        s => uuid::Uuid::parse_str(s).map(Some).map_err(|_| {
+            tonic::Status::unauthenticated(format!(
+                "{SCOPE_METADATA} {s:?} is neither an owner UUID nor *"
+            ))
+        }),
+    }
+}
+
+/// An Alerts client whose every call carries `scope`.
+pub type AlertsClient = v1::alerts_client::AlertsClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Scope>,
+>;
+
 /// A device-registry client whose every call carries `scope`.
 pub type RegistryClient = v1::device_registry_client::DeviceRegistryClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Scope>,
@@ -85,6 +109,19 @@ pub async fn registry_client(
         .connect()
         .await?;
     Ok(v1::device_registry_client::DeviceRegistryClient::with_interceptor(channel, scope))
+}
+
+/// Connects to alert-engine at `url` with `scope`.
+pub async fn alerts_client(
+    url: impl Into<String>,
+    scope: Scope,
+) -> Result<AlertsClient, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.into())?
+        .connect()
+        .await?;
+    Ok(v1::alerts_client::AlertsClient::with_interceptor(
+        channel, scope,
+    ))
 }
 
 #[cfg(test)]

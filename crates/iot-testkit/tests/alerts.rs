@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use common::Platform;
 use iot_proto::Scope;
-use iot_proto::v1::alerts_client::AlertsClient;
 use iot_proto::v1::{self, CreateDeviceRequest, ListAlertsRequest};
 use iot_testkit as kit;
 
 async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
-    let mut c = AlertsClient::connect(url.to_owned()).await.unwrap();
+    let mut c = iot_proto::alerts_client(url.to_owned(), Scope::Admin)
+        .await
+        .unwrap();
     c.list_alerts(ListAlertsRequest {
         device_uuid: Some(device.to_owned()),
         ..Default::default()
@@ -121,8 +122,44 @@ async fn the_specs_threshold_test_and_a_config_change_without_restart() {
     assert_eq!(a[0].threshold.as_deref(), Some("20"));
     assert_eq!(a[0].state, "open");
 
+    // Scoped to an owner: the device's owner (nil: created without one)
+    // sees the alert; another owner neither sees, counts nor acts on it.
+    let nil = uuid::Uuid::nil().to_string();
+    assert_eq!(a[0].owner_id, nil);
+    let only_open = || ListAlertsRequest {
+        only_open: true,
+        device_uuids: vec![cool.id.clone()],
+        ..Default::default()
+    };
+    for (owner, expect) in [(nil, 1), (uuid::Uuid::new_v4().to_string(), 0)] {
+        let mut c = iot_proto::alerts_client(url.clone(), Scope::Owner(owner))
+            .await
+            .unwrap();
+        let listed = c.list_alerts(only_open()).await.unwrap().into_inner();
+        assert_eq!(listed.alerts.len(), expect);
+        let counted = c.count_alerts(only_open()).await.unwrap().into_inner();
+        assert_eq!(counted.count, expect as u64);
+        if expect == 0 {
+            let err = c
+                .acknowledge_alert(v1::AlertActionRequest {
+                    id: a[0].id.clone(),
+                    by: uuid::Uuid::new_v4().to_string(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound);
+        }
+    }
+    let mut unscoped = v1::alerts_client::AlertsClient::connect(url.clone())
+        .await
+        .unwrap();
+    let err = unscoped.list_alerts(only_open()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
     // Open → acknowledged (by whom, when) → resolved by hand.
-    let mut api = AlertsClient::connect(url.clone()).await.unwrap();
+    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
+        .await
+        .unwrap();
     let (alice, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let ack = |by: uuid::Uuid| v1::AlertActionRequest {
         id: a[0].id.clone(),
@@ -295,7 +332,9 @@ async fn every_alert_change_reaches_the_stream_and_the_alerts_topic() {
         .unwrap()
         .into_inner();
     // A subscriber of this device's alerts, from now on.
-    let mut api = AlertsClient::connect(url.clone()).await.unwrap();
+    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
+        .await
+        .unwrap();
     let mut stream = api
         .subscribe_alerts(v1::SubscribeAlertsRequest {
             device_uuid: Some(dev.id.clone()),

@@ -52,6 +52,21 @@ fn load(service: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
     outcome
 }
 
+/// Compose's `${VAR:-default}` with no VAR set: the default.
+fn interpolate(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closing }") + start;
+        let inner = &rest[start + 2..end];
+        out.push_str(inner.split_once(":-").map_or("", |(_, d)| d));
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn prefix(service: &str) -> String {
     format!("{}__", service.to_uppercase().replace('-', "_"))
 }
@@ -87,7 +102,7 @@ fn compose_gives_each_service_settings_it_accepts() {
                     Value::String(s) => s.clone(),
                     other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
                 };
-                (k.as_str().unwrap().to_owned(), v)
+                (k.as_str().unwrap().to_owned(), interpolate(&v))
             })
             .filter(|(k, _)| k.starts_with(&prefix(service)))
             .collect();

@@ -41,8 +41,11 @@ async fn services_answer_health_checks_and_stop_cleanly() {
             registry_url: format!("http://{}", p.registry),
             telemetry_url: format!("http://{}", p.telemetry),
             alerts_url: format!("http://{}", alerts.grpc_addr),
+            ingest_url: format!("http://{}", p.gateway_grpc),
+            http_addr: ANY,
             grpc_addr: ANY,
             admin_addr: ANY,
+            ..Default::default()
         },
         p.shutdown.clone(),
     )

@@ -173,8 +173,6 @@ impl Platform {
         .into_inner()
     }
 
-    /// Stops the gateway alone and starts it again with the same MQTT
-    /// session (client id), as a redeployed replica would.
     /// Starts an alert-engine on this platform (a consumer group of its own),
     /// its config adjusted by `tune` first.
     pub async fn start_alert_engine(
@@ -208,6 +206,38 @@ impl Platform {
             .unwrap();
     }
 
+    /// Starts a graphql-gateway on this platform's services (alerts from
+    /// `alerts`), its config adjusted by `tune` first; returns once it is
+    /// ready (every backend serving).
+    pub async fn start_graphql(
+        &self,
+        alerts: &alert_engine::Running,
+        tune: impl FnOnce(&mut graphql_gateway::Config),
+    ) -> graphql_gateway::Running {
+        let mut config = graphql_gateway::Config {
+            registry_url: format!("http://{}", self.registry),
+            telemetry_url: format!("http://{}", self.telemetry),
+            alerts_url: format!("http://{}", alerts.grpc_addr),
+            ingest_url: format!("http://{}", self.gateway_grpc),
+            http_addr: ANY,
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        };
+        config.limits.poll_ms = 200;
+        tune(&mut config);
+        let g = graphql_gateway::start(config, self.shutdown.clone())
+            .await
+            .unwrap();
+        kit::eventually("graphql-gateway ready", Duration::from_secs(30), || async {
+            (kit::http_get(g.http_addr, "/readyz").await == "ready").then_some(())
+        })
+        .await;
+        g
+    }
+
+    /// Stops the gateway alone and starts it again with the same MQTT
+    /// session (client id), as a redeployed replica would.
     pub async fn restart_gateway(&mut self) {
         self.gateway_shutdown.cancel();
         // The gateway's task was pushed last.

@@ -1,0 +1,250 @@
+//! The HTTP side: `POST /graphql`, GraphQL over WebSocket on `GET /graphql`
+//! (graphql-transport-ws and the legacy graphql-ws), GraphiQL on `/` in
+//! development mode, `/healthz` and `/readyz`. Authentication and the
+//! per-caller rate limit happen here, before a query runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use iot_telemetry::Readiness;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+
+use crate::auth::{Authenticator, Principal};
+use crate::schema::{self, ApiSchema};
+use crate::upstream::Upstreams;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: ApiSchema,
+    pub auth: Arc<Authenticator>,
+    pub limiter: Arc<RateLimiter>,
+    pub ready: Readiness,
+    pub up: Upstreams,
+    pub metrics: HttpMetrics,
+}
+
+pub fn router(state: AppState, dev_mode: bool, max_body_bytes: usize) -> Router {
+    let mut r = Router::new()
+        .route("/graphql", get(ws).post(graphql))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    if dev_mode {
+        r = r.route("/", get(graphiql));
+    }
+    r.layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
+            .finish(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.ready.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// A GraphQL-shaped error response outside of query execution.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{"message": message, "extensions": {"code": code}}]
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let who = match s.auth.from_headers(&headers) {
+        Ok(p) => p,
+        Err(e) => {
+            s.metrics
+                .requests
+                .with_label_values(&["unauthenticated"])
+                .inc();
+            return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string());
+        }
+    };
+    let batch: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            s.metrics.requests.with_label_values(&["bad_request"]).inc();
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                &format!("the body is not a GraphQL request: {e}"),
+            );
+        }
+    };
+    let n = match &batch {
+        async_graphql::BatchRequest::Single(_) => 1,
+        async_graphql::BatchRequest::Batch(v) => v.len(),
+    };
+    if let Err(wait) = s.limiter.take(&who.name, n as f64) {
+        s.metrics
+            .requests
+            .with_label_values(&["rate_limited"])
+            .inc();
+        let mut r = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "too many requests; slow down",
+        );
+        if let Ok(v) = wait.ceil().max(1.0).to_string().parse() {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let with_caller = |mut req: async_graphql::Request| {
+        req.data = schema::request_data(&s.up, who.clone());
+        req
+    };
+    let batch = match batch {
+        async_graphql::BatchRequest::Single(r) => {
+            async_graphql::BatchRequest::Single(with_caller(r))
+        }
+        async_graphql::BatchRequest::Batch(v) => {
+            async_graphql::BatchRequest::Batch(v.into_iter().map(with_caller).collect())
+        }
+    };
+    let resp = s.schema.execute_batch(batch).await;
+    let outcome = if resp.is_ok() { "ok" } else { "error" };
+    s.metrics.requests.with_label_values(&[outcome]).inc();
+    s.metrics
+        .seconds
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    Json(resp).into_response()
+}
+
+async fn ws(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let from_headers: Option<Principal> = s.auth.from_headers(&headers).ok();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let (auth, up, limiter) = (s.auth.clone(), s.up.clone(), s.limiter.clone());
+            GraphQLWebSocket::new(socket, s.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    let who = auth
+                        .from_init_payload(&payload, from_headers.as_ref())
+                        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+                    limiter
+                        .take(&who.name, 1.0)
+                        .map_err(|_| async_graphql::Error::new("too many requests; slow down"))?;
+                    Ok(schema::request_data(&up, who))
+                })
+                .serve()
+        })
+}
+
+/// Per-caller token buckets.
+pub struct RateLimiter {
+    per_sec: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: f64, burst: f64) -> Self {
+        Self {
+            per_sec,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes `n` tokens of `who`'s bucket, or says how many seconds until
+    /// there are enough.
+    pub fn take(&self, who: &str, n: f64) -> Result<(), f64> {
+        let now = Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() > 100_000 {
+            // Forget full buckets rather than grow without bound.
+            let burst = self.burst;
+            let per_sec = self.per_sec;
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < burst
+            });
+        }
+        let (tokens, at) = b.entry(who.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= n {
+            *tokens -= n;
+            Ok(())
+        } else {
+            Err((n - *tokens) / self.per_sec)
+        }
+    }
+}
+
+/// Request counts and latencies.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "GraphQL HTTP requests by outcome (ok, error, unauthenticated, rate_limited, bad_request)",
+            ),
+            &["outcome"],
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "GraphQL request latency").buckets(
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ],
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(Self { requests, seconds })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_buckets_refill_at_their_rate() {
+        let l = RateLimiter::new(10.0, 3.0);
+        for _ in 0..3 {
+            assert!(l.take("a", 1.0).is_ok());
+        }
+        let wait = l.take("a", 1.0).unwrap_err();
+        assert!(wait > 0.0 && wait <= 0.1, "{wait}");
+        // Another caller has its own bucket.
+        assert!(l.take("b", 3.0).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(l.take("a", 1.0).is_ok());
+    }
+}

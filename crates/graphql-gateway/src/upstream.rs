@@ -1,0 +1,214 @@
+//! The services the gateway calls: one lazily connected channel each, a
+//! deadline on every call, and every call counted and timed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_graphql::ErrorExtensions;
+use iot_proto::Scope;
+use iot_proto::v1::{
+    alerts_client::AlertsClient, device_registry_client::DeviceRegistryClient,
+    ingest_client::IngestClient, telemetry_client::TelemetryClient,
+};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::config::Config;
+
+pub type RegistryApi = DeviceRegistryClient<InterceptedService<Channel, Scope>>;
+pub type Alerts = AlertsClient<InterceptedService<Channel, Scope>>;
+
+/// Channels to the backends, and the gateway's view of how they answer.
+#[derive(Clone)]
+pub struct Upstreams {
+    registry: Channel,
+    telemetry: Channel,
+    alerts: Channel,
+    ingest: Channel,
+    pub metrics: Arc<UpstreamMetrics>,
+}
+
+fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_owned())?
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl Upstreams {
+    pub fn connect(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
+        let t = Duration::from_millis(config.limits.upstream_timeout_ms);
+        Ok(Self {
+            registry: channel(&config.registry_url, t)?,
+            telemetry: channel(&config.telemetry_url, t)?,
+            alerts: channel(&config.alerts_url, t)?,
+            ingest: channel(&config.ingest_url, t)?,
+            metrics: Arc::new(UpstreamMetrics::new(registry)?),
+        })
+    }
+
+    pub fn registry(&self, scope: Scope) -> RegistryApi {
+        DeviceRegistryClient::with_interceptor(self.registry.clone(), scope)
+    }
+
+    pub fn alerts(&self, scope: Scope) -> Alerts {
+        AlertsClient::with_interceptor(self.alerts.clone(), scope)
+    }
+
+    pub fn telemetry(&self) -> TelemetryClient<Channel> {
+        TelemetryClient::new(self.telemetry.clone())
+    }
+
+    pub fn ingest(&self) -> IngestClient<Channel> {
+        IngestClient::new(self.ingest.clone())
+    }
+
+    /// Names of backends that are not serving.
+    pub async fn unhealthy(&self) -> Vec<&'static str> {
+        let mut bad = Vec::new();
+        for (name, ch) in [
+            ("device-registry", &self.registry),
+            ("ingest-writer", &self.telemetry),
+            ("alert-engine", &self.alerts),
+            ("mqtt-gateway", &self.ingest),
+        ] {
+            let serving = HealthClient::new(ch.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
+                .unwrap_or(false);
+            if !serving {
+                bad.push(name);
+            }
+        }
+        bad
+    }
+
+    /// Runs one gRPC call to `service`'s `method`, counting and timing it;
+    /// a failure becomes a GraphQL error with an `extensions.code`.
+    pub async fn call<T, F>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        fut: F,
+    ) -> async_graphql::Result<T>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let out = fut.await;
+        let elapsed = started.elapsed();
+        let code = match &out {
+            Ok(_) => "OK".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics.observe(service, method, &code, elapsed);
+        out.map(tonic::Response::into_inner)
+            .map_err(|s| status_error(service, &s))
+    }
+}
+
+/// A backend's answer as a GraphQL error: its message, and a code clients
+/// can act on in `extensions.code`.
+pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
+    use tonic::Code;
+    let (code, message) = match s.code() {
+        Code::InvalidArgument => ("BAD_USER_INPUT", s.message().to_owned()),
+        Code::NotFound => ("NOT_FOUND", s.message().to_owned()),
+        Code::AlreadyExists => ("ALREADY_EXISTS", s.message().to_owned()),
+        Code::FailedPrecondition => ("FAILED_PRECONDITION", s.message().to_owned()),
+        Code::Unauthenticated | Code::PermissionDenied => ("FORBIDDEN", "not allowed".to_owned()),
+        Code::DeadlineExceeded => (
+            "BACKEND_TIMEOUT",
+            format!("{service} did not answer in time"),
+        ),
+        Code::Unavailable => ("BACKEND_UNAVAILABLE", format!("{service} is unavailable")),
+        _ => ("INTERNAL", format!("{service} failed")),
+    };
+    if matches!(code, "BACKEND_UNAVAILABLE" | "BACKEND_TIMEOUT" | "INTERNAL") {
+        tracing::warn!(service, status = %s, "backend call failed");
+    }
+    async_graphql::Error::new(message).extend_with(|_, e| {
+        e.set("code", code);
+        e.set("service", service.to_owned());
+    })
+}
+
+/// A GraphQL error with a code.
+pub fn error(code: &'static str, message: impl Into<String>) -> async_graphql::Error {
+    async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+}
+
+/// Backend call figures: Prometheus series, and the mean latency over the
+/// last minute (the status summary's `average_response_time_ms`).
+pub struct UpstreamMetrics {
+    calls: IntCounterVec,
+    seconds: HistogramVec,
+    /// (second, sum of ms, calls) for the last 60 seconds.
+    window: Mutex<Vec<(u64, f64, u64)>>,
+    epoch: Instant,
+}
+
+impl UpstreamMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "upstream_calls_total",
+                "gRPC calls to backends, by service, method and status code",
+            ),
+            &["service", "method", "code"],
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new("upstream_call_duration_seconds", "gRPC call latency").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ],
+            ),
+            &["service", "method"],
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(Self {
+            calls,
+            seconds,
+            window: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn observe(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+        self.calls.with_label_values(&[service, method, code]).inc();
+        self.seconds
+            .with_label_values(&[service, method])
+            .observe(elapsed.as_secs_f64());
+        let now = self.epoch.elapsed().as_secs();
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        w.retain(|(s, _, _)| now.saturating_sub(*s) < 60);
+        match w.last_mut() {
+            Some((s, sum, n)) if *s == now => {
+                *sum += elapsed.as_secs_f64() * 1000.0;
+                *n += 1;
+            }
+            _ => w.push((now, elapsed.as_secs_f64() * 1000.0, 1)),
+        }
+    }
+
+    /// Mean backend call latency over the last minute, in milliseconds
+    /// (0 when there were none).
+    pub fn mean_ms_last_minute(&self) -> f64 {
+        let now = self.epoch.elapsed().as_secs();
+        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (sum, n) = w
+            .iter()
+            .filter(|(s, _, _)| now.saturating_sub(*s) < 60)
+            .fold((0.0, 0), |(a, b), (_, s, n)| (a + s, b + n));
+        if n == 0 { 0.0 } else { sum / n as f64 }
+    }
+}

@@ -1,0 +1,13 @@
+-- fleet_stats.sql for one owner's devices ($1). Readings are counted by
+-- their own time (ingest_counts, which counts by store time, is not kept
+-- per owner); the time index bounds the scan to the last minute.
+WITH mine AS (SELECT id FROM devices WHERE owner_id = $1)
+SELECT
+    (SELECT count(*) FROM sensor_readings
+      WHERE time >= date_trunc('second', now()) - INTERVAL '60 seconds'
+        AND time <  date_trunc('second', now())
+        AND device_id IN (SELECT id FROM mine)),
+    (SELECT count(DISTINCT device_id) FROM sensor_latest
+      WHERE time >= now() - INTERVAL '5 minutes' AND device_id IN (SELECT id FROM mine)),
+    (SELECT count(DISTINCT device_id) FROM sensor_latest WHERE device_id IN (SELECT id FROM mine)),
+    (SELECT count(*) FROM sensor_latest WHERE device_id IN (SELECT id FROM mine))
