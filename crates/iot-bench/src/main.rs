@@ -15,6 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod graphql;
 mod procs;
 mod query;
 
@@ -385,8 +386,8 @@ async fn probe_latency(
 async fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
-        what == "ingest" || what == "query",
-        "usage: iot-bench ingest|query"
+        ["ingest", "query", "graphql"].contains(&what.as_str()),
+        "usage: iot-bench ingest|query|graphql"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -399,6 +400,10 @@ async fn main() -> anyhow::Result<()> {
     };
     if what == "query" {
         query::run(&ctx).await;
+        return Ok(());
+    }
+    if what == "graphql" {
+        graphql::run(&ctx).await;
         return Ok(());
     }
     println!("ingest benchmark, {} rows per phase", ctx.rows);

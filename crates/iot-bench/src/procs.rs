@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Service {
     child: Child,
     grpc_port: u16,
+    /// The GraphQL port (graphql-gateway only).
+    pub http_port: u16,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -46,7 +48,11 @@ impl Service {
             cmd.env(format!("{prefix}__{k}"), v);
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Self { child, grpc_port }
+        Self {
+            child,
+            grpc_port,
+            http_port: 0,
+        }
     }
 
     pub fn registry(db: &str, mqtt_port: u16) -> Self {
@@ -105,6 +111,50 @@ impl Service {
                 ("MQTT__SHARE_GROUP", root.into()),
             ],
         )
+    }
+
+    pub fn alerts(db: &str, kafka: &iot_kafka::KafkaConfig, registry: &str) -> Self {
+        Self::spawn(
+            "alert-engine",
+            "ALERT_ENGINE",
+            &[
+                ("DATABASE_URL", db.into()),
+                ("GROUP_ID", format!("bench-alerts-{}", std::process::id())),
+                ("REGISTRY_URL", registry.into()),
+                ("KAFKA__BROKERS", kafka.brokers.clone()),
+                ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
+                ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
+                ("ALERTS_TOPIC", format!("{}.alerts", kafka.readings_topic)),
+            ],
+        )
+    }
+
+    /// A graphql-gateway on these backends accepting one API key (its
+    /// SHA-256) for `owner`, with the rate limit out of the way.
+    pub fn graphql(
+        [registry, telemetry, alerts]: [&str; 3],
+        key_sha256: &str,
+        owner: &str,
+    ) -> Self {
+        let http_port = free_port();
+        let mut s = Self::spawn(
+            "graphql-gateway",
+            "GRAPHQL_GATEWAY",
+            &[
+                ("REGISTRY_URL", registry.into()),
+                ("TELEMETRY_URL", telemetry.into()),
+                ("ALERTS_URL", alerts.into()),
+                ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+                (
+                    "AUTH__API_KEYS",
+                    format!(r#"[{{name="bench", sha256="{key_sha256}", owner="{owner}"}}]"#),
+                ),
+                ("LIMITS__RATE_PER_SEC", "1000000".into()),
+                ("LIMITS__RATE_BURST", "1000000".into()),
+            ],
+        );
+        s.http_port = http_port;
+        s
     }
 
     pub fn grpc_url(&self) -> String {

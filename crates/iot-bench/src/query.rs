@@ -31,7 +31,7 @@ const LIGHT_DEVICES: usize = 90;
 const SAMPLES: usize = 400;
 
 /// Device `i` of the benchmark: stable ids so a kept database is reusable.
-fn device(i: usize) -> Uuid {
+pub fn device(i: usize) -> Uuid {
     Uuid::from_u128(0x1075_0000_0000_4000_8000_0000_0000_0000 | i as u128)
 }
 
@@ -41,10 +41,10 @@ fn value(series: usize, k: i64) -> Decimal {
     Decimal::new((x * 10_000.0).round() as i64, 4)
 }
 
-struct Data {
+pub struct Data {
     series: usize,
     /// The last reading's time; series run back `DAYS` days from here.
-    end: DateTime<Utc>,
+    pub end: DateTime<Utc>,
 }
 
 impl Data {
@@ -52,15 +52,16 @@ impl Data {
         self.series as i64 * DAYS * 86_400 / STEP_SECS
     }
 
-    fn start(&self) -> DateTime<Utc> {
+    pub fn start(&self) -> DateTime<Utc> {
         self.end - TimeDelta::days(DAYS)
     }
 }
 
-/// Loads the year (or finds it loaded); returns the database URL.
-async fn load(ctx: &Ctx, series: usize) -> (String, Data) {
+/// Loads the year into database `name` (or finds it loaded); returns the
+/// database URL.
+pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
     let base = ctx.admin_db.rsplit_once('/').unwrap().0;
-    let url = format!("{base}/{DB_NAME}");
+    let url = format!("{base}/{name}");
     let admin = connect(&ctx.admin_db).await;
     let reload = std::env::var("IOT_BENCH_RELOAD").is_ok_and(|v| v == "1");
     if !reload
@@ -82,12 +83,12 @@ async fn load(ctx: &Ctx, series: usize) -> (String, Data) {
             && n == series.to_string()
             && let Ok(end) = end.parse::<DateTime<Utc>>()
         {
-            println!("reusing the loaded year in database {DB_NAME} (IOT_BENCH_RELOAD=1 reloads)");
+            println!("reusing the loaded year in database {name} (IOT_BENCH_RELOAD=1 reloads)");
             return (url, Data { series, end });
         }
     }
     admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await
         .unwrap();
     iot_db::ensure_database(&url).await.unwrap();
@@ -196,13 +197,13 @@ async fn load(ctx: &Ctx, series: usize) -> (String, Data) {
 }
 
 /// Latency percentiles in milliseconds.
-struct Stats {
-    p50: f64,
-    p95: f64,
-    p99: f64,
+pub struct Stats {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
 }
 
-fn stats(mut ms: Vec<f64>) -> Stats {
+pub fn stats(mut ms: Vec<f64>) -> Stats {
     ms.sort_by(f64::total_cmp);
     let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
     Stats {
@@ -280,7 +281,7 @@ pub async fn run(ctx: &Ctx) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let (url, data) = load(ctx, series).await;
+    let (url, data) = load(ctx, DB_NAME, series).await;
     let backend = {
         let db = connect(&url).await;
         iot_db::storage_backend(&db).await.unwrap().unwrap()

@@ -6,7 +6,7 @@
 //!   down    stop everything `up` (or `stack`) started
 //!   test    install and start what the tests need, run the whole suite
 //!   stack   install and start PostgreSQL, Mosquitto and Tansu only
-//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`)
+//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`, `bench graphql`)
 //!   status  show what runs
 
 mod paths;
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         "status" => stack::status(),
         "bench" => stack::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <up|down|test|stack|status|bench ingest|query>");
+            eprintln!("usage: cargo xtask <up|down|test|stack|status|bench ingest|query|graphql>");
             return if cmd == "help" {
                 ExitCode::SUCCESS
             } else {

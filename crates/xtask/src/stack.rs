@@ -363,6 +363,9 @@ pub fn up() -> Result<()> {
     println!(
         "  gRPC              registry :50051, telemetry :50052, alerts :50053 (grpc.health.v1 on each)"
     );
+    println!(
+        "  GraphQL           http://127.0.0.1:8080/graphql (GraphiQL on /), header X-Api-Key: local-dev-api-key"
+    );
     println!("  metrics           http://127.0.0.1:910{{1..5}}/metrics");
     println!(
         "  look at data      {} status --database-url {DATABASE_URL}",
@@ -431,8 +434,8 @@ pub fn test(extra: &[String]) -> Result<()> {
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if what != "ingest" && what != "query" {
-        return Err("usage: cargo xtask bench ingest|query".into());
+    if !["ingest", "query", "graphql"].contains(&what) {
+        return Err("usage: cargo xtask bench ingest|query|graphql".into());
     }
     proc::run(cargo().args([
         "build",
@@ -443,6 +446,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         "ingest-writer",
         "-p",
         "mqtt-gateway",
+        "-p",
+        "alert-engine",
+        "-p",
+        "graphql-gateway",
         "-p",
         "iot-bench",
     ]))?;

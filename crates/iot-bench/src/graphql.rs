@@ -1,0 +1,420 @@
+//! `iot-bench graphql`: what the GraphQL layer adds. The spec's
+//! DeviceDashboard (10,000 devices in the registry) and TemperatureTrend (a
+//! year of hourly metrics) through a release graphql-gateway, next to the
+//! same data fetched from the gRPC services directly, in the same run; and
+//! 1,000 concurrent `alerts` subscribers over WebSocket, each of which must
+//! receive every alert change, with the delay from the change to delivery.
+//!
+//! Data: one series of a year at one reading per 10 s (3.15M rows, kept in
+//! database `iot_bench_graphql` and reused; `IOT_BENCH_RELOAD=1` reloads),
+//! 10,000 devices of one owner inserted straight into the registry's table
+//! (their broker accounts play no part here), a few open alerts on the
+//! dashboard's devices, and fresh alerts to acknowledge for the subscribers.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::{SinkExt, StreamExt};
+use iot_proto::Scope;
+use iot_proto::v1::{self, telemetry_client::TelemetryClient};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use uuid::Uuid;
+
+use crate::procs::Service;
+use crate::query::{self, device, stats};
+use crate::{Ctx, connect, fresh_topics};
+
+const DB: &str = "iot_bench_graphql";
+const DEVICES: usize = 10_000;
+const SAMPLES: usize = 300;
+const SUBSCRIBERS: usize = 1000;
+const EVENTS: usize = 20;
+const KEY: &str = "bench-api-key";
+const OWNER: Uuid = Uuid::from_u128(0x1075_0000_0000_4000_8000_0000_00ff_ffff);
+
+const DEVICE_DASHBOARD: &str = "query DeviceDashboard($deviceId: ID!) {
+  device(id: $deviceId) {
+    id
+    name
+    status
+    current_readings { sensor_name value unit time }
+    alerts { id alert_type severity value }
+  }
+}";
+
+const TEMPERATURE_TREND: &str = "query TemperatureTrend($deviceId: ID!, $startTime: String!, $endTime: String!) {
+  sensorMetrics(deviceId: $deviceId, sensorName: \"temperature\", startTime: $startTime, endTime: $endTime, granularity: \"1h\") {
+    time avg_value min_value max_value
+  }
+}";
+
+/// Devices of the owner (device 0 holds the year), three open alerts on
+/// each of the first 100, and `EVENTS` fresh alerts for the subscribers.
+async fn seed(url: &str) {
+    let db = connect(url).await;
+    db.execute(
+        "INSERT INTO devices (id, device_id, name, device_type, owner_id, last_heartbeat)
+         SELECT ('10750000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+                'bench-' || i, 'Bench device ' || i, 'temperature_sensor', $1, now()
+         FROM generate_series(0, $2::int - 1) i
+         ON CONFLICT DO NOTHING",
+        &[&OWNER, &(DEVICES as i32)],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO device_alerts (device_id, alert_type, severity, sensor_name, value, threshold, owner_id)
+         SELECT ('10750000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+                'threshold_exceeded', 'warning', s, 35, 30, $1
+         FROM generate_series(0, 99) i, unnest(ARRAY['a', 'b', 'c']) s
+         ON CONFLICT DO NOTHING",
+        &[&OWNER],
+    )
+    .await
+    .unwrap();
+    db.batch_execute("DELETE FROM device_alerts WHERE alert_type = 'bench_event'")
+        .await
+        .unwrap();
+    db.execute(
+        "INSERT INTO device_alerts (device_id, alert_type, severity, owner_id)
+         SELECT ('10750000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
+                'bench_event', 'info', $1
+         FROM generate_series(200, 199 + $2::int) i",
+        &[&OWNER, &(EVENTS as i32)],
+    )
+    .await
+    .unwrap();
+}
+
+/// A keep-alive HTTP/1.1 client for `POST /graphql`.
+struct Http(BufReader<tokio::net::TcpStream>);
+
+impl Http {
+    async fn connect(port: u16) -> Self {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.set_nodelay(true).unwrap();
+        Self(BufReader::new(s))
+    }
+
+    async fn post(&mut self, query: &str, variables: Value) -> Value {
+        let body = json!({"query": query, "variables": variables}).to_string();
+        let head = format!(
+            "POST /graphql HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nX-Api-Key: {KEY}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let s = self.0.get_mut();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line).await.unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut buf = vec![0; length];
+        self.0.read_exact(&mut buf).await.unwrap();
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert!(v.get("errors").is_none(), "GraphQL error: {v}");
+        v["data"].clone()
+    }
+}
+
+/// Interleaved samples of the direct gRPC calls and the GraphQL query
+/// (the order alternates, so caches favour neither); both must return the
+/// same number of items.
+async fn compare<D, DF, G, GF>(name: &str, mut direct: D, mut graphql: G)
+where
+    D: FnMut(usize) -> DF,
+    DF: Future<Output = usize>,
+    G: FnMut(usize) -> GF,
+    GF: Future<Output = usize>,
+{
+    for i in 0..10 {
+        direct(i).await;
+        graphql(i).await;
+    }
+    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let mut items = 0;
+    for i in 0..SAMPLES {
+        let (nd, ng);
+        if i % 2 == 0 {
+            let t = Instant::now();
+            nd = direct(i).await;
+            d.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            ng = graphql(i).await;
+            g.push(t.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            let t = Instant::now();
+            ng = graphql(i).await;
+            g.push(t.elapsed().as_secs_f64() * 1000.0);
+            let t = Instant::now();
+            nd = direct(i).await;
+            d.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        assert_eq!(nd, ng, "{name}: GraphQL and gRPC disagree");
+        items = nd;
+    }
+    let (d, g) = (stats(d), stats(g));
+    let added = g.p50 - d.p50;
+    println!(
+        "{name:<28} {items:>5} items | gRPC direct p50 {:>6.2} p99 {:>6.2} | GraphQL p50 {:>6.2} p99 {:>6.2} ms | GraphQL/gRPC p50 {:.2}x | added at p50 {added:.2} ms (target <= 2 ms: {})",
+        d.p50,
+        d.p99,
+        g.p50,
+        g.p99,
+        g.p50 / d.p50,
+        if added <= 2.0 { "ok" } else { "MISSED" }
+    );
+}
+
+pub async fn run(ctx: &Ctx) {
+    let (url, data) = query::load(ctx, DB, 1).await;
+    seed(&url).await;
+    let kafka = fresh_topics(ctx).await;
+    let registry = Service::registry(&url, ctx.mqtt_port);
+    let writer = Service::writer(&url, &kafka, "bench-graphql");
+    let alerts = Service::alerts(&url, &kafka, &registry.grpc_url());
+    let key_sha: String = sha2::Sha256::digest(KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let gql = Service::graphql(
+        [&registry.grpc_url(), &writer.grpc_url(), &alerts.grpc_url()],
+        &key_sha,
+        &OWNER.to_string(),
+    );
+    let scope = Scope::Owner(OWNER.to_string());
+    let (reg, tel, al) = loop {
+        let r = iot_proto::registry_client(registry.grpc_url(), scope.clone()).await;
+        let t = TelemetryClient::connect(writer.grpc_url()).await;
+        let a = iot_proto::alerts_client(alerts.grpc_url(), scope.clone()).await;
+        let h = tokio::net::TcpStream::connect(("127.0.0.1", gql.http_port)).await;
+        match (r, t, a, h) {
+            (Ok(r), Ok(t), Ok(a), Ok(_)) => break (r, t, a),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let http = std::sync::Arc::new(tokio::sync::Mutex::new(Http::connect(gql.http_port).await));
+    println!(
+        "GraphQL benchmark: {DEVICES} devices, a year of readings, {SAMPLES} samples per query, release builds on one box"
+    );
+
+    // DeviceDashboard, over the 10,000 devices.
+    let pick = |i: usize| device((i * 7919) % 100).to_string();
+    compare(
+        "DeviceDashboard",
+        |i| {
+            let (mut reg, mut tel, mut al) = (reg.clone(), tel.clone(), al.clone());
+            let id = pick(i);
+            async move {
+                let d = reg
+                    .get_device(v1::GetDeviceRequest { id })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let (l, a) = tokio::join!(
+                    tel.latest_readings(v1::LatestReadingsRequest {
+                        device_uuids: vec![d.id.clone()],
+                    }),
+                    al.list_alerts(v1::ListAlertsRequest {
+                        device_uuids: vec![d.id.clone()],
+                        only_open: true,
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                );
+                l.unwrap().into_inner().readings.len() + a.unwrap().into_inner().alerts.len()
+            }
+        },
+        |i| {
+            let http = http.clone();
+            let id = pick(i);
+            async move {
+                let d = http
+                    .lock()
+                    .await
+                    .post(DEVICE_DASHBOARD, json!({"deviceId": id}))
+                    .await;
+                let n = |f: &str| d["device"][f].as_array().map_or(0, Vec::len);
+                n("current_readings") + n("alerts")
+            }
+        },
+    )
+    .await;
+
+    // TemperatureTrend: a year of hourly metrics of the loaded series.
+    let range = |i: usize| -> (DateTime<Utc>, DateTime<Utc>) {
+        let s = data.start() + TimeDelta::seconds(((i * 7919) % 86_400) as i64);
+        (s, s + TimeDelta::days(364))
+    };
+    let trend_device = device(0).to_string();
+    compare(
+        "TemperatureTrend (1 year, 1h)",
+        |i| {
+            let (mut reg, mut tel) = (reg.clone(), tel.clone());
+            let (s, e) = range(i);
+            let id = trend_device.clone();
+            async move {
+                let d = reg
+                    .get_device(v1::GetDeviceRequest { id })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                tel.query_metrics(v1::QueryMetricsRequest {
+                    device_uuid: d.id,
+                    sensor_name: "temperature".into(),
+                    start: Some(iot_proto::timestamp(s)),
+                    end: Some(iot_proto::timestamp(e)),
+                    granularity: "1h".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .metrics
+                .len()
+            }
+        },
+        |i| {
+            let http = http.clone();
+            let (s, e) = range(i);
+            let id = trend_device.clone();
+            async move {
+                let d = http
+                    .lock()
+                    .await
+                    .post(
+                        TEMPERATURE_TREND,
+                        json!({"deviceId": id, "startTime": s.to_rfc3339(), "endTime": e.to_rfc3339()}),
+                    )
+                    .await;
+                d["sensorMetrics"].as_array().map_or(0, Vec::len)
+            }
+        },
+    )
+    .await;
+
+    subscribers(gql.http_port, al.clone(), &url).await;
+    drop((gql, alerts, writer, registry));
+}
+
+/// `SUBSCRIBERS` WebSocket clients subscribe to `alerts`; `EVENTS` alerts
+/// are acknowledged one after another; each delivery's delay is measured
+/// from just before the acknowledgement was sent (so it includes the
+/// acknowledgement's own commit).
+async fn subscribers(port: u16, mut api: iot_proto::AlertsClient, url: &str) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let tx = tx.clone();
+        let mut req = format!("ws://127.0.0.1:{port}/graphql")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let text = |v: Value| Message::Text(v.to_string().into());
+        ws.send(text(
+            json!({"type": "connection_init", "payload": {"apiKey": KEY}}),
+        ))
+        .await
+        .unwrap();
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(&m, Message::Text(t) if t.contains("connection_ack")) {
+                break;
+            }
+        }
+        ws.send(text(json!({"id": "1", "type": "subscribe",
+            "payload": {"query": "subscription { alerts { id state } }"}})))
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                let at = Instant::now();
+                let Message::Text(t) = m else { continue };
+                let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                if let Some(id) = v["payload"]["data"]["alerts"]["id"].as_str() {
+                    let _ = tx.send((id.to_owned(), at));
+                }
+            }
+        }));
+    }
+    println!(
+        "{SUBSCRIBERS} subscribers connected in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Let the last subscriptions reach the hub.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let db = connect(url).await;
+    let ids: Vec<Uuid> = db
+        .query(
+            "SELECT id FROM device_alerts WHERE alert_type = 'bench_event' ORDER BY device_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut delays = Vec::new();
+    let mut missing = 0;
+    for id in &ids {
+        let t0 = Instant::now();
+        api.acknowledge_alert(v1::AlertActionRequest {
+            id: id.to_string(),
+            by: OWNER.to_string(),
+        })
+        .await
+        .unwrap();
+        let want = id.to_string();
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got < SUBSCRIBERS {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((aid, at))) if aid == want => {
+                    got += 1;
+                    delays.push(at.duration_since(t0).as_secs_f64() * 1000.0);
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        missing += SUBSCRIBERS - got;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = delays.len();
+    let s = stats(delays);
+    println!(
+        "alerts subscription: {delivered}/{} deliveries ({} alert changes x {SUBSCRIBERS} subscribers; missing {missing}) | delay from the change p50 {:.1} p95 {:.1} p99 {:.1} ms (target p99 <= 200 ms: {})",
+        ids.len() * SUBSCRIBERS,
+        ids.len(),
+        s.p50,
+        s.p95,
+        s.p99,
+        if s.p99 <= 200.0 && missing == 0 {
+            "ok"
+        } else {
+            "MISSED"
+        }
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
