@@ -23,6 +23,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::events;
+use crate::rules::{self, Action, DeviceFacts, Evaluator};
 use crate::thresholds::{self, Thresholds};
 
 /// What the rules need to know of a device.
@@ -32,6 +33,8 @@ pub struct Rules {
     pub read_interval: Option<i32>,
     pub active: bool,
     pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    /// What alert rules can see of the device.
+    pub facts: DeviceFacts,
 }
 
 /// Rules per device, from the registry.
@@ -96,6 +99,12 @@ impl Devices {
                         .last_heartbeat
                         .as_ref()
                         .and_then(iot_proto::from_timestamp),
+                    facts: DeviceFacts {
+                        owner: Uuid::parse_str(&d.owner_id).ok(),
+                        device_id: d.device_id,
+                        device_type: d.device_type,
+                        location: d.location.unwrap_or_default(),
+                    },
                 })))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
@@ -149,6 +158,48 @@ fn resolve_sql() -> String {
          RETURNING {}",
         events::COLUMNS
     )
+}
+
+/// Raises a rule's alert, or counts it again if open; returns it only when
+/// raised now.
+fn raise_rule_sql() -> String {
+    format!(
+        "WITH up AS (
+            INSERT INTO device_alerts
+                (device_id, alert_type, severity, sensor_name, message, value, created_at, last_seen_at, owner_id, rule_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, (SELECT owner_id FROM devices WHERE id = $1), $8)
+            ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
+            DO UPDATE SET occurrences = device_alerts.occurrences + 1,
+                          value = excluded.value,
+                          last_seen_at = GREATEST(device_alerts.last_seen_at, excluded.last_seen_at)
+            RETURNING *, (xmax = 0) AS inserted)
+         SELECT {} FROM up WHERE inserted",
+        events::COLUMNS
+    )
+}
+
+fn resolve_rule_sql() -> String {
+    format!(
+        "UPDATE device_alerts SET resolved_at = now()
+         WHERE device_id = $1 AND sensor_name = $2 AND rule_id = $3 AND resolved_at IS NULL
+         RETURNING {}",
+        events::COLUMNS
+    )
+}
+
+/// Open alerts raised by rules: (rule, device, sensor).
+async fn open_rule_alerts(pool: &Pool) -> anyhow::Result<HashSet<(Uuid, Uuid, String)>> {
+    let db = pool.get().await?;
+    Ok(db
+        .query(
+            "SELECT rule_id, device_id, sensor_name FROM device_alerts
+             WHERE resolved_at IS NULL AND rule_id IS NOT NULL AND sensor_name IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 const OPEN: &str = "SELECT device_id, sensor_name, alert_type FROM device_alerts
@@ -315,8 +366,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut open = load_open(&pool).await?;
     let mut presence = Presence::load(&pool, &devices.client).await?;
+    let mut ruled = Ruled {
+        rules: rules::load(&pool).await?,
+        eval: Evaluator::with_open(open_rule_alerts(&pool).await?),
+    };
     let mut reload = tokio::time::interval(Duration::from_secs(10));
     reload.tick().await;
+    // Rule changes apply within two seconds.
+    let mut reload_rules = tokio::time::interval(Duration::from_secs(2));
+    reload_rules.tick().await;
     let mut check = tokio::time::interval(Duration::from_secs(offline.check_secs));
     check.tick().await;
     loop {
@@ -331,14 +389,22 @@ pub async fn run(
             _ = reload.tick() => {
                 // Another replica, or someone by hand, may have raised or
                 // resolved meanwhile.
-                match (load_open(&pool).await, open_offline(&pool).await) {
-                    (Ok(o), Ok(off)) => {
+                match (load_open(&pool).await, open_offline(&pool).await, open_rule_alerts(&pool).await) {
+                    (Ok(o), Ok(off), Ok(r)) => {
                         open = o;
                         presence.offline = off;
+                        ruled.eval.open = r;
                     }
-                    (Err(e), _) | (_, Err(e)) => {
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                         tracing::warn!(error = %e, "cannot reload open alerts");
                     }
+                }
+                continue;
+            }
+            _ = reload_rules.tick() => {
+                match rules::load(&pool).await {
+                    Ok(r) => ruled.rules = r,
+                    Err(e) => tracing::warn!(error = %e, "cannot reload alert rules"),
                 }
                 continue;
             }
@@ -359,6 +425,7 @@ pub async fn run(
                 &devices,
                 &mut open,
                 &mut presence,
+                &mut ruled,
                 &metrics,
             )
             .await
@@ -386,6 +453,7 @@ async fn evaluate(
     devices: &Devices,
     open: &mut HashSet<OpenKey>,
     presence: &mut Presence,
+    ruled: &mut Ruled,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
     // The writer dead-letters undecodable records; here they are skipped.
@@ -415,14 +483,27 @@ async fn evaluate(
     let Some(rules) = devices.rules(device).await? else {
         return Ok(());
     };
-    let Some(limits) = rules.thresholds.get(&env.sensor_name) else {
-        return Ok(());
-    };
     let time = env
         .time
         .as_ref()
         .and_then(iot_proto::from_timestamp)
         .unwrap_or_else(chrono::Utc::now);
+    if !ruled.rules.is_empty() {
+        evaluate_rules(
+            pool,
+            ruled,
+            device,
+            &rules.facts,
+            &env,
+            value,
+            time,
+            metrics,
+        )
+        .await?;
+    }
+    let Some(limits) = rules.thresholds.get(&env.sensor_name) else {
+        return Ok(());
+    };
     match thresholds::check(limits, &env.sensor_name, value) {
         Some(v) => {
             events::change(
@@ -454,6 +535,78 @@ async fn evaluate(
                     "resolved",
                     &resolve_sql(),
                     &[&device, &env.sensor_name, &kinds],
+                )
+                .await?;
+                metrics.resolved.inc_by(resolved.len() as u64);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The alert rules and their per-series state.
+struct Ruled {
+    rules: Vec<rules::Compiled>,
+    eval: Evaluator,
+}
+
+/// Runs the rules on one reading and writes what they decide.
+#[allow(clippy::too_many_arguments)]
+async fn evaluate_rules(
+    pool: &Pool,
+    ruled: &mut Ruled,
+    device: Uuid,
+    facts: &DeviceFacts,
+    env: &iot_proto::v1::ReadingEnvelope,
+    value: Decimal,
+    time: chrono::DateTime<chrono::Utc>,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    let reading = crate::expr::Reading {
+        value: env.value.parse().unwrap_or(f64::NAN),
+        sensor_name: &env.sensor_name,
+        unit: env.unit.as_deref().unwrap_or_default(),
+        quality: env.quality.as_deref().unwrap_or_default(),
+        device_id: &facts.device_id,
+        device_type: &facts.device_type,
+        location: &facts.location,
+    };
+    let decided = ruled
+        .eval
+        .decide(&ruled.rules, device, facts, &reading, time);
+    for (rule, action) in decided {
+        match action {
+            Action::Raise => {
+                let message = rule.message.clone().unwrap_or_else(|| {
+                    format!(
+                        "{} = {} matched rule {}",
+                        env.sensor_name, env.value, rule.name
+                    )
+                });
+                let raised = events::change(
+                    pool,
+                    "raised",
+                    &raise_rule_sql(),
+                    &[
+                        &device,
+                        &rule.name,
+                        &rule.severity,
+                        &env.sensor_name,
+                        &message,
+                        &value,
+                        &time,
+                        &rule.id,
+                    ],
+                )
+                .await?;
+                metrics.raised.inc_by(raised.len() as u64);
+            }
+            Action::Resolve => {
+                let resolved = events::change(
+                    pool,
+                    "resolved",
+                    &resolve_rule_sql(),
+                    &[&device, &env.sensor_name, &rule.id],
                 )
                 .await?;
                 metrics.resolved.inc_by(resolved.len() as u64);

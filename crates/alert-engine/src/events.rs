@@ -17,7 +17,7 @@ use uuid::Uuid;
 /// The columns every alert query returns, in `alert_from_row` order.
 pub const COLUMNS: &str = "id, device_id, alert_type, severity, value, threshold, acknowledged,
        created_at, sensor_name, message, last_seen_at, occurrences, resolved_at,
-       acknowledged_by, acknowledged_at, owner_id";
+       acknowledged_by, acknowledged_at, owner_id, rule_id";
 
 /// Runs `sql` (which returns `COLUMNS` of the alerts it changed) and
 /// records a `kind` event for each, in one transaction. Returns the alerts.

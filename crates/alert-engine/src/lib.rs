@@ -5,7 +5,9 @@
 mod config;
 mod engine;
 mod events;
+pub mod expr;
 mod metrics;
+mod rules;
 pub mod service;
 pub mod thresholds;
 
@@ -39,7 +41,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     pool.get()
         .await?
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 9", &[])
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 11", &[])
         .await
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     // Check that the readings topic is reachable before reporting ready.

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::events::{self, COLUMNS};
+use crate::rules;
 
 /// The state filter as SQL over one alert row.
 const STATE: &str = "CASE WHEN resolved_at IS NOT NULL THEN 'resolved'
@@ -65,6 +66,15 @@ impl AlertsService {
     }
 }
 
+/// A rule write's failure: a taken name, or the database.
+fn rule_status(e: &tokio_postgres::Error, name: &str) -> Status {
+    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        Status::already_exists(format!("name: a rule named {name:?} exists"))
+    } else {
+        db_status(e)
+    }
+}
+
 fn db_status(e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "alerts query failed");
     Status::unavailable("database unavailable")
@@ -106,6 +116,10 @@ pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
         acknowledged_at: ts(14),
         state: state.into(),
         owner_id: r.get::<_, Uuid>(15).to_string(),
+        rule_id: r
+            .get::<_, Option<Uuid>>(16)
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -330,6 +344,14 @@ impl Alerts for AlertsService {
             n => n,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        // Where the stream starts, so a subscriber can resume from it.
+        let _ = tx
+            .send(Ok(v1::AlertEvent {
+                kind: "sync".into(),
+                alert: None,
+                resume_after: u64::try_from(from).unwrap_or(0),
+            }))
+            .await;
         tokio::spawn(events::subscribe(
             self.pool.clone(),
             from,
@@ -391,5 +413,121 @@ impl Alerts for AlertsService {
             .await?;
         tracing::info!(alert = %a.id, by = ?by, "alert resolved by hand");
         Ok(Response::new(a))
+    }
+
+    async fn create_rule(&self, request: Request<v1::Rule>) -> Result<Response<v1::Rule>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let r = request.into_inner();
+        let owner = rules::check(&r, scope)?;
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "INSERT INTO alert_rules (owner_id, name, condition, clear_condition, severity,
+                                              message, for_secs, device_type, enabled)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     RETURNING {}",
+                    rules::COLUMNS
+                ),
+                &[
+                    &owner,
+                    &r.name,
+                    &r.condition,
+                    &r.clear_condition,
+                    &r.severity,
+                    &r.message,
+                    &i32::try_from(r.for_secs).unwrap_or(i32::MAX),
+                    &r.device_type,
+                    &r.enabled.unwrap_or(true),
+                ],
+            )
+            .await
+            .map_err(|e| rule_status(&e, &r.name))?;
+        let rule = rules::rule_from_row(&row);
+        tracing::info!(rule = %rule.id, name = %rule.name, "alert rule created");
+        Ok(Response::new(rule))
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<v1::ListRulesRequest>,
+    ) -> Result<Response<v1::ListRulesResponse>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {} FROM alert_rules
+                     WHERE $1::uuid IS NULL OR owner_id = $1 OR owner_id IS NULL
+                     ORDER BY created_at, id",
+                    rules::COLUMNS
+                ),
+                &[&scope],
+            )
+            .await
+            .map_err(|e| db_status(&e))?;
+        Ok(Response::new(v1::ListRulesResponse {
+            rules: rows.iter().map(rules::rule_from_row).collect(),
+        }))
+    }
+
+    async fn update_rule(&self, request: Request<v1::Rule>) -> Result<Response<v1::Rule>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let r = request.into_inner();
+        let mut p = Vec::new();
+        let id = parse_id("id", &r.id, &mut p);
+        invalid(p)?;
+        rules::check(&r, scope)?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE alert_rules SET name = $3, condition = $4, clear_condition = $5,
+                            severity = $6, message = $7, for_secs = $8, device_type = $9,
+                            enabled = $10, updated_at = now()
+                     WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)
+                     RETURNING {}",
+                    rules::COLUMNS
+                ),
+                &[
+                    &id,
+                    &scope,
+                    &r.name,
+                    &r.condition,
+                    &r.clear_condition,
+                    &r.severity,
+                    &r.message,
+                    &i32::try_from(r.for_secs).unwrap_or(i32::MAX),
+                    &r.device_type,
+                    &r.enabled.unwrap_or(true),
+                ],
+            )
+            .await
+            .map_err(|e| rule_status(&e, &r.name))?
+            .ok_or_else(|| Status::not_found(format!("rule {} not found", r.id)))?;
+        Ok(Response::new(rules::rule_from_row(&row)))
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<v1::DeleteRuleRequest>,
+    ) -> Result<Response<v1::DeleteRuleResponse>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let r = request.into_inner();
+        let mut p = Vec::new();
+        let id = parse_id("id", &r.id, &mut p);
+        invalid(p)?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM alert_rules WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)",
+                &[&id, &scope],
+            )
+            .await
+            .map_err(|e| db_status(&e))?;
+        if n == 0 {
+            return Err(Status::not_found(format!("rule {} not found", r.id)));
+        }
+        Ok(Response::new(v1::DeleteRuleResponse {}))
     }
 }

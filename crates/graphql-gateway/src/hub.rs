@@ -69,8 +69,11 @@ impl AlertHub {
                         match next {
                             Ok(Some(event)) => {
                                 resume_after = event.resume_after;
+                                // "sync" only marks where the stream starts.
                                 // No receivers is fine: nobody is listening.
-                                let _ = self.tx.send(Arc::new(event));
+                                if event.alert.is_some() {
+                                    let _ = self.tx.send(Arc::new(event));
+                                }
                             }
                             Ok(None) => break,
                             Err(e) => {

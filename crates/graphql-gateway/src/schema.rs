@@ -568,6 +568,109 @@ impl Alert {
     async fn cursor(&self) -> String {
         iot_proto::keyset_cursor(self.0.created_at.as_ref(), &self.0.id)
     }
+    /// The rule that raised it (null: a built-in condition such as a
+    /// device's alert_threshold or device_offline).
+    async fn rule_id(&self) -> Option<&str> {
+        (!self.0.rule_id.is_empty()).then_some(self.0.rule_id.as_str())
+    }
+}
+
+/// An alert rule: a condition in the rule language over each reading, e.g.
+/// `sensor_name == "battery" AND value < 20`. Variables: value,
+/// sensor_name, unit, quality, device_id, device_type, location; operators
+/// == != < <= > >= + - * / AND OR NOT and parentheses.
+pub struct AlertRule(v1::Rule);
+
+/// An alert rule: a condition in the rule language over each reading.
+#[Object(rename_fields = "snake_case")]
+impl AlertRule {
+    /// The rule's id (UUID).
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// [a-z0-9_]{1,50}; the alert_type of the alerts it raises.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// When to raise, e.g. `sensor_name == "temperature" AND value > 100`.
+    async fn condition(&self) -> &str {
+        &self.0.condition
+    }
+    /// Hysteresis: an open alert resolves only once this holds (null: as
+    /// soon as the condition no longer holds).
+    async fn clear_condition(&self) -> Option<&str> {
+        self.0.clear_condition.as_deref()
+    }
+    /// info, warning or critical.
+    async fn severity(&self) -> &str {
+        &self.0.severity
+    }
+    /// The alerts' message (null: one describing the reading).
+    async fn message(&self) -> Option<&str> {
+        self.0.message.as_deref()
+    }
+    /// Seconds the condition must hold (every reading) before raising.
+    async fn for_secs(&self) -> u32 {
+        self.0.for_secs
+    }
+    /// Only devices of this type (null: all).
+    async fn device_type(&self) -> Option<&str> {
+        self.0.device_type.as_deref()
+    }
+    /// Disabled rules are kept but not evaluated.
+    async fn enabled(&self) -> bool {
+        self.0.enabled.unwrap_or(true)
+    }
+    /// Null: a platform-wide rule (read-only to owners).
+    async fn owner_id(&self) -> Option<&str> {
+        (!self.0.owner_id.is_empty()).then_some(self.0.owner_id.as_str())
+    }
+    /// When the rule was created.
+    async fn created_at(&self) -> Option<DateTime<Utc>> {
+        time(self.0.created_at.as_ref())
+    }
+    /// When the rule last changed.
+    async fn updated_at(&self) -> Option<DateTime<Utc>> {
+        time(self.0.updated_at.as_ref())
+    }
+}
+
+/// An alert rule to create or to replace.
+#[derive(InputObject)]
+pub struct AlertRuleInput {
+    /// [a-z0-9_]{1,50}; the alert_type of the alerts it raises.
+    pub name: String,
+    /// When to raise, in the rule language.
+    pub condition: String,
+    /// Hysteresis: resolve only once this holds.
+    pub clear_condition: Option<String>,
+    /// info, warning or critical.
+    pub severity: String,
+    /// The alerts' message.
+    pub message: Option<String>,
+    /// Seconds the condition must hold before raising (default 0).
+    pub for_secs: Option<u32>,
+    /// Only devices of this type.
+    pub device_type: Option<String>,
+    /// Default true.
+    pub enabled: Option<bool>,
+}
+
+impl AlertRuleInput {
+    fn into_proto(self, id: String) -> v1::Rule {
+        v1::Rule {
+            id,
+            name: self.name,
+            condition: self.condition,
+            clear_condition: self.clear_condition,
+            severity: self.severity,
+            message: self.message,
+            for_secs: self.for_secs.unwrap_or(0),
+            device_type: self.device_type,
+            enabled: self.enabled,
+            ..Default::default()
+        }
+    }
 }
 
 /// Device counts and platform figures (the spec's ClusterHealth).
@@ -937,6 +1040,20 @@ impl QueryRoot {
         .await
     }
 
+    /// The caller's alert rules and the platform-wide ones.
+    async fn alert_rules(&self, ctx: &Context<'_>) -> Result<Vec<AlertRule>> {
+        let s = shared(ctx);
+        let got =
+            s.up.call(
+                "alert-engine",
+                "ListRules",
+                s.up.alerts(who(ctx)?.scope())
+                    .list_rules(v1::ListRulesRequest {}),
+            )
+            .await?;
+        Ok(got.rules.into_iter().map(AlertRule).collect())
+    }
+
     /// Device counts, open critical alerts and ingest rate, for the caller's
     /// devices.
     async fn device_status_summary(&self, ctx: &Context<'_>) -> Result<DeviceStatusSummary> {
@@ -1252,14 +1369,14 @@ impl MutationRoot {
             unit,
             quality,
         };
-        let (device, mut sent) = record(ctx, &device_id, vec![reading]).await?;
-        let (req, got) = sent.pop().ok_or_else(|| error("INTERNAL", "no reading"))?;
+        let (device, mut sent, got) = record(ctx, &device_id, vec![reading]).await?;
         if let Some(r) = got.rejected.first() {
             return Err(
                 error("BAD_USER_INPUT", format!("{}: {}", r.reason, r.detail))
                     .extend_with(|_, e| e.set("reason", r.reason.clone())),
             );
         }
+        let req = sent.pop().ok_or_else(|| error("INTERNAL", "no reading"))?;
         Ok(SensorReading(v1::SensorReading {
             time: req.time,
             device_uuid: device.id,
@@ -1281,21 +1398,19 @@ impl MutationRoot {
         if readings.len() > 1000 {
             return Err(error("BAD_USER_INPUT", "readings: at most 1000 per call"));
         }
-        let (_, sent) = record(ctx, &device_id, readings).await?;
-        let mut out = RecordResult {
-            accepted: 0,
-            rejected: Vec::new(),
-        };
-        for (_, r) in sent {
-            out.accepted += r.accepted;
-            out.rejected
-                .extend(r.rejected.into_iter().map(|x| RejectedReading {
+        let (_, _, got) = record(ctx, &device_id, readings).await?;
+        Ok(RecordResult {
+            accepted: got.accepted,
+            rejected: got
+                .rejected
+                .into_iter()
+                .map(|x| RejectedReading {
                     index: x.index,
                     reason: x.reason,
                     detail: x.detail,
-                }));
-        }
-        Ok(out)
+                })
+                .collect(),
+        })
     }
 
     /// Marks an alert acknowledged by the caller.
@@ -1314,6 +1429,58 @@ impl MutationRoot {
             )
             .await?;
         Ok(Alert(a))
+    }
+
+    /// Creates an alert rule for the caller's devices. A condition that
+    /// does not parse answers BAD_USER_INPUT naming the column.
+    async fn create_alert_rule(
+        &self,
+        ctx: &Context<'_>,
+        rule: AlertRuleInput,
+    ) -> Result<AlertRule> {
+        let s = shared(ctx);
+        let r =
+            s.up.call(
+                "alert-engine",
+                "CreateRule",
+                s.up.alerts(who(ctx)?.scope())
+                    .create_rule(rule.into_proto(String::new())),
+            )
+            .await?;
+        Ok(AlertRule(r))
+    }
+
+    /// Replaces every field of one of the caller's rules.
+    async fn update_alert_rule(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        rule: AlertRuleInput,
+    ) -> Result<AlertRule> {
+        let s = shared(ctx);
+        let r =
+            s.up.call(
+                "alert-engine",
+                "UpdateRule",
+                s.up.alerts(who(ctx)?.scope())
+                    .update_rule(rule.into_proto(id.0)),
+            )
+            .await?;
+        Ok(AlertRule(r))
+    }
+
+    /// Deletes one of the caller's rules (its open alerts stay open until
+    /// resolved by hand).
+    async fn delete_alert_rule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let s = shared(ctx);
+        s.up.call(
+            "alert-engine",
+            "DeleteRule",
+            s.up.alerts(who(ctx)?.scope())
+                .delete_rule(v1::DeleteRuleRequest { id: id.0 }),
+        )
+        .await?;
+        Ok(true)
     }
 
     /// Resolves an alert by hand (if its condition still holds, the next
@@ -1336,15 +1503,16 @@ impl MutationRoot {
     }
 }
 
-/// Sends readings of the caller's device to mqtt-gateway's Ingest, one
-/// call for all; returns the device and (request reading, answer) pairs.
+/// Sends readings of the caller's device to mqtt-gateway's Ingest in one
+/// call; returns the device, the readings as sent, and the answer.
 async fn record(
     ctx: &Context<'_>,
     device_id: &str,
     readings: Vec<ReadingInput>,
 ) -> Result<(
     v1::Device,
-    Vec<(v1::IngestReading, v1::IngestReadingsResponse)>,
+    Vec<v1::IngestReading>,
+    v1::IngestReadingsResponse,
 )> {
     let s = shared(ctx);
     let device = find_device(ctx, device_id).await?;
@@ -1373,12 +1541,7 @@ async fn record(
             }),
         )
         .await?;
-    let out = if batch.len() == 1 {
-        batch.into_iter().map(|b| (b, got.clone())).collect()
-    } else {
-        vec![(v1::IngestReading::default(), got)]
-    };
-    Ok((device, out))
+    Ok((device, batch, got))
 }
 
 // ---------------------------------------------------------- subscriptions

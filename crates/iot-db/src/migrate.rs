@@ -154,6 +154,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0010_alert_owner.sql"),
         timescaledb: include_str!("../../../migrations/0010_alert_owner.sql"),
     },
+    Migration {
+        version: 11,
+        name: "alert_rules",
+        postgres: include_str!("../../../migrations/0011_alert_rules.sql"),
+        timescaledb: include_str!("../../../migrations/0011_alert_rules.sql"),
+    },
 ];
 
 /// What a migration run did.

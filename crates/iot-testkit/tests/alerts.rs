@@ -351,8 +351,11 @@ async fn every_alert_change_reaches_the_stream_and_the_alerts_topic() {
             .unwrap()
             .unwrap()
     }
+    let sync = next(&mut stream).await;
+    assert_eq!((sync.kind.as_str(), sync.alert), ("sync", None));
     kit::publish_all(&[(topic.clone(), br#"{"value": 35}"#.to_vec())]).await;
     let raised = next(&mut stream).await;
+    assert!(raised.resume_after > sync.resume_after);
     assert_eq!(raised.kind, "raised");
     let alert = raised.alert.unwrap();
     assert_eq!(
@@ -386,5 +389,179 @@ async fn every_alert_change_reaches_the_stream_and_the_alerts_topic() {
         })
         .collect();
     assert_eq!(kinds, ["raised", "acknowledged", "resolved"]);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_in_the_rule_language_with_durations_hysteresis_and_owners() {
+    let p = Platform::start().await;
+    let engine = p.start_alert_engine(|_| {}).await;
+    let url = format!("http://{}", engine.grpc_addr);
+    // Devices created without an owner belong to the nil owner.
+    let owner = uuid::Uuid::nil().to_string();
+    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
+        .await
+        .unwrap();
+    let id = format!("rules-{}", kit::unique());
+    let dev = p.create_device(&id, "active").await;
+
+    // A rule that does not parse says where.
+    let err = api
+        .create_rule(v1::Rule {
+            name: "broken".into(),
+            condition: "sensor_name == \"battery\" AND value <".into(),
+            severity: "critical".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("condition: column 37"),
+        "{}",
+        err.message()
+    );
+
+    // The spec's low battery, from the rule language; and "above 100 for
+    // 2 s, clear below 95".
+    let low = api
+        .create_rule(v1::Rule {
+            name: "low_battery".into(),
+            condition: "sensor_name == \"battery\" AND value < 20".into(),
+            severity: "critical".into(),
+            message: Some("battery low".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(low.owner_id, owner);
+    let hot = api
+        .create_rule(v1::Rule {
+            name: "too_hot".into(),
+            condition: "sensor_name == \"temperature\" AND value > 100".into(),
+            clear_condition: Some("value < 95".into()),
+            for_secs: 2,
+            severity: "warning".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dup = api
+        .create_rule(v1::Rule {
+            name: "too_hot".into(),
+            condition: "value > 1".into(),
+            severity: "info".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+
+    // Another owner neither sees nor changes them.
+    let mut other =
+        iot_proto::alerts_client(url.clone(), Scope::Owner(uuid::Uuid::new_v4().to_string()))
+            .await
+            .unwrap();
+    let theirs = other
+        .list_rules(v1::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(theirs.rules.is_empty());
+    let e = other
+        .delete_rule(v1::DeleteRuleRequest { id: low.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    let t0 = chrono::Utc::now() - chrono::TimeDelta::seconds(300);
+    let at = |s: i64| (t0 + chrono::TimeDelta::seconds(s)).to_rfc3339();
+    let publish = |sensor: &str, v: f64, t: String| {
+        let topic = format!("{}/{id}/{sensor}", p.prefix);
+        async move {
+            kit::publish_all(&[(
+                topic,
+                format!(r#"{{"value": {v}, "timestamp": "{t}"}}"#).into_bytes(),
+            )])
+            .await;
+        }
+    };
+    // The engine picks rules up within 2 s: publish until the battery
+    // alert appears.
+    let mut k = 0;
+    let low_alert = kit::eventually("low battery raised", Duration::from_secs(30), || {
+        k += 1;
+        let (url, dev) = (url.clone(), dev.id.clone());
+        let t = at(k);
+        async move {
+            publish("battery", 15.0, t).await;
+            let a = alerts(&url, &dev).await;
+            a.into_iter().find(|a| a.alert_type == "low_battery")
+        }
+    })
+    .await;
+    assert_eq!(low_alert.severity, "critical");
+    assert_eq!(low_alert.rule_id, low.id);
+    assert_eq!(low_alert.message.as_deref(), Some("battery low"));
+
+    // 101 at 100 s and 101 s: held 1 s, not yet; 101 at 103 s: held 3 s.
+    let open_hot = || {
+        let (url, dev) = (url.clone(), dev.id.clone());
+        async move {
+            alerts(&url, &dev)
+                .await
+                .into_iter()
+                .filter(|a| a.alert_type == "too_hot" && a.state == "open")
+                .count()
+        }
+    };
+    publish("temperature", 101.0, at(100)).await;
+    publish("temperature", 101.0, at(101)).await;
+    // The battery reading after them tells when the engine got that far.
+    publish("battery", 14.0, at(101)).await;
+    kit::eventually("the engine caught up", Duration::from_secs(30), || async {
+        let a = alerts(&url, &dev.id).await;
+        a.iter()
+            .any(|a| a.alert_type == "low_battery" && a.value.as_deref() == Some("14"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(open_hot().await, 0, "held 1 s of 2: not raised yet");
+    publish("temperature", 101.0, at(103)).await;
+    kit::eventually(
+        "too_hot raised after 2 s",
+        Duration::from_secs(30),
+        || async { (open_hot().await == 1).then_some(()) },
+    )
+    .await;
+    // Hysteresis: 97 is not above 100 but not below 95: it stays open.
+    publish("temperature", 97.0, at(104)).await;
+    publish("battery", 13.0, at(104)).await;
+    kit::eventually("the engine caught up", Duration::from_secs(30), || async {
+        let a = alerts(&url, &dev.id).await;
+        a.iter()
+            .any(|a| a.alert_type == "low_battery" && a.value.as_deref() == Some("13"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(open_hot().await, 1, "97 is inside the hysteresis band");
+    publish("temperature", 94.0, at(105)).await;
+    kit::eventually(
+        "too_hot resolved below 95",
+        Duration::from_secs(30),
+        || async { (open_hot().await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        alerts(&url, &dev.id)
+            .await
+            .iter()
+            .filter(|a| a.rule_id == hot.id)
+            .count(),
+        1,
+        "one alert for the whole episode"
+    );
     p.stop().await;
 }

@@ -489,6 +489,41 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
     assert!(health["average_response_time_ms"].as_f64().unwrap() > 0.0);
     assert!(health["readings_per_second"].as_f64().is_some());
 
+    // Alert rules in the rule language, managed through GraphQL.
+    let rule = a
+        .data(
+            "mutation { createAlertRule(rule: {name: \"low_battery\", condition: \"sensor_name == 'battery' AND value < 20\", severity: \"critical\"}) { id name owner_id enabled } }",
+            json!({}),
+        )
+        .await["createAlertRule"]
+        .clone();
+    assert_eq!(rule["owner_id"], t.a.to_string());
+    assert_eq!(rule["enabled"], true);
+    let rule_id = rule["id"].as_str().unwrap().to_owned();
+    let bad = a
+        .run(
+            "mutation { createAlertRule(rule: {name: \"x\", condition: \"value >\", severity: \"info\"}) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{bad}"
+    );
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("condition: column 8"),
+        "{bad}"
+    );
+    let listed = a.data("{ alertRules { id } }", json!({})).await;
+    assert_eq!(listed["alertRules"][0]["id"], rule_id.as_str());
+    assert_eq!(
+        b.data("{ alertRules { id } }", json!({})).await["alertRules"],
+        json!([])
+    );
+
     // Tenant B sees, changes and hears nothing of A's.
     let b_sees = b.data("{ devices { id } activeAlerts { id } deviceStatusSummary { total_devices critical_alerts_count } }", json!({})).await;
     assert_eq!(b_sees["devices"], json!([]));
