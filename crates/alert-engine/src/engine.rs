@@ -133,14 +133,17 @@ impl Devices {
 /// (device, sensor, alert type) of an open alert.
 type OpenKey = (Uuid, String, &'static str);
 
-/// Raises the alert, or counts it again if open; returns it only when it
-/// was raised now (that is the change subscribers hear of).
+/// Raises an alert, or counts it again if open; returns it only when it
+/// was raised now (that is the change subscribers hear of). Parameters:
+/// device, alert type, severity, sensor, message, value, threshold, time,
+/// rule (NULL for the built-in conditions).
 fn raise_sql() -> String {
     format!(
         "WITH up AS (
             INSERT INTO device_alerts
-                (device_id, alert_type, severity, sensor_name, message, value, threshold, created_at, last_seen_at, owner_id)
-            VALUES ($1, $2, 'warning', $3, $4, $5, $6, $7, $7, (SELECT owner_id FROM devices WHERE id = $1))
+                (device_id, alert_type, severity, sensor_name, message, value, threshold,
+                 created_at, last_seen_at, owner_id, rule_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, (SELECT owner_id FROM devices WHERE id = $1), $9)
             ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
             DO UPDATE SET occurrences = device_alerts.occurrences + 1,
                           value = excluded.value,
@@ -156,24 +159,6 @@ fn resolve_sql() -> String {
         "UPDATE device_alerts SET resolved_at = now()
          WHERE device_id = $1 AND sensor_name = $2 AND alert_type = ANY($3) AND resolved_at IS NULL
          RETURNING {}",
-        events::COLUMNS
-    )
-}
-
-/// Raises a rule's alert, or counts it again if open; returns it only when
-/// raised now.
-fn raise_rule_sql() -> String {
-    format!(
-        "WITH up AS (
-            INSERT INTO device_alerts
-                (device_id, alert_type, severity, sensor_name, message, value, created_at, last_seen_at, owner_id, rule_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, (SELECT owner_id FROM devices WHERE id = $1), $8)
-            ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
-            DO UPDATE SET occurrences = device_alerts.occurrences + 1,
-                          value = excluded.value,
-                          last_seen_at = GREATEST(device_alerts.last_seen_at, excluded.last_seen_at)
-            RETURNING *, (xmax = 0) AS inserted)
-         SELECT {} FROM up WHERE inserted",
         events::COLUMNS
     )
 }
@@ -513,11 +498,13 @@ async fn evaluate(
                 &[
                     &device,
                     &v.alert_type,
+                    &"warning",
                     &env.sensor_name,
                     &v.message,
                     &value,
                     &v.threshold,
                     &time,
+                    &None::<Uuid>,
                 ],
             )
             .await?;
@@ -586,7 +573,7 @@ async fn evaluate_rules(
                 let raised = events::change(
                     pool,
                     "raised",
-                    &raise_rule_sql(),
+                    &raise_sql(),
                     &[
                         &device,
                         &rule.name,
@@ -594,8 +581,9 @@ async fn evaluate_rules(
                         &env.sensor_name,
                         &message,
                         &value,
+                        &None::<Decimal>,
                         &time,
-                        &rule.id,
+                        &Some(rule.id),
                     ],
                 )
                 .await?;

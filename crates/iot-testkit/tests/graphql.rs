@@ -480,6 +480,31 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
     assert_eq!(metrics[0]["time"], hour.to_rfc3339());
     assert_eq!(metrics[0]["min_value"], 20.0);
     assert_eq!(metrics[0]["max_value"], 24.0);
+    // Plain selections are rendered by a fast path; fragments take the
+    // general one. Both give the same answer, aliases and __typename too.
+    let general = a
+        .data(
+            "query($deviceId: ID!, $startTime: String!, $endTime: String!) {
+               sensorMetrics(deviceId: $deviceId, sensorName: \"temperature\", startTime: $startTime, endTime: $endTime) { ...M }
+             }
+             fragment M on SensorMetric { when: time avg_value min_value max_value reading_count sum_value sensor_name __typename }",
+            trend_vars.clone(),
+        )
+        .await;
+    let fast = a
+        .data(
+            "query($deviceId: ID!, $startTime: String!, $endTime: String!) {
+               sensorMetrics(deviceId: $deviceId, sensorName: \"temperature\", startTime: $startTime, endTime: $endTime) {
+                 when: time avg_value min_value max_value reading_count sum_value sensor_name __typename
+               }
+             }",
+            trend_vars.clone(),
+        )
+        .await;
+    assert_eq!(fast, general);
+    assert_eq!(fast["sensorMetrics"][0]["__typename"], "SensorMetric");
+    assert_eq!(fast["sensorMetrics"][0]["sum_value"], 110.0);
+    assert_eq!(fast["sensorMetrics"][0]["reading_count"], 5);
 
     // The spec's ClusterHealth, verbatim, for owner A.
     let health = a.data(CLUSTER_HEALTH, json!({})).await["deviceStatusSummary"].clone();
