@@ -21,6 +21,8 @@ pub struct Config {
     pub offline: OfflineConfig,
     /// Every alert change is published here (key: device UUID).
     pub alerts_topic: String,
+    /// How webhooks are sent and retried.
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// A device is offline when it has not reported for `missed_intervals` of
@@ -69,6 +71,7 @@ impl Default for Config {
             registry_url: "http://127.0.0.1:50051".into(),
             offline: OfflineConfig::default(),
             alerts_topic: "iot.alerts.v1".into(),
+            webhooks: Default::default(),
         }
     }
 }

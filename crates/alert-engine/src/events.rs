@@ -123,7 +123,8 @@ async fn relay_once(pool: &Pool, producer: &FutureProducer, topic: &str) -> anyh
     )
     .await?;
     tx.execute(
-        "DELETE FROM alert_events WHERE published_at < now() - INTERVAL '1 day'",
+        "DELETE FROM alert_events
+         WHERE published_at < now() - INTERVAL '1 day' AND webhooks_at IS NOT NULL",
         &[],
     )
     .await?;

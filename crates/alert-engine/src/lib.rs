@@ -10,6 +10,7 @@ mod metrics;
 mod rules;
 pub mod service;
 pub mod thresholds;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,7 +42,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     pool.get()
         .await?
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 11", &[])
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 12", &[])
         .await
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     // Check that the readings topic is reachable before reporting ready.
@@ -101,6 +102,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             events::relay(pool, producer, topic, stop).await;
         });
     }
+    tokio::spawn(webhooks::run(
+        pool.clone(),
+        config.webhooks.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let ready = Readiness::default();
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,

@@ -1,12 +1,14 @@
 //! alert-engine's Prometheus metrics.
 
-use iot_telemetry::prometheus::{IntCounter, Registry};
+use iot_telemetry::prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
     pub evaluated: IntCounter,
     pub raised: IntCounter,
     pub resolved: IntCounter,
+    /// Webhook delivery attempts by outcome: delivered, retried, given_up.
+    pub webhooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -16,7 +18,16 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let webhooks = IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by outcome (delivered, retried, given_up)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(webhooks.clone()))?;
         Ok(Self {
+            webhooks,
             evaluated: counter("readings_evaluated_total", "Readings checked against rules")?,
             raised: counter("alerts_raised_total", "Alerts opened")?,
             resolved: counter(

@@ -530,4 +530,135 @@ impl Alerts for AlertsService {
         }
         Ok(Response::new(v1::DeleteRuleResponse {}))
     }
+
+    async fn create_webhook(
+        &self,
+        request: Request<v1::Webhook>,
+    ) -> Result<Response<v1::Webhook>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let w = request.into_inner();
+        let mut p = Vec::new();
+        let owner = match (scope, w.owner_id.as_str()) {
+            (Some(s), "") => Some(s),
+            (Some(s), o) if o == s.to_string() => Some(s),
+            (Some(_), _) => {
+                p.push("owner_id: an owner's webhooks belong to that owner".to_owned());
+                None
+            }
+            (None, "") => {
+                p.push("owner_id: the admin scope must name the owner".to_owned());
+                None
+            }
+            (None, o) => parse_id("owner_id", o, &mut p),
+        };
+        let url_ok = (w.url.starts_with("http://") || w.url.starts_with("https://"))
+            && w.url.len() <= 2000
+            && w.url.parse::<reqwest::Url>().is_ok();
+        if !url_ok {
+            p.push(format!("url: {:?} is not an http(s) URL", w.url));
+        }
+        let min = if w.min_severity.is_empty() {
+            "info".to_owned()
+        } else {
+            w.min_severity.clone()
+        };
+        if !SEVERITIES.contains(&min.as_str()) {
+            p.push(format!(
+                "min_severity: {min:?} is not one of {SEVERITIES:?}"
+            ));
+        }
+        if w.secret.len() > 200 {
+            p.push("secret: at most 200 characters".into());
+        }
+        invalid(p)?;
+        let secret = if w.secret.is_empty() {
+            format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+        } else {
+            w.secret
+        };
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO alert_webhooks (owner_id, url, secret, min_severity)
+                 VALUES ($1, $2, $3, $4) RETURNING id, created_at",
+                &[&owner, &w.url, &secret, &min],
+            )
+            .await
+            .map_err(|e| db_status(&e))?;
+        let id: Uuid = row.get(0);
+        tracing::info!(webhook = %id, url = %w.url, "webhook created");
+        Ok(Response::new(v1::Webhook {
+            id: id.to_string(),
+            owner_id: owner.map(|o| o.to_string()).unwrap_or_default(),
+            url: w.url,
+            secret,
+            min_severity: min,
+            created_at: Some(iot_proto::timestamp(row.get(1))),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<v1::ListWebhooksRequest>,
+    ) -> Result<Response<v1::ListWebhooksResponse>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT w.id, w.owner_id, w.url, w.min_severity, w.created_at,
+                        count(d.id) FILTER (WHERE d.delivered_at IS NULL AND d.failed_at IS NULL),
+                        count(d.delivered_at), count(d.failed_at),
+                        (SELECT last_error FROM webhook_deliveries e
+                          WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
+                          ORDER BY e.id DESC LIMIT 1)
+                 FROM alert_webhooks w LEFT JOIN webhook_deliveries d ON d.webhook_id = w.id
+                 WHERE $1::uuid IS NULL OR w.owner_id = $1
+                 GROUP BY w.id ORDER BY w.created_at, w.id",
+                &[&scope],
+            )
+            .await
+            .map_err(|e| db_status(&e))?;
+        let n = |r: &tokio_postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        Ok(Response::new(v1::ListWebhooksResponse {
+            webhooks: rows
+                .iter()
+                .map(|r| v1::Webhook {
+                    id: r.get::<_, Uuid>(0).to_string(),
+                    owner_id: r.get::<_, Uuid>(1).to_string(),
+                    url: r.get(2),
+                    secret: String::new(),
+                    min_severity: r.get(3),
+                    created_at: Some(iot_proto::timestamp(r.get(4))),
+                    pending: n(r, 5),
+                    delivered: n(r, 6),
+                    failed: n(r, 7),
+                    last_error: r.get(8),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<v1::DeleteWebhookRequest>,
+    ) -> Result<Response<v1::DeleteWebhookResponse>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let r = request.into_inner();
+        let mut p = Vec::new();
+        let id = parse_id("id", &r.id, &mut p);
+        invalid(p)?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM alert_webhooks WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)",
+                &[&id, &scope],
+            )
+            .await
+            .map_err(|e| db_status(&e))?;
+        if n == 0 {
+            return Err(Status::not_found(format!("webhook {} not found", r.id)));
+        }
+        Ok(Response::new(v1::DeleteWebhookResponse {}))
+    }
 }

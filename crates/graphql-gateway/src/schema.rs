@@ -714,6 +714,46 @@ impl AlertRule {
     }
 }
 
+/// A receiver of the caller's alert events: each raise, acknowledgement
+/// and resolution is POSTed as JSON, signed with `X-Iot-Signature:
+/// sha256=<HMAC-SHA256 of the body with the secret>`, and retried with
+/// backoff until it gets a 2xx.
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct AlertWebhook {
+    /// The webhook's id (UUID).
+    pub id: ID,
+    /// Where events are POSTed.
+    pub url: String,
+    /// The signing secret; only in the answer of createAlertWebhook.
+    pub secret: Option<String>,
+    /// Only events of alerts at least this severe.
+    pub min_severity: String,
+    /// Deliveries waiting or being retried.
+    pub pending: u64,
+    /// Deliveries a receiver accepted.
+    pub delivered: u64,
+    /// Deliveries given up after the configured attempts.
+    pub failed: u64,
+    /// The last failure's error.
+    pub last_error: Option<String>,
+}
+
+impl From<v1::Webhook> for AlertWebhook {
+    fn from(w: v1::Webhook) -> Self {
+        Self {
+            id: ID(w.id),
+            url: w.url,
+            secret: (!w.secret.is_empty()).then_some(w.secret),
+            min_severity: w.min_severity,
+            pending: w.pending,
+            delivered: w.delivered,
+            failed: w.failed,
+            last_error: w.last_error,
+        }
+    }
+}
+
 /// An alert rule to create or to replace.
 #[derive(InputObject)]
 pub struct AlertRuleInput {
@@ -1132,6 +1172,20 @@ impl QueryRoot {
             )
             .await?;
         Ok(got.rules.into_iter().map(AlertRule).collect())
+    }
+
+    /// The caller's alert webhooks, with their delivery counts.
+    async fn alert_webhooks(&self, ctx: &Context<'_>) -> Result<Vec<AlertWebhook>> {
+        let s = shared(ctx);
+        let got =
+            s.up.call(
+                "alert-engine",
+                "ListWebhooks",
+                s.up.alerts(who(ctx)?.scope())
+                    .list_webhooks(v1::ListWebhooksRequest {}),
+            )
+            .await?;
+        Ok(got.webhooks.into_iter().map(AlertWebhook::from).collect())
     }
 
     /// Device counts, open critical alerts and ingest rate, for the caller's
@@ -1558,6 +1612,44 @@ impl MutationRoot {
             "DeleteRule",
             s.up.alerts(who(ctx)?.scope())
                 .delete_rule(v1::DeleteRuleRequest { id: id.0 }),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Sends the caller's alert events to `url` (http or https). Without a
+    /// `secret` one is generated; either is shown only here.
+    async fn create_alert_webhook(
+        &self,
+        ctx: &Context<'_>,
+        url: String,
+        #[graphql(default = "info")] min_severity: String,
+        secret: Option<String>,
+    ) -> Result<AlertWebhook> {
+        let s = shared(ctx);
+        let w =
+            s.up.call(
+                "alert-engine",
+                "CreateWebhook",
+                s.up.alerts(who(ctx)?.scope()).create_webhook(v1::Webhook {
+                    url,
+                    min_severity,
+                    secret: secret.unwrap_or_default(),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        Ok(w.into())
+    }
+
+    /// Stops sending to one of the caller's webhooks.
+    async fn delete_alert_webhook(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
+        let s = shared(ctx);
+        s.up.call(
+            "alert-engine",
+            "DeleteWebhook",
+            s.up.alerts(who(ctx)?.scope())
+                .delete_webhook(v1::DeleteWebhookRequest { id: id.0 }),
         )
         .await?;
         Ok(true)

@@ -160,6 +160,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0011_alert_rules.sql"),
         timescaledb: include_str!("../../../migrations/0011_alert_rules.sql"),
     },
+    Migration {
+        version: 12,
+        name: "webhooks",
+        postgres: include_str!("../../../migrations/0012_webhooks.sql"),
+        timescaledb: include_str!("../../../migrations/0012_webhooks.sql"),
+    },
 ];
 
 /// What a migration run did.

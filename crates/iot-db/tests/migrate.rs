@@ -14,10 +14,16 @@ async fn concurrent_migrations_apply_once() {
     // Exactly one run applied the migrations; the others found them done.
     let appliers: Vec<_> = reports.iter().filter(|r| !r.applied.is_empty()).collect();
     assert_eq!(appliers.len(), 1);
-    assert_eq!(appliers[0].applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(
+        appliers[0].applied,
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    );
     for r in &reports {
         if r.applied.is_empty() {
-            assert_eq!(r.already_applied, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+            assert_eq!(
+                r.already_applied,
+                vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            );
         }
     }
 

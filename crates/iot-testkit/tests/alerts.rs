@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::Platform;
@@ -562,6 +563,209 @@ async fn rules_in_the_rule_language_with_durations_hysteresis_and_owners() {
             .count(),
         1,
         "one alert for the whole episode"
+    );
+    p.stop().await;
+}
+
+/// A local HTTP receiver that answers 500 to its first `fail_first`
+/// requests and 200 after; records (signature, event, body) of each.
+async fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<(String, String, String)>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let s = s.clone();
+            async move {
+                let h = |k: &str| {
+                    headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let mut seen = s.lock().unwrap();
+                seen.push((h("x-iot-signature"), h("x-iot-event"), body));
+                if seen.len() <= fail_first {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_retry_sign_and_never_slow_evaluation() {
+    let p = Platform::start().await;
+    let engine = p
+        .start_alert_engine(|c| {
+            c.webhooks.retry_base_ms = 100;
+            c.webhooks.timeout_ms = 1000;
+            c.webhooks.max_attempts = 3;
+        })
+        .await;
+    let url = format!("http://{}", engine.grpc_addr);
+    let owner = uuid::Uuid::nil().to_string();
+    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
+        .await
+        .unwrap();
+    // A receiver that fails twice, one that never answers, and another
+    // owner's receiver that must hear nothing of this owner's alerts.
+    let (good_url, good) = receiver(2).await;
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let (other_url, other) = receiver(0).await;
+
+    let bad = api
+        .create_webhook(v1::Webhook {
+            url: "ftp://example".into(),
+            min_severity: "loud".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("url:") && bad.message().contains("min_severity:"));
+    let created = api
+        .create_webhook(v1::Webhook {
+            url: good_url,
+            secret: "s3cret".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.secret, "s3cret");
+    let generated = api
+        .create_webhook(v1::Webhook {
+            url: hang_url,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(generated.secret.len(), 64);
+    let mut admin = iot_proto::alerts_client(url.clone(), Scope::Admin)
+        .await
+        .unwrap();
+    admin
+        .create_webhook(v1::Webhook {
+            url: other_url,
+            owner_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut registry = p.registry_client(Scope::Admin).await;
+    let id = format!("hook-{}", kit::unique());
+    let dev = registry
+        .create_device(CreateDeviceRequest {
+            device_id: id.clone(),
+            name: id.clone(),
+            device_type: "boiler".into(),
+            config: Some(v1::DeviceConfig {
+                alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = format!("{}/{id}/temperature", p.prefix);
+    kit::publish_all(&[(topic.clone(), br#"{"value": 35}"#.to_vec())]).await;
+    // Evaluation goes on while one receiver hangs and another fails: the
+    // reading back in range resolves the alert at once.
+    kit::eventually("alert raised", Duration::from_secs(30), || async {
+        (!alerts(&url, &dev.id).await.is_empty()).then_some(())
+    })
+    .await;
+    kit::publish_all(&[(topic, br#"{"value": 25}"#.to_vec())]).await;
+    kit::eventually("alert resolved", Duration::from_secs(30), || async {
+        let a = alerts(&url, &dev.id).await;
+        (a.first().is_some_and(|a| a.state == "resolved")).then_some(())
+    })
+    .await;
+
+    // The failing receiver gets "raised" (after two 500s) and "resolved".
+    let got = kit::eventually("both events delivered", Duration::from_secs(30), || async {
+        let g = good.lock().unwrap().clone();
+        let events: Vec<&str> = g.iter().skip(2).map(|(_, e, _)| e.as_str()).collect();
+        (events.contains(&"raised") && events.contains(&"resolved")).then_some(g)
+    })
+    .await;
+    assert!(got.len() >= 4, "{got:?}");
+    // Each body refused with a 500 was sent again, unchanged.
+    for (_, _, refused) in &got[..2] {
+        assert!(
+            got[2..].iter().any(|(_, _, b)| b == refused),
+            "not retried: {refused}"
+        );
+    }
+    for (sig, event, body) in &got {
+        let want = format!(
+            "sha256={}",
+            alert_engine::webhooks::signature(b"s3cret", body.as_bytes())
+        );
+        assert_eq!(*sig, want);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["event"], event.as_str());
+        assert_eq!(v["alert"]["device_uuid"], dev.id.as_str());
+        assert_eq!(v["alert"]["severity"], "warning");
+    }
+
+    // The hanging receiver's deliveries time out, retry and are given up;
+    // the listing tells.
+    let listed = kit::eventually(
+        "hanging deliveries given up",
+        Duration::from_secs(60),
+        || {
+            let mut api = api.clone();
+            async move {
+                let l = api
+                    .list_webhooks(v1::ListWebhooksRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .webhooks;
+                l.iter()
+                    .any(|w| w.failed == 2 && w.pending == 0)
+                    .then_some(l)
+            }
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 2, "an owner lists only its own webhooks");
+    let hung = listed.iter().find(|w| w.id == generated.id).unwrap();
+    assert!(hung.last_error.is_some());
+    assert!(hung.secret.is_empty(), "secrets are shown once");
+    let ok = listed.iter().find(|w| w.id == created.id).unwrap();
+    assert_eq!((ok.delivered, ok.failed, ok.pending), (2, 0, 0));
+    assert!(
+        other.lock().unwrap().is_empty(),
+        "another owner heard nothing"
+    );
+    assert!(
+        kit::metric(
+            engine.admin_addr,
+            "iot_alerts_webhook_deliveries_total{outcome=\"given_up\"}"
+        )
+        .await
+        .is_some_and(|n| n >= 2)
     );
     p.stop().await;
 }

@@ -549,6 +549,25 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
         json!([])
     );
 
+    // A webhook for A's alerts: its secret is shown once.
+    let hook = a
+        .data(
+            "mutation { createAlertWebhook(url: \"https://hooks.example/iot\", minSeverity: \"critical\") { id secret min_severity } }",
+            json!({}),
+        )
+        .await["createAlertWebhook"]
+        .clone();
+    assert_eq!(hook["secret"].as_str().unwrap().len(), 64);
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    let hooks = a
+        .data("{ alertWebhooks { id secret pending } }", json!({}))
+        .await;
+    assert_eq!(hooks["alertWebhooks"][0]["secret"], Value::Null);
+    assert_eq!(
+        b.data("{ alertWebhooks { id } }", json!({})).await["alertWebhooks"],
+        json!([])
+    );
+
     // Tenant B sees, changes and hears nothing of A's.
     let b_sees = b.data("{ devices { id } activeAlerts { id } deviceStatusSummary { total_devices critical_alerts_count } }", json!({})).await;
     assert_eq!(b_sees["devices"], json!([]));
@@ -590,6 +609,18 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
         (
             "mutation($id: ID!) { rotateDeviceCredentials(id: $id) { password } }",
             json!({"id": id}),
+        ),
+        (
+            "mutation($id: ID!) { deleteAlertRule(id: $id) }",
+            json!({"id": rule_id}),
+        ),
+        (
+            "mutation($id: ID!) { updateAlertRule(id: $id, rule: {name: \"x\", condition: \"value > 1\", severity: \"info\"}) { id } }",
+            json!({"id": rule_id}),
+        ),
+        (
+            "mutation($id: ID!) { deleteAlertWebhook(id: $id) }",
+            json!({"id": hook_id}),
         ),
         ("{ alerts(state: open) { id } }", json!({})),
     ] {
