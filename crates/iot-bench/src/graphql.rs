@@ -90,6 +90,41 @@ async fn seed(url: &str) {
     .unwrap();
 }
 
+/// The gateway's Prometheus text.
+async fn admin_metrics(port: u16) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf
+}
+
+/// TemperatureTrend's answer, typed.
+#[derive(serde::Deserialize)]
+struct TrendResponse {
+    data: TrendData,
+    errors: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct TrendData {
+    #[serde(rename = "sensorMetrics")]
+    sensor_metrics: Vec<TrendPoint>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct TrendPoint {
+    time: String,
+    avg_value: f64,
+    min_value: f64,
+    max_value: f64,
+}
+
 /// A keep-alive HTTP/1.1 client for `POST /graphql`.
 struct Http(BufReader<tokio::net::TcpStream>);
 
@@ -103,6 +138,13 @@ impl Http {
     }
 
     async fn post(&mut self, query: &str, variables: Value) -> Value {
+        let v: Value = serde_json::from_slice(&self.post_raw(query, variables).await).unwrap();
+        assert!(v.get("errors").is_none(), "GraphQL error: {v}");
+        v["data"].clone()
+    }
+
+    /// The response body, not parsed.
+    async fn post_raw(&mut self, query: &str, variables: Value) -> Vec<u8> {
         let body = json!({"query": query, "variables": variables}).to_string();
         let head = format!(
             "POST /graphql HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nX-Api-Key: {KEY}\r\nContent-Length: {}\r\n\r\n",
@@ -127,9 +169,7 @@ impl Http {
         }
         let mut buf = vec![0; length];
         self.0.read_exact(&mut buf).await.unwrap();
-        let v: Value = serde_json::from_slice(&buf).unwrap();
-        assert!(v.get("errors").is_none(), "GraphQL error: {v}");
-        v["data"].clone()
+        buf
     }
 }
 
@@ -294,20 +334,50 @@ pub async fn run(ctx: &Ctx) {
             let (s, e) = range(i);
             let id = trend_device.clone();
             async move {
-                let d = http
+                // Decoded into types, as a generated client would (the
+                // direct side decodes protobuf into types too).
+                let body = http
                     .lock()
                     .await
-                    .post(
+                    .post_raw(
                         TEMPERATURE_TREND,
                         json!({"deviceId": id, "startTime": s.to_rfc3339(), "endTime": e.to_rfc3339()}),
                     )
                     .await;
-                d["sensorMetrics"].as_array().map_or(0, Vec::len)
+                let r: TrendResponse = serde_json::from_slice(&body).unwrap();
+                assert!(r.errors.is_none(), "GraphQL error: {:?}", r.errors);
+                r.data.sensor_metrics.len()
             }
         },
     )
     .await;
 
+    // Where the gateway's time goes (its own metrics, all requests so far).
+    let metrics = admin_metrics(gql.admin_port).await;
+    let mean = |series: &str| {
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let get = |suffix: &str| {
+            let prefix = if labels.is_empty() {
+                format!("{name}_{suffix}")
+            } else {
+                format!("{name}_{suffix}{{{labels}")
+            };
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        get("sum") / get("count").max(1.0) * 1000.0
+    };
+    println!(
+        "gateway-side means over both queries: request {:.2} ms; backend calls: GetDevice {:.2} ms, QueryMetrics {:.2} ms, LatestReadings {:.2} ms, ListAlerts {:.2} ms",
+        mean("iot_graphql_request_duration_seconds"),
+        mean("iot_graphql_upstream_call_duration_seconds{method=\"GetDevice\""),
+        mean("iot_graphql_upstream_call_duration_seconds{method=\"QueryMetrics\""),
+        mean("iot_graphql_upstream_call_duration_seconds{method=\"LatestReadings\""),
+        mean("iot_graphql_upstream_call_duration_seconds{method=\"ListAlerts\""),
+    );
     subscribers(gql.http_port, al.clone(), &url).await;
     drop((gql, alerts, writer, registry));
 }

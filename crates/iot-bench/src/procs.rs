@@ -6,8 +6,9 @@ use std::process::{Child, Command, Stdio};
 pub struct Service {
     child: Child,
     grpc_port: u16,
-    /// The GraphQL port (graphql-gateway only).
+    /// The GraphQL and admin ports (graphql-gateway only).
     pub http_port: u16,
+    pub admin_port: u16,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -52,6 +53,7 @@ impl Service {
             child,
             grpc_port,
             http_port: 0,
+            admin_port: 0,
         }
     }
 
@@ -136,7 +138,7 @@ impl Service {
         key_sha256: &str,
         owner: &str,
     ) -> Self {
-        let http_port = free_port();
+        let (http_port, admin_port) = (free_port(), free_port());
         let mut s = Self::spawn(
             "graphql-gateway",
             "GRAPHQL_GATEWAY",
@@ -151,9 +153,11 @@ impl Service {
                 ),
                 ("LIMITS__RATE_PER_SEC", "1000000".into()),
                 ("LIMITS__RATE_BURST", "1000000".into()),
+                ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
             ],
         );
         s.http_port = http_port;
+        s.admin_port = admin_port;
         s
     }
 

@@ -84,6 +84,10 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
             && let Ok(end) = end.parse::<DateTime<Utc>>()
         {
             println!("reusing the loaded year in database {name} (IOT_BENCH_RELOAD=1 reloads)");
+            // Migrations added since it was loaded.
+            iot_db::migrate(&url, iot_db::BackendChoice::Auto)
+                .await
+                .unwrap();
             return (url, Data { series, end });
         }
     }
