@@ -5,7 +5,8 @@
 mod config;
 mod engine;
 mod events;
-pub mod expr;
+/// The alert rule language (in iot-domain: no I/O).
+pub use iot_domain::expr;
 mod metrics;
 mod rules;
 pub mod service;

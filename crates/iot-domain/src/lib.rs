@@ -4,6 +4,7 @@
 //! MQTT, gRPC or SQL; the services translate at their edges.
 
 pub mod bucket;
+pub mod expr;
 pub mod payload;
 pub mod reading;
 pub mod reject;
