@@ -75,6 +75,36 @@ fn rule_status(e: &tokio_postgres::Error, name: &str) -> Status {
     }
 }
 
+impl AlertsService {
+    /// Deletes row `id` of `table` (alert_rules or alert_webhooks) if it is
+    /// in `scope`; NOT_FOUND otherwise.
+    async fn delete_owned(
+        &self,
+        table: &str,
+        what: &str,
+        id: &str,
+        scope: Option<Uuid>,
+    ) -> Result<(), Status> {
+        let mut p = Vec::new();
+        let uuid = parse_id("id", id, &mut p);
+        invalid(p)?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                &format!(
+                    "DELETE FROM {table} WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)"
+                ),
+                &[&uuid, &scope],
+            )
+            .await
+            .map_err(|e| db_status(&e))?;
+        if n == 0 {
+            return Err(Status::not_found(format!("{what} {id} not found")));
+        }
+        Ok(())
+    }
+}
+
 fn db_status(e: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %e, "alerts query failed");
     Status::unavailable("database unavailable")
@@ -513,21 +543,8 @@ impl Alerts for AlertsService {
         request: Request<v1::DeleteRuleRequest>,
     ) -> Result<Response<v1::DeleteRuleResponse>, Status> {
         let scope = iot_proto::scope_of(&request)?;
-        let r = request.into_inner();
-        let mut p = Vec::new();
-        let id = parse_id("id", &r.id, &mut p);
-        invalid(p)?;
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "DELETE FROM alert_rules WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)",
-                &[&id, &scope],
-            )
-            .await
-            .map_err(|e| db_status(&e))?;
-        if n == 0 {
-            return Err(Status::not_found(format!("rule {} not found", r.id)));
-        }
+        self.delete_owned("alert_rules", "rule", &request.into_inner().id, scope)
+            .await?;
         Ok(Response::new(v1::DeleteRuleResponse {}))
     }
 
@@ -644,21 +661,8 @@ impl Alerts for AlertsService {
         request: Request<v1::DeleteWebhookRequest>,
     ) -> Result<Response<v1::DeleteWebhookResponse>, Status> {
         let scope = iot_proto::scope_of(&request)?;
-        let r = request.into_inner();
-        let mut p = Vec::new();
-        let id = parse_id("id", &r.id, &mut p);
-        invalid(p)?;
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "DELETE FROM alert_webhooks WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)",
-                &[&id, &scope],
-            )
-            .await
-            .map_err(|e| db_status(&e))?;
-        if n == 0 {
-            return Err(Status::not_found(format!("webhook {} not found", r.id)));
-        }
+        self.delete_owned("alert_webhooks", "webhook", &request.into_inner().id, scope)
+            .await?;
         Ok(Response::new(v1::DeleteWebhookResponse {}))
     }
 }
