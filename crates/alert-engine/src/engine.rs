@@ -597,6 +597,7 @@ async fn evaluate_rules(
                     &[&device, &env.sensor_name, &rule.id],
                 )
                 .await?;
+                ruled.eval.resolved(rule.id, device, &env.sensor_name);
                 metrics.resolved.inc_by(resolved.len() as u64);
             }
         }

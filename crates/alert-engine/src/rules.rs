@@ -205,6 +205,11 @@ impl Evaluator {
         }
     }
 
+    /// Records that rule `rule`'s alert on (device, sensor) is resolved.
+    pub fn resolved(&mut self, rule: Uuid, device: Uuid, sensor: &str) {
+        self.open.remove(&(rule, device, sensor.to_owned()));
+    }
+
     /// What each applicable rule asks for, given reading `r` taken at
     /// `time` on device `device`.
     pub fn decide<'r>(
@@ -239,7 +244,9 @@ impl Evaluator {
             } else {
                 self.since.remove(&key);
                 let cleared = rule.clear.as_ref().is_none_or(|c| expr::eval(c, r));
-                if cleared && self.open.remove(&key) {
+                // Forgotten only once the resolution is written
+                // (`resolved`), so a failed write is decided again.
+                if cleared && self.open.contains(&key) {
                     out.push((rule, Action::Resolve));
                 }
             }
@@ -280,7 +287,15 @@ mod tests {
                 sensor_name: "temperature",
                 ..Default::default()
             };
-            for (_, a) in e.decide(rules, d, &facts, &r, at(*t)) {
+            let decided: Vec<(Uuid, Action)> = e
+                .decide(rules, d, &facts, &r, at(*t))
+                .into_iter()
+                .map(|(rule, a)| (rule.id, a))
+                .collect();
+            for (rule, a) in decided {
+                if a == Action::Resolve {
+                    e.resolved(rule, d, "temperature");
+                }
                 out.push((*t, a));
             }
         }

@@ -543,8 +543,22 @@ impl Alerts for AlertsService {
         request: Request<v1::DeleteRuleRequest>,
     ) -> Result<Response<v1::DeleteRuleResponse>, Status> {
         let scope = iot_proto::scope_of(&request)?;
-        self.delete_owned("alert_rules", "rule", &request.into_inner().id, scope)
-            .await?;
+        let id = request.into_inner().id;
+        // Its open alerts are resolved first (with their events): no rule
+        // is left to clear them.
+        if let Ok(rule) = Uuid::parse_str(&id) {
+            let sql = format!(
+                "UPDATE device_alerts SET resolved_at = now()
+                 WHERE rule_id = $1 AND resolved_at IS NULL
+                   AND EXISTS (SELECT 1 FROM alert_rules
+                               WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2))
+                 RETURNING {COLUMNS}"
+            );
+            events::change(&self.pool, "resolved", &sql, &[&rule, &scope])
+                .await
+                .map_err(|e| db_status(&e))?;
+        }
+        self.delete_owned("alert_rules", "rule", &id, scope).await?;
         Ok(Response::new(v1::DeleteRuleResponse {}))
     }
 

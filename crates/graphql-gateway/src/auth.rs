@@ -54,8 +54,7 @@ pub struct Authenticator {
 }
 
 struct Jwt {
-    keys: Vec<(Algorithm, DecodingKey)>,
-    validation: Validation,
+    keys: Vec<(DecodingKey, Validation)>,
     owner_claim: String,
 }
 
@@ -84,26 +83,43 @@ impl Authenticator {
         let jwt = match &config.jwt {
             None => None,
             Some(j) => {
+                // One validation per key: jsonwebtoken refuses a key whose
+                // family differs from any algorithm listed.
+                let validation = |alg: Algorithm| {
+                    let mut v = Validation::new(alg);
+                    // A configured issuer or audience must be present, not
+                    // merely right when present.
+                    let mut required = vec!["exp"];
+                    if let Some(iss) = &j.issuer {
+                        v.set_issuer(&[iss]);
+                        required.push("iss");
+                    }
+                    match &j.audience {
+                        Some(aud) => {
+                            v.set_audience(&[aud]);
+                            required.push("aud");
+                        }
+                        None => v.validate_aud = false,
+                    }
+                    v.set_required_spec_claims(&required);
+                    v.validate_nbf = true;
+                    v
+                };
                 let mut keys = Vec::new();
                 if let Some(s) = &j.hs256_secret {
-                    keys.push((Algorithm::HS256, DecodingKey::from_secret(s.as_bytes())));
+                    keys.push((
+                        DecodingKey::from_secret(s.as_bytes()),
+                        validation(Algorithm::HS256),
+                    ));
                 }
                 if let Some(pem) = &j.rs256_public_key_pem {
-                    keys.push((Algorithm::RS256, DecodingKey::from_rsa_pem(pem.as_bytes())?));
-                }
-                let mut validation = Validation::new(Algorithm::HS256);
-                validation.algorithms = keys.iter().map(|(a, _)| *a).collect();
-                validation.set_required_spec_claims(&["exp"]);
-                if let Some(iss) = &j.issuer {
-                    validation.set_issuer(&[iss]);
-                }
-                match &j.audience {
-                    Some(aud) => validation.set_audience(&[aud]),
-                    None => validation.validate_aud = false,
+                    keys.push((
+                        DecodingKey::from_rsa_pem(pem.as_bytes())?,
+                        validation(Algorithm::RS256),
+                    ));
                 }
                 Some(Jwt {
                     keys,
-                    validation,
                     owner_claim: j.owner_claim.clone(),
                 })
             }
@@ -177,17 +193,15 @@ impl Authenticator {
         let jwt = self.jwt.as_ref().ok_or(AuthError::JwtDisabled)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::BadToken(e.to_string()))?;
-        let (_, key) = jwt
+        let (key, validation) = jwt
             .keys
             .iter()
-            .find(|(a, _)| *a == header.alg)
+            .find(|(_, v)| v.algorithms.contains(&header.alg))
             .ok_or_else(|| {
                 AuthError::BadToken(format!("algorithm {:?} not accepted", header.alg))
             })?;
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            key,
-            &jwt.validation,
+            token, key, validation,
         )
         .map_err(|e| AuthError::BadToken(e.to_string()))?;
         let claims = data.claims;
@@ -298,10 +312,51 @@ mod tests {
                 serde_json::json!({"owner": owner.to_string(), "iss": "me"}),
                 "s3cret",
             ),
+            // A configured issuer must be there, not only right if there.
+            token(
+                serde_json::json!({"owner": owner.to_string(), "exp": exp}),
+                "s3cret",
+            ),
+            // Not valid yet.
+            token(
+                serde_json::json!({"owner": owner.to_string(), "iss": "me", "exp": exp + 1200, "nbf": exp + 600}),
+                "s3cret",
+            ),
         ] {
             let got = a.authenticate(Some(&format!("Bearer {bad}")), None);
             assert!(matches!(got, Err(AuthError::BadToken(_))), "{got:?}");
         }
+    }
+
+    #[test]
+    fn hs256_still_works_when_rs256_is_configured_too() {
+        // Any RSA public key will do: no token here is signed with it.
+        let pem = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo
+4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u
++qKhbwKfBstIs+bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyeh
+kd3qqGElvW/VDL5AaWTg0nLVkjRo9z+40RQzuVaE8AkAFmxZzow3x+VJYKdjykkJ
+0iT9wCS0DRTXu269V264Vf/3jvredZiKRkgwlL9xNAwxXFg0x/XFw005UWVRIkdg
+cKWTjpBP2dPwVZ4WWC+9aGVd+Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbc
+mwIDAQAB
+-----END PUBLIC KEY-----";
+        let a = Authenticator::new(&AuthConfig {
+            api_keys: vec![],
+            jwt: Some(JwtConfig {
+                hs256_secret: Some("s3cret".into()),
+                rs256_public_key_pem: Some(pem.into()),
+                ..Default::default()
+            }),
+        })
+        .unwrap();
+        let owner = Uuid::new_v4();
+        let exp = chrono::Utc::now().timestamp() + 60;
+        let t = token(
+            serde_json::json!({"sub": "bob", "owner": owner.to_string(), "exp": exp}),
+            "s3cret",
+        );
+        let p = a.authenticate(Some(&format!("Bearer {t}")), None).unwrap();
+        assert_eq!(p.owner, Some(owner));
     }
 
     #[test]

@@ -1603,8 +1603,7 @@ impl MutationRoot {
         Ok(AlertRule(r))
     }
 
-    /// Deletes one of the caller's rules (its open alerts stay open until
-    /// resolved by hand).
+    /// Deletes one of the caller's rules (its open alerts are resolved).
     async fn delete_alert_rule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = shared(ctx);
         s.up.call(

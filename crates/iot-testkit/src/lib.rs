@@ -57,6 +57,11 @@ pub fn broker_config(root: &str) -> device_registry::BrokerConfig {
             format!("{root}/batches/{{device_id}}"),
             format!("{root}/senml/{{device_id}}"),
         ],
+        // The whole suite shares one broker on two cores, and every test's
+        // devices add accounts its dynamic-security plugin rewrites to disk
+        // on each change: under that load an answer can take over the
+        // production default of 5 s.
+        timeout_ms: 20_000,
         ..Default::default()
     }
 }

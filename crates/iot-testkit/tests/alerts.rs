@@ -566,6 +566,16 @@ async fn rules_in_the_rule_language_with_durations_hysteresis_and_owners() {
         1,
         "one alert for the whole episode"
     );
+    // Deleting a rule resolves its open alerts.
+    api.delete_rule(v1::DeleteRuleRequest { id: low.id.clone() })
+        .await
+        .unwrap();
+    let of_low: Vec<_> = alerts(&url, &dev.id)
+        .await
+        .into_iter()
+        .filter(|a| a.alert_type == "low_battery")
+        .collect();
+    assert!(!of_low.is_empty() && of_low.iter().all(|a| a.state == "resolved"));
     p.stop().await;
 }
 
