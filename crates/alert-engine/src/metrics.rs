@@ -21,7 +21,7 @@ impl Metrics {
         let webhooks = IntCounterVec::new(
             Opts::new(
                 "webhook_deliveries_total",
-                "Webhook delivery attempts by outcome (delivered, retried, given_up)",
+                "Webhook delivery attempts by outcome (delivered, retried, given_up, refused)",
             ),
             &["outcome"],
         )?;

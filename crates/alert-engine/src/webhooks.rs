@@ -35,6 +35,10 @@ pub struct WebhookConfig {
     pub retry_base_ms: u64,
     /// …but never longer than this.
     pub retry_max_secs: u64,
+    /// Allow receivers on loopback, private, link-local and other
+    /// non-public addresses. Off by default: a tenant's webhook must not
+    /// reach the platform's own network.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for WebhookConfig {
@@ -44,6 +48,7 @@ impl Default for WebhookConfig {
             max_attempts: 10,
             retry_base_ms: 1000,
             retry_max_secs: 3600,
+            allow_private_addresses: false,
         }
     }
 }
@@ -202,6 +207,60 @@ async fn claim(pool: &Pool, limit: i64, lease: Duration) -> anyhow::Result<Vec<D
         .collect())
 }
 
+/// Whether `ip` is an address a tenant's webhook may not reach.
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
+                || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link local
+        }
+    }
+}
+
+/// Refuses a URL whose host resolves to a non-public address (unless
+/// allowed); the reason when refused.
+async fn refused(url: &str, config: &WebhookConfig) -> Option<String> {
+    if config.allow_private_addresses {
+        return None;
+    }
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return Some("not a URL".into());
+    };
+    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+        return Some("no host".into());
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            addrs
+                .iter()
+                .any(|a| is_private(a.ip()))
+                .then(|| "refused: the host resolves to a non-public address".to_owned())
+        }
+        // Name resolution failing is an ordinary, retried failure.
+        Err(_) => None,
+    }
+}
+
 /// Sends one delivery and records its outcome.
 async fn deliver(
     d: Due,
@@ -210,6 +269,19 @@ async fn deliver(
     config: &WebhookConfig,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
+    if let Some(why) = refused(&d.url, config).await {
+        let client = pool.get().await?;
+        client
+            .execute(
+                "UPDATE webhook_deliveries SET failed_at = now(), attempts = attempts + 1, last_error = $2
+                 WHERE id = $1",
+                &[&d.id, &why],
+            )
+            .await?;
+        metrics.webhooks.with_label_values(&["refused"]).inc();
+        tracing::warn!(delivery = d.id, url = %d.url, "webhook refused: non-public address");
+        return Ok(());
+    }
     let sig = signature(d.secret.as_bytes(), d.body.as_bytes());
     let res = http
         .post(&d.url)
@@ -337,6 +409,28 @@ mod tests {
             signature(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn non_public_addresses_are_recognised() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private(a.parse().unwrap()), "{a}");
+        }
+        for a in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
+            assert!(!is_private(a.parse().unwrap()), "{a}");
+        }
     }
 
     #[test]
