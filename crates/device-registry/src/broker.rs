@@ -112,6 +112,9 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<Value>>>>>;
 pub struct Dynsec {
     client: AsyncClient,
     pending: Pending,
+    /// True while subscribed to the answers: a command sent before that
+    /// would have its answer go by unheard.
+    subscribed: tokio::sync::watch::Receiver<bool>,
     timeout: Duration,
     config: BrokerConfig,
 }
@@ -126,6 +129,7 @@ impl Dynsec {
         let (client, mut events) = AsyncClient::new(opts, 64);
         let pending: Pending = Arc::default();
         let (sub, answers) = (client.clone(), pending.clone());
+        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -133,7 +137,11 @@ impl Dynsec {
                     e = events.poll() => e,
                 };
                 match event {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subscribed_tx.send_replace(true);
+                    }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        subscribed_tx.send_replace(false);
                         // A new session each time: subscribe again.
                         if let Err(e) = sub.try_subscribe(RESPONSE, QoS::AtLeastOnce) {
                             tracing::warn!(error = %e, "cannot subscribe to dynamic-security answers");
@@ -144,6 +152,7 @@ impl Dynsec {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        subscribed_tx.send_replace(false);
                         tracing::warn!(error = %e, "broker admin connection lost; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -153,6 +162,7 @@ impl Dynsec {
         Self {
             client,
             pending,
+            subscribed,
             timeout: Duration::from_millis(config.timeout_ms),
             config: config.clone(),
         }
@@ -174,6 +184,11 @@ impl Dynsec {
         lock(&self.pending).insert(id.clone(), tx);
         let body = json!({ "commands": commands }).to_string();
         let sent = async {
+            let mut subscribed = self.subscribed.clone();
+            tokio::time::timeout(self.timeout, subscribed.wait_for(|s| *s))
+                .await
+                .map_err(|_| BrokerError::Timeout(self.timeout))?
+                .map_err(|_| BrokerError::Timeout(self.timeout))?;
             self.client
                 .publish(CONTROL, QoS::AtLeastOnce, false, body)
                 .await?;
