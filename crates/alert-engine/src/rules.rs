@@ -45,6 +45,39 @@ pub fn rule_from_row(r: &tokio_postgres::Row) -> v1::Rule {
     }
 }
 
+/// A rule's writable fields as SQL parameters, in the order name,
+/// condition, clear_condition, severity, message, for_secs, device_type,
+/// enabled (`CreateRule` and `UpdateRule` write the same columns).
+pub struct Fields<'r> {
+    rule: &'r v1::Rule,
+    for_secs: i32,
+    enabled: bool,
+}
+
+impl<'r> Fields<'r> {
+    pub fn of(rule: &'r v1::Rule) -> Self {
+        Self {
+            rule,
+            for_secs: i32::try_from(rule.for_secs).unwrap_or(i32::MAX),
+            enabled: rule.enabled.unwrap_or(true),
+        }
+    }
+
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+        let r = self.rule;
+        [
+            &r.name,
+            &r.condition,
+            &r.clear_condition,
+            &r.severity,
+            &r.message,
+            &self.for_secs,
+            &r.device_type,
+            &self.enabled,
+        ]
+    }
+}
+
 /// A rule as written, checked: INVALID_ARGUMENT naming every bad field
 /// (a condition's error gives its column). `scope` is the caller's owner
 /// (None: admin); returns the owner the rule belongs to.

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use iot_proto::v1::{self, alerts_server::Alerts};
 use rust_decimal::Decimal;
+use tokio_postgres::types::ToSql;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -449,6 +450,7 @@ impl Alerts for AlertsService {
         let scope = iot_proto::scope_of(&request)?;
         let r = request.into_inner();
         let owner = rules::check(&r, scope)?;
+        let fields = rules::Fields::of(&r);
         let client = self.client().await?;
         let row = client
             .query_one(
@@ -459,17 +461,7 @@ impl Alerts for AlertsService {
                      RETURNING {}",
                     rules::COLUMNS
                 ),
-                &[
-                    &owner,
-                    &r.name,
-                    &r.condition,
-                    &r.clear_condition,
-                    &r.severity,
-                    &r.message,
-                    &i32::try_from(r.for_secs).unwrap_or(i32::MAX),
-                    &r.device_type,
-                    &r.enabled.unwrap_or(true),
-                ],
+                &[&[&owner as &(dyn ToSql + Sync)], &fields.params()[..]].concat(),
             )
             .await
             .map_err(|e| rule_status(&e, &r.name))?;
@@ -508,6 +500,7 @@ impl Alerts for AlertsService {
         let id = parse_id("id", &r.id, &mut p);
         invalid(p)?;
         rules::check(&r, scope)?;
+        let fields = rules::Fields::of(&r);
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -519,18 +512,7 @@ impl Alerts for AlertsService {
                      RETURNING {}",
                     rules::COLUMNS
                 ),
-                &[
-                    &id,
-                    &scope,
-                    &r.name,
-                    &r.condition,
-                    &r.clear_condition,
-                    &r.severity,
-                    &r.message,
-                    &i32::try_from(r.for_secs).unwrap_or(i32::MAX),
-                    &r.device_type,
-                    &r.enabled.unwrap_or(true),
-                ],
+                &[&[&id as &(dyn ToSql + Sync), &scope], &fields.params()[..]].concat(),
             )
             .await
             .map_err(|e| rule_status(&e, &r.name))?

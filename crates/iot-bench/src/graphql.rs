@@ -183,32 +183,7 @@ where
     G: FnMut(usize) -> GF,
     GF: Future<Output = usize>,
 {
-    for i in 0..10 {
-        direct(i).await;
-        graphql(i).await;
-    }
-    let (mut d, mut g) = (Vec::new(), Vec::new());
-    let mut items = 0;
-    for i in 0..SAMPLES {
-        let (nd, ng);
-        if i % 2 == 0 {
-            let t = Instant::now();
-            nd = direct(i).await;
-            d.push(t.elapsed().as_secs_f64() * 1000.0);
-            let t = Instant::now();
-            ng = graphql(i).await;
-            g.push(t.elapsed().as_secs_f64() * 1000.0);
-        } else {
-            let t = Instant::now();
-            ng = graphql(i).await;
-            g.push(t.elapsed().as_secs_f64() * 1000.0);
-            let t = Instant::now();
-            nd = direct(i).await;
-            d.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        assert_eq!(nd, ng, "{name}: GraphQL and gRPC disagree");
-        items = nd;
-    }
+    let (d, g, items) = query::interleaved(name, SAMPLES, &mut direct, &mut graphql).await;
     let (d, g) = (stats(d), stats(g));
     let added = g.p50 - d.p50;
     println!(

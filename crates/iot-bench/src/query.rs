@@ -217,6 +217,53 @@ pub fn stats(mut ms: Vec<f64>) -> Stats {
     }
 }
 
+/// Samples `a` and `b` (each called with the sample's number) `samples`
+/// times each after a warm-up, interleaved and alternating which goes first
+/// (whichever runs second finds the first's pages in cache); both must
+/// return the same number of items. Milliseconds of each, and that number.
+pub async fn interleaved<A, AF, B, BF>(
+    name: &str,
+    samples: usize,
+    a: &mut A,
+    b: &mut B,
+) -> (Vec<f64>, Vec<f64>, usize)
+where
+    A: FnMut(usize) -> AF,
+    AF: Future<Output = usize>,
+    B: FnMut(usize) -> BF,
+    BF: Future<Output = usize>,
+{
+    // Warm-up: prepared statements, caches, connections.
+    for i in 0..10 {
+        a(i).await;
+        b(i).await;
+    }
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let mut items = 0;
+    for i in 0..samples {
+        let timed = |t: Instant, out: &mut Vec<f64>| out.push(t.elapsed().as_secs_f64() * 1000.0);
+        let (na, nb);
+        if i % 2 == 0 {
+            let t = Instant::now();
+            na = a(i).await;
+            timed(t, &mut ta);
+            let t = Instant::now();
+            nb = b(i).await;
+            timed(t, &mut tb);
+        } else {
+            let t = Instant::now();
+            nb = b(i).await;
+            timed(t, &mut tb);
+            let t = Instant::now();
+            na = a(i).await;
+            timed(t, &mut ta);
+        }
+        assert_eq!(na, nb, "{name}: the two ways disagree");
+        items = na;
+    }
+    (ta, tb, items)
+}
+
 /// A query run both ways: `direct` against the database, `grpc` through the
 /// API. Samples interleave the two so that noise hits both alike.
 async fn measure<D, DF, G, GF>(name: &str, target_p95_ms: f64, mut direct: D, mut grpc: G)
@@ -226,36 +273,7 @@ where
     G: FnMut(usize) -> GF,
     GF: Future<Output = usize>,
 {
-    // Warm-up: prepared statements, caches, connections.
-    for i in 0..10 {
-        direct(i).await;
-        grpc(i).await;
-    }
-    let (mut d, mut g) = (Vec::new(), Vec::new());
-    let mut items = 0;
-    for i in 0..SAMPLES {
-        // Both run with the same arguments; whichever runs second finds the
-        // pages the first read in cache, so the order alternates.
-        let (nd, ng) = if i % 2 == 0 {
-            let t = Instant::now();
-            let nd = direct(i).await;
-            d.push(t.elapsed().as_secs_f64() * 1000.0);
-            let t = Instant::now();
-            let ng = grpc(i).await;
-            g.push(t.elapsed().as_secs_f64() * 1000.0);
-            (nd, ng)
-        } else {
-            let t = Instant::now();
-            let ng = grpc(i).await;
-            g.push(t.elapsed().as_secs_f64() * 1000.0);
-            let t = Instant::now();
-            let nd = direct(i).await;
-            d.push(t.elapsed().as_secs_f64() * 1000.0);
-            (nd, ng)
-        };
-        assert_eq!(ng, nd, "{name}: gRPC and direct disagree");
-        items = nd;
-    }
+    let (d, g, items) = interleaved(name, SAMPLES, &mut direct, &mut grpc).await;
     let (d, g) = (stats(d), stats(g));
     let verdict = if g.p95 <= target_p95_ms {
         "ok"

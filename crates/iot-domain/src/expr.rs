@@ -483,35 +483,30 @@ impl Parser {
     }
 
     fn sum(&mut self) -> Result<Typed, ParseError> {
-        let mut left = self.product()?;
-        loop {
-            let op = match self.peek() {
-                Some(Tok::Op("+")) => Arith::Add,
-                Some(Tok::Op("-")) => Arith::Sub,
-                _ => return Ok(left),
-            };
-            self.at += 1;
-            let right = self.product()?;
-            self.want(&left, Ty::Num, "arithmetic")?;
-            self.want(&right, Ty::Num, "arithmetic")?;
-            left = (
-                Expr::Arith(op, Box::new(left.0), Box::new(right.0)),
-                Ty::Num,
-                left.2,
-            );
-        }
+        self.arithmetic(&[("+", Arith::Add), ("-", Arith::Sub)], Self::product)
     }
 
     fn product(&mut self) -> Result<Typed, ParseError> {
-        let mut left = self.unary()?;
+        self.arithmetic(&[("*", Arith::Mul), ("/", Arith::Div)], Self::unary)
+    }
+
+    /// One left-associative level of arithmetic: `next { op next }`.
+    fn arithmetic(
+        &mut self,
+        ops: &[(&str, Arith)],
+        next: fn(&mut Self) -> Result<Typed, ParseError>,
+    ) -> Result<Typed, ParseError> {
+        let mut left = next(self)?;
         loop {
-            let op = match self.peek() {
-                Some(Tok::Op("*")) => Arith::Mul,
-                Some(Tok::Op("/")) => Arith::Div,
-                _ => return Ok(left),
+            let Some(op) = ops
+                .iter()
+                .find(|(o, _)| matches!(self.peek(), Some(Tok::Op(t)) if t == o))
+                .map(|(_, a)| *a)
+            else {
+                return Ok(left);
             };
             self.at += 1;
-            let right = self.unary()?;
+            let right = next(self)?;
             self.want(&left, Ty::Num, "arithmetic")?;
             self.want(&right, Ty::Num, "arithmetic")?;
             left = (

@@ -27,22 +27,27 @@ async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
     .alerts
 }
 
+/// A device whose temperature may be at most 30 (the spec's threshold).
+fn with_max_30(id: &str, device_type: &str) -> CreateDeviceRequest {
+    CreateDeviceRequest {
+        device_id: id.into(),
+        name: id.into(),
+        device_type: device_type.into(),
+        config: Some(v1::DeviceConfig {
+            alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_specs_threshold_test_and_a_config_change_without_restart() {
     let p = Platform::start().await;
     let engine = p.start_alert_engine(|_| {}).await;
     let url = format!("http://{}", engine.grpc_addr);
     let mut registry = p.registry_client(Scope::Admin).await;
-    let create = |id: &str| CreateDeviceRequest {
-        device_id: id.into(),
-        name: id.into(),
-        device_type: "temperature_sensor".into(),
-        config: Some(v1::DeviceConfig {
-            alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let create = |id: &str| with_max_30(id, "temperature_sensor");
 
     // The spec: threshold max 30, a reading of 35 gives exactly one alert of
     // severity warning for that device.
@@ -319,16 +324,7 @@ async fn every_alert_change_reaches_the_stream_and_the_alerts_topic() {
     let mut registry = p.registry_client(Scope::Admin).await;
     let id = format!("hot-{}", kit::unique());
     let dev = registry
-        .create_device(CreateDeviceRequest {
-            device_id: id.clone(),
-            name: id.clone(),
-            device_type: "temperature_sensor".into(),
-            config: Some(v1::DeviceConfig {
-                alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .create_device(with_max_30(&id, "temperature_sensor"))
         .await
         .unwrap()
         .into_inner();
@@ -687,16 +683,7 @@ async fn webhooks_retry_sign_and_never_slow_evaluation() {
     let mut registry = p.registry_client(Scope::Admin).await;
     let id = format!("hook-{}", kit::unique());
     let dev = registry
-        .create_device(CreateDeviceRequest {
-            device_id: id.clone(),
-            name: id.clone(),
-            device_type: "boiler".into(),
-            config: Some(v1::DeviceConfig {
-                alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .create_device(with_max_30(&id, "boiler"))
         .await
         .unwrap()
         .into_inner();
