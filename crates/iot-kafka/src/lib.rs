@@ -90,6 +90,11 @@ impl KafkaConfig {
     pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        // A consumer that subscribed before its topic existed (services
+        // start in any order; the topic is created by whichever comes up
+        // first) sees the topic at the next metadata refresh: every 5 s,
+        // not librdkafka's default of 5 minutes.
+        c.set("topic.metadata.refresh.interval.ms", "5000");
         for (k, v) in defaults {
             c.set(*k, *v);
         }
