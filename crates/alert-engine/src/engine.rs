@@ -339,22 +339,62 @@ async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, anyhow::Error> {
         .collect())
 }
 
+/// Counts the consumer's partition assignments. After each, the engine
+/// reloads its per-series state from the database: a partition may come
+/// from another replica, whose episodes and alerts this one has not seen.
+#[derive(Default)]
+pub struct Rebalances(std::sync::atomic::AtomicU64);
+
+impl iot_kafka::rdkafka::ClientContext for Rebalances {}
+
+impl iot_kafka::rdkafka::consumer::ConsumerContext for Rebalances {
+    fn post_rebalance(
+        &self,
+        _: &iot_kafka::rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &iot_kafka::rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(
+            rebalance,
+            iot_kafka::rdkafka::consumer::Rebalance::Assign(_)
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Reloads the open alerts (another replica, or someone by hand, may
+/// have raised or resolved meanwhile).
+async fn reload_open(
+    pool: &Pool,
+    open: &mut HashSet<OpenKey>,
+    presence: &mut Presence,
+    ruled: &mut Ruled,
+) -> anyhow::Result<()> {
+    let (o, off, r) =
+        tokio::try_join!(load_open(pool), open_offline(pool), open_rule_alerts(pool))?;
+    *open = o;
+    presence.offline = off;
+    ruled.eval.set_open(r);
+    Ok(())
+}
+
 /// Evaluates every reading of the topic until `shutdown`. A reading's
 /// offset is stored only once it is evaluated (and its alert written).
 pub async fn run(
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Rebalances>,
     pool: Pool,
     devices: Arc<Devices>,
     offline: crate::config::OfflineConfig,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut open = load_open(&pool).await?;
+    let mut open = HashSet::new();
     let mut presence = Presence::load(&pool, &devices.client).await?;
     let mut ruled = Ruled {
         rules: rules::load(&pool).await?,
-        eval: Evaluator::with_open(open_rule_alerts(&pool).await?),
+        eval: Evaluator::default(),
     };
+    let mut assignments = 0;
     let mut reload = tokio::time::interval(Duration::from_secs(10));
     reload.tick().await;
     // Rule changes apply within two seconds.
@@ -362,6 +402,10 @@ pub async fn run(
     reload_rules.tick().await;
     let mut check = tokio::time::interval(Duration::from_secs(offline.check_secs));
     check.tick().await;
+    // The state is (re)loaded before the first reading, after every
+    // assignment and after every failed evaluation (whose writes may be
+    // partly done): the database is the truth, memory a copy.
+    let mut stale = true;
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -372,17 +416,8 @@ pub async fn run(
                 continue;
             }
             _ = reload.tick() => {
-                // Another replica, or someone by hand, may have raised or
-                // resolved meanwhile.
-                match (load_open(&pool).await, open_offline(&pool).await, open_rule_alerts(&pool).await) {
-                    (Ok(o), Ok(off), Ok(r)) => {
-                        open = o;
-                        presence.offline = off;
-                        ruled.eval.open = r;
-                    }
-                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                        tracing::warn!(error = %e, "cannot reload open alerts");
-                    }
+                if let Err(e) = reload_open(&pool, &mut open, &mut presence, &mut ruled).await {
+                    tracing::warn!(error = %e, "cannot reload open alerts");
                 }
                 continue;
             }
@@ -404,19 +439,40 @@ pub async fn run(
         };
         let mut backoff = Duration::from_millis(100);
         loop {
-            match evaluate(
-                msg.payload().unwrap_or_default(),
-                &pool,
-                &devices,
-                &mut open,
-                &mut presence,
-                &mut ruled,
-                &metrics,
-            )
-            .await
-            {
+            let now = consumer
+                .context()
+                .0
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if now != assignments {
+                assignments = now;
+                stale = true;
+            }
+            let mut evaluated = Ok(());
+            if stale {
+                evaluated = async {
+                    reload_open(&pool, &mut open, &mut presence, &mut ruled).await?;
+                    ruled.eval.set_episodes(rules::load_episodes(&pool).await?);
+                    anyhow::Ok(())
+                }
+                .await;
+                stale = evaluated.is_err();
+            }
+            if evaluated.is_ok() {
+                evaluated = evaluate(
+                    msg.payload().unwrap_or_default(),
+                    &pool,
+                    &devices,
+                    &mut open,
+                    &mut presence,
+                    &mut ruled,
+                    &metrics,
+                )
+                .await;
+            }
+            match evaluated {
                 Ok(()) => break,
                 Err(e) => {
+                    stale = true;
                     tracing::warn!(error = %e, "alert evaluation failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
@@ -513,9 +569,11 @@ async fn evaluate(
             }
         }
         None => {
-            let before = open.len();
-            open.retain(|(d, s, _)| !(*d == device && *s == env.sensor_name));
-            if open.len() < before {
+            let mut was_open = false;
+            for kind in thresholds::KINDS {
+                was_open |= open.remove(&(device, env.sensor_name.clone(), kind));
+            }
+            if was_open {
                 let kinds: Vec<&str> = thresholds::KINDS.to_vec();
                 let resolved = events::change(
                     pool,
@@ -533,7 +591,7 @@ async fn evaluate(
 
 /// The alert rules and their per-series state.
 struct Ruled {
-    rules: Vec<rules::Compiled>,
+    rules: rules::RuleSet,
     eval: Evaluator,
 }
 
@@ -599,6 +657,21 @@ async fn evaluate_rules(
                 .await?;
                 ruled.eval.resolved(rule.id, device, &env.sensor_name);
                 metrics.resolved.inc_by(resolved.len() as u64);
+            }
+            Action::EpisodeStarted(since) => {
+                pool.get()
+                    .await?
+                    .execute(
+                        rules::EPISODE_STARTED,
+                        &[&rule.id, &rule.version, &device, &env.sensor_name, &since],
+                    )
+                    .await?;
+            }
+            Action::EpisodeEnded => {
+                pool.get()
+                    .await?
+                    .execute(rules::EPISODE_ENDED, &[&rule.id, &device, &env.sensor_name])
+                    .await?;
             }
         }
     }

@@ -43,7 +43,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     pool.get()
         .await?
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 12", &[])
+        .query_one("SELECT 1 FROM schema_migrations WHERE version = 13", &[])
         .await
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     // Check that the readings topic is reachable before reporting ready.
@@ -59,7 +59,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let registry =
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_alerts".into()), None)?;
     let metrics = metrics::Metrics::register(&registry)?;
-    let consumer: StreamConsumer = config
+    let consumer: StreamConsumer<engine::Rebalances> = config
         .kafka
         .client_config_with(&[
             ("client.id", "alert-engine"),
@@ -71,7 +71,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .create()?;
+        .create_with_context(engine::Rebalances::default())?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
         .connect_timeout(Duration::from_secs(5))

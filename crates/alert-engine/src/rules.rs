@@ -147,6 +147,9 @@ pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, Statu
 #[derive(Debug)]
 pub struct Compiled {
     pub id: Uuid,
+    /// The rule's `updated_at`: an episode counts only for the version it
+    /// began under.
+    pub version: DateTime<Utc>,
     pub owner: Option<Uuid>,
     pub name: String,
     pub condition: Expr,
@@ -157,8 +160,46 @@ pub struct Compiled {
     pub device_type: Option<String>,
 }
 
+/// The enabled rules, indexed by the sensor their condition requires
+/// (`expr::required_sensor`): a reading is evaluated only against the
+/// rules that can hold for its sensor.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Compiled>,
+    by_sensor: HashMap<String, Vec<usize>>,
+    any_sensor: Vec<usize>,
+}
+
+impl RuleSet {
+    pub fn new(rules: Vec<Compiled>) -> Self {
+        let mut set = RuleSet::default();
+        for (i, r) in rules.iter().enumerate() {
+            match expr::required_sensor(&r.condition) {
+                Some(s) => set.by_sensor.entry(s.to_owned()).or_default().push(i),
+                None => set.any_sensor.push(i),
+            }
+        }
+        set.rules = rules;
+        set
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules that can hold for a reading of `sensor`.
+    fn for_sensor<'s>(&'s self, sensor: &str) -> impl Iterator<Item = &'s Compiled> + 's {
+        self.by_sensor
+            .get(sensor)
+            .into_iter()
+            .flatten()
+            .chain(&self.any_sensor)
+            .map(|i| &self.rules[*i])
+    }
+}
+
 /// The enabled rules, compiled.
-pub async fn load(pool: &Pool) -> anyhow::Result<Vec<Compiled>> {
+pub async fn load(pool: &Pool) -> anyhow::Result<RuleSet> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -180,6 +221,7 @@ pub async fn load(pool: &Pool) -> anyhow::Result<Vec<Compiled>> {
         match compiled {
             Ok((condition, clear)) => out.push(Compiled {
                 id: r.get(0),
+                version: r.get(11),
                 owner: r.get(1),
                 name: rule.name,
                 condition,
@@ -194,8 +236,47 @@ pub async fn load(pool: &Pool) -> anyhow::Result<Vec<Compiled>> {
             Err(e) => tracing::error!(rule = %rule.id, error = %e, "rule does not parse; skipped"),
         }
     }
-    Ok(out)
+    Ok(RuleSet::new(out))
 }
+
+/// Episodes recorded in the database: (rule, rule version, device,
+/// sensor, since). Those of rule versions that no longer exist are deleted
+/// first.
+pub async fn load_episodes(
+    pool: &Pool,
+) -> anyhow::Result<Vec<(Uuid, DateTime<Utc>, Uuid, String, DateTime<Utc>)>> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "DELETE FROM alert_rule_episodes e WHERE NOT EXISTS (
+                 SELECT 1 FROM alert_rules r
+                 WHERE r.id = e.rule_id AND r.updated_at = e.rule_version AND r.enabled)",
+            &[],
+        )
+        .await?;
+    Ok(client
+        .query(
+            "SELECT rule_id, rule_version, device_id, sensor_name, since FROM alert_rule_episodes",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect())
+}
+
+/// Records that an episode began at `since` (or earlier: a late reading).
+pub const EPISODE_STARTED: &str = "INSERT INTO alert_rule_episodes
+    (rule_id, rule_version, device_id, sensor_name, since) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (rule_id, device_id, sensor_name) DO UPDATE SET
+    since = CASE WHEN alert_rule_episodes.rule_version = excluded.rule_version
+                 THEN LEAST(alert_rule_episodes.since, excluded.since)
+                 ELSE excluded.since END,
+    rule_version = excluded.rule_version";
+
+/// Records that an episode ended.
+pub const EPISODE_ENDED: &str =
+    "DELETE FROM alert_rule_episodes WHERE rule_id = $1 AND device_id = $2 AND sensor_name = $3";
 
 /// The device facts a rule can see.
 #[derive(Debug, Clone, Default)]
@@ -206,83 +287,165 @@ pub struct DeviceFacts {
     pub location: String,
 }
 
-/// (rule, device, sensor).
-type SeriesKey = (Uuid, Uuid, String);
-
 /// What to do about one rule and one reading.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Raise,
     Resolve,
+    /// A duration rule's episode began at this time (or began earlier than
+    /// recorded): to be recorded before the reading counts as evaluated.
+    EpisodeStarted(DateTime<Utc>),
+    /// A duration rule's episode ended: to be recorded likewise.
+    EpisodeEnded,
 }
 
-/// Per-series state of the rules: since when each condition has held (for
-/// durations) and which alerts are open (for hysteresis). The open set is
-/// reloaded from the database; the durations live in memory (after a
-/// restart a condition must hold for its duration again).
+/// The earliest and latest reading times of an episode (the condition
+/// holding on every reading; readings may arrive out of order).
+#[derive(Debug, Clone, Copy)]
+struct Episode {
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    version: DateTime<Utc>,
+}
+
+/// The rules' state of one (device, sensor).
+#[derive(Debug, Default)]
+struct Series {
+    /// Episodes of duration rules, by rule.
+    episodes: HashMap<Uuid, Episode>,
+    /// Rules with an open alert here (for hysteresis).
+    open: HashSet<Uuid>,
+}
+
+/// Per-series state of the rules: since when each duration rule's
+/// condition has held, and which alerts are open. Both mirror the
+/// database (`alert_rule_episodes`, `device_alerts`), which a restarted
+/// engine or a replica taking over a partition reloads them from: an
+/// episode goes on where it was, and a condition is never taken for held
+/// longer than it did.
 #[derive(Debug, Default)]
 pub struct Evaluator {
-    /// The earliest and latest reading times of the current episode (the
-    /// condition holding on every reading); readings may arrive out of
-    /// order.
-    since: HashMap<SeriesKey, (DateTime<Utc>, DateTime<Utc>)>,
-    pub open: HashSet<SeriesKey>,
+    series: HashMap<(Uuid, String), Series>,
 }
 
 impl Evaluator {
-    /// An evaluator that knows these alerts are open.
-    pub fn with_open(open: HashSet<SeriesKey>) -> Self {
-        Self {
-            open,
-            ..Self::default()
+    /// Replaces what is known of open alerts: (rule, device, sensor).
+    pub fn set_open(&mut self, open: impl IntoIterator<Item = (Uuid, Uuid, String)>) {
+        for s in self.series.values_mut() {
+            s.open.clear();
         }
+        for (rule, device, sensor) in open {
+            self.series
+                .entry((device, sensor))
+                .or_default()
+                .open
+                .insert(rule);
+        }
+        self.series
+            .retain(|_, s| !s.open.is_empty() || !s.episodes.is_empty());
+    }
+
+    /// Replaces the episodes: (rule, rule version, device, sensor, since).
+    pub fn set_episodes(
+        &mut self,
+        episodes: impl IntoIterator<Item = (Uuid, DateTime<Utc>, Uuid, String, DateTime<Utc>)>,
+    ) {
+        for s in self.series.values_mut() {
+            s.episodes.clear();
+        }
+        for (rule, version, device, sensor, since) in episodes {
+            self.series
+                .entry((device, sensor))
+                .or_default()
+                .episodes
+                .insert(
+                    rule,
+                    Episode {
+                        first: since,
+                        last: since,
+                        version,
+                    },
+                );
+        }
+        self.series
+            .retain(|_, s| !s.open.is_empty() || !s.episodes.is_empty());
     }
 
     /// Records that rule `rule`'s alert on (device, sensor) is resolved.
     pub fn resolved(&mut self, rule: Uuid, device: Uuid, sensor: &str) {
-        self.open.remove(&(rule, device, sensor.to_owned()));
+        if let Some(s) = self.series.get_mut(&(device, sensor.to_owned())) {
+            s.open.remove(&rule);
+        }
     }
 
     /// What each applicable rule asks for, given reading `r` taken at
     /// `time` on device `device`.
     pub fn decide<'r>(
         &mut self,
-        rules: &'r [Compiled],
+        rules: &'r RuleSet,
         device: Uuid,
         facts: &DeviceFacts,
         r: &expr::Reading<'_>,
         time: DateTime<Utc>,
     ) -> Vec<(&'r Compiled, Action)> {
         let mut out = Vec::new();
-        for rule in rules {
-            if rule.owner.is_some() && rule.owner != facts.owner {
-                continue;
-            }
-            if rule
-                .device_type
-                .as_ref()
-                .is_some_and(|t| *t != facts.device_type)
-            {
-                continue;
-            }
-            let key = (rule.id, device, r.sensor_name.to_owned());
+        let mut applicable = rules
+            .for_sensor(r.sensor_name)
+            .filter(|rule| rule.owner.is_none() || rule.owner == facts.owner)
+            .filter(|rule| {
+                rule.device_type
+                    .as_ref()
+                    .is_none_or(|t| *t == facts.device_type)
+            })
+            .peekable();
+        if applicable.peek().is_none() {
+            return out;
+        }
+        let key = (device, r.sensor_name.to_owned());
+        let mut s = self.series.remove(&key).unwrap_or_default();
+        for rule in applicable {
             if expr::eval(&rule.condition, r) {
-                let (first, last) = self.since.entry(key.clone()).or_insert((time, time));
-                *first = (*first).min(time);
-                *last = (*last).max(time);
-                if (*last - *first).num_seconds() >= rule.for_secs {
-                    self.open.insert(key);
-                    out.push((rule, Action::Raise));
+                if rule.for_secs > 0 {
+                    let held = match s.episodes.get_mut(&rule.id) {
+                        Some(e) if e.version == rule.version => {
+                            if time < e.first {
+                                e.first = time;
+                                out.push((rule, Action::EpisodeStarted(time)));
+                            }
+                            e.last = e.last.max(time);
+                            e.last - e.first
+                        }
+                        _ => {
+                            let e = Episode {
+                                first: time,
+                                last: time,
+                                version: rule.version,
+                            };
+                            s.episodes.insert(rule.id, e);
+                            out.push((rule, Action::EpisodeStarted(time)));
+                            chrono::TimeDelta::zero()
+                        }
+                    };
+                    if held.num_seconds() < rule.for_secs {
+                        continue;
+                    }
                 }
+                s.open.insert(rule.id);
+                out.push((rule, Action::Raise));
             } else {
-                self.since.remove(&key);
+                if s.episodes.remove(&rule.id).is_some() {
+                    out.push((rule, Action::EpisodeEnded));
+                }
                 let cleared = rule.clear.as_ref().is_none_or(|c| expr::eval(c, r));
                 // Forgotten only once the resolution is written
                 // (`resolved`), so a failed write is decided again.
-                if cleared && self.open.contains(&key) {
+                if cleared && s.open.contains(&rule.id) {
                     out.push((rule, Action::Resolve));
                 }
             }
+        }
+        if !s.open.is_empty() || !s.episodes.is_empty() {
+            self.series.insert(key, s);
         }
         out
     }
@@ -295,6 +458,7 @@ mod tests {
     fn rule(condition: &str, clear: Option<&str>, for_secs: i64) -> Compiled {
         Compiled {
             id: Uuid::new_v4(),
+            version: at(0),
             owner: None,
             name: "hot".into(),
             condition: expr::parse(condition).unwrap(),
@@ -310,7 +474,16 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
-    fn run(e: &mut Evaluator, rules: &[Compiled], values: &[(i64, f64)]) -> Vec<(i64, Action)> {
+    /// Raises and resolutions decided for `values`, in order.
+    fn run(e: &mut Evaluator, rules: &RuleSet, values: &[(i64, f64)]) -> Vec<(i64, Action)> {
+        run_all(e, rules, values)
+            .into_iter()
+            .filter(|(_, a)| matches!(a, Action::Raise | Action::Resolve))
+            .collect()
+    }
+
+    /// Every action decided for `values`, in order.
+    fn run_all(e: &mut Evaluator, rules: &RuleSet, values: &[(i64, f64)]) -> Vec<(i64, Action)> {
         let d = Uuid::nil();
         let facts = DeviceFacts::default();
         let mut out = Vec::new();
@@ -338,7 +511,7 @@ mod tests {
     #[test]
     fn durations_and_hysteresis() {
         // Above 100 for 120 s; resolves only below 95.
-        let rules = [rule("value > 100", Some("value < 95"), 120)];
+        let rules = RuleSet::new(vec![rule("value > 100", Some("value < 95"), 120)]);
         let mut e = Evaluator::default();
         let got = run(
             &mut e,
@@ -365,14 +538,14 @@ mod tests {
 
     #[test]
     fn a_late_reading_counts_towards_its_episode() {
-        let rules = [rule("value > 100", None, 60)];
+        let rules = RuleSet::new(vec![rule("value > 100", None, 60)]);
         let mut e = Evaluator::default();
         // 0 s arrives after 60 s: the condition has held for 60 s.
         assert_eq!(
             run(&mut e, &rules, &[(60, 101.0), (0, 101.0)]),
             [(0, Action::Raise)]
         );
-        let instant = [rule("value > 100", None, 0)];
+        let instant = RuleSet::new(vec![rule("value > 100", None, 0)]);
         let mut e = Evaluator::default();
         assert_eq!(
             run(&mut e, &instant, &[(60, 101.0), (0, 102.0)]),
@@ -381,11 +554,56 @@ mod tests {
     }
 
     #[test]
+    fn episodes_are_recorded_at_their_edges_and_resume_after_a_reload() {
+        let rules = RuleSet::new(vec![rule("value > 100", None, 60)]);
+        let id = rules.rules[0].id;
+        let mut e = Evaluator::default();
+        // Started once, not once per reading; ended once.
+        assert_eq!(
+            run_all(&mut e, &rules, &[(0, 101.0), (10, 101.0), (20, 99.0)]),
+            [
+                (0, Action::EpisodeStarted(at(0))),
+                (20, Action::EpisodeEnded)
+            ]
+        );
+        // A restarted engine that loads "held since 100 s" raises at 160 s
+        // on its first reading; without it, it would wait until 220 s.
+        assert_eq!(
+            run_all(&mut e, &rules, &[(100, 101.0)]),
+            [(100, Action::EpisodeStarted(at(100)))]
+        );
+        let mut restarted = Evaluator::default();
+        restarted.set_episodes([(id, at(0), Uuid::nil(), "temperature".into(), at(100))]);
+        assert_eq!(
+            run(&mut restarted, &rules, &[(160, 101.0)]),
+            [(160, Action::Raise)]
+        );
+        // An episode recorded under another version of the rule starts
+        // afresh.
+        let mut changed = Evaluator::default();
+        changed.set_episodes([(id, at(-1), Uuid::nil(), "temperature".into(), at(100))]);
+        assert_eq!(
+            run_all(&mut changed, &rules, &[(160, 101.0)]),
+            [(160, Action::EpisodeStarted(at(160)))]
+        );
+        // A rule for another sensor is not evaluated at all.
+        let humid = RuleSet::new(vec![rule(
+            r#"sensor_name == "humidity" AND value > 1"#,
+            None,
+            0,
+        )]);
+        assert_eq!(humid.for_sensor("temperature").count(), 0);
+        assert_eq!(humid.for_sensor("humidity").count(), 1);
+        assert!(run_all(&mut Evaluator::default(), &humid, &[(0, 101.0)]).is_empty());
+    }
+
+    #[test]
     fn rules_apply_to_their_owner_and_device_type() {
         let mut r = rule("value > 1", None, 0);
         let owner = Uuid::new_v4();
         r.owner = Some(owner);
         r.device_type = Some("boiler".into());
+        let rules = RuleSet::new(vec![r]);
         let mut e = Evaluator::default();
         let reading = expr::Reading {
             value: 2.0,
@@ -402,13 +620,7 @@ mod tests {
                 device_type: t.into(),
                 ..Default::default()
             };
-            let got = e.decide(
-                std::slice::from_ref(&r),
-                Uuid::new_v4(),
-                &facts,
-                &reading,
-                at(0),
-            );
+            let got = e.decide(&rules, Uuid::new_v4(), &facts, &reading, at(0));
             assert_eq!(!got.is_empty(), fires);
         }
     }

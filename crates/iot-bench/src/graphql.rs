@@ -91,7 +91,7 @@ async fn seed(url: &str) {
 }
 
 /// The gateway's Prometheus text.
-async fn admin_metrics(port: u16) -> String {
+pub(crate) async fn admin_metrics(port: u16) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();

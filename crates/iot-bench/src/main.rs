@@ -1,4 +1,5 @@
-//! `iot-bench query`: see `query.rs`.
+//! `iot-bench query`: see `query.rs`; `graphql`: `graphql.rs`; `alerts`:
+//! `alerts.rs`.
 //!
 //! `iot-bench ingest`: the ingest path's throughput, latency and memory, each
 //! as a ratio to the raw limit measured in the same run on the same machine.
@@ -15,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod alerts;
 mod graphql;
 mod procs;
 mod query;
@@ -386,8 +388,8 @@ async fn probe_latency(
 async fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
-        ["ingest", "query", "graphql"].contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql"
+        ["ingest", "query", "graphql", "alerts"].contains(&what.as_str()),
+        "usage: iot-bench ingest|query|graphql|alerts"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -400,6 +402,10 @@ async fn main() -> anyhow::Result<()> {
     };
     if what == "query" {
         query::run(&ctx).await;
+        return Ok(());
+    }
+    if what == "alerts" {
+        alerts::run(&ctx).await;
         return Ok(());
     }
     if what == "graphql" {

@@ -6,8 +6,9 @@ use std::process::{Child, Command, Stdio};
 pub struct Service {
     child: Child,
     grpc_port: u16,
-    /// The GraphQL and admin ports (graphql-gateway only).
+    /// The GraphQL port (graphql-gateway only).
     pub http_port: u16,
+    /// Metrics and health.
     pub admin_port: u16,
 }
 
@@ -35,13 +36,16 @@ fn free_port() -> u16 {
 
 impl Service {
     fn spawn(name: &str, prefix: &str, vars: &[(&str, String)]) -> Self {
-        let grpc_port = free_port();
+        let (grpc_port, admin_port) = (free_port(), free_port());
         let mut cmd = Command::new(bin(name));
         cmd.env(
             format!("{prefix}__GRPC_ADDR"),
             format!("127.0.0.1:{grpc_port}"),
         )
-        .env(format!("{prefix}__ADMIN_ADDR"), "127.0.0.1:0")
+        .env(
+            format!("{prefix}__ADMIN_ADDR"),
+            format!("127.0.0.1:{admin_port}"),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -53,7 +57,7 @@ impl Service {
             child,
             grpc_port,
             http_port: 0,
-            admin_port: 0,
+            admin_port,
         }
     }
 
@@ -138,7 +142,7 @@ impl Service {
         key_sha256: &str,
         owner: &str,
     ) -> Self {
-        let (http_port, admin_port) = (free_port(), free_port());
+        let http_port = free_port();
         let mut s = Self::spawn(
             "graphql-gateway",
             "GRAPHQL_GATEWAY",
@@ -153,11 +157,9 @@ impl Service {
                 ),
                 ("LIMITS__RATE_PER_SEC", "1000000".into()),
                 ("LIMITS__RATE_BURST", "1000000".into()),
-                ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
             ],
         );
         s.http_port = http_port;
-        s.admin_port = admin_port;
         s
     }
 

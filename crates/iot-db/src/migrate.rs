@@ -166,6 +166,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0012_webhooks.sql"),
         timescaledb: include_str!("../../../migrations/0012_webhooks.sql"),
     },
+    Migration {
+        version: 13,
+        name: "rule_episodes",
+        postgres: include_str!("../../../migrations/0013_rule_episodes.sql"),
+        timescaledb: include_str!("../../../migrations/0013_rule_episodes.sql"),
+    },
 ];
 
 /// What a migration run did.

@@ -177,6 +177,22 @@ pub fn eval(e: &Expr, r: &Reading<'_>) -> bool {
     matches!(value(e, r), Val::Bool(true))
 }
 
+/// The sensor a condition is about: `sensor_name == "x"` (either way
+/// round) as one of the conditions ANDed at its top. A reading of any
+/// other sensor can never satisfy it, so the engine does not evaluate it
+/// for them.
+pub fn required_sensor(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::And(a, b) => required_sensor(a).or_else(|| required_sensor(b)),
+        Expr::Cmp(Cmp::Eq, a, b) => match (&**a, &**b) {
+            (Expr::Var(Var::SensorName), Expr::Str(s))
+            | (Expr::Str(s), Expr::Var(Var::SensorName)) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn value<'a>(e: &'a Expr, r: &Reading<'a>) -> Val<'a> {
     match e {
         Expr::Num(n) => Val::Num(*n),
@@ -604,6 +620,8 @@ mod tests {
         assert!(eval(&high, &reading("temperature", 101.0)));
         assert!(!eval(&high, &reading("temperature", 100.0)));
         assert!(!eval(&high, &reading("humidity", 101.0)));
+        assert_eq!(required_sensor(&high), Some("temperature"));
+        assert_eq!(required_sensor(&parse("value > 1").unwrap()), None);
         let low = parse(r#"sensor_name == 'battery' && value < 20"#).unwrap();
         assert!(eval(&low, &reading("battery", 19.5)));
         let f = parse("(value - 32) * 5 / 9 >= 40 or NOT device_type == \"boiler\"").unwrap();
@@ -652,6 +670,33 @@ mod tests {
         fn arbitrary_text_never_panics(src in "[ -~]{0,60}") {
             if let Ok(e) = parse(&src) {
                 let _ = eval(&e, &reading("temperature", 42.0));
+            }
+        }
+
+        // A condition that names its sensor never holds for another one.
+        #[test]
+        fn the_required_sensor_is_required(
+            atoms in proptest::collection::vec(0usize..7, 1..6),
+            joins in proptest::collection::vec(prop::bool::ANY, 5),
+            sensor in 0usize..3,
+            v in -5f64..5.0,
+        ) {
+            const ATOMS: [&str; 7] = [
+                r#"sensor_name == "a""#, r#""b" == sensor_name"#, "value > 1",
+                r#"NOT sensor_name == "a""#, r#"sensor_name != "b""#,
+                r#"(sensor_name == "c" OR value < 0)"#, "true",
+            ];
+            let mut src = ATOMS[atoms[0]].to_owned();
+            for (i, a) in atoms.iter().enumerate().skip(1) {
+                src += if joins[i - 1] { " AND " } else { " OR " };
+                src += ATOMS[*a];
+            }
+            let e = parse(&src).unwrap();
+            let name = ["a", "b", "c"][sensor];
+            if let Some(s) = required_sensor(&e)
+                && s != name
+            {
+                prop_assert!(!eval(&e, &reading(name, v)), "{src} on {name}");
             }
         }
 

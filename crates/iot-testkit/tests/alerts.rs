@@ -575,6 +575,221 @@ async fn rules_in_the_rule_language_with_durations_hysteresis_and_owners() {
     p.stop().await;
 }
 
+/// A duration rule's episode survives a restart: the restarted engine
+/// goes on counting from where the condition began to hold, and does not
+/// take a condition that stopped holding for held. Then two replicas in
+/// one consumer group split the readings and still raise one alert per
+/// condition, redelivered readings included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn episodes_survive_a_restart_and_two_replicas_raise_once() {
+    let p = Platform::start().await;
+    let group = format!("alerts-{}", kit::unique());
+    let first = p.shutdown.child_token();
+    let engine = p
+        .start_alert_engine_until(first.clone(), |c| c.group_id = group.clone())
+        .await;
+    let mut api = iot_proto::alerts_client(format!("http://{}", engine.grpc_addr), Scope::Admin)
+        .await
+        .unwrap();
+    let hot = api
+        .create_rule(v1::Rule {
+            name: "hot_for_10s".into(),
+            condition: "sensor_name == \"temperature\" AND value > 100".into(),
+            for_secs: 10,
+            severity: "warning".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let db = kit::connect(&p.db).await;
+    let keep = p
+        .create_device(&format!("keep-{}", kit::unique()), "active")
+        .await;
+    let dip = p
+        .create_device(&format!("dip-{}", kit::unique()), "active")
+        .await;
+    // Whole seconds: the database keeps microseconds.
+    let t0 = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() - 300, 0).unwrap();
+    let at = |s: i64| t0 + chrono::TimeDelta::seconds(s);
+    let publish = |d: &v1::Device, sensor: &str, v: f64, s: i64| {
+        let topic = format!("{}/{}/{sensor}", p.prefix, d.device_id);
+        let t = at(s).to_rfc3339();
+        async move {
+            kit::publish_all(&[(
+                topic,
+                format!(r#"{{"value": {v}, "timestamp": "{t}"}}"#).into_bytes(),
+            )])
+            .await;
+        }
+    };
+    let episode = |d: &v1::Device| {
+        let (db, id) = (&db, uuid::Uuid::parse_str(&d.id).unwrap());
+        async move {
+            db.query_opt(
+                "SELECT since FROM alert_rule_episodes WHERE device_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, chrono::DateTime<chrono::Utc>>(0))
+        }
+    };
+    // The engine picks the rule up within 2 s: publish until recorded.
+    kit::eventually(
+        "keep's episode recorded",
+        Duration::from_secs(30),
+        || async {
+            publish(&keep, "temperature", 101.0, 0).await;
+            episode(&keep).await
+        },
+    )
+    .await;
+    publish(&dip, "temperature", 101.0, 0).await;
+    kit::eventually(
+        "dip's episode recorded",
+        Duration::from_secs(30),
+        || async { episode(&dip).await },
+    )
+    .await;
+    publish(&dip, "temperature", 99.0, 5).await;
+    kit::eventually("dip's episode ended", Duration::from_secs(30), || async {
+        episode(&dip).await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(episode(&keep).await, Some(at(0)));
+
+    // Restart: the same group, a new process's memory. Offsets are
+    // committed every second: after 2 s the new engine does not read the
+    // readings above again, so only the recorded episode can carry the
+    // clock over.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.cancel();
+    engine.wait().await.unwrap();
+    let second = p
+        .start_alert_engine_until(p.shutdown.child_token(), |c| c.group_id = group.clone())
+        .await;
+    let url = format!("http://{}", second.grpc_addr);
+    publish(&keep, "temperature", 101.0, 10).await;
+    publish(&dip, "temperature", 101.0, 12).await;
+    let raised = kit::eventually(
+        "keep raised: held from 0 s to 10 s across the restart",
+        Duration::from_secs(30),
+        || async {
+            alerts(&url, &keep.id)
+                .await
+                .into_iter()
+                .find(|a| a.rule_id == hot.id)
+        },
+    )
+    .await;
+    assert_eq!(raised.state, "open");
+    kit::eventually(
+        "dip's new episode recorded",
+        Duration::from_secs(30),
+        || async { (episode(&dip).await == Some(at(12))).then_some(()) },
+    )
+    .await;
+    assert!(
+        alerts(&url, &dip.id).await.is_empty(),
+        "dip held only since 12 s: no alert"
+    );
+
+    // A second replica joins the group; the partitions are split.
+    let third = p
+        .start_alert_engine_until(p.shutdown.child_token(), |c| c.group_id = group.clone())
+        .await;
+    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
+        .await
+        .unwrap();
+    api.create_rule(v1::Rule {
+        name: "overpressure".into(),
+        condition: "sensor_name == \"pressure\" AND value > 5".into(),
+        severity: "critical".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut fleet = Vec::new();
+    for i in 0..12 {
+        fleet.push(
+            p.create_device(&format!("fleet{i}-{}", kit::unique()), "active")
+                .await,
+        );
+    }
+    let overpressure = |d: &v1::Device| {
+        let (url, id) = (url.clone(), d.id.clone());
+        async move {
+            alerts(&url, &id)
+                .await
+                .into_iter()
+                .filter(|a| a.alert_type == "overpressure")
+                .collect::<Vec<_>>()
+        }
+    };
+    let evaluated = |r: &alert_engine::Running| {
+        let admin = r.admin_addr;
+        async move {
+            kit::metric(admin, "iot_alerts_readings_evaluated_total")
+                .await
+                .unwrap_or(0)
+        }
+    };
+    let third_before = evaluated(&third).await;
+    // Both replicas pick the rule up within 2 s and the group settles
+    // (the third gets its partitions): publish every device's reading
+    // again, which is what a redelivery looks like, until every device
+    // has its alert and the third replica has evaluated some of them.
+    kit::eventually(
+        "every device raised, by both replicas",
+        Duration::from_secs(60),
+        || {
+            let (fleet, overpressure, publish) = (&fleet, &overpressure, &publish);
+            let (evaluated, third) = (&evaluated, &third);
+            async move {
+                for d in fleet {
+                    publish(d, "pressure", 10.0, 20).await;
+                }
+                let mut all = true;
+                for d in fleet {
+                    all &= !overpressure(d).await.is_empty();
+                }
+                (all && evaluated(third).await > third_before).then_some(())
+            }
+        },
+    )
+    .await;
+    // Two more deliveries of the same readings; once each device's alert
+    // has counted them, there is still one alert per device.
+    let mut counted = Vec::new();
+    for d in &fleet {
+        counted.push(overpressure(d).await[0].occurrences);
+    }
+    for _ in 0..2 {
+        for d in &fleet {
+            publish(d, "pressure", 10.0, 20).await;
+        }
+    }
+    for (d, before) in fleet.iter().zip(counted) {
+        let a = kit::eventually(
+            "the redeliveries counted",
+            Duration::from_secs(30),
+            || async {
+                let a = overpressure(d).await;
+                a.iter()
+                    .map(|a| a.occurrences)
+                    .sum::<u64>()
+                    .ge(&(before + 2))
+                    .then_some(a)
+            },
+        )
+        .await;
+        assert_eq!(a.len(), 1, "one alert per condition: {a:?}");
+        assert_eq!(a[0].state, "open");
+    }
+    p.stop().await;
+}
+
 /// A local HTTP receiver that answers 500 to its first `fail_first`
 /// requests and 200 after; records (signature, event, body) of each.
 async fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<(String, String, String)>>>) {

@@ -6,9 +6,12 @@
 //!   down    stop everything `up` (or `stack`) started
 //!   test    install and start what the tests need, run the whole suite
 //!   stack   install and start PostgreSQL, Mosquitto and Tansu only
-//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`, `bench graphql`)
+//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`, `bench graphql`, `bench alerts`)
 //!   status  show what runs
+//!   deploy-check  render the k8s overlays and validate them and
+//!           docker-compose.yml against their schemas (part of `test`)
 
+mod deploy;
 mod paths;
 mod proc;
 mod stack;
@@ -24,9 +27,12 @@ fn main() -> ExitCode {
         "test" => stack::test(&args[1..]),
         "stack" => stack::infra().map(|_| ()),
         "status" => stack::status(),
+        "deploy-check" => deploy::check(),
         "bench" => stack::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <up|down|test|stack|status|bench ingest|query|graphql>");
+            eprintln!(
+                "usage: cargo xtask <up|down|test|stack|status|deploy-check|bench ingest|query|graphql|alerts>"
+            );
             return if cmd == "help" {
                 ExitCode::SUCCESS
             } else {

@@ -30,7 +30,7 @@ const INFRA: [&str; 3] = ["tansu", "mosquitto", "postgres"];
 /// Which components this invocation started (and so may stop).
 pub struct Started(Vec<&'static str>);
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !proc::have("apt-get") {
         return Err(format!(
             "{packages:?} missing and apt-get is not available: install them by hand"
@@ -415,6 +415,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    crate::deploy::check()?;
     let started = infra()?;
     let mut cmd = cargo();
     if proc::have("cargo-nextest") {
@@ -434,8 +435,8 @@ pub fn test(extra: &[String]) -> Result<()> {
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if !["ingest", "query", "graphql"].contains(&what) {
-        return Err("usage: cargo xtask bench ingest|query|graphql".into());
+    if !["ingest", "query", "graphql", "alerts"].contains(&what) {
+        return Err("usage: cargo xtask bench ingest|query|graphql|alerts".into());
     }
     proc::run(cargo().args([
         "build",

@@ -179,6 +179,17 @@ impl Platform {
         &self,
         tune: impl FnOnce(&mut alert_engine::Config),
     ) -> alert_engine::Running {
+        self.start_alert_engine_until(self.shutdown.clone(), tune)
+            .await
+    }
+
+    /// An alert-engine that stops when `shutdown` is cancelled (give it
+    /// a child of the platform's token to stop it alone).
+    pub async fn start_alert_engine_until(
+        &self,
+        shutdown: CancellationToken,
+        tune: impl FnOnce(&mut alert_engine::Config),
+    ) -> alert_engine::Running {
         let mut config = alert_engine::Config {
             database_url: self.db.clone(),
             kafka: self.kafka.clone(),
@@ -190,9 +201,7 @@ impl Platform {
             ..Default::default()
         };
         tune(&mut config);
-        alert_engine::start(config, self.shutdown.clone())
-            .await
-            .unwrap()
+        alert_engine::start(config, shutdown).await.unwrap()
     }
 
     /// Stops the platform's writer (its task is the second).
