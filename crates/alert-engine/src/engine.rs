@@ -20,6 +20,7 @@ use iot_proto::Message as _;
 use iot_proto::v1::GetDeviceRequest;
 use iot_runtime::CancellationToken;
 use rust_decimal::Decimal;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::events;
@@ -437,6 +438,9 @@ pub async fn run(
                 continue;
             }
         };
+        // The reading's trace, from the gateway's record header.
+        let span = tracing::info_span!("alerts.evaluate", otel.kind = "consumer");
+        iot_telemetry::trace::set_remote_parent(&span, iot_kafka::traceparent(&msg));
         let mut backoff = Duration::from_millis(100);
         loop {
             let now = consumer
@@ -467,6 +471,7 @@ pub async fn run(
                     &mut ruled,
                     &metrics,
                 )
+                .instrument(span.clone())
                 .await;
             }
             match evaluated {

@@ -21,6 +21,7 @@ pub const COLUMNS: &str = "id, device_id, alert_type, severity, value, threshold
 
 /// Runs `sql` (which returns `COLUMNS` of the alerts it changed) and
 /// records a `kind` event for each, in one transaction. Returns the alerts.
+#[tracing::instrument(name = "alert.change", skip_all, fields(kind = kind))]
 pub async fn change(
     pool: &Pool,
     kind: &str,

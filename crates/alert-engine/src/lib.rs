@@ -126,6 +126,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ready.set(true);
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
+                .trace_fn(iot_telemetry::trace::grpc_server_span)
                 .add_service(health_svc)
                 .add_service(AlertsServer::new(svc))
                 .serve_with_incoming_shutdown(

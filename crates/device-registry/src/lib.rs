@@ -88,6 +88,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ready.set(true);
         tracing::info!(%grpc_addr, %admin_addr, "device-registry serving");
         tonic::transport::Server::builder()
+            .trace_fn(iot_telemetry::trace::grpc_server_span)
             .add_service(health_svc)
             .add_service(DeviceRegistryServer::new(svc))
             .serve_with_incoming_shutdown(iot_runtime::grpc_incoming(listener), token.cancelled())

@@ -6,9 +6,12 @@ use iot_runtime::ServiceConfig as _;
 async fn main() -> anyhow::Result<()> {
     iot_telemetry::init_tracing("device-registry");
     let config = device_registry::Config::load(iot_runtime::config_path_from_args().as_deref())?;
-    iot_runtime::run_until_signal(
+    let result = iot_runtime::run_until_signal(
         |shutdown| device_registry::run(config, shutdown),
         Duration::from_secs(10),
     )
-    .await
+    .await;
+    // Export the last spans before exiting.
+    iot_telemetry::trace::shutdown().await;
+    result
 }

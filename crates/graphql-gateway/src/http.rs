@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
@@ -124,7 +125,16 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             async_graphql::BatchRequest::Batch(v.into_iter().map(with_caller).collect())
         }
     };
-    let resp = s.schema.execute_batch(batch).await;
+    // Every backend call the request makes is a child of its span (and of
+    // the caller's trace, when it sends `traceparent`).
+    let span = tracing::info_span!("graphql.request", otel.kind = "server", caller = %who.name);
+    iot_telemetry::trace::set_remote_parent(
+        &span,
+        headers
+            .get(iot_telemetry::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let resp = s.schema.execute_batch(batch).instrument(span).await;
     let outcome = if resp.is_ok() { "ok" } else { "error" };
     // Serialized here, so the latency metric includes it.
     let body = match serde_json::to_vec(&resp) {

@@ -87,6 +87,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!(%http_addr, %grpc_addr, %admin_addr, "graphql-gateway serving");
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
+                .trace_fn(iot_telemetry::trace::grpc_server_span)
                 .add_service(health_svc)
                 .serve_with_incoming_shutdown(
                     iot_runtime::grpc_incoming(listener),

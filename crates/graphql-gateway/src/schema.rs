@@ -53,27 +53,38 @@ pub fn sdl() -> String {
         .sdl()
 }
 
+/// Runs a loader's batch in the span of the request that started it, so
+/// its backend calls carry the request's trace.
+fn spawn_traced<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument as _;
+    tokio::spawn(f.in_current_span())
+}
+
 /// Per-request (or per-connection) data: the caller and its loaders.
 pub fn request_data(up: &Upstreams, who: Principal) -> Data {
     let mut data = Data::default();
     let scope = who.scope();
     data.insert(DataLoader::new(
         LatestLoader { up: up.clone() },
-        tokio::spawn,
+        spawn_traced,
     ));
     data.insert(DataLoader::new(
         OpenAlertsLoader {
             up: up.clone(),
             scope: scope.clone(),
         },
-        tokio::spawn,
+        spawn_traced,
     ));
     data.insert(DataLoader::new(
         DeviceLoader {
             up: up.clone(),
             scope,
         },
-        tokio::spawn,
+        spawn_traced,
     ));
     data.insert(who);
     data

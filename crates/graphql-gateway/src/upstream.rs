@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_graphql::ErrorExtensions;
-use iot_proto::Scope;
 use iot_proto::v1::{
     alerts_client::AlertsClient, device_registry_client::DeviceRegistryClient,
     ingest_client::IngestClient, telemetry_client::TelemetryClient,
 };
+use iot_proto::{Scope, Traced};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -60,12 +60,12 @@ impl Upstreams {
         AlertsClient::with_interceptor(self.alerts.clone(), scope)
     }
 
-    pub fn telemetry(&self) -> TelemetryClient<Channel> {
-        TelemetryClient::new(self.telemetry.clone())
+    pub fn telemetry(&self) -> TelemetryClient<InterceptedService<Channel, Traced>> {
+        TelemetryClient::with_interceptor(self.telemetry.clone(), Traced)
     }
 
-    pub fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.ingest.clone())
+    pub fn ingest(&self) -> IngestClient<InterceptedService<Channel, Traced>> {
+        IngestClient::with_interceptor(self.ingest.clone(), Traced)
     }
 
     /// Names of backends that are not serving.

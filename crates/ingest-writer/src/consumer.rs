@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use iot_domain::{RejectReason, Rejection};
 use iot_kafka::DeadLetters;
@@ -63,6 +64,8 @@ pub async fn run(
     // Highest offset seen per (topic, partition) in the current batch.
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut writing: Option<Writing> = None;
+    // The traced readings of the batch, which its span links to.
+    let mut links: Vec<String> = Vec::new();
     'outer: loop {
         // Wait for the first record of a batch; meanwhile store the offsets
         // of the batch being written as soon as it is.
@@ -91,7 +94,14 @@ pub async fn run(
                     Ok(m) => {
                         let payload = m.payload().unwrap_or_default();
                         match decode(payload) {
-                            Ok(row) => rows.push(row),
+                            Ok(row) => {
+                                rows.push(row);
+                                if let Some(tp) = iot_kafka::traceparent(&m)
+                                    && links.len() < MAX_LINKS
+                                {
+                                    links.push(tp.to_owned());
+                                }
+                            }
                             Err(rejection) => {
                                 let origin =
                                     format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset());
@@ -129,10 +139,19 @@ pub async fn run(
         let batch = std::mem::replace(&mut rows, Vec::with_capacity(settings.max_rows));
         let batch_offsets = std::mem::take(&mut offsets);
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
-        writing = Some(tokio::spawn(async move {
-            let stored = write_with_retry(&store, &batch, &metrics, &shutdown).await;
-            (stored, batch_offsets)
-        }));
+        // One batch holds many readings, each of its own trace: the batch's
+        // span links to them rather than belonging to one.
+        let span = tracing::info_span!("writer.batch", rows = batch.len());
+        for tp in links.drain(..) {
+            iot_telemetry::trace::add_link(&span, &tp);
+        }
+        writing = Some(tokio::spawn(
+            async move {
+                let stored = write_with_retry(&store, &batch, &metrics, &shutdown).await;
+                (stored, batch_offsets)
+            }
+            .instrument(span),
+        ));
     }
     finish(&consumer, writing.take()).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -140,6 +159,9 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// The most readings a batch's span links to.
+const MAX_LINKS: usize = 128;
 
 /// Highest offset per (topic, partition) of a batch.
 type Offsets = BTreeMap<(String, i32), i64>;

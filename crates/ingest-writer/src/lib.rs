@@ -98,6 +98,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
     let grpc_addr = listener.local_addr()?;
     let grpc = tonic::transport::Server::builder()
+        .trace_fn(iot_telemetry::trace::grpc_server_span)
         .add_service(health_svc)
         .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
         .serve_with_incoming_shutdown(

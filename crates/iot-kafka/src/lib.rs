@@ -233,6 +233,17 @@ impl DeadLetters {
     }
 }
 
+/// The record's `traceparent` header (W3C trace context, set by the
+/// producer of a traced reading), if any.
+pub fn traceparent<M: rdkafka::message::Message>(m: &M) -> Option<&str> {
+    use rdkafka::message::Headers as _;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == "traceparent")?
+        .value
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

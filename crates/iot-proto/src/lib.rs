@@ -67,6 +67,23 @@ impl tonic::service::Interceptor for Scope {
             .parse()
             .map_err(|_| tonic::Status::invalid_argument("owner id is not valid metadata"))?;
         req.metadata_mut().insert(SCOPE_METADATA, value);
+        Traced.call(req)
+    }
+}
+
+/// Carries the caller's trace (W3C `traceparent` of the current span) to
+/// the service it calls; `Scope` does it too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traced;
+
+impl tonic::service::Interceptor for Traced {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(tp) = iot_telemetry::trace::traceparent()
+            && let Ok(v) = tp.parse()
+        {
+            req.metadata_mut()
+                .insert(iot_telemetry::trace::TRACEPARENT, v);
+        }
         Ok(req)
     }
 }

@@ -14,23 +14,39 @@ use tokio_util::sync::CancellationToken;
 
 pub use prometheus;
 
+pub mod trace;
+
 /// Installs the global tracing subscriber. `RUST_LOG` filters; `LOG_FORMAT=json`
-/// switches to JSON lines. Calling it twice is harmless (tests do).
+/// switches to JSON lines; the standard `OTEL_*` variables turn on trace
+/// export (`trace`). Calling it twice is harmless (tests do).
 pub fn init_tracing(service: &'static str) {
+    init(service, None);
+}
+
+/// `init_tracing`, exporting traces to the OTLP/gRPC `endpoint` whatever
+/// the environment says (tests with a receiver of their own).
+pub fn init_tracing_exporting_to(service: &'static str, endpoint: &str) {
+    init(service, Some(endpoint));
+}
+
+fn init(service: &'static str, endpoint: Option<&str>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,rumqttc=warn"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .with(trace::layer(service, endpoint))
             .try_init()
     } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(ansi)
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .with(trace::layer(service, endpoint))
             .try_init()
     };
     if result.is_ok() {

@@ -91,6 +91,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let grpc_addr = listener.local_addr()?;
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            .trace_fn(iot_telemetry::trace::grpc_server_span)
             .add_service(health_svc)
             .add_service(IngestServer::new(grpc::IngestService::new(
                 pipeline.clone(),

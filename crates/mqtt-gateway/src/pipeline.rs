@@ -7,6 +7,7 @@ use chrono::Utc;
 use futures::future::join_all;
 use iot_domain::{Entry, Reading, RejectReason, Rejection};
 use iot_kafka::rdkafka::error::KafkaError;
+use iot_kafka::rdkafka::message::{Header, OwnedHeaders};
 use iot_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use iot_kafka::{DeadLetterError, DeadLetters};
 use iot_proto::Message as _;
@@ -102,6 +103,8 @@ fn under(prefix: &str, topic: &str) -> bool {
 
 impl Pipeline {
     /// Handles one MQTT message, routed by its topic to the payload form.
+    /// Its span starts the reading's trace.
+    #[tracing::instrument(name = "mqtt.message", skip_all, fields(otel.kind = "consumer", mqtt.topic = topic))]
     pub async fn handle_mqtt(&self, topic: &str, payload: &[u8]) -> Result<Delivery, Transient> {
         let parsed = if under(&self.topics.batch, topic) {
             iot_domain::parse_device_topic(&self.topics.batch, topic).and_then(|device| {
@@ -137,6 +140,7 @@ impl Pipeline {
     /// Validates the entries of one message for `device` (external id or
     /// UUID), produces the valid ones, dead-letters the rest, and returns
     /// once Kafka holds all of it.
+    #[tracing::instrument(name = "gateway.ingest", skip_all, fields(door = door.as_str(), device = device))]
     pub async fn ingest(
         &self,
         door: Door,
@@ -241,10 +245,18 @@ impl Pipeline {
             source: door.as_str().to_owned(),
         };
         let bytes = envelope.encode_to_vec();
-        let record = FutureRecord::to(&self.readings_topic)
+        // The reading's trace goes on in the writer and alert-engine.
+        let traceparent = iot_telemetry::trace::traceparent();
+        let mut record = FutureRecord::to(&self.readings_topic)
             .key(envelope.device_uuid.as_bytes())
             .payload(&bytes)
             .timestamp(r.time.timestamp_millis());
+        if let Some(tp) = &traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: iot_telemetry::trace::TRACEPARENT,
+                value: Some(tp.as_str()),
+            }));
+        }
         self.producer
             .send(record, Duration::from_secs(30))
             .await

@@ -1,0 +1,169 @@
+//! OpenTelemetry traces.
+//!
+//! Export is OTLP over gRPC, configured only by the standard variables and
+//! off when none asks for it: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns it on, `OTEL_SDK_DISABLED=true`
+//! or `OTEL_TRACES_EXPORTER=none` keep it off; `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_BSP_*` apply as the SDK defines.
+//!
+//! Context crosses process boundaries as W3C trace context (`traceparent`):
+//! in Kafka record headers (`traceparent`, `inject`/`context_of`) and in
+//! gRPC metadata (client side: `iot_proto::Scope` injects it; server side:
+//! `grpc_server_span` extracts it).
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The header and metadata key.
+pub const TRACEPARENT: &str = "traceparent";
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+fn set(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Whether the standard variables ask for trace export.
+pub fn export_configured() -> bool {
+    let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let none = set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    let endpoint = set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    endpoint && !disabled && !none
+}
+
+/// The layer that turns tracing spans into OpenTelemetry spans: exporting
+/// to `endpoint` when given (tests, with a short export delay), else as the
+/// standard variables say, else none. A failure to build the exporter is
+/// reported on stderr and leaves tracing off, never the service down.
+pub(crate) fn layer<S>(
+    service: &'static str,
+    endpoint: Option<&str>,
+) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry_otlp::WithExportConfig as _;
+    if endpoint.is_none() && !export_configured() {
+        return None;
+    }
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(e) = endpoint {
+        builder = builder.with_endpoint(e);
+    }
+    let exporter = match builder.build() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{service}: OTLP trace export not started: {e}");
+            return None;
+        }
+    };
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if set("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let mut batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter);
+    if endpoint.is_some() {
+        batch = batch.with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_scheduled_delay(std::time::Duration::from_millis(200))
+                .build(),
+        );
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(batch.build())
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer(service);
+    let _ = PROVIDER.set(provider);
+    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// Exports what is left and stops the exporter (call before exiting). The
+/// SDK blocks while it flushes, so it runs off the async workers (whose
+/// runtime the exporter's connection needs meanwhile).
+pub async fn shutdown() {
+    let Some(p) = PROVIDER.get() else { return };
+    let flushed = tokio::task::spawn_blocking(move || p.shutdown()).await;
+    if let Ok(Err(e)) = flushed {
+        eprintln!("trace export shutdown: {e}");
+    }
+}
+
+/// The current span's W3C `traceparent`, or `None` when nothing is traced.
+pub fn traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// The remote span a `traceparent` names, if it is well formed.
+pub fn span_context(traceparent: &str) -> Option<SpanContext> {
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Makes `span` a child of the remote span `traceparent` names (nothing
+/// when it is absent or malformed: the span then starts a trace).
+pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(sc) = traceparent.and_then(span_context) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// Adds a link from `span` to the remote span `traceparent` names (a batch
+/// span links the readings it holds).
+pub fn add_link(span: &tracing::Span, traceparent: &str) {
+    if let Some(sc) = span_context(traceparent) {
+        span.add_link(sc);
+    }
+}
+
+/// The span of one gRPC call a server receives, a child of the caller's
+/// span when the call carries `traceparent` (for tonic's
+/// `Server::builder().trace_fn`).
+pub fn grpc_server_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.kind = "server",
+        rpc.method = %req.uri().path()
+    );
+    set_remote_parent(
+        &span,
+        req.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+    );
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_parsed_or_refused() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let sc = span_context(tp).unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(span_context("00-garbage").is_none());
+        assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        // Nothing is traced without a layer: no header to send.
+        assert_eq!(traceparent(), None);
+    }
+}
