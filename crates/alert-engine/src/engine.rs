@@ -340,29 +340,6 @@ async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, anyhow::Error> {
         .collect())
 }
 
-/// Counts the consumer's partition assignments. After each, the engine
-/// reloads its per-series state from the database: a partition may come
-/// from another replica, whose episodes and alerts this one has not seen.
-#[derive(Default)]
-pub struct Rebalances(std::sync::atomic::AtomicU64);
-
-impl iot_kafka::rdkafka::ClientContext for Rebalances {}
-
-impl iot_kafka::rdkafka::consumer::ConsumerContext for Rebalances {
-    fn post_rebalance(
-        &self,
-        _: &iot_kafka::rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &iot_kafka::rdkafka::consumer::Rebalance<'_>,
-    ) {
-        if matches!(
-            rebalance,
-            iot_kafka::rdkafka::consumer::Rebalance::Assign(_)
-        ) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-}
-
 /// Reloads the open alerts (another replica, or someone by hand, may
 /// have raised or resolved meanwhile).
 async fn reload_open(
@@ -382,7 +359,7 @@ async fn reload_open(
 /// Evaluates every reading of the topic until `shutdown`. A reading's
 /// offset is stored only once it is evaluated (and its alert written).
 pub async fn run(
-    consumer: StreamConsumer<Rebalances>,
+    consumer: StreamConsumer<iot_kafka::ConsumerObserver>,
     pool: Pool,
     devices: Arc<Devices>,
     offline: crate::config::OfflineConfig,
@@ -443,10 +420,9 @@ pub async fn run(
         iot_telemetry::trace::set_remote_parent(&span, iot_kafka::traceparent(&msg));
         let mut backoff = Duration::from_millis(100);
         loop {
-            let now = consumer
-                .context()
-                .0
-                .load(std::sync::atomic::Ordering::SeqCst);
+            // After an assignment a partition may come from another
+            // replica, whose episodes and alerts this one has not seen.
+            let now = consumer.context().assignments();
             if now != assignments {
                 assignments = now;
                 stale = true;

@@ -59,19 +59,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let registry =
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_alerts".into()), None)?;
     let metrics = metrics::Metrics::register(&registry)?;
-    let consumer: StreamConsumer<engine::Rebalances> = config
+    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
+    registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
+    let consumer: StreamConsumer<iot_kafka::ConsumerObserver> = config
         .kafka
         .client_config_with(&[
             ("client.id", "alert-engine"),
             ("auto.offset.reset", "earliest"),
             ("auto.commit.interval.ms", "1000"),
             ("fetch.wait.max.ms", "50"),
+            ("statistics.interval.ms", "5000"),
         ])
         // Not overridable: an offset is stored only once its reading is evaluated.
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .create_with_context(engine::Rebalances::default())?;
+        .create_with_context(iot_kafka::ConsumerObserver::new(&registry)?)?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
         .connect_timeout(Duration::from_secs(5))
@@ -127,6 +130,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .trace_fn(iot_telemetry::trace::grpc_server_span)
+                .layer(grpc_metrics)
                 .add_service(health_svc)
                 .add_service(AlertsServer::new(svc))
                 .serve_with_incoming_shutdown(

@@ -48,6 +48,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     drop(client);
 
     let registry = prometheus_registry();
+    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
+    registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
     let ready = Readiness::default();
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
@@ -89,6 +91,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tracing::info!(%grpc_addr, %admin_addr, "device-registry serving");
         tonic::transport::Server::builder()
             .trace_fn(iot_telemetry::trace::grpc_server_span)
+            .layer(grpc_metrics)
             .add_service(health_svc)
             .add_service(DeviceRegistryServer::new(svc))
             .serve_with_incoming_shutdown(iot_runtime::grpc_incoming(listener), token.cancelled())

@@ -39,6 +39,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let registry =
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_graphql".into()), None)?;
     let up = upstream::Upstreams::connect(&config, &registry)?;
+    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
     let subscribers = prometheus::IntGauge::new(
         "alert_subscribers",
         "GraphQL subscriptions to alerts right now",
@@ -88,6 +89,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .trace_fn(iot_telemetry::trace::grpc_server_span)
+                .layer(grpc_metrics)
                 .add_service(health_svc)
                 .serve_with_incoming_shutdown(
                     iot_runtime::grpc_incoming(listener),

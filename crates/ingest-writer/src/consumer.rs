@@ -53,7 +53,7 @@ pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
 }
 
 pub async fn run(
-    consumer: StreamConsumer,
+    consumer: Kafka,
     store: Store,
     dead_letters: DeadLetters,
     settings: BatchSettings,
@@ -163,6 +163,9 @@ pub async fn run(
 /// The most readings a batch's span links to.
 const MAX_LINKS: usize = 128;
 
+/// The readings consumer.
+type Kafka = StreamConsumer<iot_kafka::ConsumerObserver>;
+
 /// Highest offset per (topic, partition) of a batch.
 type Offsets = BTreeMap<(String, i32), i64>;
 
@@ -172,17 +175,14 @@ type Writing = tokio::task::JoinHandle<(bool, Offsets)>;
 /// Waits for the batch being written, then stores its offsets. False when
 /// it was not stored (shutdown came first): its offsets are not stored
 /// either, so its records are read again after a restart.
-async fn finish(consumer: &StreamConsumer, writing: Option<Writing>) -> bool {
+async fn finish(consumer: &Kafka, writing: Option<Writing>) -> bool {
     let Some(writing) = writing else {
         return true;
     };
     stored(consumer, writing.await)
 }
 
-fn stored(
-    consumer: &StreamConsumer,
-    done: Result<(bool, Offsets), tokio::task::JoinError>,
-) -> bool {
+fn stored(consumer: &Kafka, done: Result<(bool, Offsets), tokio::task::JoinError>) -> bool {
     match done {
         Ok((true, offsets)) => {
             store_offsets(consumer, &offsets);
@@ -254,7 +254,7 @@ async fn write_with_retry(
     }
 }
 
-fn store_offsets(consumer: &StreamConsumer, offsets: &BTreeMap<(String, i32), i64>) {
+fn store_offsets(consumer: &Kafka, offsets: &BTreeMap<(String, i32), i64>) {
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
         if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {

@@ -59,7 +59,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let kafka = config.kafka.clone();
         tokio::spawn(async move { kafka.try_ensure_topics().await });
     }
-    let consumer: StreamConsumer = config
+    let registry =
+        iot_telemetry::prometheus::Registry::new_custom(Some("iot_writer".into()), None)?;
+    let consumer: StreamConsumer<iot_kafka::ConsumerObserver> = config
         .kafka
         .client_config_with(&[
             ("client.id", SERVICE),
@@ -70,19 +72,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             ("queued.max.messages.kbytes", "16384"),
             ("queued.min.messages", "20000"),
             ("fetch.max.bytes", "16777216"),
+            ("statistics.interval.ms", "5000"),
         ])
         // Not overridable: offsets are stored only after the database commit.
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
-        .create()?;
+        .create_with_context(iot_kafka::ConsumerObserver::new(&registry)?)?;
     consumer.subscribe(&[&config.kafka.readings_topic])?;
     let producer = config.kafka.producer(SERVICE)?;
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
 
-    let registry =
-        iot_telemetry::prometheus::Registry::new_custom(Some("iot_writer".into()), None)?;
     let metrics = metrics::Metrics::register(&registry)?;
+    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
+    registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
     let ready = Readiness::default();
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
@@ -99,6 +102,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let grpc_addr = listener.local_addr()?;
     let grpc = tonic::transport::Server::builder()
         .trace_fn(iot_telemetry::trace::grpc_server_span)
+        .layer(grpc_metrics)
         .add_service(health_svc)
         .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
         .serve_with_incoming_shutdown(

@@ -11,6 +11,7 @@ pub struct Metrics {
     rows_written: IntCounter,
     duplicates: IntCounter,
     batch_seconds: Histogram,
+    batch_rows: Histogram,
     db_errors: IntCounter,
     poison: IntCounterVec,
 }
@@ -26,6 +27,11 @@ impl Metrics {
             "batch_write_seconds",
             "Time to write one batch",
         ))?;
+        let batch_rows = Histogram::with_opts(
+            HistogramOpts::new("batch_rows", "Readings per written batch").buckets(vec![
+                1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+            ]),
+        )?;
         let db_errors = IntCounter::new("db_errors_total", "Failed batch writes (retried)")?;
         let poison = IntCounterVec::new(
             Opts::new(
@@ -37,12 +43,14 @@ impl Metrics {
         registry.register(Box::new(rows_written.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(batch_seconds.clone()))?;
+        registry.register(Box::new(batch_rows.clone()))?;
         registry.register(Box::new(db_errors.clone()))?;
         registry.register(Box::new(poison.clone()))?;
         Ok(Self {
             rows_written,
             duplicates,
             batch_seconds,
+            batch_rows,
             db_errors,
             poison,
         })
@@ -58,6 +66,7 @@ impl Metrics {
             "batch written"
         );
         self.rows_written.inc_by(inserted);
+        self.batch_rows.observe(rows as f64);
         self.duplicates.inc_by(dupes);
         self.batch_seconds.observe(took.as_secs_f64());
     }

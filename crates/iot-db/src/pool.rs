@@ -72,3 +72,58 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     let _ = conn_task.await;
     Ok(created)
 }
+
+/// The pool's usage, read at each scrape: `<prefix>_db_pool_connections`
+/// by state (`in_use`, `idle`), `<prefix>_db_pool_max_connections` and
+/// `<prefix>_db_pool_waiting` (callers waiting for a connection).
+pub struct PoolMetrics {
+    pool: Pool,
+    connections: prometheus::IntGaugeVec,
+    max: prometheus::IntGauge,
+    waiting: prometheus::IntGauge,
+}
+
+impl PoolMetrics {
+    pub fn new(pool: Pool) -> prometheus::Result<Self> {
+        Ok(Self {
+            pool,
+            connections: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new("db_pool_connections", "Database connections by state"),
+                &["state"],
+            )?,
+            max: prometheus::IntGauge::new(
+                "db_pool_max_connections",
+                "The most connections the pool opens",
+            )?,
+            waiting: prometheus::IntGauge::new(
+                "db_pool_waiting",
+                "Callers waiting for a database connection",
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for PoolMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.connections.desc();
+        d.extend(self.max.desc());
+        d.extend(self.waiting.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let s = self.pool.status();
+        let idle = i64::try_from(s.available).unwrap_or(0);
+        let size = i64::try_from(s.size).unwrap_or(0);
+        self.connections
+            .with_label_values(&["in_use"])
+            .set(size - idle);
+        self.connections.with_label_values(&["idle"]).set(idle);
+        self.max.set(i64::try_from(s.max_size).unwrap_or(0));
+        self.waiting.set(i64::try_from(s.waiting).unwrap_or(0));
+        let mut out = self.connections.collect();
+        out.extend(self.max.collect());
+        out.extend(self.waiting.collect());
+        out
+    }
+}

@@ -233,6 +233,67 @@ impl DeadLetters {
     }
 }
 
+/// A consumer's context: counts partition assignments (a service reloads
+/// per-partition state after each) and publishes the consumer lag per
+/// partition from librdkafka's statistics (`statistics.interval.ms`) as
+/// `<prefix>_kafka_consumer_lag{topic, partition}`.
+#[derive(Default)]
+pub struct ConsumerObserver {
+    assignments: std::sync::atomic::AtomicU64,
+    lag: std::sync::OnceLock<prometheus::IntGaugeVec>,
+}
+
+impl ConsumerObserver {
+    /// An observer whose lag gauge is registered in `registry`.
+    pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let lag = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "kafka_consumer_lag",
+                "Records on each partition not yet consumed by this consumer",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        let o = Self::default();
+        let _ = o.lag.set(lag);
+        Ok(o)
+    }
+
+    /// How many assignments the consumer has had.
+    pub fn assignments(&self) -> u64 {
+        self.assignments.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rdkafka::ClientContext for ConsumerObserver {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(lag) = self.lag.get() else { return };
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a
+                // negative lag is "not known yet".
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    lag.with_label_values(&[name.as_str(), &id.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ConsumerObserver {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_)) {
+            self.assignments
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// The record's `traceparent` header (W3C trace context, set by the
 /// producer of a traced reading), if any.
 pub fn traceparent<M: rdkafka::message::Message>(m: &M) -> Option<&str> {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use prometheus;
 
+pub mod grpc;
 pub mod trace;
 
 /// Installs the global tracing subscriber. `RUST_LOG` filters; `LOG_FORMAT=json`

@@ -53,6 +53,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let registry =
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_gateway".into()), None)?;
     let metrics = metrics::Metrics::register(&registry)?;
+    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
     let pipeline = Arc::new(pipeline::Pipeline {
         directory: directory::Directory::new(
             &config.registry_url,
@@ -92,6 +93,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .trace_fn(iot_telemetry::trace::grpc_server_span)
+            .layer(grpc_metrics)
             .add_service(health_svc)
             .add_service(IngestServer::new(grpc::IngestService::new(
                 pipeline.clone(),
