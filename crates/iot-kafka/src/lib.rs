@@ -294,6 +294,35 @@ impl rdkafka::consumer::ConsumerContext for ConsumerObserver {
     }
 }
 
+/// What a readiness check resolves to.
+pub type CheckFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// A readiness check that the brokers answer a metadata request for the
+/// readings topic (one client, reused by every probe).
+pub fn readiness_check(
+    cfg: &KafkaConfig,
+) -> Result<impl Fn() -> CheckFuture + Send + Sync + 'static, KafkaError> {
+    let client: std::sync::Arc<rdkafka::consumer::BaseConsumer> =
+        std::sync::Arc::new(cfg.client_config().create()?);
+    let topic = cfg.readings_topic.clone();
+    Ok(move || {
+        let (client, topic) = (client.clone(), topic.clone());
+        let check = async move {
+            tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::Consumer as _;
+                client
+                    .fetch_metadata(Some(&topic), Duration::from_millis(1500))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
+        Box::pin(check) as CheckFuture
+    })
+}
+
 /// The record's `traceparent` header (W3C trace context, set by the
 /// producer of a traced reading), if any.
 pub fn traceparent<M: rdkafka::message::Message>(m: &M) -> Option<&str> {

@@ -55,16 +55,75 @@ fn init(service: &'static str, endpoint: Option<&str>) {
     }
 }
 
-/// Readiness flag shared between a service and its admin endpoint.
+/// A check of one dependency: resolves to an error naming what is wrong.
+pub type Check =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Readiness shared between a service and its admin endpoint: a flag the
+/// service sets once it serves, and checks of its dependencies (database,
+/// Kafka, ...) that `/readyz` runs on every probe.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    serving: Arc<AtomicBool>,
+    checks: Arc<std::sync::Mutex<Vec<(&'static str, Check)>>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.serving.store(ready, Ordering::Release);
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Adds a dependency `/readyz` checks (each probe, 2 s at most).
+    pub fn check<F, Fut>(&self, name: &'static str, f: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let check: Check = Arc::new(move || Box::pin(f()));
+        self.checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name, check));
+    }
+
+    /// What keeps the service from being ready, if anything.
+    pub async fn problems(&self) -> Vec<String> {
+        if !self.is_ready() {
+            return vec!["not serving yet".into()];
+        }
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let results = futures::future::join_all(checks.into_iter().map(|(name, c)| async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), c()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{name}: {e}")),
+                Err(_) => Some(format!("{name}: no answer within 2 s")),
+            }
+        }))
+        .await;
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// A readiness check that the database answers `SELECT 1`.
+pub fn database_check(
+    pool: deadpool_postgres::Pool,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let c = pool.get().await.map_err(|e| e.to_string())?;
+            c.query_one("SELECT 1", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
     }
 }
 
@@ -92,11 +151,15 @@ async fn metrics(State(s): State<AdminState>) -> (StatusCode, String) {
     }
 }
 
-async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
-    if s.ready.is_ready() {
-        (StatusCode::OK, "ready")
+async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    let problems = s.ready.problems().await;
+    if problems.is_empty() {
+        (StatusCode::OK, "ready".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", problems.join("; ")),
+        )
     }
 }
 

@@ -103,3 +103,44 @@ async fn a_service_refuses_an_unmigrated_database() {
     .expect("start must fail");
     assert!(err.to_string().contains("iotctl migrate"), "{err}");
 }
+
+/// `/readyz` checks the dependencies on every probe: a writer whose Kafka
+/// is unreachable (it starts anyway, and catches up once Kafka is there)
+/// is not ready and says why; the platform's own writer is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_names_an_unreachable_dependency() {
+    let p = Platform::start().await;
+    assert_eq!(kit::http_get(p.writer_admin, "/readyz").await, "ready");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let stop = CancellationToken::new();
+    let writer = ingest_writer::start(
+        ingest_writer::Config {
+            database_url: p.db.clone(),
+            kafka: iot_kafka::KafkaConfig {
+                brokers: format!("127.0.0.1:{dead_port}"),
+                ..p.kafka.clone()
+            },
+            group_id: format!("unready-{}", kit::unique()),
+            grpc_addr: ANY,
+            admin_addr: ANY,
+            ..Default::default()
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let body = kit::eventually("the writer serves", Duration::from_secs(20), || async {
+        let body = kit::http_get(writer.admin_addr, "/readyz").await;
+        (!body.contains("not serving yet")).then_some(body)
+    })
+    .await;
+    assert!(body.starts_with("not ready: kafka:"), "{body}");
+    assert!(
+        !body.contains("database"),
+        "the database is reachable: {body}"
+    );
+    stop.cancel();
+    p.stop().await;
+}

@@ -72,6 +72,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
     });
     let ready = Readiness::default();
+    ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
         iot_telemetry::admin_router(registry, ready.clone()),
