@@ -86,6 +86,11 @@ where
     Some(tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
+/// Whether spans are exported (hot paths skip per-record spans otherwise).
+pub fn exporting() -> bool {
+    PROVIDER.get().is_some()
+}
+
 /// Exports what is left and stops the exporter (call before exiting). The
 /// SDK blocks while it flushes, so it runs off the async workers (whose
 /// runtime the exporter's connection needs meanwhile).
