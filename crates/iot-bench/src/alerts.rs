@@ -88,7 +88,7 @@ pub async fn run(ctx: &Ctx) {
     let kafka = fresh_topics(ctx).await;
     let root = format!("bench{}", unique());
     let registry = Service::registry(&db, ctx.mqtt_port);
-    let _writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
+    let writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
     let gateway = Service::gateway(&kafka, &root, ctx.mqtt_port, &registry.grpc_url());
     let engine = Service::alerts(&db, &kafka, &registry.grpc_url());
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -142,7 +142,32 @@ pub async fn run(ctx: &Ctx) {
         tokio::time::sleep(WARM_UP).await;
         let before = evaluated(engine.admin_port).await;
         let t = Instant::now();
+        // Where a backlog builds up, sampled every second: the gateway's
+        // unacknowledged MQTT messages and each consumer group's lag.
+        let ports = [gateway.admin_port, engine.admin_port, writer.admin_port];
+        let sampler = tokio::spawn(async move {
+            let mut peak = [0.0f64; 3];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let series = [
+                    "iot_gateway_mqtt_in_flight_messages",
+                    "iot_alerts_kafka_consumer_lag",
+                    "iot_writer_kafka_consumer_lag",
+                ];
+                for (i, (port, name)) in ports.iter().zip(series).enumerate() {
+                    peak[i] = peak[i].max(sum_of(*port, name).await);
+                }
+                if t.elapsed() > PHASE {
+                    return peak;
+                }
+            }
+        });
         let (latencies, missing) = probes.measure(PHASE).await;
+        let peak = sampler.await.unwrap();
+        println!(
+            "  fleet at {rate:.0}/s, peaks: gateway in-flight MQTT messages {:.0}, alert-engine lag {:.0} records, writer lag {:.0} records",
+            peak[0], peak[1], peak[2]
+        );
         let evaluated_per_sec =
             (evaluated(engine.admin_port).await - before) / t.elapsed().as_secs_f64();
         if let Some(load) = load {
@@ -209,11 +234,19 @@ pub async fn run(ctx: &Ctx) {
 
 /// The engine's `iot_alerts_readings_evaluated_total`.
 async fn evaluated(port: u16) -> f64 {
+    sum_of(port, "iot_alerts_readings_evaluated_total").await
+}
+
+/// The sum of every series of metric `name` a service serves.
+async fn sum_of(port: u16, name: &str) -> f64 {
     let text = crate::graphql::admin_metrics(port).await;
     text.lines()
-        .find_map(|l| l.strip_prefix("iot_alerts_readings_evaluated_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Probe devices, an MQTT client to publish their readings and a
