@@ -41,7 +41,13 @@ fn init(service: &'static str, endpoint: Option<&str>) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .event_format(trace::WithTraceIds(
+                        tracing_subscriber::fmt::format().json(),
+                    )),
+            )
             .with(trace::layer(service, endpoint))
             .try_init()
     } else {

@@ -153,7 +153,46 @@ pub fn grpc_server_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     span
 }
 
+/// JSON log lines with the trace and span ids of the span they happen in
+/// (when traces are recorded), so a log line leads to its trace:
+/// `{..., "trace_id": "...", "span_id": "..."}`.
+pub struct WithTraceIds<F>(pub F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let ids = ctx.lookup_current().and_then(|span| {
+            let ext = span.extensions();
+            let data = ext.get::<tracing_opentelemetry::OtelData>()?;
+            Some((data.trace_id()?, data.span_id()?))
+        });
+        match (ids, line.strip_suffix("}\n")) {
+            (Some((trace, span)), Some(head)) => writeln!(
+                writer,
+                "{head},\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}"
+            ),
+            _ => writer.write_str(&line),
+        }
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -170,5 +209,50 @@ mod tests {
         assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
         // Nothing is traced without a layer: no header to send.
         assert_eq!(traceparent(), None);
+    }
+
+    #[test]
+    fn json_log_lines_carry_the_trace_and_span_ids() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .event_format(WithTraceIds(tracing_subscriber::fmt::format().json()))
+                    .with_writer(move || Sink(sink.clone())),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("work");
+            let _in = span.enter();
+            tracing::info!(answer = 42, "inside");
+            assert!(traceparent().is_some());
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].get("trace_id").is_none());
+        assert_eq!(lines[1]["fields"]["answer"], 42);
+        assert_eq!(lines[1]["trace_id"].as_str().unwrap().len(), 32, "{text}");
+        assert_eq!(lines[1]["span_id"].as_str().unwrap().len(), 16, "{text}");
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }
