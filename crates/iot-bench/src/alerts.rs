@@ -106,28 +106,13 @@ pub async fn run(ctx: &Ctx) {
     );
 
     let sim = |rate: f64, duration: u64| iotctl::simulate::Args {
-        registry_url: registry.grpc_url(),
-        mqtt_host: "127.0.0.1".into(),
-        mqtt_port: ctx.mqtt_port,
-        mqtt_username: Some(procs::account("publisher").0),
-        mqtt_password: Some(procs::account("publisher").1),
-        topic_prefix: format!("{root}/sensors"),
-        batch_prefix: format!("{root}/batches"),
-        senml_prefix: format!("{root}/senml"),
         devices: FLEET,
-        sensors: 3,
         device_prefix: "fleet".into(),
         rate,
-        rate_per_device: None,
-        qos: 1,
         form: iotctl::simulate::Form::Batch,
         batch_size: 10,
         duration,
-        count: 0,
-        spike_ratio: 0.0,
-        connections: 4,
-        max_in_flight: 1000,
-        quiet: true,
+        ..crate::simulator(ctx, &registry.grpc_url(), &root)
     };
     iotctl::simulate::register(&sim(1.0, 1)).await.unwrap();
     let probes = Probes::start(ctx, &root, &registry.grpc_url(), &engine.grpc_url()).await;

@@ -213,28 +213,12 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
 
     let sim = |form: iotctl::simulate::Form, count: u64, rate: f64, prefix: &str| {
         iotctl::simulate::Args {
-            registry_url: registry.grpc_url(),
-            mqtt_host: "127.0.0.1".into(),
-            mqtt_port: ctx.mqtt_port,
-            mqtt_username: Some(procs::account("publisher").0),
-            mqtt_password: Some(procs::account("publisher").1),
-            topic_prefix: format!("{root}/sensors"),
-            batch_prefix: format!("{root}/batches"),
-            senml_prefix: format!("{root}/senml"),
-            devices: 100,
-            sensors: 3,
             device_prefix: prefix.to_owned(),
             rate,
-            rate_per_device: None,
-            qos: 1,
             form,
             batch_size: 50,
-            duration: 0,
             count,
-            spike_ratio: 0.0,
-            connections: 4,
-            max_in_flight: 1000,
-            quiet: true,
+            ..simulator(ctx, &registry.grpc_url(), &root)
         }
     };
     // Register the fleet first so that registration is not timed.
@@ -294,6 +278,35 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
         p99_ms,
         latency_rate,
         rss,
+    }
+}
+
+/// The simulator on the bench's stack: 100 devices of 3 sensors, QoS 1,
+/// single readings at full speed, quiet; phases change what they need.
+fn simulator(ctx: &Ctx, registry_url: &str, root: &str) -> iotctl::simulate::Args {
+    iotctl::simulate::Args {
+        registry_url: registry_url.to_owned(),
+        mqtt_host: "127.0.0.1".into(),
+        mqtt_port: ctx.mqtt_port,
+        mqtt_username: Some(procs::account("publisher").0),
+        mqtt_password: Some(procs::account("publisher").1),
+        topic_prefix: format!("{root}/sensors"),
+        batch_prefix: format!("{root}/batches"),
+        senml_prefix: format!("{root}/senml"),
+        devices: 100,
+        sensors: 3,
+        device_prefix: "dev".into(),
+        rate: 0.0,
+        rate_per_device: None,
+        qos: 1,
+        form: iotctl::simulate::Form::Single,
+        batch_size: 50,
+        duration: 0,
+        count: 0,
+        spike_ratio: 0.0,
+        connections: 4,
+        max_in_flight: 1000,
+        quiet: true,
     }
 }
 

@@ -248,14 +248,29 @@ pub async fn http_post(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
+    http_post_with(addr, path, content_type, &[], body).await
+}
+
+/// `http_post` with extra request headers.
+pub async fn http_post_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
-    let head = format!(
-        "POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+    let mut head = format!(
+        "POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         body.len()
     );
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut buf = String::new();

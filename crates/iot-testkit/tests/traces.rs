@@ -232,8 +232,10 @@ async fn a_readings_trace_and_a_graphql_requests_trace_follow_every_hop() {
         "variables": {"id": device.id},
     })
     .to_string();
-    let (status, answer) = post(
+    let (status, answer) = kit::http_post_with(
         gql.http_addr,
+        "/graphql",
+        "application/json",
         &[
             ("X-Api-Key", "trace-key"),
             (
@@ -241,7 +243,7 @@ async fn a_readings_trace_and_a_graphql_requests_trace_follow_every_hop() {
                 &format!("00-{caller_trace}-b7ad6b7169203331-01"),
             ),
         ],
-        &body,
+        body.as_bytes(),
     )
     .await;
     assert_eq!(status, 200, "{answer}");
@@ -299,32 +301,4 @@ async fn a_readings_trace_and_a_graphql_requests_trace_follow_every_hop() {
 fn sha256(s: &str) -> String {
     use sha2::Digest as _;
     hex(&sha2::Sha256::digest(s.as_bytes()))
-}
-
-/// POSTs a JSON body with extra headers; returns status and body.
-async fn post(addr: std::net::SocketAddr, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "POST /graphql HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head += &format!("{k}: {v}\r\n");
-    }
-    head += "\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body.as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
