@@ -126,6 +126,7 @@ pub async fn run(ctx: &Ctx) {
         });
         tokio::time::sleep(WARM_UP).await;
         let before = evaluated(engine.admin_port).await;
+        let cpu_before = [&gateway, &engine, &writer].map(|s| s.cpu_seconds());
         let t = Instant::now();
         // Where a backlog builds up, sampled every second: the gateway's
         // unacknowledged MQTT messages and each consumer group's lag.
@@ -149,9 +150,17 @@ pub async fn run(ctx: &Ctx) {
         });
         let (latencies, missing) = probes.measure(PHASE).await;
         let peak = sampler.await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let cpu = [&gateway, &engine, &writer].map(|s| s.cpu_seconds());
+        let busy = |i: usize| (cpu[i] - cpu_before[i]) / secs * 100.0;
         println!(
-            "  fleet at {rate:.0}/s, peaks: gateway in-flight MQTT messages {:.0}, alert-engine lag {:.0} records, writer lag {:.0} records",
-            peak[0], peak[1], peak[2]
+            "  fleet at {rate:.0}/s, peaks: gateway in-flight MQTT messages {:.0}, alert-engine lag {:.0} records, writer lag {:.0} records; CPU: gateway {:.0}%, alert-engine {:.0}%, writer {:.0}% of one core",
+            peak[0],
+            peak[1],
+            peak[2],
+            busy(0),
+            busy(1),
+            busy(2)
         );
         let evaluated_per_sec =
             (evaluated(engine.admin_port).await - before) / t.elapsed().as_secs_f64();

@@ -167,6 +167,22 @@ impl Service {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// CPU time (user + system) the process has used, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100/s on
+        // Linux); the command name (field 2) may hold spaces, so count
+        // from its closing parenthesis.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+                Some(ticks / 100.0)
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Peak resident set size (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
