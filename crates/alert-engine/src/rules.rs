@@ -433,13 +433,17 @@ impl Evaluator {
                 s.open.insert(rule.id);
                 out.push((rule, Action::Raise));
             } else {
-                if s.episodes.remove(&rule.id).is_some() {
+                // (Most series have no episode and no open alert: the
+                // emptiness checks keep a normal reading cheap.)
+                if !s.episodes.is_empty() && s.episodes.remove(&rule.id).is_some() {
                     out.push((rule, Action::EpisodeEnded));
                 }
-                let cleared = rule.clear.as_ref().is_none_or(|c| expr::eval(c, r));
                 // Forgotten only once the resolution is written
                 // (`resolved`), so a failed write is decided again.
-                if cleared && s.open.contains(&rule.id) {
+                if !s.open.is_empty()
+                    && s.open.contains(&rule.id)
+                    && rule.clear.as_ref().is_none_or(|c| expr::eval(c, r))
+                {
                     out.push((rule, Action::Resolve));
                 }
             }
