@@ -166,6 +166,9 @@ pub struct Compiled {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Compiled>,
+    /// Each rule's condition as evaluated: without its sensor conjunct when
+    /// the index already guarantees it.
+    conditions: Vec<Expr>,
     by_sensor: HashMap<String, Vec<usize>>,
     any_sensor: Vec<usize>,
 }
@@ -175,8 +178,15 @@ impl RuleSet {
         let mut set = RuleSet::default();
         for (i, r) in rules.iter().enumerate() {
             match expr::required_sensor(&r.condition) {
-                Some(s) => set.by_sensor.entry(s.to_owned()).or_default().push(i),
-                None => set.any_sensor.push(i),
+                Some(s) => {
+                    set.by_sensor.entry(s.to_owned()).or_default().push(i);
+                    set.conditions
+                        .push(expr::without_required_sensor(&r.condition));
+                }
+                None => {
+                    set.any_sensor.push(i);
+                    set.conditions.push(r.condition.clone());
+                }
             }
         }
         set.rules = rules;
@@ -187,14 +197,18 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
-    /// The rules that can hold for a reading of `sensor`.
-    fn for_sensor<'s>(&'s self, sensor: &str) -> impl Iterator<Item = &'s Compiled> + 's {
+    /// The rules that can hold for a reading of `sensor`, each with the
+    /// condition to evaluate for it.
+    fn for_sensor<'s>(
+        &'s self,
+        sensor: &str,
+    ) -> impl Iterator<Item = (&'s Compiled, &'s Expr)> + 's {
         self.by_sensor
             .get(sensor)
             .into_iter()
             .flatten()
             .chain(&self.any_sensor)
-            .map(|i| &self.rules[*i])
+            .map(|i| (&self.rules[*i], &self.conditions[*i]))
     }
 }
 
@@ -391,8 +405,8 @@ impl Evaluator {
         let mut out = Vec::new();
         let mut applicable = rules
             .for_sensor(r.sensor_name)
-            .filter(|rule| rule.owner.is_none() || rule.owner == facts.owner)
-            .filter(|rule| {
+            .filter(|(rule, _)| rule.owner.is_none() || rule.owner == facts.owner)
+            .filter(|(rule, _)| {
                 rule.device_type
                     .as_ref()
                     .is_none_or(|t| *t == facts.device_type)
@@ -403,8 +417,8 @@ impl Evaluator {
         }
         let key = (device, r.sensor_name.to_owned());
         let mut s = self.series.remove(&key).unwrap_or_default();
-        for rule in applicable {
-            if expr::eval(&rule.condition, r) {
+        for (rule, condition) in applicable {
+            if expr::eval(condition, r) {
                 if rule.for_secs > 0 {
                     let held = match s.episodes.get_mut(&rule.id) {
                         Some(e) if e.version == rule.version => {
