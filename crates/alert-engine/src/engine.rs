@@ -138,39 +138,48 @@ type OpenKey = (Uuid, String, &'static str);
 /// was raised now (that is the change subscribers hear of). Parameters:
 /// device, alert type, severity, sensor, message, value, threshold, time,
 /// rule (NULL for the built-in conditions).
-fn raise_sql() -> String {
-    format!(
-        "WITH up AS (
-            INSERT INTO device_alerts
-                (device_id, alert_type, severity, sensor_name, message, value, threshold,
-                 created_at, last_seen_at, owner_id, rule_id)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, (SELECT owner_id FROM devices WHERE id = $1), $9)
-            ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
-            DO UPDATE SET occurrences = device_alerts.occurrences + 1,
-                          value = excluded.value,
-                          last_seen_at = GREATEST(device_alerts.last_seen_at, excluded.last_seen_at)
-            RETURNING *, (xmax = 0) AS inserted)
-         SELECT {} FROM up WHERE inserted",
-        events::COLUMNS
-    )
+fn raise_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH up AS (
+                INSERT INTO device_alerts
+                    (device_id, alert_type, severity, sensor_name, message, value, threshold,
+                     created_at, last_seen_at, owner_id, rule_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, (SELECT owner_id FROM devices WHERE id = $1), $9)
+                ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
+                DO UPDATE SET occurrences = device_alerts.occurrences + 1,
+                              value = excluded.value,
+                              last_seen_at = GREATEST(device_alerts.last_seen_at, excluded.last_seen_at)
+                RETURNING *, (xmax = 0) AS inserted)
+             SELECT {} FROM up WHERE inserted",
+            events::COLUMNS
+        )
+    });
+    &SQL
 }
 
-fn resolve_sql() -> String {
-    format!(
-        "UPDATE device_alerts SET resolved_at = now()
-         WHERE device_id = $1 AND sensor_name = $2 AND alert_type = ANY($3) AND resolved_at IS NULL
-         RETURNING {}",
-        events::COLUMNS
-    )
+fn resolve_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE device_alerts SET resolved_at = now()
+             WHERE device_id = $1 AND sensor_name = $2 AND alert_type = ANY($3) AND resolved_at IS NULL
+             RETURNING {}",
+            events::COLUMNS
+        )
+    });
+    &SQL
 }
 
-fn resolve_rule_sql() -> String {
-    format!(
-        "UPDATE device_alerts SET resolved_at = now()
-         WHERE device_id = $1 AND sensor_name = $2 AND rule_id = $3 AND resolved_at IS NULL
-         RETURNING {}",
-        events::COLUMNS
-    )
+fn resolve_rule_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE device_alerts SET resolved_at = now()
+             WHERE device_id = $1 AND sensor_name = $2 AND rule_id = $3 AND resolved_at IS NULL
+             RETURNING {}",
+            events::COLUMNS
+        )
+    });
+    &SQL
 }
 
 /// Open alerts raised by rules: (rule, device, sensor).
@@ -191,24 +200,30 @@ async fn open_rule_alerts(pool: &Pool) -> anyhow::Result<HashSet<(Uuid, Uuid, St
 const OPEN: &str = "SELECT device_id, sensor_name, alert_type FROM device_alerts
 WHERE resolved_at IS NULL AND alert_type = ANY($1) AND sensor_name IS NOT NULL";
 
-fn raise_offline_sql() -> String {
-    format!(
-        "INSERT INTO device_alerts (device_id, alert_type, severity, message, created_at, last_seen_at, owner_id)
-         VALUES ($1, 'device_offline', 'warning', $2, now(), now(), (SELECT owner_id FROM devices WHERE id = $1))
-         ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
-         DO NOTHING
-         RETURNING {}",
-        events::COLUMNS
-    )
+fn raise_offline_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO device_alerts (device_id, alert_type, severity, message, created_at, last_seen_at, owner_id)
+             VALUES ($1, 'device_offline', 'warning', $2, now(), now(), (SELECT owner_id FROM devices WHERE id = $1))
+             ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
+             DO NOTHING
+             RETURNING {}",
+            events::COLUMNS
+        )
+    });
+    &SQL
 }
 
-fn resolve_offline_sql() -> String {
-    format!(
-        "UPDATE device_alerts SET resolved_at = now()
-         WHERE device_id = $1 AND alert_type = 'device_offline' AND resolved_at IS NULL
-         RETURNING {}",
-        events::COLUMNS
-    )
+fn resolve_offline_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE device_alerts SET resolved_at = now()
+             WHERE device_id = $1 AND alert_type = 'device_offline' AND resolved_at IS NULL
+             RETURNING {}",
+            events::COLUMNS
+        )
+    });
+    &SQL
 }
 
 const OPEN_OFFLINE: &str = "SELECT device_id FROM device_alerts WHERE resolved_at IS NULL AND alert_type = 'device_offline'";
@@ -317,7 +332,7 @@ async fn check_offline(
             heard.to_rfc3339(),
             expect.as_secs()
         );
-        events::change(pool, "raised", &raise_offline_sql(), &[&device, &message]).await?;
+        events::change(pool, "raised", raise_offline_sql(), &[&device, &message]).await?;
         presence.offline.insert(device);
         metrics.raised.inc();
         tracing::info!(%device, "device offline");
@@ -504,7 +519,7 @@ async fn evaluate(
     let seen = presence.last_seen.entry(device).or_insert(received);
     *seen = (*seen).max(received);
     if presence.offline.contains(&device) {
-        let resolved = events::change(pool, "resolved", &resolve_offline_sql(), &[&device]).await?;
+        let resolved = events::change(pool, "resolved", resolve_offline_sql(), &[&device]).await?;
         presence.offline.remove(&device);
         metrics.resolved.inc_by(resolved.len() as u64);
     }
@@ -537,7 +552,7 @@ async fn evaluate(
             events::change(
                 pool,
                 "raised",
-                &raise_sql(),
+                raise_sql(),
                 &[
                     &device,
                     &v.alert_type,
@@ -565,7 +580,7 @@ async fn evaluate(
                 let resolved = events::change(
                     pool,
                     "resolved",
-                    &resolve_sql(),
+                    resolve_sql(),
                     &[&device, &env.sensor_name, &kinds],
                 )
                 .await?;
@@ -618,7 +633,7 @@ async fn evaluate_rules(
                 let raised = events::change(
                     pool,
                     "raised",
-                    &raise_sql(),
+                    raise_sql(),
                     &[
                         &device,
                         &rule.name,
@@ -638,7 +653,7 @@ async fn evaluate_rules(
                 let resolved = events::change(
                     pool,
                     "resolved",
-                    &resolve_rule_sql(),
+                    resolve_rule_sql(),
                     &[&device, &env.sensor_name, &rule.id],
                 )
                 .await?;

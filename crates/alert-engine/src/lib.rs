@@ -113,7 +113,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
     ));
     let ready = Readiness::default();
-    ready.check("database", iot_telemetry::database_check(pool.clone()));
+    {
+        let pool = pool.clone();
+        ready.check("database", move || iot_db::ping(pool.clone()));
+    }
     ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,

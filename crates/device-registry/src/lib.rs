@@ -51,7 +51,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
     registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
     let ready = Readiness::default();
-    ready.check("database", iot_telemetry::database_check(pool.clone()));
+    {
+        let pool = pool.clone();
+        ready.check("database", move || iot_db::ping(pool.clone()));
+    }
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
         iot_telemetry::admin_router(registry, ready.clone()),

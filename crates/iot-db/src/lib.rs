@@ -12,4 +12,4 @@ pub mod tail;
 pub use migrate::{
     Backend, BackendChoice, MigrateError, MigrationReport, migrate, storage_backend,
 };
-pub use pool::{DbError, PoolMetrics, ensure_database, pool};
+pub use pool::{DbError, PoolMetrics, ensure_database, ping, pool};

@@ -73,6 +73,15 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     Ok(created)
 }
 
+/// A readiness check: the database answers `SELECT 1` through the pool.
+pub async fn ping(pool: Pool) -> Result<(), String> {
+    let c = pool.get().await.map_err(|e| e.to_string())?;
+    c.query_one("SELECT 1", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// The pool's usage, read at each scrape: `<prefix>_db_pool_connections`
 /// by state (`in_use`, `idle`), `<prefix>_db_pool_max_connections` and
 /// `<prefix>_db_pool_waiting` (callers waiting for a connection).

@@ -117,22 +117,6 @@ impl Readiness {
     }
 }
 
-/// A readiness check that the database answers `SELECT 1`.
-pub fn database_check(
-    pool: deadpool_postgres::Pool,
-) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
-    move || {
-        let pool = pool.clone();
-        Box::pin(async move {
-            let c = pool.get().await.map_err(|e| e.to_string())?;
-            c.query_one("SELECT 1", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
-    }
-}
-
 #[derive(Clone)]
 struct AdminState {
     registry: Registry,
