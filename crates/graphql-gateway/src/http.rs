@@ -113,8 +113,12 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         }
         return r;
     }
+    // Large lists are rendered to JSON text by their resolvers and put in
+    // place after serialization (`crate::raw`).
+    let raw = crate::raw::RawJson::new();
     let with_caller = |mut req: async_graphql::Request| {
         req.data = schema::request_data(&s.up, who.clone());
+        req.data.insert(raw.clone());
         req
     };
     let batch = match batch {
@@ -138,7 +142,7 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     let outcome = if resp.is_ok() { "ok" } else { "error" };
     // Serialized here, so the latency metric includes it.
     let body = match serde_json::to_vec(&resp) {
-        Ok(b) => b,
+        Ok(b) => raw.splice(b),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialize a GraphQL response");
             return refuse(

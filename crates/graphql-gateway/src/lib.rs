@@ -7,6 +7,7 @@ mod auth;
 mod config;
 mod http;
 mod hub;
+mod raw;
 mod schema;
 mod upstream;
 
