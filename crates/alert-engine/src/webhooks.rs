@@ -235,30 +235,90 @@ pub fn is_private(ip: std::net::IpAddr) -> bool {
     }
 }
 
-/// Refuses a URL whose host resolves to a non-public address (unless
-/// allowed); the reason when refused.
-async fn refused(url: &str, config: &WebhookConfig) -> Option<String> {
+/// Why a receiver was refused: it is (or its name resolves to) a
+/// non-public address and those are not allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0} is a non-public address")]
+struct NonPublic(String);
+
+/// The HTTP client's resolver when non-public receivers are not allowed.
+/// The addresses it checks are the ones the client connects to: a name
+/// cannot pass a check and then resolve to an internal address for the
+/// request itself (DNS rebinding).
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            // The port is the client's to set; lookup_host needs one.
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(a) = addrs.iter().find(|a| is_private(a.ip())) {
+                let why = NonPublic(format!("{host} ({})", a.ip()));
+                return Err(Box::new(why) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The HTTP client for receivers. Names go through [`PublicOnly`] unless
+/// non-public receivers are allowed; literal addresses, which the client
+/// connects to without resolving, are checked by [`refused_literal`].
+fn http_client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
+    let b = reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .redirect(reqwest::redirect::Policy::none());
+    if config.allow_private_addresses {
+        b.build()
+    } else {
+        b.dns_resolver(std::sync::Arc::new(PublicOnly)).build()
+    }
+}
+
+/// A URL whose host is a literal non-public address (unless allowed).
+fn refused_literal(url: &str, config: &WebhookConfig) -> Option<NonPublic> {
     if config.allow_private_addresses {
         return None;
     }
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return Some("not a URL".into());
-    };
-    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
-        return Some("no host".into());
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
-            addrs
-                .iter()
-                .any(|a| is_private(a.ip()))
-                .then(|| "refused: the host resolves to a non-public address".to_owned())
+    let u = reqwest::Url::parse(url).ok()?;
+    let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    is_private(ip).then(|| NonPublic(ip.to_string()))
+}
+
+/// The refusal somewhere in a failed request's causes.
+fn refusal(e: &reqwest::Error) -> Option<&NonPublic> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(n) = c.downcast_ref::<NonPublic>() {
+            return Some(n);
         }
-        // Name resolution failing is an ordinary, retried failure.
-        Err(_) => None,
+        cause = c.source();
     }
+    None
+}
+
+/// Marks a delivery to a refused receiver failed: retrying cannot help.
+async fn refuse(
+    d: &Due,
+    pool: &Pool,
+    why: &NonPublic,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE webhook_deliveries SET failed_at = now(), attempts = attempts + 1, last_error = $2
+             WHERE id = $1",
+            &[&d.id, &why.to_string()],
+        )
+        .await?;
+    metrics.webhooks.with_label_values(&["refused"]).inc();
+    tracing::warn!(delivery = d.id, url = %d.url, reason = %why, "webhook refused");
+    Ok(())
 }
 
 /// Sends one delivery and records its outcome.
@@ -269,18 +329,8 @@ async fn deliver(
     config: &WebhookConfig,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
-    if let Some(why) = refused(&d.url, config).await {
-        let client = pool.get().await?;
-        client
-            .execute(
-                "UPDATE webhook_deliveries SET failed_at = now(), attempts = attempts + 1, last_error = $2
-                 WHERE id = $1",
-                &[&d.id, &why],
-            )
-            .await?;
-        metrics.webhooks.with_label_values(&["refused"]).inc();
-        tracing::warn!(delivery = d.id, url = %d.url, "webhook refused: non-public address");
-        return Ok(());
+    if let Some(why) = refused_literal(&d.url, config) {
+        return refuse(&d, pool, &why, metrics).await;
     }
     let sig = signature(d.secret.as_bytes(), d.body.as_bytes());
     let res = http
@@ -294,7 +344,10 @@ async fn deliver(
     let err = match res {
         Ok(r) if r.status().is_success() => None,
         Ok(r) => Some(format!("HTTP {}", r.status())),
-        Err(e) => Some(e.to_string()),
+        Err(e) => match refusal(&e) {
+            Some(why) => return refuse(&d, pool, why, metrics).await,
+            None => Some(e.to_string()),
+        },
     };
     let client = pool.get().await?;
     let attempts = d.attempts + 1;
@@ -348,11 +401,7 @@ pub async fn run(
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.timeout_ms))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let http = match http_client(&config) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "no HTTP client: webhooks are not sent");
@@ -431,6 +480,39 @@ mod tests {
         for a in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
             assert!(!is_private(a.parse().unwrap()), "{a}");
         }
+    }
+
+    #[tokio::test]
+    async fn non_public_receivers_are_refused_when_connecting() {
+        let config = WebhookConfig::default();
+        // A name is checked by the client's own resolver, so the address
+        // checked is the address connected to.
+        let http = http_client(&config).unwrap();
+        let e = http
+            .post("http://localhost:9/hook")
+            .send()
+            .await
+            .unwrap_err();
+        let why = refusal(&e).expect("refused by the resolver").to_string();
+        assert!(why.contains("localhost"), "{why}");
+        // Literal addresses are not resolved: they are checked beforehand.
+        assert!(refused_literal("http://10.0.0.8/hook", &config).is_some());
+        assert!(refused_literal("http://[::1]:8080/hook", &config).is_some());
+        assert!(refused_literal("https://93.184.216.34/hook", &config).is_none());
+        assert!(refused_literal("https://hooks.example.com/x", &config).is_none());
+        // Allowed: nothing is refused.
+        let open = WebhookConfig {
+            allow_private_addresses: true,
+            ..Default::default()
+        };
+        assert!(refused_literal("http://10.0.0.8/hook", &open).is_none());
+        let e = http_client(&open)
+            .unwrap()
+            .post("http://localhost:9/hook")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(refusal(&e).is_none(), "{e}");
     }
 
     #[test]
