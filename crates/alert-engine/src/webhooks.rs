@@ -39,6 +39,9 @@ pub struct WebhookConfig {
     /// non-public addresses. Off by default: a tenant's webhook must not
     /// reach the platform's own network.
     pub allow_private_addresses: bool,
+    /// Delivered and given-up deliveries are deleted after this many days
+    /// (pending ones are kept whatever their age).
+    pub keep_days: u32,
 }
 
 impl Default for WebhookConfig {
@@ -49,6 +52,7 @@ impl Default for WebhookConfig {
             retry_base_ms: 1000,
             retry_max_secs: 3600,
             allow_private_addresses: false,
+            keep_days: 30,
         }
     }
 }
@@ -205,6 +209,28 @@ async fn claim(pool: &Pool, limit: i64, lease: Duration) -> anyhow::Result<Vec<D
             kind: r.get::<_, Option<String>>(5).unwrap_or_default(),
         })
         .collect())
+}
+
+/// Deletes deliveries delivered or given up more than `keep` ago, in
+/// chunks (short transactions); returns how many.
+pub async fn trim(pool: &Pool, keep: Duration) -> anyhow::Result<u64> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                SELECT id FROM webhook_deliveries
+                WHERE COALESCE(delivered_at, failed_at) < now() - make_interval(secs => $1)
+                LIMIT 5000)",
+        )
+        .await?;
+    let mut total = 0;
+    loop {
+        let n = client.execute(&stmt, &[&keep.as_secs_f64()]).await?;
+        total += n;
+        if n < 5000 {
+            return Ok(total);
+        }
+    }
 }
 
 /// Whether `ip` is an address a tenant's webhook may not reach.
@@ -390,6 +416,9 @@ async fn deliver(
     Ok(())
 }
 
+/// How often old deliveries are deleted.
+const TRIM_EVERY: Duration = Duration::from_secs(3600);
+
 /// Deliveries in flight at most (per replica).
 const IN_FLIGHT: usize = 64;
 
@@ -411,10 +440,20 @@ pub async fn run(
     let lease = Duration::from_millis(config.timeout_ms) + Duration::from_secs(30);
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let keep = Duration::from_secs(u64::from(config.keep_days) * 86_400);
+    let mut trimmed: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if trimmed.is_none_or(|t| t.elapsed() >= TRIM_EVERY) {
+            trimmed = Some(tokio::time::Instant::now());
+            match trim(&pool, keep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "old webhook deliveries deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete old webhook deliveries"),
+            }
         }
         if let Err(e) = fan_out(&pool).await {
             tracing::warn!(error = %e, "webhook fan-out failed; retrying");

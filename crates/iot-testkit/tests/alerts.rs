@@ -985,3 +985,51 @@ async fn webhooks_retry_sign_and_never_slow_evaluation() {
     );
     p.stop().await;
 }
+
+#[tokio::test]
+async fn old_webhook_deliveries_are_deleted_pending_ones_kept() {
+    let url = kit::migrated_database().await;
+    let db = kit::connect(&url).await;
+    let hook: uuid::Uuid = db
+        .query_one(
+            "INSERT INTO alert_webhooks (owner_id, url, secret) VALUES ($1, 'https://example.com/h', 's')
+             RETURNING id",
+            &[&uuid::Uuid::new_v4()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // (sequence, delivered, given up, created): ages in days.
+    for (seq, delivered, failed, created) in [
+        (1_i64, Some(40.0_f64), None, 41.0_f64), // delivered long ago: deleted
+        (2, None, Some(31.0), 35.0),             // given up long ago: deleted
+        (3, Some(2.0), None, 2.0),               // delivered lately: kept
+        (4, None, Some(1.0), 3.0),               // given up lately: kept
+        (5, None, None, 90.0),                   // still pending: kept
+    ] {
+        db.execute(
+            "INSERT INTO webhook_deliveries (webhook_id, event_seq, body, delivered_at, failed_at, created_at)
+             VALUES ($1, $2, '{}', now() - make_interval(days => $3::float8::int),
+                     now() - make_interval(days => $4::float8::int),
+                     now() - make_interval(days => $5::float8::int))",
+            &[&hook, &seq, &delivered, &failed, &created],
+        )
+        .await
+        .unwrap();
+    }
+    let pool = iot_db::pool(&url, 2).unwrap();
+    let keep = Duration::from_secs(30 * 86_400);
+    assert_eq!(alert_engine::webhooks::trim(&pool, keep).await.unwrap(), 2);
+    let left: Vec<i64> = db
+        .query(
+            "SELECT event_seq FROM webhook_deliveries ORDER BY event_seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, [3, 4, 5]);
+    assert_eq!(alert_engine::webhooks::trim(&pool, keep).await.unwrap(), 0);
+}
