@@ -9,11 +9,15 @@
 //! (kept, with its last error, and counted). A delivery is claimed with a
 //! lease before it is sent, so replicas share the work and a crash in the
 //! middle means a retry, not a loss: receivers may see an event twice and
-//! tell by its `sequence`.
+//! tell by its `sequence`. At most `PER_OWNER` deliveries of one owner are
+//! in flight per replica, so one tenant's hanging receivers cannot take
+//! every slot from the others.
 //!
 //! Each request carries `X-Iot-Signature: sha256=<hex>`, the HMAC-SHA256 of
 //! the body with the webhook's secret, and `X-Iot-Event: <kind>`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -178,25 +182,51 @@ struct Due {
     url: String,
     secret: String,
     kind: String,
+    owner: Uuid,
 }
 
-/// Claims up to `limit` due deliveries: each is leased for the timeout
-/// plus a margin, so no other replica sends it meanwhile and a crash
-/// before its outcome is recorded means a retry.
-async fn claim(pool: &Pool, limit: i64, lease: Duration) -> anyhow::Result<Vec<Due>> {
+/// Deliveries of one owner in flight at most (per replica), so that one
+/// tenant's slow or hanging receivers cannot hold every slot.
+const PER_OWNER: i64 = 8;
+
+/// Claims up to `limit` due deliveries, oldest first, at most
+/// `PER_OWNER` in flight per owner counting `busy` (owners with their
+/// deliveries in flight here). Each is leased for the timeout plus a
+/// margin, so no other replica sends it meanwhile and a crash before its
+/// outcome is recorded means a retry.
+async fn claim(
+    pool: &Pool,
+    limit: i64,
+    lease: Duration,
+    busy: &HashMap<Uuid, i64>,
+) -> anyhow::Result<Vec<Due>> {
+    let (owners, in_flight): (Vec<Uuid>, Vec<i64>) = busy.iter().map(|(o, n)| (*o, *n)).unzip();
     let client = pool.get().await?;
     Ok(client
         .query(
-            "WITH due AS (
+            "WITH busy AS (SELECT * FROM unnest($3::uuid[], $4::int8[]) AS b (owner_id, n)),
+             candidates AS (
+                SELECT id FROM (
+                    SELECT d.id, d.next_attempt_at, COALESCE(b.n, 0) AS n,
+                           row_number() OVER (PARTITION BY w.owner_id ORDER BY d.next_attempt_at, d.id) AS rank
+                    FROM webhook_deliveries d
+                    JOIN alert_webhooks w ON w.id = d.webhook_id
+                    LEFT JOIN busy b ON b.owner_id = w.owner_id
+                    WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= now()
+                ) c
+                WHERE n + rank <= $5
+                ORDER BY next_attempt_at, id LIMIT $2),
+             due AS (
                 SELECT d.id FROM webhook_deliveries d
-                WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= now()
-                ORDER BY d.next_attempt_at, d.id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                WHERE d.id IN (SELECT id FROM candidates)
+                  AND d.delivered_at IS NULL AND d.failed_at IS NULL AND d.next_attempt_at <= now()
+                FOR UPDATE SKIP LOCKED)
              UPDATE webhook_deliveries d
                 SET next_attempt_at = now() + make_interval(secs => $1)
                FROM due, alert_webhooks w
               WHERE d.id = due.id AND w.id = d.webhook_id
-             RETURNING d.id, d.body, d.attempts, w.url, w.secret, (d.body::jsonb ->> 'event')",
-            &[&lease.as_secs_f64(), &limit],
+             RETURNING d.id, d.body, d.attempts, w.url, w.secret, (d.body::jsonb ->> 'event'), w.owner_id",
+            &[&lease.as_secs_f64(), &limit, &owners, &in_flight, &PER_OWNER],
         )
         .await?
         .iter()
@@ -207,6 +237,7 @@ async fn claim(pool: &Pool, limit: i64, lease: Duration) -> anyhow::Result<Vec<D
             url: r.get(3),
             secret: r.get(4),
             kind: r.get::<_, Option<String>>(5).unwrap_or_default(),
+            owner: r.get(6),
         })
         .collect())
 }
@@ -300,7 +331,7 @@ fn http_client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
     if config.allow_private_addresses {
         b.build()
     } else {
-        b.dns_resolver(std::sync::Arc::new(PublicOnly)).build()
+        b.dns_resolver(Arc::new(PublicOnly)).build()
     }
 }
 
@@ -416,6 +447,35 @@ async fn deliver(
     Ok(())
 }
 
+/// Deliveries in flight per owner.
+type Busy = Arc<Mutex<HashMap<Uuid, i64>>>;
+
+/// One of an owner's in-flight deliveries; counted while it lives.
+struct OwnerSlot(Busy, Uuid);
+
+impl OwnerSlot {
+    fn take(busy: &Busy, owner: Uuid) -> Self {
+        *busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(owner)
+            .or_default() += 1;
+        Self(busy.clone(), owner)
+    }
+}
+
+impl Drop for OwnerSlot {
+    fn drop(&mut self) {
+        let mut busy = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = busy.get_mut(&self.1) {
+            *n -= 1;
+            if *n <= 0 {
+                busy.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// How often old deliveries are deleted.
 const TRIM_EVERY: Duration = Duration::from_secs(3600);
 
@@ -438,7 +498,8 @@ pub async fn run(
         }
     };
     let lease = Duration::from_millis(config.timeout_ms) + Duration::from_secs(30);
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let busy: Busy = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let keep = Duration::from_secs(u64::from(config.keep_days) * 86_400);
     let mut trimmed: Option<tokio::time::Instant> = None;
@@ -462,7 +523,9 @@ pub async fn run(
         if free == 0 {
             continue;
         }
-        let due = match claim(&pool, i64::try_from(free).unwrap_or(1), lease).await {
+        let snapshot = busy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let limit = i64::try_from(free).unwrap_or(1);
+        let due = match claim(&pool, limit, lease, &snapshot).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim webhook deliveries; retrying");
@@ -473,6 +536,7 @@ pub async fn run(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
+            let slot = OwnerSlot::take(&busy, d.owner);
             let (pool, http, config, metrics) =
                 (pool.clone(), http.clone(), config.clone(), metrics.clone());
             tokio::spawn(async move {
@@ -480,7 +544,7 @@ pub async fn run(
                     // The lease runs out and the delivery is retried.
                     tracing::warn!(error = %e, "webhook outcome not recorded");
                 }
-                drop(permit);
+                drop((permit, slot));
             });
         }
     }

@@ -1033,3 +1033,76 @@ async fn old_webhook_deliveries_are_deleted_pending_ones_kept() {
     assert_eq!(left, [3, 4, 5]);
     assert_eq!(alert_engine::webhooks::trim(&pool, keep).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_owners_hanging_receivers_do_not_hold_up_another_owner() {
+    let p = Platform::start().await;
+    let db = kit::connect(&p.db).await;
+    // Owner A: a receiver that accepts and never answers, with more due
+    // deliveries than the engine sends at once. Owner B: one that answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let (good_url, good) = receiver(0).await;
+    let webhook = |url: String| {
+        let db = &db;
+        async move {
+            let id: uuid::Uuid = db
+                .query_one(
+                    "INSERT INTO alert_webhooks (owner_id, url, secret) VALUES ($1, $2, 's') RETURNING id",
+                    &[&uuid::Uuid::new_v4(), &url],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            id
+        }
+    };
+    let (a, b) = (webhook(hang_url).await, webhook(good_url).await);
+    // A's deliveries are older, so oldest-first alone would send them all
+    // before B's.
+    db.execute(
+        "INSERT INTO webhook_deliveries (webhook_id, event_seq, body, next_attempt_at)
+         SELECT $1, i, '{\"event\": \"raised\"}', now() - INTERVAL '1 hour' FROM generate_series(1, 100) i",
+        &[&a],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO webhook_deliveries (webhook_id, event_seq, body) VALUES ($1, 1, '{\"event\": \"raised\"}')",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    let _engine = p
+        .start_alert_engine(|c| {
+            c.webhooks.timeout_ms = 60_000;
+            c.webhooks.allow_private_addresses = true;
+        })
+        .await;
+    // B's delivery goes out while A's hang (they would for a minute).
+    kit::eventually(
+        "the other owner's delivery",
+        Duration::from_secs(20),
+        || async { (!good.lock().unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    let sending: i64 = db
+        .query_one(
+            "SELECT count(*) FROM webhook_deliveries
+             WHERE webhook_id = $1 AND next_attempt_at > now() AND attempts = 0",
+            &[&a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        sending <= 8,
+        "{sending} of one owner's deliveries in flight"
+    );
+}
