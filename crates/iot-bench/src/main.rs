@@ -122,6 +122,7 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
     let client = connect(&db).await;
     let data = rows(ctx.rows);
     let start = Instant::now();
+    let pg = procs::cpu_by_command("postgres");
     for chunk in data.chunks(5000) {
         let sink = client
             .copy_in("COPY sensor_readings (time, device_id, sensor_name, value) FROM STDIN BINARY")
@@ -138,6 +139,8 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
         w.finish().await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
+    let pg = procs::cpu_between(&pg, &procs::cpu_by_command("postgres"));
+    println!("  raw phase CPU: postgres {:.0}%", 100.0 * pg / secs);
     assert_eq!(count(&client).await, ctx.rows as i64);
     ctx.rows as f64 / secs
 }
@@ -183,13 +186,51 @@ async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     // (seconds, and the same for any amount of data) is not draining.
     wait_rows(&client, 1, Duration::from_secs(120)).await;
     let (start, first) = (Instant::now(), count(&client).await);
+    let cpu = CpuShares::start(&writer);
     let done = wait_rows(&client, ctx.rows as i64, Duration::from_secs(600)).await;
+    cpu.print("writer phase", &writer, done - start);
     let rss = writer.peak_rss_kib();
     drop(writer);
     (
         (ctx.rows as i64 - first) as f64 / (done - start).as_secs_f64(),
         rss,
     )
+}
+
+/// CPU used during a phase by a service, Tansu and PostgreSQL (all its
+/// processes), as shares of one core: on a 2-core machine they compete
+/// for 200%.
+struct CpuShares {
+    service: f64,
+    tansu: std::collections::HashMap<u32, f64>,
+    postgres: std::collections::HashMap<u32, f64>,
+}
+
+impl CpuShares {
+    fn start(service: &Service) -> Self {
+        Self {
+            service: service.cpu_seconds(),
+            tansu: procs::cpu_by_command("tansu"),
+            postgres: procs::cpu_by_command("postgres"),
+        }
+    }
+
+    fn print(&self, phase: &str, service: &Service, took: Duration) {
+        let secs = took.as_secs_f64();
+        let share = |cpu: f64| 100.0 * cpu / secs;
+        println!(
+            "  {phase} CPU: service {:.0}%, tansu {:.0}%, postgres {:.0}%",
+            share(service.cpu_seconds() - self.service),
+            share(procs::cpu_between(
+                &self.tansu,
+                &procs::cpu_by_command("tansu")
+            )),
+            share(procs::cpu_between(
+                &self.postgres,
+                &procs::cpu_by_command("postgres")
+            )),
+        );
+    }
 }
 
 struct E2e {

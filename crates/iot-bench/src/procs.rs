@@ -169,18 +169,7 @@ impl Service {
 
     /// CPU time (user + system) the process has used, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100/s on
-        // Linux); the command name (field 2) may hold spaces, so count
-        // from its closing parenthesis.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / 100.0)
-            })
-            .unwrap_or(0.0)
+        cpu_seconds_of(self.child.id()).unwrap_or(0.0)
     }
 
     /// Peak resident set size (VmHWM) in KiB.
@@ -201,4 +190,43 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100/s on
+    // Linux); the command name (field 2) may hold spaces, so count from
+    // its closing parenthesis.
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds used by every running process whose command name is
+/// `comm` (e.g. all of PostgreSQL's backends), keyed by pid, so that a
+/// phase's share is the difference of two snapshots.
+pub fn cpu_by_command(comm: &str) -> std::collections::HashMap<u32, f64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .filter_map(|pid| Some((pid, cpu_seconds_of(pid)?)))
+        .collect()
+}
+
+/// CPU seconds `comm` processes used between two snapshots (processes
+/// that started in between count from zero; ones that ended are lost).
+pub fn cpu_between(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
+        .sum()
 }
