@@ -83,21 +83,34 @@ async fn count(db: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
-/// Waits until the table holds `n` rows; returns when that happened. Polls
-/// every 250 ms: `count(*)` scans the table, and polling it faster would
-/// load the very database being measured.
+/// Readings the writers have stored: the sum of `ingest_counts`, which
+/// they keep in the same transaction as the rows. A small table, unlike
+/// `count(*)` over `sensor_readings`, whose scans would load the very
+/// database being measured.
+async fn stored(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT COALESCE(sum(readings), 0)::int8 FROM ingest_counts",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits until the writers have stored `n` readings; returns when that
+/// happened (polled every 50 ms).
 async fn wait_rows(db: &tokio_postgres::Client, n: i64, limit: Duration) -> Instant {
     let start = Instant::now();
     loop {
-        if count(db).await >= n {
+        if stored(db).await >= n {
             return Instant::now();
         }
         assert!(
             start.elapsed() < limit,
             "timed out waiting for {n} rows (have {})",
-            count(db).await
+            stored(db).await
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -185,10 +198,25 @@ async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     // Timed from the first stored row: the consumer group's join at start
     // (seconds, and the same for any amount of data) is not draining.
     wait_rows(&client, 1, Duration::from_secs(120)).await;
-    let (start, first) = (Instant::now(), count(&client).await);
-    let cpu = CpuShares::start(&writer);
+    let (start, first) = (Instant::now(), stored(&client).await);
+    let cpu = CpuShares::start(&[("ingest-writer", &writer)]);
     let done = wait_rows(&client, ctx.rows as i64, Duration::from_secs(600)).await;
-    cpu.print("writer phase", &writer, done - start);
+    cpu.print("writer phase", done - start);
+    assert_eq!(count(&client).await, ctx.rows as i64);
+    // How full the batches were and how much of the phase the database
+    // writes took (the writer collects the next batch meanwhile).
+    let m = graphql::admin_metrics(writer.admin_port).await;
+    let sample = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let batches = sample("iot_writer_batch_rows_count");
+    println!(
+        "  writer phase batches: {batches:.0}, {:.0} rows each on average, writing {:.0}% of the time",
+        sample("iot_writer_batch_rows_sum") / batches.max(1.0),
+        100.0 * sample("iot_writer_batch_write_seconds_sum") / (done - start).as_secs_f64(),
+    );
     let rss = writer.peak_rss_kib();
     drop(writer);
     (
@@ -197,39 +225,46 @@ async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     )
 }
 
-/// CPU used during a phase by a service, Tansu and PostgreSQL (all its
-/// processes), as shares of one core: on a 2-core machine they compete
-/// for 200%.
-struct CpuShares {
-    service: f64,
-    tansu: std::collections::HashMap<u32, f64>,
-    postgres: std::collections::HashMap<u32, f64>,
+/// CPU used during a phase by services, by this program (the simulator
+/// runs in it) and by the infrastructure (all processes of PostgreSQL,
+/// Tansu and Mosquitto), as shares of one core: on a 2-core machine they
+/// compete for 200%.
+struct CpuShares<'a> {
+    services: Vec<(&'static str, &'a Service, f64)>,
+    own: f64,
+    infra: Vec<(&'static str, std::collections::HashMap<u32, f64>)>,
 }
 
-impl CpuShares {
-    fn start(service: &Service) -> Self {
+const INFRA: [&str; 3] = ["postgres", "tansu", "mosquitto"];
+
+impl<'a> CpuShares<'a> {
+    fn start(services: &[(&'static str, &'a Service)]) -> Self {
         Self {
-            service: service.cpu_seconds(),
-            tansu: procs::cpu_by_command("tansu"),
-            postgres: procs::cpu_by_command("postgres"),
+            services: services
+                .iter()
+                .map(|(n, s)| (*n, *s, s.cpu_seconds()))
+                .collect(),
+            own: procs::own_cpu_seconds(),
+            infra: INFRA.map(|c| (c, procs::cpu_by_command(c))).to_vec(),
         }
     }
 
-    fn print(&self, phase: &str, service: &Service, took: Duration) {
+    fn print(&self, phase: &str, took: Duration) {
         let secs = took.as_secs_f64();
-        let share = |cpu: f64| 100.0 * cpu / secs;
-        println!(
-            "  {phase} CPU: service {:.0}%, tansu {:.0}%, postgres {:.0}%",
-            share(service.cpu_seconds() - self.service),
-            share(procs::cpu_between(
-                &self.tansu,
-                &procs::cpu_by_command("tansu")
-            )),
-            share(procs::cpu_between(
-                &self.postgres,
-                &procs::cpu_by_command("postgres")
-            )),
-        );
+        let mut parts: Vec<String> = self
+            .services
+            .iter()
+            .map(|(n, s, t)| format!("{n} {:.0}%", 100.0 * (s.cpu_seconds() - t) / secs))
+            .collect();
+        parts.push(format!(
+            "bench {:.0}%",
+            100.0 * (procs::own_cpu_seconds() - self.own) / secs
+        ));
+        for (c, before) in &self.infra {
+            let used = procs::cpu_between(before, &procs::cpu_by_command(c));
+            parts.push(format!("{c} {:.0}%", 100.0 * used / secs));
+        }
+        println!("  {phase} CPU: {}", parts.join(", "));
     }
 }
 
@@ -268,15 +303,23 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
         .unwrap();
 
     let n = (ctx.rows / 2) as u64;
+    let services = [
+        ("mqtt-gateway", &gateway),
+        ("ingest-writer", &writer),
+        ("device-registry", &registry),
+    ];
     let start = Instant::now();
+    let cpu = CpuShares::start(&services);
     let s = iotctl::simulate::simulate(sim(iotctl::simulate::Form::Single, n, 0.0, "dev"))
         .await
         .unwrap();
     let done = wait_rows(&client, s.readings as i64, Duration::from_secs(900)).await;
+    cpu.print("single-reading phase", done - start);
     let single = s.readings as f64 / (done - start).as_secs_f64();
 
-    let before = count(&client).await;
+    let before = stored(&client).await;
     let start = Instant::now();
+    let cpu = CpuShares::start(&services);
     let s = iotctl::simulate::simulate(sim(iotctl::simulate::Form::Batch, n * 2, 0.0, "dev"))
         .await
         .unwrap();
@@ -286,6 +329,7 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
         Duration::from_secs(900),
     )
     .await;
+    cpu.print("50-reading phase", done - start);
     let batch = s.readings as f64 / (done - start).as_secs_f64();
 
     // Latency below saturation: the fleet at half the single-message rate,

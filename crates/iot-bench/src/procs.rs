@@ -204,6 +204,11 @@ fn cpu_seconds_of(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// CPU time this program has used, in seconds.
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds_of(std::process::id()).unwrap_or(0.0)
+}
+
 /// CPU seconds used by every running process whose command name is
 /// `comm` (e.g. all of PostgreSQL's backends), keyed by pid, so that a
 /// phase's share is the difference of two snapshots.
