@@ -184,7 +184,8 @@ struct Prefetched {
 }
 
 impl Prefetched {
-    /// Fetches the fields `ctx`'s selection asks for, for `devices`. A
+    /// Fetches the fields `ctx`'s selection asks for, for `devices` (a
+    /// page, or the one device of `device(id)`). A
     /// failure leaves the field to the per-device loaders (which report it).
     async fn for_page(ctx: &Context<'_>, devices: &[v1::Device]) -> Result<Self> {
         let look = ctx.look_ahead();
@@ -1054,7 +1055,12 @@ impl QueryRoot {
     /// caller has no such device.
     async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Device>> {
         match find_device(ctx, &id).await {
-            Ok(d) => Ok(Some(Device::from(d))),
+            // Its readings and alerts are fetched at once, as for a page,
+            // rather than through the loaders (which wait to batch).
+            Ok(d) => {
+                let pre = Prefetched::for_page(ctx, std::slice::from_ref(&d)).await?;
+                Ok(Some(Device(d, pre)))
+            }
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
