@@ -179,10 +179,53 @@ async fn ws(
                     limiter
                         .take(&who.name, 1.0)
                         .map_err(|_| async_graphql::Error::new("too many requests; slow down"))?;
-                    Ok(schema::request_data(&up, who))
+                    // Every operation on the connection is charged too.
+                    let quota = WsQuota {
+                        limiter,
+                        caller: who.name.clone(),
+                    };
+                    let mut data = schema::request_data(&up, who);
+                    data.insert(quota);
+                    Ok(data)
                 })
                 .serve()
         })
+}
+
+/// The caller of a WebSocket connection and its token bucket: each
+/// operation started on the connection takes a token ([`WsRateLimit`]),
+/// as each HTTP request does.
+pub struct WsQuota {
+    limiter: Arc<RateLimiter>,
+    caller: String,
+}
+
+/// Charges operations on WebSocket connections to their caller's bucket
+/// (HTTP requests are charged by the handler before they run).
+pub struct WsRateLimit;
+
+impl async_graphql::extensions::ExtensionFactory for WsRateLimit {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(WsRateLimit)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for WsRateLimit {
+    async fn prepare_request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        if let Some(q) = ctx.data_opt::<WsQuota>()
+            && q.limiter.take(&q.caller, 1.0).is_err()
+        {
+            let e = crate::upstream::error("RATE_LIMITED", "too many requests; slow down");
+            return Err(e.into_server_error(async_graphql::Pos::default()));
+        }
+        next.run(ctx, request).await
+    }
 }
 
 /// Per-caller token buckets.

@@ -39,7 +39,8 @@ pub fn build(shared: Shared) -> ApiSchema {
     let mut b = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(shared)
         .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity);
+        .limit_complexity(limits.max_complexity)
+        .extension(crate::http::WsRateLimit);
     if !limits.introspection {
         b = b.disable_introspection();
     }

@@ -942,5 +942,54 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
     let v = limited.expect("a 429 within a burst of 3");
     assert_eq!(v["errors"][0]["extensions"]["code"], "RATE_LIMITED");
 
+    // Over WebSocket, every operation on one connection is charged to the
+    // same bucket (another caller's: key-b's is still full): the
+    // connection takes one token, so of six queries at most two run.
+    let mut req = format!("ws://{}/graphql", broken.http_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(
+        json!({"type": "connection_init", "payload": {"apiKey": "key-b"}}),
+    ))
+    .await
+    .unwrap();
+    for i in 0..6 {
+        ws.send(send(json!({"id": i.to_string(), "type": "subscribe",
+            "payload": {"query": "{ devices(limit: 1) { id } }"}})))
+            .await
+            .unwrap();
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered + limited < 6 {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer to every operation")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        let errors = match v["type"].as_str() {
+            Some("next") => v["payload"]["errors"].clone(),
+            Some("error") => v["payload"].clone(),
+            _ => continue,
+        };
+        if errors.is_null() {
+            answered += 1;
+        } else {
+            assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{v}");
+            limited += 1;
+        }
+    }
+    assert!(
+        answered <= 2 && limited >= 4,
+        "{answered} answered, {limited} limited"
+    );
+
     p.stop().await;
 }
