@@ -824,6 +824,19 @@ async fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<(String, String, 
     (format!("http://{addr}/hook"), seen)
 }
 
+/// A webhook receiver that accepts connections and never answers.
+async fn hanging_receiver() -> String {
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    url
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhooks_retry_sign_and_never_slow_evaluation() {
     let p = Platform::start().await;
@@ -844,14 +857,7 @@ async fn webhooks_retry_sign_and_never_slow_evaluation() {
     // A receiver that fails twice, one that never answers, and another
     // owner's receiver that must hear nothing of this owner's alerts.
     let (good_url, good) = receiver(2).await;
-    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hang.accept().await {
-            held.push(s);
-        }
-    });
+    let hang_url = hanging_receiver().await;
     let (other_url, other) = receiver(0).await;
 
     let bad = api
@@ -1040,14 +1046,7 @@ async fn one_owners_hanging_receivers_do_not_hold_up_another_owner() {
     let db = kit::connect(&p.db).await;
     // Owner A: a receiver that accepts and never answers, with more due
     // deliveries than the engine sends at once. Owner B: one that answers.
-    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = hang.accept().await {
-            held.push(s);
-        }
-    });
+    let hang_url = hanging_receiver().await;
     let (good_url, good) = receiver(0).await;
     let webhook = |url: String| {
         let db = &db;
