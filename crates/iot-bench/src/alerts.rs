@@ -233,14 +233,7 @@ async fn evaluated(port: u16) -> f64 {
 
 /// The sum of every series of metric `name` a service serves.
 async fn sum_of(port: u16, name: &str) -> f64 {
-    let text = crate::graphql::admin_metrics(port).await;
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::procs::metric_sum(&crate::procs::admin_metrics(port).await, name, "")
 }
 
 /// Probe devices, an MQTT client to publish their readings and a

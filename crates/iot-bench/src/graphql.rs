@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-use crate::procs::Service;
+use crate::procs::{self, Service};
 use crate::query::{self, device, stats};
 use crate::{Ctx, connect, fresh_topics};
 
@@ -88,35 +88,6 @@ async fn seed(url: &str) {
     )
     .await
     .unwrap();
-}
-
-/// Sum of the `suffix` (sum or count) samples of `series` (a name, or a
-/// name and the start of its labels) in Prometheus text.
-fn totals(metrics: &str, series: &str, suffix: &str) -> f64 {
-    let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-    let prefix = if labels.is_empty() {
-        format!("{name}_{suffix}")
-    } else {
-        format!("{name}_{suffix}{{{labels}")
-    };
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The gateway's Prometheus text.
-pub(crate) async fn admin_metrics(port: u16) -> String {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
 }
 
 /// TemperatureTrend's answer, typed.
@@ -246,24 +217,26 @@ pub async fn run(ctx: &Ctx) {
     );
 
     // Where the gateway's time goes: its own metrics, per query.
-    let mut seen = admin_metrics(gql.admin_port).await;
+    let mut seen = procs::admin_metrics(gql.admin_port).await;
     let mut gateway_side = async |query: &str| {
-        let now = admin_metrics(gql.admin_port).await;
-        let mean = |series: &str| {
-            let (sum, count) = (
-                totals(&now, series, "sum") - totals(&seen, series, "sum"),
-                totals(&now, series, "count") - totals(&seen, series, "count"),
-            );
-            sum / count.max(1.0) * 1000.0
+        let now = procs::admin_metrics(gql.admin_port).await;
+        // Mean of a histogram since the last call, in ms.
+        let mean = |name: &str, labels: &str| {
+            let since = |suffix: &str| {
+                let series = format!("{name}_{suffix}");
+                procs::metric_sum(&now, &series, labels) - procs::metric_sum(&seen, &series, labels)
+            };
+            since("sum") / since("count").max(1.0) * 1000.0
         };
         let call = |m: &str| {
-            mean(&format!(
-                "iot_graphql_upstream_call_duration_seconds{{method=\"{m}\""
-            ))
+            mean(
+                "iot_graphql_upstream_call_duration_seconds",
+                &format!("method=\"{m}\""),
+            )
         };
         println!(
             "  {query}, gateway-side means: whole request {:.2} ms (until its body is serialized); backend calls GetDevice {:.2}, QueryMetrics {:.2}, LatestReadings {:.2}, ListAlerts {:.2} ms",
-            mean("iot_graphql_request_duration_seconds"),
+            mean("iot_graphql_request_duration_seconds", ""),
             call("GetDevice"),
             call("QueryMetrics"),
             call("LatestReadings"),

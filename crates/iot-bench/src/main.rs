@@ -205,12 +205,8 @@ async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     assert_eq!(count(&client).await, ctx.rows as i64);
     // How full the batches were and how much of the phase the database
     // writes took (the writer collects the next batch meanwhile).
-    let m = graphql::admin_metrics(writer.admin_port).await;
-    let sample = |name: &str| -> f64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let m = procs::admin_metrics(writer.admin_port).await;
+    let sample = |name: &str| procs::metric_sum(&m, name, "");
     let batches = sample("iot_writer_batch_rows_count");
     println!(
         "  writer phase batches: {batches:.0}, {:.0} rows each on average, writing {:.0}% of the time",

@@ -235,3 +235,47 @@ pub fn cpu_between(
         .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
         .sum()
 }
+
+/// The Prometheus text a service serves on its admin port.
+pub async fn admin_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf
+}
+
+/// The sum of the samples of series `name` in Prometheus `text` whose
+/// labels start with `labels` (e.g. `method="GetDevice"`; empty: any).
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name).is_some_and(|rest| {
+                if labels.is_empty() {
+                    rest.starts_with(' ') || rest.starts_with('{')
+                } else {
+                    rest.strip_prefix('{')
+                        .is_some_and(|r| r.starts_with(labels))
+                }
+            })
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_sums_match_whole_names_and_label_prefixes() {
+        let text = "# HELP x\nx_sum 1.5\nx_sum_other 100\nx_count{method=\"A\",code=\"0\"} 2\nx_count{method=\"A\",code=\"1\"} 3\nx_count{method=\"B\"} 7\n";
+        assert_eq!(super::metric_sum(text, "x_sum", ""), 1.5);
+        assert_eq!(super::metric_sum(text, "x_count", ""), 12.0);
+        assert_eq!(super::metric_sum(text, "x_count", "method=\"A\""), 5.0);
+        assert_eq!(super::metric_sum(text, "x_missing", ""), 0.0);
+    }
+}
