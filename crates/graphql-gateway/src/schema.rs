@@ -531,7 +531,7 @@ impl MetricList {
             .iter()
             .enumerate()
             .map(|(i, (key, _))| {
-                let mut k = if i == 0 { b"{".to_vec() } else { b",".to_vec() };
+                let mut k = if i == 0 { Vec::new() } else { b",".to_vec() };
                 write_str(&mut k, key);
                 k.push(b':');
                 k
@@ -550,6 +550,7 @@ impl MetricList {
                 out.push(b',');
             }
             first = false;
+            out.push(b'{');
             for ((_, name), key) in fields.iter().zip(&keys) {
                 out.extend_from_slice(key);
                 match *name {
@@ -562,9 +563,6 @@ impl MetricList {
                     "reading_count" => write_u64(&mut out, m.count),
                     _ => out.extend_from_slice(b"\"SensorMetric\""),
                 }
-            }
-            if fields.is_empty() {
-                out.push(b'{');
             }
             out.push(b'}');
         }
