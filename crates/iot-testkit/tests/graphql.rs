@@ -151,6 +151,26 @@ impl Client {
     }
 }
 
+/// A WebSocket to the gateway speaking `protocol`, with `connection_init`
+/// (carrying `init`) sent.
+async fn ws_init(
+    addr: SocketAddr,
+    protocol: &str,
+    init: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut req = format!("ws://{addr}/graphql")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let init = json!({"type": "connection_init", "payload": init});
+    ws.send(Message::Text(init.to_string().into()))
+        .await
+        .unwrap();
+    ws
+}
+
 /// A live subscription over a real WebSocket client.
 struct Subscription {
     rx: tokio::sync::mpsc::Receiver<Value>,
@@ -179,16 +199,8 @@ impl Subscription {
         query: &str,
         vars: Value,
     ) -> Result<Self, Value> {
-        let mut req = format!("ws://{addr}/graphql")
-            .into_client_request()
-            .unwrap();
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut ws = ws_init(addr, protocol, init).await;
         let send = |v: Value| Message::Text(v.to_string().into());
-        ws.send(send(json!({"type": "connection_init", "payload": init})))
-            .await
-            .unwrap();
         loop {
             let m = ws.next().await.unwrap().unwrap();
             let v: Value = match m {
@@ -945,20 +957,13 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
     // Over WebSocket, every operation on one connection is charged to the
     // same bucket (another caller's: key-b's is still full): the
     // connection takes one token, so of six queries at most two run.
-    let mut req = format!("ws://{}/graphql", broken.http_addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut ws = ws_init(
+        broken.http_addr,
+        "graphql-transport-ws",
+        json!({"apiKey": "key-b"}),
+    )
+    .await;
     let send = |v: Value| Message::Text(v.to_string().into());
-    ws.send(send(
-        json!({"type": "connection_init", "payload": {"apiKey": "key-b"}}),
-    ))
-    .await
-    .unwrap();
     for i in 0..6 {
         ws.send(send(json!({"id": i.to_string(), "type": "subscribe",
             "payload": {"query": "{ devices(limit: 1) { id } }"}})))
