@@ -67,7 +67,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             ("client.id", "alert-engine"),
             ("auto.offset.reset", "earliest"),
             ("auto.commit.interval.ms", "1000"),
-            ("fetch.wait.max.ms", "50"),
+            ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
             ("statistics.interval.ms", "5000"),
         ])
         // Not overridable: an offset is stored only once its reading is evaluated.

@@ -67,11 +67,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             ("client.id", SERVICE),
             ("auto.commit.interval.ms", "1000"),
             ("auto.offset.reset", "earliest"),
-            // Low latency from produce to row, and a bounded prefetch buffer.
-            ("fetch.wait.max.ms", "50"),
-            ("queued.max.messages.kbytes", "16384"),
-            ("queued.min.messages", "20000"),
-            ("fetch.max.bytes", "16777216"),
+            // Low latency from produce to row, and a bounded prefetch. The
+            // queue limits apply per partition, and each prefetched record
+            // costs some 300 bytes of librdkafka's own (its message and the
+            // decompressed record set) beyond the compressed payload the
+            // kbytes limit counts: at 16 MiB and 20,000 records per
+            // partition the writer held a whole 200,000-record topic, 75 MB.
+            // Smaller limits than these starve the writer on Tansu, whose
+            // every fetch lists all of a partition's batches.
+            ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
+            ("queued.max.messages.kbytes", "4096"),
+            ("queued.min.messages", "10000"),
+            ("fetch.max.bytes", "4194304"),
             ("statistics.interval.ms", "5000"),
         ])
         // Not overridable: offsets are stored only after the database commit.

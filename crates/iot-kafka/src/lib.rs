@@ -18,6 +18,14 @@ use serde::{Deserialize, Serialize};
 
 pub use rdkafka;
 
+/// `fetch.wait.max.ms` of the platform's consumers: how long a broker may
+/// hold a fetch that finds no data. It bounds the latency a consumer adds
+/// from produce to row (or alert). Kafka answers a fetch as soon as data is
+/// there, so a short wait costs it only empty polls of an idle consumer;
+/// Tansu 0.6 holds every fetch for the full wait, data or not, so there it
+/// is also the time per fetch round trip and caps a consumer's throughput.
+pub const FETCH_WAIT_MS: &str = "10";
+
 /// Connection settings common to every Kafka client of a service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -33,6 +33,9 @@ pub fn max_packet_bytes(max_payload: usize) -> usize {
     (max_payload * 2).max(1024 * 1024)
 }
 
+/// Outgoing publishes the client keeps slots for: the gateway sends none.
+const OUTGOING_PUBLISH_SLOTS: u16 = 16;
+
 /// The subscriber's state between events.
 struct Flow {
     client: AsyncClient,
@@ -96,6 +99,9 @@ fn options(cfg: &MqttConfig, max_in_flight: usize, max_payload: usize) -> MqttOp
         .set_session_expiry_interval(Some(cfg.session_expiry_secs))
         .set_receive_maximum(Some(receive_maximum))
         .set_max_packet_size(Some(max_packet))
+        // The gateway publishes nothing over MQTT; without a limit the client
+        // keeps a slot for 65,535 outgoing publishes (about 14 MB).
+        .set_outgoing_inflight_upper_limit(OUTGOING_PUBLISH_SLOTS)
         .set_manual_acks(true);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts.set_credentials(u, p);

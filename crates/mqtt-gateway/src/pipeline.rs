@@ -7,13 +7,17 @@ use chrono::Utc;
 use futures::future::join_all;
 use iot_domain::{Entry, Reading, RejectReason, Rejection};
 use iot_kafka::rdkafka::error::KafkaError;
+use iot_kafka::rdkafka::error::RDKafkaErrorCode;
 use iot_kafka::rdkafka::message::{Header, OwnedHeaders};
-use iot_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use iot_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use iot_kafka::{DeadLetterError, DeadLetters};
 use iot_proto::Message as _;
 
 use crate::directory::Directory;
 use crate::metrics::Metrics;
+
+/// How long a reading may wait for room in the producer's local queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which door a message came through; a label on metrics and envelopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,8 +196,20 @@ impl Pipeline {
                 Err(r) => rejected.push((multi.then_some(i), r)),
             }
         }
-        let produced = join_all(readings.iter().map(|r| self.produce(r, door))).await;
-        produced.into_iter().collect::<Result<Vec<()>, _>>()?;
+        // Enqueue every reading first, then wait for the delivery reports:
+        // librdkafka holds its own copy of each record, so what waits here
+        // is one small receiver per reading, not a produce future.
+        let mut deliveries = Vec::with_capacity(readings.len());
+        for r in &readings {
+            deliveries.push(self.enqueue(r, door).await?);
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(KafkaError::Canceled.into()),
+            }
+        }
         let letters = join_all(
             rejected
                 .iter()
@@ -230,9 +246,11 @@ impl Pipeline {
         })
     }
 
-    /// Produces a valid reading keyed by device and waits for Kafka's
-    /// delivery report.
-    async fn produce(&self, r: &Reading, door: Door) -> Result<(), KafkaError> {
+    /// Hands a valid reading, keyed by device, to the producer; the returned
+    /// future resolves with Kafka's delivery report. While the producer's
+    /// bounded local queue is full this waits (backpressure up to the MQTT
+    /// broker), for at most `QUEUE_TIMEOUT`.
+    async fn enqueue(&self, r: &Reading, door: Door) -> Result<DeliveryFuture, KafkaError> {
         let envelope = iot_proto::v1::ReadingEnvelope {
             device_uuid: r.device_uuid.to_string(),
             device_id: r.device_id.clone(),
@@ -257,10 +275,18 @@ impl Pipeline {
                 value: Some(tp.as_str()),
             }));
         }
-        self.producer
-            .send(record, Duration::from_secs(30))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+        let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 }
