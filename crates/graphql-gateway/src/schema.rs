@@ -1885,8 +1885,10 @@ impl SubscriptionRoot {
         ))
     }
 
-    /// The current bucket's aggregates of each of the device's sensors (or
-    /// of `sensorName`), whenever new readings change them.
+    /// The aggregates of each of the device's sensors (or of `sensorName`)
+    /// in the bucket of its newest reading, whenever a new reading changes
+    /// them: the current bucket, or the one before it for a reading stored
+    /// after its bucket ended (the writer stores in batches).
     async fn metrics(
         &self,
         ctx: &Context<'_>,
@@ -1935,8 +1937,8 @@ impl SubscriptionRoot {
                                 continue;
                             }
                         };
-                        let now = Utc::now();
-                        let start = bucket::floor(now, width);
+                        let oldest =
+                            bucket::floor(Utc::now(), width) - chrono::TimeDelta::seconds(width);
                         for r in latest {
                             if sensor_name.as_ref().is_some_and(|n| *n != r.sensor_name) {
                                 continue;
@@ -1944,10 +1946,11 @@ impl SubscriptionRoot {
                             let Some(t) = time(r.time.as_ref()) else {
                                 continue;
                             };
-                            if seen.get(&r.sensor_name) == Some(&t) || t < start {
+                            if seen.get(&r.sensor_name) == Some(&t) || t < oldest {
                                 continue;
                             }
                             seen.insert(r.sensor_name.clone(), t);
+                            let start = bucket::floor(t, width);
                             let got = up
                                 .call(
                                     "ingest-writer",

@@ -731,13 +731,6 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
         json!({"d": id}),
     )
     .await;
-    // The subscription reports the current minute's bucket, so a reading
-    // stored just after the minute turns is (rightly) not reported: keep the
-    // reading clear of a minute boundary.
-    let into_minute = Utc::now().timestamp().rem_euclid(60);
-    if into_minute >= 50 {
-        tokio::time::sleep(Duration::from_secs((61 - into_minute).unsigned_abs())).await;
-    }
     a.data(RECORD, json!({"deviceId": id, "v": 41})).await;
     let m = loop {
         let m = live_metrics.next().await;
