@@ -291,7 +291,9 @@ pub async fn run(ctx: &Ctx) {
     gateway_side("DeviceDashboard").await;
 
     // TemperatureTrend: a year of hourly metrics of the loaded series.
+    // The client's decoding time per answer, and the answer's size.
     let parse_ms = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let body_bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let range = |i: usize| -> (DateTime<Utc>, DateTime<Utc>) {
         let s = data.start() + TimeDelta::seconds(((i * 7919) % 86_400) as i64);
         (s, s + TimeDelta::days(364))
@@ -327,7 +329,7 @@ pub async fn run(ctx: &Ctx) {
             let http = http.clone();
             let (s, e) = range(i);
             let id = trend_device.clone();
-            let parse_ms = parse_ms.clone();
+            let (parse_ms, body_bytes) = (parse_ms.clone(), body_bytes.clone());
             async move {
                 // Decoded into types, as a generated client would (the
                 // direct side decodes protobuf into types too).
@@ -339,6 +341,7 @@ pub async fn run(ctx: &Ctx) {
                         json!({"deviceId": id, "startTime": s.to_rfc3339(), "endTime": e.to_rfc3339()}),
                     )
                     .await;
+                body_bytes.store(body.len(), std::sync::atomic::Ordering::Relaxed);
                 let parsing = Instant::now();
                 let r: TrendResponse = serde_json::from_slice(&body).unwrap();
                 parse_ms
@@ -357,7 +360,7 @@ pub async fn run(ctx: &Ctx) {
     println!(
         "  TemperatureTrend, the client's JSON decoding (part of its GraphQL time): p50 {:.2} ms, {} bytes",
         parse[parse.len() / 2],
-        http.lock().await.post_raw(TEMPERATURE_TREND, json!({"deviceId": trend_device, "startTime": range(0).0.to_rfc3339(), "endTime": range(0).1.to_rfc3339()})).await.len(),
+        body_bytes.load(std::sync::atomic::Ordering::Relaxed),
     );
 
     subscribers(gql.http_port, al.clone(), &url).await;

@@ -135,7 +135,7 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
     let client = connect(&db).await;
     let data = rows(ctx.rows);
     let start = Instant::now();
-    let pg = procs::cpu_by_command("postgres");
+    let cpu = CpuShares::start(&[]);
     for chunk in data.chunks(5000) {
         let sink = client
             .copy_in("COPY sensor_readings (time, device_id, sensor_name, value) FROM STDIN BINARY")
@@ -151,9 +151,9 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
         }
         w.finish().await.unwrap();
     }
-    let secs = start.elapsed().as_secs_f64();
-    let pg = procs::cpu_between(&pg, &procs::cpu_by_command("postgres"));
-    println!("  raw phase CPU: postgres {:.0}%", 100.0 * pg / secs);
+    let took = start.elapsed();
+    cpu.print("raw phase", took);
+    let secs = took.as_secs_f64();
     assert_eq!(count(&client).await, ctx.rows as i64);
     ctx.rows as f64 / secs
 }
