@@ -165,6 +165,32 @@ async fn find_device(ctx: &Context<'_>, id: &str) -> Result<v1::Device> {
     .await
 }
 
+/// `fetch`'s answer for the caller's device `id`. When `id` is a UUID (as
+/// the spec's queries pass it), the device check and the fetch run at once,
+/// so the check adds no round trip; the fetched data is returned only once
+/// the check has passed, and the check's error (not found, or another
+/// owner's device) wins over the fetch's. Otherwise (an external
+/// `device_id`) the device is looked up first for its UUID.
+async fn of_device<T, F, Fut>(ctx: &Context<'_>, id: &str, fetch: F) -> Result<T>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+        let device = find_device(ctx, id).await?;
+        return fetch(device.id).await;
+    };
+    let uuid = uuid.to_string();
+    let (device, got) = futures::join!(find_device(ctx, id), fetch(uuid.clone()));
+    let device = device?;
+    if device.id == uuid {
+        got
+    } else {
+        // The registry resolved `id` as some device's external id.
+        fetch(device.id).await
+    }
+}
+
 // ---------------------------------------------------------------- objects
 
 /// A device: something that publishes sensor readings.
@@ -477,7 +503,8 @@ pub struct SensorMetric {
     pub time: DateTime<Utc>,
     /// The sensor the figures are of.
     pub sensor_name: String,
-    /// Mean of the bucket's values.
+    /// Mean of the bucket's values, rounded to 4 decimal places (the
+    /// readings' own scale); the exact mean is `sum_value / reading_count`.
     pub avg_value: f64,
     /// Smallest value in the bucket.
     pub min_value: f64,
@@ -1117,21 +1144,26 @@ impl QueryRoot {
         let s = shared(ctx);
         let limit = page(limit, s.limits.max_readings, "limit")?;
         let (start, end) = range(&s.limits, &start_time, &end_time)?;
-        let device = find_device(ctx, &device_id).await?;
-        let got =
-            s.up.call(
-                "ingest-writer",
-                "QueryReadings",
-                s.up.telemetry().query_readings(v1::QueryReadingsRequest {
-                    device_uuid: device.id,
-                    sensor_name,
-                    start: Some(iot_proto::timestamp(start)),
-                    end: Some(iot_proto::timestamp(end)),
-                    limit,
-                    cursor: String::new(),
-                }),
-            )
-            .await?;
+        let got = of_device(ctx, &device_id, |device_uuid| {
+            let req = v1::QueryReadingsRequest {
+                device_uuid,
+                sensor_name: sensor_name.clone(),
+                start: Some(iot_proto::timestamp(start)),
+                end: Some(iot_proto::timestamp(end)),
+                limit,
+                cursor: String::new(),
+            };
+            let mut telemetry = s.up.telemetry();
+            async move {
+                s.up.call(
+                    "ingest-writer",
+                    "QueryReadings",
+                    telemetry.query_readings(req),
+                )
+                .await
+            }
+        })
+        .await?;
         Ok(got.readings.into_iter().map(SensorReading).collect())
     }
 
@@ -1148,20 +1180,25 @@ impl QueryRoot {
     ) -> Result<MetricList> {
         let s = shared(ctx);
         let (start, end) = range(&s.limits, &start_time, &end_time)?;
-        let device = find_device(ctx, &device_id).await?;
-        let got =
-            s.up.call(
-                "ingest-writer",
-                "QueryMetrics",
-                s.up.telemetry().query_metrics(v1::QueryMetricsRequest {
-                    device_uuid: device.id,
-                    sensor_name: sensor_name.clone(),
-                    start: Some(iot_proto::timestamp(start)),
-                    end: Some(iot_proto::timestamp(end)),
-                    granularity,
-                }),
-            )
-            .await?;
+        let got = of_device(ctx, &device_id, |device_uuid| {
+            let req = v1::QueryMetricsRequest {
+                device_uuid,
+                sensor_name: sensor_name.clone(),
+                start: Some(iot_proto::timestamp(start)),
+                end: Some(iot_proto::timestamp(end)),
+                granularity: granularity.clone(),
+            };
+            let mut telemetry = s.up.telemetry();
+            async move {
+                s.up.call(
+                    "ingest-writer",
+                    "QueryMetrics",
+                    telemetry.query_metrics(req),
+                )
+                .await
+            }
+        })
+        .await?;
         Ok(MetricList {
             sensor: sensor_name,
             metrics: got.metrics,

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use iot_proto::v1::{self, telemetry_server::Telemetry};
-use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::{Decimal, RoundingStrategy};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -114,10 +114,17 @@ fn reading(r: Row) -> v1::SensorReading {
     }
 }
 
+/// Decimal places of a bucket's mean.
+const AVG_SCALE: u32 = 4;
+
 fn metric(bucket: DateTime<Utc>, a: Agg) -> v1::SensorMetric {
     let f = |d: Decimal| d.to_f64().unwrap_or(f64::NAN);
+    // Rounded to the readings' own scale, NUMERIC(10,4) as in the spec's
+    // rollup tables (half away from zero, as PostgreSQL rounds): an exact
+    // mean is `sum / count`.
     let avg = if a.count > 0 {
-        a.sum / Decimal::from(a.count)
+        (a.sum / Decimal::from(a.count))
+            .round_dp_with_strategy(AVG_SCALE, RoundingStrategy::MidpointAwayFromZero)
     } else {
         Decimal::ZERO
     };
@@ -290,6 +297,24 @@ mod tests {
         assert_eq!(parse_cursor(&cursor(t)), Some(t));
         assert_eq!(parse_cursor("x1"), None);
         assert_eq!(parse_cursor("t"), None);
+    }
+
+    #[test]
+    fn means_are_rounded_to_the_readings_scale_and_sums_kept_exact() {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let agg = |count: i64, sum: &str| Agg {
+            count,
+            sum: sum.parse().unwrap(),
+            min: Decimal::ZERO,
+            max: Decimal::ONE,
+        };
+        let m = metric(t, agg(3, "1"));
+        assert_eq!((m.avg, m.sum.as_str(), m.count), (0.3333, "1", 3));
+        // 1.00015 is a midpoint: away from zero, as PostgreSQL rounds.
+        assert_eq!(metric(t, agg(2, "2.0003")).avg, 1.0002);
+        assert_eq!(metric(t, agg(2, "-2.0003")).avg, -1.0002);
+        assert_eq!(metric(t, agg(5, "110")).avg, 22.0);
+        assert_eq!(metric(t, agg(0, "0")).avg, 0.0);
     }
 
     #[test]

@@ -203,7 +203,8 @@ async fn the_specs_aggregation_test_including_across_an_hour_boundary() {
                 (
                     t("2026-11-27T11:00:00Z"),
                     3,
-                    (21.0f64 + 23.0 + 24.0) / 3.0,
+                    // (21 + 23 + 24) / 3, to the readings' 4 decimal places.
+                    22.6667,
                     21.0,
                     24.0
                 ),
@@ -635,7 +636,11 @@ fn metrics_equal_a_naive_computation_over_the_raw_rows() {
                         let want: Vec<_> = want
                             .iter()
                             .map(|(b, n, s, lo, hi)| {
-                                (*b, *n, *s, f(*lo), f(*hi), f(*s / Decimal::from(*n)))
+                                let mean = (*s / Decimal::from(*n)).round_dp_with_strategy(
+                                    4,
+                                    rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                                );
+                                (*b, *n, *s, f(*lo), f(*hi), f(mean))
                             })
                             .collect();
                         assert_eq!(got, want, "{backend} {name} [{start}, {end})");
