@@ -81,28 +81,31 @@ impl RawJson {
 /// `DateTime<Utc>` (chrono's `to_rfc3339`), without chrono's formatting
 /// machinery for the common case of whole seconds in years 0 to 9999.
 pub fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
-    let year = t.year();
-    if t.nanosecond() != 0 || !(0..=9999).contains(&year) {
+    // Every field accessor of a `DateTime` converts it to local (UTC) time
+    // again; convert once.
+    let n = t.naive_utc();
+    let year = n.year();
+    if n.nanosecond() != 0 || !(0..=9999).contains(&year) {
         write_str(out, &t.to_rfc3339());
         return;
     }
-    let two = |out: &mut Vec<u8>, n: u32| {
-        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
+    let two = |out: &mut Vec<u8>, v: u32| {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])
     };
     out.push(b'"');
     let y = year as u32;
     two(out, y / 100);
     two(out, y % 100);
     out.push(b'-');
-    two(out, t.month());
+    two(out, n.month());
     out.push(b'-');
-    two(out, t.day());
+    two(out, n.day());
     out.push(b'T');
-    two(out, t.hour());
+    two(out, n.hour());
     out.push(b':');
-    two(out, t.minute());
+    two(out, n.minute());
     out.push(b':');
-    two(out, t.second());
+    two(out, n.second());
     out.extend_from_slice(b"+00:00\"");
 }
 
