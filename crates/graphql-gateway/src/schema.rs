@@ -166,23 +166,36 @@ async fn find_device(ctx: &Context<'_>, id: &str) -> Result<v1::Device> {
 }
 
 /// `fetch`'s answer for the caller's device `id`. When `id` is a UUID (as
-/// the spec's queries pass it), the device check and the fetch run at once,
-/// so the check adds no round trip; the fetched data is returned only once
-/// the check has passed, and the check's error (not found, or another
-/// owner's device) wins over the fetch's. Otherwise (an external
+/// the spec's queries pass it), the device check and the fetch start at
+/// once, so the check adds no round trip. The answer is released only once
+/// the registry has found the device in the caller's scope; a failed check
+/// returns its own error (not found) at once and drops the fetch, which
+/// cancels the call, so the time to that error is the check's alone and
+/// tells nothing about another owner's data. Otherwise (an external
 /// `device_id`) the device is looked up first for its UUID.
 async fn of_device<T, F, Fut>(ctx: &Context<'_>, id: &str, fetch: F) -> Result<T>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    use futures::future::{Either, select};
     let Ok(uuid) = uuid::Uuid::parse_str(id) else {
         let device = find_device(ctx, id).await?;
         return fetch(device.id).await;
     };
     let uuid = uuid.to_string();
-    let (device, got) = futures::join!(find_device(ctx, id), fetch(uuid.clone()));
-    let device = device?;
+    let check = std::pin::pin!(find_device(ctx, id));
+    let fetching = std::pin::pin!(fetch(uuid.clone()));
+    let (device, got) = match select(check, fetching).await {
+        Either::Left((device, fetching)) => {
+            let device = device?;
+            if device.id != uuid {
+                return fetch(device.id).await;
+            }
+            (device, fetching.await)
+        }
+        Either::Right((got, check)) => (check.await?, got),
+    };
     if device.id == uuid {
         got
     } else {

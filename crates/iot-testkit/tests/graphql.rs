@@ -413,6 +413,13 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
     .await;
     assert_eq!(readings.len(), 1);
     assert_eq!(readings[0]["value"], 23.5);
+    // By the device's UUID (checked and fetched at once) the same.
+    let mut by_uuid = vars.clone();
+    by_uuid["deviceId"] = json!(id);
+    assert_eq!(
+        a.data(GET_READINGS, by_uuid).await["sensorReadings"],
+        json!(readings)
+    );
 
     // Spec test 2: 35 exceeds the max of 30: exactly one warning alert,
     // and A's live stream hears of it.
@@ -603,9 +610,15 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
             .await["device"],
         Value::Null
     );
+    let mut readings_by_uuid = vars.clone();
+    readings_by_uuid["deviceId"] = json!(id);
+    let mut trend_by_uuid = trend_vars.clone();
+    trend_by_uuid["deviceId"] = json!(id);
     for (q, v) in [
         (GET_READINGS, vars.clone()),
         (TEMPERATURE_TREND, trend_vars.clone()),
+        (GET_READINGS, readings_by_uuid),
+        (TEMPERATURE_TREND, trend_by_uuid),
         (RECORD, json!({"deviceId": id, "v": 1})),
         (
             "mutation($id: ID!) { acknowledgeAlert(alertId: $id) { id } }",
