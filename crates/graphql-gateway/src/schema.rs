@@ -186,21 +186,18 @@ where
     let uuid = uuid.to_string();
     let check = std::pin::pin!(find_device(ctx, id));
     let fetching = std::pin::pin!(fetch(uuid.clone()));
-    let (device, got) = match select(check, fetching).await {
-        Either::Left((device, fetching)) => {
-            let device = device?;
-            if device.id != uuid {
-                return fetch(device.id).await;
-            }
-            (device, fetching.await)
-        }
-        Either::Right((got, check)) => (check.await?, got),
+    // Whichever ends first, the check is awaited before any answer.
+    let (device, answer) = match select(check, fetching).await {
+        Either::Left((device, fetching)) => (device?, Either::Left(fetching)),
+        Either::Right((got, check)) => (check.await?, Either::Right(got)),
     };
-    if device.id == uuid {
-        got
-    } else {
+    if device.id != uuid {
         // The registry resolved `id` as some device's external id.
-        fetch(device.id).await
+        return fetch(device.id).await;
+    }
+    match answer {
+        Either::Left(fetching) => fetching.await,
+        Either::Right(got) => got,
     }
 }
 
