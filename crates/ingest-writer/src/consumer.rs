@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 use iot_domain::{RejectReason, Rejection};
 use iot_kafka::DeadLetters;
 use iot_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use iot_kafka::rdkafka::error::KafkaError;
 use iot_kafka::rdkafka::message::Message;
 use iot_kafka::rdkafka::{Offset, TopicPartitionList};
 use iot_proto::Message as _;
@@ -25,7 +26,11 @@ pub struct BatchSettings {
     pub max_wait: Duration,
 }
 
-/// Decodes one record; `Err` is a poison record for the dead-letter topic.
+/// Decodes one record; `Err` is a poison record for the dead-letter topic:
+/// one that is not a reading envelope, or a reading the table cannot hold
+/// (which would otherwise fail its batch on every retry and stop the
+/// writer). The gateway validates before it produces, but the topic may
+/// have other producers.
 pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
     let bad = |what: String| Rejection::new(RejectReason::Undecodable, what);
     let env = iot_proto::v1::ReadingEnvelope::decode(payload)
@@ -39,9 +44,12 @@ pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
         .as_ref()
         .and_then(iot_proto::from_timestamp)
         .ok_or_else(|| bad("missing or invalid time".into()))?;
-    if !iot_domain::validate::is_valid_sensor_name(&env.sensor_name) {
-        return Err(bad(format!("sensor_name {:?} is invalid", env.sensor_name)));
-    }
+    let value = iot_domain::validate::check_storable(
+        &env.sensor_name,
+        value,
+        env.unit.as_deref(),
+        env.quality.as_deref(),
+    )?;
     Ok(Row {
         time,
         device_id,
@@ -67,6 +75,14 @@ pub async fn run(
     // The traced readings of the batch, which its span links to.
     let mut links: Vec<String> = Vec::new();
     'outer: loop {
+        let mut batch = Batch {
+            rows: &mut rows,
+            offsets: &mut offsets,
+            links: &mut links,
+            dead_letters: &dead_letters,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
         // Wait for the first record of a batch; meanwhile store the offsets
         // of the batch being written as soon as it is.
         let first = loop {
@@ -86,48 +102,15 @@ pub async fn run(
                 }
             }
         };
+        if !batch.take(first).await {
+            break 'outer;
+        }
         let deadline = tokio::time::Instant::now() + settings.max_wait;
-        let mut next = Some(first);
-        loop {
-            if let Some(msg) = next.take() {
-                match msg {
-                    Ok(m) => {
-                        let payload = m.payload().unwrap_or_default();
-                        match decode(payload) {
-                            Ok(row) => {
-                                rows.push(row);
-                                if let Some(tp) = iot_kafka::traceparent(&m)
-                                    && links.len() < MAX_LINKS
-                                {
-                                    links.push(tp.to_owned());
-                                }
-                            }
-                            Err(rejection) => {
-                                let origin =
-                                    format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset());
-                                send_dead_letter(
-                                    &dead_letters,
-                                    &rejection,
-                                    &origin,
-                                    payload,
-                                    &metrics,
-                                    &shutdown,
-                                )
-                                .await;
-                            }
-                        }
-                        let key = (m.topic().to_owned(), m.partition());
-                        let off = offsets.entry(key).or_insert(m.offset());
-                        *off = (*off).max(m.offset());
-                    }
-                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
-                }
-            }
-            if rows.len() >= settings.max_rows {
-                break;
-            }
+        while batch.rows.len() < settings.max_rows {
             tokio::select! {
-                m = consumer.recv() => next = Some(m),
+                m = consumer.recv() => if !batch.take(m).await {
+                    break 'outer;
+                },
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -163,6 +146,66 @@ pub async fn run(
 /// The most readings a batch's span links to.
 const MAX_LINKS: usize = 128;
 
+/// The batch being collected.
+struct Batch<'a> {
+    rows: &'a mut Vec<Row>,
+    offsets: &'a mut Offsets,
+    links: &'a mut Vec<String>,
+    dead_letters: &'a DeadLetters,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Batch<'_> {
+    /// Adds one received record: a row, or a poison record dead-lettered.
+    /// False when the service stops before a poison record was taken by
+    /// Kafka: nothing of this batch may be stored then.
+    async fn take<M: Message>(&mut self, msg: Result<M, KafkaError>) -> bool {
+        let m = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                return true;
+            }
+        };
+        let payload = m.payload().unwrap_or_default();
+        match decode(payload) {
+            Ok(row) => {
+                self.rows.push(row);
+                if let Some(tp) = iot_kafka::traceparent(&m)
+                    && self.links.len() < MAX_LINKS
+                {
+                    self.links.push(tp.to_owned());
+                }
+            }
+            Err(rejection) => {
+                let origin = format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset());
+                let sent = send_dead_letter(
+                    self.dead_letters,
+                    &rejection,
+                    &origin,
+                    payload,
+                    self.metrics,
+                    self.shutdown,
+                )
+                .await;
+                if !sent {
+                    // Stopping before Kafka took the dead letter: this
+                    // batch (and the record's offset) is not stored, so all
+                    // of it is read again after a restart.
+                    return false;
+                }
+            }
+        }
+        let off = self
+            .offsets
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert(m.offset());
+        *off = (*off).max(m.offset());
+        true
+    }
+}
+
 /// The readings consumer.
 type Kafka = StreamConsumer<iot_kafka::ConsumerObserver>;
 
@@ -196,6 +239,8 @@ fn stored(consumer: &Kafka, done: Result<(bool, Offsets), tokio::task::JoinError
     }
 }
 
+/// Dead-letters a poison record, retrying until Kafka takes it. False when
+/// shutdown came first: the record was not dead-lettered.
 async fn send_dead_letter(
     dead_letters: &DeadLetters,
     rejection: &Rejection,
@@ -203,20 +248,20 @@ async fn send_dead_letter(
     payload: &[u8],
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) {
+) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
         match dead_letters.send(rejection, origin, payload).await {
             Ok(()) => {
                 metrics.poison(origin, rejection);
-                return;
+                return true;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dead-letter write failed, retrying");
-                if shutdown.is_cancelled() {
-                    return;
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
                 }
-                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
@@ -284,6 +329,39 @@ mod tests {
             decode(&env.encode_to_vec()).unwrap_err().reason,
             RejectReason::Undecodable
         );
+    }
+
+    #[test]
+    fn readings_the_table_cannot_hold_are_poison() {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let env = |value: &str, unit: Option<&str>| iot_proto::v1::ReadingEnvelope {
+            device_uuid: Uuid::nil().to_string(),
+            device_id: "d".into(),
+            sensor_name: "temperature".into(),
+            value: value.into(),
+            unit: unit.map(Into::into),
+            time: Some(iot_proto::timestamp(t)),
+            ..Default::default()
+        };
+        let reason = |e: iot_proto::v1::ReadingEnvelope| decode(&e.encode_to_vec()).map(|_| ());
+        assert_eq!(
+            reason(env("1000000", None)).unwrap_err().reason,
+            RejectReason::BadValue
+        );
+        // Rounds to 1000000.0000 in NUMERIC(10,4): too large as well.
+        assert_eq!(
+            reason(env("999999.99995", None)).unwrap_err().reason,
+            RejectReason::BadValue
+        );
+        assert_eq!(
+            reason(env("1", Some("a unit longer than twenty")))
+                .unwrap_err()
+                .reason,
+            RejectReason::BadField
+        );
+        // Stored as the column rounds it.
+        let row = decode(&env("999999.99994", None).encode_to_vec()).unwrap();
+        assert_eq!(row.value, Decimal::new(9_999_999_999, 4));
     }
 
     #[test]

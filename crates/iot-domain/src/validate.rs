@@ -116,27 +116,8 @@ pub fn validate_reading(
     received_at: DateTime<Utc>,
     limits: &Limits,
 ) -> Result<Reading, Rejection> {
-    if !is_valid_sensor_name(&input.sensor_name) {
-        return Err(Rejection::new(
-            RejectReason::BadSensorName,
-            format!(
-                "sensor name {:?} must match [A-Za-z0-9_.-]{{1,100}}",
-                input.sensor_name
-            ),
-        ));
-    }
-    let value = input
-        .value
-        .round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
-    if value.abs() > numeric_10_4_max() {
-        return Err(Rejection::new(
-            RejectReason::BadValue,
-            format!(
-                "value {} is outside NUMERIC(10,4) (|v| <= 999999.9999)",
-                input.value
-            ),
-        ));
-    }
+    check_sensor_name(&input.sensor_name)?;
+    let value = storable_value(input.value)?;
     let time = input.time.unwrap_or(received_at);
     if time > received_at + limits.max_future {
         return Err(Rejection::new(
@@ -156,8 +137,7 @@ pub fn validate_reading(
             ),
         ));
     }
-    check_field("unit", input.unit.as_deref(), MAX_FIELD_LEN)?;
-    check_field("quality", input.quality.as_deref(), MAX_QUALITY_LEN)?;
+    check_fields(input.unit.as_deref(), input.quality.as_deref())?;
     Ok(Reading {
         device_uuid,
         device_id: device_id.to_owned(),
@@ -168,6 +148,49 @@ pub fn validate_reading(
         quality: input.quality,
         received_at,
     })
+}
+
+/// What the database's columns hold, whoever produced the reading: the
+/// sensor name's pattern, NUMERIC(10,4), and the lengths of `unit` and
+/// `quality`. Returns the value rounded to the column's 4 places. (The
+/// time window is the gateway's policy, not a limit of the columns.)
+pub fn check_storable(
+    sensor_name: &str,
+    value: Decimal,
+    unit: Option<&str>,
+    quality: Option<&str>,
+) -> Result<Decimal, Rejection> {
+    check_sensor_name(sensor_name)?;
+    let value = storable_value(value)?;
+    check_fields(unit, quality)?;
+    Ok(value)
+}
+
+fn check_sensor_name(name: &str) -> Result<(), Rejection> {
+    if is_valid_sensor_name(name) {
+        return Ok(());
+    }
+    Err(Rejection::new(
+        RejectReason::BadSensorName,
+        format!("sensor name {name:?} must match [A-Za-z0-9_.-]{{1,100}}"),
+    ))
+}
+
+/// `value` rounded as NUMERIC(10,4) stores it, if it fits.
+fn storable_value(value: Decimal) -> Result<Decimal, Rejection> {
+    let rounded = value.round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero);
+    if rounded.abs() > numeric_10_4_max() {
+        return Err(Rejection::new(
+            RejectReason::BadValue,
+            format!("value {value} is outside NUMERIC(10,4) (|v| <= 999999.9999)"),
+        ));
+    }
+    Ok(rounded)
+}
+
+fn check_fields(unit: Option<&str>, quality: Option<&str>) -> Result<(), Rejection> {
+    check_field("unit", unit, MAX_FIELD_LEN)?;
+    check_field("quality", quality, MAX_QUALITY_LEN)
 }
 
 fn check_field(name: &str, value: Option<&str>, max: usize) -> Result<(), Rejection> {

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use iot_proto::v1::CreateDeviceRequest;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Form {
@@ -94,7 +97,10 @@ pub struct Args {
 pub struct Summary {
     pub messages: u64,
     pub readings: u64,
+    /// Publishes the broker accepted (QoS 1).
     pub acked: u64,
+    /// Connection errors, and publishes the broker refused (an MQTT 5
+    /// PUBACK with an error reason, such as not authorized).
     pub errors: u64,
     pub elapsed: Duration,
 }
@@ -111,6 +117,29 @@ struct Counters {
     readings: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
+    /// A refusal was printed.
+    told: AtomicBool,
+}
+
+impl Counters {
+    /// Counts a PUBACK: accepted, or refused with its reason (the run's
+    /// first refusal is printed).
+    fn acknowledged(&self, ack: &PubAck, connection: u32, quiet: bool) {
+        if matches!(
+            ack.reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        ) {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !quiet && !self.told.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "\nmqtt connection {connection}: the broker refused a publish: {:?}",
+                ack.reason
+            );
+        }
+    }
 }
 
 const SENSOR_KINDS: [(&str, &str, f64, f64); 6] = [
@@ -253,6 +282,9 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    // Devices given to the connections before this one: `--count` is
+    // split in proportion, exactly (the shares add up to the count).
+    let mut before = 0u64;
     for c in 0..connections {
         let devices: Vec<String> = ids
             .iter()
@@ -264,7 +296,10 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         let counters = counters.clone();
         let stop = stop.clone();
         let share = total_rate * devices.len() as f64 / ids.len() as f64;
-        let count = (args.count > 0).then(|| args.count * devices.len() as u64 / ids.len() as u64);
+        let n = ids.len() as u64;
+        let through = before + devices.len() as u64;
+        let count = (args.count > 0).then(|| args.count * through / n - args.count * before / n);
+        before = through;
         tasks.push(tokio::spawn(async move {
             connection(c, &args, devices, share, count, &counters, started, stop).await
         }));
@@ -282,9 +317,12 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
             results = &mut all => break results,
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => stop.store(true, Ordering::Relaxed),
-        }
-        if end.is_some_and(|e| Instant::now() >= e) {
-            stop.store(true, Ordering::Relaxed);
+            () = async {
+                match end {
+                    Some(e) => tokio::time::sleep_until(e.into()).await,
+                    None => std::future::pending().await,
+                }
+            }, if !stop.load(Ordering::Relaxed) => stop.store(true, Ordering::Relaxed),
         }
         if show {
             let readings = counters.readings.load(Ordering::Relaxed);
@@ -345,9 +383,12 @@ async fn connection(
         &args.mqtt_host,
         args.mqtt_port,
     );
+    // MQTT 5: the broker's receive maximum bounds the messages in flight
+    // as well as `--max-in-flight`, and the (patched) event loop writes
+    // every queued publish with one flush.
     opts.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(args.max_in_flight.max(1))
-        .set_max_packet_size(1 << 20, 1 << 20);
+        .set_outgoing_inflight_upper_limit(args.max_in_flight.max(1))
+        .set_max_packet_size(Some(1 << 20));
     if let Some(user) = &args.mqtt_username {
         opts.set_credentials(user, args.mqtt_password.as_deref().unwrap_or_default());
     }
@@ -428,9 +469,9 @@ async fn connection(
             }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     acked += 1;
-                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                    counters.acknowledged(&ack, n, args.quiet);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -447,13 +488,20 @@ async fn connection(
     let wait = async {
         while qos == QoS::AtLeastOnce && acked < sent.max(counters_for(&readings, per_msg)) {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     acked += 1;
-                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                    counters.acknowledged(&ack, n, args.quiet);
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
                 Ok(_) => {}
-                Err(_) => break,
+                Err(e) => {
+                    // What is still unacknowledged stays so.
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if !args.quiet {
+                        eprintln!("\nmqtt connection {n}: {e}");
+                    }
+                    break;
+                }
             }
         }
     };

@@ -210,9 +210,9 @@ impl Pipeline {
             }
         }
         let letters = join_all(
-            rejected
+            letters(&rejected)
                 .iter()
-                .map(|(_, r)| self.dead_letters.send(r, origin, payload)),
+                .map(|r| self.dead_letters.send(r, origin, payload)),
         )
         .await;
         letters.into_iter().collect::<Result<Vec<()>, _>>()?;
@@ -287,5 +287,64 @@ impl Pipeline {
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+}
+
+/// Most entries' details one dead letter lists.
+const MAX_DETAILS: usize = 10;
+
+/// The dead letters for a message's rejected entries: one per reason, each
+/// with the original payload once and the details of (at most
+/// [`MAX_DETAILS`] of) its entries. One letter per entry would copy the
+/// payload once per bad entry: a 64 KiB batch of bad entries would become
+/// gigabytes on the dead-letter topic.
+fn letters(rejected: &[(Option<usize>, Rejection)]) -> Vec<Rejection> {
+    let mut by_reason: Vec<(RejectReason, Vec<&str>)> = Vec::new();
+    for (_, r) in rejected {
+        match by_reason.iter_mut().find(|(reason, _)| *reason == r.reason) {
+            Some((_, details)) => details.push(&r.detail),
+            None => by_reason.push((r.reason, vec![&r.detail])),
+        }
+    }
+    by_reason
+        .into_iter()
+        .map(|(reason, details)| {
+            let mut detail = details[..details.len().min(MAX_DETAILS)].join("; ");
+            if details.len() > MAX_DETAILS {
+                detail.push_str(&format!(
+                    "; and {} more entries",
+                    details.len() - MAX_DETAILS
+                ));
+            }
+            Rejection::new(reason, detail)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod letter_tests {
+    use super::*;
+
+    #[test]
+    fn one_letter_per_reason_with_bounded_details() {
+        let bad = |i: usize, reason| (Some(i), Rejection::new(reason, format!("readings[{i}]: x")));
+        let mut rejected: Vec<_> = (0..25).map(|i| bad(i, RejectReason::BadValue)).collect();
+        rejected.insert(3, bad(99, RejectReason::BadSensorName));
+        let got = letters(&rejected);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].reason, RejectReason::BadValue);
+        assert!(got[0].detail.starts_with("readings[0]: x; readings[1]: x;"));
+        assert!(
+            got[0]
+                .detail
+                .ends_with("readings[9]: x; and 15 more entries")
+        );
+        assert_eq!(
+            got[1],
+            Rejection::new(RejectReason::BadSensorName, "readings[99]: x")
+        );
+        // A single rejection is its own letter, unchanged.
+        let one = [bad(1, RejectReason::BadField)];
+        assert_eq!(letters(&one), vec![one[0].1.clone()]);
     }
 }
