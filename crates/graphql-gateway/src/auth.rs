@@ -360,6 +360,47 @@ mwIDAQAB
     }
 
     #[test]
+    fn rs256_tokens_signed_with_the_configured_key_are_accepted() {
+        let a = Authenticator::new(&AuthConfig {
+            api_keys: vec![],
+            jwt: Some(JwtConfig {
+                rs256_public_key_pem: Some(include_str!("testdata/rs256-test.pub.pem").into()),
+                ..Default::default()
+            }),
+        })
+        .unwrap();
+        let rs256 = |claims: serde_json::Value, private_pem: &str| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::RS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap(),
+            )
+            .unwrap()
+        };
+        let owner = Uuid::new_v4();
+        let exp = chrono::Utc::now().timestamp() + 60;
+        let claims = serde_json::json!({"sub": "carol", "owner": owner.to_string(), "exp": exp});
+        let t = rs256(claims.clone(), include_str!("testdata/rs256-test.key.pem"));
+        let p = a.authenticate(Some(&format!("Bearer {t}")), None).unwrap();
+        assert_eq!(p.owner, Some(owner));
+        assert_eq!(p.actor, Uuid::new_v5(&ACTOR_NAMESPACE, b"carol"));
+        for bad in [
+            // Signed with another key.
+            rs256(claims.clone(), include_str!("testdata/rs256-other.key.pem")),
+            // Expired.
+            rs256(
+                serde_json::json!({"owner": owner.to_string(), "exp": 1000}),
+                include_str!("testdata/rs256-test.key.pem"),
+            ),
+            // HS256 when only an RS256 key is configured.
+            token(claims.clone(), "s3cret"),
+        ] {
+            let got = a.authenticate(Some(&format!("Bearer {bad}")), None);
+            assert!(matches!(got, Err(AuthError::BadToken(_))), "{got:?}");
+        }
+    }
+
+    #[test]
     fn websocket_init_payloads_authenticate() {
         let a = auth();
         let p = a

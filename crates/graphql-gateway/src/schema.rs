@@ -1949,7 +1949,7 @@ impl SubscriptionRoot {
             .parse::<Width>()
             .map_err(|e| error("BAD_USER_INPUT", format!("granularity: {e}")))?
             .secs();
-        let up = s.up.clone();
+        let (up, scope) = (s.up.clone(), who(ctx)?.scope());
         let every = Duration::from_millis(s.limits.poll_ms);
         let seen: HashMap<String, DateTime<Utc>> = HashMap::new();
         let state = (up, seen, Vec::<Result<SensorMetric>>::new(), true);
@@ -1959,6 +1959,7 @@ impl SubscriptionRoot {
                 let device = device.id.clone();
                 let sensor_name = sensor_name.clone();
                 let granularity = granularity.clone();
+                let scope = scope.clone();
                 async move {
                     loop {
                         if let Some(m) = queue.pop() {
@@ -1968,15 +1969,34 @@ impl SubscriptionRoot {
                             tokio::time::sleep(every).await;
                         }
                         first = false;
-                        let latest = up
-                            .call(
+                        // The device must still be the caller's at every
+                        // poll (it may be deleted or change owner), as in
+                        // `deviceStatus`; both calls run at once.
+                        let (mut registry, mut telemetry) =
+                            (up.registry(scope.clone()), up.telemetry());
+                        let (owned, latest) = tokio::join!(
+                            up.call(
+                                "device-registry",
+                                "GetDevice",
+                                registry.get_device(v1::GetDeviceRequest { id: device.clone() }),
+                            ),
+                            up.call(
                                 "ingest-writer",
                                 "LatestReadings",
-                                up.telemetry().latest_readings(v1::LatestReadingsRequest {
+                                telemetry.latest_readings(v1::LatestReadingsRequest {
                                     device_uuids: vec![device.clone()],
                                 }),
                             )
-                            .await;
+                        );
+                        match owned {
+                            Ok(_) => {}
+                            // Gone, or no longer the caller's: end.
+                            Err(e) if is_not_found(&e) => return None,
+                            Err(e) => {
+                                queue.push(Err(e));
+                                continue;
+                            }
+                        }
                         let latest = match latest {
                             Ok(l) => l.readings,
                             Err(e) => {

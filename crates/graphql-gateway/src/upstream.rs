@@ -125,7 +125,8 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
         Code::AlreadyExists => ("ALREADY_EXISTS", s.message().to_owned()),
         Code::FailedPrecondition => ("FAILED_PRECONDITION", s.message().to_owned()),
         Code::Unauthenticated | Code::PermissionDenied => ("FORBIDDEN", "not allowed".to_owned()),
-        Code::DeadlineExceeded => (
+        // tonic answers its own request timeout with CANCELLED.
+        Code::DeadlineExceeded | Code::Cancelled => (
             "BACKEND_TIMEOUT",
             format!("{service} did not answer in time"),
         ),

@@ -235,6 +235,10 @@ impl Subscription {
                     && tx.send(v["payload"].clone()).await.is_err()
                 {
                     return;
+                } else if kind == "complete" {
+                    // The server ended the stream.
+                    let _ = tx.send(json!({"complete": true})).await;
+                    return;
                 }
             }
         });
@@ -656,6 +660,14 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
             "mutation($id: ID!) { deleteAlertWebhook(id: $id) }",
             json!({"id": hook_id}),
         ),
+        (
+            "mutation($id: ID!) { revokeDeviceCredentials(id: $id) }",
+            json!({"id": id}),
+        ),
+        (
+            "mutation($id: ID!) { recordReadings(deviceId: $id, readings: [{sensorName: \"temperature\", value: 1}]) { accepted } }",
+            json!({"id": id}),
+        ),
         ("{ alerts(state: open) { id } }", json!({})),
     ] {
         let got = b.run(q, v).await;
@@ -677,6 +689,21 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
     let mut sub = sub;
     let refused = sub.next().await;
     assert!(refused.to_string().contains("NOT_FOUND"), "{refused}");
+    for q in [
+        "subscription($d: ID!) { deviceStatus(deviceId: $d) { status } }",
+        "subscription($d: ID!) { metrics(deviceId: $d) { avg_value } }",
+    ] {
+        let mut sub = Subscription::start(
+            g.http_addr,
+            "graphql-transport-ws",
+            json!({"apiKey": "key-b"}),
+            q,
+            json!({"d": id}),
+        )
+        .await;
+        let refused = sub.next().await;
+        assert!(refused.to_string().contains("NOT_FOUND"), "{q}: {refused}");
+    }
 
     // A acknowledges (the JWT's subject is recorded); A hears of it, B
     // heard nothing of A's alert. B's own alert reaches B alone.
@@ -752,6 +779,26 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
         }
     };
     assert_eq!(m["data"]["metrics"]["sensor_name"], "temperature");
+
+    // Once the device is gone, both live streams end: each checks at every
+    // poll that the device is still the caller's.
+    a.data(
+        "mutation($id: ID!) { deleteDevice(id: $id) }",
+        json!({"id": id}),
+    )
+    .await;
+    for (name, sub) in [
+        ("metrics", &mut live_metrics),
+        ("deviceStatus", &mut status),
+    ] {
+        let end = loop {
+            let v = sub.next().await;
+            if v.get("complete").is_some() {
+                break v;
+            }
+        };
+        assert_eq!(end, json!({"complete": true}), "{name}");
+    }
 
     p.stop().await;
 }
@@ -871,6 +918,19 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
             .contains("nested too deep"),
         "{v}"
     );
+    // Each page is allowed, together they are too costly: 2 x 1000 devices
+    // x 3 fields against a complexity limit of 5000.
+    let costly =
+        "{ a: devices(limit: 1000) { id name status } b: devices(limit: 1000) { id name status } }";
+    let v = a.run(costly, json!({})).await;
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too complex"),
+        "{v}"
+    );
+    assert!(v["data"].is_null(), "refused before it ran: {v}");
     assert_eq!(
         a.error_code("{ devices(limit: 5000) { id } }", json!({}))
             .await,
@@ -920,12 +980,21 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
+    // And one that takes connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
     let broken = graphql_gateway::start(
         {
             let mut c = graphql_gateway::Config {
                 registry_url: format!("http://{}", p.registry),
                 telemetry_url: format!("http://{dead_addr}"),
-                alerts_url: format!("http://{}", engine.grpc_addr),
+                alerts_url: format!("http://{hung_addr}"),
                 ingest_url: format!("http://{}", p.gateway_grpc),
                 http_addr: common::ANY,
                 grpc_addr: common::ANY,
@@ -956,6 +1025,22 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
     assert_eq!(v["errors"][0]["extensions"]["service"], "ingest-writer");
     // The device itself still comes back: only its readings are missing.
     assert_eq!(v["data"]["device"]["id"], uuids[0].as_str(), "{v}");
+    let started = std::time::Instant::now();
+    let v = tokio::time::timeout(
+        Duration::from_secs(10),
+        down.run("{ activeAlerts { id } }", json!({})),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "BACKEND_TIMEOUT",
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["extensions"]["service"], "alert-engine");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "a timeout, not a refusal: {v}"
+    );
     assert_eq!(
         kit::http_get(broken.http_addr, "/readyz").await,
         "not ready"
