@@ -148,7 +148,7 @@ fn k8s_gives_each_service_settings_it_accepts() {
         for d in docs.iter().filter(|d| {
             matches!(
                 d["kind"].as_str(),
-                Some("Deployment" | "Service" | "PodDisruptionBudget")
+                Some("Deployment" | "StatefulSet" | "Service" | "PodDisruptionBudget")
             )
         }) {
             assert_eq!(
@@ -159,9 +159,10 @@ fn k8s_gives_each_service_settings_it_accepts() {
         }
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
         for (kind, n) in [
-            ("Deployment", 5),
+            ("Deployment", 4),
+            ("StatefulSet", 1),
             ("PodDisruptionBudget", 5),
-            ("HorizontalPodAutoscaler", 5),
+            ("HorizontalPodAutoscaler", 4),
             ("Job", 1),
         ] {
             assert_eq!(
@@ -193,7 +194,10 @@ fn check_k8s(overlay: &str, docs: &[Value]) {
         }
     }
     let mut checked = 0;
-    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+    {
         for c in d["spec"]["template"]["spec"]["containers"]
             .as_sequence()
             .unwrap()
