@@ -3,6 +3,7 @@
 //! subscribers cost one upstream stream, not a thousand.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use iot_proto::v1;
@@ -20,11 +21,23 @@ impl Drop for Subscribed {
     }
 }
 
+/// What the hub passes on.
+pub enum HubEvent {
+    /// An alert change from alert-engine.
+    Alert(Box<v1::AlertEvent>),
+    /// The alert stream is down (alert-engine unreachable or the stream
+    /// broke). Changes made meanwhile follow once it is back: the hub
+    /// resumes after the last event it passed on.
+    Interrupted,
+}
+
 #[derive(Clone)]
 pub struct AlertHub {
-    tx: broadcast::Sender<Arc<v1::AlertEvent>>,
+    tx: broadcast::Sender<Arc<HubEvent>>,
     /// Subscribers right now, for the metrics.
     subscribers: prometheus::IntGauge,
+    /// The stream is down now (new subscribers are told at once).
+    down: Arc<AtomicBool>,
 }
 
 impl AlertHub {
@@ -34,14 +47,29 @@ impl AlertHub {
         Self {
             tx: broadcast::channel(capacity).0,
             subscribers,
+            down: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// A receiver of every event from now on, and a guard that counts the
-    /// subscriber until it is dropped.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<v1::AlertEvent>>, Subscribed) {
+    /// A receiver of every event from now on, whether the stream is down
+    /// right now, and a guard that counts the subscriber until it is
+    /// dropped.
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<HubEvent>>, bool, Subscribed) {
         self.subscribers.inc();
-        (self.tx.subscribe(), Subscribed(self.subscribers.clone()))
+        (
+            self.tx.subscribe(),
+            self.down.load(Ordering::Relaxed),
+            Subscribed(self.subscribers.clone()),
+        )
+    }
+
+    /// Marks the stream down (and tells the subscribers once per outage)
+    /// or up.
+    fn set_down(&self, down: bool) {
+        if self.down.swap(down, Ordering::Relaxed) != down && down {
+            // No receivers is fine: nobody is listening.
+            let _ = self.tx.send(Arc::new(HubEvent::Interrupted));
+        }
     }
 
     /// Follows alert-engine's SubscribeAlerts (admin scope) until
@@ -61,6 +89,7 @@ impl AlertHub {
                 Ok(s) => {
                     let mut s = s.into_inner();
                     tracing::info!(resume_after, "following the alert stream");
+                    self.set_down(false);
                     loop {
                         let next = tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -72,7 +101,8 @@ impl AlertHub {
                                 // "sync" only marks where the stream starts.
                                 // No receivers is fine: nobody is listening.
                                 if event.alert.is_some() {
-                                    let _ = self.tx.send(Arc::new(event));
+                                    let _ =
+                                        self.tx.send(Arc::new(HubEvent::Alert(Box::new(event))));
                                 }
                             }
                             Ok(None) => break,
@@ -85,6 +115,7 @@ impl AlertHub {
                 }
                 Err(e) => tracing::warn!(error = %e, "alert stream unavailable; retrying"),
             }
+            self.set_down(true);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -22,7 +22,7 @@ use iot_proto::v1;
 
 use crate::auth::Principal;
 use crate::config::Limits;
-use crate::hub::AlertHub;
+use crate::hub::{AlertHub, HubEvent};
 use crate::upstream::{Upstreams, error};
 
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -1838,7 +1838,10 @@ pub struct SubscriptionRoot;
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// Every alert change (raised, acknowledged, resolved) of the caller's
-    /// devices from now on, whichever alert-engine replica made it.
+    /// devices from now on, whichever alert-engine replica made it. While
+    /// alert-engine is unreachable the stream carries an error with code
+    /// BACKEND_UNAVAILABLE and stays open: the changes made meanwhile
+    /// follow once it is back.
     async fn alerts(
         &self,
         ctx: &Context<'_>,
@@ -1850,20 +1853,33 @@ impl SubscriptionRoot {
             Some(id) => Some(find_device(ctx, &id).await?.id),
             None => None,
         };
-        let (rx, guard) = shared(ctx).hub.subscribe();
-        Ok(
+        let (rx, down, guard) = shared(ctx).hub.subscribe();
+        // Told as an error in the stream, which goes on: alert changes
+        // made meanwhile follow once alert-engine is back.
+        let interrupted = || {
+            error(
+                "BACKEND_UNAVAILABLE",
+                "alert-engine is unavailable; alert changes follow once it is back",
+            )
+            .extend_with(|_, e| e.set("service", "alert-engine"))
+        };
+        let now = futures::stream::iter(down.then(|| Err(interrupted())));
+        Ok(now.chain(
             tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
                 let _counted = &guard;
                 let keep = match item {
-                    Ok(event) => event
-                        .alert
-                        .clone()
-                        .filter(|a| {
-                            owner.as_ref().is_none_or(|o| *o == a.owner_id)
-                                && device.as_ref().is_none_or(|d| *d == a.device_uuid)
-                                && severity.as_ref().is_none_or(|s| *s == a.severity)
-                        })
-                        .map(|a| Ok(Alert(a))),
+                    Ok(event) => match &*event {
+                        HubEvent::Alert(event) => event
+                            .alert
+                            .clone()
+                            .filter(|a| {
+                                owner.as_ref().is_none_or(|o| *o == a.owner_id)
+                                    && device.as_ref().is_none_or(|d| *d == a.device_uuid)
+                                    && severity.as_ref().is_none_or(|s| *s == a.severity)
+                            })
+                            .map(|a| Ok(Alert(a))),
+                        HubEvent::Interrupted => Some(Err(interrupted())),
+                    },
                     Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                         Some(Err(error(
                             "EVENTS_DROPPED",
@@ -1873,7 +1889,7 @@ impl SubscriptionRoot {
                 };
                 futures::future::ready(keep)
             }),
-        )
+        ))
     }
 
     /// The device as it changes (status, last heartbeat, online), first as

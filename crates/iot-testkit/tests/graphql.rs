@@ -1041,6 +1041,22 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
         started.elapsed() >= Duration::from_millis(900),
         "a timeout, not a refusal: {v}"
     );
+    // A subscriber to alerts hears that the alert stream is down (and the
+    // subscription stays open for the changes that follow).
+    let mut alerts = Subscription::start(
+        broken.http_addr,
+        "graphql-transport-ws",
+        json!({"apiKey": "key-a"}),
+        "subscription { alerts { id } }",
+        json!({}),
+    )
+    .await;
+    let told = alerts.next().await;
+    assert_eq!(
+        told["errors"][0]["extensions"]["code"], "BACKEND_UNAVAILABLE",
+        "{told}"
+    );
+    assert_eq!(told["errors"][0]["extensions"]["service"], "alert-engine");
     assert_eq!(
         kit::http_get(broken.http_addr, "/readyz").await,
         "not ready"
