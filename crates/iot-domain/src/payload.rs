@@ -41,8 +41,19 @@ fn check_size(payload: &[u8], limits: &Limits) -> Result<(), Rejection> {
 
 fn parse_json(payload: &[u8], limits: &Limits) -> Result<Value, Rejection> {
     check_size(payload, limits)?;
-    serde_json::from_slice(payload)
-        .map_err(|e| Rejection::new(RejectReason::BadJson, format!("payload is not JSON: {e}")))
+    serde_json::from_slice(payload).map_err(|e| {
+        // JSON puts no bound on numbers; serde_json refuses those beyond
+        // f64 (1e400). Such a value is not a finite number: a bad value,
+        // not bad JSON.
+        if e.to_string().starts_with("number out of range") {
+            Rejection::new(
+                RejectReason::BadValue,
+                format!("a number in the payload is not finite: {e}"),
+            )
+        } else {
+            Rejection::new(RejectReason::BadJson, format!("payload is not JSON: {e}"))
+        }
+    })
 }
 
 /// The single-reading form, for the sensor named by the topic.
@@ -385,10 +396,21 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_f64_are_bad_values() {
+        let l = Limits::default();
+        let single = parse_single("t", br#"{"value": 1e400}"#, &l).unwrap_err();
+        assert_eq!(single.reason, RejectReason::BadValue, "{}", single.detail);
+        let senml = parse_senml(br#"[{"n": "t", "v": 1e400}]"#, &l, chrono::Utc::now());
+        assert_eq!(senml.unwrap_err().reason, RejectReason::BadValue);
+    }
+
+    #[test]
     fn batch_shape_errors() {
         let l = Limits::default();
         for (payload, reason) in [
-            (&b"{}"[..], RejectReason::BadJson),
+            (&br#"{"value": 1e400}"#[..], RejectReason::BadValue),
+            (br#"{"value": -1e400}"#, RejectReason::BadValue),
+            (b"{}", RejectReason::BadJson),
             (b"[]", RejectReason::BadJson),
             (b"42", RejectReason::BadJson),
             (b"[", RejectReason::BadJson),

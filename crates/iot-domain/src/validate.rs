@@ -265,7 +265,8 @@ mod tests {
                 RejectReason::BadJson,
             ),
             (br#"{"value":"23.5"}"#, RejectReason::BadValue),
-            (br#"{"value":1e400}"#, RejectReason::BadJson),
+            // Valid JSON, but not a finite number.
+            (br#"{"value":1e400}"#, RejectReason::BadValue),
             (
                 br#"{"value":1,"timestamp":"yesterday"}"#,
                 RejectReason::BadTimestamp,
