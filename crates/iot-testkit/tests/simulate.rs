@@ -58,10 +58,12 @@ async fn the_summary_counts_what_the_broker_and_database_got() {
     })
     .await;
 
-    // The gateway's account may not publish: Mosquitto refuses each publish
-    // (PUBACK "not authorized") and closes the connection; the summary
-    // counts errors, not acknowledgements.
-    let s = simulate(args(&p, "gateway", 3)).await.unwrap();
-    assert_eq!((s.messages, s.acked, s.errors), (3, 0, 3));
+    // A wrong password: the broker refuses the connections; the summary
+    // counts errors and nothing acknowledged.
+    let mut refused = args(&p, "publisher", 3);
+    refused.mqtt_password = Some("not-the-password".into());
+    let s = simulate(refused).await.unwrap();
+    assert_eq!((s.messages, s.acked), (3, 0));
+    assert!(s.errors >= 3, "one per connection with messages: {s:?}");
     p.stop().await;
 }
