@@ -195,6 +195,21 @@ impl DeviceRegistry for RegistryService {
         {
             p.push(format!("status {s:?} must be one of {STATUSES:?}"));
         }
+        if req.ids.len() > MAX_LIST as usize {
+            p.push(format!("ids: {} is more than {MAX_LIST}", req.ids.len()));
+        }
+        let ids: Option<Vec<Uuid>> = (!req.ids.is_empty()).then(|| {
+            req.ids
+                .iter()
+                .filter_map(|id| match Uuid::parse_str(id) {
+                    Ok(u) => Some(u),
+                    Err(_) => {
+                        p.push(format!("ids: {id:?} is not a UUID"));
+                        None
+                    }
+                })
+                .collect()
+        });
         let after = if req.cursor.is_empty() {
             None
         } else {
@@ -214,6 +229,7 @@ impl DeviceRegistry for RegistryService {
                 status: req.status.as_deref(),
                 owner,
                 location: req.location.as_deref(),
+                ids: ids.as_deref(),
                 after,
                 limit: i64::from(limit),
             },

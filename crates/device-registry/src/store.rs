@@ -115,6 +115,8 @@ pub struct ListFilter<'a> {
     pub status: Option<&'a str>,
     pub owner: Option<Uuid>,
     pub location: Option<&'a str>,
+    /// Only these devices.
+    pub ids: Option<&'a [Uuid]>,
     /// Continue after this (created_at, id).
     pub after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
     pub limit: i64,
@@ -129,6 +131,7 @@ pub async fn list(pool: &Pool, f: &ListFilter<'_>) -> Result<Vec<v1::Device>, Re
            AND ($3::uuid IS NULL OR d.owner_id = $3)
            AND ($4::text IS NULL OR d.location = $4)
            AND ($5::timestamptz IS NULL OR (d.created_at, d.id) > ($5, $6))
+           AND ($8::uuid[] IS NULL OR d.id = ANY($8))
          ORDER BY d.created_at, d.id
          LIMIT $7"
     );
@@ -145,6 +148,7 @@ pub async fn list(pool: &Pool, f: &ListFilter<'_>) -> Result<Vec<v1::Device>, Re
                 &after_t,
                 &after_id,
                 &f.limit,
+                &f.ids,
             ],
         )
         .await?;

@@ -84,7 +84,7 @@ async fn every_call_is_scoped_to_the_callers_owner() {
         .unwrap()
         .into_inner();
     assert_eq!(ad.owner_id, alice.to_string());
-    b.create_device(device("bob-1")).await.unwrap();
+    let bd = b.create_device(device("bob-1")).await.unwrap().into_inner();
     // Creating for someone else is refused.
     let mut other = device("alice-2");
     other.owner_id = bob.to_string();
@@ -174,6 +174,27 @@ async fn every_call_is_scoped_to_the_callers_owner() {
         ids(admin.list_devices(list(None)).await.unwrap().into_inner()).len(),
         2
     );
+    // By ids (one call for a page of alerts' devices): only the caller's.
+    let by_ids = || v1::ListDevicesRequest {
+        ids: vec![ad.id.clone(), bd.id.clone(), Uuid::new_v4().to_string()],
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(b.list_devices(by_ids()).await.unwrap().into_inner()),
+        vec!["bob-1"]
+    );
+    assert_eq!(
+        ids(admin.list_devices(by_ids()).await.unwrap().into_inner()).len(),
+        2
+    );
+    let bad = admin
+        .list_devices(v1::ListDevicesRequest {
+            ids: vec!["boiler-7".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     let summary = |c: &mut RegistryClient| {
         let mut c = c.clone();
         async move {

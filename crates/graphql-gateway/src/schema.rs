@@ -1026,8 +1026,47 @@ impl Loader<String> for DeviceLoader {
     type Value = v1::Device;
     type Error = async_graphql::Error;
 
+    /// Device UUIDs (as alerts name their devices) in one ListDevices call
+    /// per 1000; anything else one GetDevice each.
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let calls = keys.iter().map(|k| {
+        let (uuids, others): (Vec<(&String, uuid::Uuid)>, Vec<&String>) = {
+            let mut uuids = Vec::new();
+            let mut others = Vec::new();
+            for k in keys {
+                match uuid::Uuid::parse_str(k) {
+                    Ok(u) => uuids.push((k, u)),
+                    Err(_) => others.push(k),
+                }
+            }
+            (uuids, others)
+        };
+        let mut found = HashMap::new();
+        for chunk in uuids.chunks(1000) {
+            let mut c = self.up.registry(self.scope.clone());
+            let got = self
+                .up
+                .call(
+                    "device-registry",
+                    "ListDevices",
+                    c.list_devices(v1::ListDevicesRequest {
+                        ids: chunk.iter().map(|(_, u)| u.to_string()).collect(),
+                        limit: chunk.len() as u32,
+                        ..Default::default()
+                    }),
+                )
+                .await?;
+            let by_id: HashMap<uuid::Uuid, v1::Device> = got
+                .devices
+                .into_iter()
+                .filter_map(|d| Some((uuid::Uuid::parse_str(&d.id).ok()?, d)))
+                .collect();
+            for (k, u) in chunk {
+                if let Some(d) = by_id.get(u) {
+                    found.insert((*k).clone(), d.clone());
+                }
+            }
+        }
+        let calls = others.into_iter().map(|k| {
             let mut c = self.up.registry(self.scope.clone());
             let id = k.clone();
             async move {
@@ -1042,11 +1081,13 @@ impl Loader<String> for DeviceLoader {
                     .or_else(|e| if is_not_found(&e) { Ok(None) } else { Err(e) })
             }
         });
-        Ok(futures::future::try_join_all(calls)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect())
+        found.extend(
+            futures::future::try_join_all(calls)
+                .await?
+                .into_iter()
+                .flatten(),
+        );
+        Ok(found)
     }
 }
 
@@ -1128,6 +1169,7 @@ impl QueryRoot {
                         owner_id: None,
                         location,
                         cursor: after.unwrap_or_default(),
+                        ids: Vec::new(),
                     }),
             )
             .await?;

@@ -907,6 +907,25 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
     let calls = upstream_calls(g.admin_addr).await - before;
     assert_eq!(page["devices"].as_array().unwrap().len(), 100);
     assert_eq!(calls, 3, "ListDevices, LatestReadings, ListAlerts");
+    // And open alerts of 30 devices with their devices: one call for the
+    // alerts, one for all their devices.
+    db.execute(
+        "INSERT INTO device_alerts (device_id, alert_type, severity, owner_id)
+         SELECT id, 'threshold', 'warning', owner_id FROM devices
+         WHERE owner_id = $1 AND device_id LIKE 'n1-' || $2 || '-%' LIMIT 30",
+        &[&t.a, &prefix],
+    )
+    .await
+    .unwrap();
+    let before = upstream_calls(g.admin_addr).await;
+    let alerts = a
+        .data("{ activeAlerts { id device { id } } }", json!({}))
+        .await;
+    let calls = upstream_calls(g.admin_addr).await - before;
+    let alerts = alerts["activeAlerts"].as_array().unwrap().clone();
+    assert_eq!(alerts.len(), 30);
+    assert!(alerts.iter().all(|a| a["device"]["id"].is_string()));
+    assert_eq!(calls, 2, "ListAlerts, ListDevices");
 
     // Limits, each a clear error with a code.
     let deep = "{ devices { alerts { device { alerts { device { alerts { device { alerts { device { alerts { id } } } } } } } } } } }";
