@@ -154,8 +154,12 @@ fn page(limit: i32, max: u32, arg: &str) -> Result<u32> {
 
 /// The caller's device `id` (UUID or device_id), or NOT_FOUND.
 async fn find_device(ctx: &Context<'_>, id: &str) -> Result<v1::Device> {
-    let up = &shared(ctx).up;
-    let scope = who(ctx)?.scope();
+    get_device(&shared(ctx).up, who(ctx)?.scope(), id).await
+}
+
+/// Device `id` in `scope` (GetDevice), or NOT_FOUND: also what a live
+/// stream asks at each poll to know the device is still the caller's.
+async fn get_device(up: &Upstreams, scope: iot_proto::Scope, id: &str) -> Result<v1::Device> {
     up.call(
         "device-registry",
         "GetDevice",
@@ -1026,20 +1030,13 @@ impl Loader<String> for DeviceLoader {
     type Value = v1::Device;
     type Error = async_graphql::Error;
 
-    /// Device UUIDs (as alerts name their devices) in one ListDevices call
-    /// per 1000; anything else one GetDevice each.
+    /// Device UUIDs (alerts name their devices so) in one ListDevices call
+    /// per 1000; a key that is not a UUID names no device.
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let (uuids, others): (Vec<(&String, uuid::Uuid)>, Vec<&String>) = {
-            let mut uuids = Vec::new();
-            let mut others = Vec::new();
-            for k in keys {
-                match uuid::Uuid::parse_str(k) {
-                    Ok(u) => uuids.push((k, u)),
-                    Err(_) => others.push(k),
-                }
-            }
-            (uuids, others)
-        };
+        let uuids: Vec<(&String, uuid::Uuid)> = keys
+            .iter()
+            .filter_map(|k| Some((k, uuid::Uuid::parse_str(k).ok()?)))
+            .collect();
         let mut found = HashMap::new();
         for chunk in uuids.chunks(1000) {
             let mut c = self.up.registry(self.scope.clone());
@@ -1066,27 +1063,6 @@ impl Loader<String> for DeviceLoader {
                 }
             }
         }
-        let calls = others.into_iter().map(|k| {
-            let mut c = self.up.registry(self.scope.clone());
-            let id = k.clone();
-            async move {
-                self.up
-                    .call(
-                        "device-registry",
-                        "GetDevice",
-                        c.get_device(v1::GetDeviceRequest { id: id.clone() }),
-                    )
-                    .await
-                    .map(|d| Some((id, d)))
-                    .or_else(|e| if is_not_found(&e) { Ok(None) } else { Err(e) })
-            }
-        });
-        found.extend(
-            futures::future::try_join_all(calls)
-                .await?
-                .into_iter()
-                .flatten(),
-        );
         Ok(found)
     }
 }
@@ -1966,15 +1942,7 @@ impl SubscriptionRoot {
                     }
                     loop {
                         tokio::time::sleep(every).await;
-                        let got = up
-                            .call(
-                                "device-registry",
-                                "GetDevice",
-                                up.registry(scope.clone())
-                                    .get_device(v1::GetDeviceRequest { id: id.clone() }),
-                            )
-                            .await;
-                        match got {
+                        match get_device(&up, scope.clone(), &id).await {
                             Ok(d) if Some(key(&d)) != last => {
                                 let k = key(&d);
                                 return Some((Ok(Device::from(d)), (None, Some(k), up, scope)));
@@ -2030,14 +1998,9 @@ impl SubscriptionRoot {
                         // The device must still be the caller's at every
                         // poll (it may be deleted or change owner), as in
                         // `deviceStatus`; both calls run at once.
-                        let (mut registry, mut telemetry) =
-                            (up.registry(scope.clone()), up.telemetry());
+                        let mut telemetry = up.telemetry();
                         let (owned, latest) = tokio::join!(
-                            up.call(
-                                "device-registry",
-                                "GetDevice",
-                                registry.get_device(v1::GetDeviceRequest { id: device.clone() }),
-                            ),
+                            get_device(&up, scope.clone(), &device),
                             up.call(
                                 "ingest-writer",
                                 "LatestReadings",
