@@ -4,6 +4,7 @@
 //! caller's owner.
 
 mod auth;
+mod codes;
 mod config;
 mod http;
 mod hub;
