@@ -356,6 +356,37 @@ impl DeviceRegistry for RegistryService {
         Ok(Response::new(v1::ListSensorsResponse { sensors }))
     }
 
+    async fn list_sensors_of_devices(
+        &self,
+        request: Request<v1::ListSensorsOfDevicesRequest>,
+    ) -> Result<Response<v1::ListSensorsResponse>, Status> {
+        let owner = scope(&request)?;
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        if req.device_uuids.len() > MAX_LIST as usize {
+            p.push(format!(
+                "device_uuids: {} is more than {MAX_LIST}",
+                req.device_uuids.len()
+            ));
+        }
+        let ids: Vec<Uuid> = req
+            .device_uuids
+            .iter()
+            .filter_map(|id| match Uuid::parse_str(id) {
+                Ok(u) => Some(u),
+                Err(_) => {
+                    p.push(format!("device_uuids: {id:?} is not a UUID"));
+                    None
+                }
+            })
+            .collect();
+        if !p.is_empty() {
+            return Err(RegistryError::Invalid(p).into());
+        }
+        let sensors = store::sensors_of(&self.pool, &ids, owner).await?;
+        Ok(Response::new(v1::ListSensorsResponse { sensors }))
+    }
+
     async fn device_status_summary(
         &self,
         request: Request<v1::DeviceStatusSummaryRequest>,

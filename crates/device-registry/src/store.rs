@@ -279,7 +279,7 @@ pub async fn sensors(pool: &Pool, device: Uuid) -> Result<Vec<v1::Sensor>, Regis
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT sensor_name, unit, sensor_type, accuracy, created_at FROM sensors
+            "SELECT sensor_name, unit, sensor_type, accuracy, created_at, device_id FROM sensors
              WHERE device_id = $1 ORDER BY sensor_name",
         )
         .await?;
@@ -287,17 +287,45 @@ pub async fn sensors(pool: &Pool, device: Uuid) -> Result<Vec<v1::Sensor>, Regis
         .query(&stmt, &[&device])
         .await?
         .iter()
-        .map(|r| {
-            let accuracy: Option<Decimal> = r.get(3);
-            v1::Sensor {
-                sensor_name: r.get(0),
-                unit: r.get(1),
-                sensor_type: r.get(2),
-                accuracy: accuracy.map(|a| a.normalize().to_string()),
-                created_at: Some(iot_proto::timestamp(r.get(4))),
-            }
-        })
+        .map(sensor)
         .collect())
+}
+
+/// The sensors of `devices` that are `owner`'s (any owner's for `None`), by
+/// device, then name.
+pub async fn sensors_of(
+    pool: &Pool,
+    devices: &[Uuid],
+    owner: Option<Uuid>,
+) -> Result<Vec<v1::Sensor>, RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT s.sensor_name, s.unit, s.sensor_type, s.accuracy, s.created_at, s.device_id
+             FROM sensors s JOIN devices d ON d.id = s.device_id
+             WHERE s.device_id = ANY($1) AND ($2::uuid IS NULL OR d.owner_id = $2)
+             ORDER BY s.device_id, s.sensor_name",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&devices, &owner])
+        .await?
+        .iter()
+        .map(sensor)
+        .collect())
+}
+
+fn sensor(r: &Row) -> v1::Sensor {
+    let accuracy: Option<Decimal> = r.get(3);
+    let device: Uuid = r.get(5);
+    v1::Sensor {
+        sensor_name: r.get(0),
+        unit: r.get(1),
+        sensor_type: r.get(2),
+        accuracy: accuracy.map(|a| a.normalize().to_string()),
+        created_at: Some(iot_proto::timestamp(r.get(4))),
+        device_uuid: device.to_string(),
+    }
 }
 
 /// Device counts by status within `owner`; active devices without a

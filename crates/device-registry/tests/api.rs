@@ -78,13 +78,27 @@ async fn every_call_is_scoped_to_the_callers_owner() {
     let mut b = r.client(Scope::Owner(bob.to_string())).await;
     let mut admin = r.client(Scope::Admin).await;
 
+    let with_sensors = |id: &str, names: &[&str]| CreateDeviceRequest {
+        sensors: names
+            .iter()
+            .map(|n| v1::Sensor {
+                sensor_name: (*n).into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..device(id)
+    };
     let ad = a
-        .create_device(device("alice-1"))
+        .create_device(with_sensors("alice-1", &["humidity", "temperature"]))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ad.owner_id, alice.to_string());
-    let bd = b.create_device(device("bob-1")).await.unwrap().into_inner();
+    let bd = b
+        .create_device(with_sensors("bob-1", &["pressure"]))
+        .await
+        .unwrap()
+        .into_inner();
     // Creating for someone else is refused.
     let mut other = device("alice-2");
     other.owner_id = bob.to_string();
@@ -187,6 +201,41 @@ async fn every_call_is_scoped_to_the_callers_owner() {
         ids(admin.list_devices(by_ids()).await.unwrap().into_inner()).len(),
         2
     );
+    // Sensors of several devices in one call: only the caller's.
+    let of_devices = |c: &mut RegistryClient| {
+        let mut c = c.clone();
+        let ids = vec![ad.id.clone(), bd.id.clone(), Uuid::new_v4().to_string()];
+        async move {
+            c.list_sensors_of_devices(v1::ListSensorsOfDevicesRequest { device_uuids: ids })
+                .await
+                .unwrap()
+                .into_inner()
+                .sensors
+                .into_iter()
+                .map(|s| (s.device_uuid, s.sensor_name))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (a_id, b_id) = (ad.id.clone(), bd.id.clone());
+    assert_eq!(
+        of_devices(&mut b).await,
+        vec![(b_id.clone(), "pressure".into())]
+    );
+    assert_eq!(
+        of_devices(&mut a).await,
+        vec![
+            (a_id.clone(), "humidity".to_string()),
+            (a_id.clone(), "temperature".into())
+        ]
+    );
+    assert_eq!(of_devices(&mut admin).await.len(), 3);
+    let bad = admin
+        .list_sensors_of_devices(v1::ListSensorsOfDevicesRequest {
+            device_uuids: vec!["boiler-7".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     let bad = admin
         .list_devices(v1::ListDevicesRequest {
             ids: vec!["boiler-7".into()],
@@ -229,7 +278,7 @@ async fn update_config_sensors_paging_and_delete() {
         unit: Some("C".into()),
         sensor_type: Some("thermistor".into()),
         accuracy: Some("0.5".into()),
-        created_at: None,
+        ..Default::default()
     }];
     req.config = Some(v1::DeviceConfig {
         alert_threshold_json: Some(r#"{"temperature": {"max": 30}}"#.into()),

@@ -40,6 +40,7 @@ pub fn build(shared: Shared) -> ApiSchema {
         .data(shared)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
+        .extension(crate::codes::ErrorCodes)
         .extension(crate::http::WsRateLimit);
     if !limits.introspection {
         b = b.disable_introspection();
@@ -82,6 +83,13 @@ pub fn request_data(up: &Upstreams, who: Principal) -> Data {
     ));
     data.insert(DataLoader::new(
         DeviceLoader {
+            up: up.clone(),
+            scope: scope.clone(),
+        },
+        spawn_traced,
+    ));
+    data.insert(DataLoader::new(
+        SensorLoader {
             up: up.clone(),
             scope,
         },
@@ -222,6 +230,7 @@ impl From<v1::Device> for Device {
 struct Prefetched {
     latest: Option<Arc<HashMap<String, Vec<v1::SensorReading>>>>,
     alerts: Option<Arc<HashMap<String, Vec<v1::Alert>>>>,
+    sensors: Option<Arc<HashMap<String, Vec<v1::Sensor>>>>,
 }
 
 impl Prefetched {
@@ -249,15 +258,32 @@ impl Prefetched {
             }
             OpenAlertsLoader {
                 up: up.clone(),
-                scope,
+                scope: scope.clone(),
             }
             .load(&ids)
             .await
             .ok()
             .map(Arc::new)
         };
-        let (latest, alerts) = futures::join!(latest, alerts);
-        Ok(Self { latest, alerts })
+        let sensors = async {
+            if !look.field("sensors").exists() {
+                return None;
+            }
+            SensorLoader {
+                up: up.clone(),
+                scope: scope.clone(),
+            }
+            .load(&ids)
+            .await
+            .ok()
+            .map(Arc::new)
+        };
+        let (latest, alerts, sensors) = futures::join!(latest, alerts, sensors);
+        Ok(Self {
+            latest,
+            alerts,
+            sensors,
+        })
     }
 }
 
@@ -329,19 +355,15 @@ impl Device {
     }
     /// Declared sensors and sensors seen in readings.
     async fn sensors(&self, ctx: &Context<'_>) -> Result<Vec<Sensor>> {
-        let up = &shared(ctx).up;
-        let got = up
-            .call(
-                "device-registry",
-                "ListSensors",
-                up.registry(who(ctx)?.scope())
-                    .list_sensors(v1::GetDeviceRequest {
-                        id: self.0.id.clone(),
-                    }),
-            )
-            .await?;
+        let got = match &self.1.sensors {
+            Some(pre) => pre.get(&self.0.id).cloned(),
+            None => {
+                let loader = ctx.data_unchecked::<DataLoader<SensorLoader>>();
+                loader.load_one(self.0.id.clone()).await?
+            }
+        };
         Ok(got
-            .sensors
+            .unwrap_or_default()
             .into_iter()
             .map(|s| Sensor {
                 device: self.0.clone(),
@@ -1067,6 +1089,40 @@ impl Loader<String> for DeviceLoader {
     }
 }
 
+/// The sensors of devices, by UUID.
+pub struct SensorLoader {
+    up: Upstreams,
+    scope: iot_proto::Scope,
+}
+
+impl Loader<String> for SensorLoader {
+    type Value = Vec<v1::Sensor>;
+    type Error = async_graphql::Error;
+
+    /// One ListSensorsOfDevices call per 1000 devices; a device with no
+    /// sensors (or not the caller's) has none.
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let mut found: HashMap<String, Self::Value> = HashMap::new();
+        for chunk in keys.chunks(1000) {
+            let mut c = self.up.registry(self.scope.clone());
+            let got = self
+                .up
+                .call(
+                    "device-registry",
+                    "ListSensorsOfDevices",
+                    c.list_sensors_of_devices(v1::ListSensorsOfDevicesRequest {
+                        device_uuids: chunk.to_vec(),
+                    }),
+                )
+                .await?;
+            for s in got.sensors {
+                found.entry(s.device_uuid.clone()).or_default().push(s);
+            }
+        }
+        Ok(found)
+    }
+}
+
 fn is_not_found(e: &async_graphql::Error) -> bool {
     e.extensions
         .as_ref()
@@ -1500,7 +1556,7 @@ impl MutationRoot {
                                 unit: x.unit,
                                 sensor_type: x.sensor_type,
                                 accuracy: num(x.accuracy),
-                                created_at: None,
+                                ..Default::default()
                             })
                             .collect(),
                     }),

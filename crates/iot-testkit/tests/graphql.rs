@@ -907,6 +907,43 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
     let calls = upstream_calls(g.admin_addr).await - before;
     assert_eq!(page["devices"].as_array().unwrap().len(), 100);
     assert_eq!(calls, 3, "ListDevices, LatestReadings, ListAlerts");
+    // Their sensors: one call for the whole page too.
+    db.execute(
+        "INSERT INTO sensors (device_id, sensor_name)
+         SELECT id, s FROM devices, unnest(ARRAY['humidity', 'temperature']) s
+         WHERE owner_id = $1 AND device_id LIKE 'n1-' || $2 || '-%'",
+        &[&t.a, &prefix],
+    )
+    .await
+    .unwrap();
+    let before = upstream_calls(g.admin_addr).await;
+    let page = a
+        .data(
+            "{ devices(limit: 100) { device_id sensors { sensor_name } } }",
+            json!({}),
+        )
+        .await;
+    let calls = upstream_calls(g.admin_addr).await - before;
+    let inserted: Vec<&Value> = page["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["device_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("n1-{prefix}-"))
+        })
+        .collect();
+    assert_eq!(inserted.len(), 98);
+    for d in inserted {
+        assert_eq!(
+            d["sensors"],
+            json!([{"sensor_name": "humidity"}, {"sensor_name": "temperature"}]),
+            "{d}"
+        );
+    }
+    assert_eq!(calls, 2, "ListDevices, ListSensorsOfDevices");
     // And open alerts of 30 devices with their devices: one call for the
     // alerts, one for all their devices.
     db.execute(
@@ -937,6 +974,10 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
             .contains("nested too deep"),
         "{v}"
     );
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "QUERY_TOO_DEEP",
+        "{v}"
+    );
     // Each page is allowed, together they are too costly: 2 x 1000 devices
     // x 3 fields against a complexity limit of 5000.
     let costly =
@@ -947,6 +988,10 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
             .as_str()
             .unwrap()
             .contains("too complex"),
+        "{v}"
+    );
+    assert_eq!(
+        v["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
         "{v}"
     );
     assert!(v["data"].is_null(), "refused before it ran: {v}");
