@@ -89,12 +89,7 @@ pub async fn run(
             tokio::select! {
                 () = shutdown.cancelled() => break 'outer,
                 m = consumer.recv() => break m,
-                Some(done) = async {
-                    match writing.as_mut() {
-                        Some(w) => Some(w.await),
-                        None => None,
-                    }
-                }, if writing.is_some() => {
+                Some(done) = written(&mut writing), if writing.is_some() => {
                     writing = None;
                     if !stored(&consumer, done) {
                         break 'outer;
@@ -105,13 +100,33 @@ pub async fn run(
         if !batch.take(first).await {
             break 'outer;
         }
+        // The batch is due at `max_wait` after its first record, or when
+        // full. While the previous batch is still being written a due batch
+        // keeps growing (up to `max_rows`) instead of waiting idle: under
+        // load the batches grow to what the database takes per write, which
+        // costs no latency, since its records would otherwise wait here.
         let deadline = tokio::time::Instant::now() + settings.max_wait;
+        let mut due = false;
         while batch.rows.len() < settings.max_rows {
             tokio::select! {
                 m = consumer.recv() => if !batch.take(m).await {
                     break 'outer;
                 },
-                () = tokio::time::sleep_until(deadline) => break,
+                () = tokio::time::sleep_until(deadline), if !due => {
+                    due = true;
+                    if writing.is_none() {
+                        break;
+                    }
+                }
+                Some(done) = written(&mut writing), if writing.is_some() => {
+                    writing = None;
+                    if !stored(&consumer, done) {
+                        break 'outer;
+                    }
+                    if due {
+                        break;
+                    }
+                }
             }
         }
         // One write runs while the next batch is collected (at most two
@@ -214,6 +229,17 @@ type Offsets = BTreeMap<(String, i32), i64>;
 
 /// A batch being written, with the offsets to store once it is.
 type Writing = tokio::task::JoinHandle<(bool, Offsets)>;
+
+/// The outcome of the batch being written, once it is done (`None`, at
+/// once, when none is).
+async fn written(
+    writing: &mut Option<Writing>,
+) -> Option<Result<(bool, Offsets), tokio::task::JoinError>> {
+    match writing.as_mut() {
+        Some(w) => Some(w.await),
+        None => None,
+    }
+}
 
 /// Waits for the batch being written, then stores its offsets. False when
 /// it was not stored (shutdown came first): its offsets are not stored

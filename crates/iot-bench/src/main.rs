@@ -306,16 +306,19 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
     ];
     let start = Instant::now();
     let cpu = CpuShares::start(&services);
+    let batches = WriterBatches::start(&writer).await;
     let s = iotctl::simulate::simulate(sim(iotctl::simulate::Form::Single, n, 0.0, "dev"))
         .await
         .unwrap();
     let done = wait_rows(&client, s.readings as i64, Duration::from_secs(900)).await;
     cpu.print("single-reading phase", done - start);
+    batches.print("single-reading phase").await;
     let single = s.readings as f64 / (done - start).as_secs_f64();
 
     let before = stored(&client).await;
     let start = Instant::now();
     let cpu = CpuShares::start(&services);
+    let batches = WriterBatches::start(&writer).await;
     let s = iotctl::simulate::simulate(sim(iotctl::simulate::Form::Batch, n * 2, 0.0, "dev"))
         .await
         .unwrap();
@@ -326,6 +329,7 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
     )
     .await;
     cpu.print("50-reading phase", done - start);
+    batches.print("50-reading phase").await;
     let batch = s.readings as f64 / (done - start).as_secs_f64();
 
     // Latency below saturation: the fleet at half the single-message rate,
@@ -359,6 +363,34 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
         p99_ms,
         latency_rate,
         rss,
+    }
+}
+
+/// The writer's batches during a phase: how many, and how full (the
+/// database's cost per reading falls as batches grow).
+struct WriterBatches {
+    port: u16,
+    before: String,
+}
+
+impl WriterBatches {
+    async fn start(writer: &Service) -> Self {
+        Self {
+            port: writer.admin_port,
+            before: procs::admin_metrics(writer.admin_port).await,
+        }
+    }
+
+    async fn print(&self, phase: &str) {
+        let now = procs::admin_metrics(self.port).await;
+        let since = |name: &str| {
+            procs::metric_sum(&now, name, "") - procs::metric_sum(&self.before, name, "")
+        };
+        let batches = since("iot_writer_batch_rows_count");
+        println!(
+            "  {phase} batches: {batches:.0}, {:.0} rows each on average",
+            since("iot_writer_batch_rows_sum") / batches.max(1.0)
+        );
     }
 }
 
