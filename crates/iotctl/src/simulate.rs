@@ -364,6 +364,22 @@ async fn connection(
         opts.set_credentials(user, args.mqtt_password.as_deref().unwrap_or_default());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, usize::from(args.max_in_flight).max(16));
+    // `EventLoop::poll` is not cancel-safe (dropped while writing, the
+    // publishes it took are lost and their acknowledgements awaited
+    // forever), so it runs in a task of its own, never dropped mid-call.
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            let ev = eventloop.poll().await;
+            let failed = ev.is_err();
+            if events_tx.send(ev).is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(n) + 1).wrapping_mul(0x1234_5678_9abc));
     let mut series: Vec<Series> = devices
         .iter()
@@ -438,7 +454,7 @@ async fn connection(
                 }
                 if rate == 0.0 { budget = 0.0; }
             }
-            ev = eventloop.poll() => match ev {
+            Some(ev) = events.recv() => match ev {
                 Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acked += 1;
@@ -450,7 +466,6 @@ async fn connection(
                     if !args.quiet {
                         eprintln!("\nmqtt connection {n}: {e}; reconnecting");
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
         }
@@ -458,7 +473,8 @@ async fn connection(
     // Wait for outstanding acknowledgements (QoS 1).
     let wait = async {
         while qos == QoS::AtLeastOnce && acked < sent.max(counters_for(&readings, per_msg)) {
-            match eventloop.poll().await {
+            let Some(ev) = events.recv().await else { break };
+            match ev {
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acked += 1;
                     counters.acked.fetch_add(1, Ordering::Relaxed);
@@ -478,7 +494,13 @@ async fn connection(
     };
     let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
     let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+    // The event loop sends the DISCONNECT, then ends at the closed
+    // connection's error.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = events.recv().await {}
+    })
+    .await;
+    driver.abort();
     Ok(())
 }
 

@@ -9,8 +9,16 @@
 //!   compliant broker never has more unacknowledged messages out to it;
 //! - at most `max_in_flight` messages are processed at once, the rest wait;
 //! - if a broker sends more anyway and the waiting queue reaches
-//!   `4 * max_in_flight`, the loop stops reading the socket until work
-//!   drains, so memory stays bounded whatever the broker does.
+//!   `4 * max_in_flight`, the loop stops taking events, the event loop's
+//!   task stops reading the socket until work drains, so memory stays
+//!   bounded whatever the broker does.
+//!
+//! rumqttc's `EventLoop::poll` is not cancel-safe: dropped while it writes,
+//! the packets it took from the request queue are lost (for the gateway,
+//! PUBACKs: each one lost shrinks the broker's window of unacknowledged
+//! messages for good, until the gateway stalls). So it runs in a task of
+//! its own that is never cancelled mid-call ([`drive`]), and the flow logic
+//! selects over that task's events instead.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,7 +28,7 @@ use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -121,7 +129,9 @@ pub async fn run_subscriber(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let opts = options(&cfg, max_in_flight, pipeline.limits.max_payload_bytes);
-    let (client, mut eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
+    let (client, eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
+    let (events_tx, mut events) = mpsc::channel(EVENTS_BUFFERED);
+    let driver = tokio::spawn(drive(eventloop, events_tx));
     // `#`, not `+/+`: a topic of the wrong shape under a prefix must reach
     // the gateway to be dead-lettered, not be ignored by the broker.
     let filters: Vec<String> = [
@@ -152,7 +162,7 @@ pub async fn run_subscriber(
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(publish) = done_rx.recv() => flow.finished(publish),
-            ev = eventloop.poll(), if can_read => match ev {
+            Some(ev) = events.recv(), if can_read => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(session_present = ack.session_present, ?filters, "connected to MQTT broker");
                     let subs = filters.iter().map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
@@ -167,30 +177,47 @@ pub async fn run_subscriber(
                     // Messages not yet acknowledged are redelivered on the
                     // resumed session; drop our copies of the unstarted ones.
                     flow.waiting.clear();
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
                 }
             },
         }
     }
     ready.set(false);
-    drain(flow, &mut eventloop, &mut done_rx, drain_timeout).await;
+    drain(flow, &mut events, &mut done_rx, drain_timeout).await;
     let _ = client.disconnect().await;
-    // Flush the DISCONNECT and pending acks.
+    // Let the event loop flush the DISCONNECT and pending acks: it ends at
+    // its first error once the connection is closed.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while eventloop.poll().await.is_ok() {}
+        while let Some(Ok(_)) = events.recv().await {}
     })
     .await;
+    driver.abort();
     Ok(())
+}
+
+/// Events the event loop's task may hold before the flow takes them.
+const EVENTS_BUFFERED: usize = 64;
+
+/// Polls the event loop until the flow is gone, never dropping a `poll`
+/// half done; passes every event on (after an error, the next poll
+/// reconnects: one second later).
+async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<Result<Event, ConnectionError>>) {
+    loop {
+        let ev = eventloop.poll().await;
+        let failed = ev.is_err();
+        if events.send(ev).await.is_err() {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// Lets in-flight messages finish and be acknowledged while the event loop
 /// keeps sending acks; messages not started are left to the broker.
 async fn drain(
     mut flow: Flow,
-    eventloop: &mut EventLoop,
+    events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
     done_rx: &mut mpsc::UnboundedReceiver<Publish>,
     timeout: Duration,
 ) {
@@ -213,11 +240,11 @@ async fn drain(
                 break;
             }
             Some(publish) = done_rx.recv() => flow.finished(publish),
-            ev = eventloop.poll() => match ev {
+            ev = events.recv() => match ev {
                 // A publish arriving now is not ours to process any more:
                 // unacknowledged, the broker redelivers it.
-                Ok(_) => {}
-                Err(_) => break,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
             },
         }
     }
