@@ -195,21 +195,8 @@ impl DeviceRegistry for RegistryService {
         {
             p.push(format!("status {s:?} must be one of {STATUSES:?}"));
         }
-        if req.ids.len() > MAX_LIST as usize {
-            p.push(format!("ids: {} is more than {MAX_LIST}", req.ids.len()));
-        }
-        let ids: Option<Vec<Uuid>> = (!req.ids.is_empty()).then(|| {
-            req.ids
-                .iter()
-                .filter_map(|id| match Uuid::parse_str(id) {
-                    Ok(u) => Some(u),
-                    Err(_) => {
-                        p.push(format!("ids: {id:?} is not a UUID"));
-                        None
-                    }
-                })
-                .collect()
-        });
+        let ids: Option<Vec<Uuid>> =
+            (!req.ids.is_empty()).then(|| uuid_list("ids", &req.ids, &mut p));
         let after = if req.cursor.is_empty() {
             None
         } else {
@@ -363,23 +350,7 @@ impl DeviceRegistry for RegistryService {
         let owner = scope(&request)?;
         let req = request.into_inner();
         let mut p = Vec::new();
-        if req.device_uuids.len() > MAX_LIST as usize {
-            p.push(format!(
-                "device_uuids: {} is more than {MAX_LIST}",
-                req.device_uuids.len()
-            ));
-        }
-        let ids: Vec<Uuid> = req
-            .device_uuids
-            .iter()
-            .filter_map(|id| match Uuid::parse_str(id) {
-                Ok(u) => Some(u),
-                Err(_) => {
-                    p.push(format!("device_uuids: {id:?} is not a UUID"));
-                    None
-                }
-            })
-            .collect();
+        let ids = uuid_list("device_uuids", &req.device_uuids, &mut p);
         if !p.is_empty() {
             return Err(RegistryError::Invalid(p).into());
         }
@@ -795,6 +766,22 @@ fn validate_create(
     })
 }
 
+/// A request's list of platform ids (at most [`MAX_LIST`]) as UUIDs; each
+/// problem is added to `problems`, naming `field`.
+fn uuid_list(field: &str, ids: &[String], problems: &mut Vec<String>) -> Vec<Uuid> {
+    if ids.len() > MAX_LIST as usize {
+        problems.push(format!("{field}: {} is more than {MAX_LIST}", ids.len()));
+    }
+    ids.iter()
+        .filter_map(|id| match Uuid::parse_str(id) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                problems.push(format!("{field}: {id:?} is not a UUID"));
+                None
+            }
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
