@@ -10,13 +10,13 @@ use tokio::select;
 use tokio::time::{self, Instant, Sleep};
 
 use std::collections::VecDeque;
-
-/// PATCH (iot-platform): most requests written per flush.
-const MAX_REQUEST_BATCH: usize = 1024;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
+
+/// PATCH (iot-platform): most requests written per flush.
+const MAX_REQUEST_BATCH: usize = 1024;
 
 #[cfg(unix)]
 use {std::path::Path, tokio::net::UnixStream};
