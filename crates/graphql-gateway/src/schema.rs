@@ -966,6 +966,26 @@ pub struct RejectedReading {
 
 // ---------------------------------------------------------------- loaders
 
+/// Fetches the items of many devices with one `fetch` per 1000 device
+/// UUIDs (the backends' limit per call) and groups them by device.
+async fn per_device<T, F, Fut>(
+    keys: &[String],
+    device: fn(&T) -> &String,
+    mut fetch: F,
+) -> Result<HashMap<String, Vec<T>>>
+where
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
+    let mut out: HashMap<String, Vec<T>> = HashMap::new();
+    for chunk in keys.chunks(1000) {
+        for item in fetch(chunk.to_vec()).await? {
+            out.entry(device(&item).clone()).or_default().push(item);
+        }
+    }
+    Ok(out)
+}
+
 /// The latest readings of many devices in one LatestReadings call.
 pub struct LatestLoader {
     up: Upstreams,
@@ -976,25 +996,26 @@ impl Loader<String> for LatestLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let mut out: HashMap<String, Self::Value> = HashMap::new();
-        for chunk in keys.chunks(1000) {
-            let got = self
-                .up
-                .call(
-                    "ingest-writer",
-                    "LatestReadings",
-                    self.up
-                        .telemetry()
-                        .latest_readings(v1::LatestReadingsRequest {
-                            device_uuids: chunk.to_vec(),
-                        }),
-                )
-                .await?;
-            for r in got.readings {
-                out.entry(r.device_uuid.clone()).or_default().push(r);
-            }
-        }
-        Ok(out)
+        per_device(
+            keys,
+            |r: &v1::SensorReading| &r.device_uuid,
+            |chunk| async move {
+                let got = self
+                    .up
+                    .call(
+                        "ingest-writer",
+                        "LatestReadings",
+                        self.up
+                            .telemetry()
+                            .latest_readings(v1::LatestReadingsRequest {
+                                device_uuids: chunk,
+                            }),
+                    )
+                    .await?;
+                Ok(got.readings)
+            },
+        )
+        .await
     }
 }
 
@@ -1009,36 +1030,38 @@ impl Loader<String> for OpenAlertsLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let mut out: HashMap<String, Self::Value> = HashMap::new();
-        for chunk in keys.chunks(1000) {
-            let mut cursor = String::new();
-            loop {
-                let got = self
-                    .up
-                    .call(
-                        "alert-engine",
-                        "ListAlerts",
-                        self.up
-                            .alerts(self.scope.clone())
-                            .list_alerts(v1::ListAlertsRequest {
-                                device_uuids: chunk.to_vec(),
-                                only_open: true,
-                                limit: 1000,
-                                cursor,
-                                ..Default::default()
-                            }),
-                    )
-                    .await?;
-                for a in got.alerts {
-                    out.entry(a.device_uuid.clone()).or_default().push(a);
+        per_device(
+            keys,
+            |a: &v1::Alert| &a.device_uuid,
+            |chunk| async move {
+                let mut alerts = Vec::new();
+                let mut cursor = String::new();
+                loop {
+                    let got = self
+                        .up
+                        .call(
+                            "alert-engine",
+                            "ListAlerts",
+                            self.up
+                                .alerts(self.scope.clone())
+                                .list_alerts(v1::ListAlertsRequest {
+                                    device_uuids: chunk.clone(),
+                                    only_open: true,
+                                    limit: 1000,
+                                    cursor,
+                                    ..Default::default()
+                                }),
+                        )
+                        .await?;
+                    alerts.extend(got.alerts);
+                    if got.next_cursor.is_empty() {
+                        return Ok(alerts);
+                    }
+                    cursor = got.next_cursor;
                 }
-                if got.next_cursor.is_empty() {
-                    break;
-                }
-                cursor = got.next_cursor;
-            }
-        }
-        Ok(out)
+            },
+        )
+        .await
     }
 }
 
@@ -1102,24 +1125,26 @@ impl Loader<String> for SensorLoader {
     /// One ListSensorsOfDevices call per 1000 devices; a device with no
     /// sensors (or not the caller's) has none.
     async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let mut found: HashMap<String, Self::Value> = HashMap::new();
-        for chunk in keys.chunks(1000) {
-            let mut c = self.up.registry(self.scope.clone());
-            let got = self
-                .up
-                .call(
-                    "device-registry",
-                    "ListSensorsOfDevices",
-                    c.list_sensors_of_devices(v1::ListSensorsOfDevicesRequest {
-                        device_uuids: chunk.to_vec(),
-                    }),
-                )
-                .await?;
-            for s in got.sensors {
-                found.entry(s.device_uuid.clone()).or_default().push(s);
-            }
-        }
-        Ok(found)
+        per_device(
+            keys,
+            |s: &v1::Sensor| &s.device_uuid,
+            |chunk| async move {
+                let got = self
+                    .up
+                    .call(
+                        "device-registry",
+                        "ListSensorsOfDevices",
+                        self.up
+                            .registry(self.scope.clone())
+                            .list_sensors_of_devices(v1::ListSensorsOfDevicesRequest {
+                                device_uuids: chunk,
+                            }),
+                    )
+                    .await?;
+                Ok(got.sensors)
+            },
+        )
+        .await
     }
 }
 
