@@ -34,10 +34,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A command that runs `bin` and dies with this program: through
+/// util-linux's `setpriv --pdeathsig KILL` where there is one, so that a
+/// benchmark stopped by a signal (which skips `Drop`) leaves no services
+/// running. The signal follows the spawning thread, which lives as long as
+/// the runtime's workers.
+fn command(bin: &std::path::Path) -> Command {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    if std::path::Path::new(SETPRIV).exists() {
+        let mut c = Command::new(SETPRIV);
+        c.args(["--pdeathsig", "KILL", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
 impl Service {
     fn spawn(name: &str, prefix: &str, vars: &[(&str, String)]) -> Self {
         let (grpc_port, admin_port) = (free_port(), free_port());
-        let mut cmd = Command::new(bin(name));
+        let mut cmd = command(&bin(name));
         cmd.env(
             format!("{prefix}__GRPC_ADDR"),
             format!("127.0.0.1:{grpc_port}"),

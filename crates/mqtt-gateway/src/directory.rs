@@ -2,7 +2,7 @@
 //! message costs no registry call once its device is known.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use iot_proto::v1::device_registry_client::DeviceRegistryClient;
@@ -25,9 +25,13 @@ pub struct Directory {
     client: iot_proto::RegistryClient,
     ttl: Duration,
     unknown_ttl: Duration,
-    cache: Mutex<HashMap<String, (Option<DeviceInfo>, Instant)>>,
+    cache: Mutex<HashMap<String, Cached>>,
     activity: Mutex<Activity>,
 }
+
+/// A registry answer and when it came: shared, so that a hit copies no
+/// strings.
+type Cached = (Option<Arc<DeviceInfo>>, Instant);
 
 /// Device activity not yet reported to the registry.
 #[derive(Default)]
@@ -149,7 +153,7 @@ impl Directory {
     /// Looks a device up by external id or UUID. `Ok(None)`: not registered.
     /// `Err`: the registry could not answer (the caller retries; the message
     /// is neither accepted nor rejected).
-    pub async fn lookup(&self, id: &str) -> Result<Option<DeviceInfo>, tonic::Status> {
+    pub async fn lookup(&self, id: &str) -> Result<Option<Arc<DeviceInfo>>, tonic::Status> {
         let now = Instant::now();
         if let Some((hit, at)) = self.cache_get(id) {
             let ttl = if hit.is_some() {
@@ -161,6 +165,18 @@ impl Directory {
                 return Ok(hit);
             }
         }
+        // Boxed: the registry call's state is some 1.5 kB, which every
+        // message's future would otherwise carry (and copy) for the rare
+        // miss.
+        Box::pin(self.fetch(id, now)).await
+    }
+
+    /// Asks the registry about `id` and caches the answer.
+    async fn fetch(
+        &self,
+        id: &str,
+        now: Instant,
+    ) -> Result<Option<Arc<DeviceInfo>>, tonic::Status> {
         let mut client = self.client.clone();
         let answer = match client
             .get_device(GetDeviceRequest { id: id.to_owned() })
@@ -170,11 +186,11 @@ impl Directory {
                 let d = resp.into_inner();
                 let uuid = Uuid::parse_str(&d.id)
                     .map_err(|e| tonic::Status::internal(format!("registry sent a bad id: {e}")))?;
-                Some(DeviceInfo {
+                Some(Arc::new(DeviceInfo {
                     uuid,
                     device_id: d.device_id,
                     active: d.status == "active",
-                })
+                }))
             }
             Err(s) if s.code() == tonic::Code::NotFound => None,
             Err(s) => return Err(s),
@@ -183,12 +199,12 @@ impl Directory {
         Ok(answer)
     }
 
-    fn cache_get(&self, id: &str) -> Option<(Option<DeviceInfo>, Instant)> {
+    fn cache_get(&self, id: &str) -> Option<Cached> {
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(id).cloned()
     }
 
-    fn cache_put(&self, id: &str, answer: Option<DeviceInfo>, now: Instant) {
+    fn cache_put(&self, id: &str, answer: Option<Arc<DeviceInfo>>, now: Instant) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_ENTRIES {
             let (ttl, unknown_ttl) = (self.ttl, self.unknown_ttl);

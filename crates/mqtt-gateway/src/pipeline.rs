@@ -136,7 +136,7 @@ impl Pipeline {
                 self.ingest(Door::Mqtt, device, entries, multi, topic, payload)
                     .await
             }
-            Err(rejection) => self.refuse(rejection, topic, payload).await,
+            Err(rejection) => Box::pin(self.refuse(rejection, topic, payload)).await,
         }
     }
 
@@ -161,14 +161,14 @@ impl Pipeline {
                     RejectReason::InactiveDevice,
                     format!("device {device:?} is not active"),
                 );
-                return self.refuse(r, origin, payload).await;
+                return Box::pin(self.refuse(r, origin, payload)).await;
             }
             None => {
                 let r = Rejection::new(
                     RejectReason::UnknownDevice,
                     format!("device {device:?} is not registered"),
                 );
-                return self.refuse(r, origin, payload).await;
+                return Box::pin(self.refuse(r, origin, payload)).await;
             }
         };
         let mut readings = Vec::with_capacity(entries.len());
@@ -200,7 +200,15 @@ impl Pipeline {
         // is one small receiver per reading, not a produce future.
         let mut deliveries = Vec::with_capacity(readings.len());
         for r in &readings {
-            deliveries.push(self.enqueue(r, door).await?);
+            let delivery = match self.try_enqueue(r, door) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    // Rare: boxed, so that every message's future does not
+                    // carry this wait's state.
+                    Box::pin(self.enqueue_when_room(r, door)).await?
+                }
+                other => other?,
+            };
+            deliveries.push(delivery);
         }
         for delivery in deliveries {
             match delivery.await {
@@ -230,7 +238,8 @@ impl Pipeline {
         })
     }
 
-    /// Dead-letters a whole message.
+    /// Dead-letters a whole message. (The hot path boxes this call: its
+    /// produce future would otherwise make every message's future larger.)
     pub async fn refuse(
         &self,
         rejection: Rejection,
@@ -246,10 +255,9 @@ impl Pipeline {
     }
 
     /// Hands a valid reading, keyed by device, to the producer; the returned
-    /// future resolves with Kafka's delivery report. While the producer's
-    /// bounded local queue is full this waits (backpressure up to the MQTT
-    /// broker), for at most `QUEUE_TIMEOUT`.
-    async fn enqueue(&self, r: &Reading, door: Door) -> Result<DeliveryFuture, KafkaError> {
+    /// future resolves with Kafka's delivery report. `QueueFull` when the
+    /// producer's bounded local queue has no room now.
+    fn try_enqueue(&self, r: &Reading, door: Door) -> Result<DeliveryFuture, KafkaError> {
         let envelope = iot_proto::v1::ReadingEnvelope {
             device_uuid: r.device_uuid.to_string(),
             device_id: r.device_id.clone(),
@@ -274,17 +282,23 @@ impl Pipeline {
                 value: Some(tp.as_str()),
             }));
         }
+        self.producer.send_result(record).map_err(|(e, _)| e)
+    }
+
+    /// [`Self::try_enqueue`], waiting while the producer's queue is full
+    /// (backpressure up to the MQTT broker), for at most `QUEUE_TIMEOUT`.
+    async fn enqueue_when_room(
+        &self,
+        r: &Reading,
+        door: Door,
+    ) -> Result<DeliveryFuture, KafkaError> {
         let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
         loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => return Err(e),
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            match self.try_enqueue(r, door) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                    if tokio::time::Instant::now() < deadline => {}
+                other => return other,
             }
         }
     }
