@@ -241,3 +241,43 @@ async fn a_burst_far_larger_than_the_in_flight_window_is_stored_whole() {
     assert!(m.contains("iot_gateway_mqtt_in_flight_messages 0"), "{m}");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_producer_queue_makes_readings_wait_not_fail() {
+    // Room for one record in the producer's local queue: every other
+    // reading of the batch finds it full and must wait for room.
+    let p = Platform::start_tuned(kit::kafka_config(), |c| {
+        c.kafka
+            .properties
+            .insert("queue.buffering.max.messages".into(), "1".into());
+    })
+    .await;
+    let dev = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let t0 = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let batch: Vec<serde_json::Value> = (0..30)
+        .map(|i| {
+            serde_json::json!({
+                "sensor": "temperature",
+                "value": i,
+                "timestamp": (t0 + chrono::Duration::seconds(i)).to_rfc3339(),
+            })
+        })
+        .collect();
+    let (status, body) = kit::http_post(
+        p.gateway_http,
+        &format!("/v1/devices/{}/readings", dev.device_id),
+        "application/json",
+        serde_json::to_string(&batch).unwrap().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["accepted"], 30, "{body}");
+    let stored = rows(&p, &dev.id, 30).await;
+    let mut values: Vec<Decimal> = stored.into_iter().map(|(_, v)| v).collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..30).map(Decimal::from).collect::<Vec<_>>());
+    p.stop().await;
+}
