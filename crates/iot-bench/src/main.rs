@@ -311,8 +311,9 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
         .await
         .unwrap();
     let done = wait_rows(&client, s.readings as i64, Duration::from_secs(900)).await;
+    publish_vs_store("single-reading phase", &s, done - start);
     cpu.print("single-reading phase", done - start);
-    batches.print("single-reading phase").await;
+    batches.print("single-reading phase", done - start).await;
     let single = s.readings as f64 / (done - start).as_secs_f64();
 
     let before = stored(&client).await;
@@ -328,8 +329,9 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
         Duration::from_secs(900),
     )
     .await;
+    publish_vs_store("50-reading phase", &s, done - start);
     cpu.print("50-reading phase", done - start);
-    batches.print("50-reading phase").await;
+    batches.print("50-reading phase", done - start).await;
     let batch = s.readings as f64 / (done - start).as_secs_f64();
 
     // Latency below saturation: the fleet at half the single-message rate,
@@ -366,6 +368,17 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
     }
 }
 
+/// When the simulator had every publish acknowledged (the gateway's side:
+/// Kafka holds them) and when the last row was stored (the writer's).
+fn publish_vs_store(phase: &str, s: &iotctl::simulate::Summary, stored: Duration) {
+    println!(
+        "  {phase}: all acknowledged after {:.2} s ({:.0} readings/s), all stored after {:.2} s",
+        s.elapsed.as_secs_f64(),
+        s.rate(),
+        stored.as_secs_f64()
+    );
+}
+
 /// The writer's batches during a phase: how many, and how full (the
 /// database's cost per reading falls as batches grow).
 struct WriterBatches {
@@ -381,15 +394,17 @@ impl WriterBatches {
         }
     }
 
-    async fn print(&self, phase: &str) {
+    /// Also how much of the phase (`took`) went into database writes.
+    async fn print(&self, phase: &str, took: Duration) {
         let now = procs::admin_metrics(self.port).await;
         let since = |name: &str| {
             procs::metric_sum(&now, name, "") - procs::metric_sum(&self.before, name, "")
         };
         let batches = since("iot_writer_batch_rows_count");
         println!(
-            "  {phase} batches: {batches:.0}, {:.0} rows each on average",
-            since("iot_writer_batch_rows_sum") / batches.max(1.0)
+            "  {phase} batches: {batches:.0}, {:.0} rows each on average, writing {:.0}% of the time",
+            since("iot_writer_batch_rows_sum") / batches.max(1.0),
+            100.0 * since("iot_writer_batch_write_seconds_sum") / took.as_secs_f64(),
         );
     }
 }
