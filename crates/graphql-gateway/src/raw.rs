@@ -14,7 +14,6 @@
 //! a [`RawJson`]; where there is none (WebSocket operations), resolvers
 //! build `Value`s as usual.
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
@@ -115,14 +114,139 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Renders many protobuf times in a row as [`write_time`] does, formatting
+/// the date part once per day (a list of buckets repeats it) and without
+/// chrono's conversions for the times of a day it has seen.
+#[derive(Default)]
+pub struct TimeWriter {
+    /// The day (since the epoch) `prefix` holds: `"YYYY-MM-DDT`.
+    day: Option<i64>,
+    prefix: Vec<u8>,
+    /// The time [`Self::prepare`] accepted last.
+    current: Option<Prepared>,
+}
+
+enum Prepared {
+    /// Whole seconds into the cached day.
+    InDay(u32),
+    /// Anything else, written the general way.
+    Other(DateTime<Utc>),
+}
+
+impl TimeWriter {
+    /// Whether `t` is a valid time; if so, [`Self::write`] writes it.
+    pub fn prepare(&mut self, t: &iot_proto::Timestamp) -> bool {
+        let (day, in_day) = (t.seconds.div_euclid(86_400), t.seconds.rem_euclid(86_400));
+        if t.nanos == 0 && self.day == Some(day) {
+            self.current = Some(Prepared::InDay(in_day as u32));
+            return true;
+        }
+        let Some(dt) = iot_proto::from_timestamp(t) else {
+            self.current = None;
+            return false;
+        };
+        let mut full = Vec::with_capacity(32);
+        write_time(&mut full, &dt);
+        // Whole seconds in years 0 to 9999 have the fixed layout.
+        if t.nanos == 0 && full.len() == 27 {
+            self.day = Some(day);
+            self.prefix.clear();
+            self.prefix.extend_from_slice(&full[..12]);
+            self.current = Some(Prepared::InDay(in_day as u32));
+        } else {
+            self.current = Some(Prepared::Other(dt));
+        }
+        true
+    }
+
+    /// Writes the time [`Self::prepare`] accepted last.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match &self.current {
+            Some(Prepared::InDay(s)) => {
+                let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+                let d = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+                out.extend_from_slice(&self.prefix);
+                out.extend_from_slice(&d(h));
+                out.push(b':');
+                out.extend_from_slice(&d(m));
+                out.push(b':');
+                out.extend_from_slice(&d(s));
+                out.extend_from_slice(b"+00:00\"");
+            }
+            Some(Prepared::Other(t)) => write_time(out, t),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+}
+
 /// Appends `v` as async-graphql renders an `f64` (`null` when not finite).
 pub fn write_f64(out: &mut Vec<u8>, v: f64) {
-    let _ = serde_json::to_writer(&mut *out, &v);
+    if !write_short_decimal(out, v) {
+        let _ = serde_json::to_writer(&mut *out, &v);
+    }
+}
+
+/// Writes `v` if it is the double nearest to a decimal of at most four
+/// places with a magnitude from 0.001 to below 1e9 (every NUMERIC(10,4)
+/// reading, and means rounded to that scale) and returns true; writes
+/// nothing and returns false otherwise. For such a value the shortest text
+/// that reads back as `v` (serde_json's) is that decimal: any other decimal
+/// of at most four places is at least 1e-4 away, and doubles below 1e9 are
+/// less than 2e-7 apart. Integer arithmetic gives it without the general
+/// algorithm; the tests compare the two.
+fn write_short_decimal(out: &mut Vec<u8>, v: f64) -> bool {
+    let a = v.abs();
+    if !(1e-3..1e9).contains(&a) {
+        return false;
+    }
+    // Truncation after adding a half rounds (a is positive), without a
+    // call to libm's `round`; whatever k it gives is checked exactly.
+    let k = (a * 10_000.0 + 0.5) as u64;
+    if k as f64 / 10_000.0 != a {
+        return false;
+    }
+    let (int, frac) = (k / 10_000, k % 10_000);
+    if v < 0.0 {
+        out.push(b'-');
+    }
+    push_u64(out, int);
+    if frac == 0 {
+        out.extend_from_slice(b".0");
+        return true;
+    }
+    let digits = [
+        b'0' + (frac / 1000) as u8,
+        b'0' + (frac / 100 % 10) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let mut n = 4;
+    while digits[n - 1] == b'0' {
+        n -= 1;
+    }
+    out.push(b'.');
+    out.extend_from_slice(&digits[..n]);
+    true
+}
+
+/// Appends the decimal digits of `n`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Appends `v` as a JSON number.
 pub fn write_u64(out: &mut Vec<u8>, v: u64) {
-    let _ = write!(out, "{v}");
+    push_u64(out, v);
 }
 
 #[cfg(test)]
@@ -168,6 +292,87 @@ mod tests {
             write_f64(&mut fast, v);
             assert_eq!(fast, serde_json::to_vec(&v.to_value()).unwrap(), "{v}");
         }
+    }
+
+    #[test]
+    fn short_decimals_render_as_serde_json_does() {
+        let check = |v: f64| {
+            let mut fast = Vec::new();
+            write_f64(&mut fast, v);
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                serde_json::to_string(&v).unwrap(),
+                "{v:?}"
+            );
+        };
+        // Every value of four places up to 100, both signs.
+        for k in 0..1_000_000u64 {
+            let v = k as f64 / 10_000.0;
+            check(v);
+            check(-v);
+        }
+        // A spread of larger ones up to the limit, and past it.
+        let mut k: u64 = 1;
+        while k < 20_000_000_000_000 {
+            for d in [0, 1, 9, 5_000, 9_999] {
+                check((k + d) as f64 / 10_000.0);
+            }
+            k = k * 3 + 7;
+        }
+        // Values that are not short decimals, and the edges.
+        for v in [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            std::f64::consts::PI,
+            21.123_45,
+            0.000_999_9,
+            0.001,
+            999_999_999.999_9,
+            1e9,
+            1e9 + 0.5,
+            123_456_789.000_1,
+            5e-324,
+            f64::MAX,
+        ] {
+            check(v);
+            check(-v);
+        }
+    }
+
+    #[test]
+    fn a_time_writer_renders_as_write_time_does() {
+        let mut writer = TimeWriter::default();
+        let mut check = |t: DateTime<Utc>| {
+            let p = iot_proto::timestamp(t);
+            assert!(writer.prepare(&p));
+            let (mut fast, mut one) = (Vec::new(), Vec::new());
+            writer.write(&mut fast);
+            write_time(&mut one, &t);
+            assert_eq!(fast, one, "{t:?}");
+        };
+        // Hourly buckets over days, months and a leap day, with odd steps.
+        let mut t = "1999-12-30T20:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        for i in 0..20_000 {
+            check(t);
+            t += chrono::TimeDelta::seconds(if i % 7 == 0 { 3_599 } else { 3_600 });
+        }
+        for s in [
+            "2026-11-28T01:02:03.5Z",
+            "2026-11-28T01:02:04Z",
+            "1969-12-31T23:59:59Z",
+            "-0001-12-31T23:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:00:00Z",
+            "+10000-01-01T00:00:00Z",
+        ] {
+            check(s.parse().unwrap());
+        }
+        // Not a time: refused.
+        let bad = iot_proto::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert!(!writer.prepare(&bad));
     }
 
     #[test]

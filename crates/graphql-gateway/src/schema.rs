@@ -588,43 +588,65 @@ impl MetricList {
     /// The list as JSON text with `fields` (response key, field name) of
     /// each bucket, in the order and form async-graphql would give them.
     fn render(&self, fields: &[(&str, &str)]) -> Vec<u8> {
-        use crate::raw::{write_f64, write_str, write_time, write_u64};
-        // Keys and the constant sensor name are escaped once.
-        let keys: Vec<Vec<u8>> = fields
+        use crate::raw::{TimeWriter, write_f64, write_str, write_u64};
+        enum Field {
+            Time,
+            Sensor,
+            Avg,
+            Min,
+            Max,
+            Sum,
+            Count,
+            Typename,
+        }
+        // Keys, field kinds and the constant sensor name are worked out once.
+        let fields: Vec<(Vec<u8>, Field)> = fields
             .iter()
             .enumerate()
-            .map(|(i, (key, _))| {
+            .map(|(i, (key, name))| {
                 let mut k = if i == 0 { Vec::new() } else { b",".to_vec() };
                 write_str(&mut k, key);
                 k.push(b':');
-                k
+                let field = match *name {
+                    "time" => Field::Time,
+                    "sensor_name" => Field::Sensor,
+                    "avg_value" => Field::Avg,
+                    "min_value" => Field::Min,
+                    "max_value" => Field::Max,
+                    "sum_value" => Field::Sum,
+                    "reading_count" => Field::Count,
+                    _ => Field::Typename,
+                };
+                (k, field)
             })
             .collect();
         let mut sensor = Vec::new();
         write_str(&mut sensor, &self.sensor);
+        let mut times = TimeWriter::default();
         let mut out = Vec::with_capacity(self.metrics.len() * (24 + 24 * fields.len()) + 2);
         out.push(b'[');
         let mut first = true;
         for m in &self.metrics {
-            let Some(t) = time(m.bucket.as_ref()) else {
+            // A bucket without a valid time is left out, as `objects` does.
+            if !m.bucket.as_ref().is_some_and(|b| times.prepare(b)) {
                 continue;
-            };
+            }
             if !first {
                 out.push(b',');
             }
             first = false;
             out.push(b'{');
-            for ((_, name), key) in fields.iter().zip(&keys) {
+            for (key, field) in &fields {
                 out.extend_from_slice(key);
-                match *name {
-                    "time" => write_time(&mut out, &t),
-                    "sensor_name" => out.extend_from_slice(&sensor),
-                    "avg_value" => write_f64(&mut out, m.avg),
-                    "min_value" => write_f64(&mut out, m.min),
-                    "max_value" => write_f64(&mut out, m.max),
-                    "sum_value" => write_f64(&mut out, decimal(&m.sum)),
-                    "reading_count" => write_u64(&mut out, m.count),
-                    _ => out.extend_from_slice(b"\"SensorMetric\""),
+                match field {
+                    Field::Time => times.write(&mut out),
+                    Field::Sensor => out.extend_from_slice(&sensor),
+                    Field::Avg => write_f64(&mut out, m.avg),
+                    Field::Min => write_f64(&mut out, m.min),
+                    Field::Max => write_f64(&mut out, m.max),
+                    Field::Sum => write_f64(&mut out, decimal(&m.sum)),
+                    Field::Count => write_u64(&mut out, m.count),
+                    Field::Typename => out.extend_from_slice(b"\"SensorMetric\""),
                 }
             }
             out.push(b'}');
