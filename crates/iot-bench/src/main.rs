@@ -368,8 +368,9 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
     }
 }
 
-/// When the simulator had every publish acknowledged (the gateway's side:
-/// Kafka holds them) and when the last row was stored (the writer's).
+/// When the simulator had every publish acknowledged (by the broker, which
+/// then queues them for the gateway's session) and when the last row was
+/// stored: how far the gateway, Kafka and the writer trail the publishers.
 fn publish_vs_store(phase: &str, s: &iotctl::simulate::Summary, stored: Duration) {
     println!(
         "  {phase}: all acknowledged after {:.2} s ({:.0} readings/s), all stored after {:.2} s",
