@@ -78,12 +78,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             // that the next fetch is not postponed (below).
             //
             // A fetch response is one buffer, and every record set in it is
-            // decompressed whole (lz4 shrinks the envelopes several times),
-            // pinned until its last record is consumed. Tansu fills a
+            // decompressed whole (lz4 shrinks the envelopes several times)
+            // and kept until its last record is consumed. Tansu fills a
             // response up to `fetch.max.bytes` over all partitions (it
             // ignores the per-partition limit): at 4 MiB one glibc arena
             // held 64 MB and the writer peaked at 90-102 MiB with a backlog;
-            // at 1 MiB, 38-42 MiB, draining as fast.
+            // at 1 MiB, 35-42 MiB, draining as fast.
             ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
             ("queued.max.messages.kbytes", "2048"),
             ("queued.min.messages", "4000"),
