@@ -63,13 +63,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
     let consumer: StreamConsumer<iot_kafka::ConsumerObserver> = config
         .kafka
-        .client_config_with(&[
-            ("client.id", "alert-engine"),
-            ("auto.offset.reset", "earliest"),
-            ("auto.commit.interval.ms", "1000"),
-            ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
-            ("statistics.interval.ms", "5000"),
-        ])
+        .client_config_with(
+            &[
+                ("client.id", "alert-engine"),
+                ("auto.offset.reset", "earliest"),
+                ("auto.commit.interval.ms", "1000"),
+                ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
+                ("statistics.interval.ms", "5000"),
+            ]
+            .into_iter()
+            .chain(iot_kafka::BOUNDED_PREFETCH)
+            .collect::<Vec<_>>(),
+        )
         // Not overridable: an offset is stored only once its reading is evaluated.
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")

@@ -63,38 +63,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_writer".into()), None)?;
     let consumer: StreamConsumer<iot_kafka::ConsumerObserver> = config
         .kafka
-        .client_config_with(&[
-            ("client.id", SERVICE),
-            ("auto.commit.interval.ms", "1000"),
-            ("auto.offset.reset", "earliest"),
-            // Low latency from produce to row, and a bounded prefetch. The
-            // queue limits apply per partition, and each prefetched record
-            // costs some 300 bytes of librdkafka's own (its message and the
-            // decompressed record set) beyond the compressed payload the
-            // kbytes limit counts: at 16 MiB and 20,000 records per
-            // partition the writer held a whole 200,000-record topic, 75 MB.
-            // 2 MiB and 4,000 records (24,000 over the default 6
-            // partitions, more than a full batch) keep the writer busy now
-            // that the next fetch is not postponed (below).
-            //
-            // A fetch response is one buffer, and every record set in it is
-            // decompressed whole (lz4 shrinks the envelopes several times)
-            // and kept until its last record is consumed. Tansu fills a
-            // response up to `fetch.max.bytes` over all partitions (it
-            // ignores the per-partition limit): at 4 MiB one glibc arena
-            // held 64 MB and the writer peaked at 90-102 MiB with a backlog;
-            // at 1 MiB, 35-42 MiB, draining as fast.
-            ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
-            ("queued.max.messages.kbytes", "2048"),
-            ("queued.min.messages", "4000"),
-            ("fetch.max.bytes", "1048576"),
-            // With a full prefetch queue librdkafka postpones the next fetch
-            // by this much (default 1 s), long after the writer has drained
-            // the queue: with a fast database the writer then sat idle a
-            // third of the time.
-            ("fetch.queue.backoff.ms", "10"),
-            ("statistics.interval.ms", "5000"),
-        ])
+        .client_config_with(
+            &[
+                ("client.id", SERVICE),
+                ("auto.commit.interval.ms", "1000"),
+                ("auto.offset.reset", "earliest"),
+                // Low latency from produce to row, and a bounded prefetch
+                // (`BOUNDED_PREFETCH` says why).
+                ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
+                ("statistics.interval.ms", "5000"),
+            ]
+            .into_iter()
+            .chain(iot_kafka::BOUNDED_PREFETCH)
+            .collect::<Vec<_>>(),
+        )
         // Not overridable: offsets are stored only after the database commit.
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "true")

@@ -20,6 +20,10 @@
 //! that alternately raise and resolve the probe rule's alert (each is a
 //! change on the stream); each probe device waits for its previous change
 //! before publishing the next, so changes of one device never overlap.
+//!
+//! Last, catching up: alert-engine is stopped while the fleet publishes
+//! 300,000 readings, then started again; the time until it has evaluated
+//! them and its peak RSS on that backlog.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -224,7 +228,53 @@ pub async fn run(ctx: &Ctx) {
         gateway.peak_rss_kib() / 1024,
         registry.peak_rss_kib() / 1024
     );
+
+    // Catching up: the engine is stopped (SIGTERM: it leaves its consumer
+    // group) while the fleet publishes `CATCH_UP` readings at full speed,
+    // then starts again in the same group, on that backlog.
+    drop(probes);
+    engine.terminate();
+    let client = crate::connect(&db).await;
+    let before = crate::stored(&client).await;
+    let s = iotctl::simulate::simulate(iotctl::simulate::Args {
+        count: CATCH_UP,
+        ..sim(0.0, 0)
+    })
+    .await
+    .unwrap();
+    crate::wait_rows(
+        &client,
+        before + s.readings as i64,
+        Duration::from_secs(300),
+    )
+    .await;
+    let engine = Service::alerts(&db, &kafka, &registry.grpc_url());
+    let t = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its admin endpoint answers once it has started.
+        let up = tokio::net::TcpStream::connect(("127.0.0.1", engine.admin_port))
+            .await
+            .is_ok();
+        if up && evaluated(engine.admin_port).await >= s.readings as f64 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "alert-engine did not catch up"
+        );
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "catch-up: {} readings published while alert-engine was down, evaluated {secs:.1} s after it started again ({:.0}/s, start-up included); its peak RSS {} MiB",
+        s.readings,
+        s.readings as f64 / secs,
+        engine.peak_rss_kib() / 1024
+    );
 }
+
+/// Readings published while alert-engine is down, for the catch-up phase.
+const CATCH_UP: u64 = 300_000;
 
 /// The engine's `iot_alerts_readings_evaluated_total`.
 async fn evaluated(port: u16) -> f64 {

@@ -189,6 +189,18 @@ impl Service {
     }
 
     /// Peak resident set size (VmHWM) in KiB.
+    /// Stops the service as an orchestrator would (SIGTERM, which lets a
+    /// consumer leave its group) and waits up to 30 s for it to exit.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()

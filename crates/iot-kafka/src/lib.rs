@@ -26,6 +26,36 @@ pub use rdkafka;
 /// is also the time per fetch round trip and caps a consumer's throughput.
 pub const FETCH_WAIT_MS: &str = "10";
 
+/// Prefetch limits of the platform's consumers of the readings topic
+/// (ingest-writer, alert-engine), which keep their memory bounded under a
+/// backlog while keeping them busy:
+/// - librdkafka's `queued.*` limits apply per partition, and each
+///   prefetched record costs some 300 bytes of librdkafka's own (its
+///   message and the decompressed record set) beyond the compressed payload
+///   the kbytes limit counts: at 16 MiB and 20,000 records per partition
+///   the writer held a whole 200,000-record topic, 75 MB. 2 MiB and 4,000
+///   records (24,000 over the default 6 partitions, more than a full writer
+///   batch) keep a consumer busy now that the next fetch is not postponed
+///   (below).
+/// - A fetch response is one buffer, and every record set in it is
+///   decompressed whole (lz4 shrinks the envelopes several times) and kept
+///   until its last record is consumed. Tansu fills a response up to
+///   `fetch.max.bytes` over all partitions (it ignores the per-partition
+///   limit): at 4 MiB one glibc arena of the writer held 64 MB and it
+///   peaked at 90-102 MiB with a backlog; at 1 MiB, 35-42 MiB, draining as
+///   fast. alert-engine, on librdkafka's defaults (50 MB fetches, 64 MiB
+///   per partition), peaked at 105 MiB catching up on 300,000 readings.
+/// - With a full prefetch queue librdkafka postpones the next fetch by
+///   `fetch.queue.backoff.ms` (default 1 s), long after the consumer has
+///   drained the queue: with a fast database the writer sat idle a third
+///   of the time.
+pub const BOUNDED_PREFETCH: [(&str, &str); 4] = [
+    ("queued.max.messages.kbytes", "2048"),
+    ("queued.min.messages", "4000"),
+    ("fetch.max.bytes", "1048576"),
+    ("fetch.queue.backoff.ms", "10"),
+];
+
 /// Connection settings common to every Kafka client of a service.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
