@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use iot_proto::v1::alerts_server::AlertsServer;
 use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
@@ -61,26 +61,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let metrics = metrics::Metrics::register(&registry)?;
     let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
     registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
-    let consumer: StreamConsumer<iot_kafka::ConsumerObserver> = config
-        .kafka
-        .client_config_with(
-            &[
-                ("client.id", "alert-engine"),
-                ("auto.offset.reset", "earliest"),
-                ("auto.commit.interval.ms", "1000"),
-                ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
-                ("statistics.interval.ms", "5000"),
-            ]
-            .into_iter()
-            .chain(iot_kafka::BOUNDED_PREFETCH)
-            .collect::<Vec<_>>(),
-        )
-        // Not overridable: an offset is stored only once its reading is evaluated.
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .create_with_context(iot_kafka::ConsumerObserver::new(&registry)?)?;
-    consumer.subscribe(&[&config.kafka.readings_topic])?;
+    // An offset is stored only once its reading is evaluated.
+    let consumer = config.kafka.readings_consumer(
+        "alert-engine",
+        &config.group_id,
+        iot_kafka::ConsumerObserver::new(&registry)?,
+    )?;
     let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use iot_kafka::DeadLetters;
-use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use iot_proto::v1::telemetry_server::TelemetryServer;
 use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
@@ -61,28 +60,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     let registry =
         iot_telemetry::prometheus::Registry::new_custom(Some("iot_writer".into()), None)?;
-    let consumer: StreamConsumer<iot_kafka::ConsumerObserver> = config
-        .kafka
-        .client_config_with(
-            &[
-                ("client.id", SERVICE),
-                ("auto.commit.interval.ms", "1000"),
-                ("auto.offset.reset", "earliest"),
-                // Low latency from produce to row, and a bounded prefetch
-                // (`BOUNDED_PREFETCH` says why).
-                ("fetch.wait.max.ms", iot_kafka::FETCH_WAIT_MS),
-                ("statistics.interval.ms", "5000"),
-            ]
-            .into_iter()
-            .chain(iot_kafka::BOUNDED_PREFETCH)
-            .collect::<Vec<_>>(),
-        )
-        // Not overridable: offsets are stored only after the database commit.
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .create_with_context(iot_kafka::ConsumerObserver::new(&registry)?)?;
-    consumer.subscribe(&[&config.kafka.readings_topic])?;
+    // Offsets are stored only after the database commit.
+    let consumer = config.kafka.readings_consumer(
+        SERVICE,
+        &config.group_id,
+        iot_kafka::ConsumerObserver::new(&registry)?,
+    )?;
     let producer = config.kafka.producer(SERVICE)?;
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
 

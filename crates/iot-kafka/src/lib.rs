@@ -11,6 +11,7 @@ use iot_proto::Message as _;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -26,9 +27,8 @@ pub use rdkafka;
 /// is also the time per fetch round trip and caps a consumer's throughput.
 pub const FETCH_WAIT_MS: &str = "10";
 
-/// Prefetch limits of the platform's consumers of the readings topic
-/// (ingest-writer, alert-engine), which keep their memory bounded under a
-/// backlog while keeping them busy:
+/// Prefetch limits of the readings consumers ([`KafkaConfig::readings_consumer`]),
+/// which keep their memory bounded under a backlog while keeping them busy:
 /// - librdkafka's `queued.*` limits apply per partition, and each
 ///   prefetched record costs some 300 bytes of librdkafka's own (its
 ///   message and the decompressed record set) beyond the compressed payload
@@ -49,7 +49,7 @@ pub const FETCH_WAIT_MS: &str = "10";
 ///   `fetch.queue.backoff.ms` (default 1 s), long after the consumer has
 ///   drained the queue: with a fast database the writer sat idle a third
 ///   of the time.
-pub const BOUNDED_PREFETCH: [(&str, &str); 4] = [
+const BOUNDED_PREFETCH: [(&str, &str); 4] = [
     ("queued.max.messages.kbytes", "2048"),
     ("queued.min.messages", "4000"),
     ("fetch.max.bytes", "1048576"),
@@ -140,6 +140,39 @@ impl KafkaConfig {
             c.set(k, v);
         }
         c
+    }
+
+    /// A consumer of the readings topic in group `group_id`, subscribed.
+    /// Offsets are stored by the caller once a record is done with (written,
+    /// evaluated): `enable.auto.offset.store` is off and cannot be
+    /// overridden; librdkafka commits what is stored every second. Fetches
+    /// wait at most [`FETCH_WAIT_MS`], prefetch is bounded
+    /// ([`BOUNDED_PREFETCH`]), and statistics every 5 s feed `observer`'s
+    /// lag gauge.
+    pub fn readings_consumer(
+        &self,
+        client_id: &str,
+        group_id: &str,
+        observer: ConsumerObserver,
+    ) -> Result<StreamConsumer<ConsumerObserver>, KafkaError> {
+        let defaults: Vec<(&str, &str)> = [
+            ("client.id", client_id),
+            ("auto.offset.reset", "earliest"),
+            ("auto.commit.interval.ms", "1000"),
+            ("fetch.wait.max.ms", FETCH_WAIT_MS),
+            ("statistics.interval.ms", "5000"),
+        ]
+        .into_iter()
+        .chain(BOUNDED_PREFETCH)
+        .collect();
+        let consumer: StreamConsumer<ConsumerObserver> = self
+            .client_config_with(&defaults)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(observer)?;
+        consumer.subscribe(&[&self.readings_topic])?;
+        Ok(consumer)
     }
 
     /// An idempotent producer tuned for throughput: batches by time and size,
