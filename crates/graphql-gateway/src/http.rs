@@ -14,7 +14,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use iot_telemetry::Readiness;
@@ -141,8 +141,8 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     let resp = s.schema.execute_batch(batch).instrument(span).await;
     let outcome = if resp.is_ok() { "ok" } else { "error" };
     // Serialized here, so the latency metric includes it.
-    let body = match serde_json::to_vec(&resp) {
-        Ok(b) => raw.splice(b),
+    let pieces = match serde_json::to_vec(&resp) {
+        Ok(b) => raw.pieces(b),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialize a GraphQL response");
             return refuse(
@@ -157,7 +157,26 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         .seconds
         .with_label_values(&[outcome])
         .observe(started.elapsed().as_secs_f64());
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    // The pieces go out one after another under one Content-Length,
+    // without being copied into one buffer first.
+    let length: usize = pieces.iter().map(Bytes::len).sum();
+    let body = match <[Bytes; 1]>::try_from(pieces) {
+        Ok([one]) => axum::body::Body::from(one),
+        Err(pieces) => axum::body::Body::from_stream(futures::stream::iter(
+            pieces.into_iter().map(Ok::<_, std::convert::Infallible>),
+        )),
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from(length)),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn ws(

@@ -8,6 +8,7 @@ mod codes;
 mod config;
 mod http;
 mod hub;
+mod metrics_json;
 mod raw;
 mod schema;
 mod upstream;

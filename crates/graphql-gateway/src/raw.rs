@@ -6,7 +6,7 @@
 //! than the query behind it. A resolver that knows its output's exact shape
 //! can instead render it straight to JSON text once, hand the text to
 //! [`RawJson::put`] and return the placeholder string it gets back; the
-//! HTTP handler serializes the response as usual and [`RawJson::splice`]
+//! HTTP handler serializes the response as usual and [`RawJson::pieces`]
 //! puts each text in place of its placeholder.
 //!
 //! Placeholders carry a random 128-bit nonce of the request, so no value a
@@ -16,12 +16,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
+
 use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 
 /// The pre-rendered JSON texts of one HTTP request.
 pub struct RawJson {
     nonce: u128,
-    parts: Mutex<Vec<Vec<u8>>>,
+    /// Each part's text, in pieces.
+    parts: Mutex<Vec<Vec<Bytes>>>,
 }
 
 impl RawJson {
@@ -38,20 +41,24 @@ impl RawJson {
 
     /// Keeps `json` (one complete JSON value) and returns the string to put
     /// in the response in its place.
+    #[cfg(test)]
     pub fn put(&self, json: Vec<u8>) -> String {
+        self.put_pieces(vec![Bytes::from(json)])
+    }
+
+    /// [`Self::put`] for a value whose text is `pieces` one after another.
+    pub fn put_pieces(&self, pieces: Vec<Bytes>) -> String {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        parts.push(json);
+        parts.push(pieces);
         self.placeholder(parts.len() - 1)
     }
 
     /// `body` (a serialized response) with every placeholder string
-    /// replaced by its JSON text. A placeholder that is not in the body
-    /// (its field was nulled by an error) is dropped.
-    pub fn splice(&self, body: Vec<u8>) -> Vec<u8> {
+    /// replaced by its JSON text, as pieces to send one after another
+    /// (nothing is copied). A placeholder that is not in the body (its
+    /// field was nulled by an error) is dropped.
+    pub fn pieces(&self, body: Vec<u8>) -> Vec<Bytes> {
         let parts = std::mem::take(&mut *self.parts.lock().unwrap_or_else(|e| e.into_inner()));
-        if parts.is_empty() {
-            return body;
-        }
         // (position in body, length of the quoted placeholder, part)
         let mut found: Vec<(usize, usize, usize)> = Vec::with_capacity(parts.len());
         for i in 0..parts.len() {
@@ -63,16 +70,24 @@ impl RawJson {
             }
         }
         found.sort_unstable();
-        let extra: usize = found.iter().map(|&(_, _, i)| parts[i].len()).sum();
-        let mut out = Vec::with_capacity(body.len() + extra);
+        let body = Bytes::from(body);
+        let mut out = Vec::with_capacity(2 * found.len() + 1);
         let mut at = 0;
         for (pos, len, i) in found {
-            out.extend_from_slice(&body[at..pos]);
-            out.extend_from_slice(&parts[i]);
+            out.push(body.slice(at..pos));
+            // Shared, not copied, should a part appear twice.
+            out.extend(parts[i].iter().cloned());
             at = pos + len;
         }
-        out.extend_from_slice(&body[at..]);
+        out.push(body.slice(at..));
+        out.retain(|b| !b.is_empty());
         out
+    }
+
+    /// [`Self::pieces`] joined.
+    #[cfg(test)]
+    pub fn splice(&self, body: Vec<u8>) -> Vec<u8> {
+        self.pieces(body).concat()
     }
 }
 

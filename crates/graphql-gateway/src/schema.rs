@@ -108,7 +108,7 @@ fn who<'a>(ctx: &Context<'a>) -> Result<&'a Principal> {
         .map_err(|_| error("UNAUTHENTICATED", "not authenticated"))
 }
 
-fn decimal(s: &str) -> f64 {
+pub(crate) fn decimal(s: &str) -> f64 {
     s.parse().unwrap_or(f64::NAN)
 }
 
@@ -569,90 +569,30 @@ impl SensorMetric {
 /// The metrics of one sensor, as `[SensorMetric!]!`. A year of hourly
 /// buckets is 8,760 objects; built as async-graphql values (a map per
 /// object, then serialized) that cost more than the query behind it. So a
-/// plain selection (fields without fragments or directives, the common
-/// case) over HTTP is rendered straight to JSON text ([`crate::raw`]);
-/// anything else takes the general path.
-pub struct MetricList {
-    sensor: String,
-    metrics: Vec<v1::SensorMetric>,
+/// plain selection over HTTP is rendered as JSON text straight from the
+/// backend's encoded answer ([`crate::metrics_json`]) and goes into the
+/// response through [`crate::raw`]; anything else takes the general path.
+pub enum MetricList {
+    /// The placeholder of the list's JSON text in the request's
+    /// [`crate::raw::RawJson`].
+    Rendered(String),
+    Decoded {
+        sensor: String,
+        metrics: Vec<v1::SensorMetric>,
+    },
 }
 
 impl MetricList {
-    fn objects(&self) -> Vec<SensorMetric> {
-        self.metrics
-            .iter()
-            .filter_map(|m| SensorMetric::from(&self.sensor, m))
-            .collect()
-    }
-
-    /// The list as JSON text with `fields` (response key, field name) of
-    /// each bucket, in the order and form async-graphql would give them.
-    fn render(&self, fields: &[(&str, &str)]) -> Vec<u8> {
-        use crate::raw::{TimeWriter, write_f64, write_str, write_u64};
-        enum Field {
-            Time,
-            Sensor,
-            Avg,
-            Min,
-            Max,
-            Sum,
-            Count,
-            Typename,
-        }
-        // Keys, field kinds and the constant sensor name are worked out once.
-        let fields: Vec<(Vec<u8>, Field)> = fields
-            .iter()
-            .enumerate()
-            .map(|(i, (key, name))| {
-                let mut k = if i == 0 { Vec::new() } else { b",".to_vec() };
-                write_str(&mut k, key);
-                k.push(b':');
-                let field = match *name {
-                    "time" => Field::Time,
-                    "sensor_name" => Field::Sensor,
-                    "avg_value" => Field::Avg,
-                    "min_value" => Field::Min,
-                    "max_value" => Field::Max,
-                    "sum_value" => Field::Sum,
-                    "reading_count" => Field::Count,
-                    _ => Field::Typename,
-                };
-                (k, field)
-            })
-            .collect();
-        let mut sensor = Vec::new();
-        write_str(&mut sensor, &self.sensor);
-        let mut times = TimeWriter::default();
-        let mut out = Vec::with_capacity(self.metrics.len() * (24 + 24 * fields.len()) + 2);
-        out.push(b'[');
-        let mut first = true;
-        for m in &self.metrics {
-            // A bucket without a valid time is left out, as `objects` does.
-            if !m.bucket.as_ref().is_some_and(|b| times.prepare(b)) {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.push(b'{');
-            for (key, field) in &fields {
-                out.extend_from_slice(key);
-                match field {
-                    Field::Time => times.write(&mut out),
-                    Field::Sensor => out.extend_from_slice(&sensor),
-                    Field::Avg => write_f64(&mut out, m.avg),
-                    Field::Min => write_f64(&mut out, m.min),
-                    Field::Max => write_f64(&mut out, m.max),
-                    Field::Sum => write_f64(&mut out, decimal(&m.sum)),
-                    Field::Count => write_u64(&mut out, m.count),
-                    Field::Typename => out.extend_from_slice(b"\"SensorMetric\""),
-                }
-            }
-            out.push(b'}');
-        }
-        out.push(b']');
-        out
+    /// How to render the list `ctx` (a `[SensorMetric!]!` field) selects
+    /// straight to JSON, if its selection is plain and the request came
+    /// over HTTP.
+    fn plan<'a>(
+        ctx: &'a Context<'_>,
+        sensor: &str,
+    ) -> Option<(&'a Arc<crate::raw::RawJson>, crate::metrics_json::Plan)> {
+        let raw = ctx.data_opt::<Arc<crate::raw::RawJson>>()?;
+        let fields = crate::metrics_json::plain_selection(&ctx.item.node.selection_set.node.items)?;
+        Some((raw, crate::metrics_json::Plan::new(&fields, sensor)))
     }
 }
 
@@ -674,46 +614,15 @@ impl async_graphql::OutputType for MetricList {
         ctx: &async_graphql::ContextSelectionSet<'_>,
         field: &async_graphql::Positioned<async_graphql::parser::types::Field>,
     ) -> async_graphql::ServerResult<async_graphql::Value> {
-        use async_graphql::parser::types::Selection;
-        const FIELDS: [&str; 8] = [
-            "time",
-            "sensor_name",
-            "avg_value",
-            "min_value",
-            "max_value",
-            "sum_value",
-            "reading_count",
-            "__typename",
-        ];
-        let plain: Option<Vec<(&str, &str)>> = ctx
-            .item
-            .node
-            .items
-            .iter()
-            .map(|s| match &s.node {
-                Selection::Field(f)
-                    if f.node.directives.is_empty()
-                        && FIELDS.contains(&f.node.name.node.as_str()) =>
-                {
-                    Some((
-                        f.node.response_key().node.as_str(),
-                        f.node.name.node.as_str(),
-                    ))
-                }
-                _ => None,
-            })
-            .collect();
-        // A key selected twice is merged by the general path.
-        let plain = plain.filter(|f| {
-            let mut keys: Vec<&str> = f.iter().map(|(k, _)| *k).collect();
-            keys.sort_unstable();
-            keys.windows(2).all(|w| w[0] != w[1])
-        });
-        match (plain, ctx.data_opt::<Arc<crate::raw::RawJson>>()) {
-            (Some(fields), Some(raw)) => {
-                Ok(async_graphql::Value::String(raw.put(self.render(&fields))))
+        match self {
+            Self::Rendered(placeholder) => Ok(async_graphql::Value::String(placeholder.clone())),
+            Self::Decoded { sensor, metrics } => {
+                let objects: Vec<SensorMetric> = metrics
+                    .iter()
+                    .filter_map(|m| SensorMetric::from(sensor, m))
+                    .collect();
+                async_graphql::OutputType::resolve(&objects, ctx, field).await
             }
-            _ => async_graphql::OutputType::resolve(&self.objects(), ctx, field).await,
         }
     }
 }
@@ -1311,14 +1220,36 @@ impl QueryRoot {
     ) -> Result<MetricList> {
         let s = shared(ctx);
         let (start, end) = range(&s.limits, &start_time, &end_time)?;
+        let request = |device_uuid| v1::QueryMetricsRequest {
+            device_uuid,
+            sensor_name: sensor_name.clone(),
+            start: Some(iot_proto::timestamp(start)),
+            end: Some(iot_proto::timestamp(end)),
+            granularity: granularity.clone(),
+        };
+        if let Some((raw, plan)) = MetricList::plan(ctx, &sensor_name) {
+            let answer = of_device(ctx, &device_id, |device_uuid| {
+                let req = request(device_uuid);
+                async move {
+                    s.up.call(
+                        "ingest-writer",
+                        "QueryMetrics",
+                        s.up.query_metrics_wire(req),
+                    )
+                    .await
+                }
+            })
+            .await?;
+            let pieces = crate::metrics_json::render_pieces(Arc::new(plan), answer)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "cannot read ingest-writer's answer");
+                    error("INTERNAL", "ingest-writer failed")
+                })?;
+            return Ok(MetricList::Rendered(raw.put_pieces(pieces)));
+        }
         let got = of_device(ctx, &device_id, |device_uuid| {
-            let req = v1::QueryMetricsRequest {
-                device_uuid,
-                sensor_name: sensor_name.clone(),
-                start: Some(iot_proto::timestamp(start)),
-                end: Some(iot_proto::timestamp(end)),
-                granularity: granularity.clone(),
-            };
+            let req = request(device_uuid);
             let mut telemetry = s.up.telemetry();
             async move {
                 s.up.call(
@@ -1330,7 +1261,7 @@ impl QueryRoot {
             }
         })
         .await?;
-        Ok(MetricList {
+        Ok(MetricList::Decoded {
             sensor: sensor_name,
             metrics: got.metrics,
         })
@@ -2183,7 +2114,7 @@ mod tests {
 
     #[Object]
     impl Metrics {
-        async fn metrics(&self) -> MetricList {
+        async fn metrics(&self, ctx: &Context<'_>) -> MetricList {
             let t = |s: &str| Some(iot_proto::timestamp(s.parse().unwrap()));
             let m = |bucket, count, avg, sum: &str| v1::SensorMetric {
                 bucket,
@@ -2193,14 +2124,26 @@ mod tests {
                 max: avg + 0.5,
                 sum: sum.into(),
             };
-            MetricList {
-                sensor: "temp \"x\"".into(),
-                metrics: vec![
-                    m(t("2026-01-01T00:00:00Z"), 3, 21.123_456_789, "63.3703"),
-                    m(None, 1, 1.0, "1"),
-                    m(t("2026-01-01T01:00:00.25Z"), 1, f64::NAN, "NaN"),
-                    m(t("1999-12-31T23:00:00Z"), 7, -0.5, "-3.5"),
-                ],
+            let sensor = "temp \"x\"";
+            let metrics = vec![
+                m(t("2026-01-01T00:00:00Z"), 3, 21.123_456_789, "63.3703"),
+                m(None, 1, 1.0, "1"),
+                m(t("2026-01-01T01:00:00.25Z"), 1, f64::NAN, "NaN"),
+                m(t("1999-12-31T23:00:00Z"), 7, -0.5, "-3.5"),
+            ];
+            // As `sensorMetrics` does, with the backend's answer encoded here.
+            match MetricList::plan(ctx, sensor) {
+                Some((raw, plan)) => {
+                    let answer =
+                        prost::Message::encode_to_vec(&v1::QueryMetricsResponse { metrics });
+                    MetricList::Rendered(
+                        raw.put(crate::metrics_json::render(&plan, &answer).unwrap()),
+                    )
+                }
+                None => MetricList::Decoded {
+                    sensor: sensor.into(),
+                    metrics,
+                },
             }
         }
     }

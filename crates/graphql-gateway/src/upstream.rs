@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_graphql::ErrorExtensions;
 use iot_proto::v1::{
-    alerts_client::AlertsClient, device_registry_client::DeviceRegistryClient,
+    self, alerts_client::AlertsClient, device_registry_client::DeviceRegistryClient,
     ingest_client::IngestClient, telemetry_client::TelemetryClient,
 };
 use iot_proto::{Scope, Traced};
@@ -66,6 +66,26 @@ impl Upstreams {
 
     pub fn ingest(&self) -> IngestClient<InterceptedService<Channel, Traced>> {
         IngestClient::with_interceptor(self.ingest.clone(), Traced)
+    }
+
+    /// ingest-writer's `QueryMetrics`, its answer as the encoded bytes
+    /// that arrived ([`crate::metrics_json`] renders them).
+    pub async fn query_metrics_wire(
+        &self,
+        req: v1::QueryMetricsRequest,
+    ) -> Result<tonic::Response<prost::bytes::Bytes>, tonic::Status> {
+        let mut grpc =
+            tonic::client::Grpc::new(InterceptedService::new(self.telemetry.clone(), Traced));
+        grpc.ready().await.map_err(|e| {
+            let e: tonic::codegen::StdError = e.into();
+            tonic::Status::unknown(format!("Service was not ready: {e}"))
+        })?;
+        let mut req = tonic::Request::new(req);
+        req.extensions_mut()
+            .insert(tonic::GrpcMethod::new("iot.v1.Telemetry", "QueryMetrics"));
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/iot.v1.Telemetry/QueryMetrics");
+        grpc.unary(req, path, crate::metrics_json::WireCodec).await
     }
 
     /// Names of backends that are not serving.

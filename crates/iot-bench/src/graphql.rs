@@ -112,6 +112,66 @@ struct TrendPoint {
     max_value: f64,
 }
 
+/// TemperatureTrend's per-sample timings, in ms.
+#[derive(Default)]
+struct TrendTimings {
+    wire_direct: Vec<f64>,
+    wire_graphql: Vec<f64>,
+    decode_direct: Vec<f64>,
+    decode_graphql: Vec<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Sends a prost-encoded `QueryMetricsRequest` and keeps the answer's
+/// bytes as they arrived, so the time to receive it is measured apart from
+/// decoding it.
+#[derive(Clone, Copy)]
+struct WireCodec;
+
+impl tonic::codec::Codec for WireCodec {
+    type Encode = v1::QueryMetricsRequest;
+    type Decode = prost::bytes::Bytes;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for WireCodec {
+    type Item = v1::QueryMetricsRequest;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        prost::Message::encode(&item, dst).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for WireCodec {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        use prost::bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
 /// A keep-alive HTTP/1.1 client for `POST /graphql`.
 struct Http(BufReader<tokio::net::TcpStream>);
 
@@ -154,8 +214,13 @@ impl Http {
                 length = v.trim().parse().unwrap();
             }
         }
-        let mut buf = vec![0; length];
-        self.0.read_exact(&mut buf).await.unwrap();
+        let mut buf = Vec::with_capacity(length);
+        (&mut self.0)
+            .take(length as u64)
+            .read_to_end(&mut buf)
+            .await
+            .unwrap();
+        assert_eq!(buf.len(), length, "the answer ended early");
         buf
     }
 }
@@ -290,47 +355,69 @@ pub async fn run(ctx: &Ctx) {
 
     gateway_side("DeviceDashboard").await;
 
-    // TemperatureTrend: a year of hourly metrics of the loaded series.
-    // The client's decoding time per answer, and the answer's size.
-    let parse_ms = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    // TemperatureTrend: a year of hourly metrics of the loaded series,
+    // timed twice per sample on each side: to the last byte of the answer,
+    // and once it is decoded into types.
+    let raw_channel = tonic::transport::Endpoint::from_shared(writer.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let timings = std::sync::Arc::new(std::sync::Mutex::new(TrendTimings::default()));
     let body_bytes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let range = |i: usize| -> (DateTime<Utc>, DateTime<Utc>) {
         let s = data.start() + TimeDelta::seconds(((i * 7919) % 86_400) as i64);
         (s, s + TimeDelta::days(364))
     };
     let trend_device = device(0).to_string();
-    compare(
-        "TemperatureTrend (1 year, 1h)",
-        |i| {
-            let mut tel = tel.clone();
+    let (decoded_direct, decoded_graphql, items) = query::interleaved(
+        "TemperatureTrend",
+        SAMPLES,
+        &mut |i| {
+            let mut grpc = tonic::client::Grpc::new(raw_channel.clone());
             let (s, e) = range(i);
             let id = trend_device.clone();
+            let timings = timings.clone();
             async move {
                 // The one call a trusted gRPC client that knows the device
                 // makes; the gateway also checks the device's owner (at
-                // the same time, GetDevice).
-                tel.query_metrics(v1::QueryMetricsRequest {
-                    device_uuid: id,
-                    sensor_name: "temperature".into(),
-                    start: Some(iot_proto::timestamp(s)),
-                    end: Some(iot_proto::timestamp(e)),
-                    granularity: "1h".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .metrics
-                .len()
+                // the same time, GetDevice). Received whole, then decoded
+                // with prost as a generated client decodes it.
+                let started = Instant::now();
+                grpc.ready().await.unwrap();
+                let answer = grpc
+                    .unary(
+                        tonic::Request::new(v1::QueryMetricsRequest {
+                            device_uuid: id,
+                            sensor_name: "temperature".into(),
+                            start: Some(iot_proto::timestamp(s)),
+                            end: Some(iot_proto::timestamp(e)),
+                            granularity: "1h".into(),
+                        }),
+                        tonic::codegen::http::uri::PathAndQuery::from_static(
+                            "/iot.v1.Telemetry/QueryMetrics",
+                        ),
+                        WireCodec,
+                    )
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let received = Instant::now();
+                let m = <v1::QueryMetricsResponse as prost::Message>::decode(answer).unwrap();
+                let mut t = timings.lock().unwrap();
+                t.wire_direct.push(ms(received - started));
+                t.decode_direct.push(ms(received.elapsed()));
+                m.metrics.len()
             }
         },
-        |i| {
+        &mut |i| {
             let http = http.clone();
             let (s, e) = range(i);
             let id = trend_device.clone();
-            let (parse_ms, body_bytes) = (parse_ms.clone(), body_bytes.clone());
+            let (timings, body_bytes) = (timings.clone(), body_bytes.clone());
             async move {
-                // Decoded into types, as a generated client would (the
-                // direct side decodes protobuf into types too).
+                // Decoded into types, as a generated client would.
+                let started = Instant::now();
                 let body = http
                     .lock()
                     .await
@@ -339,27 +426,44 @@ pub async fn run(ctx: &Ctx) {
                         json!({"deviceId": id, "startTime": s.to_rfc3339(), "endTime": e.to_rfc3339()}),
                     )
                     .await;
+                let received = Instant::now();
                 body_bytes.store(body.len(), std::sync::atomic::Ordering::Relaxed);
-                let parsing = Instant::now();
                 let r: TrendResponse = serde_json::from_slice(&body).unwrap();
-                parse_ms
-                    .lock()
-                    .unwrap()
-                    .push(parsing.elapsed().as_secs_f64() * 1000.0);
+                let mut t = timings.lock().unwrap();
+                t.wire_graphql.push(ms(received - started));
+                t.decode_graphql.push(ms(received.elapsed()));
                 assert!(r.errors.is_none(), "GraphQL error: {:?}", r.errors);
                 r.data.sensor_metrics.len()
             }
         },
     )
     .await;
-    gateway_side("TemperatureTrend").await;
-    let mut parse = std::mem::take(&mut *parse_ms.lock().unwrap());
-    parse.sort_by(f64::total_cmp);
+    let t = std::mem::take(&mut *timings.lock().unwrap());
+    let (wd, wg) = (stats(t.wire_direct), stats(t.wire_graphql));
+    let added = wg.p50 - wd.p50;
     println!(
-        "  TemperatureTrend, the client's JSON decoding (part of its GraphQL time): p50 {:.2} ms, {} bytes",
-        parse[parse.len() / 2],
-        body_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        "TemperatureTrend (1 year, 1h)  {items:>5} items, to the answer's last byte | gRPC direct p50 {:>6.2} p99 {:>6.2} | GraphQL p50 {:>6.2} p99 {:>6.2} ms | GraphQL/gRPC p50 {:.2}x | added at p50 {added:.2} ms (target <= 2 ms: {})",
+        wd.p50,
+        wd.p99,
+        wg.p50,
+        wg.p99,
+        wg.p50 / wd.p50,
+        if added <= 2.0 { "ok" } else { "MISSED" }
     );
+    let (dd, dg) = (stats(decoded_direct), stats(decoded_graphql));
+    let (pd, pg) = (stats(t.decode_direct), stats(t.decode_graphql));
+    println!(
+        "  and decoded into types as well (protobuf by prost, JSON of {} bytes by serde_json): gRPC direct p50 {:.2} p99 {:.2} | GraphQL p50 {:.2} p99 {:.2} ms | added at p50 {:.2} ms; decoding alone p50 {:.2} (protobuf) and {:.2} ms (JSON)",
+        body_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        dd.p50,
+        dd.p99,
+        dg.p50,
+        dg.p99,
+        dg.p50 - dd.p50,
+        pd.p50,
+        pg.p50,
+    );
+    gateway_side("TemperatureTrend").await;
 
     subscribers(gql.http_port, al.clone(), &url).await;
     drop((gql, alerts, writer, registry));

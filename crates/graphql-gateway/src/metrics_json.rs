@@ -1,0 +1,553 @@
+//! `sensorMetrics` straight from ingest-writer's protobuf answer to the
+//! GraphQL response's JSON text.
+//!
+//! A year of hourly metrics is 8,760 buckets. Decoding them into
+//! `v1::SensorMetric`s (a `String` per bucket for its exact sum, a vector
+//! grown by doubling), rendering those as JSON and freeing them was most of
+//! what the gateway added to such a query. When the selection is plain
+//! ([`plain_selection`]) and the request came over HTTP, the gateway
+//! instead calls `QueryMetrics` with [`WireCodec`], which keeps the answer
+//! as the bytes that arrived, and [`render_pieces`] reads that wire format
+//! once, writing each bucket's selected fields as it goes, exactly as
+//! async-graphql would render them (tests compare the two). The text
+//! reaches the response through [`crate::raw`] without being copied.
+
+use std::sync::Arc;
+
+use async_graphql::Positioned;
+use async_graphql::parser::types::Selection;
+use iot_proto::v1;
+use prost::Message as _;
+use prost::bytes::{Buf as _, Bytes};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::raw::{TimeWriter, write_f64, write_str, write_u64};
+
+/// The fields of `SensorMetric` a plain selection may hold.
+const FIELDS: [&str; 8] = [
+    "time",
+    "sensor_name",
+    "avg_value",
+    "min_value",
+    "max_value",
+    "sum_value",
+    "reading_count",
+    "__typename",
+];
+
+/// `(response key, field name)` of each selected field, when the selection
+/// is plain: known fields only, no fragments, no directives, no key twice
+/// (async-graphql merges those; the general path does it).
+pub fn plain_selection(items: &[Positioned<Selection>]) -> Option<Vec<(&str, &str)>> {
+    let fields: Vec<(&str, &str)> = items
+        .iter()
+        .map(|s| match &s.node {
+            Selection::Field(f)
+                if f.node.directives.is_empty() && FIELDS.contains(&f.node.name.node.as_str()) =>
+            {
+                Some((
+                    f.node.response_key().node.as_str(),
+                    f.node.name.node.as_str(),
+                ))
+            }
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let mut keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable();
+    keys.windows(2).all(|w| w[0] != w[1]).then_some(fields)
+}
+
+enum Field {
+    Time,
+    Sensor,
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Count,
+    Typename,
+}
+
+/// What to write for each bucket: the keys (with their separators) and
+/// field kinds, worked out once per list, and the sensor's name as JSON.
+pub struct Plan {
+    fields: Vec<(Vec<u8>, Field)>,
+    sensor: Vec<u8>,
+}
+
+impl Plan {
+    pub fn new(fields: &[(&str, &str)], sensor: &str) -> Self {
+        let fields = fields
+            .iter()
+            .enumerate()
+            .map(|(i, (key, name))| {
+                let mut k = if i == 0 { Vec::new() } else { b",".to_vec() };
+                write_str(&mut k, key);
+                k.push(b':');
+                let field = match *name {
+                    "time" => Field::Time,
+                    "sensor_name" => Field::Sensor,
+                    "avg_value" => Field::Avg,
+                    "min_value" => Field::Min,
+                    "max_value" => Field::Max,
+                    "sum_value" => Field::Sum,
+                    "reading_count" => Field::Count,
+                    _ => Field::Typename,
+                };
+                (k, field)
+            })
+            .collect();
+        let mut s = Vec::new();
+        write_str(&mut s, sensor);
+        Self { fields, sensor: s }
+    }
+
+    /// Bytes of JSON per bucket, roughly, to size the output once.
+    fn bucket_len(&self) -> usize {
+        2 + self
+            .fields
+            .iter()
+            .map(|(k, f)| {
+                k.len()
+                    + match f {
+                        Field::Time => 27,
+                        Field::Sensor => self.sensor.len(),
+                        Field::Typename => 14,
+                        _ => 12,
+                    }
+            })
+            .sum::<usize>()
+    }
+}
+
+/// The answer was not a well-formed `QueryMetricsResponse`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed(&'static str);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed QueryMetrics answer: {}", self.0)
+    }
+}
+
+/// Protobuf wire format, read from a slice.
+struct Wire<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Wire<'a> {
+    fn done(&self) -> bool {
+        self.b.is_empty()
+    }
+
+    fn varint(&mut self) -> Result<u64, Malformed> {
+        let mut v = 0u64;
+        for (i, &byte) in self.b.iter().enumerate().take(10) {
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                self.b = &self.b[i + 1..];
+                return Ok(v);
+            }
+        }
+        Err(Malformed("bad varint"))
+    }
+
+    fn fixed64(&mut self) -> Result<u64, Malformed> {
+        let (head, rest) = self
+            .b
+            .split_first_chunk::<8>()
+            .ok_or(Malformed("truncated fixed64"))?;
+        self.b = rest;
+        Ok(u64::from_le_bytes(*head))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
+        let n = usize::try_from(self.varint()?).map_err(|_| Malformed("bad length"))?;
+        if n > self.b.len() {
+            return Err(Malformed("length past the end"));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    /// The next field's number and wire type.
+    fn key(&mut self) -> Result<(u64, u8), Malformed> {
+        let k = self.varint()?;
+        Ok((k >> 3, (k & 7) as u8))
+    }
+
+    /// Skips the value of a field this reader does not know.
+    fn skip(&mut self, wire: u8) -> Result<(), Malformed> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.fixed64().map(drop),
+            2 => self.bytes().map(drop),
+            5 => {
+                let rest = self.b.get(4..).ok_or(Malformed("truncated fixed32"))?;
+                self.b = rest;
+                Ok(())
+            }
+            _ => Err(Malformed("unsupported wire type")),
+        }
+    }
+}
+
+/// One `SensorMetric` as it is on the wire (proto3: absent fields are
+/// zero, the last occurrence of a field wins, message fields merge).
+#[derive(Default)]
+struct Bucket<'a> {
+    time: Option<iot_proto::Timestamp>,
+    count: u64,
+    avg: f64,
+    min: f64,
+    max: f64,
+    sum: &'a [u8],
+}
+
+fn bucket(b: &[u8]) -> Result<Bucket<'_>, Malformed> {
+    let mut w = Wire { b };
+    let mut m = Bucket::default();
+    let expect = |got: u8, want: u8| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(Malformed("wrong wire type"))
+        }
+    };
+    while !w.done() {
+        match w.key()? {
+            (1, t) => {
+                expect(t, 2)?;
+                let mut ts = Wire { b: w.bytes()? };
+                let time = m.time.get_or_insert_with(Default::default);
+                while !ts.done() {
+                    match ts.key()? {
+                        (1, t) => {
+                            expect(t, 0)?;
+                            time.seconds = ts.varint()? as i64;
+                        }
+                        (2, t) => {
+                            expect(t, 0)?;
+                            time.nanos = ts.varint()? as i32;
+                        }
+                        (_, t) => ts.skip(t)?,
+                    }
+                }
+            }
+            (2, t) => {
+                expect(t, 0)?;
+                m.count = w.varint()?;
+            }
+            (n @ 3..=5, t) => {
+                expect(t, 1)?;
+                let v = f64::from_bits(w.fixed64()?);
+                match n {
+                    3 => m.avg = v,
+                    4 => m.min = v,
+                    _ => m.max = v,
+                }
+            }
+            (6, t) => {
+                expect(t, 2)?;
+                m.sum = w.bytes()?;
+            }
+            (_, t) => w.skip(t)?,
+        }
+    }
+    Ok(m)
+}
+
+/// The JSON list of the buckets in an encoded `QueryMetricsResponse`, with
+/// `plan`'s fields. A bucket without a valid time is left out, as the
+/// general path leaves it out.
+pub fn render(plan: &Plan, answer: &[u8]) -> Result<Vec<u8>, Malformed> {
+    let items = elements(plan, answer)?;
+    let mut out = Vec::with_capacity(items.len() + 2);
+    out.push(b'[');
+    out.extend_from_slice(&items);
+    out.push(b']');
+    Ok(out)
+}
+
+/// Answers from this size on are rendered in two halves at once.
+const PARALLEL_FROM: usize = 64 * 1024;
+
+/// [`render`]'s text as pieces to send one after another. A large answer
+/// is cut in two at a bucket boundary and the halves are rendered at the
+/// same time, the second on a blocking thread: rendering 8,760 buckets
+/// takes milliseconds, which the caller waits for.
+pub async fn render_pieces(plan: Arc<Plan>, answer: Bytes) -> Result<Vec<Bytes>, Malformed> {
+    if answer.len() < PARALLEL_FROM {
+        return Ok(vec![Bytes::from(render(&plan, &answer)?)]);
+    }
+    let cut = midpoint(&answer)?;
+    let second = answer.slice(cut..);
+    let other = {
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || elements(&plan, &second))
+    };
+    let a = elements(&plan, &answer[..cut]);
+    let b = other
+        .await
+        .map_err(|_| Malformed("a rendering task failed"))?;
+    let (a, b) = (a?, b?);
+    let both = !a.is_empty() && !b.is_empty();
+    let mut out = vec![Bytes::from_static(b"[")];
+    out.push(Bytes::from(a));
+    if both {
+        out.push(Bytes::from_static(b","));
+    }
+    out.push(Bytes::from(b));
+    out.push(Bytes::from_static(b"]"));
+    out.retain(|p| !p.is_empty());
+    Ok(out)
+}
+
+/// The offset of the first top-level field that starts at or after the
+/// middle of `answer` (its length when there is none).
+fn midpoint(answer: &[u8]) -> Result<usize, Malformed> {
+    let half = answer.len() / 2;
+    let mut w = Wire { b: answer };
+    while !w.done() {
+        let at = answer.len() - w.b.len();
+        if at >= half {
+            return Ok(at);
+        }
+        let (_, wire) = w.key()?;
+        w.skip(wire)?;
+    }
+    Ok(answer.len())
+}
+
+/// The buckets among `fields` (whole top-level fields of an encoded
+/// `QueryMetricsResponse`) as JSON objects separated by commas.
+fn elements(plan: &Plan, fields: &[u8]) -> Result<Vec<u8>, Malformed> {
+    // A bucket is at least ~40 bytes on the wire; capacity that is never
+    // written costs no memory.
+    let mut out = Vec::with_capacity((fields.len() / 40 + 1) * plan.bucket_len());
+    let mut times = TimeWriter::default();
+    let mut w = Wire { b: fields };
+    let mut first = true;
+    while !w.done() {
+        let (field, wire) = w.key()?;
+        if field != 1 {
+            w.skip(wire)?;
+            continue;
+        }
+        if wire != 2 {
+            return Err(Malformed("wrong wire type"));
+        }
+        let m = bucket(w.bytes()?)?;
+        if !m.time.as_ref().is_some_and(|t| times.prepare(t)) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.push(b'{');
+        for (key, field) in &plan.fields {
+            out.extend_from_slice(key);
+            match field {
+                Field::Time => times.write(&mut out),
+                Field::Sensor => out.extend_from_slice(&plan.sensor),
+                Field::Avg => write_f64(&mut out, m.avg),
+                Field::Min => write_f64(&mut out, m.min),
+                Field::Max => write_f64(&mut out, m.max),
+                Field::Sum => {
+                    let text =
+                        std::str::from_utf8(m.sum).map_err(|_| Malformed("sum is not UTF-8"))?;
+                    write_f64(&mut out, crate::schema::decimal(text));
+                }
+                Field::Count => write_u64(&mut out, m.count),
+                Field::Typename => out.extend_from_slice(b"\"SensorMetric\""),
+            }
+        }
+        out.push(b'}');
+    }
+    Ok(out)
+}
+
+/// `QueryMetrics` with the request encoded by prost and the answer kept as
+/// the bytes that arrived, for [`render_pieces`].
+#[derive(Clone, Copy)]
+pub struct WireCodec;
+
+impl Codec for WireCodec {
+    type Encode = v1::QueryMetricsRequest;
+    type Decode = Bytes;
+    type Encoder = RequestEncoder;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> RequestEncoder {
+        RequestEncoder
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+pub struct RequestEncoder;
+
+impl Encoder for RequestEncoder {
+    type Item = v1::QueryMetricsRequest;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for WireCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
+        // The whole message, without a copy.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan::new(
+            &[
+                ("t", "time"),
+                ("avg_value", "avg_value"),
+                ("sum_value", "sum_value"),
+                ("reading_count", "reading_count"),
+            ],
+            "temperature",
+        )
+    }
+
+    fn metric(seconds: i64, avg: f64, sum: &str) -> v1::SensorMetric {
+        v1::SensorMetric {
+            bucket: Some(iot_proto::Timestamp { seconds, nanos: 0 }),
+            count: 4,
+            avg,
+            min: avg - 1.0,
+            max: avg + 1.0,
+            sum: sum.into(),
+        }
+    }
+
+    fn encode(m: &[v1::SensorMetric]) -> Vec<u8> {
+        v1::QueryMetricsResponse {
+            metrics: m.to_vec(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn fields_in_any_order_and_unknown_fields_read_as_prost_reads_them() {
+        let want = render(&plan(), &encode(&[metric(3_600, 21.5, "86")])).unwrap();
+        assert_eq!(
+            String::from_utf8(want.clone()).unwrap(),
+            r#"[{"t":"1970-01-01T01:00:00+00:00","avg_value":21.5,"sum_value":86.0,"reading_count":4}]"#
+        );
+        // The same bucket hand-written: fields reversed, an unknown field of
+        // each wire type, a stale count and time overwritten by later ones.
+        let mut b = Vec::new();
+        b.extend_from_slice(&[0x32, 2, b'8', b'6']); // sum "86"
+        b.extend_from_slice(&[0x10, 9]); // count 9, overwritten below
+        b.push(0x19); // avg, fixed64
+        b.extend_from_slice(&21.5f64.to_bits().to_le_bytes());
+        b.extend_from_slice(&[0x0a, 2, 0x08, 1]); // bucket: seconds 1
+        b.extend_from_slice(&[0x0a, 3, 0x08, 0x90, 0x1c]); // bucket: seconds 3600
+        b.extend_from_slice(&[0x10, 4]); // count 4
+        b.extend_from_slice(&[0x78, 7]); // field 15, varint
+        b.extend_from_slice(&[0x79, 0, 0, 0, 0, 0, 0, 0, 0]); // field 15, fixed64
+        b.extend_from_slice(&[0x7a, 1, 0]); // field 15, bytes
+        b.extend_from_slice(&[0x7d, 0, 0, 0, 0]); // field 15, fixed32
+        let mut answer = vec![0x10, 1]; // unknown top-level field 2
+        answer.push(0x0a);
+        answer.push(b.len() as u8);
+        answer.extend_from_slice(&b);
+        assert_eq!(render(&plan(), &answer).unwrap(), want);
+    }
+
+    #[test]
+    fn a_malformed_answer_is_an_error_not_a_guess() {
+        let good = encode(&[metric(0, 1.0, "4"), metric(3_600, 2.0, "8")]);
+        // Every truncation of a good answer either ends between buckets
+        // (fewer buckets) or fails.
+        for n in 0..good.len() {
+            if let Ok(json) = render(&plan(), &good[..n]) {
+                let s = String::from_utf8(json).unwrap();
+                assert!(s == "[]" || s.matches('{').count() == 1, "{n}: {s}");
+            }
+        }
+        for bad in [
+            &[0x0a, 5, 0x10][..],                            // length past the end
+            &[0x0b][..],                                     // group wire type
+            &[0x09, 1, 2][..],                               // metrics as fixed64
+            &[0x0a, 2, 0x19, 0][..],                         // truncated double
+            &[0x0a, 2, 0x0a, 0x08][..],                      // bucket length past the end
+            &[0x0a, 7, 0x0a, 2, 0x08, 1, 0x32, 1, 0xff][..], // sum not UTF-8
+            &[0x80; 11][..],                                 // varint too long
+        ] {
+            assert!(render(&plan(), bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_rendered_in_halves_is_the_same_text() {
+        let p = Arc::new(plan());
+        let many: Vec<v1::SensorMetric> = (0..6_000)
+            .map(|i| {
+                let mut m = metric(i * 3_600, f64::from(i as u32) / 8.0, "12.5");
+                // Buckets without a time, some of them around the cut.
+                if i % 7 == 0 || (2_990..3_010).contains(&i) {
+                    m.bucket = None;
+                }
+                m
+            })
+            .collect();
+        let answer = encode(&many);
+        assert!(answer.len() >= PARALLEL_FROM);
+        let joined = |pieces: Vec<Bytes>| pieces.concat();
+        let pieces = render_pieces(p.clone(), answer.clone().into())
+            .await
+            .unwrap();
+        assert!(pieces.len() > 1, "rendered in one piece");
+        assert_eq!(joined(pieces), render(&p, &answer).unwrap());
+        // A first half with no bucket to show: no stray comma.
+        let mut none_first = many.clone();
+        for m in &mut none_first[..3_100] {
+            m.bucket = None;
+        }
+        let answer = encode(&none_first);
+        let text = joined(
+            render_pieces(p.clone(), answer.clone().into())
+                .await
+                .unwrap(),
+        );
+        assert_eq!(text, render(&p, &answer).unwrap());
+        assert!(text.starts_with(b"[{"));
+        // An empty list, and a malformed large answer.
+        let answer = encode(&vec![v1::SensorMetric::default(); 3_000]);
+        assert_eq!(
+            joined(render_pieces(p.clone(), answer.into()).await.unwrap()),
+            b"[]"
+        );
+        let mut bad = encode(&many);
+        bad.truncate(bad.len() - 3);
+        assert!(render_pieces(p, bad.into()).await.is_err());
+    }
+
+    #[test]
+    fn a_bucket_without_a_time_is_left_out() {
+        let mut m = metric(0, 1.0, "4");
+        m.bucket = None;
+        let json = render(&plan(), &encode(&[m, metric(60, 2.0, "8")])).unwrap();
+        assert_eq!(String::from_utf8(json).unwrap().matches('{').count(), 1);
+    }
+}
