@@ -136,7 +136,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 pub struct TimeWriter {
     /// The day (since the epoch) `prefix` holds: `"YYYY-MM-DDT`.
     day: Option<i64>,
-    prefix: Vec<u8>,
+    prefix: [u8; 12],
     /// The time [`Self::prepare`] accepted last.
     current: Option<Prepared>,
 }
@@ -165,8 +165,7 @@ impl TimeWriter {
         // Whole seconds in years 0 to 9999 have the fixed layout.
         if t.nanos == 0 && full.len() == 27 {
             self.day = Some(day);
-            self.prefix.clear();
-            self.prefix.extend_from_slice(&full[..12]);
+            self.prefix.copy_from_slice(&full[..12]);
             self.current = Some(Prepared::InDay(in_day as u32));
         } else {
             self.current = Some(Prepared::Other(dt));
@@ -176,21 +175,27 @@ impl TimeWriter {
 
     /// Writes the time [`Self::prepare`] accepted last.
     pub fn write(&self, out: &mut Vec<u8>) {
-        match &self.current {
-            Some(Prepared::InDay(s)) => {
-                let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
-                let d = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
-                out.extend_from_slice(&self.prefix);
-                out.extend_from_slice(&d(h));
-                out.push(b':');
-                out.extend_from_slice(&d(m));
-                out.push(b':');
-                out.extend_from_slice(&d(s));
-                out.extend_from_slice(b"+00:00\"");
-            }
-            Some(Prepared::Other(t)) => write_time(out, t),
-            None => out.extend_from_slice(b"null"),
+        match (self.fixed(), &self.current) {
+            (Some(text), _) => out.extend_from_slice(&text),
+            (None, Some(Prepared::Other(t))) => write_time(out, t),
+            _ => out.extend_from_slice(b"null"),
         }
+    }
+
+    /// The quoted text of the time [`Self::prepare`] accepted last, when it
+    /// is whole seconds into the cached day (the fixed layout).
+    pub fn fixed(&self) -> Option<[u8; 27]> {
+        let Some(Prepared::InDay(s)) = self.current else {
+            return None;
+        };
+        let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
+        let d = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+        let mut t = *b"\"YYYY-MM-DDTHH:MM:SS+00:00\"";
+        t[..12].copy_from_slice(&self.prefix);
+        t[12..14].copy_from_slice(&d(h));
+        t[15..17].copy_from_slice(&d(m));
+        t[18..20].copy_from_slice(&d(s));
+        Some(t)
     }
 }
 
@@ -210,58 +215,62 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
 /// less than 2e-7 apart. Integer arithmetic gives it without the general
 /// algorithm; the tests compare the two.
 fn write_short_decimal(out: &mut Vec<u8>, v: f64) -> bool {
+    match short_decimal(v) {
+        Some((text, n)) => {
+            out.extend_from_slice(&text[..n]);
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`write_short_decimal`]'s text in a fixed buffer, and its length.
+pub fn short_decimal(v: f64) -> Option<([u8; 16], usize)> {
     let a = v.abs();
     if !(1e-3..1e9).contains(&a) {
-        return false;
+        return None;
     }
     // Truncation after adding a half rounds (a is positive), without a
     // call to libm's `round`; whatever k it gives is checked exactly.
     let k = (a * 10_000.0 + 0.5) as u64;
     if k as f64 / 10_000.0 != a {
-        return false;
+        return None;
     }
     let (int, frac) = (k / 10_000, k % 10_000);
-    if v < 0.0 {
-        out.push(b'-');
-    }
-    push_u64(out, int);
+    let mut t = [0u8; 16];
+    let mut n = usize::from(v < 0.0);
+    t[0] = b'-';
+    n += put_digits(&mut t[n..], int);
+    t[n] = b'.';
     if frac == 0 {
-        out.extend_from_slice(b".0");
-        return true;
+        t[n + 1] = b'0';
+        return Some((t, n + 2));
     }
-    let digits = [
-        b'0' + (frac / 1000) as u8,
-        b'0' + (frac / 100 % 10) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ];
-    let mut n = 4;
-    while digits[n - 1] == b'0' {
-        n -= 1;
+    let digits = [frac / 1000, frac / 100 % 10, frac / 10 % 10, frac % 10];
+    let mut m = 4;
+    while digits[m - 1] == 0 {
+        m -= 1;
     }
-    out.push(b'.');
-    out.extend_from_slice(&digits[..n]);
-    true
+    for (i, d) in digits[..m].iter().enumerate() {
+        t[n + 1 + i] = b'0' + *d as u8;
+    }
+    Some((t, n + 1 + m))
 }
 
-/// Appends the decimal digits of `n`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Writes the decimal digits of `x` at the start of `to` (which must have
+/// room: 20 bytes hold any `u64`) and returns how many.
+pub fn put_digits(to: &mut [u8], mut x: u64) -> usize {
+    let mut len = 1;
+    let mut p = 10u64;
+    while len < 20 && x >= p {
+        len += 1;
+        p = p.saturating_mul(10);
     }
-    out.extend_from_slice(&buf[i..]);
-}
-
-/// Appends `v` as a JSON number.
-pub fn write_u64(out: &mut Vec<u8>, v: u64) {
-    push_u64(out, v);
+    for c in to[..len].iter_mut().rev() {
+        *c = b'0' + (x % 10) as u8;
+        x /= 10;
+    }
+    len
 }
 
 #[cfg(test)]
@@ -388,6 +397,21 @@ mod tests {
             nanos: -1,
         };
         assert!(!writer.prepare(&bad));
+    }
+
+    #[test]
+    fn digits_are_those_of_to_string() {
+        let mut values = vec![0, 1, 9, u64::MAX];
+        let mut p = 10u64;
+        while let Some(next) = p.checked_mul(10) {
+            values.extend([p - 1, p, p + 1]);
+            p = next;
+        }
+        for v in values {
+            let mut t = [0u8; 20];
+            let n = put_digits(&mut t, v);
+            assert_eq!(std::str::from_utf8(&t[..n]).unwrap(), v.to_string());
+        }
     }
 
     #[test]
