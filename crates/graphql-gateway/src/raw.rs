@@ -238,8 +238,11 @@ pub fn short_decimal(v: f64) -> Option<([u8; 16], usize)> {
     }
     let (int, frac) = (k / 10_000, k % 10_000);
     let mut t = [0u8; 16];
-    let mut n = usize::from(v < 0.0);
-    t[0] = b'-';
+    let mut n = 0;
+    if v < 0.0 {
+        t[0] = b'-';
+        n = 1;
+    }
     n += put_digits(&mut t[n..], int);
     t[n] = b'.';
     if frac == 0 {
