@@ -6,8 +6,8 @@
 //! grown by doubling), rendering those as JSON and freeing them was most of
 //! what the gateway added to such a query. When the selection is plain
 //! ([`plain_selection`]) and the request came over HTTP, the gateway
-//! instead calls `QueryMetrics` with [`WireCodec`], which keeps the answer
-//! as the bytes that arrived, and [`render_pieces`] reads that wire format
+//! instead calls `QueryMetrics` with [`iot_proto::WireCodec`], which keeps
+//! the answer as the bytes that arrived, and [`render_pieces`] reads that wire format
 //! once, writing each bucket's selected fields as it goes, exactly as
 //! async-graphql would render them (tests compare the two). The text
 //! reaches the response through [`crate::raw`] without being copied.
@@ -16,10 +16,7 @@ use std::sync::Arc;
 
 use async_graphql::Positioned;
 use async_graphql::parser::types::Selection;
-use iot_proto::v1;
-use prost::Message as _;
-use prost::bytes::{Buf as _, Bytes};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use prost::bytes::Bytes;
 
 use crate::raw::{TimeWriter, put_digits, short_decimal, write_f64, write_str};
 
@@ -284,47 +281,47 @@ fn bucket(b: &[u8]) -> Result<Bucket<'_>, Malformed> {
     Ok(m)
 }
 
-/// The JSON list of the buckets in an encoded `QueryMetricsResponse`, with
-/// `plan`'s fields. A bucket without a valid time is left out, as the
-/// general path leaves it out.
+/// [`render_pieces`]'s text in one buffer.
+#[cfg(test)]
 pub fn render(plan: &Plan, answer: &[u8]) -> Result<Vec<u8>, Malformed> {
     let items = elements(plan, answer, Vec::new())?;
-    let mut out = Vec::with_capacity(items.len() + 2);
-    out.push(b'[');
-    out.extend_from_slice(&items);
-    out.push(b']');
-    Ok(out)
+    Ok([&b"["[..], &items, b"]"].concat())
 }
 
 /// Answers from this size on are rendered in two halves at once.
 const PARALLEL_FROM: usize = 64 * 1024;
 
-/// [`render`]'s text as pieces to send one after another. A large answer
-/// is cut in two at a bucket boundary and the halves are rendered at the
-/// same time, the second on a blocking thread: rendering 8,760 buckets
-/// takes milliseconds, which the caller waits for.
+/// The JSON list of the buckets in an encoded `QueryMetricsResponse`, with
+/// `plan`'s fields, as pieces to send one after another. A bucket without
+/// a valid time is left out, as the general path leaves it out. A large
+/// answer is cut in two at a bucket boundary and the halves are rendered
+/// at the same time, the second on a blocking thread: rendering 8,760
+/// buckets takes milliseconds, which the caller waits for.
 pub async fn render_pieces(plan: Arc<Plan>, answer: Bytes) -> Result<Vec<Bytes>, Malformed> {
-    if answer.len() < PARALLEL_FROM {
-        return Ok(vec![Bytes::from(render(&plan, &answer)?)]);
-    }
-    let cut = midpoint(&answer)?;
-    let second = answer.slice(cut..);
-    let other = {
-        let plan = plan.clone();
-        tokio::task::spawn_blocking(move || elements(&plan, &second, pooled()))
+    let [a, b] = if answer.len() < PARALLEL_FROM {
+        [
+            Bytes::from(elements(&plan, &answer, Vec::new())?),
+            Bytes::new(),
+        ]
+    } else {
+        let cut = midpoint(&answer)?;
+        let second = answer.slice(cut..);
+        let other = {
+            let plan = plan.clone();
+            tokio::task::spawn_blocking(move || elements(&plan, &second, pooled()))
+        };
+        let a = elements(&plan, &answer[..cut], pooled());
+        let b = other
+            .await
+            .map_err(|_| Malformed("a rendering task failed"))?;
+        [Bytes::from_owner(Pooled(a?)), Bytes::from_owner(Pooled(b?))]
     };
-    let a = elements(&plan, &answer[..cut], pooled());
-    let b = other
-        .await
-        .map_err(|_| Malformed("a rendering task failed"))?;
-    let (a, b) = (a?, b?);
     let both = !a.is_empty() && !b.is_empty();
-    let mut out = vec![Bytes::from_static(b"[")];
-    out.push(Bytes::from_owner(Pooled(a)));
+    let mut out = vec![Bytes::from_static(b"["), a];
     if both {
         out.push(Bytes::from_static(b","));
     }
-    out.push(Bytes::from_owner(Pooled(b)));
+    out.push(b);
     out.push(Bytes::from_static(b"]"));
     out.retain(|p| !p.is_empty());
     Ok(out)
@@ -519,51 +516,11 @@ impl<'a> Blocks<'a> {
     }
 }
 
-/// `QueryMetrics` with the request encoded by prost and the answer kept as
-/// the bytes that arrived, for [`render_pieces`].
-#[derive(Clone, Copy)]
-pub struct WireCodec;
-
-impl Codec for WireCodec {
-    type Encode = v1::QueryMetricsRequest;
-    type Decode = Bytes;
-    type Encoder = RequestEncoder;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> RequestEncoder {
-        RequestEncoder
-    }
-
-    fn decoder(&mut self) -> Self {
-        *self
-    }
-}
-
-pub struct RequestEncoder;
-
-impl Encoder for RequestEncoder {
-    type Item = v1::QueryMetricsRequest;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl Decoder for WireCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
-        // The whole message, without a copy.
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iot_proto::v1;
+    use prost::Message as _;
 
     fn plan() -> Plan {
         Plan::new(

@@ -2136,9 +2136,8 @@ mod tests {
                 Some((raw, plan)) => {
                     let answer =
                         prost::Message::encode_to_vec(&v1::QueryMetricsResponse { metrics });
-                    MetricList::Rendered(
-                        raw.put(crate::metrics_json::render(&plan, &answer).unwrap()),
-                    )
+                    let pieces = crate::metrics_json::render_pieces(Arc::new(plan), answer.into());
+                    MetricList::Rendered(raw.put_pieces(pieces.await.unwrap()))
                 }
                 None => MetricList::Decoded {
                     sensor: sensor.into(),

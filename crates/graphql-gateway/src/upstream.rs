@@ -85,7 +85,7 @@ impl Upstreams {
             .insert(tonic::GrpcMethod::new("iot.v1.Telemetry", "QueryMetrics"));
         let path =
             tonic::codegen::http::uri::PathAndQuery::from_static("/iot.v1.Telemetry/QueryMetrics");
-        grpc.unary(req, path, crate::metrics_json::WireCodec).await
+        grpc.unary(req, path, iot_proto::WireCodec::default()).await
     }
 
     /// Names of backends that are not serving.

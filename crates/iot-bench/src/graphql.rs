@@ -125,53 +125,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Sends a prost-encoded `QueryMetricsRequest` and keeps the answer's
-/// bytes as they arrived, so the time to receive it is measured apart from
-/// decoding it.
-#[derive(Clone, Copy)]
-struct WireCodec;
-
-impl tonic::codec::Codec for WireCodec {
-    type Encode = v1::QueryMetricsRequest;
-    type Decode = prost::bytes::Bytes;
-    type Encoder = Self;
-    type Decoder = Self;
-
-    fn encoder(&mut self) -> Self {
-        *self
-    }
-
-    fn decoder(&mut self) -> Self {
-        *self
-    }
-}
-
-impl tonic::codec::Encoder for WireCodec {
-    type Item = v1::QueryMetricsRequest;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Self::Item,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Self::Error> {
-        prost::Message::encode(&item, dst).map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl tonic::codec::Decoder for WireCodec {
-    type Item = prost::bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Self::Item>, Self::Error> {
-        use prost::bytes::Buf as _;
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
 /// A keep-alive HTTP/1.1 client for `POST /graphql`.
 struct Http(BufReader<tokio::net::TcpStream>);
 
@@ -403,13 +356,13 @@ pub async fn run(ctx: &Ctx) {
                         tonic::codegen::http::uri::PathAndQuery::from_static(
                             "/iot.v1.Telemetry/QueryMetrics",
                         ),
-                        WireCodec,
+                        iot_proto::WireCodec::default(),
                     )
                     .await
                     .unwrap()
                     .into_inner();
                 let received = Instant::now();
-                let m = <v1::QueryMetricsResponse as prost::Message>::decode(answer).unwrap();
+                let m = <v1::QueryMetricsResponse as iot_proto::Message>::decode(answer).unwrap();
                 let mut t = timings.lock().unwrap();
                 t.wire_direct.push(ms(received - started));
                 t.decode_direct.push(ms(received.elapsed()));

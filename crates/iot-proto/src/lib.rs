@@ -71,6 +71,68 @@ impl tonic::service::Interceptor for Scope {
     }
 }
 
+/// A client codec that encodes the request with prost and hands over the
+/// answer as the bytes of its one message, as they arrived (not copied):
+/// for a caller that reads the wire format itself, or that times the
+/// answer's arrival apart from its decoding.
+pub struct WireCodec<Req>(std::marker::PhantomData<fn(Req)>);
+
+impl<Req> Default for WireCodec<Req> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<Req> Clone for WireCodec<Req> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Req> Copy for WireCodec<Req> {}
+
+impl<Req: prost::Message + Send + 'static> tonic::codec::Codec for WireCodec<Req> {
+    type Encode = Req;
+    type Decode = prost::bytes::Bytes;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl<Req: prost::Message> tonic::codec::Encoder for WireCodec<Req> {
+    type Item = Req;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Req,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl<Req> tonic::codec::Decoder for WireCodec<Req> {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<prost::bytes::Bytes>, tonic::Status> {
+        use prost::bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
 /// Carries the caller's trace (W3C `traceparent` of the current span) to
 /// the service it calls; `Scope` does it too.
 #[derive(Debug, Clone, Copy, Default)]
