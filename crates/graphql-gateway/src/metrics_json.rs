@@ -285,7 +285,7 @@ fn bucket(b: &[u8]) -> Result<Bucket<'_>, Malformed> {
 #[cfg(test)]
 pub fn render(plan: &Plan, answer: &[u8]) -> Result<Vec<u8>, Malformed> {
     let items = elements(plan, answer, Vec::new())?;
-    Ok([&b"["[..], &items, b"]"].concat())
+    Ok([&b"["[..], items.get(1..).unwrap_or_default(), b"]"].concat())
 }
 
 /// Answers from this size on are rendered in two halves at once.
@@ -316,23 +316,77 @@ pub async fn render_pieces(plan: Arc<Plan>, answer: Bytes) -> Result<Vec<Bytes>,
             .map_err(|_| Malformed("a rendering task failed"))?;
         [Bytes::from_owner(Pooled(a?)), Bytes::from_owner(Pooled(b?))]
     };
-    let both = !a.is_empty() && !b.is_empty();
-    let mut out = vec![Bytes::from_static(b"["), a];
-    if both {
-        out.push(Bytes::from_static(b","));
-    }
-    out.push(b);
-    out.push(Bytes::from_static(b"]"));
-    out.retain(|p| !p.is_empty());
-    Ok(out)
+    Ok(bracketed([a, b]))
 }
 
-/// Output buffers of large lists, kept for the next: a fresh megabyte
-/// costs a page fault per 4 KiB as it is first written (about 230 per year
-/// of hourly buckets), a large share of rendering it.
+/// The JSON list of the buckets in ingest-writer's answer to `req`,
+/// fetched with `StreamMetrics` and each part rendered as it arrives,
+/// while the next is on its way (the last part's rendering is all that is
+/// left once the answer is in). A writer without `StreamMetrics` (one
+/// older than this gateway, during a rolling upgrade) is asked with
+/// `QueryMetrics`. A malformed answer is an `INTERNAL` status.
+pub async fn fetch(
+    up: &crate::upstream::Upstreams,
+    plan: Arc<Plan>,
+    req: iot_proto::v1::QueryMetricsRequest,
+) -> Result<Vec<Bytes>, tonic::Status> {
+    let malformed = |e: Malformed| tonic::Status::internal(e.to_string());
+    let parts = match up.stream_metrics_wire(req.clone()).await {
+        Ok(parts) => parts.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            let answer = up.query_metrics_wire(req).await?.into_inner();
+            return render_pieces(plan, answer).await.map_err(malformed);
+        }
+        Err(s) => return Err(s),
+    };
+    render_parts(plan, parts).await
+}
+
+/// The JSON list of the buckets in the encoded `QueryMetricsResponse`
+/// parts of a stream. Each part is rendered on a blocking thread as soon
+/// as it comes, so parts that arrive faster than one thread renders them
+/// are rendered at the same time, and the stream keeps being read.
+async fn render_parts(
+    plan: Arc<Plan>,
+    parts: impl futures::Stream<Item = Result<Bytes, tonic::Status>>,
+) -> Result<Vec<Bytes>, tonic::Status> {
+    let mut parts = std::pin::pin!(parts);
+    let mut rendering = Vec::new();
+    while let Some(part) = futures::StreamExt::next(&mut parts).await {
+        let (part, plan) = (part?, plan.clone());
+        rendering.push(tokio::task::spawn_blocking(move || {
+            elements(&plan, &part, pooled())
+        }));
+    }
+    let mut texts = Vec::with_capacity(rendering.len());
+    for r in rendering {
+        let text = r
+            .await
+            .map_err(|_| Malformed("a rendering task failed"))
+            .and_then(|t| t)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        texts.push(Bytes::from_owner(Pooled(text)));
+    }
+    Ok(bracketed(texts))
+}
+
+/// `[`, the `texts` of [`elements`] without the first one's leading
+/// comma, and `]`, as pieces.
+fn bracketed(texts: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
+    let mut out = vec![Bytes::from_static(b"[")];
+    for t in texts.into_iter().filter(|t| !t.is_empty()) {
+        out.push(if out.len() == 1 { t.slice(1..) } else { t });
+    }
+    out.push(Bytes::from_static(b"]"));
+    out
+}
+
+/// Output buffers, kept for the next list: a fresh megabyte costs a page
+/// fault per 4 KiB as it is first written (about 230 per year of hourly
+/// buckets), a large share of rendering it. At most [`POOL_BYTES`] of
+/// capacity is kept.
 static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-const POOL_BUFFERS: usize = 8;
-const POOL_BUFFER_MAX: usize = 4 << 20;
+const POOL_BYTES: usize = 8 << 20;
 
 /// An empty buffer from [`POOL`], or a new one.
 fn pooled() -> Vec<u8> {
@@ -352,12 +406,10 @@ impl AsRef<[u8]> for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() > POOL_BUFFER_MAX {
-            return;
-        }
         buf.clear();
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_BUFFERS {
+        let kept: usize = pool.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= POOL_BYTES {
             pool.push(buf);
         }
     }
@@ -380,7 +432,8 @@ fn midpoint(answer: &[u8]) -> Result<usize, Malformed> {
 }
 
 /// The buckets among `fields` (whole top-level fields of an encoded
-/// `QueryMetricsResponse`) as JSON objects separated by commas, written to
+/// `QueryMetricsResponse`) as JSON objects, each after a comma (so that
+/// texts rendered apart join without a piece between them), written to
 /// `out` (empty).
 fn elements(plan: &Plan, fields: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, Malformed> {
     // A bucket is at least ~40 bytes on the wire; capacity that is never
@@ -389,7 +442,6 @@ fn elements(plan: &Plan, fields: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, Mal
     let mut o = Blocks::new(&mut out);
     let mut times = TimeWriter::default();
     let mut w = Wire { b: fields };
-    let mut first = true;
     while !w.done() {
         let (field, wire) = w.key()?;
         if field != 1 {
@@ -403,11 +455,7 @@ fn elements(plan: &Plan, fields: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, Mal
         if !m.time.as_ref().is_some_and(|t| times.prepare(t)) {
             continue;
         }
-        if !first {
-            o.fixed(b",");
-        }
-        first = false;
-        o.fixed(b"{");
+        o.fixed(b",{");
         for (key, field) in &plan.fields {
             match key {
                 Key::Short(k, n) => o.padded(k, *n),
@@ -647,6 +695,52 @@ mod tests {
         let mut bad = encode(&many);
         bad.truncate(bad.len() - 3);
         assert!(render_pieces(p, bad.into()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn parts_rendered_as_they_come_are_the_whole_answers_text() {
+        let p = Arc::new(plan());
+        let many: Vec<v1::SensorMetric> = (0..5_000)
+            .map(|i| {
+                let mut m = metric(i * 3_600, f64::from(i as u32) / 8.0, "12.5");
+                // Buckets without a time: scattered, a whole part's worth
+                // (1024..2048), and the first bucket of a part.
+                if i % 7 == 0 || (1_024..2_048).contains(&i) || i == 3_072 {
+                    m.bucket = None;
+                }
+                m
+            })
+            .collect();
+        let whole = render(&p, &encode(&many)).unwrap();
+        for size in [1, 1_024, 1_000, 5_000] {
+            let parts = many
+                .chunks(size)
+                .map(|c| Ok(Bytes::from(encode(c))))
+                .collect::<Vec<_>>();
+            let text = render_parts(p.clone(), futures::stream::iter(parts))
+                .await
+                .unwrap()
+                .concat();
+            assert_eq!(text, whole, "parts of {size}");
+        }
+        // Nothing to show, in no part or in one empty part.
+        let none = render_parts(p.clone(), futures::stream::iter(Vec::new())).await;
+        assert_eq!(none.unwrap().concat(), b"[]");
+        let empty = render_parts(p.clone(), futures::stream::iter([Ok(Bytes::new())])).await;
+        assert_eq!(empty.unwrap().concat(), b"[]");
+        // A malformed part, or the stream failing after some parts, is an
+        // error, never a shorter list.
+        let mut bad = encode(&many[..10]);
+        bad.truncate(bad.len() - 3);
+        let parts = [Ok(Bytes::from(encode(&many[..10]))), Ok(Bytes::from(bad))];
+        let e = render_parts(p.clone(), futures::stream::iter(parts)).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::Internal);
+        let parts = [
+            Ok(Bytes::from(encode(&many[..10]))),
+            Err(tonic::Status::unavailable("gone")),
+        ];
+        let e = render_parts(p.clone(), futures::stream::iter(parts)).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::Unavailable);
     }
 
     #[test]

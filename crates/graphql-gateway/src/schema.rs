@@ -16,7 +16,7 @@ use async_graphql::{
     SimpleObject, Subscription,
 };
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryFutureExt as _};
 use iot_domain::bucket::{self, Width};
 use iot_proto::v1;
 
@@ -1228,24 +1228,21 @@ impl QueryRoot {
             granularity: granularity.clone(),
         };
         if let Some((raw, plan)) = MetricList::plan(ctx, &sensor_name) {
-            let answer = of_device(ctx, &device_id, |device_uuid| {
-                let req = request(device_uuid);
+            let plan = Arc::new(plan);
+            let pieces = of_device(ctx, &device_id, |device_uuid| {
+                let (req, plan) = (request(device_uuid), plan.clone());
                 async move {
+                    // Timed to the last part, rendered.
+                    let fetch = crate::metrics_json::fetch(&s.up, plan, req);
                     s.up.call(
                         "ingest-writer",
-                        "QueryMetrics",
-                        s.up.query_metrics_wire(req),
+                        "StreamMetrics",
+                        fetch.map_ok(tonic::Response::new),
                     )
                     .await
                 }
             })
             .await?;
-            let pieces = crate::metrics_json::render_pieces(Arc::new(plan), answer)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "cannot read ingest-writer's answer");
-                    error("INTERNAL", "ingest-writer failed")
-                })?;
             return Ok(MetricList::Rendered(raw.put_pieces(pieces)));
         }
         let got = of_device(ctx, &device_id, |device_uuid| {

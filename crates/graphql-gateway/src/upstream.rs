@@ -11,6 +11,8 @@ use iot_proto::v1::{
 };
 use iot_proto::{Scope, Traced};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prost::bytes::Bytes;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -73,7 +75,37 @@ impl Upstreams {
     pub async fn query_metrics_wire(
         &self,
         req: v1::QueryMetricsRequest,
-    ) -> Result<tonic::Response<prost::bytes::Bytes>, tonic::Status> {
+    ) -> Result<tonic::Response<Bytes>, tonic::Status> {
+        let (mut grpc, req) = self.wire_call(req, "QueryMetrics").await?;
+        let path = PathAndQuery::from_static("/iot.v1.Telemetry/QueryMetrics");
+        grpc.unary(req, path, iot_proto::WireCodec::default()).await
+    }
+
+    /// ingest-writer's `StreamMetrics`, each part as the encoded bytes
+    /// that arrived.
+    pub async fn stream_metrics_wire(
+        &self,
+        req: v1::QueryMetricsRequest,
+    ) -> Result<tonic::Response<tonic::Streaming<Bytes>>, tonic::Status> {
+        let (mut grpc, req) = self.wire_call(req, "StreamMetrics").await?;
+        let path = PathAndQuery::from_static("/iot.v1.Telemetry/StreamMetrics");
+        grpc.server_streaming(req, path, iot_proto::WireCodec::default())
+            .await
+    }
+
+    /// A ready client of ingest-writer's `Telemetry` for `method`, whose
+    /// answers stay encoded, and the request to send it.
+    async fn wire_call(
+        &self,
+        req: v1::QueryMetricsRequest,
+        method: &'static str,
+    ) -> Result<
+        (
+            tonic::client::Grpc<InterceptedService<Channel, Traced>>,
+            tonic::Request<v1::QueryMetricsRequest>,
+        ),
+        tonic::Status,
+    > {
         let mut grpc =
             tonic::client::Grpc::new(InterceptedService::new(self.telemetry.clone(), Traced));
         grpc.ready().await.map_err(|e| {
@@ -82,10 +114,8 @@ impl Upstreams {
         })?;
         let mut req = tonic::Request::new(req);
         req.extensions_mut()
-            .insert(tonic::GrpcMethod::new("iot.v1.Telemetry", "QueryMetrics"));
-        let path =
-            tonic::codegen::http::uri::PathAndQuery::from_static("/iot.v1.Telemetry/QueryMetrics");
-        grpc.unary(req, path, iot_proto::WireCodec::default()).await
+            .insert(tonic::GrpcMethod::new("iot.v1.Telemetry", method));
+        Ok((grpc, req))
     }
 
     /// Names of backends that are not serving.

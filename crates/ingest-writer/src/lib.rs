@@ -23,7 +23,7 @@ use iot_telemetry::Readiness;
 use tokio::task::JoinHandle;
 
 pub use config::Config;
-pub use service::TelemetryService;
+pub use service::{METRICS_PART, TelemetryService};
 pub use store::Store;
 
 pub const SERVICE: &str = "ingest-writer";

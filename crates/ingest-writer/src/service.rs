@@ -2,6 +2,7 @@
 //! each naming its field.
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::{Stream, StreamExt as _};
 use iot_proto::v1::{self, telemetry_server::Telemetry};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -18,6 +19,8 @@ const DEFAULT_LIMIT: u32 = 1_000;
 pub const MAX_BUCKETS: i64 = 10_000;
 /// Longest range for a bucket width no rollup serves (read from raw rows).
 pub const MAX_RAW_METRICS_DAYS: i64 = 31;
+/// Most buckets per part of a metrics stream.
+pub const METRICS_PART: usize = 512;
 /// Most devices per latest-readings request.
 pub const MAX_DEVICES: usize = 1_000;
 
@@ -150,6 +153,63 @@ fn parse_cursor(s: &str) -> Option<DateTime<Utc>> {
         .and_then(DateTime::from_timestamp_micros)
 }
 
+/// A metrics request, checked.
+struct MetricsQuery {
+    device: Uuid,
+    sensor: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    width: Width,
+}
+
+impl MetricsQuery {
+    fn of(req: &v1::QueryMetricsRequest) -> Result<Self, Status> {
+        let mut p = Problems::default();
+        let device = p.uuid("device_uuid", &req.device_uuid);
+        p.sensor("sensor_name", &req.sensor_name);
+        let (start, end) = p.range(req.start.as_ref(), req.end.as_ref());
+        let width = req
+            .granularity
+            .parse::<Width>()
+            .map_err(|e| p.add("granularity", e))
+            .ok();
+        if let Some(w) = width
+            && start < end
+        {
+            let span = (end - start).num_seconds();
+            let buckets = span / w.secs() + 2;
+            if buckets > MAX_BUCKETS {
+                p.add(
+                    "granularity",
+                    format_args!(
+                        "{} over this range gives about {buckets} buckets, more than {MAX_BUCKETS}",
+                        req.granularity
+                    ),
+                );
+            }
+            if w.levels().is_empty() && end - start > TimeDelta::days(MAX_RAW_METRICS_DAYS) {
+                p.add(
+                    "end",
+                    format_args!(
+                        "a range over {MAX_RAW_METRICS_DAYS} days needs a granularity of whole hours"
+                    ),
+                );
+            }
+        }
+        p.finish()?;
+        let Some(width) = width else {
+            return Err(Status::invalid_argument("granularity: missing"));
+        };
+        Ok(Self {
+            device,
+            sensor: req.sensor_name.clone(),
+            start,
+            end,
+            width,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Telemetry for TelemetryService {
     async fn query_readings(
@@ -194,50 +254,56 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
-        let req = request.into_inner();
-        let mut p = Problems::default();
-        let device = p.uuid("device_uuid", &req.device_uuid);
-        p.sensor("sensor_name", &req.sensor_name);
-        let (start, end) = p.range(req.start.as_ref(), req.end.as_ref());
-        let width = req
-            .granularity
-            .parse::<Width>()
-            .map_err(|e| p.add("granularity", e))
-            .ok();
-        if let Some(w) = width
-            && start < end
-        {
-            let span = (end - start).num_seconds();
-            let buckets = span / w.secs() + 2;
-            if buckets > MAX_BUCKETS {
-                p.add(
-                    "granularity",
-                    format_args!(
-                        "{} over this range gives about {buckets} buckets, more than {MAX_BUCKETS}",
-                        req.granularity
-                    ),
-                );
-            }
-            if w.levels().is_empty() && end - start > TimeDelta::days(MAX_RAW_METRICS_DAYS) {
-                p.add(
-                    "end",
-                    format_args!(
-                        "a range over {MAX_RAW_METRICS_DAYS} days needs a granularity of whole hours"
-                    ),
-                );
-            }
-        }
-        p.finish()?;
-        let Some(width) = width else {
-            return Err(Status::invalid_argument("granularity: missing"));
-        };
+        let m = MetricsQuery::of(&request.into_inner())?;
         let metrics = self
             .store
-            .query_metrics(device, &req.sensor_name, start, end, width)
+            .query_metrics(m.device, &m.sensor, m.start, m.end, m.width)
             .await?;
         Ok(Response::new(v1::QueryMetricsResponse {
             metrics: metrics.into_iter().map(|(b, a)| metric(b, a)).collect(),
         }))
+    }
+
+    type StreamMetricsStream = std::pin::Pin<
+        Box<dyn Stream<Item = Result<v1::QueryMetricsResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn stream_metrics(
+        &self,
+        request: Request<v1::QueryMetricsRequest>,
+    ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let m = MetricsQuery::of(&request.into_inner())?;
+        let rows = self
+            .store
+            .stream_metrics(m.device, &m.sensor, m.start, m.end, m.width)
+            .await?;
+        // Each part is built while tonic sends the one before it; an empty
+        // answer is one empty part, as QueryMetrics answers it.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut rows = std::pin::pin!(rows.chunks(METRICS_PART));
+            let mut sent = false;
+            while let Some(part) = rows.next().await {
+                let part: Result<Vec<_>, StoreError> = part
+                    .into_iter()
+                    .map(|r| r.map(|(b, a)| metric(b, a)))
+                    .collect();
+                let failed = part.is_err();
+                let part = part
+                    .map(|metrics| v1::QueryMetricsResponse { metrics })
+                    .map_err(Status::from);
+                if tx.send(part).await.is_err() || failed {
+                    return;
+                }
+                sent = true;
+            }
+            if !sent {
+                let _ = tx.send(Ok(v1::QueryMetricsResponse::default())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn latest_readings(

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Transaction};
 use futures::future::{BoxFuture, FutureExt, try_join_all};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -216,6 +217,25 @@ impl Store {
         end: DateTime<Utc>,
         width: Width,
     ) -> Result<Vec<(DateTime<Utc>, Agg)>, StoreError> {
+        self.stream_metrics(device, sensor, start, end, width)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// [`Store::query_metrics`]'s buckets as PostgreSQL yields them. The
+    /// stream holds its pooled connection until it ends or is dropped.
+    pub async fn stream_metrics(
+        &self,
+        device: Uuid,
+        sensor: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        width: Width,
+    ) -> Result<
+        impl Stream<Item = Result<(DateTime<Utc>, Agg), StoreError>> + Send + 'static,
+        StoreError,
+    > {
         let ranges = slots(&rollup::plan(start, end, &width.levels()), start);
         let width_secs = width.secs() as f64;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&device, &sensor, &width_secs];
@@ -225,21 +245,21 @@ impl Store {
         }
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(QUERY_METRICS).await?;
-        let rows = client.query(&stmt, &params).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    Agg {
-                        count: r.get(1),
-                        sum: r.get(2),
-                        min: r.get(3),
-                        max: r.get(4),
-                    },
-                )
-            })
-            .collect())
+        let rows = client.query_raw(&stmt, params).await?;
+        Ok(rows.map(move |r| {
+            // Back to the pool only when the rows are all read.
+            let _held = &client;
+            let r = r?;
+            Ok((
+                r.try_get(0)?,
+                Agg {
+                    count: r.try_get(1)?,
+                    sum: r.try_get(2)?,
+                    min: r.try_get(3)?,
+                    max: r.try_get(4)?,
+                },
+            ))
+        }))
     }
 
     /// The latest reading of every sensor of `devices`.

@@ -71,6 +71,9 @@ fn ts(t: DateTime<Utc>) -> Option<iot_proto::Timestamp> {
     Some(iot_proto::timestamp(t))
 }
 
+/// QueryMetrics' answer, after checking that StreamMetrics sends the same
+/// buckets (or fails with the same status) in parts of at most
+/// `METRICS_PART` buckets, none of them empty unless the answer is.
 async fn metrics(
     env: &Env,
     device: Uuid,
@@ -79,17 +82,47 @@ async fn metrics(
     end: DateTime<Utc>,
     granularity: &str,
 ) -> Result<Vec<v1::SensorMetric>, tonic::Status> {
-    env.api
+    let req = QueryMetricsRequest {
+        device_uuid: device.to_string(),
+        sensor_name: sensor.into(),
+        start: ts(start),
+        end: ts(end),
+        granularity: granularity.into(),
+    };
+    let whole = env
+        .api
         .clone()
-        .query_metrics(QueryMetricsRequest {
-            device_uuid: device.to_string(),
-            sensor_name: sensor.into(),
-            start: ts(start),
-            end: ts(end),
-            granularity: granularity.into(),
-        })
+        .query_metrics(req.clone())
         .await
-        .map(|r| r.into_inner().metrics)
+        .map(|r| r.into_inner().metrics);
+    let streamed = async {
+        let mut parts = env.api.clone().stream_metrics(req).await?.into_inner();
+        let mut got = Vec::new();
+        while let Some(part) = parts.message().await? {
+            got.push(part.metrics);
+        }
+        Ok::<_, tonic::Status>(got)
+    }
+    .await;
+    match (&whole, streamed) {
+        (Ok(whole), Ok(parts)) => {
+            let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+            assert!(
+                sizes.iter().all(|&n| n <= ingest_writer::METRICS_PART),
+                "{sizes:?}"
+            );
+            assert!(
+                sizes == [0] || (!sizes.is_empty() && !sizes.contains(&0)),
+                "{sizes:?}"
+            );
+            assert_eq!(&parts.concat(), whole);
+        }
+        (Err(w), Err(s)) => {
+            assert_eq!((w.code(), w.message()), (s.code(), s.message()));
+        }
+        (w, s) => panic!("QueryMetrics {w:?} but StreamMetrics {s:?}"),
+    }
+    whole
 }
 
 /// (bucket, count, avg, min, max) of each metric.
@@ -371,6 +404,44 @@ async fn latest_readings_of_many_devices_in_one_call_and_fleet_stats() {
         .await;
         assert!((stats.readings_per_second - 19.0 / 60.0).abs() < 1e-9);
     }
+}
+
+#[tokio::test]
+async fn streamed_metrics_come_in_parts_of_at_most_512_buckets() {
+    let mut env = env(Backend::Postgres).await;
+    let device = Uuid::new_v4();
+    let base = t("2026-10-01T00:00:00Z");
+    // 2,500 readings 90 s apart: 2,500 buckets of 90 s.
+    let rows: Vec<Row> = (0..2_500)
+        .map(|i| {
+            let v = format!("{}.25", i % 40);
+            row(device, "temperature", base + TimeDelta::seconds(90 * i), &v)
+        })
+        .collect();
+    env.store.write_batch(&rows).await.unwrap();
+    let end = base + TimeDelta::seconds(90 * 2_500);
+    // `metrics` checks that the streamed buckets are QueryMetrics' own.
+    let whole = metrics(&env, device, "temperature", base, end, "90s")
+        .await
+        .unwrap();
+    assert_eq!(whole.len(), 2_500);
+    let mut parts = env
+        .api
+        .stream_metrics(QueryMetricsRequest {
+            device_uuid: device.to_string(),
+            sensor_name: "temperature".into(),
+            start: ts(base),
+            end: ts(end),
+            granularity: "90s".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sizes = Vec::new();
+    while let Some(part) = parts.message().await.unwrap() {
+        sizes.push(part.metrics.len());
+    }
+    assert_eq!(sizes, [512, 512, 512, 512, 452]);
 }
 
 #[tokio::test]

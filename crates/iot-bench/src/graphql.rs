@@ -112,14 +112,16 @@ struct TrendPoint {
     max_value: f64,
 }
 
-/// TemperatureTrend's per-sample timings, in ms.
+/// TemperatureTrend's per-sample timings, in ms: to the answer's last
+/// byte, and decoding it after that, for each way of fetching it.
 #[derive(Default)]
 struct TrendTimings {
-    wire_direct: Vec<f64>,
-    wire_graphql: Vec<f64>,
-    decode_direct: Vec<f64>,
-    decode_graphql: Vec<f64>,
+    /// `QueryMetrics` (unary), `StreamMetrics` (in parts), GraphQL.
+    wire: [Vec<f64>; 3],
+    decode: [Vec<f64>; 3],
 }
+
+const WAYS: [&str; 3] = ["QueryMetrics", "StreamMetrics", "GraphQL"];
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -259,10 +261,10 @@ pub async fn run(ctx: &Ctx) {
             )
         };
         println!(
-            "  {query}, gateway-side means: whole request {:.2} ms (until its body is serialized); backend calls GetDevice {:.2}, QueryMetrics {:.2}, LatestReadings {:.2}, ListAlerts {:.2} ms",
+            "  {query}, gateway-side means: whole request {:.2} ms (until its body is serialized); backend calls GetDevice {:.2}, StreamMetrics {:.2} (to its last part, rendered), LatestReadings {:.2}, ListAlerts {:.2} ms",
             mean("iot_graphql_request_duration_seconds", ""),
             call("GetDevice"),
-            call("QueryMetrics"),
+            call("StreamMetrics"),
             call("LatestReadings"),
             call("ListAlerts"),
         );
@@ -329,44 +331,37 @@ pub async fn run(ctx: &Ctx) {
         (s, s + TimeDelta::days(364))
     };
     let trend_device = device(0).to_string();
-    let (decoded_direct, decoded_graphql, items) = query::interleaved(
+    let (_, _, items) = query::interleaved(
         "TemperatureTrend",
         SAMPLES,
         &mut |i| {
-            let mut grpc = tonic::client::Grpc::new(raw_channel.clone());
+            let grpc = tonic::client::Grpc::new(raw_channel.clone());
             let (s, e) = range(i);
             let id = trend_device.clone();
             let timings = timings.clone();
             async move {
                 // The one call a trusted gRPC client that knows the device
-                // makes; the gateway also checks the device's owner (at
-                // the same time, GetDevice). Received whole, then decoded
-                // with prost as a generated client decodes it.
-                let started = Instant::now();
-                grpc.ready().await.unwrap();
-                let answer = grpc
-                    .unary(
-                        tonic::Request::new(v1::QueryMetricsRequest {
-                            device_uuid: id,
-                            sensor_name: "temperature".into(),
-                            start: Some(iot_proto::timestamp(s)),
-                            end: Some(iot_proto::timestamp(e)),
-                            granularity: "1h".into(),
-                        }),
-                        tonic::codegen::http::uri::PathAndQuery::from_static(
-                            "/iot.v1.Telemetry/QueryMetrics",
-                        ),
-                        iot_proto::WireCodec::default(),
-                    )
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let received = Instant::now();
-                let m = <v1::QueryMetricsResponse as iot_proto::Message>::decode(answer).unwrap();
-                let mut t = timings.lock().unwrap();
-                t.wire_direct.push(ms(received - started));
-                t.decode_direct.push(ms(received.elapsed()));
-                m.metrics.len()
+                // makes (the gateway also checks the device's owner, at the
+                // same time: GetDevice), each way, in turns; the answer
+                // received whole, then decoded with prost as a generated
+                // client decodes it.
+                let req = v1::QueryMetricsRequest {
+                    device_uuid: id,
+                    sensor_name: "temperature".into(),
+                    start: Some(iot_proto::timestamp(s)),
+                    end: Some(iot_proto::timestamp(e)),
+                    granularity: "1h".into(),
+                };
+                let mut items = [0; 2];
+                for way in [i % 2, 1 - i % 2] {
+                    let (wire, decode, n) = trend_direct(grpc.clone(), req.clone(), way == 1).await;
+                    let mut t = timings.lock().unwrap();
+                    t.wire[way].push(wire);
+                    t.decode[way].push(decode);
+                    items[way] = n;
+                }
+                assert_eq!(items[0], items[1], "QueryMetrics and StreamMetrics disagree");
+                items[0]
             }
         },
         &mut |i| {
@@ -389,8 +384,8 @@ pub async fn run(ctx: &Ctx) {
                 body_bytes.store(body.len(), std::sync::atomic::Ordering::Relaxed);
                 let r: TrendResponse = serde_json::from_slice(&body).unwrap();
                 let mut t = timings.lock().unwrap();
-                t.wire_graphql.push(ms(received - started));
-                t.decode_graphql.push(ms(received.elapsed()));
+                t.wire[2].push(ms(received - started));
+                t.decode[2].push(ms(received.elapsed()));
                 assert!(r.errors.is_none(), "GraphQL error: {:?}", r.errors);
                 r.data.sensor_metrics.len()
             }
@@ -399,44 +394,100 @@ pub async fn run(ctx: &Ctx) {
     .await;
     let mut t = std::mem::take(&mut *timings.lock().unwrap());
     // The warm-up's samples (the closures record those too) are left out;
-    // sample i of one side ran next to sample i of the other.
-    for v in [
-        &mut t.wire_direct,
-        &mut t.wire_graphql,
-        &mut t.decode_direct,
-        &mut t.decode_graphql,
-    ] {
+    // sample i of one way ran next to sample i of the others.
+    for v in t.wire.iter_mut().chain(t.decode.iter_mut()) {
         v.drain(..v.len().saturating_sub(SAMPLES));
     }
-    let paired: Vec<f64> = t
-        .wire_graphql
+    let wire = t.wire.clone().map(stats);
+    let total: [query::Stats; 3] = std::array::from_fn(|w| {
+        stats(
+            t.wire[w]
+                .iter()
+                .zip(&t.decode[w])
+                .map(|(a, b)| a + b)
+                .collect(),
+        )
+    });
+    println!(
+        "TemperatureTrend (1 year, 1h)  {items:>5} items, to the answer's last byte: p50 / p99 {} ms",
+        (0..3)
+            .map(|w| format!("{} {:.2} / {:.2}", WAYS[w], wire[w].p50, wire[w].p99))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The baseline is the faster direct way at p50.
+    let base = if wire[1].p50 < wire[0].p50 { 1 } else { 0 };
+    let paired: Vec<f64> = t.wire[2]
         .iter()
-        .zip(&t.wire_direct)
+        .zip(&t.wire[base])
         .map(|(g, d)| g - d)
         .collect();
-    let paired = stats(paired).p50;
-    let (wd, wg) = (stats(t.wire_direct), stats(t.wire_graphql));
     println!(
-        "TemperatureTrend (1 year, 1h)  {items:>5} items, to the answer's last byte | {}; median of the paired differences {paired:.2} ms",
-        versus(&wd, &wg)
+        "  against {} (the faster): {}; median of the paired differences {:.2} ms",
+        WAYS[base],
+        versus(&wire[base], &wire[2]),
+        stats(paired).p50
     );
-    let (dd, dg) = (stats(decoded_direct), stats(decoded_graphql));
-    let (pd, pg) = (stats(t.decode_direct), stats(t.decode_graphql));
+    let base = if total[1].p50 < total[0].p50 { 1 } else { 0 };
     println!(
-        "  and decoded into types as well (protobuf by prost, JSON of {} bytes by serde_json): gRPC direct p50 {:.2} p99 {:.2} | GraphQL p50 {:.2} p99 {:.2} ms | added at p50 {:.2} ms; decoding alone p50 {:.2} (protobuf) and {:.2} ms (JSON)",
+        "  and decoded into types as well (protobuf by prost, JSON of {} bytes by serde_json): {} p50 {:.2} p99 {:.2} | GraphQL p50 {:.2} p99 {:.2} ms | added at p50 {:.2} ms; decoding alone p50 {:.2} ({}) and {:.2} ms (JSON)",
         body_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        dd.p50,
-        dd.p99,
-        dg.p50,
-        dg.p99,
-        dg.p50 - dd.p50,
-        pd.p50,
-        pg.p50,
+        WAYS[base],
+        total[base].p50,
+        total[base].p99,
+        total[2].p50,
+        total[2].p99,
+        total[2].p50 - total[base].p50,
+        stats(t.decode[base].clone()).p50,
+        WAYS[base],
+        stats(t.decode[2].clone()).p50,
     );
     gateway_side("TemperatureTrend").await;
 
     subscribers(gql.http_port, al.clone(), &url).await;
     drop((gql, alerts, writer, registry));
+}
+
+/// One TemperatureTrend fetched straight from ingest-writer, with
+/// `QueryMetrics` or, when `streamed`, `StreamMetrics`: ms to the answer's
+/// last byte, ms to decode it after that, and its number of buckets.
+async fn trend_direct(
+    mut grpc: tonic::client::Grpc<tonic::transport::Channel>,
+    req: v1::QueryMetricsRequest,
+    streamed: bool,
+) -> (f64, f64, usize) {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let codec = iot_proto::WireCodec::default;
+    let decode = |b: tonic::codegen::Bytes| {
+        <v1::QueryMetricsResponse as iot_proto::Message>::decode(b)
+            .unwrap()
+            .metrics
+            .len()
+    };
+    let started = Instant::now();
+    grpc.ready().await.unwrap();
+    let req = tonic::Request::new(req);
+    if streamed {
+        let path = PathAndQuery::from_static("/iot.v1.Telemetry/StreamMetrics");
+        let mut answer = grpc
+            .server_streaming(req, path, codec())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut parts = Vec::new();
+        while let Some(part) = answer.message().await.unwrap() {
+            parts.push(part);
+        }
+        let received = Instant::now();
+        let n = parts.into_iter().map(decode).sum();
+        (ms(received - started), ms(received.elapsed()), n)
+    } else {
+        let path = PathAndQuery::from_static("/iot.v1.Telemetry/QueryMetrics");
+        let answer = grpc.unary(req, path, codec()).await.unwrap().into_inner();
+        let received = Instant::now();
+        let n = decode(answer);
+        (ms(received - started), ms(received.elapsed()), n)
+    }
 }
 
 /// `SUBSCRIBERS` WebSocket clients subscribe to `alerts`; `EVENTS` alerts
