@@ -79,6 +79,40 @@ impl Tenants {
     }
 }
 
+/// ingest-writer's Telemetry service on `db` as a writer that predates
+/// StreamMetrics serves it: that method answers UNIMPLEMENTED.
+async fn older_writer(db: &str) -> SocketAddr {
+    use iot_proto::v1::telemetry_server::TelemetryServer;
+    let pool = iot_db::pool(db, 2).unwrap();
+    let backend = iot_db::storage_backend(&pool.get().await.unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = ingest_writer::Store::new(pool, backend);
+    let (_, health) = tonic_health::server::health_reporter();
+    let router = tonic::service::Routes::new(health)
+        .add_service(TelemetryServer::new(ingest_writer::TelemetryService::new(
+            store,
+        )))
+        .into_axum_router()
+        .route(
+            "/iot.v1.Telemetry/StreamMetrics",
+            axum::routing::post(|| async {
+                tonic::Status::unimplemented("unknown method").into_http::<axum::body::Body>()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(router.into())
+            .serve_with_incoming(iot_runtime::grpc_incoming(listener)),
+    );
+    addr
+}
+
 /// A GraphQL-over-HTTP client with one set of credentials.
 #[derive(Clone)]
 struct Client {
@@ -537,6 +571,22 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
     assert_eq!(fast["sensorMetrics"][0]["__typename"], "SensorMetric");
     assert_eq!(fast["sensorMetrics"][0]["sum_value"], 110.0);
     assert_eq!(fast["sensorMetrics"][0]["reading_count"], 5);
+    // A writer older than the gateway, without StreamMetrics (as during a
+    // rolling upgrade): the same answer, through QueryMetrics.
+    let older = older_writer(&p.db).await;
+    let g_older = p
+        .start_graphql(&engine, |c| {
+            t.configure(c);
+            c.telemetry_url = format!("http://{older}");
+        })
+        .await;
+    let through_older = Client::key(g_older.http_addr, "key-a")
+        .data(TEMPERATURE_TREND, trend_vars.clone())
+        .await;
+    assert_eq!(
+        through_older,
+        a.data(TEMPERATURE_TREND, trend_vars.clone()).await
+    );
 
     // The spec's ClusterHealth, verbatim, for owner A.
     let health = a.data(CLUSTER_HEALTH, json!({})).await["deviceStatusSummary"].clone();
