@@ -53,6 +53,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         up: up.clone(),
         limits: config.limits.clone(),
         hub: hub.clone(),
+        known: Default::default(),
     });
     let ready = Readiness::default();
     let state = http::AppState {

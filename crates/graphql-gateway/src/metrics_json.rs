@@ -354,8 +354,8 @@ async fn render_parts(
     let mut parts = std::pin::pin!(parts);
     let mut texts = Vec::new();
     while let Some(part) = futures::StreamExt::next(&mut parts).await {
-        let text = elements(plan, &part?, pooled())
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let text =
+            elements(plan, &part?, pooled()).map_err(|e| tonic::Status::internal(e.to_string()))?;
         texts.push(Bytes::from_owner(Pooled(text)));
     }
     Ok(bracketed(texts))

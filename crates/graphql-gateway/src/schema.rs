@@ -32,6 +32,63 @@ pub struct Shared {
     pub up: Upstreams,
     pub limits: Limits,
     pub hub: AlertHub,
+    pub known: KnownDevices,
+}
+
+/// Devices the registry has lately found in a scope, so that telemetry
+/// queries about them (`sensorMetrics`, `sensorReadings`) skip its check.
+/// A device's owner is set when the registry creates it (with a UUID of
+/// its own making) and never changes, so a device found in a scope stays in
+/// it until deleted: an entry is trusted for [`KNOWN_FOR`], and this
+/// gateway forgets a device it deletes at once. A device deleted through
+/// another replica can still answer its own owner's telemetry queries for
+/// that long; it never becomes visible to anyone else. Entries are per
+/// scope: another caller's lookup is never taken as one's own.
+#[derive(Default)]
+pub struct KnownDevices(std::sync::Mutex<HashMap<(String, String), std::time::Instant>>);
+
+/// How long a device found in a scope is taken as still there.
+pub const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most entries kept; past it, expired ones go, then all.
+const KNOWN_MAX: usize = 100_000;
+
+impl KnownDevices {
+    fn key(scope: &iot_proto::Scope, uuid: &str) -> (String, String) {
+        let scope = match scope {
+            iot_proto::Scope::Admin => "*".to_owned(),
+            iot_proto::Scope::Owner(o) => o.clone(),
+        };
+        (scope, uuid.to_owned())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), std::time::Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether device `uuid` was found in `scope` within [`KNOWN_FOR`].
+    pub fn knows(&self, scope: &iot_proto::Scope, uuid: &str) -> bool {
+        self.lock()
+            .get(&Self::key(scope, uuid))
+            .is_some_and(|seen| seen.elapsed() < KNOWN_FOR)
+    }
+
+    /// The registry found device `uuid` in `scope` just now.
+    pub fn found(&self, scope: &iot_proto::Scope, uuid: &str) {
+        let mut known = self.lock();
+        if known.len() >= KNOWN_MAX {
+            known.retain(|_, seen| seen.elapsed() < KNOWN_FOR);
+            if known.len() >= KNOWN_MAX {
+                known.clear();
+            }
+        }
+        known.insert(Self::key(scope, uuid), std::time::Instant::now());
+    }
+
+    /// Device `id` (a UUID or an external id) is gone, for every scope.
+    pub fn forget(&self, id: &str) {
+        let id = uuid::Uuid::parse_str(id).map_or_else(|_| id.to_owned(), |u| u.to_string());
+        self.lock().retain(|(_, uuid), _| *uuid != id);
+    }
 }
 
 pub fn build(shared: Shared) -> ApiSchema {
@@ -183,8 +240,10 @@ async fn get_device(up: &Upstreams, scope: iot_proto::Scope, id: &str) -> Result
 /// the registry has found the device in the caller's scope; a failed check
 /// returns its own error (not found) at once and drops the fetch, which
 /// cancels the call, so the time to that error is the check's alone and
-/// tells nothing about another owner's data. Otherwise (an external
-/// `device_id`) the device is looked up first for its UUID.
+/// tells nothing about another owner's data. A device the registry found
+/// in the caller's scope lately ([`KnownDevices`]) is not checked again.
+/// Otherwise (an external `device_id`) the device is looked up first for
+/// its UUID.
 async fn of_device<T, F, Fut>(ctx: &Context<'_>, id: &str, fetch: F) -> Result<T>
 where
     F: Fn(String) -> Fut,
@@ -196,6 +255,10 @@ where
         return fetch(device.id).await;
     };
     let uuid = uuid.to_string();
+    let (known, scope) = (&shared(ctx).known, who(ctx)?.scope());
+    if known.knows(&scope, &uuid) {
+        return fetch(uuid).await;
+    }
     let check = std::pin::pin!(find_device(ctx, id));
     let fetching = std::pin::pin!(fetch(uuid.clone()));
     // Whichever ends first, the check is awaited before any answer.
@@ -207,6 +270,7 @@ where
         // The registry resolved `id` as some device's external id.
         return fetch(device.id).await;
     }
+    known.found(&scope, &uuid);
     match answer {
         Either::Left(fetching) => fetching.await,
         Either::Right(got) => got,
@@ -1581,9 +1645,10 @@ impl MutationRoot {
             "device-registry",
             "DeleteDevice",
             s.up.registry(who(ctx)?.scope())
-                .delete_device(v1::GetDeviceRequest { id: id.0 }),
+                .delete_device(v1::GetDeviceRequest { id: id.0.clone() }),
         )
         .await?;
+        s.known.forget(&id.0);
         Ok(true)
     }
 
@@ -2106,6 +2171,31 @@ impl SubscriptionRoot {
 mod tests {
     use super::*;
     use async_graphql::{EmptyMutation, EmptySubscription};
+
+    #[test]
+    fn known_devices_are_per_scope_and_forgotten_when_deleted() {
+        let known = KnownDevices::default();
+        let (a, b) = (
+            iot_proto::Scope::Owner("a".into()),
+            iot_proto::Scope::Owner("b".into()),
+        );
+        let d = "0b6f7f4e-1f2a-4c3b-9d4e-5f6a7b8c9d0e";
+        assert!(!known.knows(&a, d));
+        known.found(&a, d);
+        assert!(known.knows(&a, d));
+        assert!(!known.knows(&b, d), "another owner's lookup is not b's");
+        assert!(!known.knows(&iot_proto::Scope::Admin, d));
+        known.found(&b, "other");
+        known.forget(&d.to_uppercase());
+        assert!(!known.knows(&a, d));
+        assert!(known.knows(&b, "other"));
+        // Expired entries are not trusted.
+        known.lock().insert(
+            KnownDevices::key(&a, d),
+            std::time::Instant::now() - KNOWN_FOR,
+        );
+        assert!(!known.knows(&a, d));
+    }
 
     struct Metrics;
 

@@ -120,14 +120,38 @@ fn reading(r: Row) -> v1::SensorReading {
 /// Decimal places of a bucket's mean.
 const AVG_SCALE: u32 = 4;
 
+/// `sum / count` rounded to [`AVG_SCALE`] places, half away from zero.
+/// Sums of readings have at most four places, so this is one integer
+/// division; a decimal division (several times slower, and a year of hourly
+/// buckets has 8,760 of them) is left for other sums.
+fn mean(sum: Decimal, count: i64) -> Decimal {
+    let by_decimal = || {
+        (sum / Decimal::from(count))
+            .round_dp_with_strategy(AVG_SCALE, RoundingStrategy::MidpointAwayFromZero)
+    };
+    let Some(places) = AVG_SCALE.checked_sub(sum.scale()) else {
+        return by_decimal();
+    };
+    let Some(n) = sum.mantissa().checked_mul(10i128.pow(places)) else {
+        return by_decimal();
+    };
+    let d = i128::from(count);
+    let (q, r) = (n / d, n % d);
+    let q = if r.unsigned_abs() * 2 >= d.unsigned_abs() {
+        q + n.signum()
+    } else {
+        q
+    };
+    Decimal::try_from_i128_with_scale(q, AVG_SCALE).unwrap_or_else(|_| by_decimal())
+}
+
 fn metric(bucket: DateTime<Utc>, a: Agg) -> v1::SensorMetric {
     let f = |d: Decimal| d.to_f64().unwrap_or(f64::NAN);
     // Rounded to the readings' own scale, NUMERIC(10,4) as in the spec's
     // rollup tables (half away from zero, as PostgreSQL rounds): an exact
     // mean is `sum / count`.
     let avg = if a.count > 0 {
-        (a.sum / Decimal::from(a.count))
-            .round_dp_with_strategy(AVG_SCALE, RoundingStrategy::MidpointAwayFromZero)
+        mean(a.sum, a.count)
     } else {
         Decimal::ZERO
     };
@@ -363,6 +387,44 @@ mod tests {
         assert_eq!(parse_cursor(&cursor(t)), Some(t));
         assert_eq!(parse_cursor("x1"), None);
         assert_eq!(parse_cursor("t"), None);
+    }
+
+    #[test]
+    fn integer_means_are_the_decimal_divisions_own() {
+        use proptest::prelude::*;
+        let by_decimal = |sum: Decimal, count: i64| {
+            (sum / Decimal::from(count))
+                .round_dp_with_strategy(AVG_SCALE, RoundingStrategy::MidpointAwayFromZero)
+        };
+        let same = |sum: Decimal, count: i64| {
+            let (fast, slow) = (mean(sum, count), by_decimal(sum, count));
+            assert_eq!(fast, slow, "{sum} / {count}");
+            assert_eq!(
+                fast.to_f64().map(f64::to_bits),
+                slow.to_f64().map(f64::to_bits),
+                "{sum} / {count}"
+            );
+        };
+        // Ties both ways, both signs, sums of fewer places, and sums the
+        // integer path leaves to the decimal division.
+        for (sum, count) in [
+            ("0.0001", 2),
+            ("-0.0001", 2),
+            ("0.0003", 2),
+            ("-0.0003", 2),
+            ("1", 3),
+            ("-2.5", 4),
+            ("43", 2),
+            ("0", 7),
+            ("1.00005", 2),
+            ("12345678901234567890.1234", 1),
+            ("79228162514264337593543950335", 3),
+        ] {
+            same(sum.parse().unwrap(), count);
+        }
+        proptest!(|(m in -99_999_999_999_999i64..99_999_999_999_999, scale in 0u32..=4, count in 1i64..2_000_000)| {
+            same(Decimal::new(m, scale), count);
+        });
     }
 
     #[test]

@@ -668,11 +668,18 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
     readings_by_uuid["deviceId"] = json!(id);
     let mut trend_by_uuid = trend_vars.clone();
     trend_by_uuid["deviceId"] = json!(id);
+    // A's device, once found in A's scope, is not looked up again for A's
+    // telemetry queries (B's attempts below still are, and fail).
+    a.data(TEMPERATURE_TREND, trend_by_uuid.clone()).await;
+    let checks = upstream_calls_of(g.admin_addr, "GetDevice").await;
+    a.data(TEMPERATURE_TREND, trend_by_uuid.clone()).await;
+    a.data(GET_READINGS, readings_by_uuid.clone()).await;
+    assert_eq!(upstream_calls_of(g.admin_addr, "GetDevice").await, checks);
     for (q, v) in [
         (GET_READINGS, vars.clone()),
         (TEMPERATURE_TREND, trend_vars.clone()),
         (GET_READINGS, readings_by_uuid),
-        (TEMPERATURE_TREND, trend_by_uuid),
+        (TEMPERATURE_TREND, trend_by_uuid.clone()),
         (RECORD, json!({"deviceId": id, "v": 1})),
         (
             "mutation($id: ID!) { acknowledgeAlert(alertId: $id) { id } }",
@@ -849,16 +856,28 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
         };
         assert_eq!(end, json!({"complete": true}), "{name}");
     }
+    // Nor does the gateway answer for it from what it knew.
+    assert_eq!(
+        a.error_code(TEMPERATURE_TREND, trend_by_uuid).await,
+        "NOT_FOUND"
+    );
 
     p.stop().await;
 }
 
 /// Sum of the gateway's backend calls so far.
 async fn upstream_calls(admin: SocketAddr) -> u64 {
+    upstream_calls_of(admin, "").await
+}
+
+/// The gateway's backend calls so far of the methods whose names contain
+/// `method`.
+async fn upstream_calls_of(admin: SocketAddr, method: &str) -> u64 {
     kit::http_get(admin, "/metrics")
         .await
         .lines()
         .filter(|l| l.starts_with("iot_graphql_upstream_calls_total{"))
+        .filter(|l| l.contains(&format!("method=\"{method}")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
