@@ -143,13 +143,13 @@ impl Plan {
     }
 }
 
-/// The answer was not a well-formed `QueryMetricsResponse`.
+/// An answer (or part) was not a well-formed `QueryMetricsResponse`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed(&'static str);
 
 impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "malformed QueryMetrics answer: {}", self.0)
+        write!(f, "malformed metrics answer: {}", self.0)
     }
 }
 
