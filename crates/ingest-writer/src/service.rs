@@ -120,11 +120,14 @@ fn reading(r: Row) -> v1::SensorReading {
 /// Decimal places of a bucket's mean.
 const AVG_SCALE: u32 = 4;
 
-/// `sum / count` rounded to [`AVG_SCALE`] places, half away from zero.
-/// Sums of readings have at most four places, so this is one integer
-/// division; a decimal division (several times slower, and a year of hourly
-/// buckets has 8,760 of them) is left for other sums.
+/// `sum / count` rounded to [`AVG_SCALE`] places, half away from zero (0
+/// for no readings). Sums of readings have at most four places, so this is
+/// one integer division; a decimal division (several times slower, and a
+/// year of hourly buckets has 8,760 of them) is left for other sums.
 fn mean(sum: Decimal, count: i64) -> Decimal {
+    if count <= 0 {
+        return Decimal::ZERO;
+    }
     let by_decimal = || {
         (sum / Decimal::from(count))
             .round_dp_with_strategy(AVG_SCALE, RoundingStrategy::MidpointAwayFromZero)
@@ -150,11 +153,7 @@ fn metric(bucket: DateTime<Utc>, a: Agg) -> v1::SensorMetric {
     // Rounded to the readings' own scale, NUMERIC(10,4) as in the spec's
     // rollup tables (half away from zero, as PostgreSQL rounds): an exact
     // mean is `sum / count`.
-    let avg = if a.count > 0 {
-        mean(a.sum, a.count)
-    } else {
-        Decimal::ZERO
-    };
+    let avg = mean(a.sum, a.count);
     v1::SensorMetric {
         bucket: Some(iot_proto::timestamp(bucket)),
         count: u64::try_from(a.count).unwrap_or(0),
@@ -422,6 +421,7 @@ mod tests {
         ] {
             same(sum.parse().unwrap(), count);
         }
+        assert_eq!(mean(Decimal::ONE, 0), Decimal::ZERO);
         proptest!(|(m in -99_999_999_999_999i64..99_999_999_999_999, scale in 0u32..=4, count in 1i64..2_000_000)| {
             same(Decimal::new(m, scale), count);
         });

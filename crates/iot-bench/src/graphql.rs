@@ -341,10 +341,11 @@ pub async fn run(ctx: &Ctx) {
             let timings = timings.clone();
             async move {
                 // The one call a trusted gRPC client that knows the device
-                // makes (the gateway also checks the device's owner, at the
-                // same time: GetDevice), each way, in turns; the answer
-                // received whole, then decoded with prost as a generated
-                // client decodes it.
+                // makes (the gateway also checks the device's owner, with
+                // GetDevice at the same time, unless the registry found it
+                // in the caller's scope in the last 10 s), each way, in
+                // turns; the answer received whole, then decoded with prost
+                // as a generated client decodes it.
                 let req = v1::QueryMetricsRequest {
                     device_uuid: id,
                     sensor_name: "temperature".into(),
