@@ -6,13 +6,12 @@
 //! grown by doubling), rendering those as JSON and freeing them was most of
 //! what the gateway added to such a query. When the selection is plain
 //! ([`plain_selection`]) and the request came over HTTP, the gateway
-//! instead calls `QueryMetrics` with [`iot_proto::WireCodec`], which keeps
-//! the answer as the bytes that arrived, and [`render_pieces`] reads that wire format
-//! once, writing each bucket's selected fields as it goes, exactly as
-//! async-graphql would render them (tests compare the two). The text
-//! reaches the response through [`crate::raw`] without being copied.
-
-use std::sync::Arc;
+//! instead calls `StreamMetrics` with [`iot_proto::WireCodec`], which keeps
+//! each part of the answer as the bytes that arrived, and [`fetch`] reads
+//! that wire format once per part as the parts come, writing each bucket's
+//! selected fields as it goes, exactly as async-graphql would render them
+//! (tests compare the two). The text reaches the response through
+//! [`crate::raw`] without being copied.
 
 use async_graphql::Positioned;
 use async_graphql::parser::types::Selection;
@@ -281,42 +280,12 @@ fn bucket(b: &[u8]) -> Result<Bucket<'_>, Malformed> {
     Ok(m)
 }
 
-/// [`render_pieces`]'s text in one buffer.
+/// The JSON list of the buckets in an encoded `QueryMetricsResponse`, in
+/// one buffer.
 #[cfg(test)]
 pub fn render(plan: &Plan, answer: &[u8]) -> Result<Vec<u8>, Malformed> {
     let items = elements(plan, answer, Vec::new())?;
     Ok([&b"["[..], items.get(1..).unwrap_or_default(), b"]"].concat())
-}
-
-/// Answers from this size on are rendered in two halves at once.
-const PARALLEL_FROM: usize = 64 * 1024;
-
-/// The JSON list of the buckets in an encoded `QueryMetricsResponse`, with
-/// `plan`'s fields, as pieces to send one after another. A bucket without
-/// a valid time is left out, as the general path leaves it out. A large
-/// answer is cut in two at a bucket boundary and the halves are rendered
-/// at the same time, the second on a blocking thread: rendering 8,760
-/// buckets takes milliseconds, which the caller waits for.
-pub async fn render_pieces(plan: Arc<Plan>, answer: Bytes) -> Result<Vec<Bytes>, Malformed> {
-    let [a, b] = if answer.len() < PARALLEL_FROM {
-        [
-            Bytes::from(elements(&plan, &answer, Vec::new())?),
-            Bytes::new(),
-        ]
-    } else {
-        let cut = midpoint(&answer)?;
-        let second = answer.slice(cut..);
-        let other = {
-            let plan = plan.clone();
-            tokio::task::spawn_blocking(move || elements(&plan, &second, pooled()))
-        };
-        let a = elements(&plan, &answer[..cut], pooled());
-        let b = other
-            .await
-            .map_err(|_| Malformed("a rendering task failed"))?;
-        [Bytes::from_owner(Pooled(a?)), Bytes::from_owner(Pooled(b?))]
-    };
-    Ok(bracketed([a, b]))
 }
 
 /// The JSON list of the buckets in ingest-writer's answer to `req`,
@@ -324,22 +293,21 @@ pub async fn render_pieces(plan: Arc<Plan>, answer: Bytes) -> Result<Vec<Bytes>,
 /// while the next is on its way (the last part's rendering is all that is
 /// left once the answer is in). A writer without `StreamMetrics` (one
 /// older than this gateway, during a rolling upgrade) is asked with
-/// `QueryMetrics`. A malformed answer is an `INTERNAL` status.
+/// `QueryMetrics`, whose one answer is rendered as a single part. A
+/// malformed answer is an `INTERNAL` status.
 pub async fn fetch(
     up: &crate::upstream::Upstreams,
-    plan: Arc<Plan>,
+    plan: &Plan,
     req: iot_proto::v1::QueryMetricsRequest,
 ) -> Result<Vec<Bytes>, tonic::Status> {
-    let malformed = |e: Malformed| tonic::Status::internal(e.to_string());
-    let parts = match up.stream_metrics_wire(req.clone()).await {
-        Ok(parts) => parts.into_inner(),
+    match up.stream_metrics_wire(req.clone()).await {
+        Ok(parts) => render_parts(plan, parts.into_inner()).await,
         Err(s) if s.code() == tonic::Code::Unimplemented => {
             let answer = up.query_metrics_wire(req).await?.into_inner();
-            return render_pieces(plan, answer).await.map_err(malformed);
+            render_parts(plan, futures::stream::iter([Ok(answer)])).await
         }
-        Err(s) => return Err(s),
-    };
-    render_parts(&plan, parts).await
+        Err(s) => Err(s),
+    }
 }
 
 /// The JSON list of the buckets in the encoded `QueryMetricsResponse`
@@ -347,7 +315,7 @@ pub async fn fetch(
 /// buckets, a tenth of a millisecond) takes less time than the next takes
 /// to arrive, and is done right here: handing parts to other threads cost
 /// more in thread switches than it saved.
-async fn render_parts(
+pub async fn render_parts(
     plan: &Plan,
     parts: impl futures::Stream<Item = Result<Bytes, tonic::Status>>,
 ) -> Result<Vec<Bytes>, tonic::Status> {
@@ -404,22 +372,6 @@ impl Drop for Pooled {
             pool.push(buf);
         }
     }
-}
-
-/// The offset of the first top-level field that starts at or after the
-/// middle of `answer` (its length when there is none).
-fn midpoint(answer: &[u8]) -> Result<usize, Malformed> {
-    let half = answer.len() / 2;
-    let mut w = Wire { b: answer };
-    while !w.done() {
-        let at = answer.len() - w.b.len();
-        if at >= half {
-            return Ok(at);
-        }
-        let (_, wire) = w.key()?;
-        w.skip(wire)?;
-    }
-    Ok(answer.len())
 }
 
 /// The buckets among `fields` (whole top-level fields of an encoded
@@ -644,53 +596,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_answer_rendered_in_halves_is_the_same_text() {
-        let p = Arc::new(plan());
-        let many: Vec<v1::SensorMetric> = (0..6_000)
-            .map(|i| {
-                let mut m = metric(i * 3_600, f64::from(i as u32) / 8.0, "12.5");
-                // Buckets without a time, some of them around the cut.
-                if i % 7 == 0 || (2_990..3_010).contains(&i) {
-                    m.bucket = None;
-                }
-                m
-            })
-            .collect();
-        let answer = encode(&many);
-        assert!(answer.len() >= PARALLEL_FROM);
-        let joined = |pieces: Vec<Bytes>| pieces.concat();
-        let pieces = render_pieces(p.clone(), answer.clone().into())
-            .await
-            .unwrap();
-        assert!(pieces.len() > 1, "rendered in one piece");
-        assert_eq!(joined(pieces), render(&p, &answer).unwrap());
-        // A first half with no bucket to show: no stray comma.
-        let mut none_first = many.clone();
-        for m in &mut none_first[..3_100] {
-            m.bucket = None;
-        }
-        let answer = encode(&none_first);
-        let text = joined(
-            render_pieces(p.clone(), answer.clone().into())
-                .await
-                .unwrap(),
-        );
-        assert_eq!(text, render(&p, &answer).unwrap());
-        assert!(text.starts_with(b"[{"));
-        // An empty list, and a malformed large answer.
-        let answer = encode(&vec![v1::SensorMetric::default(); 3_000]);
-        assert_eq!(
-            joined(render_pieces(p.clone(), answer.into()).await.unwrap()),
-            b"[]"
-        );
-        let mut bad = encode(&many);
-        bad.truncate(bad.len() - 3);
-        assert!(render_pieces(p, bad.into()).await.is_err());
-    }
-
-    #[tokio::test]
     async fn parts_rendered_as_they_come_are_the_whole_answers_text() {
-        let p = Arc::new(plan());
+        let p = plan();
         let many: Vec<v1::SensorMetric> = (0..5_000)
             .map(|i| {
                 let mut m = metric(i * 3_600, f64::from(i as u32) / 8.0, "12.5");
@@ -714,17 +621,40 @@ mod tests {
                 .concat();
             assert_eq!(text, whole, "parts of {size}");
         }
-        // Nothing to show, in no part or in one empty part.
+        // A first part with no bucket to show: no stray comma.
+        let mut none_first = many.clone();
+        for m in &mut none_first[..1_100] {
+            m.bucket = None;
+        }
+        let parts = none_first
+            .chunks(1_024)
+            .map(|c| Ok(Bytes::from(encode(c))))
+            .collect::<Vec<_>>();
+        let text = render_parts(&p, futures::stream::iter(parts))
+            .await
+            .unwrap()
+            .concat();
+        assert_eq!(text, render(&p, &encode(&none_first)).unwrap());
+        assert!(text.starts_with(b"[{"));
+        // Nothing to show: in no part, one empty part, or a large part
+        // whose buckets have no time.
         let none = render_parts(&p, futures::stream::iter(Vec::new())).await;
         assert_eq!(none.unwrap().concat(), b"[]");
         let empty = render_parts(&p, futures::stream::iter([Ok(Bytes::new())])).await;
         assert_eq!(empty.unwrap().concat(), b"[]");
+        let timeless = Bytes::from(encode(&vec![v1::SensorMetric::default(); 3_000]));
+        let timeless = render_parts(&p, futures::stream::iter([Ok(timeless)])).await;
+        assert_eq!(timeless.unwrap().concat(), b"[]");
         // A malformed part, or the stream failing after some parts, is an
         // error, never a shorter list.
         let mut bad = encode(&many[..10]);
         bad.truncate(bad.len() - 3);
         let parts = [Ok(Bytes::from(encode(&many[..10]))), Ok(Bytes::from(bad))];
         let e = render_parts(&p, futures::stream::iter(parts)).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::Internal);
+        let mut bad = encode(&many);
+        bad.truncate(bad.len() - 3);
+        let e = render_parts(&p, futures::stream::iter([Ok(Bytes::from(bad))])).await;
         assert_eq!(e.unwrap_err().code(), tonic::Code::Internal);
         let parts = [
             Ok(Bytes::from(encode(&many[..10]))),

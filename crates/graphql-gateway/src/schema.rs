@@ -1292,9 +1292,9 @@ impl QueryRoot {
             granularity: granularity.clone(),
         };
         if let Some((raw, plan)) = MetricList::plan(ctx, &sensor_name) {
-            let plan = Arc::new(plan);
+            let plan = &plan;
             let pieces = of_device(ctx, &device_id, |device_uuid| {
-                let (req, plan) = (request(device_uuid), plan.clone());
+                let req = request(device_uuid);
                 async move {
                     // Timed to the last part, rendered.
                     let fetch = crate::metrics_json::fetch(&s.up, plan, req);
@@ -2223,7 +2223,8 @@ mod tests {
                 Some((raw, plan)) => {
                     let answer =
                         prost::Message::encode_to_vec(&v1::QueryMetricsResponse { metrics });
-                    let pieces = crate::metrics_json::render_pieces(Arc::new(plan), answer.into());
+                    let part = futures::stream::iter([Ok(answer.into())]);
+                    let pieces = crate::metrics_json::render_parts(&plan, part);
                     MetricList::Rendered(raw.put_pieces(pieces.await.unwrap()))
                 }
                 None => MetricList::Decoded {
