@@ -609,31 +609,27 @@ mod tests {
                 m
             })
             .collect();
-        let whole = render(&p, &encode(&many)).unwrap();
-        for size in [1, 1_024, 1_000, 5_000] {
-            let parts = many
+        // The text of `metrics` sent in parts of `size`.
+        let in_parts = async |metrics: &[v1::SensorMetric], size: usize| {
+            let parts = metrics
                 .chunks(size)
                 .map(|c| Ok(Bytes::from(encode(c))))
                 .collect::<Vec<_>>();
-            let text = render_parts(&p, futures::stream::iter(parts))
+            render_parts(&p, futures::stream::iter(parts))
                 .await
                 .unwrap()
-                .concat();
-            assert_eq!(text, whole, "parts of {size}");
+                .concat()
+        };
+        let whole = render(&p, &encode(&many)).unwrap();
+        for size in [1, 1_024, 1_000, 5_000] {
+            assert_eq!(in_parts(&many, size).await, whole, "parts of {size}");
         }
         // A first part with no bucket to show: no stray comma.
         let mut none_first = many.clone();
         for m in &mut none_first[..1_100] {
             m.bucket = None;
         }
-        let parts = none_first
-            .chunks(1_024)
-            .map(|c| Ok(Bytes::from(encode(c))))
-            .collect::<Vec<_>>();
-        let text = render_parts(&p, futures::stream::iter(parts))
-            .await
-            .unwrap()
-            .concat();
+        let text = in_parts(&none_first, 1_024).await;
         assert_eq!(text, render(&p, &encode(&none_first)).unwrap());
         assert!(text.starts_with(b"[{"));
         // Nothing to show: in no part, one empty part, or a large part
