@@ -13,6 +13,11 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Its own consumer group: it reads every reading independently of the writer.
     pub group_id: String,
+    /// Static group membership: a stable name of this replica's own (a
+    /// StatefulSet's pod name). Restarted under the same name, after a crash
+    /// say, it takes its partitions back at once. Unset: a dynamic member,
+    /// whose partitions wait until the group gives up on a crashed one.
+    pub instance_id: Option<String>,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     /// device-registry, for each device's thresholds (and their changes).
@@ -66,6 +71,7 @@ impl Default for Config {
             pool_size: 4,
             kafka: KafkaConfig::default(),
             group_id: "alert-engine".into(),
+            instance_id: None,
             grpc_addr: ([127, 0, 0, 1], 50053).into(),
             admin_addr: ([127, 0, 0, 1], 9103).into(),
             registry_url: "http://127.0.0.1:50051".into(),
@@ -90,6 +96,9 @@ impl iot_runtime::Validate for Config {
         }
         if self.group_id.is_empty() {
             p.push("group_id is empty".into());
+        }
+        if self.instance_id.as_deref().is_some_and(str::is_empty) {
+            p.push("instance_id is empty (leave it out for a dynamic member)".into());
         }
         if self.alerts_topic.is_empty() {
             p.push("alerts_topic is empty".into());

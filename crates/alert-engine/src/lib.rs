@@ -65,8 +65,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let consumer = config.kafka.readings_consumer(
         "alert-engine",
         &config.group_id,
+        config.instance_id.as_deref(),
         iot_kafka::ConsumerObserver::new(&registry)?,
     )?;
+    let assignment = consumer.context().assignment();
     let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -109,6 +111,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ready.check("database", move || iot_db::ping(pool.clone()));
     }
     ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
+    ready.check("partitions", assignment.readiness_check());
+    tokio::spawn(iot_kafka::watch_assignment(
+        config.kafka.clone(),
+        config.group_id.clone(),
+        assignment,
+        shutdown.clone(),
+    ));
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
         iot_telemetry::admin_router(registry, ready.clone()),

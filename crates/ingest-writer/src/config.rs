@@ -15,6 +15,11 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Consumer group; replicas in one group split the partitions.
     pub group_id: String,
+    /// Static group membership: a stable name of this replica's own (a
+    /// StatefulSet's pod name). Restarted under the same name, after a crash
+    /// say, it takes its partitions back at once. Unset: a dynamic member,
+    /// whose partitions wait until the group gives up on a crashed one.
+    pub instance_id: Option<String>,
     /// A batch is written when it holds this many readings...
     pub batch_max_rows: usize,
     /// ...or when its first reading has waited this long.
@@ -33,6 +38,7 @@ impl Default for Config {
             pool_size: 8,
             kafka: KafkaConfig::default(),
             group_id: "ingest-writer".into(),
+            instance_id: None,
             batch_max_rows: 10_000,
             batch_max_wait_ms: 100,
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
@@ -57,6 +63,9 @@ impl iot_runtime::Validate for Config {
         }
         if self.group_id.is_empty() {
             p.push("group_id is empty".into());
+        }
+        if self.instance_id.as_deref().is_some_and(str::is_empty) {
+            p.push("instance_id is empty (leave it out for a dynamic member)".into());
         }
         if self.batch_max_rows == 0 || self.batch_max_rows > 100_000 {
             p.push("batch_max_rows must be in 1..=100000".into());

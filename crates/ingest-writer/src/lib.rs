@@ -64,8 +64,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let consumer = config.kafka.readings_consumer(
         SERVICE,
         &config.group_id,
+        config.instance_id.as_deref(),
         iot_kafka::ConsumerObserver::new(&registry)?,
     )?;
+    let assignment = {
+        use iot_kafka::rdkafka::consumer::Consumer as _;
+        consumer.context().assignment()
+    };
     let producer = config.kafka.producer(SERVICE)?;
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
 
@@ -78,6 +83,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ready.check("database", move || iot_db::ping(pool.clone()));
     }
     ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
+    ready.check("partitions", assignment.readiness_check());
+    tokio::spawn(iot_kafka::watch_assignment(
+        config.kafka.clone(),
+        config.group_id.clone(),
+        assignment,
+        shutdown.clone(),
+    ));
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
         iot_telemetry::admin_router(registry, ready.clone()),

@@ -28,11 +28,14 @@ pub enum RejectReason {
     BadField,
     /// A Kafka record could not be decoded.
     Undecodable,
+    /// Kafka refused the valid reading for good (too large for a record,
+    /// topic not writable); retrying could never succeed.
+    KafkaRefused,
 }
 
 impl RejectReason {
     /// All reasons, for pre-registering metric labels.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         Self::BadTopic,
         Self::BadJson,
         Self::PayloadTooLarge,
@@ -44,6 +47,7 @@ impl RejectReason {
         Self::TimestampOutOfRange,
         Self::BadField,
         Self::Undecodable,
+        Self::KafkaRefused,
     ];
 
     /// The stable code written to the dead-letter topic.
@@ -60,6 +64,7 @@ impl RejectReason {
             Self::TimestampOutOfRange => "timestamp_out_of_range",
             Self::BadField => "bad_field",
             Self::Undecodable => "undecodable",
+            Self::KafkaRefused => "kafka_refused",
         }
     }
 }

@@ -149,10 +149,19 @@ impl KafkaConfig {
     /// wait at most [`FETCH_WAIT_MS`], prefetch is bounded
     /// ([`BOUNDED_PREFETCH`]), and statistics every 5 s feed `observer`'s
     /// lag gauge.
+    ///
+    /// `instance_id` makes the consumer a static member of its group
+    /// (`group.instance.id`): a replica that restarts under the same name,
+    /// after a crash say, takes its own partitions back at once instead of
+    /// waiting for the group to give up on its previous incarnation (a
+    /// session timeout on Kafka; on Tansu 0.6, whose coordinator notices a
+    /// dead member only when a live one calls, much longer). Give each
+    /// replica a stable name of its own (a StatefulSet's pod name).
     pub fn readings_consumer(
         &self,
         client_id: &str,
         group_id: &str,
+        instance_id: Option<&str>,
         observer: ConsumerObserver,
     ) -> Result<StreamConsumer<ConsumerObserver>, KafkaError> {
         let defaults: Vec<(&str, &str)> = [
@@ -165,12 +174,15 @@ impl KafkaConfig {
         .into_iter()
         .chain(BOUNDED_PREFETCH)
         .collect();
-        let consumer: StreamConsumer<ConsumerObserver> = self
-            .client_config_with(&defaults)
+        let mut config = self.client_config_with(&defaults);
+        config
             .set("group.id", group_id)
             .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .create_with_context(observer)?;
+            .set("enable.auto.offset.store", "false");
+        if let Some(id) = instance_id {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<ConsumerObserver> = config.create_with_context(observer)?;
         consumer.subscribe(&[&self.readings_topic])?;
         Ok(consumer)
     }
@@ -256,8 +268,45 @@ pub struct DeadLetterError {
     pub source: KafkaError,
 }
 
+/// Whether a produce error is a verdict on the record itself (or on the
+/// client's rights), so that sending it again can never succeed: such a
+/// record is dead-lettered and acknowledged, never retried. Everything else
+/// (broker down, leader moving, timeouts, a full queue) may pass.
+pub fn is_permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::MessageProduction(code) => *code,
+        _ => match e.rdkafka_error_code() {
+            Some(code) => code,
+            None => return false,
+        },
+    };
+    matches!(
+        code,
+        C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::MessageBatchTooLarge
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::UnsupportedForMessageFormat
+    )
+}
+
+/// Payloads up to this size go into a dead letter whole; larger ones only as
+/// their first [`TRUNCATED_PREFIX`] bytes, with their size and SHA-256. A
+/// letter must fit in one Kafka record (librdkafka's and Kafka's default
+/// limit is about 1 MB).
+pub const MAX_LETTER_PAYLOAD: usize = 512 * 1024;
+/// What a truncated dead letter keeps of its payload.
+pub const TRUNCATED_PREFIX: usize = 4096;
+
 /// Writes rejected input to the dead-letter topic, with its reason, origin
-/// and the original payload byte for byte.
+/// and the original payload byte for byte (or, for payloads too large for a
+/// record, its prefix, size and SHA-256).
 #[derive(Clone)]
 pub struct DeadLetters {
     producer: FutureProducer,
@@ -274,20 +323,50 @@ impl DeadLetters {
         }
     }
 
-    /// Sends one dead letter and waits for Kafka's delivery report.
+    /// Sends one dead letter and waits for Kafka's delivery report. A letter
+    /// Kafka refuses for good (too large, say) goes again with the payload
+    /// truncated; only errors that may pass, or a refusal of the truncated
+    /// letter too, are returned.
     pub async fn send(
         &self,
         rejection: &iot_domain::Rejection,
         origin: &str,
         payload: &[u8],
     ) -> Result<(), DeadLetterError> {
+        let whole = payload.len() <= MAX_LETTER_PAYLOAD;
+        match self.send_letter(rejection, origin, payload, whole).await {
+            Err(e) if whole && is_permanent(&e.source) => {
+                tracing::warn!(error = %e.source, size = payload.len(), "dead letter refused; sending it truncated");
+                self.send_letter(rejection, origin, payload, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_letter(
+        &self,
+        rejection: &iot_domain::Rejection,
+        origin: &str,
+        payload: &[u8],
+        whole: bool,
+    ) -> Result<(), DeadLetterError> {
+        use sha2::Digest as _;
+        let kept = if whole {
+            payload
+        } else {
+            &payload[..payload.len().min(TRUNCATED_PREFIX)]
+        };
         let letter = iot_proto::v1::DeadLetter {
             reason: rejection.reason.code().to_owned(),
             detail: rejection.detail.clone(),
-            origin: origin.to_owned(),
-            payload: payload.to_vec(),
+            // An origin is a topic or path the sender chose: bound it too.
+            origin: truncate_str(origin, TRUNCATED_PREFIX).to_owned(),
+            payload: kept.to_vec(),
             rejected_at: Some(iot_proto::timestamp(chrono::Utc::now())),
             service: self.service.to_owned(),
+            payload_size: payload.len() as u64,
+            payload_sha256: sha2::Sha256::digest(payload).to_vec(),
+            payload_truncated: kept.len() < payload.len(),
         };
         let bytes = letter.encode_to_vec();
         let record = FutureRecord::to(&self.topic)
@@ -304,18 +383,32 @@ impl DeadLetters {
     }
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A consumer's context: counts partition assignments (a service reloads
-/// per-partition state after each) and publishes the consumer lag per
-/// partition from librdkafka's statistics (`statistics.interval.ms`) as
-/// `<prefix>_kafka_consumer_lag{topic, partition}`.
-#[derive(Default)]
+/// per-partition state after each), keeps how many partitions the consumer
+/// holds (`<prefix>_kafka_assigned_partitions`), and publishes the consumer
+/// lag per partition from librdkafka's statistics (`statistics.interval.ms`)
+/// as `<prefix>_kafka_consumer_lag{topic, partition}`.
 pub struct ConsumerObserver {
     assignments: std::sync::atomic::AtomicU64,
-    lag: std::sync::OnceLock<prometheus::IntGaugeVec>,
+    held: std::sync::Arc<Assignment>,
+    lag: prometheus::IntGaugeVec,
 }
 
 impl ConsumerObserver {
-    /// An observer whose lag gauge is registered in `registry`.
+    /// An observer whose gauges are registered in `registry`.
     pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let lag = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
@@ -325,20 +418,30 @@ impl ConsumerObserver {
             &["topic", "partition"],
         )?;
         registry.register(Box::new(lag.clone()))?;
-        let o = Self::default();
-        let _ = o.lag.set(lag);
-        Ok(o)
+        let held = Assignment::new()?;
+        registry.register(Box::new(held.partitions.clone()))?;
+        registry.register(Box::new(held.alarm.clone()))?;
+        Ok(Self {
+            assignments: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::Arc::new(held),
+            lag,
+        })
     }
 
     /// How many assignments the consumer has had.
     pub fn assignments(&self) -> u64 {
         self.assignments.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// What the consumer holds, for [`watch_assignment`].
+    pub fn assignment(&self) -> std::sync::Arc<Assignment> {
+        self.held.clone()
+    }
 }
 
 impl rdkafka::ClientContext for ConsumerObserver {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(lag) = self.lag.get() else { return };
+        let lag = &self.lag;
         for (name, topic) in &statistics.topics {
             for (id, p) in &topic.partitions {
                 // -1 is librdkafka's internal "unassigned" partition; a
@@ -358,10 +461,157 @@ impl rdkafka::consumer::ConsumerContext for ConsumerObserver {
         _: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_)) {
-            self.assignments
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        use rdkafka::consumer::Rebalance;
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.assignments
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.held.set(tpl.count());
+            }
+            Rebalance::Revoke(_) => self.held.set(0),
+            Rebalance::Error(_) => {}
         }
+        // Partitions this consumer no longer holds keep no stale lag.
+        self.lag.reset();
+    }
+}
+
+/// How many partitions a consumer holds, since when it has held none, and
+/// the alarm raised when it holds none while its group has no other live
+/// member (so that nothing consumes the topic).
+pub struct Assignment {
+    partitions: prometheus::IntGauge,
+    alarm: prometheus::IntGauge,
+    empty_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Assignment {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            partitions: prometheus::IntGauge::new(
+                "kafka_assigned_partitions",
+                "Partitions of the readings topic this consumer holds",
+            )?,
+            alarm: prometheus::IntGauge::new(
+                "kafka_consumer_stalled",
+                "1 while this consumer holds no partition and its group has no other live member",
+            )?,
+            empty_since: std::sync::Mutex::new(Some(std::time::Instant::now())),
+        })
+    }
+
+    fn set(&self, n: usize) {
+        self.partitions.set(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut since = self
+            .empty_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (n, *since) {
+            (0, None) => *since = Some(std::time::Instant::now()),
+            (0, Some(_)) => {}
+            _ => *since = None,
+        }
+    }
+
+    /// How long the consumer has held no partition, if it holds none.
+    pub fn empty_for(&self) -> Option<Duration> {
+        self.empty_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
+    /// The alarm as a readiness check.
+    pub fn readiness_check(
+        self: &std::sync::Arc<Self>,
+    ) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+        let held = self.clone();
+        move || {
+            let verdict = held.check();
+            Box::pin(async move { verdict }) as CheckFuture
+        }
+    }
+
+    /// The alarm, as a readiness verdict.
+    pub fn check(&self) -> Result<(), String> {
+        if self.alarm.get() == 0 {
+            Ok(())
+        } else {
+            Err(
+                "this consumer holds no partition and its group has no other live member: \
+                 nothing consumes the readings topic"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// How long a consumer may hold no partition before the group is asked
+/// whether another member holds them: longer than a rebalance takes.
+pub const EMPTY_GRACE: Duration = Duration::from_secs(30);
+
+/// Watches a consumer's assignment until `stop`: when it has held no
+/// partition for [`EMPTY_GRACE`], asks the group coordinator for the group's
+/// live members; with no other member the alarm goes up (gauge, error log,
+/// and [`Assignment::check`] for readiness), and down again once the
+/// consumer holds partitions or another member appears.
+pub async fn watch_assignment(
+    cfg: KafkaConfig,
+    group_id: String,
+    held: std::sync::Arc<Assignment>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let client: Result<rdkafka::consumer::BaseConsumer, _> = cfg.client_config().create();
+    let client = match client {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the consumer group");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stalled = match held.empty_for() {
+            Some(d) if d >= EMPTY_GRACE => {
+                let (client, group) = (client.clone(), group_id.clone());
+                let others = tokio::task::spawn_blocking(move || {
+                    client
+                        .fetch_group_list(Some(&group), Duration::from_secs(5))
+                        .map(|list| {
+                            list.groups()
+                                .iter()
+                                .filter(|g| g.name() == group)
+                                .map(|g| g.members().len())
+                                .sum::<usize>()
+                        })
+                })
+                .await;
+                match others {
+                    // This consumer counts itself among the members.
+                    Ok(Ok(members)) => members <= 1,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, group = %group_id, "cannot describe the consumer group");
+                        true
+                    }
+                    Err(_) => true,
+                }
+            }
+            _ => false,
+        };
+        if stalled && held.alarm.get() == 0 {
+            tracing::error!(
+                group = %group_id,
+                "this consumer holds no partition and its group has no other live member: \
+                 readings are not being consumed"
+            );
+        } else if !stalled && held.alarm.get() == 1 {
+            tracing::info!(group = %group_id, "consumer group has its partitions again");
+        }
+        held.alarm.set(i64::from(stalled));
     }
 }
 
@@ -421,5 +671,26 @@ mod tests {
         };
         assert_eq!(cfg.problems("kafka").len(), 6);
         assert!(KafkaConfig::default().problems("kafka").is_empty());
+    }
+
+    #[test]
+    fn permanent_errors_are_verdicts_on_the_record() {
+        use RDKafkaErrorCode as C;
+        let produce = |c| KafkaError::MessageProduction(c);
+        assert!(is_permanent(&produce(C::MessageSizeTooLarge)));
+        assert!(is_permanent(&produce(C::TopicAuthorizationFailed)));
+        assert!(is_permanent(&produce(C::InvalidTopic)));
+        assert!(!is_permanent(&produce(C::QueueFull)));
+        assert!(!is_permanent(&produce(C::MessageTimedOut)));
+        assert!(!is_permanent(&produce(C::BrokerTransportFailure)));
+        assert!(!is_permanent(&produce(C::NotLeaderForPartition)));
+        assert!(!is_permanent(&KafkaError::Canceled));
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_str("abc", 5), "abc");
+        assert_eq!(truncate_str("aé", 2), "a");
+        assert_eq!(truncate_str("aé", 3), "aé");
     }
 }

@@ -134,3 +134,47 @@ async fn readings_keep_the_heartbeat_and_record_undeclared_sensors() {
     );
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_of_a_hundred_thousand_devices_go_in_one_flush() {
+    let p = Platform::start().await;
+    // Two real devices among 100,000 heartbeats: the window is far above
+    // one gRPC message's limit, so it only goes through in chunks.
+    let a = p
+        .create_device(&format!("hb-{}", kit::unique()), "active")
+        .await;
+    let b = p
+        .create_device(&format!("hb-{}", kit::unique()), "active")
+        .await;
+    let directory = mqtt_gateway::directory::Directory::new(
+        &format!("http://{}", p.registry),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let real = [
+        Uuid::parse_str(&a.id).unwrap(),
+        Uuid::parse_str(&b.id).unwrap(),
+    ];
+    for uuid in real {
+        directory.record_activity(uuid, ["temperature"].into_iter());
+    }
+    for _ in 0..99_998 {
+        directory.record_activity(Uuid::new_v4(), ["temperature"].into_iter());
+    }
+    assert_eq!(directory.flush_activity().await.unwrap(), 100_000);
+    // Nothing is left to send, and the real devices were seen.
+    assert_eq!(directory.flush_activity().await.unwrap(), 0);
+    let mut registry = p.registry_client(Scope::Admin).await;
+    for uuid in real {
+        let dev = registry
+            .get_device(GetDeviceRequest {
+                id: uuid.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(dev.last_heartbeat.is_some(), "{dev:?}");
+    }
+    p.stop().await;
+}

@@ -46,7 +46,13 @@ pub struct MqttConfig {
     pub batch_topic_prefix: String,
     /// SenML packs of one device arrive on `{senml_topic_prefix}/{device_id}`.
     pub senml_topic_prefix: String,
-    /// Shared-subscription group: replicas in one group split the load.
+    /// How replicas split the devices between them; see [`Split`].
+    pub split: Split,
+    /// With `split = "hashed"`: this replica's index (0-based; a
+    /// StatefulSet pod's ordinal) and how many replicas there are.
+    pub replica: u32,
+    pub replicas: u32,
+    /// Shared-subscription group, with `split = "shared"`.
     pub share_group: String,
     pub keep_alive_secs: u64,
     /// How long the broker keeps the session (and its unacknowledged
@@ -54,6 +60,34 @@ pub struct MqttConfig {
     pub session_expiry_secs: u32,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Largest MQTT packet the gateway takes (its Maximum Packet Size). It
+    /// must be at least the broker's own limit on what it accepts from
+    /// devices (Mosquitto's `max_packet_size`): a broker never delivers a
+    /// packet above the subscriber's maximum and, by the MQTT 5
+    /// specification, drops it for that subscriber without a word after
+    /// acknowledging it to the device. Payloads above
+    /// `limits.max_payload_bytes` but within this reach the gateway and are
+    /// dead-lettered as `payload_too_large`. Also the HTTP door's body limit.
+    pub max_packet_bytes: usize,
+}
+
+/// How gateway replicas split the devices between them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Every replica holds a durable subscription of its own to every
+    /// device topic and handles the devices whose id hashes to its
+    /// `replica` of `replicas`; it acknowledges the others' messages
+    /// unprocessed (their owner's session holds them). Each message reaches
+    /// every replica, and no broker needs shared subscriptions to be
+    /// durable: Mosquitto 2.0 loses messages meant for a persistent shared
+    /// subscriber that has not reconnected after a broker restart (see
+    /// docs/design/mqtt-subscriptions.md).
+    Hashed,
+    /// One MQTT 5 shared subscription (`$share/{share_group}/...`): the
+    /// broker hands each message to one replica. Only on brokers that keep
+    /// messages for offline members of a shared subscription.
+    Shared,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,6 +117,12 @@ impl Default for Config {
     }
 }
 
+/// The shipped brokers' `max_packet_size` (deploy/*/mosquitto.conf).
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 256 * 1024;
+
+/// MQTT's own ceiling on a packet (the Remaining Length field's).
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
@@ -92,11 +132,15 @@ impl Default for MqttConfig {
             topic_prefix: "sensors".into(),
             batch_topic_prefix: "batches".into(),
             senml_topic_prefix: "senml".into(),
+            split: Split::Hashed,
+            replica: 0,
+            replicas: 1,
             share_group: "iot-gateway".into(),
             keep_alive_secs: 30,
             session_expiry_secs: 86_400,
             username: None,
             password: None,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
         }
     }
 }
@@ -159,6 +203,12 @@ impl iot_runtime::Validate for Config {
                 }
             }
         }
+        if self.mqtt.replicas == 0 || self.mqtt.replica >= self.mqtt.replicas {
+            p.push(format!(
+                "mqtt.replica {} must be below mqtt.replicas {} (and replicas at least 1)",
+                self.mqtt.replica, self.mqtt.replicas
+            ));
+        }
         if self.mqtt.share_group.is_empty() || self.mqtt.share_group.contains(['/', '+', '#']) {
             p.push("mqtt.share_group must be one topic level without wildcards".into());
         }
@@ -167,6 +217,14 @@ impl iot_runtime::Validate for Config {
             p.push(format!(
                 "registry_url {:?} must start with http:// or https://",
                 self.registry_url
+            ));
+        }
+        if self.mqtt.max_packet_bytes <= self.limits.max_payload_bytes
+            || self.mqtt.max_packet_bytes > MQTT_MAX_PACKET
+        {
+            p.push(format!(
+                "mqtt.max_packet_bytes must exceed limits.max_payload_bytes (room for the topic) \
+                 and be at most {MQTT_MAX_PACKET}"
             ));
         }
         if self.limits.max_payload_bytes == 0 {

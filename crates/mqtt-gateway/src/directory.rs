@@ -120,21 +120,28 @@ impl Directory {
             .collect();
         let n = devices.len();
         let mut client = self.client.clone();
-        match client
-            .record_activity(v1::RecordActivityRequest { devices })
-            .await
-        {
-            Ok(_) => Ok(n),
-            Err(e) => {
+        let mut sent = 0;
+        for chunk in activity_chunks(devices, ACTIVITY_CALL_BYTES) {
+            let len = chunk.len();
+            if let Err(e) = client
+                .record_activity(v1::RecordActivityRequest { devices: chunk })
+                .await
+            {
+                // What was not reported yet waits for the next flush (a
+                // chunk that went through may go again: last-seen only
+                // moves forward).
                 let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
                 for (uuid, (seen, sensors)) in pending {
                     let entry = a.pending.entry(uuid).or_insert((seen, Vec::new()));
                     entry.0 = entry.0.max(seen);
                     entry.1.extend(sensors);
                 }
-                Err(e)
+                tracing::debug!(sent, "activity flush interrupted");
+                return Err(e);
             }
+            sent += len;
         }
+        Ok(n)
     }
 
     /// Follows the registry's device changes and drops changed devices from
@@ -217,5 +224,69 @@ impl Directory {
             }
         }
         cache.insert(id.to_owned(), (answer, now));
+    }
+}
+
+/// The largest RecordActivity call the gateway sends: well under gRPC's
+/// default 4 MiB message limit, which a whole flush window of a large fleet
+/// (some 60 bytes a device) would pass near 70,000 devices.
+const ACTIVITY_CALL_BYTES: usize = 1024 * 1024;
+
+/// Splits a flush window into calls of at most `max_bytes` encoded each
+/// (an entry larger than that alone goes in a call of its own).
+fn activity_chunks(
+    devices: Vec<v1::DeviceActivity>,
+    max_bytes: usize,
+) -> Vec<Vec<v1::DeviceActivity>> {
+    use iot_proto::Message as _;
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for d in devices {
+        // The entry's bytes plus its tag and length prefix.
+        let len = d.encoded_len() + 8;
+        if !chunk.is_empty() && size + len > max_bytes {
+            chunks.push(std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += len;
+        chunk.push(d);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use iot_proto::Message as _;
+
+    #[test]
+    fn a_large_window_goes_in_calls_under_the_limit() {
+        let devices: Vec<_> = (0..100_000)
+            .map(|i| v1::DeviceActivity {
+                device_uuid: Uuid::from_u128(i).to_string(),
+                last_seen: Some(iot_proto::timestamp(chrono::Utc::now())),
+                new_sensors: if i % 10 == 0 {
+                    vec!["temperature".into()]
+                } else {
+                    vec![]
+                },
+            })
+            .collect();
+        let chunks = activity_chunks(devices, ACTIVITY_CALL_BYTES);
+        assert!(chunks.len() > 1);
+        assert_eq!(chunks.iter().map(Vec::len).sum::<usize>(), 100_000);
+        for c in &chunks {
+            let call = v1::RecordActivityRequest { devices: c.clone() };
+            assert!(
+                call.encoded_len() <= ACTIVITY_CALL_BYTES,
+                "{}",
+                call.encoded_len()
+            );
+        }
+        assert!(activity_chunks(Vec::new(), 10).is_empty());
     }
 }

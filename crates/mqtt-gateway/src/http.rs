@@ -17,8 +17,10 @@ use serde_json::json;
 
 use crate::pipeline::{Delivery, Door, Pipeline};
 
-pub fn router(pipeline: Arc<Pipeline>) -> Router {
-    let limit = crate::mqtt::max_packet_bytes(pipeline.limits.max_payload_bytes);
+/// `body_limit`: requests above it are refused with 413 before they are
+/// read; bodies above the payload limit but within it are dead-lettered.
+pub fn router(pipeline: Arc<Pipeline>, body_limit: usize) -> Router {
+    let limit = body_limit;
     Router::new()
         .route("/v1/devices/{device}/readings", post(post_readings))
         .layer(DefaultBodyLimit::max(limit))

@@ -23,7 +23,7 @@ use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
 use tokio::task::JoinHandle;
 
-pub use config::{Config, LimitsConfig, MqttConfig};
+pub use config::{Config, LimitsConfig, MqttConfig, Split};
 
 pub const SERVICE: &str = "mqtt-gateway";
 
@@ -81,7 +81,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     .await?;
     let (http_addr, http_task) = iot_telemetry::serve_admin(
         config.http_addr,
-        http::router(pipeline.clone()),
+        http::router(pipeline.clone(), config.mqtt.max_packet_bytes),
         shutdown.clone(),
     )
     .await?;

@@ -10,6 +10,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     pub in_flight: IntGauge,
     pub mqtt_acks: IntCounter,
+    pub mqtt_others: IntCounter,
 }
 
 impl Metrics {
@@ -43,6 +44,11 @@ impl Metrics {
             "mqtt_acks_total",
             "PUBACKs sent to the MQTT broker (each after Kafka's delivery report)",
         )?;
+        let mqtt_others = IntCounter::new(
+            "mqtt_other_replicas_messages_total",
+            "MQTT messages of devices another replica handles (split = \"hashed\"), acknowledged unprocessed",
+        )?;
+        registry.register(Box::new(mqtt_others.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(mqtt_acks.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
@@ -57,6 +63,7 @@ impl Metrics {
             retries,
             in_flight,
             mqtt_acks,
+            mqtt_others,
         })
     }
 

@@ -32,14 +32,8 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, Split};
 use crate::pipeline::Pipeline;
-
-/// Largest MQTT packet the client accepts; the pipeline rejects (with a
-/// dead letter) anything above the configured payload limit below this.
-pub fn max_packet_bytes(max_payload: usize) -> usize {
-    (max_payload * 2).max(1024 * 1024)
-}
 
 /// Outgoing publishes the client keeps slots for: the gateway sends none.
 const OUTGOING_PUBLISH_SLOTS: u16 = 16;
@@ -53,10 +47,44 @@ struct Flow {
     done_tx: mpsc::UnboundedSender<Publish>,
     /// Received, not yet being processed.
     waiting: VecDeque<Publish>,
-    /// Processed (Kafka holds them), PUBACK not yet queued to the client.
-    to_ack: VecDeque<Publish>,
+    /// Processed (Kafka holds them) or another replica's, PUBACK not yet
+    /// queued to the client; `true` for processed ones.
+    to_ack: VecDeque<(Publish, bool)>,
     in_flight: usize,
     max_in_flight: usize,
+    /// Which messages this replica handles (the rest it only acknowledges).
+    shard: Shard,
+}
+
+/// With `split = "hashed"`, the devices this replica owns.
+struct Shard {
+    prefixes: [String; 3],
+    replica: u32,
+    replicas: u32,
+}
+
+impl Shard {
+    fn owns(&self, topic: &[u8]) -> bool {
+        self.replicas <= 1 || owner(topic, &self.prefixes, self.replicas) == self.replica
+    }
+}
+
+/// The replica (of `replicas`) that handles a topic's device: a stable hash
+/// (FNV-1a) of the device segment after the topic's prefix. A topic with no
+/// device segment belongs to replica 0, which dead-letters it.
+fn owner(topic: &[u8], prefixes: &[String], replicas: u32) -> u32 {
+    let device = prefixes.iter().find_map(|p| {
+        let rest = topic.strip_prefix(p.as_bytes())?.strip_prefix(b"/")?;
+        let end = rest.iter().position(|b| *b == b'/').unwrap_or(rest.len());
+        Some(&rest[..end]).filter(|d| !d.is_empty())
+    });
+    let Some(device) = device else { return 0 };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(hash % u64::from(replicas.max(1))).unwrap_or(0)
 }
 
 impl Flow {
@@ -67,6 +95,13 @@ impl Flow {
             let Some(publish) = self.waiting.pop_front() else {
                 break;
             };
+            if !self.shard.owns(&publish.topic) {
+                // Another replica's device: its own session holds the
+                // message for it.
+                self.pipeline.metrics.mqtt_others.inc();
+                self.to_ack.push_back((publish, false));
+                continue;
+            }
             self.in_flight += 1;
             self.pipeline.metrics.in_flight.inc();
             let (pipeline, work, done) = (
@@ -84,13 +119,15 @@ impl Flow {
                 }
             }));
         }
-        while let Some(publish) = self.to_ack.front() {
+        while let Some((publish, processed)) = self.to_ack.front() {
             if self.client.try_ack(publish).is_err() {
                 // The request queue is full; the event loop drains it.
                 break;
             }
+            if *processed {
+                self.pipeline.metrics.mqtt_acks.inc();
+            }
             self.to_ack.pop_front();
-            self.pipeline.metrics.mqtt_acks.inc();
         }
         while self.handlers.try_join_next().is_some() {}
     }
@@ -98,14 +135,14 @@ impl Flow {
     fn finished(&mut self, publish: Publish) {
         self.in_flight -= 1;
         self.pipeline.metrics.in_flight.dec();
-        self.to_ack.push_back(publish);
+        self.to_ack.push_back((publish, true));
     }
 }
 
-fn options(cfg: &MqttConfig, max_in_flight: usize, max_payload: usize) -> MqttOptions {
+fn options(cfg: &MqttConfig, max_in_flight: usize) -> MqttOptions {
     let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     let receive_maximum = u16::try_from(max_in_flight).unwrap_or(u16::MAX);
-    let max_packet = u32::try_from(max_packet_bytes(max_payload)).unwrap_or(u32::MAX);
+    let max_packet = u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX);
     opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(cfg.session_expiry_secs))
@@ -129,20 +166,32 @@ pub async fn run_subscriber(
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let opts = options(&cfg, max_in_flight, pipeline.limits.max_payload_bytes);
+    let opts = options(&cfg, max_in_flight);
     let (client, eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
     let (events_tx, mut events) = mpsc::channel(EVENTS_BUFFERED);
     let driver = tokio::spawn(drive(eventloop, events_tx));
     // `#`, not `+/+`: a topic of the wrong shape under a prefix must reach
     // the gateway to be dead-lettered, not be ignored by the broker.
-    let filters: Vec<String> = [
-        &cfg.topic_prefix,
-        &cfg.batch_topic_prefix,
-        &cfg.senml_topic_prefix,
-    ]
-    .iter()
-    .map(|prefix| format!("$share/{}/{prefix}/#", cfg.share_group))
-    .collect();
+    let prefixes = [
+        cfg.topic_prefix.clone(),
+        cfg.batch_topic_prefix.clone(),
+        cfg.senml_topic_prefix.clone(),
+    ];
+    let filters: Vec<String> = prefixes
+        .iter()
+        .map(|prefix| match cfg.split {
+            Split::Hashed => format!("{prefix}/#"),
+            Split::Shared => format!("$share/{}/{prefix}/#", cfg.share_group),
+        })
+        .collect();
+    let shard = Shard {
+        prefixes,
+        replica: cfg.replica,
+        replicas: match cfg.split {
+            Split::Hashed => cfg.replicas,
+            Split::Shared => 1,
+        },
+    };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut flow = Flow {
         client: client.clone(),
@@ -154,6 +203,7 @@ pub async fn run_subscriber(
         to_ack: VecDeque::new(),
         in_flight: 0,
         max_in_flight,
+        shard,
     };
     let hold_limit = 4 * max_in_flight;
 
@@ -269,5 +319,57 @@ async fn handle(pipeline: &Pipeline, publish: &Publish, work: &CancellationToken
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_of_a_device_has_one_owner() {
+        let prefixes = [
+            "sensors".to_owned(),
+            "batches".to_owned(),
+            "a/senml".to_owned(),
+        ];
+        for replicas in 1..6 {
+            for d in 0..200 {
+                let dev = format!("device-{d}");
+                let o = owner(
+                    format!("sensors/{dev}/temp").as_bytes(),
+                    &prefixes,
+                    replicas,
+                );
+                assert!(o < replicas);
+                assert_eq!(
+                    o,
+                    owner(format!("sensors/{dev}/hum").as_bytes(), &prefixes, replicas)
+                );
+                assert_eq!(
+                    o,
+                    owner(format!("batches/{dev}").as_bytes(), &prefixes, replicas)
+                );
+                assert_eq!(
+                    o,
+                    owner(format!("a/senml/{dev}").as_bytes(), &prefixes, replicas)
+                );
+            }
+        }
+        // Malformed topics go to replica 0, which dead-letters them.
+        assert_eq!(owner(b"sensors", &prefixes, 3), 0);
+        assert_eq!(owner(b"sensors//x", &prefixes, 3), 0);
+        assert_eq!(owner(b"elsewhere/d/x", &prefixes, 3), 0);
+    }
+
+    #[test]
+    fn devices_spread_over_replicas() {
+        let prefixes = ["sensors".to_owned(), "b".to_owned(), "s".to_owned()];
+        let mut counts = [0u32; 3];
+        for d in 0..3000 {
+            let t = format!("sensors/dev-{d}/t");
+            counts[owner(t.as_bytes(), &prefixes, 3) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
 }

@@ -172,6 +172,8 @@ impl Pipeline {
             }
         };
         let mut readings = Vec::with_capacity(entries.len());
+        // Entry index of each reading, for the details of a refused one.
+        let mut indices = Vec::with_capacity(entries.len());
         let mut rejected = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
             let checked = entry.and_then(|input| {
@@ -191,30 +193,58 @@ impl Pipeline {
                 })
             });
             match checked {
-                Ok(reading) => readings.push(reading),
+                Ok(reading) => {
+                    readings.push(reading);
+                    indices.push(i);
+                }
                 Err(r) => rejected.push((multi.then_some(i), r)),
             }
         }
         // Enqueue every reading first, then wait for the delivery reports:
         // librdkafka holds its own copy of each record, so what waits here
-        // is one small receiver per reading, not a produce future.
+        // is one small receiver per reading, not a produce future. A reading
+        // Kafka refuses for good is dead-lettered like an invalid one: a
+        // retry could never succeed, and would hold the message forever.
+        let mut refused = Vec::new();
         let mut deliveries = Vec::with_capacity(readings.len());
-        for r in &readings {
+        for (k, r) in readings.iter().enumerate() {
             let delivery = match self.try_enqueue(r, door) {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     // Rare: boxed, so that every message's future does not
                     // carry this wait's state.
-                    Box::pin(self.enqueue_when_room(r, door)).await?
+                    Box::pin(self.enqueue_when_room(r, door)).await
                 }
-                other => other?,
+                other => other,
             };
-            deliveries.push(delivery);
+            match delivery {
+                Ok(d) => deliveries.push((k, d)),
+                Err(e) if iot_kafka::is_permanent(&e) => refused.push((k, e)),
+                Err(e) => return Err(e.into()),
+            }
         }
-        for delivery in deliveries {
+        for (k, delivery) in deliveries {
             match delivery.await {
                 Ok(Ok(_)) => {}
+                Ok(Err((e, _))) if iot_kafka::is_permanent(&e) => refused.push((k, e)),
                 Ok(Err((e, _))) => return Err(e.into()),
                 Err(_) => return Err(KafkaError::Canceled.into()),
+            }
+        }
+        if !refused.is_empty() {
+            refused.sort_by_key(|(k, _)| *k);
+            for (k, e) in refused.iter().rev() {
+                let i = indices[*k];
+                let detail = format!("kafka refused the reading: {e}");
+                let detail = if multi {
+                    format!("readings[{i}]: {detail}")
+                } else {
+                    detail
+                };
+                rejected.push((
+                    multi.then_some(i),
+                    Rejection::new(RejectReason::KafkaRefused, detail),
+                ));
+                readings.remove(*k);
             }
         }
         let letters = join_all(
