@@ -108,7 +108,7 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
     // The platform's writer leaves first: librdkafka 2.12's consumer crashes
     // (SIGSEGV in rd_kafka_metadata_update_op) on the metadata a restarted
     // memory broker sends for a topic it knew by id: no topic name. A real
-    // Kafka keeps its topics (see README, known issues). A new writer reads
+    // Kafka keeps its topics (see docs/operations.md, known issues). A new writer reads
     // the recreated topic below.
     p.stop_writer().await;
     // Kafka goes away; the device keeps publishing (Mosquitto takes the

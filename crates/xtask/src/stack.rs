@@ -264,6 +264,9 @@ fn ensure_tansu(started: &mut Started) -> Result<()> {
                 .args([
                     "install",
                     "tansu",
+                    // The broker whose behaviour the docs and tests describe.
+                    "--version",
+                    "0.6.0",
                     "--locked",
                     "--features",
                     "dynostore",
