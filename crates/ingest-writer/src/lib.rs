@@ -51,7 +51,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let backend = backend
         .parse::<iot_db::Backend>()
         .map_err(anyhow::Error::msg)?;
-    let store = Store::new(pool.clone(), backend);
+    let store = Store::new(pool.clone());
     {
         // In the background: the service starts (and makes no progress)
         // while Kafka is down.
@@ -92,7 +92,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     ));
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
-        iot_telemetry::admin_router(registry, ready.clone()),
+        iot_telemetry::admin_router(registry.clone(), ready.clone()),
         shutdown.clone(),
     )
     .await?;
@@ -119,6 +119,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.retention.clone(),
         shutdown.clone(),
     ));
+    if backend == iot_db::Backend::TimescaleDb {
+        let failed = iot_telemetry::prometheus::IntGauge::new(
+            "timescale_failed_jobs",
+            "TimescaleDB background jobs (compression and other policies) whose last run failed",
+        )?;
+        registry.register(Box::new(failed.clone()))?;
+        tokio::spawn(watch_timescale_jobs(pool.clone(), failed, shutdown.clone()));
+    }
 
     let settings = consumer::BatchSettings {
         max_rows: config.batch_max_rows,
@@ -153,6 +161,44 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     start(config, shutdown).await?.wait().await
+}
+
+/// Counts TimescaleDB jobs whose last run failed, every minute, and logs
+/// them: a scheduler that fails its jobs (compression, say) is otherwise
+/// silent.
+async fn watch_timescale_jobs(
+    pool: deadpool_postgres::Pool,
+    failed: iot_telemetry::prometheus::IntGauge,
+    shutdown: CancellationToken,
+) {
+    const FAILED_JOBS: &str = "SELECT j.job_id, j.proc_name, s.total_failures
+         FROM timescaledb_information.jobs j
+         JOIN timescaledb_information.job_stats s USING (job_id)
+         WHERE s.last_run_status = 'Failed'";
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let rows = match pool.get().await {
+            Ok(client) => client.query(FAILED_JOBS, &[]).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot check TimescaleDB jobs now");
+                continue;
+            }
+        };
+        match rows {
+            Ok(rows) => {
+                for r in &rows {
+                    let (id, name, failures): (i32, String, i64) = (r.get(0), r.get(1), r.get(2));
+                    tracing::warn!(job_id = id, job = %name, failures, "TimescaleDB job failed its last run");
+                }
+                failed.set(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot check TimescaleDB jobs now"),
+        }
+    }
 }
 
 /// Keeps daily partitions prepared ahead of time (plain PostgreSQL backend)

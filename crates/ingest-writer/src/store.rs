@@ -71,9 +71,6 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
-    /// Plain PostgreSQL: the writer keeps the rollup tables. TimescaleDB:
-    /// continuous aggregates do.
-    keeps_rollups: bool,
     /// This process's rows in `ingest_counts`.
     writer_id: Uuid,
     /// The rollup upsert of each level, in `Level::ALL` order.
@@ -81,10 +78,12 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(pool: Pool, backend: iot_db::Backend) -> Self {
+    /// The writer keeps the rollup tables on both backends, in the same
+    /// transaction as the raw rows: a late reading counts at every width as
+    /// soon as it is stored (docs/design/late-readings.md).
+    pub fn new(pool: Pool) -> Self {
         Self {
             pool,
-            keeps_rollups: backend == iot_db::Backend::Postgres,
             writer_id: Uuid::new_v4(),
             upsert_rollup: Level::ALL.map(|l| UPSERT_ROLLUP.replace("{table}", l.table())),
         }
@@ -166,17 +165,13 @@ impl Store {
         Ok(inserted.len() as u64)
     }
 
-    /// Rollups (plain PostgreSQL), latest readings and ingest counts of the
-    /// inserted rows; the statements are pipelined on the connection.
+    /// Rollups, latest readings and ingest counts of the inserted rows; the
+    /// statements are pipelined on the connection.
     async fn derive(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
-        let rollups: Vec<(&str, RollupArrays)> = if self.keeps_rollups {
-            rollup::rollups(rows)
-                .iter()
-                .map(|(level, aggs)| (self.upsert_sql(*level), RollupArrays::from(aggs)))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let rollups: Vec<(&str, RollupArrays)> = rollup::rollups(rows)
+            .iter()
+            .map(|(level, aggs)| (self.upsert_sql(*level), RollupArrays::from(aggs)))
+            .collect();
         let latest = LatestArrays::from(rollup::latest(rows).as_slice());
         let n = rows.len() as i64;
         let mut work: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();

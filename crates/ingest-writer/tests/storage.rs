@@ -33,7 +33,7 @@ struct Env {
 /// Telemetry gRPC service in front of it on a local port.
 async fn env(backend: Backend) -> Env {
     let url = kit::migrated_database_with(backend).await;
-    let store = Store::new(iot_db::pool(&url, 4).unwrap(), backend);
+    let store = Store::new(iot_db::pool(&url, 4).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -140,21 +140,23 @@ fn summary(m: &[v1::SensorMetric]) -> Vec<(DateTime<Utc>, u64, f64, f64, f64)> {
         .collect()
 }
 
-/// The rollups are exact now on both backends (the writer's tables are
-/// current; TimescaleDB's aggregates are real-time). On TimescaleDB this
-/// also materializes them, as the refresh policies do in production, so
-/// that they keep readings that retention then deletes.
-async fn materialize(env: &Env) {
+/// Runs every TimescaleDB background job now (compression and any
+/// other policy), as the scheduler would: explicitly, since a scheduler
+/// may not run jobs on time (or at all). Nothing on plain PostgreSQL.
+async fn run_jobs(env: &Env) {
     if env.backend == Backend::TimescaleDb {
-        for (view, until) in [
-            ("sensor_readings_1h", "3 days"),
-            ("sensor_readings_1d", "7 days"),
-            ("sensor_readings_1w", "5 weeks"),
-        ] {
+        let jobs = env
+            .db
+            .query(
+                "SELECT job_id FROM timescaledb_information.jobs WHERE job_id >= 1000",
+                &[],
+            )
+            .await
+            .unwrap();
+        for job in jobs {
+            let id: i32 = job.get(0);
             env.db
-                .batch_execute(&format!(
-                    "CALL refresh_continuous_aggregate('{view}', now() - INTERVAL '400 days', now() - INTERVAL '{until}')"
-                ))
+                .batch_execute(&format!("CALL run_job({id})"))
                 .await
                 .unwrap();
         }
@@ -533,7 +535,7 @@ async fn retention_per_device_keeps_rollups_and_other_devices() {
             }
         }
         env.store.write_batch(&rows).await.unwrap();
-        materialize(&env).await;
+        run_jobs(&env).await;
 
         let cfg = ingest_writer::retention::RetentionConfig {
             default_days: 30,
@@ -589,6 +591,97 @@ async fn retention_per_device_keeps_rollups_and_other_devices() {
             .unwrap()
             .get(0);
         assert_eq!(hourly, 3, "{backend}");
+    }
+}
+
+/// Whatever continuous aggregates the database has (none since migration
+/// 14) are refreshed over `[start, end)`, bottom up, as a refresh policy
+/// does for recent data: what a late reading then meets.
+async fn refresh_aggregates(env: &Env, start: DateTime<Utc>, end: DateTime<Utc>) {
+    if env.backend != Backend::TimescaleDb {
+        return;
+    }
+    for view in [
+        "sensor_readings_1h",
+        "sensor_readings_1d",
+        "sensor_readings_1w",
+    ] {
+        let cagg: bool = env
+            .db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM timescaledb_information.continuous_aggregates
+                 WHERE view_name = $1)",
+                &[&view],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if cagg {
+            env.db
+                .batch_execute(&format!(
+                    "CALL refresh_continuous_aggregate('{view}', '{start}', '{end}')"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A device flushes a buffer days late: the readings count at every width
+/// at once, whatever the background jobs have done in between.
+#[tokio::test]
+async fn late_readings_count_at_every_width() {
+    for backend in kit::backends().await {
+        let env = env(backend).await;
+        let device = Uuid::new_v4();
+        let hour = Utc::now() - TimeDelta::days(10);
+        let hour = hour - TimeDelta::seconds(hour.timestamp().rem_euclid(3600));
+        let at = |min: i64, v: &str| row(device, "temperature", hour + TimeDelta::minutes(min), v);
+        env.store
+            .write_batch(&[at(1, "21.5"), at(2, "22.5")])
+            .await
+            .unwrap();
+        let (start, end) = (hour - TimeDelta::weeks(2), hour + TimeDelta::weeks(2));
+        run_jobs(&env).await;
+        refresh_aggregates(&env, start, end).await;
+        for g in ["5m", "1h", "1d", "1w"] {
+            let m = metrics(&env, device, "temperature", start, end, g)
+                .await
+                .unwrap();
+            let s = summary(&m);
+            assert_eq!(
+                s.iter().map(|s| (s.1, s.2, s.4)).collect::<Vec<_>>(),
+                vec![(2, 22.0, 22.5)],
+                "{backend} {g}: {s:?}"
+            );
+        }
+        // Late, into an hour the jobs have been over.
+        env.store.write_batch(&[at(20, "30.0")]).await.unwrap();
+        run_jobs(&env).await;
+        let raw: Vec<(DateTime<Utc>, Decimal)> = env
+            .db
+            .query(
+                "SELECT time, value FROM sensor_readings WHERE device_id = $1",
+                &[&device],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(raw.len(), 3);
+        for (g, width) in [("1h", 3_600), ("1d", 86_400), ("1w", 604_800)] {
+            let m = metrics(&env, device, "temperature", start, end, g)
+                .await
+                .unwrap();
+            let got: Vec<_> = m.iter().map(|m| (m.count, m.max)).collect();
+            let want: Vec<_> = naive(&raw, start, end, width)
+                .iter()
+                .map(|(_, n, _, _, hi)| (*n, hi.to_f64().unwrap()))
+                .collect();
+            assert_eq!(got, want, "{backend} {g}");
+            assert_eq!(got, vec![(3, 30.0)], "{backend} {g}");
+        }
     }
 }
 

@@ -17,7 +17,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod alerts;
+mod faults;
 mod graphql;
+mod late;
 mod procs;
 mod query;
 
@@ -37,6 +39,46 @@ fn env(name: &str, default: &str) -> String {
 
 fn unique() -> String {
     Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+/// The heading and provenance line of a benchmark's section in
+/// `docs/benchmarks.md`: machine, date and commit of this run.
+fn report_header(title: &str, command: &str) -> String {
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "## {title}\n\n`{command}`, written by the program. Date {}; commit {}; machine: {}, {} cores, {} GiB.",
+        sh("date -u +%F"),
+        sh("git rev-parse --short HEAD"),
+        sh("uname -sm"),
+        sh("nproc"),
+        sh("free -g | awk '/Mem:/ {print $2}'"),
+    )
+}
+
+/// Replaces the section that starts with `heading` (up to the next `## `)
+/// in the Markdown file at `path` with `body`, or appends it.
+fn replace_report_section(path: &str, heading: &str, body: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let out = match text.find(&format!("{heading}\n")) {
+        Some(start) => {
+            let rest = &text[start + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(text.len(), |i| start + heading.len() + i + 1);
+            format!("{}{}\n{}", &text[..start], body.trim_end(), &text[end..])
+        }
+        None => format!("{}\n{}\n", text.trim_end(), body.trim_end()),
+    };
+    if let Err(e) = std::fs::write(path, out) {
+        eprintln!("cannot write {path}: {e}");
+    }
 }
 
 struct Ctx {
@@ -530,8 +572,8 @@ async fn probe_latency(
 async fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
-        ["ingest", "query", "graphql", "alerts"].contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql|alerts"
+        ["ingest", "query", "graphql", "alerts", "faults", "late"].contains(&what.as_str()),
+        "usage: iot-bench ingest|query|graphql|alerts|late|faults [--short]"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -542,6 +584,18 @@ async fn main() -> anyhow::Result<()> {
         mqtt_port: env("IOT_BENCH_MQTT_PORT", "11883").parse()?,
         rows: env("IOT_BENCH_ROWS", "200000").parse()?,
     };
+    if what == "faults" {
+        let short = std::env::args().any(|a| a == "--short");
+        anyhow::ensure!(
+            faults::run(&ctx, short).await,
+            "the fault suite lost or duplicated readings"
+        );
+        return Ok(());
+    }
+    if what == "late" {
+        late::run(&ctx).await;
+        return Ok(());
+    }
     if what == "query" {
         query::run(&ctx).await;
         return Ok(());

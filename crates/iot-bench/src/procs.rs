@@ -12,7 +12,7 @@ pub struct Service {
     pub admin_port: u16,
 }
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(std::env::var("IOT_BENCH_BIN_DIR").unwrap_or_else(|_| "target/release".into()))
         .join(name)
 }
@@ -26,7 +26,7 @@ pub fn account(name: &str) -> (String, String) {
     (format!("platform.{name}"), password)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -39,7 +39,7 @@ fn free_port() -> u16 {
 /// benchmark stopped by a signal (which skips `Drop`) leaves no services
 /// running. The signal follows the spawning thread, which lives as long as
 /// the runtime's workers.
-fn command(bin: &std::path::Path) -> Command {
+pub fn command(bin: &std::path::Path) -> Command {
     const SETPRIV: &str = "/usr/bin/setpriv";
     if std::path::Path::new(SETPRIV).exists() {
         let mut c = Command::new(SETPRIV);

@@ -117,7 +117,7 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
         data.rows(),
         series
     );
-    let store = Store::new(iot_db::pool(&url, 2).unwrap(), report.backend);
+    let store = Store::new(iot_db::pool(&url, 2).unwrap());
     let started = Instant::now();
     let per_series = DAYS * 86_400 / STEP_SECS;
     const BATCH: i64 = 50_000;
@@ -171,19 +171,6 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
             })
             .collect();
         store.write_batch(&rows).await.unwrap();
-    }
-    if report.backend == iot_db::Backend::TimescaleDb {
-        for (view, until) in [
-            ("sensor_readings_1h", "1 hour"),
-            ("sensor_readings_1d", "1 day"),
-            ("sensor_readings_1w", "1 week"),
-        ] {
-            db.batch_execute(&format!(
-                "CALL refresh_continuous_aggregate('{view}', NULL, now() - INTERVAL '{until}')"
-            ))
-            .await
-            .unwrap();
-        }
     }
     db.batch_execute("VACUUM ANALYZE").await.unwrap();
     db.execute(
@@ -308,7 +295,7 @@ pub async fn run(ctx: &Ctx) {
         let db = connect(&url).await;
         iot_db::storage_backend(&db).await.unwrap().unwrap()
     };
-    let store = Store::new(iot_db::pool(&url, 4).unwrap(), backend.parse().unwrap());
+    let store = Store::new(iot_db::pool(&url, 4).unwrap());
     let kafka = fresh_topics(ctx).await;
     let writer = Service::writer(&url, &kafka, "bench-query");
     let api = loop {

@@ -172,6 +172,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0013_rule_episodes.sql"),
         timescaledb: include_str!("../../../migrations/0013_rule_episodes.sql"),
     },
+    Migration {
+        version: 14,
+        name: "rollup_tables",
+        postgres: include_str!("../../../migrations/0014_rollup_tables.postgres.sql"),
+        timescaledb: include_str!("../../../migrations/0014_rollup_tables.timescaledb.sql"),
+    },
 ];
 
 /// What a migration run did.

@@ -84,13 +84,7 @@ impl Tenants {
 async fn older_writer(db: &str) -> SocketAddr {
     use iot_proto::v1::telemetry_server::TelemetryServer;
     let pool = iot_db::pool(db, 2).unwrap();
-    let backend = iot_db::storage_backend(&pool.get().await.unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let store = ingest_writer::Store::new(pool, backend);
+    let store = ingest_writer::Store::new(pool);
     let (_, health) = tonic_health::server::health_reporter();
     let router = tonic::service::Routes::new(health)
         .add_service(TelemetryServer::new(ingest_writer::TelemetryService::new(

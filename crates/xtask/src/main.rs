@@ -6,7 +6,10 @@
 //!   down    stop everything `up` (or `stack`) started
 //!   test    install and start what the tests need, run the whole suite
 //!   stack   install and start PostgreSQL, Mosquitto and Tansu only
-//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`, `bench graphql`, `bench alerts`)
+//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`, `bench graphql`, `bench alerts`, `bench late`)
+//!   faults  the fault suite: services killed, brokers and PostgreSQL
+//!           restarted, the database link stalled, under a steady fleet
+//!           (`--short`: the version `test` runs)
 //!   status  show what runs
 //!   deploy-check  render the k8s overlays and validate them and
 //!           docker-compose.yml against their schemas (part of `test`)
@@ -29,9 +32,10 @@ fn main() -> ExitCode {
         "status" => stack::status(),
         "deploy-check" => deploy::check(),
         "bench" => stack::bench(&args[1..]),
+        "faults" => stack::faults(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|down|test|stack|status|deploy-check|bench ingest|query|graphql|alerts>"
+                "usage: cargo xtask <up|down|test|stack|status|deploy-check|faults [--short]|bench ingest|query|graphql|alerts|late>"
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS

@@ -248,34 +248,39 @@ fn provision_mqtt_accounts() -> Result<()> {
     Ok(())
 }
 
+/// Tansu's version and features: in-memory storage for the stack, SQLite
+/// (`libsql`) for durable storage in the fault suite.
+const TANSU: (&str, &str) = ("0.6.0", "dynostore,libsql");
+
+/// Installs Tansu once per machine (again when [`TANSU`] changes).
+fn install_tansu() -> Result<PathBuf> {
+    let bin = paths::tansu_bin();
+    let stamp = paths::cache_dir().join("tansu/installed.txt");
+    let want = format!("{} {}", TANSU.0, TANSU.1);
+    if bin.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(bin);
+    }
+    eprintln!(
+        "tansu: building {want} once per machine into {} (takes ~15 minutes on 2 cores)",
+        bin.display()
+    );
+    proc::run(
+        Command::new("cargo")
+            .args(["install", "tansu", "--force", "--locked"])
+            .args(["--version", TANSU.0, "--features", TANSU.1, "--root"])
+            .arg(paths::cache_dir().join("tansu"))
+            .env_remove("CARGO_TARGET_DIR"),
+    )?;
+    fs::write(&stamp, want).map_err(|e| e.to_string())?;
+    Ok(bin)
+}
+
 fn ensure_tansu(started: &mut Started) -> Result<()> {
     if proc::running("tansu").is_some() || proc::port_open(KAFKA_PORT) {
         eprintln!("tansu: already running on 127.0.0.1:{KAFKA_PORT}");
         return Ok(());
     }
-    let bin = paths::tansu_bin();
-    if !bin.exists() {
-        eprintln!(
-            "tansu: building once per machine into {} (takes ~12 minutes on 2 cores)",
-            bin.display()
-        );
-        proc::run(
-            Command::new("cargo")
-                .args([
-                    "install",
-                    "tansu",
-                    // The broker whose behaviour the docs and tests describe.
-                    "--version",
-                    "0.6.0",
-                    "--locked",
-                    "--features",
-                    "dynostore",
-                    "--root",
-                ])
-                .arg(paths::cache_dir().join("tansu"))
-                .env_remove("CARGO_TARGET_DIR"),
-        )?;
-    }
+    let bin = install_tansu()?;
     let url = format!("tcp://127.0.0.1:{KAFKA_PORT}");
     proc::spawn(
         "tansu",
@@ -430,16 +435,22 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
         .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
         .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"));
-    let result = proc::run(&mut cmd);
+    let mut result = proc::run(&mut cmd);
     stop_infra(&started);
+    // The fault suite restarts PostgreSQL, Mosquitto and Kafka: it runs
+    // alone, after the whole suite (not after a filtered run), on processes
+    // of its own.
+    if result.is_ok() && extra.is_empty() {
+        result = faults(&["--short".to_owned()]);
+    }
     result
 }
 
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if !["ingest", "query", "graphql", "alerts"].contains(&what) {
-        return Err("usage: cargo xtask bench ingest|query|graphql|alerts".into());
+    if !["ingest", "query", "graphql", "alerts", "late"].contains(&what) {
+        return Err("usage: cargo xtask bench ingest|query|graphql|alerts|late".into());
     }
     proc::run(cargo().args([
         "build",
@@ -465,8 +476,69 @@ pub fn bench(args: &[String]) -> Result<()> {
             .env("IOT_BENCH_BIN_DIR", &release)
             .env("IOT_BENCH_DATABASE_URL", TEST_ADMIN_URL)
             .env("IOT_BENCH_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"))
-            .env("IOT_BENCH_MQTT_PORT", MQTT_PORT.to_string()),
+            .env("IOT_BENCH_MQTT_PORT", MQTT_PORT.to_string())
+            .env("IOT_BENCH_REPORT", paths::repo().join("docs/benchmarks.md"))
+            .current_dir(paths::repo()),
     );
+    stop_infra(&started);
+    result
+}
+
+/// A shell command that restarts the PostgreSQL on 127.0.0.1:5432: Debian's
+/// cluster through `pg_ctlcluster`, or our own through `pg_ctl` (which
+/// starts it again with the options it last ran with).
+fn postgres_restart_command() -> Option<String> {
+    if proc::have("pg_lsclusters") {
+        let out = Command::new("pg_lsclusters").arg("-h").output().ok()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let [version, cluster, port, status, ..] = f.as_slice()
+                && *port == PG_PORT.to_string()
+                && status.starts_with("online")
+            {
+                return Some(format!(
+                    "pg_ctlcluster --skip-systemctl-redirect {version} {cluster} restart"
+                ));
+            }
+        }
+    }
+    let data = paths::pg_data();
+    if data.join("postmaster.pid").exists() {
+        let bin = pg_bin_dir()?;
+        return Some(format!(
+            "runuser -u postgres -- {} -D {} restart -m fast -w",
+            bin.join("pg_ctl").display(),
+            data.display()
+        ));
+    }
+    None
+}
+
+/// `cargo xtask faults [--short]`: the fault suite (`iot-bench faults`) on
+/// debug builds, against a Mosquitto and a Tansu of its own.
+pub fn faults(args: &[String]) -> Result<()> {
+    let mut started = Started(Vec::new());
+    ensure_postgres(&mut started)?;
+    if !proc::have("mosquitto") && !Path::new("/usr/sbin/mosquitto").exists() {
+        apt_install(&["mosquitto"])?;
+    }
+    let tansu = install_tansu()?;
+    proc::run(cargo().args(["build", "--bins"]))?;
+    let plugin = dynsec_plugin().ok_or("mosquitto's dynamic-security plugin is not installed")?;
+    let mut cmd = Command::new(bin("iot-bench"));
+    cmd.arg("faults")
+        .args(args)
+        .env("IOT_BENCH_BIN_DIR", paths::target_dir().join("debug"))
+        .env("IOT_BENCH_DATABASE_URL", TEST_ADMIN_URL)
+        .env("IOT_BENCH_REPORT", paths::repo().join("docs/benchmarks.md"))
+        .env("IOT_FAULTS_TANSU", tansu)
+        .env("IOT_FAULTS_DYNSEC_PLUGIN", plugin)
+        .env("IOT_FAULTS_CONFIG_DIR", paths::repo().join("deploy/local"))
+        .current_dir(paths::repo());
+    if let Some(restart) = postgres_restart_command() {
+        cmd.env("IOT_FAULTS_PG_RESTART", restart);
+    }
+    let result = proc::run(&mut cmd);
     stop_infra(&started);
     result
 }
