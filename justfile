@@ -27,3 +27,7 @@ migrate:
 # Run the ingest benchmark (release build, real stack).
 bench-ingest:
     cargo xtask bench ingest
+
+# The fault suite: kills and restarts under a steady fleet (`--short` too).
+faults *ARGS:
+    cargo xtask faults {{ARGS}}

@@ -688,6 +688,24 @@ mod tests {
     }
 
     #[test]
+    fn an_assignment_knows_since_when_it_is_empty() {
+        let a = Assignment::new().unwrap();
+        // A new consumer holds nothing yet.
+        assert!(a.empty_for().is_some());
+        a.set(3);
+        assert_eq!(a.partitions.get(), 3);
+        assert!(a.empty_for().is_none());
+        a.set(0);
+        let first = a.empty_for().unwrap();
+        a.set(0);
+        // A second revocation does not restart the clock.
+        assert!(a.empty_for().unwrap() >= first);
+        assert!(a.check().is_ok());
+        a.alarm.set(1);
+        assert!(a.check().unwrap_err().contains("no partition"));
+    }
+
+    #[test]
     fn truncation_keeps_whole_characters() {
         assert_eq!(truncate_str("abc", 5), "abc");
         assert_eq!(truncate_str("aé", 2), "a");

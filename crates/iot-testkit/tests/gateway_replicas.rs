@@ -1,0 +1,93 @@
+//! Two gateway replicas split the devices by hash, each on a durable
+//! subscription of its own: every reading is stored once, each replica
+//! handles some devices and acknowledges the others' messages unprocessed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Platform;
+use iot_testkit as kit;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_split_the_devices_and_store_each_reading_once() {
+    let mut p = Platform::start_tuned(kit::kafka_config(), |c| {
+        c.mqtt.replica = 0;
+        c.mqtt.replicas = 2;
+    })
+    .await;
+    // The second replica: its own client id (and so its own session), the
+    // other half of the devices.
+    let mut second = p.gateway_config.clone();
+    second.mqtt.client_id = format!("{}-1", second.mqtt.client_id);
+    second.mqtt.replica = 1;
+    let g = mqtt_gateway::start(second, p.shutdown.child_token())
+        .await
+        .unwrap();
+    let second_admin = g.admin_addr;
+    p.tasks.push(tokio::spawn(g.wait()));
+    kit::eventually("second replica ready", Duration::from_secs(30), || async {
+        (kit::http_get(second_admin, "/readyz").await == "ready").then_some(())
+    })
+    .await;
+
+    let devices = 20;
+    let mut messages = Vec::new();
+    for i in 0..devices {
+        let id = format!("rep-{i}-{}", kit::unique());
+        p.create_device(&id, "active").await;
+        for v in 0..5 {
+            messages.push((
+                format!("{}/{id}/temperature", p.prefix),
+                format!(
+                    r#"{{"value": {v}, "timestamp": "{}"}}"#,
+                    chrono::Utc::now().to_rfc3339()
+                )
+                .into_bytes(),
+            ));
+            // Distinct timestamps per device.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    kit::publish_all(&messages).await;
+    let db = kit::connect(&p.db).await;
+    let total = messages.len() as i64;
+    kit::eventually("every reading stored", Duration::from_secs(30), || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM sensor_readings", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n >= total).then_some(())
+    })
+    .await;
+    // Nothing stored twice (the unique key would hide it; the rollups and
+    // the gateways' own counts would not).
+    let counted: i64 = db
+        .query_one(
+            "SELECT COALESCE(sum(readings), 0)::int8 FROM sensor_readings_1h",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, total);
+    let accepted = "iot_gateway_readings_accepted_total{source=\"mqtt\"}";
+    let others = "iot_gateway_mqtt_other_replicas_messages_total";
+    let a = [
+        kit::metric(p.gateway_admin, accepted).await.unwrap_or(0),
+        kit::metric(second_admin, accepted).await.unwrap_or(0),
+    ];
+    let o = [
+        kit::metric(p.gateway_admin, others).await.unwrap_or(0),
+        kit::metric(second_admin, others).await.unwrap_or(0),
+    ];
+    assert_eq!(a[0] + a[1], total as u64, "accepted {a:?}");
+    assert!(a[0] > 0 && a[1] > 0, "both replicas handle devices: {a:?}");
+    // Each replica saw every message: its own, and the other's unprocessed.
+    assert_eq!(a[0] + o[0], total as u64, "replica 0: {a:?} {o:?}");
+    assert_eq!(a[1] + o[1], total as u64, "replica 1: {a:?} {o:?}");
+    p.stop().await;
+}
