@@ -28,6 +28,7 @@ done
 ctrl createRole platform.gateway || true
 ctrl addRoleACL platform.gateway subscribePattern '#' allow || true
 ctrl addRoleACL platform.gateway subscribePattern '$share/#' allow || true
+ctrl addRoleACL platform.gateway subscribeLiteral '$SYS/broker/publish/messages/received' allow || true
 ctrl createClient platform.gateway -p "$MQTT_GATEWAY_PASSWORD" || true
 ctrl addClientRole platform.gateway platform.gateway || true
 ctrl setClientPassword platform.gateway "$MQTT_GATEWAY_PASSWORD"

@@ -225,7 +225,11 @@ const ACCOUNTS: [Account; 2] = [
     (
         "platform.gateway",
         "local-gateway-password",
-        &[("subscribePattern", "#"), ("subscribePattern", "$share/#")],
+        &[
+            ("subscribePattern", "#"),
+            ("subscribePattern", "$share/#"),
+            ("subscribeLiteral", "$SYS/broker/publish/messages/received"),
+        ],
     ),
     (
         "platform.publisher",

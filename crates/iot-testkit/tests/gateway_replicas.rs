@@ -91,3 +91,29 @@ async fn two_replicas_split_the_devices_and_store_each_reading_once() {
     assert_eq!(a[1] + o[1], total as u64, "replica 1: {a:?} {o:?}");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_the_broker_took_but_never_delivered_raise_the_alarm() {
+    // A low threshold (the default is 1000) so that a few hundred messages
+    // the gateway never gets show.
+    let p = Platform::start_tuned(kit::kafka_config(), |c| c.mqtt.unreceived_alarm = 100).await;
+    // The broker takes these, acknowledges them, and delivers them to no
+    // gateway: the same, seen from the gateway, as messages a broker loses.
+    let elsewhere: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("{}/elsewhere/{i}", p.root), b"{}".to_vec()))
+        .collect();
+    kit::publish_all(&elsewhere).await;
+    // Mosquitto publishes its $SYS counts every 10 s.
+    let alarm = kit::eventually("alarm raised", Duration::from_secs(45), || async {
+        kit::metric(p.gateway_admin, "iot_gateway_broker_unreceived_alarm")
+            .await
+            .filter(|a| *a == 1)
+    })
+    .await;
+    assert_eq!(alarm, 1);
+    let unreceived = kit::metric(p.gateway_admin, "iot_gateway_broker_unreceived_messages")
+        .await
+        .unwrap();
+    assert!(unreceived >= 300, "{unreceived}");
+    p.stop().await;
+}

@@ -69,6 +69,12 @@ pub struct MqttConfig {
     /// `limits.max_payload_bytes` but within this reach the gateway and are
     /// dead-lettered as `payload_too_large`. Also the HTTP door's body limit.
     pub max_packet_bytes: usize,
+    /// The broker's count of PUBLISH packets it received, compared with
+    /// what reached the gateway (`src/broker_check.rs`); empty: no check.
+    pub broker_received_topic: String,
+    /// Messages the broker received and the gateway did not, above which
+    /// the alarm goes up.
+    pub unreceived_alarm: u64,
 }
 
 /// How gateway replicas split the devices between them.
@@ -141,6 +147,8 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            broker_received_topic: "$SYS/broker/publish/messages/received".into(),
+            unreceived_alarm: 1000,
         }
     }
 }

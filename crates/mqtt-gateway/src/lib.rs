@@ -5,6 +5,7 @@
 //! Architecture Invariant: a QoS 1 message is acknowledged only after Kafka's
 //! delivery report for the reading or its dead letter.
 
+mod broker_check;
 mod config;
 pub mod directory;
 mod grpc;

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub mqtt_acks: IntCounter,
     pub mqtt_others: IntCounter,
+    pub broker_unreceived: IntGauge,
+    pub broker_unreceived_alarm: IntGauge,
 }
 
 impl Metrics {
@@ -49,6 +51,16 @@ impl Metrics {
             "MQTT messages of devices another replica handles (split = \"hashed\"), acknowledged unprocessed",
         )?;
         registry.register(Box::new(mqtt_others.clone()))?;
+        let broker_unreceived = IntGauge::new(
+            "broker_unreceived_messages",
+            "PUBLISH packets the MQTT broker counts as received that did not reach this gateway (in flight, for other topics, or lost)",
+        )?;
+        let broker_unreceived_alarm = IntGauge::new(
+            "broker_unreceived_alarm",
+            "1 while broker_unreceived_messages is above mqtt.unreceived_alarm",
+        )?;
+        registry.register(Box::new(broker_unreceived.clone()))?;
+        registry.register(Box::new(broker_unreceived_alarm.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(mqtt_acks.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
@@ -64,6 +76,8 @@ impl Metrics {
             in_flight,
             mqtt_acks,
             mqtt_others,
+            broker_unreceived,
+            broker_unreceived_alarm,
         })
     }
 

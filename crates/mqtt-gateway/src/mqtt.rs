@@ -206,6 +206,12 @@ pub async fn run_subscriber(
         shard,
     };
     let hold_limit = 4 * max_in_flight;
+    let mut broker_check = crate::broker_check::BrokerCheck::new(
+        cfg.broker_received_topic.clone(),
+        cfg.unreceived_alarm,
+        flow.pipeline.metrics.broker_unreceived.clone(),
+        flow.pipeline.metrics.broker_unreceived_alarm.clone(),
+    );
 
     loop {
         flow.advance();
@@ -218,9 +224,19 @@ pub async fn run_subscriber(
                     tracing::info!(session_present = ack.session_present, ?filters, "connected to MQTT broker");
                     let subs = filters.iter().map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
                     client.try_subscribe_many(subs)?;
+                    if let Some(topic) = broker_check.topic() {
+                        client.try_subscribe(topic, QoS::AtMostOnce)?;
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
-                Ok(Event::Incoming(Packet::Publish(publish))) => flow.waiting.push_back(publish),
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if broker_check.is_sample(&publish.topic) {
+                        broker_check.sample(&publish.payload);
+                    } else {
+                        broker_check.delivered(publish.dup);
+                        flow.waiting.push_back(publish);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     ready.set(false);

@@ -200,7 +200,12 @@ pub const ACCOUNTS: [Account; 3] = [
     (
         "platform.gateway",
         "local-gateway-password",
-        &[("subscribePattern", "#"), ("subscribePattern", "$share/#")],
+        &[
+            ("subscribePattern", "#"),
+            ("subscribePattern", "$share/#"),
+            // The broker's received count, for the gateway's loss check.
+            ("subscribeLiteral", "$SYS/broker/publish/messages/received"),
+        ],
     ),
     // Load generators (`iotctl simulate`, tests, benchmarks) that publish
     // for many devices over few connections.
