@@ -111,13 +111,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ready.check("database", move || iot_db::ping(pool.clone()));
     }
     ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
-    ready.check("partitions", assignment.readiness_check());
-    tokio::spawn(iot_kafka::watch_assignment(
-        config.kafka.clone(),
-        config.group_id.clone(),
-        assignment,
-        shutdown.clone(),
-    ));
+    ready.check(
+        "partitions",
+        iot_kafka::watch_assignment(
+            config.kafka.clone(),
+            config.group_id.clone(),
+            assignment,
+            shutdown.clone(),
+        ),
+    );
     let (admin_addr, admin_task) = iot_telemetry::serve_admin(
         config.admin_addr,
         iot_telemetry::admin_router(registry, ready.clone()),

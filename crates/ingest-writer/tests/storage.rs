@@ -658,17 +658,7 @@ async fn late_readings_count_at_every_width() {
         // Late, into an hour the jobs have been over.
         env.store.write_batch(&[at(20, "30.0")]).await.unwrap();
         run_jobs(&env).await;
-        let raw: Vec<(DateTime<Utc>, Decimal)> = env
-            .db
-            .query(
-                "SELECT time, value FROM sensor_readings WHERE device_id = $1",
-                &[&device],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let raw = raw_rows(&env, device).await;
         assert_eq!(raw.len(), 3);
         for (g, width) in [("1h", 3_600), ("1d", 86_400), ("1w", 604_800)] {
             let m = metrics(&env, device, "temperature", start, end, g)
@@ -683,6 +673,20 @@ async fn late_readings_count_at_every_width() {
             assert_eq!(got, vec![(3, 30.0)], "{backend} {g}");
         }
     }
+}
+
+/// (time, value) of every raw row of `device`.
+async fn raw_rows(env: &Env, device: Uuid) -> Vec<(DateTime<Utc>, Decimal)> {
+    env.db
+        .query(
+            "SELECT time, value FROM sensor_readings WHERE device_id = $1",
+            &[&device],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// Naive per-bucket (count, sum, min, max) of raw rows in `[start, end)`,
@@ -764,17 +768,7 @@ fn metrics_equal_a_naive_computation_over_the_raw_rows() {
                         .await
                         .unwrap();
                     env.store.write_batch(&rows).await.unwrap();
-                    let raw: Vec<(DateTime<Utc>, Decimal)> = env
-                        .db
-                        .query(
-                            "SELECT time, value FROM sensor_readings WHERE device_id = $1",
-                            &[&device],
-                        )
-                        .await
-                        .unwrap()
-                        .iter()
-                        .map(|r| (r.get(0), r.get(1)))
-                        .collect();
+                    let raw = raw_rows(&env, device).await;
                     for (from, len, w) in queries {
                         let (name, width) = widths[w];
                         let start = base + TimeDelta::seconds(from);

@@ -542,6 +542,7 @@ async fn alert_partitions(port: u16) -> f64 {
 }
 
 async fn run_fault(
+    ctx: &crate::Ctx,
     p: &mut Platform,
     fault: Fault,
     n: usize,
@@ -551,29 +552,17 @@ async fn run_fault(
 ) -> Outcome {
     let prefix = format!("f{n}");
     let registry_url = format!("http://127.0.0.1:{}", p.registry_port);
+    // The benchmarks' fleet, on this platform's broker and plain topics.
     let args = iotctl::simulate::Args {
-        registry_url,
-        mqtt_host: "127.0.0.1".into(),
         mqtt_port: p.mqtt_port,
-        mqtt_username: Some(ACCOUNTS[1].0.into()),
-        mqtt_password: Some(ACCOUNTS[1].1.into()),
         topic_prefix: "sensors".into(),
         batch_prefix: "batches".into(),
         senml_prefix: "senml".into(),
         devices: 20,
-        sensors: 3,
         device_prefix: prefix.clone(),
         rate,
-        rate_per_device: None,
-        qos: 1,
-        form: iotctl::simulate::Form::Single,
-        batch_size: 50,
-        duration: 0,
-        count: 0,
-        spike_ratio: 0.0,
         connections: 4,
-        max_in_flight: 1000,
-        quiet: true,
+        ..crate::simulator(ctx, &registry_url, "")
     };
     let outage = Duration::from_secs(5);
     let stall = Duration::from_secs(30);
@@ -680,7 +669,7 @@ pub async fn run(ctx: &crate::Ctx, short: bool) -> bool {
             rows.push((fault.label(), None));
             continue;
         }
-        let o = run_fault(&mut p, fault, n, rate, before, after).await;
+        let o = run_fault(ctx, &mut p, fault, n, rate, before, after).await;
         let lost = (o.acked as i64 - o.stored).max(0);
         let duplicated = (o.rollup - o.stored).max(0);
         sound &= lost == 0 && duplicated == 0 && o.stored >= 0;

@@ -17,11 +17,8 @@
 
 use std::time::Instant;
 
-use futures::pin_mut;
 use ingest_writer::store::Row;
 use rust_decimal::Decimal;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 /// `n` readings of 1,000 series (100 devices, 10 sensors), at random
@@ -53,24 +50,10 @@ fn late_rows(n: usize) -> Vec<Row> {
 }
 
 async fn copy_raw(db: &tokio_postgres::Client, rows: &[Row]) {
-    for chunk in rows.chunks(5000) {
-        let sink = db
-            .copy_in("COPY sensor_readings (time, device_id, sensor_name, value) FROM STDIN BINARY")
-            .await
-            .unwrap();
-        let w = BinaryCopyInWriter::new(
-            sink,
-            &[Type::TIMESTAMPTZ, Type::UUID, Type::VARCHAR, Type::NUMERIC],
-        );
-        pin_mut!(w);
-        for r in chunk {
-            w.as_mut()
-                .write(&[&r.time, &r.device_id, &r.sensor_name, &r.value])
-                .await
-                .unwrap();
-        }
-        w.finish().await.unwrap();
-    }
+    crate::copy_in(db, rows, |r| {
+        [&r.time, &r.device_id, &r.sensor_name, &r.value]
+    })
+    .await;
 }
 
 /// Late rows in one more flush, after the year is stored.

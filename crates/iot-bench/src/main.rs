@@ -172,14 +172,15 @@ fn rows(n: usize) -> Vec<(chrono::DateTime<chrono::Utc>, Uuid, String, Decimal)>
         .collect()
 }
 
-async fn raw_copy(ctx: &Ctx) -> f64 {
-    let db = fresh_db(ctx).await;
-    let client = connect(&db).await;
-    let data = rows(ctx.rows);
-    let start = Instant::now();
-    let cpu = CpuShares::start(&[]);
-    for chunk in data.chunks(5000) {
-        let sink = client
+/// Binary `COPY` of rows straight into `sensor_readings` (time, device,
+/// sensor, value), 5,000 rows a statement.
+async fn copy_in<R>(
+    db: &tokio_postgres::Client,
+    rows: &[R],
+    fields: impl Fn(&R) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4],
+) {
+    for chunk in rows.chunks(5000) {
+        let sink = db
             .copy_in("COPY sensor_readings (time, device_id, sensor_name, value) FROM STDIN BINARY")
             .await
             .unwrap();
@@ -188,11 +189,20 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
             &[Type::TIMESTAMPTZ, Type::UUID, Type::VARCHAR, Type::NUMERIC],
         );
         pin_mut!(w);
-        for (t, d, s, v) in chunk {
-            w.as_mut().write(&[t, d, s, v]).await.unwrap();
+        for r in chunk {
+            w.as_mut().write(&fields(r)).await.unwrap();
         }
         w.finish().await.unwrap();
     }
+}
+
+async fn raw_copy(ctx: &Ctx) -> f64 {
+    let db = fresh_db(ctx).await;
+    let client = connect(&db).await;
+    let data = rows(ctx.rows);
+    let start = Instant::now();
+    let cpu = CpuShares::start(&[]);
+    copy_in(&client, &data, |(t, d, s, v)| [t, d, s, v]).await;
     let took = start.elapsed();
     cpu.print("raw phase", took);
     let secs = took.as_secs_f64();

@@ -524,7 +524,7 @@ impl Assignment {
     /// The alarm as a readiness check.
     pub fn readiness_check(
         self: &std::sync::Arc<Self>,
-    ) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    ) -> impl Fn() -> CheckFuture + Send + Sync + 'static + use<> {
         let held = self.clone();
         move || {
             let verdict = held.check();
@@ -550,12 +550,24 @@ impl Assignment {
 /// whether another member holds them: longer than a rebalance takes.
 pub const EMPTY_GRACE: Duration = Duration::from_secs(30);
 
-/// Watches a consumer's assignment until `stop`: when it has held no
-/// partition for [`EMPTY_GRACE`], asks the group coordinator for the group's
-/// live members; with no other member the alarm goes up (gauge, error log,
-/// and [`Assignment::check`] for readiness), and down again once the
-/// consumer holds partitions or another member appears.
-pub async fn watch_assignment(
+/// Watches a consumer's assignment until `stop` (a task of its own) and
+/// returns the alarm as a readiness check: when the consumer has held no
+/// partition for [`EMPTY_GRACE`], the group coordinator is asked for the
+/// group's live members; with no other member the alarm goes up (gauge,
+/// error log, readiness), and down again once the consumer holds partitions
+/// or another member appears.
+pub fn watch_assignment(
+    cfg: KafkaConfig,
+    group_id: String,
+    held: std::sync::Arc<Assignment>,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    let check = held.readiness_check();
+    tokio::spawn(watch(cfg, group_id, held, stop));
+    check
+}
+
+async fn watch(
     cfg: KafkaConfig,
     group_id: String,
     held: std::sync::Arc<Assignment>,

@@ -216,7 +216,14 @@ fn check_k8s(overlay: &str, docs: &[Value]) {
                         &from["secretKeyRef"]
                     };
                     if from["fieldRef"].is_mapping() {
-                        "pod-0".to_owned()
+                        // What the kubelet fills in: the pod's index for
+                        // the StatefulSet's ordinal label, else its name.
+                        let path = from["fieldRef"]["fieldPath"].as_str().unwrap();
+                        if path.contains("pod-index") {
+                            "0".to_owned()
+                        } else {
+                            "pod-0".to_owned()
+                        }
                     } else {
                         let key = (
                             r["name"].as_str().unwrap().to_owned(),
