@@ -284,9 +284,7 @@ pub fn is_permanent(e: &KafkaError) -> bool {
     matches!(
         code,
         C::MessageSizeTooLarge
-            | C::InvalidMessageSize
             | C::MessageBatchTooLarge
-            | C::InvalidMessage
             | C::InvalidRecord
             | C::InvalidTopic
             | C::TopicAuthorizationFailed
@@ -696,6 +694,8 @@ mod tests {
         assert!(!is_permanent(&produce(C::MessageTimedOut)));
         assert!(!is_permanent(&produce(C::BrokerTransportFailure)));
         assert!(!is_permanent(&produce(C::NotLeaderForPartition)));
+        // A CRC mismatch is Kafka's "retriable" corrupt message.
+        assert!(!is_permanent(&produce(C::InvalidMessage)));
         assert!(!is_permanent(&KafkaError::Canceled));
     }
 
