@@ -188,21 +188,25 @@ async fn refresh_once(db: &tokio_postgres::Client) {
                 count(*) AS readings, sum(value) AS sum_value, min(value) AS min_value,
                 max(value) AS max_value
          FROM sensor_readings GROUP BY device_id, sensor_name, time_bucket(INTERVAL '1 hour', time)
-         WITH NO DATA;
-         CREATE MATERIALIZED VIEW bench_1d WITH (timescaledb.continuous) AS
-         SELECT device_id, sensor_name, time_bucket(INTERVAL '1 day', bucket) AS bucket,
-                sum(readings)::BIGINT AS readings, sum(sum_value) AS sum_value,
-                min(min_value) AS min_value, max(max_value) AS max_value
-         FROM bench_1h GROUP BY device_id, sensor_name, time_bucket(INTERVAL '1 day', bucket)
-         WITH NO DATA;
-         CREATE MATERIALIZED VIEW bench_1w WITH (timescaledb.continuous) AS
-         SELECT device_id, sensor_name, time_bucket(INTERVAL '1 week', bucket) AS bucket,
-                sum(readings)::BIGINT AS readings, sum(sum_value) AS sum_value,
-                min(min_value) AS min_value, max(max_value) AS max_value
-         FROM bench_1d GROUP BY device_id, sensor_name, time_bucket(INTERVAL '1 week', bucket)
-         WITH NO DATA;",
+         WITH NO DATA",
     )
     .await
     .unwrap();
+    // Each level rolls up the one below.
+    for (view, below, width) in [
+        ("bench_1d", "bench_1h", "1 day"),
+        ("bench_1w", "bench_1d", "1 week"),
+    ] {
+        db.batch_execute(&format!(
+            "CREATE MATERIALIZED VIEW {view} WITH (timescaledb.continuous) AS
+             SELECT device_id, sensor_name, time_bucket(INTERVAL '{width}', bucket) AS bucket,
+                    sum(readings)::BIGINT AS readings, sum(sum_value) AS sum_value,
+                    min(min_value) AS min_value, max(max_value) AS max_value
+             FROM {below} GROUP BY device_id, sensor_name, time_bucket(INTERVAL '{width}', bucket)
+             WITH NO DATA"
+        ))
+        .await
+        .unwrap();
+    }
     refresh_all(db).await;
 }
