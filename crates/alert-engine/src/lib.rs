@@ -13,31 +13,21 @@ pub mod service;
 pub mod thresholds;
 pub mod webhooks;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use iot_proto::v1::alerts_server::AlertsServer;
-use iot_runtime::CancellationToken;
-use iot_telemetry::Readiness;
-use tokio::task::JoinHandle;
+use iot_runtime::{CancellationToken, Skeleton};
+use tonic::service::Routes;
 
 pub use config::{Config, OfflineConfig};
 pub use service::AlertsService;
 
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-}
+const SERVICE: &str = "alert-engine";
 
-impl Running {
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
-    }
-}
+/// A started alert-engine.
+pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
@@ -56,19 +46,26 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     })
     .await??;
 
-    let registry =
-        iot_telemetry::prometheus::Registry::new_custom(Some("iot_alerts".into()), None)?;
-    let metrics = metrics::Metrics::register(&registry)?;
-    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
-    registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
+    let mut skeleton = Skeleton::new(SERVICE, "iot_alerts", shutdown.clone())?;
+    let metrics = metrics::Metrics::register(&skeleton.registry)?;
+    skeleton
+        .registry
+        .register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
+    {
+        let pool = pool.clone();
+        skeleton
+            .ready
+            .check("database", move || iot_db::ping(pool.clone()));
+    }
     // An offset is stored only once its reading is evaluated.
-    let consumer = config.kafka.readings_consumer(
-        "alert-engine",
+    let consumer = config.kafka.service_consumer(
+        SERVICE,
         &config.group_id,
         config.instance_id.as_deref(),
-        iot_kafka::ConsumerObserver::new(&registry)?,
+        &skeleton.registry,
+        &skeleton.ready,
+        shutdown.clone(),
     )?;
-    let assignment = consumer.context().assignment();
     let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -87,7 +84,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     {
         // The alerts topic is created in the background (the service starts
         // while Kafka is down); the relay publishes the outbox to it.
-        let producer = config.kafka.producer("alert-engine")?;
+        let producer = config.kafka.producer(SERVICE)?;
         let (kafka, topic) = (config.kafka.clone(), config.alerts_topic.clone());
         let (pool, stop) = (pool.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -105,70 +102,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics.clone(),
         shutdown.clone(),
     ));
-    let ready = Readiness::default();
-    {
-        let pool = pool.clone();
-        ready.check("database", move || iot_db::ping(pool.clone()));
-    }
-    ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
-    ready.check(
-        "partitions",
-        iot_kafka::watch_assignment(
-            config.kafka.clone(),
-            config.group_id.clone(),
-            assignment,
-            shutdown.clone(),
-        ),
-    );
-    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
-        config.admin_addr,
-        iot_telemetry::admin_router(registry, ready.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-    let (health, health_svc) = iot_runtime::grpc_health();
-    health.set_serving::<AlertsServer<AlertsService>>().await;
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-    let grpc_addr = listener.local_addr()?;
-    let svc = AlertsService::new(pool.clone(), shutdown.clone());
-    let task = tokio::spawn(async move {
-        tracing::info!(%grpc_addr, %admin_addr, "alert-engine serving");
-        ready.set(true);
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                .trace_fn(iot_telemetry::trace::grpc_server_span)
-                .layer(grpc_metrics)
-                .add_service(health_svc)
-                .add_service(AlertsServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    iot_runtime::grpc_incoming(listener),
-                    shutdown.clone().cancelled_owned(),
-                ),
-        );
-        let evaluated = engine::run(
-            consumer,
-            pool,
-            devices,
-            config.offline,
-            metrics,
-            shutdown.clone(),
-        )
-        .await;
-        shutdown.cancel();
-        grpc.await??;
-        evaluated?;
-        ready.set(false);
-        admin_task.await?;
-        tracing::info!("alert-engine stopped");
-        Ok(())
-    });
-    Ok(Running {
-        grpc_addr,
-        admin_addr,
-        task,
-    })
+    skeleton.serve_admin(config.admin_addr).await?;
+    let alerts = AlertsServer::new(AlertsService::new(pool.clone(), shutdown.clone()));
+    skeleton
+        .serve_grpc(config.grpc_addr, Routes::new(alerts), &["iot.v1.Alerts"])
+        .await?;
+    skeleton.ready.set(true);
+    let work = engine::run(consumer, pool, devices, config.offline, metrics, shutdown);
+    Ok(skeleton.run((), work)?)
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+    Ok(start(config, shutdown).await?.wait().await?)
 }

@@ -10,12 +10,9 @@ mod error;
 mod service;
 mod store;
 
-use std::net::SocketAddr;
-
 use iot_proto::v1::device_registry_server::DeviceRegistryServer;
-use iot_runtime::CancellationToken;
-use iot_telemetry::Readiness;
-use tokio::task::JoinHandle;
+use iot_runtime::{CancellationToken, Skeleton};
+use tonic::service::Routes;
 
 pub use broker::BrokerConfig;
 pub use config::Config;
@@ -23,18 +20,7 @@ pub use error::RegistryError;
 pub use service::RegistryService;
 
 /// A started device-registry.
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    /// Waits until the service has stopped.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
-    }
-}
+pub type Running = iot_runtime::Running;
 
 /// Connects, binds and starts serving; returns once the ports are bound.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
@@ -47,27 +33,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
     drop(client);
 
-    let registry = prometheus_registry();
-    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
-    registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
-    let ready = Readiness::default();
+    let mut skeleton = Skeleton::new("device-registry", "iot_registry", shutdown.clone())?;
+    skeleton
+        .registry
+        .register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
     {
         let pool = pool.clone();
-        ready.check("database", move || iot_db::ping(pool.clone()));
+        skeleton
+            .ready
+            .check("database", move || iot_db::ping(pool.clone()));
     }
-    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
-        config.admin_addr,
-        iot_telemetry::admin_router(registry, ready.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-
-    let (health, health_svc) = iot_runtime::grpc_health();
-    health
-        .set_serving::<DeviceRegistryServer<RegistryService>>()
-        .await;
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-    let grpc_addr = listener.local_addr()?;
+    skeleton.serve_admin(config.admin_addr).await?;
     let broker = config
         .broker
         .enabled
@@ -88,36 +64,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
-    let svc = RegistryService::new(pool, broker, shutdown.clone());
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        ready.set(true);
-        tracing::info!(%grpc_addr, %admin_addr, "device-registry serving");
-        tonic::transport::Server::builder()
-            .trace_fn(iot_telemetry::trace::grpc_server_span)
-            .layer(grpc_metrics)
-            .add_service(health_svc)
-            .add_service(DeviceRegistryServer::new(svc))
-            .serve_with_incoming_shutdown(iot_runtime::grpc_incoming(listener), token.cancelled())
-            .await?;
-        ready.set(false);
-        admin_task.await?;
-        tracing::info!("device-registry stopped");
-        Ok(())
-    });
-    Ok(Running {
-        grpc_addr,
-        admin_addr,
-        task,
-    })
+    let svc = DeviceRegistryServer::new(RegistryService::new(pool, broker, shutdown.clone()));
+    skeleton
+        .serve_grpc(config.grpc_addr, Routes::new(svc), &[SERVICE_NAME])
+        .await?;
+    skeleton.ready.set(true);
+    let work = async move {
+        shutdown.cancelled().await;
+        Ok::<_, std::convert::Infallible>(())
+    };
+    Ok(skeleton.run((), work)?)
 }
+
+const SERVICE_NAME: &str = "iot.v1.DeviceRegistry";
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
-}
-
-fn prometheus_registry() -> iot_telemetry::prometheus::Registry {
-    iot_telemetry::prometheus::Registry::new_custom(Some("iot_registry".into()), None)
-        .unwrap_or_default()
+    Ok(start(config, shutdown).await?.wait().await?)
 }

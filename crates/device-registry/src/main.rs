@@ -1,17 +1,3 @@
-use std::time::Duration;
-
-use iot_runtime::ServiceConfig as _;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    iot_telemetry::init_tracing("device-registry");
-    let config = device_registry::Config::load(iot_runtime::config_path_from_args().as_deref())?;
-    let result = iot_runtime::run_until_signal(
-        |shutdown| device_registry::run(config, shutdown),
-        Duration::from_secs(10),
-    )
-    .await;
-    // Export the last spans before exiting.
-    iot_telemetry::trace::shutdown().await;
-    result
+fn main() -> Result<(), iot_runtime::BoxError> {
+    iot_runtime::service::main("device-registry", std::time::Duration::from_secs(10), device_registry::run)
 }

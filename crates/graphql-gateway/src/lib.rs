@@ -17,37 +17,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iot_runtime::CancellationToken;
-use iot_telemetry::Readiness;
-use tokio::task::JoinHandle;
+use iot_runtime::{CancellationToken, Skeleton};
 
 pub use auth::{AuthError, Authenticator, Principal};
 pub use config::{ApiKey, AuthConfig, Config, JwtConfig, Limits};
 pub use schema::sdl;
 
-pub struct Running {
-    pub http_addr: SocketAddr,
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
-    }
-}
+/// A started gateway; `http_addr` is the GraphQL endpoint.
+pub type Running = iot_runtime::Running<SocketAddr>;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let registry =
-        iot_telemetry::prometheus::Registry::new_custom(Some("iot_graphql".into()), None)?;
-    let up = upstream::Upstreams::connect(&config, &registry)?;
-    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
+    let mut skeleton = Skeleton::new("graphql-gateway", "iot_graphql", shutdown.clone())?;
+    let up = upstream::Upstreams::connect(&config, &skeleton.registry)?;
     let subscribers = prometheus::IntGauge::new(
         "alert_subscribers",
         "GraphQL subscriptions to alerts right now",
     )?;
-    registry.register(Box::new(subscribers.clone()))?;
+    skeleton.registry.register(Box::new(subscribers.clone()))?;
     let hub = hub::AlertHub::new(4096, subscribers);
     let schema = schema::build(schema::Shared {
         up: up.clone(),
@@ -55,7 +41,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         hub: hub.clone(),
         known: Default::default(),
     });
-    let ready = Readiness::default();
     let state = http::AppState {
         schema,
         auth: Arc::new(Authenticator::new(&config.auth)?),
@@ -63,48 +48,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             config.limits.rate_per_sec,
             config.limits.rate_burst,
         )),
-        ready: ready.clone(),
+        ready: skeleton.ready.clone(),
         up: up.clone(),
-        metrics: http::HttpMetrics::new(&registry)?,
+        metrics: http::HttpMetrics::new(&skeleton.registry)?,
     };
-    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
-        config.admin_addr,
-        iot_telemetry::admin_router(registry, ready.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-    let (http_addr, http_task) = iot_telemetry::serve_admin(
-        config.http_addr,
-        http::router(state, config.dev_mode, config.limits.max_body_bytes),
-        shutdown.clone(),
-    )
-    .await?;
-    let (health, health_svc) = iot_runtime::grpc_health();
+    skeleton.serve_admin(config.admin_addr).await?;
+    let http_addr = skeleton
+        .serve_http(
+            config.http_addr,
+            http::router(state, config.dev_mode, config.limits.max_body_bytes),
+        )
+        .await?;
     // Not serving until every upstream answers its health check.
+    skeleton
+        .serve_grpc(config.grpc_addr, tonic::service::Routes::default(), &[])
+        .await?;
+    let health = skeleton.health().clone();
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-    let grpc_addr = listener.local_addr()?;
     let hub_task = tokio::spawn(hub.run(up.clone(), shutdown.clone()));
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        tracing::info!(%http_addr, %grpc_addr, %admin_addr, "graphql-gateway serving");
-        let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
-                .trace_fn(iot_telemetry::trace::grpc_server_span)
-                .layer(grpc_metrics)
-                .add_service(health_svc)
-                .serve_with_incoming_shutdown(
-                    iot_runtime::grpc_incoming(listener),
-                    token.clone().cancelled_owned(),
-                ),
-        );
+    let ready = skeleton.ready.clone();
+    let work = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         let mut was_ready = false;
         loop {
             tokio::select! {
-                () = token.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let bad = up.unhealthy().await;
@@ -122,24 +92,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 was_ready = now_ready;
             }
         }
-        ready.set(false);
-        grpc.await??;
-        hub_task.await?;
-        http_task.await?;
-        admin_task.await?;
-        tracing::info!("graphql-gateway stopped");
-        Ok(())
-    });
-    Ok(Running {
-        http_addr,
-        grpc_addr,
-        admin_addr,
-        task,
-    })
+        hub_task.await
+    };
+    Ok(skeleton.run(http_addr, work)?)
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+    Ok(start(config, shutdown).await?.wait().await?)
 }
 
 #[cfg(test)]

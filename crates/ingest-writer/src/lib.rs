@@ -13,14 +13,12 @@ pub mod rollup;
 mod service;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use iot_kafka::DeadLetters;
 use iot_proto::v1::telemetry_server::TelemetryServer;
-use iot_runtime::CancellationToken;
-use iot_telemetry::Readiness;
-use tokio::task::JoinHandle;
+use iot_runtime::{CancellationToken, Skeleton};
+use tonic::service::Routes;
 
 pub use config::Config;
 pub use service::{METRICS_PART, TelemetryService};
@@ -28,17 +26,8 @@ pub use store::Store;
 
 pub const SERVICE: &str = "ingest-writer";
 
-pub struct Running {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
-    }
-}
+/// A started ingest-writer.
+pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
@@ -58,62 +47,33 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let kafka = config.kafka.clone();
         tokio::spawn(async move { kafka.try_ensure_topics().await });
     }
-    let registry =
-        iot_telemetry::prometheus::Registry::new_custom(Some("iot_writer".into()), None)?;
+    let mut skeleton = Skeleton::new(SERVICE, "iot_writer", shutdown.clone())?;
     // Offsets are stored only after the database commit.
-    let consumer = config.kafka.readings_consumer(
+    let consumer = config.kafka.service_consumer(
         SERVICE,
         &config.group_id,
         config.instance_id.as_deref(),
-        iot_kafka::ConsumerObserver::new(&registry)?,
+        &skeleton.registry,
+        &skeleton.ready,
+        shutdown.clone(),
     )?;
-    let assignment = {
-        use iot_kafka::rdkafka::consumer::Consumer as _;
-        consumer.context().assignment()
-    };
     let producer = config.kafka.producer(SERVICE)?;
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
-
-    let metrics = metrics::Metrics::register(&registry)?;
-    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
-    registry.register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
-    let ready = Readiness::default();
+    let metrics = metrics::Metrics::register(&skeleton.registry)?;
+    skeleton
+        .registry
+        .register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
     {
         let pool = pool.clone();
-        ready.check("database", move || iot_db::ping(pool.clone()));
+        skeleton
+            .ready
+            .check("database", move || iot_db::ping(pool.clone()));
     }
-    ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
-    ready.check(
-        "partitions",
-        iot_kafka::watch_assignment(
-            config.kafka.clone(),
-            config.group_id.clone(),
-            assignment,
-            shutdown.clone(),
-        ),
-    );
-    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
-        config.admin_addr,
-        iot_telemetry::admin_router(registry.clone(), ready.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-
-    let (health, health_svc) = iot_runtime::grpc_health();
-    health
-        .set_serving::<TelemetryServer<TelemetryService>>()
-        .await;
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-    let grpc_addr = listener.local_addr()?;
-    let grpc = tonic::transport::Server::builder()
-        .trace_fn(iot_telemetry::trace::grpc_server_span)
-        .layer(grpc_metrics)
-        .add_service(health_svc)
-        .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
-        .serve_with_incoming_shutdown(
-            iot_runtime::grpc_incoming(listener),
-            shutdown.clone().cancelled_owned(),
-        );
+    skeleton.serve_admin(config.admin_addr).await?;
+    let telemetry = TelemetryServer::new(TelemetryService::new(store.clone()));
+    skeleton
+        .serve_grpc(config.grpc_addr, Routes::new(telemetry), &["iot.v1.Telemetry"])
+        .await?;
 
     tokio::spawn(maintenance(
         pool.clone(),
@@ -126,7 +86,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "timescale_failed_jobs",
             "TimescaleDB background jobs (compression and other policies) whose last run failed",
         )?;
-        registry.register(Box::new(failed.clone()))?;
+        skeleton.registry.register(Box::new(failed.clone()))?;
         tokio::spawn(watch_timescale_jobs(pool.clone(), failed, shutdown.clone()));
     }
 
@@ -134,35 +94,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         max_rows: config.batch_max_rows,
         max_wait: Duration::from_millis(config.batch_max_wait_ms),
     };
-    let task = tokio::spawn(async move {
-        tracing::info!(%grpc_addr, %admin_addr, %backend, "ingest-writer serving");
-        ready.set(true);
-        let grpc_task = tokio::spawn(grpc);
-        let result = consumer::run(
-            consumer,
-            store,
-            dead_letters,
-            settings,
-            metrics,
-            shutdown.clone(),
-        )
-        .await;
-        shutdown.cancel();
-        ready.set(false);
-        grpc_task.await??;
-        admin_task.await?;
-        tracing::info!("ingest-writer stopped");
-        result
-    });
-    Ok(Running {
-        grpc_addr,
-        admin_addr,
-        task,
-    })
+    tracing::info!(%backend, "storage backend");
+    skeleton.ready.set(true);
+    let work = consumer::run(consumer, store, dead_letters, settings, metrics, shutdown);
+    Ok(skeleton.run((), work)?)
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+    Ok(start(config, shutdown).await?.wait().await?)
 }
 
 /// Counts TimescaleDB jobs whose last run failed, every minute, and logs

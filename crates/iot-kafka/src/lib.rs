@@ -187,6 +187,35 @@ impl KafkaConfig {
         Ok(consumer)
     }
 
+    /// A service's readings consumer, wired the one way every consumer of
+    /// the platform is: [`Self::readings_consumer`] with its observer's
+    /// gauges in `registry`, and `ready` checking that the brokers answer
+    /// and that someone in the group consumes ([`watch_assignment`], a
+    /// task until `stop`).
+    pub fn service_consumer(
+        &self,
+        service: &str,
+        group_id: &str,
+        instance_id: Option<&str>,
+        registry: &prometheus::Registry,
+        ready: &iot_telemetry::Readiness,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<StreamConsumer<ConsumerObserver>, SetupError> {
+        let consumer = self.readings_consumer(
+            service,
+            group_id,
+            instance_id,
+            ConsumerObserver::new(registry)?,
+        )?;
+        ready.check("kafka", readiness_check(self)?);
+        let held = consumer.context().assignment();
+        ready.check(
+            "partitions",
+            watch_assignment(self.clone(), group_id.to_owned(), held, stop),
+        );
+        Ok(consumer)
+    }
+
     /// An idempotent producer tuned for throughput: batches by time and size,
     /// lz4 compression, acks from all in-sync replicas. The tuning can be
     /// overridden through `properties`; idempotence and `acks=all` cannot,
@@ -258,6 +287,15 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<
         }
     }
     Ok(())
+}
+
+/// Why a consumer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 #[derive(Debug, thiserror::Error)]

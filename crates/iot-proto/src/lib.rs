@@ -8,6 +8,10 @@ pub mod v1 {
     tonic::include_proto!("iot.v1");
 }
 
+/// The compiled `proto/` files, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/iot_descriptor.bin"));
+
 pub use prost::Message;
 pub use prost_types::Timestamp;
 

@@ -1,11 +1,10 @@
-//! Signals, graceful drain and gRPC health.
+//! Signals and graceful drain.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic_health::server::{HealthReporter, health_reporter};
 
 /// Reads `--config PATH` (or `-c PATH`) from the process arguments.
 pub fn config_path_from_args() -> Option<PathBuf> {
@@ -81,14 +80,6 @@ async fn signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// The standard gRPC health service (`grpc.health.v1.Health`) and its reporter.
-pub fn grpc_health() -> (
-    HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    health_reporter()
 }
 
 /// The connections a gRPC server accepts on `listener`, with `TCP_NODELAY`.

@@ -20,26 +20,15 @@ use std::time::Duration;
 
 use iot_kafka::DeadLetters;
 use iot_proto::v1::ingest_server::IngestServer;
-use iot_runtime::CancellationToken;
-use iot_telemetry::Readiness;
-use tokio::task::JoinHandle;
+use iot_runtime::{CancellationToken, Skeleton};
+use tonic::service::Routes;
 
 pub use config::{Config, LimitsConfig, MqttConfig, Split};
 
 pub const SERVICE: &str = "mqtt-gateway";
 
-pub struct Running {
-    pub admin_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub grpc_addr: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await?
-    }
-}
+/// A started gateway; `http_addr` is its HTTP ingest door.
+pub type Running = iot_runtime::Running<SocketAddr>;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     // Topics are created by ingest-writer (their consumer) or by operators;
@@ -51,10 +40,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.kafka.dead_letter_topic.clone(),
         SERVICE,
     );
-    let registry =
-        iot_telemetry::prometheus::Registry::new_custom(Some("iot_gateway".into()), None)?;
-    let metrics = metrics::Metrics::register(&registry)?;
-    let grpc_metrics = iot_telemetry::grpc::GrpcMetrics::register(&registry)?;
+    let mut skeleton = Skeleton::new(SERVICE, "iot_gateway", shutdown.clone())?;
+    let metrics = metrics::Metrics::register(&skeleton.registry)?;
     let pipeline = Arc::new(pipeline::Pipeline {
         directory: directory::Directory::new(
             &config.registry_url,
@@ -72,39 +59,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         },
         metrics,
     });
-    let ready = Readiness::default();
-    ready.check("kafka", iot_kafka::readiness_check(&config.kafka)?);
-    let (admin_addr, admin_task) = iot_telemetry::serve_admin(
-        config.admin_addr,
-        iot_telemetry::admin_router(registry, ready.clone()),
-        shutdown.clone(),
-    )
-    .await?;
-    let (http_addr, http_task) = iot_telemetry::serve_admin(
-        config.http_addr,
-        http::router(pipeline.clone(), config.mqtt.max_packet_bytes),
-        shutdown.clone(),
-    )
-    .await?;
-    let (health, health_svc) = iot_runtime::grpc_health();
-    health
-        .set_serving::<IngestServer<grpc::IngestService>>()
-        .await;
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
-    let grpc_addr = listener.local_addr()?;
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .trace_fn(iot_telemetry::trace::grpc_server_span)
-            .layer(grpc_metrics)
-            .add_service(health_svc)
-            .add_service(IngestServer::new(grpc::IngestService::new(
-                pipeline.clone(),
-            )))
-            .serve_with_incoming_shutdown(
-                iot_runtime::grpc_incoming(listener),
-                shutdown.clone().cancelled_owned(),
-            ),
-    );
+    skeleton
+        .ready
+        .check("kafka", iot_kafka::readiness_check(&config.kafka)?);
+    skeleton.serve_admin(config.admin_addr).await?;
+    let http_addr = skeleton
+        .serve_http(
+            config.http_addr,
+            http::router(pipeline.clone(), config.mqtt.max_packet_bytes),
+        )
+        .await?;
+    let ingest = IngestServer::new(grpc::IngestService::new(pipeline.clone()));
+    skeleton
+        .serve_grpc(config.grpc_addr, Routes::new(ingest), &["iot.v1.Ingest"])
+        .await?;
     {
         // Cache entries of changed devices go at once, not at their TTL.
         let (p, stop) = (pipeline.clone(), shutdown.clone());
@@ -129,8 +97,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         });
     }
     let drain = Duration::from_secs(config.drain_timeout_secs);
-    let task = tokio::spawn(async move {
-        tracing::info!(%admin_addr, %http_addr, %grpc_addr, "mqtt-gateway starting");
+    // Ready once the broker has acknowledged the subscription.
+    let ready = skeleton.ready.clone();
+    let work = async move {
         let result = mqtt::run_subscriber(
             config.mqtt,
             pipeline,
@@ -150,20 +119,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         if let Err(e) = flushed {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
-        http_task.await?;
-        grpc_task.await??;
-        admin_task.await?;
-        tracing::info!("mqtt-gateway stopped");
         result
-    });
-    Ok(Running {
-        admin_addr,
-        http_addr,
-        grpc_addr,
-        task,
-    })
+    };
+    Ok(skeleton.run(http_addr, work)?)
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+    Ok(start(config, shutdown).await?.wait().await?)
 }

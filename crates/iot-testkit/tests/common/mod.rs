@@ -36,7 +36,7 @@ pub struct Platform {
     pub writer_shutdown: CancellationToken,
     /// The gateway's config, to start it again with the same MQTT session.
     pub gateway_config: mqtt_gateway::Config,
-    pub tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub tasks: Vec<tokio::task::JoinHandle<Result<(), iot_runtime::ServiceError>>>,
 }
 
 impl Platform {
