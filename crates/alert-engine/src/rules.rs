@@ -139,7 +139,7 @@ pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, Statu
     if p.is_empty() {
         Ok(owner)
     } else {
-        Err(Status::invalid_argument(p.join("; ")))
+        Err(iot_proto::invalid_argument(&p))
     }
 }
 

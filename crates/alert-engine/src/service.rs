@@ -164,7 +164,7 @@ fn invalid(p: Vec<String>) -> Result<(), Status> {
     if p.is_empty() {
         Ok(())
     } else {
-        Err(Status::invalid_argument(p.join("; ")))
+        Err(iot_proto::invalid_argument(&p))
     }
 }
 

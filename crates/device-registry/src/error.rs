@@ -19,7 +19,7 @@ pub enum RegistryError {
 impl From<RegistryError> for tonic::Status {
     fn from(e: RegistryError) -> Self {
         match &e {
-            RegistryError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+            RegistryError::Invalid(p) => iot_proto::invalid_argument(p),
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
             RegistryError::Pool(_) | RegistryError::Broker(_) => {

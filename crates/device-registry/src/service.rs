@@ -177,7 +177,7 @@ impl DeviceRegistry for RegistryService {
         let limit = match req.limit {
             0 => 100,
             n if n > MAX_LIST => {
-                p.push(format!("limit {n} is more than {MAX_LIST}"));
+                p.push(format!("limit: {n} is more than {MAX_LIST}"));
                 n
             }
             n => n,
@@ -186,7 +186,7 @@ impl DeviceRegistry for RegistryService {
             (Some(own), _) => Some(own),
             (None, None) => None,
             (None, Some(o)) => Uuid::parse_str(o).map(Some).unwrap_or_else(|_| {
-                p.push(format!("owner_id {o:?} is not a UUID"));
+                p.push(format!("owner_id: {o:?} is not a UUID"));
                 None
             }),
         };

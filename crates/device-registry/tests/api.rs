@@ -105,6 +105,9 @@ async fn every_call_is_scoped_to_the_callers_owner() {
     let e = a.create_device(other).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("owner_id"), "{e:?}");
+    // The problem is also a google.rpc.BadRequest field violation.
+    let fields = iot_proto::field_violations(&e);
+    assert!(fields.iter().any(|(f, _)| f == "owner_id"), "{fields:?}");
 
     // Bob sees none of Alice's device, by UUID or external id, in any call.
     for id in [ad.id.clone(), ad.device_id.clone()] {
@@ -444,4 +447,52 @@ async fn bad_input_names_the_field_and_writes_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("config.alert_threshold_json"), "{e:?}");
+}
+
+/// Server reflection answers which services the port serves, so `grpcurl`
+/// needs no proto files; each service's own schema comes with it.
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let r = registry().await;
+    let channel = tonic::transport::Channel::from_shared(r.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "iot.v1.DeviceRegistry".into(),
+        )),
+    ];
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["iot.v1.DeviceRegistry", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no file for iot.v1.DeviceRegistry");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
 }

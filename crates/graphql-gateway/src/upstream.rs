@@ -189,6 +189,18 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
     async_graphql::Error::new(message).extend_with(|_, e| {
         e.set("code", code);
         e.set("service", service.to_owned());
+        // The backend's field violations, for a client that shows each
+        // problem at its field.
+        let fields = iot_proto::field_violations(s);
+        if !fields.is_empty() {
+            let fields = fields.into_iter().map(|(field, message)| {
+                let mut v = async_graphql::indexmap::IndexMap::new();
+                v.insert(async_graphql::Name::new("field"), field.into());
+                v.insert(async_graphql::Name::new("message"), message.into());
+                async_graphql::Value::Object(v)
+            });
+            e.set("fields", async_graphql::Value::List(fields.collect()));
+        }
     })
 }
 

@@ -72,7 +72,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     skeleton.serve_admin(config.admin_addr).await?;
     let telemetry = TelemetryServer::new(TelemetryService::new(store.clone()));
     skeleton
-        .serve_grpc(config.grpc_addr, Routes::new(telemetry), &["iot.v1.Telemetry"])
+        .serve_grpc(
+            config.grpc_addr,
+            Routes::new(telemetry),
+            &["iot.v1.Telemetry"],
+        )
         .await?;
 
     tokio::spawn(maintenance(

@@ -101,7 +101,7 @@ impl Problems {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(Status::invalid_argument(self.0.join("; ")))
+            Err(iot_proto::invalid_argument(&self.0))
         }
     }
 }
@@ -221,7 +221,7 @@ impl MetricsQuery {
         }
         p.finish()?;
         let Some(width) = width else {
-            return Err(Status::invalid_argument("granularity: missing"));
+            return Err(iot_proto::invalid_argument(&["granularity: is required"]));
         };
         Ok(Self {
             device,

@@ -240,3 +240,76 @@ mod tests {
         assert_eq!(parse_keyset_cursor("garbage"), None);
     }
 }
+
+/// An INVALID_ARGUMENT status for `problems`, each `"field: what is wrong"`
+/// (a problem without a field prefix names no field): the message lists
+/// them all, and a `google.rpc.BadRequest` detail carries one field
+/// violation each, for callers that show an error at its field.
+pub fn invalid_argument<S: AsRef<str>>(problems: &[S]) -> tonic::Status {
+    let message = problems
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let violations = problems
+        .iter()
+        .map(|p| {
+            let (field, what) = split_field(p.as_ref());
+            tonic_types::FieldViolation::new(field, what)
+        })
+        .collect::<Vec<_>>();
+    <tonic::Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::InvalidArgument,
+        message,
+        tonic_types::ErrorDetails::with_bad_request(violations),
+    )
+}
+
+/// The field violations of an INVALID_ARGUMENT status, as (field,
+/// description); empty when it carries none.
+pub fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
+    tonic_types::StatusExt::get_details_bad_request(status)
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `"owner_id: is not a UUID"` → (`owner_id`, `is not a UUID`); a field is
+/// a path of names (`readings[3].value`), never a sentence.
+fn split_field(problem: &str) -> (&str, &str) {
+    match problem.split_once(": ") {
+        Some((field, what))
+            if !field.is_empty()
+                && field
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)) =>
+        {
+            (field, what)
+        }
+        _ => ("", problem),
+    }
+}
+
+#[cfg(test)]
+mod invalid_argument_tests {
+    #[test]
+    fn problems_become_field_violations() {
+        let s = super::invalid_argument(&["owner_id: \"x\" is not a UUID", "start and end differ"]);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "owner_id: \"x\" is not a UUID; start and end differ"
+        );
+        assert_eq!(
+            super::field_violations(&s),
+            vec![
+                ("owner_id".to_owned(), "\"x\" is not a UUID".to_owned()),
+                (String::new(), "start and end differ".to_owned()),
+            ]
+        );
+    }
+}

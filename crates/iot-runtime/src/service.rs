@@ -115,7 +115,8 @@ impl Skeleton {
         router: axum::Router,
     ) -> Result<SocketAddr, ServiceError> {
         let (bound, task) = iot_telemetry::serve_admin(addr, router, self.shutdown.clone()).await?;
-        self.doors.push(tokio::spawn(async move { Ok(task.await?) }));
+        self.doors
+            .push(tokio::spawn(async move { Ok(task.await?) }));
         Ok(bound)
     }
 
@@ -217,8 +218,7 @@ where
         .block_on(async move {
             iot_telemetry::init_tracing(name);
             let config = C::load(crate::config_path_from_args().as_deref())?;
-            let result =
-                crate::run_until_signal(|shutdown| run(config, shutdown), grace).await;
+            let result = crate::run_until_signal(|shutdown| run(config, shutdown), grace).await;
             iot_telemetry::trace::shutdown().await;
             result.map_err(Into::into)
         })

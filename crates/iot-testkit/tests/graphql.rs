@@ -618,6 +618,11 @@ async fn the_specs_tests_and_queries_with_tenants_kept_apart() {
             .contains("condition: column 8"),
         "{bad}"
     );
+    // The backend's google.rpc.BadRequest field violation reaches the client.
+    assert_eq!(
+        bad["errors"][0]["extensions"]["fields"][0]["field"], "condition",
+        "{bad}"
+    );
     let listed = a.data("{ alertRules { id } }", json!({})).await;
     assert_eq!(listed["alertRules"][0]["id"], rule_id.as_str());
     assert_eq!(

@@ -45,16 +45,16 @@ impl Ingest for IngestService {
     ) -> Result<Response<v1::IngestReadingsResponse>, Status> {
         let req = request.into_inner();
         if req.device.is_empty() {
-            return Err(Status::invalid_argument("device is required"));
+            return Err(iot_proto::invalid_argument(&["device: is required"]));
         }
         if req.readings.is_empty() {
-            return Err(Status::invalid_argument("readings is empty"));
+            return Err(iot_proto::invalid_argument(&["readings: is empty"]));
         }
         if req.readings.len() > iot_domain::payload::MAX_ENTRIES {
-            return Err(Status::invalid_argument(format!(
-                "at most {} readings per call",
+            return Err(iot_proto::invalid_argument(&[format!(
+                "readings: at most {} per call",
                 iot_domain::payload::MAX_ENTRIES
-            )));
+            )]));
         }
         // Dead letters keep the request as it was sent.
         let payload = req.encode_to_vec();
