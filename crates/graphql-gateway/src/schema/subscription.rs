@@ -1,0 +1,238 @@
+//! The Subscription root: live streams of alerts, device status and
+//! metrics.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use iot_domain::bucket::{self, Width};
+use iot_proto::v1;
+
+use super::ownership::{find_device, get_device};
+use super::{Alert, Device, SensorMetric, is_not_found, shared, time, who};
+use crate::hub::HubEvent;
+use crate::upstream::error;
+
+/// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
+pub struct SubscriptionRoot;
+
+/// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
+#[Subscription(name = "Subscription")]
+impl SubscriptionRoot {
+    /// Every alert change (raised, acknowledged, resolved) of the caller's
+    /// devices from now on, whichever alert-engine replica made it. While
+    /// alert-engine is unreachable the stream carries an error with code
+    /// BACKEND_UNAVAILABLE and stays open: the changes made meanwhile
+    /// follow once it is back.
+    async fn alerts(
+        &self,
+        ctx: &Context<'_>,
+        device_id: Option<ID>,
+        severity: Option<String>,
+    ) -> Result<impl Stream<Item = Result<Alert>> + use<>> {
+        let owner = who(ctx)?.owner.map(|o| o.to_string());
+        let device = match device_id {
+            Some(id) => Some(find_device(ctx, &id).await?.id),
+            None => None,
+        };
+        let (rx, down, guard) = shared(ctx).hub.subscribe();
+        // Told as an error in the stream, which goes on: alert changes
+        // made meanwhile follow once alert-engine is back.
+        let interrupted = || {
+            error(
+                "BACKEND_UNAVAILABLE",
+                "alert-engine is unavailable; alert changes follow once it is back",
+            )
+            .extend_with(|_, e| e.set("service", "alert-engine"))
+        };
+        let now = futures::stream::iter(down.then(|| Err(interrupted())));
+        Ok(now.chain(
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
+                let _counted = &guard;
+                let keep = match item {
+                    Ok(event) => match &*event {
+                        HubEvent::Alert(event) => event
+                            .alert
+                            .clone()
+                            .filter(|a| {
+                                owner.as_ref().is_none_or(|o| *o == a.owner_id)
+                                    && device.as_ref().is_none_or(|d| *d == a.device_uuid)
+                                    && severity.as_ref().is_none_or(|s| *s == a.severity)
+                            })
+                            .map(|a| Ok(Alert(a))),
+                        HubEvent::Interrupted => Some(Err(interrupted())),
+                    },
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(Err(error(
+                            "EVENTS_DROPPED",
+                            format!("this subscriber fell behind and missed {n} alert changes"),
+                        )))
+                    }
+                };
+                futures::future::ready(keep)
+            }),
+        ))
+    }
+
+    /// The device as it changes (status, last heartbeat, online), first as
+    /// it is now.
+    async fn device_status(
+        &self,
+        ctx: &Context<'_>,
+        device_id: ID,
+    ) -> Result<impl Stream<Item = Result<Device>> + use<>> {
+        let s = shared(ctx);
+        let first = find_device(ctx, &device_id).await?;
+        let (up, scope) = (s.up.clone(), who(ctx)?.scope());
+        let every = Duration::from_millis(s.limits.poll_ms);
+        let key = |d: &v1::Device| {
+            (
+                d.status.clone(),
+                d.last_heartbeat,
+                d.name.clone(),
+                d.location.clone(),
+            )
+        };
+        let id = first.id.clone();
+        let state = (Some(first), None, up, scope);
+        Ok(futures::stream::unfold(
+            state,
+            move |(pending, last, up, scope)| {
+                let id = id.clone();
+                async move {
+                    if let Some(d) = pending {
+                        let k = key(&d);
+                        return Some((Ok(Device::from(d)), (None, Some(k), up, scope)));
+                    }
+                    loop {
+                        tokio::time::sleep(every).await;
+                        match get_device(&up, scope.clone(), &id).await {
+                            Ok(d) if Some(key(&d)) != last => {
+                                let k = key(&d);
+                                return Some((Ok(Device::from(d)), (None, Some(k), up, scope)));
+                            }
+                            Ok(_) => {}
+                            // The device is gone (or no longer the caller's): end.
+                            Err(e) if is_not_found(&e) => return None,
+                            Err(e) => return Some((Err(e), (None, last, up, scope))),
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// The aggregates of each of the device's sensors (or of `sensorName`)
+    /// in the bucket of its newest reading, whenever a new reading changes
+    /// them: the current bucket, or the one before it for a reading stored
+    /// after its bucket ended (the writer stores in batches).
+    async fn metrics(
+        &self,
+        ctx: &Context<'_>,
+        device_id: ID,
+        sensor_name: Option<String>,
+        #[graphql(default = "1m")] granularity: String,
+    ) -> Result<impl Stream<Item = Result<SensorMetric>> + use<>> {
+        let s = shared(ctx);
+        let device = find_device(ctx, &device_id).await?;
+        let width = granularity
+            .parse::<Width>()
+            .map_err(|e| error("BAD_USER_INPUT", format!("granularity: {e}")))?
+            .secs();
+        let (up, scope) = (s.up.clone(), who(ctx)?.scope());
+        let every = Duration::from_millis(s.limits.poll_ms);
+        let seen: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let state = (up, seen, Vec::<Result<SensorMetric>>::new(), true);
+        Ok(futures::stream::unfold(
+            state,
+            move |(up, mut seen, mut queue, mut first)| {
+                let device = device.id.clone();
+                let sensor_name = sensor_name.clone();
+                let granularity = granularity.clone();
+                let scope = scope.clone();
+                async move {
+                    loop {
+                        if let Some(m) = queue.pop() {
+                            return Some((m, (up, seen, queue, first)));
+                        }
+                        if !first {
+                            tokio::time::sleep(every).await;
+                        }
+                        first = false;
+                        // The device must still be the caller's at every
+                        // poll (it may be deleted or change owner), as in
+                        // `deviceStatus`; both calls run at once.
+                        let mut telemetry = up.telemetry();
+                        let (owned, latest) = tokio::join!(
+                            get_device(&up, scope.clone(), &device),
+                            up.call(
+                                "ingest-writer",
+                                "LatestReadings",
+                                telemetry.latest_readings(v1::LatestReadingsRequest {
+                                    device_uuids: vec![device.clone()],
+                                }),
+                            )
+                        );
+                        match owned {
+                            Ok(_) => {}
+                            // Gone, or no longer the caller's: end.
+                            Err(e) if is_not_found(&e) => return None,
+                            Err(e) => {
+                                queue.push(Err(e));
+                                continue;
+                            }
+                        }
+                        let latest = match latest {
+                            Ok(l) => l.readings,
+                            Err(e) => {
+                                queue.push(Err(e));
+                                continue;
+                            }
+                        };
+                        let oldest =
+                            bucket::floor(Utc::now(), width) - chrono::TimeDelta::seconds(width);
+                        for r in latest {
+                            if sensor_name.as_ref().is_some_and(|n| *n != r.sensor_name) {
+                                continue;
+                            }
+                            let Some(t) = time(r.time.as_ref()) else {
+                                continue;
+                            };
+                            if seen.get(&r.sensor_name) == Some(&t) || t < oldest {
+                                continue;
+                            }
+                            seen.insert(r.sensor_name.clone(), t);
+                            let start = bucket::floor(t, width);
+                            let got = up
+                                .call(
+                                    "ingest-writer",
+                                    "QueryMetrics",
+                                    up.telemetry().query_metrics(v1::QueryMetricsRequest {
+                                        device_uuid: device.clone(),
+                                        sensor_name: r.sensor_name.clone(),
+                                        start: Some(iot_proto::timestamp(start)),
+                                        end: Some(iot_proto::timestamp(
+                                            start + chrono::TimeDelta::seconds(width),
+                                        )),
+                                        granularity: granularity.clone(),
+                                    }),
+                                )
+                                .await;
+                            match got {
+                                Ok(m) => queue.extend(
+                                    m.metrics
+                                        .iter()
+                                        .filter_map(|m| SensorMetric::from(&r.sensor_name, m))
+                                        .map(Ok),
+                                ),
+                                Err(e) => queue.push(Err(e)),
+                            }
+                        }
+                    }
+                }
+            },
+        ))
+    }
+}
