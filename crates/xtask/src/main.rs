@@ -13,10 +13,13 @@
 //!   status  show what runs
 //!   deploy-check  render the k8s overlays and validate them and
 //!           docker-compose.yml against their schemas (part of `test`)
+//!   proto-check  `buf lint` and `buf breaking` (against the last released
+//!           API) on proto/ (part of `test`)
 
 mod deploy;
 mod paths;
 mod proc;
+mod proto;
 mod stack;
 
 use std::process::ExitCode;
@@ -31,11 +34,12 @@ fn main() -> ExitCode {
         "stack" => stack::infra().map(|_| ()),
         "status" => stack::status(),
         "deploy-check" => deploy::check(),
+        "proto-check" => proto::check(),
         "bench" => stack::bench(&args[1..]),
         "faults" => stack::faults(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|down|test|stack|status|deploy-check|faults [--short]|bench ingest|query|graphql|alerts|late>"
+                "usage: cargo xtask <up|down|test|stack|status|deploy-check|proto-check|faults [--short]|bench ingest|query|graphql|alerts|late>"
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS

@@ -428,6 +428,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    crate::proto::check()?;
     crate::deploy::check()?;
     let started = infra()?;
     let mut cmd = cargo();
