@@ -9,14 +9,12 @@
 //! costs no query), and is reloaded from the database.
 
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use iot_kafka::rdkafka::message::Message;
-use iot_proto::Message as _;
 use iot_proto::v1::GetDeviceRequest;
 use iot_runtime::CancellationToken;
 use rust_decimal::Decimal;
@@ -500,22 +498,13 @@ async fn evaluate(
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
     // The writer dead-letters undecodable records; here they are skipped.
-    let Ok(env) = iot_proto::v1::ReadingEnvelope::decode(payload) else {
+    let Ok(env) = iot_proto::reading::decode(payload) else {
         return Ok(());
     };
-    let (Ok(device), Ok(value)) = (
-        Uuid::parse_str(&env.device_uuid),
-        Decimal::from_str(&env.value),
-    ) else {
-        return Ok(());
-    };
+    let (device, value, time) = (env.device_uuid, env.value, env.time);
     metrics.evaluated.inc();
     // The device is heard from: an offline alert resolves.
-    let received = env
-        .received_at
-        .as_ref()
-        .and_then(iot_proto::from_timestamp)
-        .unwrap_or_else(chrono::Utc::now);
+    let received = env.received_at;
     let seen = presence.last_seen.entry(device).or_insert(received);
     *seen = (*seen).max(received);
     if presence.offline.contains(&device) {
@@ -526,11 +515,6 @@ async fn evaluate(
     let Some(rules) = devices.rules(device).await? else {
         return Ok(());
     };
-    let time = env
-        .time
-        .as_ref()
-        .and_then(iot_proto::from_timestamp)
-        .unwrap_or_else(chrono::Utc::now);
     if !ruled.rules.is_empty() {
         evaluate_rules(
             pool,
@@ -604,13 +588,14 @@ async fn evaluate_rules(
     ruled: &mut Ruled,
     device: Uuid,
     facts: &DeviceFacts,
-    env: &iot_proto::v1::ReadingEnvelope,
+    env: &iot_domain::Reading,
     value: Decimal,
     time: chrono::DateTime<chrono::Utc>,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<()> {
     let reading = crate::expr::Reading {
-        value: env.value.parse().unwrap_or(f64::NAN),
+        // Through its text, as the rule language reads numbers.
+        value: env.value.to_string().parse().unwrap_or(f64::NAN),
         sensor_name: &env.sensor_name,
         unit: env.unit.as_deref().unwrap_or_default(),
         quality: env.quality.as_deref().unwrap_or_default(),

@@ -3,20 +3,16 @@
 //! errors are retried with backoff while consumption waits.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use iot_domain::{RejectReason, Rejection};
+use iot_domain::Rejection;
 use iot_kafka::DeadLetters;
 use iot_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use iot_kafka::rdkafka::error::KafkaError;
 use iot_kafka::rdkafka::message::Message;
 use iot_kafka::rdkafka::{Offset, TopicPartitionList};
-use iot_proto::Message as _;
 use iot_runtime::CancellationToken;
-use rust_decimal::Decimal;
-use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::store::{Row, Store};
@@ -32,31 +28,20 @@ pub struct BatchSettings {
 /// writer). The gateway validates before it produces, but the topic may
 /// have other producers.
 pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
-    let bad = |what: String| Rejection::new(RejectReason::Undecodable, what);
-    let env = iot_proto::v1::ReadingEnvelope::decode(payload)
-        .map_err(|e| bad(format!("not a ReadingEnvelope: {e}")))?;
-    let device_id = Uuid::parse_str(&env.device_uuid)
-        .map_err(|e| bad(format!("device_uuid {:?}: {e}", env.device_uuid)))?;
-    let value =
-        Decimal::from_str(&env.value).map_err(|e| bad(format!("value {:?}: {e}", env.value)))?;
-    let time = env
-        .time
-        .as_ref()
-        .and_then(iot_proto::from_timestamp)
-        .ok_or_else(|| bad("missing or invalid time".into()))?;
+    let r = iot_proto::reading::decode(payload)?;
     let value = iot_domain::validate::check_storable(
-        &env.sensor_name,
-        value,
-        env.unit.as_deref(),
-        env.quality.as_deref(),
+        &r.sensor_name,
+        r.value,
+        r.unit.as_deref(),
+        r.quality.as_deref(),
     )?;
     Ok(Row {
-        time,
-        device_id,
-        sensor_name: env.sensor_name,
+        time: r.time,
+        device_id: r.device_uuid,
+        sensor_name: r.sensor_name,
         value,
-        unit: env.unit,
-        quality: env.quality,
+        unit: r.unit,
+        quality: r.quality,
     })
 }
 
@@ -342,6 +327,10 @@ fn store_offsets(consumer: &Kafka, offsets: &BTreeMap<(String, i32), i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iot_domain::RejectReason;
+    use iot_proto::Message as _;
+    use rust_decimal::Decimal;
+    use uuid::Uuid;
 
     #[test]
     fn poison_records_are_rejected_with_reason() {

@@ -26,7 +26,6 @@ mod query;
 use std::time::{Duration, Instant};
 
 use futures::pin_mut;
-use iot_proto::Message as _;
 use procs::Service;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -216,18 +215,18 @@ async fn writer_drain(ctx: &Ctx) -> (f64, u64) {
     let producer = kafka.producer("bench").unwrap();
     for chunk in rows(ctx.rows).chunks(2000) {
         let sends = chunk.iter().map(|(t, d, s, v)| {
-            let env = iot_proto::v1::ReadingEnvelope {
-                device_uuid: d.to_string(),
+            let reading = iot_domain::Reading {
+                device_uuid: *d,
                 device_id: d.to_string(),
                 sensor_name: s.clone(),
-                value: v.to_string(),
-                time: Some(iot_proto::timestamp(*t)),
-                received_at: Some(iot_proto::timestamp(*t)),
-                source: "bench".into(),
-                ..Default::default()
+                value: *v,
+                time: *t,
+                unit: None,
+                quality: None,
+                received_at: *t,
             };
-            let bytes = env.encode_to_vec();
-            let key = env.device_uuid;
+            let bytes = iot_proto::reading::encode(&reading, "bench");
+            let key = iot_proto::reading::key(&reading);
             let producer = &producer;
             let topic = &kafka.readings_topic;
             async move {

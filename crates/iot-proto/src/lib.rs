@@ -12,6 +12,8 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/iot_descriptor.bin"));
 
+pub mod reading;
+
 pub use prost::Message;
 pub use prost_types::Timestamp;
 
@@ -210,26 +212,6 @@ pub async fn alerts_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_round_trips() {
-        let t = chrono::DateTime::from_timestamp(1_800_000_000, 123_000_000).unwrap();
-        let env = v1::ReadingEnvelope {
-            device_uuid: "3f1c".into(),
-            device_id: "dev-1".into(),
-            sensor_name: "temperature".into(),
-            value: "23.5".into(),
-            time: Some(timestamp(t)),
-            unit: Some("C".into()),
-            quality: None,
-            received_at: Some(timestamp(t)),
-            source: "mqtt".into(),
-        };
-        let bytes = env.encode_to_vec();
-        let back = v1::ReadingEnvelope::decode(bytes.as_slice()).unwrap();
-        assert_eq!(back, env);
-        assert_eq!(from_timestamp(back.time.as_ref().unwrap()), Some(t));
-    }
 
     #[test]
     fn keyset_cursors_round_trip() {

@@ -10,7 +10,6 @@ use iot_kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use iot_kafka::rdkafka::message::{Header, OwnedHeaders};
 use iot_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use iot_kafka::{DeadLetterError, DeadLetters};
-use iot_proto::Message as _;
 
 use crate::directory::Directory;
 use crate::metrics::Metrics;
@@ -288,22 +287,12 @@ impl Pipeline {
     /// future resolves with Kafka's delivery report. `QueueFull` when the
     /// producer's bounded local queue has no room now.
     fn try_enqueue(&self, r: &Reading, door: Door) -> Result<DeliveryFuture, KafkaError> {
-        let envelope = iot_proto::v1::ReadingEnvelope {
-            device_uuid: r.device_uuid.to_string(),
-            device_id: r.device_id.clone(),
-            sensor_name: r.sensor_name.clone(),
-            value: r.value.to_string(),
-            time: Some(iot_proto::timestamp(r.time)),
-            unit: r.unit.clone(),
-            quality: r.quality.clone(),
-            received_at: Some(iot_proto::timestamp(r.received_at)),
-            source: door.as_str().to_owned(),
-        };
-        let bytes = envelope.encode_to_vec();
+        let bytes = iot_proto::reading::encode(r, door.as_str());
+        let key = iot_proto::reading::key(r);
         // The reading's trace goes on in the writer and alert-engine.
         let traceparent = iot_telemetry::trace::traceparent();
         let mut record = FutureRecord::to(&self.readings_topic)
-            .key(envelope.device_uuid.as_bytes())
+            .key(key.as_bytes())
             .payload(&bytes)
             .timestamp(r.time.timestamp_millis());
         if let Some(tp) = &traceparent {
