@@ -89,7 +89,7 @@ impl RegistryService {
     /// The device `id` (UUID or external id) if `owner` may see it.
     async fn find(&self, id: &str, owner: Option<Uuid>) -> Result<v1::Device, RegistryError> {
         if id.is_empty() {
-            return Err(RegistryError::Invalid(vec!["id is empty".into()]));
+            return Err(RegistryError::Invalid(vec!["id: is empty".into()]));
         }
         store::get(&self.pool, id, owner)
             .await?
@@ -193,7 +193,7 @@ impl DeviceRegistry for RegistryService {
         if let Some(s) = req.status.as_deref()
             && !STATUSES.contains(&s)
         {
-            p.push(format!("status {s:?} must be one of {STATUSES:?}"));
+            p.push(format!("status: {s:?} must be one of {STATUSES:?}"));
         }
         let ids: Option<Vec<Uuid>> =
             (!req.ids.is_empty()).then(|| uuid_list("ids", &req.ids, &mut p));
@@ -202,7 +202,7 @@ impl DeviceRegistry for RegistryService {
         } else {
             let parsed = iot_proto::parse_keyset_cursor(&req.cursor);
             if parsed.is_none() {
-                p.push("cursor is not a cursor this API returned".into());
+                p.push("cursor: is not a cursor this API returned".into());
             }
             parsed
         };
@@ -300,13 +300,13 @@ impl DeviceRegistry for RegistryService {
         let change = store::ConfigChange {
             read_interval: req.read_interval.inspect(|n| {
                 if *n <= 0 {
-                    p.push("config.read_interval must be positive".into());
+                    p.push("config.read_interval: must be positive".into());
                 }
             }),
             data_retention_days: req.data_retention_days.inspect(|n| {
                 if !(1..=MAX_RETENTION_DAYS).contains(n) {
                     p.push(format!(
-                        "config.data_retention_days must be in 1..={MAX_RETENTION_DAYS}"
+                        "config.data_retention_days: must be in 1..={MAX_RETENTION_DAYS}"
                     ));
                 }
             }),
@@ -387,7 +387,7 @@ impl DeviceRegistry for RegistryService {
         for (i, a) in request.into_inner().devices.into_iter().enumerate() {
             let Ok(id) = Uuid::parse_str(&a.device_uuid) else {
                 p.push(format!(
-                    "devices[{i}].device_uuid {:?} is not a UUID",
+                    "devices[{i}].device_uuid: {:?} is not a UUID",
                     a.device_uuid
                 ));
                 continue;
@@ -480,9 +480,9 @@ impl DeviceRegistry for RegistryService {
 
 fn check_len(problems: &mut Vec<String>, field: &str, value: &str, max: usize, required: bool) {
     if required && value.trim().is_empty() {
-        problems.push(format!("{field} is required"));
+        problems.push(format!("{field}: is required"));
     } else if value.chars().count() > max {
-        problems.push(format!("{field} is longer than {max} characters"));
+        problems.push(format!("{field}: is longer than {max} characters"));
     }
 }
 
@@ -496,11 +496,11 @@ fn parse_coord(
     match Decimal::from_str(v) {
         Ok(d) if d.abs() <= Decimal::from(limit) => Some(d),
         Ok(_) => {
-            problems.push(format!("{field} {v} is outside [-{limit}, {limit}]"));
+            problems.push(format!("{field}: {v} is outside [-{limit}, {limit}]"));
             None
         }
         Err(_) => {
-            problems.push(format!("{field} {v:?} is not a decimal number"));
+            problems.push(format!("{field}: {v:?} is not a decimal number"));
             None
         }
     }
@@ -515,7 +515,7 @@ fn parse_json(
     match serde_json::from_str(v) {
         Ok(json) => Some(json),
         Err(e) => {
-            problems.push(format!("{field} is not valid JSON: {e}"));
+            problems.push(format!("{field}: is not valid JSON: {e}"));
             None
         }
     }
@@ -570,7 +570,7 @@ async fn watch(
 
 fn check_status(problems: &mut Vec<String>, status: &str) {
     if !STATUSES.contains(&status) {
-        problems.push(format!("status {status:?} must be one of {STATUSES:?}"));
+        problems.push(format!("status: {status:?} must be one of {STATUSES:?}"));
     }
 }
 
@@ -585,7 +585,7 @@ fn parse_thresholds(
     let before = problems.len();
     match json.as_object() {
         None => problems.push(format!(
-            "{field} must be an object of sensor name to {{min?, max?}}"
+            "{field}: must be an object of sensor name to {{min?, max?}}"
         )),
         Some(sensors) => {
             for (sensor, limits) in sensors {
@@ -594,11 +594,11 @@ fn parse_thresholds(
                     problems.push(format!("{at}: {sensor:?} is not a valid sensor name"));
                 }
                 let Some(limits) = limits.as_object() else {
-                    problems.push(format!("{at} must be an object {{min?, max?}}"));
+                    problems.push(format!("{at}: must be an object {{min?, max?}}"));
                     continue;
                 };
                 for key in limits.keys().filter(|k| *k != "min" && *k != "max") {
-                    problems.push(format!("{at}.{key} is not min or max"));
+                    problems.push(format!("{at}.{key}: is not min or max"));
                 }
                 let num = |k: &str| match limits.get(k) {
                     None => Ok(None),
@@ -608,9 +608,9 @@ fn parse_thresholds(
                     (Ok(Some(lo)), Ok(Some(hi))) if lo > hi => {
                         problems.push(format!("{at}: min {lo} is greater than max {hi}"));
                     }
-                    (Ok(None), Ok(None)) => problems.push(format!("{at} needs min or max")),
+                    (Ok(None), Ok(None)) => problems.push(format!("{at}: needs min or max")),
                     (Err(k), _) | (_, Err(k)) => {
-                        problems.push(format!("{at}.{k} must be a number"));
+                        problems.push(format!("{at}.{k}: must be a number"));
                     }
                     _ => {}
                 }
@@ -629,13 +629,13 @@ fn validate_sensors(problems: &mut Vec<String>, sensors: Vec<v1::Sensor>) -> Vec
             let at = format!("sensors[{i}]");
             if !iot_domain::validate::is_valid_sensor_name(&s.sensor_name) {
                 problems.push(format!(
-                    "{at}.sensor_name {:?} is not 1-100 of [A-Za-z0-9_.-]",
+                    "{at}.sensor_name: {:?} is not 1-100 of [A-Za-z0-9_.-]",
                     s.sensor_name
                 ));
             }
             if !seen.insert(s.sensor_name.clone()) {
                 problems.push(format!(
-                    "{at}.sensor_name {:?} is declared twice",
+                    "{at}.sensor_name: {:?} is declared twice",
                     s.sensor_name
                 ));
             }
@@ -651,7 +651,7 @@ fn validate_sensors(problems: &mut Vec<String>, sensors: Vec<v1::Sensor>) -> Vec
                 .and_then(|a| match Decimal::from_str(a) {
                     Ok(d) if d.abs() < Decimal::from(1000) && d.scale() <= 2 => Some(d),
                     _ => {
-                        problems.push(format!("{at}.accuracy {a:?} does not fit NUMERIC(5,2)"));
+                        problems.push(format!("{at}.accuracy: {a:?} does not fit NUMERIC(5,2)"));
                         None
                     }
                 });
@@ -674,16 +674,16 @@ fn validate_create(
     let mut p = Vec::new();
     check_len(&mut p, "device_id", &req.device_id, 100, true);
     if req.device_id.contains(['/', '+', '#']) {
-        p.push("device_id must not contain '/', '+' or '#' (it is an MQTT topic level)".into());
+        p.push("device_id: must not contain '/', '+' or '#' (it is an MQTT topic level)".into());
     }
     if Uuid::parse_str(&req.device_id).is_ok() {
         // A topic names a device by device_id or platform UUID; a device_id
         // shaped like a UUID could publish as another owner's device.
-        p.push("device_id must not be a UUID (platform ids are UUIDs)".into());
+        p.push("device_id: must not be a UUID (platform ids are UUIDs)".into());
     }
     if req.device_id.starts_with("platform.") {
         p.push(
-            "device_id must not start with \"platform.\" (reserved for platform accounts)".into(),
+            "device_id: must not start with \"platform.\" (reserved for platform accounts)".into(),
         );
     }
     check_len(&mut p, "name", &req.name, 255, true);
@@ -699,13 +699,13 @@ fn validate_create(
         Uuid::parse_str(&req.owner_id)
             .map(Some)
             .unwrap_or_else(|_| {
-                p.push(format!("owner_id {:?} is not a UUID", req.owner_id));
+                p.push(format!("owner_id: {:?} is not a UUID", req.owner_id));
                 None
             })
     };
     let owner_id = match (caller, requested) {
         (Some(c), Some(r)) if c != r => {
-            p.push("owner_id is not the caller's owner".into());
+            p.push("owner_id: is not the caller's owner".into());
             c
         }
         (Some(c), _) => c,
@@ -724,14 +724,14 @@ fn validate_create(
         cfg.read_interval
     };
     if read_interval < 0 {
-        p.push("config.read_interval must be positive".into());
+        p.push("config.read_interval: must be positive".into());
     }
     if cfg
         .data_retention_days
         .is_some_and(|d| !(1..=MAX_RETENTION_DAYS).contains(&d))
     {
         p.push(format!(
-            "config.data_retention_days must be in 1..={MAX_RETENTION_DAYS}"
+            "config.data_retention_days: must be in 1..={MAX_RETENTION_DAYS}"
         ));
     }
     let alert_threshold = parse_thresholds(

@@ -408,6 +408,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     });
     let e = c.create_device(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    let violations = iot_proto::field_violations(&e);
     for field in [
         "latitude",
         "longitude",
@@ -416,6 +417,10 @@ async fn bad_input_names_the_field_and_writes_nothing() {
         "config.alert_threshold_json.temperature",
     ] {
         assert!(e.message().contains(field), "{field}: {}", e.message());
+        assert!(
+            violations.iter().any(|(f, _)| f == field),
+            "{field}: {violations:?}"
+        );
     }
     assert_eq!(
         c.get_device(GetDeviceRequest { id: "bad-1".into() })
@@ -434,7 +439,10 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     });
     let e = c.create_device(sneaky).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    for field in ["device_id must not be a UUID", "config.data_retention_days"] {
+    for field in [
+        "device_id: must not be a UUID",
+        "config.data_retention_days",
+    ] {
         assert!(e.message().contains(field), "{field}: {}", e.message());
     }
     let e = c

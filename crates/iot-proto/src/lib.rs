@@ -268,7 +268,7 @@ fn split_field(problem: &str) -> (&str, &str) {
             if !field.is_empty()
                 && field
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)) =>
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-[]".contains(c)) =>
         {
             (field, what)
         }
