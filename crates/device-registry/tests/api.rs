@@ -17,7 +17,7 @@ const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr:
 
 struct Registry {
     url: String,
-    db: String,
+    db: kit::TestDb,
     _stop: StopOnDrop,
 }
 

@@ -71,8 +71,67 @@ pub fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// Creates an empty database of its own for one test; returns its URL.
-pub async fn empty_database() -> String {
+/// A database of one test, dropped when the test is done with it: a passing
+/// run of the suite leaves no database behind. A failing test (one that
+/// panics) keeps its database for a look, and says which it is.
+pub struct TestDb {
+    url: String,
+    name: String,
+}
+
+impl TestDb {
+    /// Its connection URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for TestDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping the failed test's database {}", self.name);
+            return;
+        }
+        // On a thread of its own: Drop may run inside the test's runtime,
+        // which cannot block on another future.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let (client, conn) =
+                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                // FORCE: services of the test may still hold connections.
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("cannot drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// Creates an empty database of its own for one test.
+pub async fn empty_database() -> TestDb {
     let admin = admin_database_url();
     let name = format!("iot_test_{}", unique());
     let base = admin.rsplit_once('/').expect("database URL has a path").0;
@@ -82,16 +141,16 @@ pub async fn empty_database() -> String {
             .await
             .expect("create test database")
     );
-    url
+    TestDb { url, name }
 }
 
 /// A migrated database of its own for one test.
-pub async fn migrated_database() -> String {
-    let url = empty_database().await;
-    iot_db::migrate(&url, iot_db::BackendChoice::Auto)
+pub async fn migrated_database() -> TestDb {
+    let db = empty_database().await;
+    iot_db::migrate(&db, iot_db::BackendChoice::Auto)
         .await
         .expect("migrate test database");
-    url
+    db
 }
 
 /// The storage backends the test server can run: plain PostgreSQL always,
@@ -115,13 +174,13 @@ pub async fn backends() -> Vec<iot_db::Backend> {
 }
 
 /// A database of its own migrated with the given backend.
-pub async fn migrated_database_with(backend: iot_db::Backend) -> String {
-    let url = empty_database().await;
-    let report = iot_db::migrate(&url, iot_db::BackendChoice::Force(backend))
+pub async fn migrated_database_with(backend: iot_db::Backend) -> TestDb {
+    let db = empty_database().await;
+    let report = iot_db::migrate(&db, iot_db::BackendChoice::Force(backend))
         .await
         .expect("migrate test database");
     assert_eq!(report.backend, backend);
-    url
+    db
 }
 
 /// Kafka settings with topics of the test's own.

@@ -91,7 +91,7 @@ async fn a_service_refuses_an_unmigrated_database() {
     let db = kit::empty_database().await;
     let err = device_registry::start(
         device_registry::Config {
-            database_url: db,
+            database_url: db.to_string(),
             grpc_addr: ANY,
             admin_addr: ANY,
             ..Default::default()

@@ -441,7 +441,17 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
         .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
         .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"));
+    let before = test_databases();
     let mut result = proc::run(&mut cmd);
+    // Tests drop the databases they create (a failing one keeps its own).
+    if result.is_ok()
+        && let (Some(before), Some(after)) = (before, test_databases())
+    {
+        let left: Vec<&String> = after.iter().filter(|d| !before.contains(*d)).collect();
+        if !left.is_empty() {
+            result = Err(format!("the suite left test databases behind: {left:?}").into());
+        }
+    }
     stop_infra(&started);
     // The fault suite restarts PostgreSQL, Mosquitto and Kafka: it runs
     // alone, after the whole suite (not after a filtered run), on processes
@@ -450,6 +460,26 @@ pub fn test(extra: &[String]) -> Result<()> {
         result = faults(&["--short".to_owned()]);
     }
     result
+}
+
+/// The test databases (`iot_test_*`) on the test server; `None` when it
+/// cannot be asked (no `psql`).
+fn test_databases() -> Option<Vec<String>> {
+    let out = Command::new("psql")
+        .args([
+            TEST_ADMIN_URL,
+            "-Atc",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'iot\\_test\\_%'",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// `cargo xtask bench ingest`: release build, stack up, run the program.

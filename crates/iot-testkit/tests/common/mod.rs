@@ -13,7 +13,7 @@ use iot_testkit as kit;
 pub const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 pub struct Platform {
-    pub db: String,
+    pub db: kit::TestDb,
     /// Every MQTT topic of this platform is under `{root}/`.
     pub root: String,
     pub kafka: iot_kafka::KafkaConfig,
