@@ -154,6 +154,14 @@ pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
     }
 }
 
+/// A new webhook secret: 256 random bits (the thread's CSPRNG, seeded by
+/// the OS), 64 lower-case hex digits.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn parse_id(field: &str, s: &str, p: &mut Vec<String>) -> Option<Uuid> {
     Uuid::parse_str(s)
         .map_err(|_| p.push(format!("{field}: {s:?} is not a UUID")))
@@ -585,7 +593,7 @@ impl Alerts for AlertsService {
         }
         invalid(p)?;
         let secret = if w.secret.is_empty() {
-            format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+            new_secret()
         } else {
             w.secret
         };
@@ -660,5 +668,23 @@ impl Alerts for AlertsService {
         self.delete_owned("alert_webhooks", "webhook", &request.into_inner().id, scope)
             .await?;
         Ok(Response::new(v1::DeleteWebhookResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_are_256_random_bits_in_hex() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_ne!(a, b);
+        for s in [&a, &b] {
+            assert_eq!(s.len(), 64, "{s}");
+            assert!(
+                s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{s}"
+            );
+        }
     }
 }

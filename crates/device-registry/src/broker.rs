@@ -294,29 +294,25 @@ fn deliver(pending: &Pending, payload: &[u8]) {
     }
 }
 
-/// A new random password: 32 bytes from the OS generator (through UUID v4,
-/// 244 random bits), URL-safe base64.
+/// A new random password: 256 random bits (the thread's CSPRNG, seeded by
+/// the OS), URL-safe base64 (43 characters).
 pub fn new_password() -> String {
     let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(Uuid::new_v4().as_bytes());
-    bytes[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    rand::fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// What the registry keeps of a password: `sha256$salt$digest`. The
-/// passwords are random 244-bit secrets, so a salted fast hash suffices (no
-/// dictionary to slow down).
+/// What the registry keeps of a password: `sha256$salt$digest`, the salt
+/// 16 random bytes. The passwords are random 256-bit secrets, so a salted
+/// fast hash suffices (no dictionary to slow down).
 pub fn hash_password(password: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-    let salt = Uuid::new_v4();
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt);
     let mut h = sha2::Sha256::new();
-    h.update(salt.as_bytes());
+    h.update(salt);
     h.update(password.as_bytes());
-    format!(
-        "sha256${}${}",
-        b64.encode(salt.as_bytes()),
-        b64.encode(h.finalize())
-    )
+    format!("sha256${}${}", b64.encode(salt), b64.encode(h.finalize()))
 }
 
 /// Whether `password` matches a stored `hash_password` value.
@@ -346,8 +342,13 @@ mod tests {
         let (a, b) = (new_password(), new_password());
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        assert_eq!(b64.decode(&a).unwrap().len(), 32);
         let h = hash_password(&a);
         assert!(!h.contains(&a));
+        let salt = h.split('$').nth(1).unwrap();
+        let salt = base64::engine::general_purpose::STANDARD_NO_PAD.decode(salt);
+        assert_eq!(salt.unwrap().len(), 16);
         assert!(verify_password(&a, &h));
         assert!(!verify_password(&b, &h));
         assert_ne!(hash_password(&a), h, "salted");

@@ -3,9 +3,9 @@
 //! development mode, `/healthz` and `/readyz`. Authentication and the
 //! per-caller rate limit happen here, before a query runs.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
@@ -17,6 +17,8 @@ use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use governor::clock::Clock as _;
+use governor::{DefaultKeyedRateLimiter, InsufficientCapacity, Quota};
 use iot_telemetry::Readiness;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
@@ -96,9 +98,9 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     };
     let n = match &batch {
         async_graphql::BatchRequest::Single(_) => 1,
-        async_graphql::BatchRequest::Batch(v) => v.len(),
+        async_graphql::BatchRequest::Batch(v) => u32::try_from(v.len()).unwrap_or(u32::MAX),
     };
-    if let Err(wait) = s.limiter.take(&who.name, n as f64) {
+    if let Err(wait) = s.limiter.take(&who.name, n) {
         s.metrics
             .requests
             .with_label_values(&["rate_limited"])
@@ -108,7 +110,7 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             "RATE_LIMITED",
             "too many requests; slow down",
         );
-        if let Ok(v) = wait.ceil().max(1.0).to_string().parse() {
+        if let Ok(v) = wait.as_secs_f64().ceil().max(1.0).to_string().parse() {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
         return r;
@@ -196,7 +198,7 @@ async fn ws(
                         .from_init_payload(&payload, from_headers.as_ref())
                         .map_err(|e| async_graphql::Error::new(e.to_string()))?;
                     limiter
-                        .take(&who.name, 1.0)
+                        .take(&who.name, 1)
                         .map_err(|_| async_graphql::Error::new("too many requests; slow down"))?;
                     // Every operation on the connection is charged too.
                     let quota = WsQuota {
@@ -238,7 +240,7 @@ impl async_graphql::extensions::Extension for WsRateLimit {
         next: async_graphql::extensions::NextPrepareRequest<'_>,
     ) -> async_graphql::ServerResult<async_graphql::Request> {
         if let Some(q) = ctx.data_opt::<WsQuota>()
-            && q.limiter.take(&q.caller, 1.0).is_err()
+            && q.limiter.take(&q.caller, 1).is_err()
         {
             let e = crate::upstream::error("RATE_LIMITED", "too many requests; slow down");
             return Err(e.into_server_error(async_graphql::Pos::default()));
@@ -247,43 +249,77 @@ impl async_graphql::extensions::Extension for WsRateLimit {
     }
 }
 
-/// Per-caller token buckets.
+/// Per-caller token buckets (GCRA, as `governor` does it): `per_sec`
+/// tokens a second, at most `burst` at once.
 pub struct RateLimiter {
-    per_sec: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// The time one token takes to come back.
+    period: Duration,
+    burst: u32,
 }
 
 impl RateLimiter {
     pub fn new(per_sec: f64, burst: f64) -> Self {
+        // The configuration is checked (`per_sec` > 0, `burst` >= 1);
+        // whatever it holds, the quota stays one governor can keep (a
+        // bucket's whole capacity in nanoseconds fits in a u64).
+        let burst = (burst.clamp(1.0, f64::from(u32::MAX)) as u32).max(1);
+        let longest = Duration::from_nanos(u64::MAX / 2 / u64::from(burst));
+        let period = Duration::try_from_secs_f64(per_sec.recip())
+            .unwrap_or(longest)
+            .clamp(Duration::from_nanos(1), longest);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Self {
-            per_sec,
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            period,
             burst,
-            buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes `n` tokens of `who`'s bucket, or says how many seconds until
-    /// there are enough.
-    pub fn take(&self, who: &str, n: f64) -> Result<(), f64> {
-        let now = Instant::now();
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if b.len() > 100_000 {
-            // Forget full buckets rather than grow without bound.
-            let burst = self.burst;
-            let per_sec = self.per_sec;
-            b.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < burst
-            });
+    /// Takes `n` tokens of `who`'s bucket, or says how long until there
+    /// are enough. `n` above the burst never fits; the wait told then is
+    /// for the tokens a full bucket lacks.
+    pub fn take(&self, who: &str, n: u32) -> Result<(), Duration> {
+        let Some(cells) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        match self.limiter.check_key_n(&who.to_owned(), cells) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.limiter.clock().now())),
+            Err(InsufficientCapacity(_)) => {
+                Err(self.period.saturating_mul(n.saturating_sub(self.burst)))
+            }
         }
-        let (tokens, at) = b.entry(who.to_owned()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
-        *at = now;
-        if *tokens >= n {
-            *tokens -= n;
-            Ok(())
-        } else {
-            Err((n - *tokens) / self.per_sec)
+    }
+
+    /// Forgets callers whose buckets are full again (as good as new), so
+    /// that the map holds only recent callers.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Callers remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Calls [`Self::forget_idle`] every `every` until `shutdown`.
+    pub async fn forget_idle_every(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: iot_runtime::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => self.forget_idle(),
+            }
         }
     }
 }
@@ -326,13 +362,47 @@ mod tests {
     fn token_buckets_refill_at_their_rate() {
         let l = RateLimiter::new(10.0, 3.0);
         for _ in 0..3 {
-            assert!(l.take("a", 1.0).is_ok());
+            assert!(l.take("a", 1).is_ok());
         }
-        let wait = l.take("a", 1.0).unwrap_err();
-        assert!(wait > 0.0 && wait <= 0.1, "{wait}");
+        let wait = l.take("a", 1).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         // Another caller has its own bucket.
-        assert!(l.take("b", 3.0).is_ok());
+        assert!(l.take("b", 3).is_ok());
         std::thread::sleep(std::time::Duration::from_millis(120));
-        assert!(l.take("a", 1.0).is_ok());
+        assert!(l.take("a", 1).is_ok());
+    }
+
+    #[test]
+    fn batches_take_one_token_each_and_never_more_than_the_burst() {
+        let l = RateLimiter::new(10.0, 3.0);
+        assert!(l.take("a", 0).is_ok());
+        assert!(l.take("a", 2).is_ok());
+        // One token left: a batch of two waits for one more.
+        let wait = l.take("a", 2).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert!(l.take("a", 1).is_ok());
+        // More than a full bucket never fits.
+        let wait = l.take("b", 5).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(200));
+        assert!(l.take("b", 3).is_ok(), "the refused batch took nothing");
+    }
+
+    #[test]
+    fn callers_with_full_buckets_are_forgotten() {
+        let l = RateLimiter::new(1000.0, 2.0);
+        assert!(l.take("a", 1).is_ok());
+        assert!(l.take("b", 2).is_ok());
+        assert_eq!(l.len(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        l.forget_idle();
+        assert_eq!(l.len(), 0);
+        // Forgotten is as good as full.
+        assert!(l.take("b", 2).is_ok());
     }
 }

@@ -41,13 +41,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         hub: hub.clone(),
         known: Default::default(),
     });
+    let limiter = Arc::new(http::RateLimiter::new(
+        config.limits.rate_per_sec,
+        config.limits.rate_burst,
+    ));
+    // Callers idle long enough to have full buckets are forgotten, so the
+    // limiter holds only recent callers.
+    tokio::spawn(
+        limiter
+            .clone()
+            .forget_idle_every(Duration::from_secs(60), shutdown.clone()),
+    );
     let state = http::AppState {
         schema,
         auth: Arc::new(Authenticator::new(&config.auth)?),
-        limiter: Arc::new(http::RateLimiter::new(
-            config.limits.rate_per_sec,
-            config.limits.rate_burst,
-        )),
+        limiter,
         ready: skeleton.ready.clone(),
         up: up.clone(),
         metrics: http::HttpMetrics::new(&skeleton.registry)?,

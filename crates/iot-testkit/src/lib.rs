@@ -318,32 +318,27 @@ pub async fn http_post_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect http");
-    let mut head = format!(
-        "POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut request = http_client()
+        .post(format!("http://{addr}{path}"))
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body.to_vec());
     for (k, v) in headers {
-        head += &format!("{k}: {v}\r\n");
+        request = request.header(*k, *v);
     }
-    head += "\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let response = request.send().await.expect("send http request");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("read http answer"))
+}
+
+/// An HTTP client for one request to a test server: no proxy, and no
+/// connection kept open afterwards (each test has its own runtime, and a
+/// service under test must be free to stop).
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client")
 }
 
 /// Decodes every dead letter on `topic` (waiting for at least `n`).
@@ -381,18 +376,64 @@ pub async fn device_rows(db: &tokio_postgres::Client, device: uuid::Uuid) -> i64
     .get(0)
 }
 
-/// GETs an admin endpoint path (e.g. `/metrics`) and returns the body.
+/// GETs an admin endpoint path (e.g. `/metrics`) and returns the body,
+/// whatever the status.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    http_client()
+        .get(format!("http://{addr}{path}"))
+        .send()
         .await
-        .expect("connect admin");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .expect("connect admin")
+        .text()
         .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+        .expect("read admin answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+
+    #[tokio::test]
+    async fn http_helpers_give_the_status_and_the_body() {
+        let header = |h: &HeaderMap, name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let app = axum::Router::new()
+            .route("/readyz", get(|| async { "ready" }))
+            .route(
+                "/down",
+                get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }),
+            )
+            .route(
+                "/echo",
+                post(move |h: HeaderMap, body: String| async move {
+                    let answer = format!(
+                        "{} {} {body}",
+                        header(&h, "content-type"),
+                        header(&h, "x-extra")
+                    );
+                    (StatusCode::ACCEPTED, answer)
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        assert_eq!(super::http_get(addr, "/readyz").await, "ready");
+        assert_eq!(super::http_get(addr, "/down").await, "not ready");
+        assert_eq!(
+            super::http_post(addr, "/echo", "application/json", b"{}").await,
+            (202, "application/json - {}".to_owned())
+        );
+        assert_eq!(
+            super::http_post_with(addr, "/echo", "text/plain", &[("X-Extra", "yes")], b"hi").await,
+            (202, "text/plain yes hi".to_owned())
+        );
+        let (status, _) = super::http_post(addr, "/nowhere", "text/plain", b"").await;
+        assert_eq!(status, 404);
+    }
 }

@@ -3,7 +3,7 @@
 //! `--sensors` sensors whose values follow a sine curve plus noise, with
 //! occasional out-of-range spikes (which the gateway must dead-letter).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -281,6 +281,14 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
     let show = !args.quiet;
     let tty = std::io::stderr().is_terminal();
     let end = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
+    // The readings the run is to send, when it knows.
+    let goal = (args.count > 0).then_some(args.count).or_else(|| {
+        (args.duration > 0)
+            .then_some((total_rate * args.duration as f64) as u64)
+            .filter(|g| *g > 0)
+    });
+    // On a terminal, a progress bar; elsewhere (a log), a line now and then.
+    let bar = (show && tty).then(|| progress_bar(goal));
     let mut tick = tokio::time::interval(Duration::from_millis(if tty { 500 } else { 5000 }));
     let mut last = (Instant::now(), 0u64);
     // Ends as soon as every connection is done (not at the next tick), so
@@ -302,35 +310,37 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
             let readings = counters.readings.load(Ordering::Relaxed);
             let rate = (readings - last.1) as f64 / last.0.elapsed().as_secs_f64();
             last = (Instant::now(), readings);
-            let goal = (args.count > 0).then_some(args.count).or_else(|| {
-                (args.duration > 0)
-                    .then_some((total_rate * args.duration as f64) as u64)
-                    .filter(|g| *g > 0)
-            });
-            let bar = goal.map_or(String::new(), |g| {
-                let filled = ((readings as f64 / g as f64).min(1.0) * 30.0) as usize;
-                format!("[{}{}] ", "#".repeat(filled), ".".repeat(30 - filled))
-            });
-            let line = format!(
-                "{bar}{readings} readings, {} acked, {} errors, {:.0}/s",
+            let status = format!(
+                "{} acked, {} errors, {:.0}/s",
                 counters.acked.load(Ordering::Relaxed),
                 counters.errors.load(Ordering::Relaxed),
                 rate
             );
-            if tty {
-                eprint!("\r{line}   ");
-                let _ = std::io::stderr().flush();
-            } else {
-                eprintln!("{line}");
+            match &bar {
+                Some(bar) => {
+                    // A goal from --duration is an estimate: past it, the
+                    // bar stays full and the count goes on.
+                    if bar.length().is_some_and(|l| readings > l) {
+                        bar.set_length(readings);
+                    }
+                    bar.set_position(readings);
+                    bar.set_message(status);
+                }
+                None => {
+                    let done = goal.map_or(String::new(), |g| {
+                        format!("{:.0}% ", (readings as f64 / g as f64).min(1.0) * 100.0)
+                    });
+                    eprintln!("{done}{readings} readings, {status}");
+                }
             }
         }
     };
     let elapsed = started.elapsed();
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     for r in results {
         r??;
-    }
-    if show && tty {
-        eprintln!();
     }
     Ok(Summary {
         messages: counters.messages.load(Ordering::Relaxed),
@@ -339,6 +349,22 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         errors: counters.errors.load(Ordering::Relaxed),
         elapsed,
     })
+}
+
+/// The terminal's progress bar: readings sent out of `goal` (a counter
+/// when there is none), then the status message.
+fn progress_bar(goal: Option<u64>) -> indicatif::ProgressBar {
+    let (bar, template) = match goal {
+        Some(g) => (
+            indicatif::ProgressBar::new(g),
+            "[{bar:30}] {pos} readings, {msg}",
+        ),
+        None => (indicatif::ProgressBar::no_length(), "{pos} readings, {msg}"),
+    };
+    let style = indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("#.");
+    bar.with_style(style)
 }
 
 #[allow(clippy::too_many_arguments)]
