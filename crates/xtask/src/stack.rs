@@ -449,7 +449,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     {
         let left: Vec<&String> = after.iter().filter(|d| !before.contains(*d)).collect();
         if !left.is_empty() {
-            result = Err(format!("the suite left test databases behind: {left:?}").into());
+            result = Err(format!("the suite left test databases behind: {left:?}"));
         }
     }
     stop_infra(&started);
