@@ -27,6 +27,8 @@ struct Env {
     db: tokio_postgres::Client,
     store: Store,
     api: TelemetryClient<Channel>,
+    /// Dropped (with the database) when the test ends.
+    _db: kit::TestDb,
 }
 
 /// A database of its own with `backend`, the writer's store on it, and the
@@ -49,6 +51,7 @@ async fn env(backend: Backend) -> Env {
         db: kit::connect(&url).await,
         store,
         api,
+        _db: url,
     }
 }
 
