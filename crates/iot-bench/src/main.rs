@@ -89,12 +89,39 @@ struct Ctx {
 
 async fn fresh_db(ctx: &Ctx) -> String {
     let base = ctx.admin_db.rsplit_once('/').unwrap().0;
-    let url = format!("{base}/iot_bench_{}", unique());
+    let name = format!("iot_bench_{}", unique());
+    let url = format!("{base}/{name}");
     iot_db::ensure_database(&url).await.unwrap();
+    CREATED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(name);
     iot_db::migrate(&url, iot_db::BackendChoice::Auto)
         .await
         .unwrap();
     url
+}
+
+/// The databases [`fresh_db`] made, dropped when the program ends.
+static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Drops what [`fresh_db`] made (services of a phase may still hold
+/// connections: FORCE).
+async fn drop_fresh_dbs(admin_db: &str) {
+    let names = std::mem::take(
+        &mut *CREATED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let admin = connect(admin_db).await;
+    for name in names {
+        if let Err(e) = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+        {
+            eprintln!("cannot drop benchmark database {name}: {e}");
+        }
+    }
 }
 
 /// Readings and dead-letter topics of this phase's own, created.
@@ -579,6 +606,16 @@ async fn probe_latency(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let admin_db = env(
+        "IOT_BENCH_DATABASE_URL",
+        "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+    );
+    let result = run().await;
+    drop_fresh_dbs(&admin_db).await;
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
         ["ingest", "query", "graphql", "alerts", "faults", "late"].contains(&what.as_str()),
