@@ -9,14 +9,14 @@
 //! costs no query), and is reloaded from the database.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use iot_kafka::rdkafka::message::Message;
-use iot_proto::v1::GetDeviceRequest;
 use iot_runtime::CancellationToken;
+use registry_client::DeviceCache;
 use rust_decimal::Decimal;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -36,96 +36,77 @@ pub struct Rules {
     pub facts: DeviceFacts,
 }
 
-/// Rules per device, from the registry.
+/// Rules per device, from the registry: cached until the registry's change
+/// stream reports the device (an unknown device is asked about again).
 pub struct Devices {
-    client: iot_proto::RegistryClient,
-    cache: Mutex<HashMap<Uuid, Arc<Rules>>>,
-    /// Bumped by every change event: an answer fetched while a change
-    /// arrived may predate it and is not cached.
-    epoch: std::sync::atomic::AtomicU64,
+    cache: DeviceCache<Rules>,
 }
+
+/// Devices whose rules are kept; past it, the least likely to be used
+/// again go.
+const MAX_DEVICES: u64 = registry_client::DEFAULT_MAX_CAPACITY;
 
 impl Devices {
     pub fn new(client: iot_proto::RegistryClient) -> Self {
+        let settings = registry_client::Settings {
+            max_capacity: MAX_DEVICES,
+            found_ttl: None,
+            not_found_ttl: Some(Duration::ZERO),
+        };
         Self {
-            client,
-            cache: Mutex::default(),
-            epoch: std::sync::atomic::AtomicU64::new(0),
+            cache: DeviceCache::new(client, settings, Rules::of),
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Rules>>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn client(&self) -> &iot_proto::RegistryClient {
+        self.cache.client()
+    }
+
+    /// Exports the cache's hit and miss counts.
+    pub fn register_metrics(
+        &self,
+        registry: &iot_telemetry::prometheus::Registry,
+    ) -> Result<(), iot_telemetry::prometheus::Error> {
+        self.cache.register_metrics(registry)
     }
 
     /// The device's rules (cached); `None` for a device the registry does
     /// not know.
     pub async fn rules(&self, device: Uuid) -> Result<Option<Arc<Rules>>, tonic::Status> {
-        if let Some(r) = self.cache().get(&device) {
-            return Ok(Some(r.clone()));
-        }
-        let before = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
-        let fresh = self.fetch(device).await?;
-        if let Some(r) = &fresh {
-            let mut cache = self.cache();
-            if self.epoch.load(std::sync::atomic::Ordering::SeqCst) == before {
-                cache.insert(device, r.clone());
-            }
-        }
-        Ok(fresh)
+        self.cache.get_uuid(device).await
     }
 
     /// The device's rules straight from the registry (with its current
     /// heartbeat).
     pub async fn fetch(&self, device: Uuid) -> Result<Option<Arc<Rules>>, tonic::Status> {
-        let mut client = self.client.clone();
-        match client
-            .get_device(GetDeviceRequest {
-                id: device.to_string(),
-            })
-            .await
-        {
-            Ok(d) => {
-                let d = d.into_inner();
-                let config = d.config.unwrap_or_default();
-                Ok(Some(Arc::new(Rules {
-                    thresholds: thresholds::parse(config.alert_threshold_json.as_deref()),
-                    read_interval: (config.read_interval > 0).then_some(config.read_interval),
-                    active: d.status == "active",
-                    last_heartbeat: d
-                        .last_heartbeat
-                        .as_ref()
-                        .and_then(iot_proto::from_timestamp),
-                    facts: DeviceFacts {
-                        owner: Uuid::parse_str(&d.owner_id).ok(),
-                        device_id: d.device_id,
-                        device_type: d.device_type,
-                        location: d.location.unwrap_or_default(),
-                    },
-                })))
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(s),
-        }
+        self.cache.fetch(&device.to_string()).await
     }
 
     /// Drops changed devices from the cache until `shutdown`.
     pub async fn follow_changes(&self, shutdown: CancellationToken) {
-        iot_runtime::follow_device_changes(self.client.clone(), shutdown, |c| {
-            self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            match c.kind.as_str() {
-                "sync" => {}
-                "reset" => self.cache().clear(),
-                _ => {
-                    if let Ok(id) = Uuid::parse_str(&c.device_uuid) {
-                        self.cache().remove(&id);
-                    }
-                }
-            }
-        })
-        .await;
+        self.cache.follow_changes(shutdown).await;
+    }
+}
+
+impl Rules {
+    /// The rules of the registry's `d`.
+    fn of(_: Uuid, d: iot_proto::v1::Device) -> Self {
+        let config = d.config.unwrap_or_default();
+        Rules {
+            thresholds: thresholds::parse(config.alert_threshold_json.as_deref()),
+            read_interval: (config.read_interval > 0).then_some(config.read_interval),
+            active: d.status == "active",
+            last_heartbeat: d
+                .last_heartbeat
+                .as_ref()
+                .and_then(iot_proto::from_timestamp),
+            facts: DeviceFacts {
+                owner: Uuid::parse_str(&d.owner_id).ok(),
+                device_id: d.device_id,
+                device_type: d.device_type,
+                location: d.location.unwrap_or_default(),
+            },
+        }
     }
 }
 
@@ -380,7 +361,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut open = HashSet::new();
-    let mut presence = Presence::load(&pool, &devices.client).await?;
+    let mut presence = Presence::load(&pool, devices.client()).await?;
     let mut ruled = Ruled {
         rules: rules::load(&pool).await?,
         eval: Evaluator::default(),

@@ -66,17 +66,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &skeleton.ready,
         shutdown.clone(),
     )?;
-    let channel = tonic::transport::Endpoint::from_shared(config.registry_url.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
     // A platform service: it reads every owner's device config.
-    let devices = Arc::new(engine::Devices::new(
-        iot_proto::v1::device_registry_client::DeviceRegistryClient::with_interceptor(
-            channel,
-            iot_proto::Scope::Admin,
-        ),
-    ));
+    let devices = Arc::new(engine::Devices::new(registry_client::admin_client(
+        &config.registry_url,
+    )?));
+    devices.register_metrics(&skeleton.registry)?;
     {
         let (d, stop) = (devices.clone(), shutdown.clone());
         tokio::spawn(async move { d.follow_changes(stop).await });

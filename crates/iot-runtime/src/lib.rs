@@ -4,12 +4,10 @@
 //! abort what is left.
 
 pub mod config;
-pub mod device_changes;
 pub mod lifecycle;
 pub mod service;
 
 pub use config::{ConfigError, ServiceConfig, Validate, load_config};
-pub use device_changes::follow_device_changes;
 pub use lifecycle::{config_path_from_args, grpc_incoming, run_until_signal};
 pub use service::{BoxError, Running, ServiceError, Skeleton};
 pub use tokio_util::sync::CancellationToken;

@@ -1,16 +1,18 @@
 //! Device lookups, served from a cache of device-registry answers so that a
-//! message costs no registry call once its device is known.
+//! message costs no registry call once its device is known
+//! ([`registry_client::DeviceCache`]), and device activity coalesced into
+//! `RecordActivity` calls.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use iot_proto::v1::device_registry_client::DeviceRegistryClient;
-use iot_proto::v1::{self, GetDeviceRequest};
-use tonic::transport::Channel;
+use iot_proto::v1;
+use registry_client::DeviceCache;
 use uuid::Uuid;
 
-/// Entries kept before expired ones are swept.
+/// Devices kept in the cache (the least likely to be used again go first),
+/// and a bound on the sensors remembered.
 const MAX_ENTRIES: usize = 100_000;
 
 /// What the gateway needs to know of a device.
@@ -21,17 +23,21 @@ pub struct DeviceInfo {
     pub active: bool,
 }
 
-pub struct Directory {
-    client: iot_proto::RegistryClient,
-    ttl: Duration,
-    unknown_ttl: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
-    activity: Mutex<Activity>,
+impl DeviceInfo {
+    fn of(uuid: Uuid, d: v1::Device) -> Self {
+        Self {
+            uuid,
+            active: d.status == "active",
+            device_id: d.device_id,
+        }
+    }
 }
 
-/// A registry answer and when it came: shared, so that a hit copies no
-/// strings.
-type Cached = (Option<Arc<DeviceInfo>>, Instant);
+pub struct Directory {
+    client: iot_proto::RegistryClient,
+    devices: DeviceCache<DeviceInfo>,
+    activity: Mutex<Activity>,
+}
 
 /// Device activity not yet reported to the registry.
 #[derive(Default)]
@@ -45,34 +51,29 @@ struct Activity {
 }
 
 impl Directory {
+    /// Answers are trusted for `ttl`, "unknown device" for `unknown_ttl`
+    /// (a change at the registry drops them at once).
     pub fn new(registry_url: &str, ttl: Duration, unknown_ttl: Duration) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(registry_url.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        // A platform service: it resolves every owner's devices.
+        let client = registry_client::admin_client(registry_url)?;
+        let settings = registry_client::Settings {
+            max_capacity: MAX_ENTRIES as u64,
+            found_ttl: Some(ttl),
+            not_found_ttl: Some(unknown_ttl),
+        };
         Ok(Self {
-            // A platform service: it resolves every owner's devices.
-            client: DeviceRegistryClient::with_interceptor(channel, iot_proto::Scope::Admin),
-            ttl,
-            unknown_ttl,
-            cache: Mutex::new(HashMap::new()),
+            devices: DeviceCache::new(client.clone(), settings, DeviceInfo::of),
+            client,
             activity: Mutex::default(),
         })
     }
 
-    /// Drops what is cached of a device (after a change at the registry).
-    pub fn forget(&self, uuid: &str, device_id: &str) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|key, (hit, _)| {
-            key != device_id
-                && key != uuid
-                && hit.as_ref().is_none_or(|d| d.uuid.to_string() != uuid)
-        });
-    }
-
-    /// Drops the whole cache.
-    pub fn clear(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    /// Exports the cache's hit and miss counts.
+    pub fn register_metrics(
+        &self,
+        registry: &iot_telemetry::prometheus::Registry,
+    ) -> Result<(), iot_telemetry::prometheus::Error> {
+        self.devices.register_metrics(registry)
     }
 
     /// Notes that `device` just reported readings of `sensors`.
@@ -147,83 +148,14 @@ impl Directory {
     /// Follows the registry's device changes and drops changed devices from
     /// the cache, until `shutdown`.
     pub async fn follow_changes(&self, shutdown: iot_runtime::CancellationToken) {
-        iot_runtime::follow_device_changes(self.client.clone(), shutdown, |change| {
-            match change.kind.as_str() {
-                "sync" => {}
-                "reset" => self.clear(),
-                _ => self.forget(&change.device_uuid, &change.device_id),
-            }
-        })
-        .await;
+        self.devices.follow_changes(shutdown).await;
     }
 
     /// Looks a device up by external id or UUID. `Ok(None)`: not registered.
     /// `Err`: the registry could not answer (the caller retries; the message
     /// is neither accepted nor rejected).
     pub async fn lookup(&self, id: &str) -> Result<Option<Arc<DeviceInfo>>, tonic::Status> {
-        let now = Instant::now();
-        if let Some((hit, at)) = self.cache_get(id) {
-            let ttl = if hit.is_some() {
-                self.ttl
-            } else {
-                self.unknown_ttl
-            };
-            if now.duration_since(at) < ttl {
-                return Ok(hit);
-            }
-        }
-        // Boxed: the registry call's state is some 1.5 kB, which every
-        // message's future would otherwise carry (and copy) for the rare
-        // miss.
-        Box::pin(self.fetch(id, now)).await
-    }
-
-    /// Asks the registry about `id` and caches the answer.
-    async fn fetch(
-        &self,
-        id: &str,
-        now: Instant,
-    ) -> Result<Option<Arc<DeviceInfo>>, tonic::Status> {
-        let mut client = self.client.clone();
-        let answer = match client
-            .get_device(GetDeviceRequest { id: id.to_owned() })
-            .await
-        {
-            Ok(resp) => {
-                let d = resp.into_inner();
-                let uuid = Uuid::parse_str(&d.id)
-                    .map_err(|e| tonic::Status::internal(format!("registry sent a bad id: {e}")))?;
-                Some(Arc::new(DeviceInfo {
-                    uuid,
-                    device_id: d.device_id,
-                    active: d.status == "active",
-                }))
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => None,
-            Err(s) => return Err(s),
-        };
-        self.cache_put(id, answer.clone(), now);
-        Ok(answer)
-    }
-
-    fn cache_get(&self, id: &str) -> Option<Cached> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(id).cloned()
-    }
-
-    fn cache_put(&self, id: &str, answer: Option<Arc<DeviceInfo>>, now: Instant) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_ENTRIES {
-            let (ttl, unknown_ttl) = (self.ttl, self.unknown_ttl);
-            cache.retain(|_, (hit, at)| {
-                let keep_for = if hit.is_some() { ttl } else { unknown_ttl };
-                now.duration_since(*at) < keep_for
-            });
-            if cache.len() >= MAX_ENTRIES {
-                cache.clear();
-            }
-        }
-        cache.insert(id.to_owned(), (answer, now));
+        self.devices.get(id).await
     }
 }
 

@@ -42,12 +42,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let mut skeleton = Skeleton::new(SERVICE, "iot_gateway", shutdown.clone())?;
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
+    let directory = directory::Directory::new(
+        &config.registry_url,
+        Duration::from_secs(config.device_cache_ttl_secs),
+        Duration::from_secs(config.unknown_device_ttl_secs),
+    )?;
+    directory.register_metrics(&skeleton.registry)?;
     let pipeline = Arc::new(pipeline::Pipeline {
-        directory: directory::Directory::new(
-            &config.registry_url,
-            Duration::from_secs(config.device_cache_ttl_secs),
-            Duration::from_secs(config.unknown_device_ttl_secs),
-        )?,
+        directory,
         producer: producer.clone(),
         readings_topic: config.kafka.readings_topic.clone(),
         dead_letters,

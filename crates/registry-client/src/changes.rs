@@ -1,19 +1,23 @@
-//! Following device-registry's change stream, for services that cache
-//! devices (the gateway's directory, alert-engine's thresholds).
+//! Following device-registry's change stream (`WatchDeviceChanges`), for
+//! services that cache devices.
 
+use std::future::Future;
 use std::time::Duration;
 
 use iot_proto::v1::{DeviceChange, WatchDeviceChangesRequest};
 use tokio_util::sync::CancellationToken;
 
 /// Calls `on_change` with every change (and the stream's first "sync" or
-/// "reset") until `shutdown`; reconnects after a second when cut off,
-/// resuming where it stopped.
-pub async fn follow_device_changes(
+/// "reset"), one at a time, until `shutdown`; reconnects after a second when
+/// cut off, resuming where it stopped.
+pub async fn follow_device_changes<F, Fut>(
     client: iot_proto::RegistryClient,
     shutdown: CancellationToken,
-    mut on_change: impl FnMut(&DeviceChange),
-) {
+    mut on_change: F,
+) where
+    F: FnMut(DeviceChange) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut resume = 0u64;
     loop {
         let mut client = client.clone();
@@ -32,7 +36,7 @@ pub async fn follow_device_changes(
                     match next {
                         Ok(Some(change)) => {
                             resume = change.resume_after;
-                            on_change(&change);
+                            on_change(change).await;
                         }
                         Ok(None) => break,
                         Err(e) => {

@@ -1,0 +1,33 @@
+//! The client side of device-registry for platform services: an admin-scope
+//! client ([`admin_client`]), its change stream ([`follow_device_changes`])
+//! and [`DeviceCache`], the device lookups that mqtt-gateway and
+//! alert-engine keep in front of `GetDevice`.
+//!
+//! Architecture Invariant: a cached device answer is dropped as soon as the
+//! registry's change stream reports its device (or a "reset"), and an
+//! answer fetched while a change arrived is never cached; TTLs only bound
+//! how stale an answer can be while the stream is cut off.
+
+mod cache;
+mod changes;
+
+use std::time::Duration;
+
+pub use cache::{DEFAULT_MAX_CAPACITY, DeviceCache, MapDevice, Settings};
+pub use changes::follow_device_changes;
+
+/// A device-registry client for a platform service (admin scope: every
+/// owner's devices, and the change stream), connecting on first use; 5 s
+/// to connect, 10 s per call.
+pub fn admin_client(url: &str) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    Ok(
+        iot_proto::v1::device_registry_client::DeviceRegistryClient::with_interceptor(
+            channel,
+            iot_proto::Scope::Admin,
+        ),
+    )
+}
