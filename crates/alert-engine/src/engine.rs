@@ -124,7 +124,7 @@ fn raise_sql() -> &'static str {
                 INSERT INTO device_alerts
                     (device_id, alert_type, severity, sensor_name, message, value, threshold,
                      created_at, last_seen_at, owner_id, rule_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, (SELECT owner_id FROM devices WHERE id = $1), $9)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, (SELECT owner_id FROM device_owners WHERE device_id = $1), $9)
                 ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
                 DO UPDATE SET occurrences = device_alerts.occurrences + 1,
                               value = excluded.value,
@@ -183,7 +183,7 @@ fn raise_offline_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO device_alerts (device_id, alert_type, severity, message, created_at, last_seen_at, owner_id)
-             VALUES ($1, 'device_offline', 'warning', $2, now(), now(), (SELECT owner_id FROM devices WHERE id = $1))
+             VALUES ($1, 'device_offline', 'warning', $2, now(), now(), (SELECT owner_id FROM device_owners WHERE device_id = $1))
              ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
              DO NOTHING
              RETURNING {}",

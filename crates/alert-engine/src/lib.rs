@@ -31,11 +31,8 @@ pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
-    pool.get()
-        .await?
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 13", &[])
-        .await
-        .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
+    // Its newest: the device_owners view.
+    iot_db::require_version(&pool, 15).await?;
     // Check that the readings topic is reachable before reporting ready.
     let kafka = config.kafka.clone();
     let group = config.group_id.clone();

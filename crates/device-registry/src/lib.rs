@@ -25,13 +25,9 @@ pub type Running = iot_runtime::Running;
 /// Connects, binds and starts serving; returns once the ports are bound.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
-    // Fail fast when the database is unreachable or not migrated.
-    let client = pool.get().await?;
-    client
-        .query_one("SELECT 1 FROM schema_migrations WHERE version = 7", &[])
-        .await
-        .map_err(|e| anyhow::anyhow!("database is not migrated (run `iotctl migrate`): {e}"))?;
-    drop(client);
+    // Fail fast when the database is unreachable or not migrated (7: the
+    // device change log).
+    iot_db::require_version(&pool, 7).await?;
 
     let mut skeleton = Skeleton::new("device-registry", "iot_registry", shutdown.clone())?;
     skeleton

@@ -40,6 +40,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let backend = backend
         .parse::<iot_db::Backend>()
         .map_err(anyhow::Error::msg)?;
+    // Its newest: the device_owners view.
+    iot_db::require_version(&pool, 15).await?;
     let store = Store::new(pool.clone());
     {
         // In the background: the service starts (and makes no progress)

@@ -6,10 +6,12 @@
 //! exception, and it only adds partitions).
 
 pub mod migrate;
+pub mod ownership;
 pub mod pool;
 pub mod tail;
 
 pub use migrate::{
-    Backend, BackendChoice, MigrateError, MigrationReport, migrate, storage_backend,
+    Backend, BackendChoice, MigrateError, MigrationReport, SchemaError, migrate, require_version,
+    storage_backend,
 };
 pub use pool::{DbError, PoolMetrics, ensure_database, ping, pool};

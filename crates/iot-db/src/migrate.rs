@@ -178,6 +178,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0014_rollup_tables.postgres.sql"),
         timescaledb: include_str!("../../../migrations/0014_rollup_tables.timescaledb.sql"),
     },
+    Migration {
+        version: 15,
+        name: "device_owners",
+        postgres: include_str!("../../../migrations/0015_device_owners.sql"),
+        timescaledb: include_str!("../../../migrations/0015_device_owners.sql"),
+    },
 ];
 
 /// What a migration run did.
@@ -341,4 +347,33 @@ pub async fn storage_backend(client: &Client) -> Result<Option<String>, tokio_po
         )
         .await?
         .map(|r| r.get(0)))
+}
+
+/// Why a service cannot use a database.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database is not migrated to version {0} (run `iotctl migrate`): {1}")]
+    NotMigrated(i32, String),
+}
+
+/// Fails unless the database has migration `version` applied: a service
+/// checks at start for the newest migration whose tables or views it uses.
+pub async fn require_version(
+    pool: &deadpool_postgres::Pool,
+    version: i32,
+) -> Result<(), SchemaError> {
+    let client = pool.get().await?;
+    match client
+        .query_opt(
+            "SELECT 1 FROM schema_migrations WHERE version = $1",
+            &[&version],
+        )
+        .await
+    {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(SchemaError::NotMigrated(version, "not applied".into())),
+        Err(e) => Err(SchemaError::NotMigrated(version, e.to_string())),
+    }
 }

@@ -16,13 +16,13 @@ async fn concurrent_migrations_apply_once() {
     assert_eq!(appliers.len(), 1);
     assert_eq!(
         appliers[0].applied,
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
     for r in &reports {
         if r.applied.is_empty() {
             assert_eq!(
                 r.already_applied,
-                vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+                vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
             );
         }
     }

@@ -1,7 +1,7 @@
 -- fleet_stats.sql for one owner's devices ($1). Readings are counted by
 -- their own time (ingest_counts, which counts by store time, is not kept
 -- per owner); the time index bounds the scan to the last minute.
-WITH mine AS (SELECT id FROM devices WHERE owner_id = $1)
+WITH mine AS (SELECT device_id AS id FROM device_owners WHERE owner_id = $1)
 SELECT
     (SELECT count(*) FROM sensor_readings
       WHERE time >= date_trunc('second', now()) - INTERVAL '60 seconds'
