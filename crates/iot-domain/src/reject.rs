@@ -91,3 +91,24 @@ impl Rejection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RejectReason;
+
+    /// The device guide's table of reasons is the list devices and
+    /// operators read: a new reason is documented there or this fails.
+    #[test]
+    fn the_device_guide_documents_every_reason() {
+        let guide = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/mqtt-devices.md"),
+        )
+        .unwrap_or_default();
+        for reason in RejectReason::ALL {
+            assert!(
+                guide.contains(&format!("| `{}` |", reason.code())),
+                "docs/mqtt-devices.md has no row for {reason}"
+            );
+        }
+    }
+}
