@@ -1,6 +1,5 @@
 -- device-registry owns these tables.
--- The spec's sketch, as correct PostgreSQL: inline INDEX clauses become
--- CREATE INDEX statements, TIMESTAMP becomes TIMESTAMPTZ.
+-- Times are TIMESTAMPTZ; indexes are CREATE INDEX statements.
 
 CREATE TABLE IF NOT EXISTS devices (
     id             UUID PRIMARY KEY DEFAULT gen_random_uuid(),

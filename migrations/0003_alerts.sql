@@ -1,4 +1,4 @@
--- alert-engine owns this table (the spec's device_alerts).
+-- alert-engine owns this table: one row per alert, open or resolved.
 
 CREATE TABLE IF NOT EXISTS device_alerts (
     id              UUID PRIMARY KEY DEFAULT gen_random_uuid(),

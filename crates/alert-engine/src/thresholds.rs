@@ -1,4 +1,4 @@
-//! The spec's `alert_threshold` config (per sensor `min` and/or `max`) and
+//! A device's `alert_threshold` config (per sensor `min` and/or `max`) and
 //! what a reading against it means. No I/O.
 
 use std::collections::HashMap;
@@ -83,7 +83,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_specs_threshold() {
+    fn a_max_of_thirty_raises_above_thirty() {
         let t = parse(Some(
             r#"{"temperature": {"max": 30}, "battery": {"min": 15.5}}"#,
         ));

@@ -574,7 +574,7 @@ fn check_status(problems: &mut Vec<String>, status: &str) {
     }
 }
 
-/// The spec's `alert_threshold`: an object of sensor name to
+/// A device's `alert_threshold`: an object of sensor name to
 /// `{"min": number?, "max": number?}` with min <= max.
 fn parse_thresholds(
     problems: &mut Vec<String>,
@@ -793,7 +793,7 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_are_the_specs_shape() {
+    fn thresholds_are_sensor_name_to_min_and_max() {
         assert!(threshold_problems(r#"{"temperature": {"max": 30}}"#).is_empty());
         assert!(
             threshold_problems(

@@ -20,7 +20,7 @@ use crate::store::StoreError;
 pub struct RetentionConfig {
     /// Raw readings of a device without `device_config.data_retention_days`.
     pub default_days: i64,
-    /// Rollups, kept longer than raw rows (the spec's downsampling).
+    /// Rollups, kept longer than raw rows (downsampled history).
     pub hourly_days: i64,
     pub daily_days: i64,
     pub weekly_days: i64,

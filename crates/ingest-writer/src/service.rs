@@ -150,7 +150,7 @@ fn mean(sum: Decimal, count: i64) -> Decimal {
 
 fn metric(bucket: DateTime<Utc>, a: Agg) -> v1::SensorMetric {
     let f = |d: Decimal| d.to_f64().unwrap_or(f64::NAN);
-    // Rounded to the readings' own scale, NUMERIC(10,4) as in the spec's
+    // Rounded to the readings' own scale, NUMERIC(10,4) as in the
     // rollup tables (half away from zero, as PostgreSQL rounds): an exact
     // mean is `sum / count`.
     let avg = mean(a.sum, a.count);

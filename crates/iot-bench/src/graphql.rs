@@ -1,4 +1,4 @@
-//! `iot-bench graphql`: what the GraphQL layer adds. The spec's
+//! `iot-bench graphql`: what the GraphQL layer adds. The documented
 //! DeviceDashboard (10,000 devices in the registry) and TemperatureTrend (a
 //! year of hourly metrics) through a release graphql-gateway, next to the
 //! same data fetched from the gRPC services directly, in the same run; and

@@ -638,7 +638,7 @@ mod tests {
     }
 
     #[test]
-    fn the_specs_rules_parse_and_hold() {
+    fn low_battery_and_overheating_rules_parse_and_hold() {
         let high = parse(r#"sensor_name == "temperature" AND value > 100"#).unwrap();
         assert!(eval(&high, &reading("temperature", 101.0)));
         assert!(!eval(&high, &reading("temperature", 100.0)));

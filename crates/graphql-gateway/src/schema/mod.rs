@@ -1,6 +1,6 @@
-//! The public GraphQL schema (the spec's FraiseQL schema, in async-graphql).
+//! The public GraphQL schema, in async-graphql.
 //!
-//! Naming follows the spec's example queries: root fields and arguments are
+//! Naming follows the documented example queries (docs/graphql.md): root fields and arguments are
 //! camelCase, object fields snake_case. Every resolver acts for the
 //! authenticated [`Principal`] and sees only its owner's data: devices are
 //! looked up in device-registry with the caller's scope before any reading

@@ -29,7 +29,7 @@ pub(super) async fn get_device(
 }
 
 /// `fetch`'s answer for the caller's device `id`. When `id` is a UUID (as
-/// the spec's queries pass it), the device check and the fetch start at
+/// the documented example queries pass it), the device check and the fetch start at
 /// once, so the check adds no round trip. The answer is released only once
 /// the registry has found the device in the caller's scope; a failed check
 /// returns its own error (not found) at once and drops the fetch, which

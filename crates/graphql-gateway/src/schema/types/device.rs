@@ -301,7 +301,7 @@ pub(super) async fn load_device(ctx: &Context<'_>, uuid: &str) -> Result<Option<
     Ok(loader.load_one(uuid.to_owned()).await?.map(Device::from))
 }
 
-/// Device counts and platform figures (the spec's ClusterHealth).
+/// Device counts and platform figures (the ClusterHealth query).
 #[derive(SimpleObject)]
 #[graphql(rename_fields = "snake_case")]
 pub struct DeviceStatusSummary {
