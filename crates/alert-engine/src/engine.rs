@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use iot_kafka::ReadingsStream;
 use iot_kafka::rdkafka::message::Message;
 use iot_runtime::CancellationToken;
 use registry_client::DeviceCache;
@@ -350,10 +350,11 @@ async fn reload_open(
     Ok(())
 }
 
-/// Evaluates every reading of the topic until `shutdown`. A reading's
-/// offset is stored only once it is evaluated (and its alert written).
+/// Evaluates every reading of the topic until `shutdown`. A reading is
+/// acknowledged (its offset stored) only once it is evaluated (and its
+/// alert written).
 pub async fn run(
-    consumer: StreamConsumer<iot_kafka::ConsumerObserver>,
+    stream: ReadingsStream,
     pool: Pool,
     devices: Arc<Devices>,
     offline: crate::config::OfflineConfig,
@@ -366,7 +367,6 @@ pub async fn run(
         rules: rules::load(&pool).await?,
         eval: Evaluator::default(),
     };
-    let mut assignments = 0;
     let mut reload = tokio::time::interval(Duration::from_secs(10));
     reload.tick().await;
     // Rule changes apply within two seconds.
@@ -400,14 +400,7 @@ pub async fn run(
                 }
                 continue;
             }
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                continue;
-            }
+            m = stream.recv() => m,
         };
         // The reading's trace, from the gateway's record header.
         // (A span per reading only when spans go somewhere.)
@@ -418,13 +411,12 @@ pub async fn run(
         } else {
             tracing::Span::none()
         };
-        let mut backoff = Duration::from_millis(100);
+        // Consumption is paused while the evaluation fails.
+        let mut retry = stream.retry(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             // After an assignment a partition may come from another
             // replica, whose episodes and alerts this one has not seen.
-            let now = consumer.context().assignments();
-            if now != assignments {
-                assignments = now;
+            if stream.reassigned() {
                 stale = true;
             }
             let mut evaluated = Ok(());
@@ -455,17 +447,14 @@ pub async fn run(
                 Err(e) => {
                     stale = true;
                     tracing::warn!(error = %e, "alert evaluation failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                    if !retry.failed(&shutdown).await {
+                        return Ok(());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
-        if let Err(e) = consumer.store_offset_from_message(&msg) {
-            tracing::warn!(error = %e, "cannot store offset");
-        }
+        drop(retry);
+        stream.ack_record(&msg);
     }
 }
 

@@ -54,8 +54,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .ready
             .check("database", move || iot_db::ping(pool.clone()));
     }
-    // An offset is stored only once its reading is evaluated.
-    let consumer = config.kafka.service_consumer(
+    // A reading is acknowledged only once it is evaluated.
+    let stream = config.kafka.service_consumer(
         SERVICE,
         &config.group_id,
         config.instance_id.as_deref(),
@@ -99,7 +99,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .serve_grpc(config.grpc_addr, Routes::new(alerts), &["iot.v1.Alerts"])
         .await?;
     skeleton.ready.set(true);
-    let work = engine::run(consumer, pool, devices, config.offline, metrics, shutdown);
+    let work = engine::run(stream, pool, devices, config.offline, metrics, shutdown);
     Ok(skeleton.run((), work)?)
 }
 

@@ -3,7 +3,9 @@
 //! (`iot.v1.Telemetry`).
 //!
 //! Architecture Invariant: a Kafka offset is stored only after the
-//! transaction holding its reading has committed.
+//! transaction holding its reading has committed (`consumer.rs`
+//! acknowledges a batch's records to `iot_kafka::ReadingsStream` once the
+//! batch is written).
 
 mod config;
 pub mod consumer;
@@ -50,8 +52,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(async move { kafka.try_ensure_topics().await });
     }
     let mut skeleton = Skeleton::new(SERVICE, "iot_writer", shutdown.clone())?;
-    // Offsets are stored only after the database commit.
-    let consumer = config.kafka.service_consumer(
+    // Records are acknowledged only after the database commit.
+    let stream = config.kafka.service_consumer(
         SERVICE,
         &config.group_id,
         config.instance_id.as_deref(),
@@ -102,7 +104,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     tracing::info!(%backend, "storage backend");
     skeleton.ready.set(true);
-    let work = consumer::run(consumer, store, dead_letters, settings, metrics, shutdown);
+    let work = consumer::run(stream, store, dead_letters, settings, metrics, shutdown);
     Ok(skeleton.run((), work)?)
 }
 
