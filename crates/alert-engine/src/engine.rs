@@ -21,6 +21,7 @@ use rust_decimal::Decimal;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::error::AlertError;
 use crate::events;
 use crate::rules::{self, Action, DeviceFacts, Evaluator};
 use crate::thresholds::{self, Thresholds};
@@ -162,7 +163,7 @@ fn resolve_rule_sql() -> &'static str {
 }
 
 /// Open alerts raised by rules: (rule, device, sensor).
-async fn open_rule_alerts(pool: &Pool) -> anyhow::Result<HashSet<(Uuid, Uuid, String)>> {
+async fn open_rule_alerts(pool: &Pool) -> Result<HashSet<(Uuid, Uuid, String)>, AlertError> {
     let db = pool.get().await?;
     Ok(db
         .query(
@@ -208,7 +209,7 @@ fn resolve_offline_sql() -> &'static str {
 const OPEN_OFFLINE: &str = "SELECT device_id FROM device_alerts WHERE resolved_at IS NULL AND alert_type = 'device_offline'";
 
 /// Devices with an open offline alert (whoever raised or resolved it).
-async fn open_offline(pool: &Pool) -> anyhow::Result<HashSet<Uuid>> {
+async fn open_offline(pool: &Pool) -> Result<HashSet<Uuid>, AlertError> {
     let db = pool.get().await?;
     Ok(db
         .query(OPEN_OFFLINE, &[])
@@ -229,7 +230,7 @@ impl Presence {
     /// Starts from the database (open offline alerts) and the registry's
     /// heartbeats, so a restart raises no false alert and misses no device
     /// that went silent while the engine was down.
-    pub async fn load(pool: &Pool, client: &iot_proto::RegistryClient) -> anyhow::Result<Self> {
+    pub async fn load(pool: &Pool, client: &iot_proto::RegistryClient) -> Result<Self, AlertError> {
         let mut p = Presence {
             offline: open_offline(pool).await?,
             ..Presence::default()
@@ -283,7 +284,7 @@ async fn check_offline(
     presence: &mut Presence,
     offline: &crate::config::OfflineConfig,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let now = chrono::Utc::now();
     let silent: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = presence
         .last_seen
@@ -320,7 +321,7 @@ async fn check_offline(
 }
 
 /// Conditions open in the database.
-async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, anyhow::Error> {
+async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, AlertError> {
     let client = pool.get().await?;
     let kinds: Vec<&str> = thresholds::KINDS.to_vec();
     let rows = client.query(OPEN, &[&kinds]).await?;
@@ -341,7 +342,7 @@ async fn reload_open(
     open: &mut HashSet<OpenKey>,
     presence: &mut Presence,
     ruled: &mut Ruled,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let (o, off, r) =
         tokio::try_join!(load_open(pool), open_offline(pool), open_rule_alerts(pool))?;
     *open = o;
@@ -360,7 +361,7 @@ pub async fn run(
     offline: crate::config::OfflineConfig,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let mut open = HashSet::new();
     let mut presence = Presence::load(&pool, devices.client()).await?;
     let mut ruled = Ruled {
@@ -424,7 +425,7 @@ pub async fn run(
                 evaluated = async {
                     reload_open(&pool, &mut open, &mut presence, &mut ruled).await?;
                     ruled.eval.set_episodes(rules::load_episodes(&pool).await?);
-                    anyhow::Ok(())
+                    Ok::<_, AlertError>(())
                 }
                 .await;
                 stale = evaluated.is_err();
@@ -466,7 +467,7 @@ async fn evaluate(
     presence: &mut Presence,
     ruled: &mut Ruled,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     // The writer dead-letters undecodable records; here they are skipped.
     let Ok(env) = iot_proto::reading::decode(payload) else {
         return Ok(());
@@ -562,7 +563,7 @@ async fn evaluate_rules(
     value: Decimal,
     time: chrono::DateTime<chrono::Utc>,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let reading = crate::expr::Reading {
         // Through its text, as the rule language reads numbers.
         value: env.value.to_string().parse().unwrap_or(f64::NAN),

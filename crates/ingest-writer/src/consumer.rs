@@ -11,6 +11,7 @@ use iot_kafka::rdkafka::message::Message;
 use iot_kafka::{Backoff, DeadLetters, Offsets, ReadingsStream, Throttle};
 use iot_runtime::CancellationToken;
 
+use crate::error::WriterError;
 use crate::metrics::Metrics;
 use crate::store::{Row, Store};
 
@@ -49,7 +50,7 @@ pub async fn run(
     settings: BatchSettings,
     metrics: Metrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), WriterError> {
     let mut rows: Vec<Row> = Vec::with_capacity(settings.max_rows);
     // Highest offset seen per (topic, partition) in the current batch.
     let mut offsets = Offsets::default();

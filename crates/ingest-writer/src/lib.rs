@@ -9,6 +9,7 @@
 
 mod config;
 pub mod consumer;
+mod error;
 mod metrics;
 pub mod retention;
 pub mod rollup;
@@ -23,6 +24,7 @@ use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use config::Config;
+pub use error::WriterError;
 pub use service::{METRICS_PART, TelemetryService};
 pub use store::Store;
 
@@ -31,17 +33,17 @@ pub const SERVICE: &str = "ingest-writer";
 /// A started ingest-writer.
 pub type Running = iot_runtime::Running;
 
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, WriterError> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     let backend = {
         let client = pool.get().await?;
         iot_db::storage_backend(&client)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("database is not migrated (run `iotctl migrate`)"))?
+            .ok_or(WriterError::NotMigrated)?
     };
     let backend = backend
         .parse::<iot_db::Backend>()
-        .map_err(anyhow::Error::msg)?;
+        .map_err(WriterError::Backend)?;
     // Its newest: the device_owners view.
     iot_db::require_version(&pool, 15).await?;
     let store = Store::new(pool.clone());
@@ -108,7 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(skeleton.run((), work)?)
 }
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WriterError> {
     Ok(start(config, shutdown).await?.wait().await?)
 }
 
