@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use iot_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use iot_kafka::ReadingsStream;
 use iot_kafka::rdkafka::message::Message;
 use iot_runtime::CancellationToken;
 use registry_client::DeviceCache;
@@ -21,6 +21,7 @@ use rust_decimal::Decimal;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::error::AlertError;
 use crate::events;
 use crate::rules::{self, Action, DeviceFacts, Evaluator};
 use crate::thresholds::{self, Thresholds};
@@ -162,7 +163,7 @@ fn resolve_rule_sql() -> &'static str {
 }
 
 /// Open alerts raised by rules: (rule, device, sensor).
-async fn open_rule_alerts(pool: &Pool) -> anyhow::Result<HashSet<(Uuid, Uuid, String)>> {
+async fn open_rule_alerts(pool: &Pool) -> Result<HashSet<(Uuid, Uuid, String)>, AlertError> {
     let db = pool.get().await?;
     Ok(db
         .query(
@@ -208,7 +209,7 @@ fn resolve_offline_sql() -> &'static str {
 const OPEN_OFFLINE: &str = "SELECT device_id FROM device_alerts WHERE resolved_at IS NULL AND alert_type = 'device_offline'";
 
 /// Devices with an open offline alert (whoever raised or resolved it).
-async fn open_offline(pool: &Pool) -> anyhow::Result<HashSet<Uuid>> {
+async fn open_offline(pool: &Pool) -> Result<HashSet<Uuid>, AlertError> {
     let db = pool.get().await?;
     Ok(db
         .query(OPEN_OFFLINE, &[])
@@ -229,7 +230,7 @@ impl Presence {
     /// Starts from the database (open offline alerts) and the registry's
     /// heartbeats, so a restart raises no false alert and misses no device
     /// that went silent while the engine was down.
-    pub async fn load(pool: &Pool, client: &iot_proto::RegistryClient) -> anyhow::Result<Self> {
+    pub async fn load(pool: &Pool, client: &iot_proto::RegistryClient) -> Result<Self, AlertError> {
         let mut p = Presence {
             offline: open_offline(pool).await?,
             ..Presence::default()
@@ -283,7 +284,7 @@ async fn check_offline(
     presence: &mut Presence,
     offline: &crate::config::OfflineConfig,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let now = chrono::Utc::now();
     let silent: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = presence
         .last_seen
@@ -320,7 +321,7 @@ async fn check_offline(
 }
 
 /// Conditions open in the database.
-async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, anyhow::Error> {
+async fn load_open(pool: &Pool) -> Result<HashSet<OpenKey>, AlertError> {
     let client = pool.get().await?;
     let kinds: Vec<&str> = thresholds::KINDS.to_vec();
     let rows = client.query(OPEN, &[&kinds]).await?;
@@ -341,7 +342,7 @@ async fn reload_open(
     open: &mut HashSet<OpenKey>,
     presence: &mut Presence,
     ruled: &mut Ruled,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let (o, off, r) =
         tokio::try_join!(load_open(pool), open_offline(pool), open_rule_alerts(pool))?;
     *open = o;
@@ -350,23 +351,23 @@ async fn reload_open(
     Ok(())
 }
 
-/// Evaluates every reading of the topic until `shutdown`. A reading's
-/// offset is stored only once it is evaluated (and its alert written).
+/// Evaluates every reading of the topic until `shutdown`. A reading is
+/// acknowledged (its offset stored) only once it is evaluated (and its
+/// alert written).
 pub async fn run(
-    consumer: StreamConsumer<iot_kafka::ConsumerObserver>,
+    stream: ReadingsStream,
     pool: Pool,
     devices: Arc<Devices>,
     offline: crate::config::OfflineConfig,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let mut open = HashSet::new();
     let mut presence = Presence::load(&pool, devices.client()).await?;
     let mut ruled = Ruled {
         rules: rules::load(&pool).await?,
         eval: Evaluator::default(),
     };
-    let mut assignments = 0;
     let mut reload = tokio::time::interval(Duration::from_secs(10));
     reload.tick().await;
     // Rule changes apply within two seconds.
@@ -400,14 +401,7 @@ pub async fn run(
                 }
                 continue;
             }
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                continue;
-            }
+            m = stream.recv() => m,
         };
         // The reading's trace, from the gateway's record header.
         // (A span per reading only when spans go somewhere.)
@@ -418,13 +412,12 @@ pub async fn run(
         } else {
             tracing::Span::none()
         };
-        let mut backoff = Duration::from_millis(100);
+        // Consumption is paused while the evaluation fails.
+        let mut retry = stream.retry(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             // After an assignment a partition may come from another
             // replica, whose episodes and alerts this one has not seen.
-            let now = consumer.context().assignments();
-            if now != assignments {
-                assignments = now;
+            if stream.reassigned() {
                 stale = true;
             }
             let mut evaluated = Ok(());
@@ -432,7 +425,7 @@ pub async fn run(
                 evaluated = async {
                     reload_open(&pool, &mut open, &mut presence, &mut ruled).await?;
                     ruled.eval.set_episodes(rules::load_episodes(&pool).await?);
-                    anyhow::Ok(())
+                    Ok::<_, AlertError>(())
                 }
                 .await;
                 stale = evaluated.is_err();
@@ -455,17 +448,14 @@ pub async fn run(
                 Err(e) => {
                     stale = true;
                     tracing::warn!(error = %e, "alert evaluation failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                    if !retry.failed(&shutdown).await {
+                        return Ok(());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
-        if let Err(e) = consumer.store_offset_from_message(&msg) {
-            tracing::warn!(error = %e, "cannot store offset");
-        }
+        drop(retry);
+        stream.ack_record(&msg);
     }
 }
 
@@ -477,7 +467,7 @@ async fn evaluate(
     presence: &mut Presence,
     ruled: &mut Ruled,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     // The writer dead-letters undecodable records; here they are skipped.
     let Ok(env) = iot_proto::reading::decode(payload) else {
         return Ok(());
@@ -573,7 +563,7 @@ async fn evaluate_rules(
     value: Decimal,
     time: chrono::DateTime<chrono::Utc>,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let reading = crate::expr::Reading {
         // Through its text, as the rule language reads numbers.
         value: env.value.to_string().parse().unwrap_or(f64::NAN),

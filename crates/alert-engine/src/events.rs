@@ -14,6 +14,8 @@ use iot_runtime::CancellationToken;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::error::AlertError;
+
 /// The columns every alert query returns, in `alert_from_row` order.
 pub const COLUMNS: &str = "id, device_id, alert_type, severity, value, threshold, acknowledged,
        created_at, sensor_name, message, last_seen_at, occurrences, resolved_at,
@@ -27,7 +29,7 @@ pub async fn change(
     kind: &str,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<v1::Alert>, anyhow::Error> {
+) -> Result<Vec<v1::Alert>, AlertError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let stmt = tx.prepare_cached(sql).await?;
@@ -77,7 +79,7 @@ pub async fn relay(
     }
 }
 
-async fn relay_once(pool: &Pool, producer: &FutureProducer, topic: &str) -> anyhow::Result<()> {
+async fn relay_once(pool: &Pool, producer: &FutureProducer, topic: &str) -> Result<(), AlertError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     // One relay at a time across replicas, so events go out in order.
@@ -137,7 +139,7 @@ async fn relay_once(pool: &Pool, producer: &FutureProducer, topic: &str) -> anyh
 async fn events_after(
     pool: &Pool,
     after: i64,
-) -> Result<Vec<iot_db::tail::Entry<(Uuid, v1::AlertEvent)>>, anyhow::Error> {
+) -> Result<Vec<iot_db::tail::Entry<(Uuid, v1::AlertEvent)>>, AlertError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -165,7 +167,7 @@ async fn events_after(
 }
 
 /// The newest event's sequence number (where "from now on" starts).
-pub async fn newest(pool: &Pool) -> Result<i64, anyhow::Error> {
+pub async fn newest(pool: &Pool) -> Result<i64, AlertError> {
     let client = pool.get().await?;
     Ok(client
         .query_one("SELECT COALESCE(max(seq), 0) FROM alert_events", &[])

@@ -4,6 +4,7 @@
 
 mod config;
 mod engine;
+mod error;
 mod events;
 /// The alert rule language (in iot-domain: no I/O).
 pub use iot_domain::expr;
@@ -17,11 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iot_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use iot_kafka::rdkafka::error::KafkaError;
 use iot_proto::v1::alerts_server::AlertsServer;
 use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use config::{Config, OfflineConfig};
+pub use error::AlertError;
 pub use service::AlertsService;
 
 const SERVICE: &str = "alert-engine";
@@ -29,14 +32,14 @@ const SERVICE: &str = "alert-engine";
 /// A started alert-engine.
 pub type Running = iot_runtime::Running;
 
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, AlertError> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     // Its newest: the device_owners view.
     iot_db::require_version(&pool, 15).await?;
     // Check that the readings topic is reachable before reporting ready.
     let kafka = config.kafka.clone();
     let group = config.group_id.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
         let c: BaseConsumer = kafka.client_config().set("group.id", &group).create()?;
         c.fetch_metadata(None, Duration::from_secs(10))?;
         Ok(())
@@ -54,8 +57,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .ready
             .check("database", move || iot_db::ping(pool.clone()));
     }
-    // An offset is stored only once its reading is evaluated.
-    let consumer = config.kafka.service_consumer(
+    // A reading is acknowledged only once it is evaluated.
+    let stream = config.kafka.service_consumer(
         SERVICE,
         &config.group_id,
         config.instance_id.as_deref(),
@@ -99,10 +102,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .serve_grpc(config.grpc_addr, Routes::new(alerts), &["iot.v1.Alerts"])
         .await?;
     skeleton.ready.set(true);
-    let work = engine::run(consumer, pool, devices, config.offline, metrics, shutdown);
+    let work = engine::run(stream, pool, devices, config.offline, metrics, shutdown);
     Ok(skeleton.run((), work)?)
 }
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AlertError> {
     Ok(start(config, shutdown).await?.wait().await?)
 }

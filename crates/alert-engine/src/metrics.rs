@@ -1,6 +1,6 @@
 //! alert-engine's Prometheus metrics.
 
-use iot_telemetry::prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use iot_telemetry::prometheus::{Error, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -12,8 +12,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let counter = |name: &str, help: &str| -> anyhow::Result<IntCounter> {
+    pub fn register(registry: &Registry) -> Result<Self, Error> {
+        let counter = |name: &str, help: &str| -> Result<IntCounter, Error> {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
             Ok(c)

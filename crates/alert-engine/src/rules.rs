@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use iot_proto::v1;
-use tonic::Status;
 use uuid::Uuid;
 
+use crate::error::AlertError;
 use crate::expr::{self, Expr};
 
 /// Names a rule may not take: the built-in conditions' alert types.
@@ -81,7 +81,7 @@ impl<'r> Fields<'r> {
 /// A rule as written, checked: INVALID_ARGUMENT naming every bad field
 /// (a condition's error gives its column). `scope` is the caller's owner
 /// (None: admin); returns the owner the rule belongs to.
-pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, Status> {
+pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, AlertError> {
     let mut p = Vec::new();
     let name_ok = !rule.name.is_empty()
         && rule.name.len() <= 50
@@ -139,7 +139,7 @@ pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, Statu
     if p.is_empty() {
         Ok(owner)
     } else {
-        Err(iot_proto::invalid_argument(&p))
+        Err(AlertError::Invalid(p))
     }
 }
 
@@ -213,7 +213,7 @@ impl RuleSet {
 }
 
 /// The enabled rules, compiled.
-pub async fn load(pool: &Pool) -> anyhow::Result<RuleSet> {
+pub async fn load(pool: &Pool) -> Result<RuleSet, AlertError> {
     let client = pool.get().await?;
     let rows = client
         .query(
@@ -258,7 +258,7 @@ pub async fn load(pool: &Pool) -> anyhow::Result<RuleSet> {
 /// first.
 pub async fn load_episodes(
     pool: &Pool,
-) -> anyhow::Result<Vec<(Uuid, DateTime<Utc>, Uuid, String, DateTime<Utc>)>> {
+) -> Result<Vec<(Uuid, DateTime<Utc>, Uuid, String, DateTime<Utc>)>, AlertError> {
     let client = pool.get().await?;
     client
         .execute(
@@ -663,7 +663,9 @@ mod tests {
             owner_id: Uuid::new_v4().to_string(),
             ..Default::default()
         };
-        let msg = check(&bad, Some(owner)).unwrap_err().message().to_owned();
+        let err = tonic::Status::from(check(&bad, Some(owner)).unwrap_err());
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let msg = err.message().to_owned();
         for field in [
             "name:",
             "condition: column 8",

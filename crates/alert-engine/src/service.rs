@@ -8,6 +8,7 @@ use tokio_postgres::types::ToSql;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::error::AlertError;
 use crate::events::{self, COLUMNS};
 use crate::rules;
 
@@ -30,8 +31,8 @@ impl AlertsService {
         Self { pool, shutdown }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
-        self.pool.get().await.map_err(|e| db_status(&e))
+    async fn client(&self) -> Result<deadpool_postgres::Object, AlertError> {
+        Ok(self.pool.get().await?)
     }
 
     /// Runs `sql` (an update of alert `id` that returns it only when it
@@ -44,10 +45,8 @@ impl AlertsService {
         id: Uuid,
         owner: Option<Uuid>,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<v1::Alert, Status> {
-        let changed = events::change(&self.pool, kind, sql, params)
-            .await
-            .map_err(|e| db_status(&e))?;
+    ) -> Result<v1::Alert, AlertError> {
+        let changed = events::change(&self.pool, kind, sql, params).await?;
         if let Some(a) = changed.into_iter().next() {
             return Ok(a);
         }
@@ -60,19 +59,18 @@ impl AlertsService {
                 ),
                 &[&id, &owner],
             )
-            .await
-            .map_err(|e| db_status(&e))?
-            .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
+            .await?
+            .ok_or_else(|| AlertError::NotFound(format!("alert {id}")))?;
         Ok(alert_from_row(&row))
     }
 }
 
 /// A rule write's failure: a taken name, or the database.
-fn rule_status(e: &tokio_postgres::Error, name: &str) -> Status {
+fn rule_error(e: tokio_postgres::Error, name: &str) -> AlertError {
     if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-        Status::already_exists(format!("name: a rule named {name:?} exists"))
+        AlertError::RuleExists(name.to_owned())
     } else {
-        db_status(e)
+        e.into()
     }
 }
 
@@ -85,7 +83,7 @@ impl AlertsService {
         what: &str,
         id: &str,
         scope: Option<Uuid>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), AlertError> {
         let mut p = Vec::new();
         let uuid = parse_id("id", id, &mut p);
         invalid(p)?;
@@ -97,18 +95,12 @@ impl AlertsService {
                 ),
                 &[&uuid, &scope],
             )
-            .await
-            .map_err(|e| db_status(&e))?;
+            .await?;
         if n == 0 {
-            return Err(Status::not_found(format!("{what} {id} not found")));
+            return Err(AlertError::NotFound(format!("{what} {id}")));
         }
         Ok(())
     }
-}
-
-fn db_status(e: &dyn std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "alerts query failed");
-    Status::unavailable("database unavailable")
 }
 
 /// An alert from a row of `events::COLUMNS`.
@@ -168,11 +160,11 @@ fn parse_id(field: &str, s: &str, p: &mut Vec<String>) -> Option<Uuid> {
         .ok()
 }
 
-fn invalid(p: Vec<String>) -> Result<(), Status> {
+fn invalid(p: Vec<String>) -> Result<(), AlertError> {
     if p.is_empty() {
         Ok(())
     } else {
-        Err(iot_proto::invalid_argument(&p))
+        Err(AlertError::Invalid(p))
     }
 }
 
@@ -210,7 +202,7 @@ struct Filter {
 impl Filter {
     /// The request's filters for a caller scoped to `owner` (None: all);
     /// INVALID_ARGUMENT naming every bad field.
-    fn parse(req: v1::ListAlertsRequest, owner: Option<Uuid>) -> Result<Self, Status> {
+    fn parse(req: v1::ListAlertsRequest, owner: Option<Uuid>) -> Result<Self, AlertError> {
         let mut p = Vec::new();
         let device = req
             .device_uuid
@@ -313,7 +305,7 @@ impl Alerts for AlertsService {
         let stmt = client
             .prepare_cached(&sql)
             .await
-            .map_err(|e| db_status(&e))?;
+            .map_err(AlertError::from)?;
         let limit = i64::from(f.limit);
         let mut params = f.params();
         let (after_t, after_id) = (f.after.map(|a| a.0), f.after.map(|a| a.1));
@@ -323,7 +315,7 @@ impl Alerts for AlertsService {
         let rows = client
             .query(&stmt, &params)
             .await
-            .map_err(|e| db_status(&e))?;
+            .map_err(AlertError::from)?;
         let alerts: Vec<v1::Alert> = rows.iter().map(alert_from_row).collect();
         let next_cursor = match alerts.last() {
             Some(a) if alerts.len() as i64 == limit => {
@@ -350,11 +342,11 @@ impl Alerts for AlertsService {
                 where_sql()
             ))
             .await
-            .map_err(|e| db_status(&e))?;
+            .map_err(AlertError::from)?;
         let n: i64 = client
             .query_one(&stmt, &f.params())
             .await
-            .map_err(|e| db_status(&e))?
+            .map_err(AlertError::from)?
             .get(0);
         Ok(Response::new(v1::CountAlertsResponse {
             count: u64::try_from(n).unwrap_or(0),
@@ -377,9 +369,7 @@ impl Alerts for AlertsService {
             .and_then(|s| parse_id("device_uuid", s, &mut p));
         invalid(p)?;
         let from = match i64::try_from(req.resume_after).unwrap_or(i64::MAX) {
-            0 => events::newest(&self.pool)
-                .await
-                .map_err(|e| db_status(&e))?,
+            0 => events::newest(&self.pool).await?,
             n => n,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
@@ -472,7 +462,7 @@ impl Alerts for AlertsService {
                 &[&[&owner as &(dyn ToSql + Sync)], &fields.params()[..]].concat(),
             )
             .await
-            .map_err(|e| rule_status(&e, &r.name))?;
+            .map_err(|e| rule_error(e, &r.name))?;
         let rule = rules::rule_from_row(&row);
         tracing::info!(rule = %rule.id, name = %rule.name, "alert rule created");
         Ok(Response::new(rule))
@@ -495,7 +485,7 @@ impl Alerts for AlertsService {
                 &[&scope],
             )
             .await
-            .map_err(|e| db_status(&e))?;
+            .map_err(AlertError::from)?;
         Ok(Response::new(v1::ListRulesResponse {
             rules: rows.iter().map(rules::rule_from_row).collect(),
         }))
@@ -523,8 +513,8 @@ impl Alerts for AlertsService {
                 &[&[&id as &(dyn ToSql + Sync), &scope], &fields.params()[..]].concat(),
             )
             .await
-            .map_err(|e| rule_status(&e, &r.name))?
-            .ok_or_else(|| Status::not_found(format!("rule {} not found", r.id)))?;
+            .map_err(|e| rule_error(e, &r.name))?
+            .ok_or_else(|| AlertError::NotFound(format!("rule {}", r.id)))?;
         Ok(Response::new(rules::rule_from_row(&row)))
     }
 
@@ -544,9 +534,7 @@ impl Alerts for AlertsService {
                                WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2))
                  RETURNING {COLUMNS}"
             );
-            events::change(&self.pool, "resolved", &sql, &[&rule, &scope])
-                .await
-                .map_err(|e| db_status(&e))?;
+            events::change(&self.pool, "resolved", &sql, &[&rule, &scope]).await?;
         }
         self.delete_owned("alert_rules", "rule", &id, scope).await?;
         Ok(Response::new(v1::DeleteRuleResponse {}))
@@ -605,7 +593,7 @@ impl Alerts for AlertsService {
                 &[&owner, &w.url, &secret, &min],
             )
             .await
-            .map_err(|e| db_status(&e))?;
+            .map_err(AlertError::from)?;
         let id: Uuid = row.get(0);
         tracing::info!(webhook = %id, url = %w.url, "webhook created");
         Ok(Response::new(v1::Webhook {
@@ -639,7 +627,7 @@ impl Alerts for AlertsService {
                 &[&scope],
             )
             .await
-            .map_err(|e| db_status(&e))?;
+            .map_err(AlertError::from)?;
         let n = |r: &tokio_postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
         Ok(Response::new(v1::ListWebhooksResponse {
             webhooks: rows

@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
+use crate::error::AlertError;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
@@ -120,7 +122,7 @@ fn body(seq: i64, kind: &str, a: &v1::Alert) -> String {
 
 /// Queues deliveries for events not fanned out yet; returns how many
 /// events it handled.
-async fn fan_out(pool: &Pool) -> anyhow::Result<usize> {
+async fn fan_out(pool: &Pool) -> Result<usize, AlertError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = tx
@@ -191,7 +193,7 @@ async fn claim(
     limit: i64,
     lease: Duration,
     busy: &HashMap<Uuid, i64>,
-) -> anyhow::Result<Vec<Due>> {
+) -> Result<Vec<Due>, AlertError> {
     let (owners, in_flight): (Vec<Uuid>, Vec<i64>) = busy.iter().map(|(o, n)| (*o, *n)).unzip();
     let client = pool.get().await?;
     Ok(client
@@ -236,7 +238,7 @@ async fn claim(
 
 /// Deletes deliveries delivered or given up more than `keep` ago, in
 /// chunks (short transactions); returns how many.
-pub async fn trim(pool: &Pool, keep: Duration) -> anyhow::Result<u64> {
+pub async fn trim(pool: &Pool, keep: Duration) -> Result<u64, AlertError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare(
@@ -356,7 +358,7 @@ async fn refuse(
     pool: &Pool,
     why: &NonPublic,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     let client = pool.get().await?;
     client
         .execute(
@@ -377,7 +379,7 @@ async fn deliver(
     http: &reqwest::Client,
     config: &WebhookConfig,
     metrics: &crate::metrics::Metrics,
-) -> anyhow::Result<()> {
+) -> Result<(), AlertError> {
     if let Some(why) = refused_literal(&d.url, config) {
         return refuse(&d, pool, &why, metrics).await;
     }

@@ -1,19 +1,17 @@
 //! Kafka to PostgreSQL: batch by size and time, write in one transaction,
-//! store offsets only after the commit. A batch is never skipped: database
-//! errors are retried with backoff while consumption waits.
+//! acknowledge the batch's records (store their offsets) only after the
+//! commit. A batch is never skipped: database errors are retried with
+//! backoff while consumption is paused.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::Instrument as _;
 
 use iot_domain::Rejection;
-use iot_kafka::DeadLetters;
-use iot_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use iot_kafka::rdkafka::error::KafkaError;
 use iot_kafka::rdkafka::message::Message;
-use iot_kafka::rdkafka::{Offset, TopicPartitionList};
+use iot_kafka::{Backoff, DeadLetters, Offsets, ReadingsStream, Throttle};
 use iot_runtime::CancellationToken;
 
+use crate::error::WriterError;
 use crate::metrics::Metrics;
 use crate::store::{Row, Store};
 
@@ -46,16 +44,16 @@ pub fn decode(payload: &[u8]) -> Result<Row, Rejection> {
 }
 
 pub async fn run(
-    consumer: Kafka,
+    stream: ReadingsStream,
     store: Store,
     dead_letters: DeadLetters,
     settings: BatchSettings,
     metrics: Metrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), WriterError> {
     let mut rows: Vec<Row> = Vec::with_capacity(settings.max_rows);
     // Highest offset seen per (topic, partition) in the current batch.
-    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut offsets = Offsets::default();
     let mut writing: Option<Writing> = None;
     // The traced readings of the batch, which its span links to.
     let mut links: Vec<String> = Vec::new();
@@ -68,15 +66,15 @@ pub async fn run(
             metrics: &metrics,
             shutdown: &shutdown,
         };
-        // Wait for the first record of a batch; meanwhile store the offsets
-        // of the batch being written as soon as it is.
+        // Wait for the first record of a batch; meanwhile acknowledge the
+        // batch being written as soon as it is.
         let first = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break 'outer,
-                m = consumer.recv() => break m,
+                m = stream.recv() => break m,
                 Some(done) = written(&mut writing), if writing.is_some() => {
                     writing = None;
-                    if !stored(&consumer, done) {
+                    if !acknowledged(&stream, done) {
                         break 'outer;
                     }
                 }
@@ -94,7 +92,7 @@ pub async fn run(
         let mut due = false;
         while batch.rows.len() < settings.max_rows {
             tokio::select! {
-                m = consumer.recv() => if !batch.take(m).await {
+                m = stream.recv() => if !batch.take(m).await {
                     break 'outer;
                 },
                 () = tokio::time::sleep_until(deadline), if !due => {
@@ -105,7 +103,7 @@ pub async fn run(
                 }
                 Some(done) = written(&mut writing), if writing.is_some() => {
                     writing = None;
-                    if !stored(&consumer, done) {
+                    if !acknowledged(&stream, done) {
                         break 'outer;
                     }
                     if due {
@@ -116,12 +114,13 @@ pub async fn run(
         }
         // One write runs while the next batch is collected (at most two
         // batches in memory); writes stay in order, and so do the offsets.
-        if !finish(&consumer, writing.take()).await {
+        if !finish(&stream, writing.take()).await {
             break 'outer;
         }
         let batch = std::mem::replace(&mut rows, Vec::with_capacity(settings.max_rows));
         let batch_offsets = std::mem::take(&mut offsets);
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
+        let throttle = stream.throttle();
         // One batch holds many readings, each of its own trace: the batch's
         // span links to them rather than belonging to one.
         let span = tracing::info_span!("writer.batch", rows = batch.len());
@@ -130,16 +129,16 @@ pub async fn run(
         }
         writing = Some(tokio::spawn(
             async move {
-                let stored = write_with_retry(&store, &batch, &metrics, &shutdown).await;
-                (stored, batch_offsets)
+                // The offsets come back only once the batch is written.
+                let written =
+                    write_with_retry(&store, &batch, &metrics, &throttle, &shutdown).await;
+                written.then_some(batch_offsets)
             }
             .instrument(span),
         ));
     }
-    finish(&consumer, writing.take()).await;
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "final offset commit");
-    }
+    finish(&stream, writing.take()).await;
+    stream.commit();
     Ok(())
 }
 
@@ -159,15 +158,8 @@ struct Batch<'a> {
 impl Batch<'_> {
     /// Adds one received record: a row, or a poison record dead-lettered.
     /// False when the service stops before a poison record was taken by
-    /// Kafka: nothing of this batch may be stored then.
-    async fn take<M: Message>(&mut self, msg: Result<M, KafkaError>) -> bool {
-        let m = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                return true;
-            }
-        };
+    /// Kafka: nothing of this batch may be acknowledged then.
+    async fn take<M: Message>(&mut self, m: M) -> bool {
         let payload = m.payload().unwrap_or_default();
         match decode(payload) {
             Ok(row) => {
@@ -191,58 +183,54 @@ impl Batch<'_> {
                 .await;
                 if !sent {
                     // Stopping before Kafka took the dead letter: this
-                    // batch (and the record's offset) is not stored, so all
-                    // of it is read again after a restart.
+                    // batch (and the record's offset) is not acknowledged,
+                    // so all of it is read again after a restart.
                     return false;
                 }
             }
         }
-        let off = self
-            .offsets
-            .entry((m.topic().to_owned(), m.partition()))
-            .or_insert(m.offset());
-        *off = (*off).max(m.offset());
+        self.offsets.add(&m);
         true
     }
 }
 
-/// The readings consumer.
-type Kafka = StreamConsumer<iot_kafka::ConsumerObserver>;
-
-/// Highest offset per (topic, partition) of a batch.
-type Offsets = BTreeMap<(String, i32), i64>;
-
-/// A batch being written, with the offsets to store once it is.
-type Writing = tokio::task::JoinHandle<(bool, Offsets)>;
+/// A batch being written: its offsets once it is written (`None` when the
+/// service stopped first).
+type Writing = tokio::task::JoinHandle<Option<Offsets>>;
 
 /// The outcome of the batch being written, once it is done (`None`, at
 /// once, when none is).
 async fn written(
     writing: &mut Option<Writing>,
-) -> Option<Result<(bool, Offsets), tokio::task::JoinError>> {
+) -> Option<Result<Option<Offsets>, tokio::task::JoinError>> {
     match writing.as_mut() {
         Some(w) => Some(w.await),
         None => None,
     }
 }
 
-/// Waits for the batch being written, then stores its offsets. False when
-/// it was not stored (shutdown came first): its offsets are not stored
-/// either, so its records are read again after a restart.
-async fn finish(consumer: &Kafka, writing: Option<Writing>) -> bool {
+/// Waits for the batch being written, then acknowledges it. False when it
+/// was not written (shutdown came first): its records are not
+/// acknowledged either, so they are read again after a restart.
+async fn finish(stream: &ReadingsStream, writing: Option<Writing>) -> bool {
     let Some(writing) = writing else {
         return true;
     };
-    stored(consumer, writing.await)
+    acknowledged(stream, writing.await)
 }
 
-fn stored(consumer: &Kafka, done: Result<(bool, Offsets), tokio::task::JoinError>) -> bool {
+/// Acknowledges a written batch's records: the one place the writer stores
+/// offsets, after the batch's transaction committed.
+fn acknowledged(
+    stream: &ReadingsStream,
+    done: Result<Option<Offsets>, tokio::task::JoinError>,
+) -> bool {
     match done {
-        Ok((true, offsets)) => {
-            store_offsets(consumer, &offsets);
+        Ok(Some(offsets)) => {
+            stream.ack(&offsets);
             true
         }
-        Ok((false, _)) => false,
+        Ok(None) => false,
         Err(e) => {
             tracing::error!(error = %e, "batch writer task failed");
             false
@@ -260,7 +248,7 @@ async fn send_dead_letter(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         match dead_letters.send(rejection, origin, payload).await {
             Ok(()) => {
@@ -269,28 +257,28 @@ async fn send_dead_letter(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dead-letter write failed, retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(shutdown).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
 }
 
-/// Writes the batch, retrying on database errors. Returns false only when
-/// shutdown arrived before the batch could be written.
+/// Writes the batch, retrying on database errors with consumption paused
+/// meanwhile. Returns false only when shutdown arrived before the batch
+/// could be written.
 async fn write_with_retry(
     store: &Store,
     rows: &[Row],
     metrics: &Metrics,
+    throttle: &Throttle,
     shutdown: &CancellationToken,
 ) -> bool {
     if rows.is_empty() {
         return true;
     }
-    let mut backoff = Duration::from_millis(100);
+    let mut retry = throttle.retry(Duration::from_millis(100), Duration::from_secs(30));
     loop {
         let started = std::time::Instant::now();
         match store.write_batch(rows).await {
@@ -300,27 +288,11 @@ async fn write_with_retry(
             }
             Err(e) => {
                 metrics.db_error(&e);
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
+                if !retry.failed(shutdown).await {
+                    return false;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
-    }
-}
-
-fn store_offsets(consumer: &Kafka, offsets: &BTreeMap<(String, i32), i64>) {
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in offsets {
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
-            tracing::error!(error = %e, "cannot build offset list");
-        }
-    }
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        // Happens when a rebalance took the partition away; the new owner
-        // re-reads from the last commit and the unique key absorbs repeats.
-        tracing::warn!(error = %e, "cannot store offsets");
     }
 }
 

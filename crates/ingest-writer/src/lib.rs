@@ -3,10 +3,13 @@
 //! (`iot.v1.Telemetry`).
 //!
 //! Architecture Invariant: a Kafka offset is stored only after the
-//! transaction holding its reading has committed.
+//! transaction holding its reading has committed (`consumer.rs`
+//! acknowledges a batch's records to `iot_kafka::ReadingsStream` once the
+//! batch is written).
 
 mod config;
 pub mod consumer;
+mod error;
 mod metrics;
 pub mod retention;
 pub mod rollup;
@@ -21,6 +24,7 @@ use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use config::Config;
+pub use error::WriterError;
 pub use service::{METRICS_PART, TelemetryService};
 pub use store::Store;
 
@@ -29,17 +33,17 @@ pub const SERVICE: &str = "ingest-writer";
 /// A started ingest-writer.
 pub type Running = iot_runtime::Running;
 
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, WriterError> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     let backend = {
         let client = pool.get().await?;
         iot_db::storage_backend(&client)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("database is not migrated (run `iotctl migrate`)"))?
+            .ok_or(WriterError::NotMigrated)?
     };
     let backend = backend
         .parse::<iot_db::Backend>()
-        .map_err(anyhow::Error::msg)?;
+        .map_err(WriterError::Backend)?;
     // Its newest: the device_owners view.
     iot_db::require_version(&pool, 15).await?;
     let store = Store::new(pool.clone());
@@ -50,8 +54,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(async move { kafka.try_ensure_topics().await });
     }
     let mut skeleton = Skeleton::new(SERVICE, "iot_writer", shutdown.clone())?;
-    // Offsets are stored only after the database commit.
-    let consumer = config.kafka.service_consumer(
+    // Records are acknowledged only after the database commit.
+    let stream = config.kafka.service_consumer(
         SERVICE,
         &config.group_id,
         config.instance_id.as_deref(),
@@ -102,11 +106,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     tracing::info!(%backend, "storage backend");
     skeleton.ready.set(true);
-    let work = consumer::run(consumer, store, dead_letters, settings, metrics, shutdown);
+    let work = consumer::run(stream, store, dead_letters, settings, metrics, shutdown);
     Ok(skeleton.run((), work)?)
 }
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WriterError> {
     Ok(start(config, shutdown).await?.wait().await?)
 }
 

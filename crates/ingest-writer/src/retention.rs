@@ -13,7 +13,7 @@ use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::store::StoreError;
+use crate::error::WriterError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -88,7 +88,7 @@ pub async fn maintain(
     backend: iot_db::Backend,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
-) -> Result<Option<(i32, Report)>, StoreError> {
+) -> Result<Option<(i32, Report)>, WriterError> {
     let client = pool.get().await?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
@@ -105,7 +105,7 @@ pub async fn maintain(
                 .get(0),
             iot_db::Backend::TimescaleDb => 0,
         };
-        Ok::<_, StoreError>((created, apply(&client, cfg, now).await?))
+        Ok::<_, WriterError>((created, apply(&client, cfg, now).await?))
     }
     .await;
     // Session lock: released here, or by the server if the connection died.
@@ -122,7 +122,7 @@ pub async fn apply(
     client: &tokio_postgres::Client,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
-) -> Result<Report, StoreError> {
+) -> Result<Report, WriterError> {
     let devices: Vec<(Uuid, i64)> = client
         .query(
             "SELECT device_id, retention_days FROM device_retention",

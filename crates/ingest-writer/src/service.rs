@@ -9,8 +9,9 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::error::WriterError;
 use crate::rollup::{Agg, Levels as _, Width};
-use crate::store::{Row, Store, StoreError};
+use crate::store::{Row, Store};
 
 /// Most readings per page.
 pub const MAX_LIMIT: u32 = 10_000;
@@ -32,18 +33,6 @@ pub struct TelemetryService {
 impl TelemetryService {
     pub fn new(store: Store) -> Self {
         Self { store }
-    }
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Pool(_) => Status::unavailable(e.to_string()),
-            StoreError::Db(_) => {
-                tracing::error!(error = %e, "telemetry query failed");
-                Status::internal("database error")
-            }
-        }
     }
 }
 
@@ -97,11 +86,11 @@ impl Problems {
         )
     }
 
-    fn finish(self) -> Result<(), Status> {
+    fn finish(self) -> Result<(), WriterError> {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(iot_proto::invalid_argument(&self.0))
+            Err(WriterError::Invalid(self.0))
         }
     }
 }
@@ -186,7 +175,7 @@ struct MetricsQuery {
 }
 
 impl MetricsQuery {
-    fn of(req: &v1::QueryMetricsRequest) -> Result<Self, Status> {
+    fn of(req: &v1::QueryMetricsRequest) -> Result<Self, WriterError> {
         let mut p = Problems::default();
         let device = p.uuid("device_uuid", &req.device_uuid);
         p.sensor("sensor_name", &req.sensor_name);
@@ -221,7 +210,9 @@ impl MetricsQuery {
         }
         p.finish()?;
         let Some(width) = width else {
-            return Err(iot_proto::invalid_argument(&["granularity: is required"]));
+            return Err(WriterError::Invalid(vec![
+                "granularity: is required".into(),
+            ]));
         };
         Ok(Self {
             device,
@@ -307,7 +298,7 @@ impl Telemetry for TelemetryService {
             let mut rows = std::pin::pin!(rows.chunks(METRICS_PART));
             let mut sent = false;
             while let Some(part) = rows.next().await {
-                let part: Result<Vec<_>, StoreError> = part
+                let part: Result<Vec<_>, WriterError> = part
                     .into_iter()
                     .map(|r| r.map(|(b, a)| metric(b, a)))
                     .collect();
@@ -451,7 +442,7 @@ mod tests {
         p.uuid("device_uuid", "nope");
         p.sensor("sensor_name", "bad name");
         p.range(None, None);
-        let msg = p.finish().unwrap_err().message().to_owned();
+        let msg = Status::from(p.finish().unwrap_err()).message().to_owned();
         for field in ["device_uuid:", "sensor_name:", "start:", "end:"] {
             assert!(msg.contains(field), "{msg}");
         }

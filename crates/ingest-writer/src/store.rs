@@ -12,6 +12,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
+use crate::error::WriterError;
 use crate::rollup::{self, Agg, Key, Level, Levels as _, Segment, Source, Width};
 
 const CREATE_STAGING: &str = include_str!("sql/create_staging.sql");
@@ -59,14 +60,6 @@ impl From<&tokio_postgres::Row> for Row {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database unavailable: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
-    Db(#[from] tokio_postgres::Error),
-}
-
 /// The telemetry tables of one database.
 #[derive(Clone)]
 pub struct Store {
@@ -112,10 +105,10 @@ impl Store {
     /// duplicated. Either way the rollups, the latest readings and the
     /// ingest counts are updated from the rows actually inserted, in the
     /// same transaction.
-    pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, StoreError> {
+    pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, WriterError> {
         let mut client = self.pool.get().await?;
         match self.write_tx(&mut client, rows, false).await {
-            Err(StoreError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(WriterError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 self.write_tx(&mut client, rows, true).await
             }
             other => other,
@@ -127,7 +120,7 @@ impl Store {
         client: &mut deadpool_postgres::Object,
         rows: &[Row],
         dedup: bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, WriterError> {
         let tx = client.transaction().await?;
         if dedup {
             tx.batch_execute(CREATE_STAGING).await?;
@@ -167,7 +160,7 @@ impl Store {
 
     /// Rollups, latest readings and ingest counts of the inserted rows; the
     /// statements are pipelined on the connection.
-    async fn derive(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
+    async fn derive(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), WriterError> {
         let rollups: Vec<(&str, RollupArrays)> = rollup::rollups(rows)
             .iter()
             .map(|(level, aggs)| (self.upsert_sql(*level), RollupArrays::from(aggs)))
@@ -192,7 +185,7 @@ impl Store {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<Row>, StoreError> {
+    ) -> Result<Vec<Row>, WriterError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(QUERY_READINGS).await?;
         let rows = client
@@ -211,7 +204,7 @@ impl Store {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
         width: Width,
-    ) -> Result<Vec<(DateTime<Utc>, Agg)>, StoreError> {
+    ) -> Result<Vec<(DateTime<Utc>, Agg)>, WriterError> {
         self.stream_metrics(device, sensor, start, end, width)
             .await?
             .try_collect()
@@ -228,8 +221,8 @@ impl Store {
         end: DateTime<Utc>,
         width: Width,
     ) -> Result<
-        impl Stream<Item = Result<(DateTime<Utc>, Agg), StoreError>> + Send + 'static,
-        StoreError,
+        impl Stream<Item = Result<(DateTime<Utc>, Agg), WriterError>> + Send + 'static,
+        WriterError,
     > {
         let ranges = slots(&rollup::plan(start, end, &width.levels()), start);
         let width_secs = width.secs() as f64;
@@ -258,7 +251,7 @@ impl Store {
     }
 
     /// The latest reading of every sensor of `devices`.
-    pub async fn latest_readings(&self, devices: &[Uuid]) -> Result<Vec<Row>, StoreError> {
+    pub async fn latest_readings(&self, devices: &[Uuid]) -> Result<Vec<Row>, WriterError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(LATEST_READINGS).await?;
         let rows = client.query(&stmt, &[&devices]).await?;
@@ -266,7 +259,7 @@ impl Store {
     }
 
     /// Figures for the whole fleet, or for `owner`'s devices.
-    pub async fn fleet_stats(&self, owner: Option<Uuid>) -> Result<FleetStats, StoreError> {
+    pub async fn fleet_stats(&self, owner: Option<Uuid>) -> Result<FleetStats, WriterError> {
         let client = self.pool.get().await?;
         let r = match owner {
             None => {

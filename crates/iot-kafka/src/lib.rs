@@ -1,5 +1,6 @@
 //! Kafka plumbing shared by the services: one place for client settings,
-//! topic creation and the dead-letter writer.
+//! topic creation, the dead-letter writer and the acknowledging readings
+//! consumer ([`ReadingsStream`]).
 //!
 //! API Boundary: dead letters are encoded only here (as
 //! `iot.v1.DeadLetter`), so every service writes them the same way.
@@ -18,6 +19,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 pub use rdkafka;
+
+mod readings;
+pub use readings::{Backoff, Offsets, ReadingsStream, Record, Retry, Throttle};
 
 /// `fetch.wait.max.ms` of the platform's consumers: how long a broker may
 /// hold a fetch that finds no data. It bounds the latency a consumer adds
@@ -191,7 +195,8 @@ impl KafkaConfig {
     /// the platform is: [`Self::readings_consumer`] with its observer's
     /// gauges in `registry`, and `ready` checking that the brokers answer
     /// and that someone in the group consumes ([`watch_assignment`], a
-    /// task until `stop`).
+    /// task until `stop`); its offsets are stored only when the service
+    /// acknowledges its records ([`ReadingsStream`]).
     pub fn service_consumer(
         &self,
         service: &str,
@@ -200,7 +205,7 @@ impl KafkaConfig {
         registry: &prometheus::Registry,
         ready: &iot_telemetry::Readiness,
         stop: tokio_util::sync::CancellationToken,
-    ) -> Result<StreamConsumer<ConsumerObserver>, SetupError> {
+    ) -> Result<ReadingsStream, SetupError> {
         let consumer = self.readings_consumer(
             service,
             group_id,
@@ -213,7 +218,7 @@ impl KafkaConfig {
             "partitions",
             watch_assignment(self.clone(), group_id.to_owned(), held, stop),
         );
-        Ok(consumer)
+        Ok(ReadingsStream::new(consumer))
     }
 
     /// An idempotent producer tuned for throughput: batches by time and size,
