@@ -42,11 +42,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let mut skeleton = Skeleton::new(SERVICE, "iot_gateway", shutdown.clone())?;
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
-    let directory = directory::Directory::new(
-        &config.registry_url,
+    // Its registry calls counted and timed by method.
+    let calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;
+    let directory = directory::Directory::with_client(
+        registry_client::measured_admin_client(&config.registry_url, &calls)?,
         Duration::from_secs(config.device_cache_ttl_secs),
         Duration::from_secs(config.unknown_device_ttl_secs),
-    )?;
+    );
     directory.register_metrics(&skeleton.registry)?;
     let pipeline = Arc::new(pipeline::Pipeline {
         directory,
