@@ -19,6 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::StartError;
 use crate::config::Config;
 
 pub type RegistryApi = DeviceRegistryClient<InterceptedService<Channel, Scope>>;
@@ -34,8 +35,14 @@ pub struct Upstreams {
     pub metrics: Arc<UpstreamMetrics>,
 }
 
-fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_owned())?
+fn channel(service: &'static str, url: &str, timeout: Duration) -> Result<Channel, StartError> {
+    let endpoint =
+        Channel::from_shared(url.to_owned()).map_err(|source| StartError::UpstreamAddress {
+            service,
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(endpoint
         .connect_timeout(timeout.min(Duration::from_secs(3)))
         .timeout(timeout)
         .tcp_nodelay(true)
@@ -43,13 +50,13 @@ fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
 }
 
 impl Upstreams {
-    pub fn connect(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn connect(config: &Config, registry: &Registry) -> Result<Self, StartError> {
         let t = Duration::from_millis(config.limits.upstream_timeout_ms);
         Ok(Self {
-            registry: channel(&config.registry_url, t)?,
-            telemetry: channel(&config.telemetry_url, t)?,
-            alerts: channel(&config.alerts_url, t)?,
-            ingest: channel(&config.ingest_url, t)?,
+            registry: channel("device-registry", &config.registry_url, t)?,
+            telemetry: channel("ingest-writer", &config.telemetry_url, t)?,
+            alerts: channel("alert-engine", &config.alerts_url, t)?,
+            ingest: channel("mqtt-gateway", &config.ingest_url, t)?,
             metrics: Arc::new(UpstreamMetrics::new(registry)?),
         })
     }
@@ -220,7 +227,7 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    fn new(registry: &Registry) -> anyhow::Result<Self> {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
         let calls = IntCounterVec::new(
             Opts::new(
                 "upstream_calls_total",

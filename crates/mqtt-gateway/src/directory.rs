@@ -55,7 +55,11 @@ impl Directory {
     /// a platform service resolves every owner's devices), without request
     /// metrics. Answers are trusted for `ttl`, "unknown device" for
     /// `unknown_ttl` (a change at the registry drops them at once).
-    pub fn new(registry_url: &str, ttl: Duration, unknown_ttl: Duration) -> anyhow::Result<Self> {
+    pub fn new(
+        registry_url: &str,
+        ttl: Duration,
+        unknown_ttl: Duration,
+    ) -> Result<Self, crate::GatewayError> {
         let client = registry_client::admin_client(registry_url)?;
         Ok(Self::with_client(client, ttl, unknown_ttl))
     }
