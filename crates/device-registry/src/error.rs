@@ -14,6 +14,22 @@ pub enum RegistryError {
     Db(#[from] tokio_postgres::Error),
     #[error("MQTT broker: {0}")]
     Broker(#[from] crate::broker::BrokerError),
+    /// The service could not start, or stopped with an error.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Why device-registry could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] iot_db::DbError),
+    #[error(transparent)]
+    Schema(#[from] iot_db::SchemaError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] iot_telemetry::prometheus::Error),
+    #[error(transparent)]
+    Service(#[from] iot_runtime::ServiceError),
 }
 
 impl From<RegistryError> for tonic::Status {
@@ -28,6 +44,11 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::Db(_) => {
                 tracing::error!(error = %e, "registry database error");
                 tonic::Status::internal("database error")
+            }
+            // Not an answer to a call: the service's own start or stop.
+            RegistryError::Start(_) => {
+                tracing::error!(error = %e, "registry failure");
+                tonic::Status::internal("registry failure")
             }
         }
     }

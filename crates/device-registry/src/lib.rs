@@ -16,14 +16,18 @@ use tonic::service::Routes;
 
 pub use broker::BrokerConfig;
 pub use config::Config;
-pub use error::RegistryError;
+pub use error::{RegistryError, StartError};
 pub use service::RegistryService;
 
 /// A started device-registry.
 pub type Running = iot_runtime::Running;
 
 /// Connects, binds and starts serving; returns once the ports are bound.
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, RegistryError> {
+    Ok(serve(config, shutdown).await?)
+}
+
+async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let pool = iot_db::pool(&config.database_url, config.pool_size)?;
     // Fail fast when the database is unreachable or not migrated (7: the
     // device change log).
@@ -75,6 +79,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 const SERVICE_NAME: &str = "iot.v1.DeviceRegistry";
 
 /// Runs until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Ok(start(config, shutdown).await?.wait().await?)
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RegistryError> {
+    let running = start(config, shutdown).await?;
+    Ok(running.wait().await.map_err(StartError::from)?)
 }

@@ -6,6 +6,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::StartError;
 use crate::config::AuthConfig;
 
 /// An authenticated caller.
@@ -62,14 +63,17 @@ struct Jwt {
 const ACTOR_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b1e_9a40_4b7e_8d3e_3c59_7a51_0001);
 
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &AuthConfig) -> Result<Self, StartError> {
         let keys = config
             .api_keys
             .iter()
             .map(|k| {
                 let owner = match k.owner.as_str() {
                     "*" => None,
-                    o => Some(Uuid::parse_str(o)?),
+                    o => Some(Uuid::parse_str(o).map_err(|_| StartError::ApiKeyOwner {
+                        key: k.name.clone(),
+                        owner: k.owner.clone(),
+                    })?),
                 };
                 Ok((
                     k.sha256.to_ascii_lowercase(),
@@ -79,7 +83,7 @@ impl Authenticator {
                     },
                 ))
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, StartError>>()?;
         let jwt = match &config.jwt {
             None => None,
             Some(j) => {
@@ -114,7 +118,7 @@ impl Authenticator {
                 }
                 if let Some(pem) = &j.rs256_public_key_pem {
                     keys.push((
-                        DecodingKey::from_rsa_pem(pem.as_bytes())?,
+                        DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(StartError::JwtKey)?,
                         validation(Algorithm::RS256),
                     ));
                 }

@@ -332,7 +332,7 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    pub fn new(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+    pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "requests_total",

@@ -6,6 +6,7 @@
 mod auth;
 mod codes;
 mod config;
+mod error;
 mod http;
 mod hub;
 mod metrics_json;
@@ -21,12 +22,13 @@ use iot_runtime::{CancellationToken, Skeleton};
 
 pub use auth::{AuthError, Authenticator, Principal};
 pub use config::{ApiKey, AuthConfig, Config, JwtConfig, Limits};
+pub use error::StartError;
 pub use schema::sdl;
 
 /// A started gateway; `http_addr` is the GraphQL endpoint.
 pub type Running = iot_runtime::Running<SocketAddr>;
 
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let mut skeleton = Skeleton::new("graphql-gateway", "iot_graphql", shutdown.clone())?;
     let up = upstream::Upstreams::connect(&config, &skeleton.registry)?;
     let subscribers = prometheus::IntGauge::new(
@@ -105,7 +107,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(skeleton.run(http_addr, work)?)
 }
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     Ok(start(config, shutdown).await?.wait().await?)
 }
 

@@ -1,16 +1,22 @@
-//! The services the gateway calls: one lazily connected channel each, a
-//! deadline on every call, and every call counted and timed.
+//! The services the gateway calls: one lazily connected channel each,
+//! with a deadline on every call, wearing the client layer
+//! ([`iot_telemetry::grpc::GrpcClientLayer`]) that counts and times every
+//! call by method (`iot_graphql_upstream_calls_total`,
+//! `iot_graphql_upstream_call_duration_seconds`) and carries the caller's
+//! trace. Resolvers call the generated clients' methods and turn a failure
+//! into a GraphQL error with [`Answer`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_graphql::ErrorExtensions;
+use iot_proto::Scope;
 use iot_proto::v1::{
     self, alerts_client::AlertsClient, device_registry_client::DeviceRegistryClient,
     ingest_client::IngestClient, telemetry_client::TelemetryClient,
 };
-use iot_proto::{Scope, Traced};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use iot_telemetry::grpc::GrpcClientMetrics;
+use prometheus::Registry;
 use prost::bytes::Bytes;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::service::interceptor::InterceptedService;
@@ -19,23 +25,45 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::StartError;
 use crate::config::Config;
 
-pub type RegistryApi = DeviceRegistryClient<InterceptedService<Channel, Scope>>;
-pub type Alerts = AlertsClient<InterceptedService<Channel, Scope>>;
+/// The backends' names: the `service` label of their calls' metrics and
+/// of the GraphQL errors they cause.
+pub const REGISTRY: &str = "device-registry";
+pub const TELEMETRY: &str = "ingest-writer";
+pub const ALERTS: &str = "alert-engine";
+pub const INGEST: &str = "mqtt-gateway";
+
+/// A backend's channel, wearing the client layer.
+pub type Upstream = iot_proto::ClientChannel;
+pub type RegistryApi = DeviceRegistryClient<InterceptedService<Upstream, Scope>>;
+pub type Alerts = AlertsClient<InterceptedService<Upstream, Scope>>;
+pub type Telemetry = TelemetryClient<Upstream>;
+pub type Ingest = IngestClient<Upstream>;
 
 /// Channels to the backends, and the gateway's view of how they answer.
 #[derive(Clone)]
 pub struct Upstreams {
-    registry: Channel,
-    telemetry: Channel,
-    alerts: Channel,
-    ingest: Channel,
-    pub metrics: Arc<UpstreamMetrics>,
+    registry: Upstream,
+    telemetry: Upstream,
+    alerts: Upstream,
+    ingest: Upstream,
+    /// The same connections without the layer: readiness checks every
+    /// backend's health every 2 s, which are probes, not calls of the API.
+    probes: [(&'static str, Channel); 4],
+    /// Recent call latencies (the status summary's mean).
+    pub times: Arc<ResponseTimes>,
 }
 
-fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_owned())?
+fn channel(service: &'static str, url: &str, timeout: Duration) -> Result<Channel, StartError> {
+    let endpoint =
+        Channel::from_shared(url.to_owned()).map_err(|source| StartError::UpstreamAddress {
+            service,
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(endpoint
         .connect_timeout(timeout.min(Duration::from_secs(3)))
         .timeout(timeout)
         .tcp_nodelay(true)
@@ -43,14 +71,47 @@ fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
 }
 
 impl Upstreams {
-    pub fn connect(config: &Config, registry: &Registry) -> anyhow::Result<Self> {
+    /// One channel per backend, each call with the configured deadline;
+    /// their calls' metrics go to `registry`.
+    pub fn connect(config: &Config, registry: &Registry) -> Result<Self, StartError> {
+        let times = Arc::new(ResponseTimes::new());
+        let calls = GrpcClientMetrics::register_as(
+            registry,
+            "upstream_calls_total",
+            "upstream_call_duration_seconds",
+        )?
+        .on_call({
+            let times = times.clone();
+            move |call| {
+                // The alert stream lasts as long as its connection: not a
+                // response time.
+                if call.method != "SubscribeAlerts" {
+                    times.observe(call.elapsed);
+                }
+            }
+        });
         let t = Duration::from_millis(config.limits.upstream_timeout_ms);
+        let registry = channel(REGISTRY, &config.registry_url, t)?;
+        let telemetry = channel(TELEMETRY, &config.telemetry_url, t)?;
+        let alerts = channel(ALERTS, &config.alerts_url, t)?;
+        let ingest = channel(INGEST, &config.ingest_url, t)?;
+        let layered = |service, ch: &Channel| {
+            tower::ServiceBuilder::new()
+                .layer(calls.layer(service))
+                .service(ch.clone())
+        };
         Ok(Self {
-            registry: channel(&config.registry_url, t)?,
-            telemetry: channel(&config.telemetry_url, t)?,
-            alerts: channel(&config.alerts_url, t)?,
-            ingest: channel(&config.ingest_url, t)?,
-            metrics: Arc::new(UpstreamMetrics::new(registry)?),
+            registry: layered(REGISTRY, &registry),
+            telemetry: layered(TELEMETRY, &telemetry),
+            alerts: layered(ALERTS, &alerts),
+            ingest: layered(INGEST, &ingest),
+            probes: [
+                (REGISTRY, registry),
+                (TELEMETRY, telemetry),
+                (ALERTS, alerts),
+                (INGEST, ingest),
+            ],
+            times,
         })
     }
 
@@ -62,12 +123,12 @@ impl Upstreams {
         AlertsClient::with_interceptor(self.alerts.clone(), scope)
     }
 
-    pub fn telemetry(&self) -> TelemetryClient<InterceptedService<Channel, Traced>> {
-        TelemetryClient::with_interceptor(self.telemetry.clone(), Traced)
+    pub fn telemetry(&self) -> Telemetry {
+        TelemetryClient::new(self.telemetry.clone())
     }
 
-    pub fn ingest(&self) -> IngestClient<InterceptedService<Channel, Traced>> {
-        IngestClient::with_interceptor(self.ingest.clone(), Traced)
+    pub fn ingest(&self) -> Ingest {
+        IngestClient::new(self.ingest.clone())
     }
 
     /// ingest-writer's `QueryMetrics`, its answer as the encoded bytes
@@ -101,17 +162,15 @@ impl Upstreams {
         method: &'static str,
     ) -> Result<
         (
-            tonic::client::Grpc<InterceptedService<Channel, Traced>>,
+            tonic::client::Grpc<Upstream>,
             tonic::Request<v1::QueryMetricsRequest>,
         ),
         tonic::Status,
     > {
-        let mut grpc =
-            tonic::client::Grpc::new(InterceptedService::new(self.telemetry.clone(), Traced));
-        grpc.ready().await.map_err(|e| {
-            let e: tonic::codegen::StdError = e.into();
-            tonic::Status::unknown(format!("Service was not ready: {e}"))
-        })?;
+        let mut grpc = tonic::client::Grpc::new(self.telemetry.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         let mut req = tonic::Request::new(req);
         req.extensions_mut()
             .insert(tonic::GrpcMethod::new("iot.v1.Telemetry", method));
@@ -121,12 +180,7 @@ impl Upstreams {
     /// Names of backends that are not serving.
     pub async fn unhealthy(&self) -> Vec<&'static str> {
         let mut bad = Vec::new();
-        for (name, ch) in [
-            ("device-registry", &self.registry),
-            ("ingest-writer", &self.telemetry),
-            ("alert-engine", &self.alerts),
-            ("mqtt-gateway", &self.ingest),
-        ] {
+        for (name, ch) in &self.probes {
             let serving = HealthClient::new(ch.clone())
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -135,32 +189,23 @@ impl Upstreams {
                 .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
                 .unwrap_or(false);
             if !serving {
-                bad.push(name);
+                bad.push(*name);
             }
         }
         bad
     }
+}
 
-    /// Runs one gRPC call to `service`'s `method`, counting and timing it;
-    /// a failure becomes a GraphQL error with an `extensions.code`.
-    pub async fn call<T, F>(
-        &self,
-        service: &'static str,
-        method: &'static str,
-        fut: F,
-    ) -> async_graphql::Result<T>
-    where
-        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let started = Instant::now();
-        let out = fut.await;
-        let elapsed = started.elapsed();
-        let code = match &out {
-            Ok(_) => "OK".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
-        };
-        self.metrics.observe(service, method, &code, elapsed);
-        out.map(tonic::Response::into_inner)
+/// A backend's answer, or its failure as a GraphQL error.
+pub trait Answer<T> {
+    /// The answer's message, or the status as a GraphQL error that names
+    /// the backend `service` ([`status_error`]).
+    fn answer(self, service: &str) -> async_graphql::Result<T>;
+}
+
+impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn answer(self, service: &str) -> async_graphql::Result<T> {
+        self.map(tonic::Response::into_inner)
             .map_err(|s| status_error(service, &s))
     }
 }
@@ -209,48 +254,23 @@ pub fn error(code: &'static str, message: impl Into<String>) -> async_graphql::E
     async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
 }
 
-/// Backend call figures: Prometheus series, and the mean latency over the
-/// last minute (the status summary's `average_response_time_ms`).
-pub struct UpstreamMetrics {
-    calls: IntCounterVec,
-    seconds: HistogramVec,
+/// Backend call latencies over the last minute (the status summary's
+/// `average_response_time_ms`); the layer's metrics feed it.
+pub struct ResponseTimes {
     /// (second, sum of ms, calls) for the last 60 seconds.
     window: Mutex<Vec<(u64, f64, u64)>>,
     epoch: Instant,
 }
 
-impl UpstreamMetrics {
-    fn new(registry: &Registry) -> anyhow::Result<Self> {
-        let calls = IntCounterVec::new(
-            Opts::new(
-                "upstream_calls_total",
-                "gRPC calls to backends, by service, method and status code",
-            ),
-            &["service", "method", "code"],
-        )?;
-        let seconds = HistogramVec::new(
-            HistogramOpts::new("upstream_call_duration_seconds", "gRPC call latency").buckets(
-                vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ],
-            ),
-            &["service", "method"],
-        )?;
-        registry.register(Box::new(calls.clone()))?;
-        registry.register(Box::new(seconds.clone()))?;
-        Ok(Self {
-            calls,
-            seconds,
+impl ResponseTimes {
+    fn new() -> Self {
+        Self {
             window: Mutex::new(Vec::new()),
             epoch: Instant::now(),
-        })
+        }
     }
 
-    fn observe(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
-        self.calls.with_label_values(&[service, method, code]).inc();
-        self.seconds
-            .with_label_values(&[service, method])
-            .observe(elapsed.as_secs_f64());
+    fn observe(&self, elapsed: Duration) {
         let now = self.epoch.elapsed().as_secs();
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         w.retain(|(s, _, _)| now.saturating_sub(*s) < 60);

@@ -261,7 +261,7 @@ pub async fn run(ctx: &Ctx) {
             )
         };
         println!(
-            "  {query}, gateway-side means: whole request {:.2} ms (until its body is serialized); backend calls GetDevice {:.2}, StreamMetrics {:.2} (to its last part, rendered), LatestReadings {:.2}, ListAlerts {:.2} ms",
+            "  {query}, gateway-side means: whole request {:.2} ms (until its body is serialized); backend calls GetDevice {:.2}, StreamMetrics {:.2} (to its last part), LatestReadings {:.2}, ListAlerts {:.2} ms",
             mean("iot_graphql_request_duration_seconds", ""),
             call("GetDevice"),
             call("StreamMetrics"),

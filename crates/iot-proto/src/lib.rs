@@ -175,17 +175,37 @@ pub fn scope_of<T>(req: &tonic::Request<T>) -> Result<Option<uuid::Uuid>, tonic:
     }
 }
 
+/// A channel to a platform service wearing the client layer
+/// ([`iot_telemetry::grpc::GrpcClientLayer`]): the caller's `traceparent`
+/// on every call and, when the layer is a measured one, request metrics by
+/// method.
+pub type ClientChannel = iot_telemetry::grpc::MeasuredClient<tonic::transport::Channel>;
+
+/// `channel` wearing `layer`.
+pub fn client_channel(
+    channel: tonic::transport::Channel,
+    layer: iot_telemetry::grpc::GrpcClientLayer,
+) -> ClientChannel {
+    tower::ServiceBuilder::new().layer(layer).service(channel)
+}
+
 /// An Alerts client whose every call carries `scope`.
 pub type AlertsClient = v1::alerts_client::AlertsClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Scope>,
+    tonic::service::interceptor::InterceptedService<ClientChannel, Scope>,
 >;
 
 /// A device-registry client whose every call carries `scope`.
 pub type RegistryClient = v1::device_registry_client::DeviceRegistryClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Scope>,
+    tonic::service::interceptor::InterceptedService<ClientChannel, Scope>,
 >;
 
-/// Connects to device-registry at `url` with `scope`.
+/// A device-registry client on `channel` (wearing its layer), with
+/// `scope`.
+pub fn registry_client_on(channel: ClientChannel, scope: Scope) -> RegistryClient {
+    v1::device_registry_client::DeviceRegistryClient::with_interceptor(channel, scope)
+}
+
+/// Connects to device-registry at `url` with `scope` (no request metrics).
 pub async fn registry_client(
     url: impl Into<String>,
     scope: Scope,
@@ -193,10 +213,13 @@ pub async fn registry_client(
     let channel = tonic::transport::Endpoint::from_shared(url.into())?
         .connect()
         .await?;
-    Ok(v1::device_registry_client::DeviceRegistryClient::with_interceptor(channel, scope))
+    Ok(registry_client_on(
+        client_channel(channel, iot_telemetry::grpc::GrpcClientLayer::unmeasured()),
+        scope,
+    ))
 }
 
-/// Connects to alert-engine at `url` with `scope`.
+/// Connects to alert-engine at `url` with `scope` (no request metrics).
 pub async fn alerts_client(
     url: impl Into<String>,
     scope: Scope,
@@ -205,7 +228,8 @@ pub async fn alerts_client(
         .connect()
         .await?;
     Ok(v1::alerts_client::AlertsClient::with_interceptor(
-        channel, scope,
+        client_channel(channel, iot_telemetry::grpc::GrpcClientLayer::unmeasured()),
+        scope,
     ))
 }
 

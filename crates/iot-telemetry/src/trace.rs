@@ -9,8 +9,9 @@
 //!
 //! Context crosses process boundaries as W3C trace context (`traceparent`):
 //! in Kafka record headers (`traceparent`, `inject`/`context_of`) and in
-//! gRPC metadata (client side: `iot_proto::Scope` injects it; server side:
-//! `grpc_server_span` extracts it).
+//! gRPC metadata (client side: the client layer of [`crate::grpc`] and
+//! `iot_proto::Scope` inject it; server side: `grpc_server_span` extracts
+//! it).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

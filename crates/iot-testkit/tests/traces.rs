@@ -282,13 +282,23 @@ async fn a_readings_trace_and_a_graphql_requests_trace_follow_every_hop() {
         "iot_alerts_db_pool_max_connections",
         "iot_alerts_grpc_server_requests_total{",
     ];
+    // The gateway's calls to the registry (its device lookup), by method,
+    // and the GraphQL gateway's (the device it looked up).
+    let gateway_wants = [
+        "iot_gateway_grpc_client_requests_total{code=\"OK\",method=\"GetDevice\",service=\"device-registry\"}",
+        "iot_gateway_grpc_client_request_duration_seconds_bucket{method=\"GetDevice\",service=\"device-registry\",",
+        "iot_graphql_upstream_calls_total{code=\"OK\",method=\"GetDevice\",service=\"device-registry\"} 1",
+    ];
     let missing = kit::eventually("operating metrics", Duration::from_secs(30), || async {
         let w = kit::http_get(p.writer_admin, "/metrics").await;
         let a = kit::http_get(engine.admin_addr, "/metrics").await;
+        let g = kit::http_get(p.gateway_admin, "/metrics").await
+            + &kit::http_get(gql.admin_addr, "/metrics").await;
         let missing: Vec<&str> = writer_wants
             .iter()
             .filter(|m| !w.contains(*m))
             .chain(engine_wants.iter().filter(|m| !a.contains(*m)))
+            .chain(gateway_wants.iter().filter(|m| !g.contains(*m)))
             .copied()
             .collect();
         missing.is_empty().then_some(missing)

@@ -51,21 +51,36 @@ struct Activity {
 }
 
 impl Directory {
-    /// Answers are trusted for `ttl`, "unknown device" for `unknown_ttl`
-    /// (a change at the registry drops them at once).
-    pub fn new(registry_url: &str, ttl: Duration, unknown_ttl: Duration) -> anyhow::Result<Self> {
-        // A platform service: it resolves every owner's devices.
+    /// Looks devices up at the registry at `registry_url` (admin scope:
+    /// a platform service resolves every owner's devices), without request
+    /// metrics. Answers are trusted for `ttl`, "unknown device" for
+    /// `unknown_ttl` (a change at the registry drops them at once).
+    pub fn new(
+        registry_url: &str,
+        ttl: Duration,
+        unknown_ttl: Duration,
+    ) -> Result<Self, crate::GatewayError> {
         let client = registry_client::admin_client(registry_url)?;
+        Ok(Self::with_client(client, ttl, unknown_ttl))
+    }
+
+    /// [`Self::new`] with `client` (an admin-scope client, such as
+    /// `registry_client::measured_admin_client`'s).
+    pub fn with_client(
+        client: iot_proto::RegistryClient,
+        ttl: Duration,
+        unknown_ttl: Duration,
+    ) -> Self {
         let settings = registry_client::Settings {
             max_capacity: MAX_ENTRIES as u64,
             found_ttl: Some(ttl),
             not_found_ttl: Some(unknown_ttl),
         };
-        Ok(Self {
+        Self {
             devices: DeviceCache::new(client.clone(), settings, DeviceInfo::of),
             client,
             activity: Mutex::default(),
-        })
+        }
     }
 
     /// Exports the cache's hit and miss counts.

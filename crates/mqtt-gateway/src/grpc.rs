@@ -8,6 +8,7 @@ use iot_proto::Message as _;
 use iot_proto::v1::{self, ingest_server::Ingest};
 use tonic::{Request, Response, Status};
 
+use crate::GatewayError;
 use crate::pipeline::{Door, Pipeline};
 
 pub struct IngestService {
@@ -44,17 +45,18 @@ impl Ingest for IngestService {
         request: Request<v1::IngestReadingsRequest>,
     ) -> Result<Response<v1::IngestReadingsResponse>, Status> {
         let req = request.into_inner();
+        let invalid = |problem: String| Err(GatewayError::Invalid(vec![problem]).into());
         if req.device.is_empty() {
-            return Err(iot_proto::invalid_argument(&["device: is required"]));
+            return invalid("device: is required".into());
         }
         if req.readings.is_empty() {
-            return Err(iot_proto::invalid_argument(&["readings: is empty"]));
+            return invalid("readings: is empty".into());
         }
         if req.readings.len() > iot_domain::payload::MAX_ENTRIES {
-            return Err(iot_proto::invalid_argument(&[format!(
+            return invalid(format!(
                 "readings: at most {} per call",
                 iot_domain::payload::MAX_ENTRIES
-            )]));
+            ));
         }
         // Dead letters keep the request as it was sent.
         let payload = req.encode_to_vec();
@@ -66,15 +68,10 @@ impl Ingest for IngestService {
             .await
             .map_err(|e| {
                 self.pipeline.metrics.transient(e.kind(), &e);
-                Status::unavailable(e.to_string())
+                GatewayError::from(e)
             })?;
         if let Some(r) = delivery.refused() {
-            let msg = format!("{}: {}", r.reason.code(), r.detail);
-            return Err(match r.reason {
-                RejectReason::UnknownDevice => Status::not_found(msg),
-                RejectReason::InactiveDevice => Status::failed_precondition(msg),
-                _ => Status::invalid_argument(msg),
-            });
+            return Err(GatewayError::Refused(r.clone()).into());
         }
         Ok(Response::new(v1::IngestReadingsResponse {
             accepted: u32::try_from(delivery.accepted).unwrap_or(u32::MAX),

@@ -8,6 +8,7 @@
 mod broker_check;
 mod config;
 pub mod directory;
+mod error;
 mod grpc;
 mod http;
 mod metrics;
@@ -24,13 +25,14 @@ use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use config::{Config, LimitsConfig, MqttConfig, Split};
+pub use error::GatewayError;
 
 pub const SERVICE: &str = "mqtt-gateway";
 
 /// A started gateway; `http_addr` is its HTTP ingest door.
 pub type Running = iot_runtime::Running<SocketAddr>;
 
-pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, GatewayError> {
     // Topics are created by ingest-writer (their consumer) or by operators;
     // until they exist, produces fail as transient errors and nothing is
     // acknowledged.
@@ -42,11 +44,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let mut skeleton = Skeleton::new(SERVICE, "iot_gateway", shutdown.clone())?;
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
-    let directory = directory::Directory::new(
-        &config.registry_url,
+    // Its registry calls counted and timed by method.
+    let calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;
+    let directory = directory::Directory::with_client(
+        registry_client::measured_admin_client(&config.registry_url, &calls)?,
         Duration::from_secs(config.device_cache_ttl_secs),
         Duration::from_secs(config.unknown_device_ttl_secs),
-    )?;
+    );
     directory.register_metrics(&skeleton.registry)?;
     let pipeline = Arc::new(pipeline::Pipeline {
         directory,
@@ -126,6 +130,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(skeleton.run(http_addr, work)?)
 }
 
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), GatewayError> {
     Ok(start(config, shutdown).await?.wait().await?)
 }

@@ -32,6 +32,7 @@ use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::GatewayError;
 use crate::config::{MqttConfig, Split};
 use crate::pipeline::Pipeline;
 
@@ -165,7 +166,7 @@ pub async fn run_subscriber(
     drain_timeout: Duration,
     ready: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), GatewayError> {
     let opts = options(&cfg, max_in_flight);
     let (client, eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
     let (events_tx, mut events) = mpsc::channel(EVENTS_BUFFERED);

@@ -1,5 +1,6 @@
 //! The client side of device-registry for platform services: an admin-scope
-//! client ([`admin_client`]), its change stream ([`follow_device_changes`])
+//! client ([`admin_client`], or [`measured_admin_client`] with request
+//! metrics), its change stream ([`follow_device_changes`])
 //! and [`DeviceCache`], the device lookups that mqtt-gateway and
 //! alert-engine keep in front of `GetDevice`.
 //!
@@ -13,21 +14,41 @@ mod changes;
 
 use std::time::Duration;
 
+use iot_telemetry::grpc::{GrpcClientLayer, GrpcClientMetrics};
+
 pub use cache::{DEFAULT_MAX_CAPACITY, DeviceCache, MapDevice, Settings};
 pub use changes::follow_device_changes;
 
+/// The `service` label of device-registry calls in client metrics.
+pub const SERVICE: &str = "device-registry";
+
 /// A device-registry client for a platform service (admin scope: every
 /// owner's devices, and the change stream), connecting on first use; 5 s
-/// to connect, 10 s per call.
+/// to connect, 10 s per call. Its calls carry the caller's trace; no
+/// metrics (see [`measured_admin_client`]).
 pub fn admin_client(url: &str) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
+    admin_client_with(url, GrpcClientLayer::unmeasured())
+}
+
+/// [`admin_client`] whose calls `metrics` counts and times
+/// (`service="device-registry"`, by method and status code).
+pub fn measured_admin_client(
+    url: &str,
+    metrics: &GrpcClientMetrics,
+) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
+    admin_client_with(url, metrics.layer(SERVICE))
+}
+
+fn admin_client_with(
+    url: &str,
+    layer: GrpcClientLayer,
+) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
-    Ok(
-        iot_proto::v1::device_registry_client::DeviceRegistryClient::with_interceptor(
-            channel,
-            iot_proto::Scope::Admin,
-        ),
-    )
+    Ok(iot_proto::registry_client_on(
+        iot_proto::client_channel(channel, layer),
+        iot_proto::Scope::Admin,
+    ))
 }

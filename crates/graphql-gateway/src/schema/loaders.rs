@@ -7,7 +7,7 @@ use async_graphql::Result;
 use async_graphql::dataloader::Loader;
 use iot_proto::v1;
 
-use crate::upstream::Upstreams;
+use crate::upstream::{ALERTS, Answer as _, REGISTRY, TELEMETRY, Upstreams};
 
 /// Fetches the items of many devices with one `fetch` per 1000 device
 /// UUIDs (the backends' limit per call) and groups them by device.
@@ -45,16 +45,12 @@ impl Loader<String> for LatestLoader {
             |chunk| async move {
                 let got = self
                     .up
-                    .call(
-                        "ingest-writer",
-                        "LatestReadings",
-                        self.up
-                            .telemetry()
-                            .latest_readings(v1::LatestReadingsRequest {
-                                device_uuids: chunk,
-                            }),
-                    )
-                    .await?;
+                    .telemetry()
+                    .latest_readings(v1::LatestReadingsRequest {
+                        device_uuids: chunk,
+                    })
+                    .await
+                    .answer(TELEMETRY)?;
                 Ok(got.readings)
             },
         )
@@ -82,20 +78,16 @@ impl Loader<String> for OpenAlertsLoader {
                 loop {
                     let got = self
                         .up
-                        .call(
-                            "alert-engine",
-                            "ListAlerts",
-                            self.up
-                                .alerts(self.scope.clone())
-                                .list_alerts(v1::ListAlertsRequest {
-                                    device_uuids: chunk.clone(),
-                                    only_open: true,
-                                    limit: 1000,
-                                    cursor,
-                                    ..Default::default()
-                                }),
-                        )
-                        .await?;
+                        .alerts(self.scope.clone())
+                        .list_alerts(v1::ListAlertsRequest {
+                            device_uuids: chunk.clone(),
+                            only_open: true,
+                            limit: 1000,
+                            cursor,
+                            ..Default::default()
+                        })
+                        .await
+                        .answer(ALERTS)?;
                     alerts.extend(got.alerts);
                     if got.next_cursor.is_empty() {
                         return Ok(alerts);
@@ -128,18 +120,14 @@ impl Loader<String> for DeviceLoader {
         let mut found = HashMap::new();
         for chunk in uuids.chunks(1000) {
             let mut c = self.up.registry(self.scope.clone());
-            let got = self
-                .up
-                .call(
-                    "device-registry",
-                    "ListDevices",
-                    c.list_devices(v1::ListDevicesRequest {
-                        ids: chunk.iter().map(|(_, u)| u.to_string()).collect(),
-                        limit: chunk.len() as u32,
-                        ..Default::default()
-                    }),
-                )
-                .await?;
+            let got = c
+                .list_devices(v1::ListDevicesRequest {
+                    ids: chunk.iter().map(|(_, u)| u.to_string()).collect(),
+                    limit: chunk.len() as u32,
+                    ..Default::default()
+                })
+                .await
+                .answer(REGISTRY)?;
             let by_id: HashMap<uuid::Uuid, v1::Device> = got
                 .devices
                 .into_iter()
@@ -174,16 +162,12 @@ impl Loader<String> for SensorLoader {
             |chunk| async move {
                 let got = self
                     .up
-                    .call(
-                        "device-registry",
-                        "ListSensorsOfDevices",
-                        self.up
-                            .registry(self.scope.clone())
-                            .list_sensors_of_devices(v1::ListSensorsOfDevicesRequest {
-                                device_uuids: chunk,
-                            }),
-                    )
-                    .await?;
+                    .registry(self.scope.clone())
+                    .list_sensors_of_devices(v1::ListSensorsOfDevicesRequest {
+                        device_uuids: chunk,
+                    })
+                    .await
+                    .answer(REGISTRY)?;
                 Ok(got.sensors)
             },
         )

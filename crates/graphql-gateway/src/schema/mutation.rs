@@ -11,7 +11,7 @@ use super::{
     MqttCredentials, ReadingInput, RecordResult, RejectedReading, SensorInput, SensorReading,
     parse_time, shared, who,
 };
-use crate::upstream::error;
+use crate::upstream::{ALERTS, Answer as _, INGEST, REGISTRY, error};
 
 /// Changes: devices, their config and credentials, readings, alerts.
 pub struct MutationRoot;
@@ -54,34 +54,31 @@ impl MutationRoot {
             config.alert_threshold = Some(t);
         }
         let d =
-            s.up.call(
-                "device-registry",
-                "CreateDevice",
-                s.up.registry(who(ctx)?.scope())
-                    .create_device(v1::CreateDeviceRequest {
-                        device_id,
-                        name,
-                        device_type,
-                        location,
-                        latitude: num(latitude),
-                        longitude: num(longitude),
-                        owner_id: String::new(),
-                        status: status.unwrap_or_default(),
-                        config: Some(config.into_proto()),
-                        sensors: sensors
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|x| v1::Sensor {
-                                sensor_name: x.sensor_name,
-                                unit: x.unit,
-                                sensor_type: x.sensor_type,
-                                accuracy: num(x.accuracy),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-            )
-            .await?;
+            s.up.registry(who(ctx)?.scope())
+                .create_device(v1::CreateDeviceRequest {
+                    device_id,
+                    name,
+                    device_type,
+                    location,
+                    latitude: num(latitude),
+                    longitude: num(longitude),
+                    owner_id: String::new(),
+                    status: status.unwrap_or_default(),
+                    config: Some(config.into_proto()),
+                    sensors: sensors
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|x| v1::Sensor {
+                            sensor_name: x.sensor_name,
+                            unit: x.unit,
+                            sensor_type: x.sensor_type,
+                            accuracy: num(x.accuracy),
+                            ..Default::default()
+                        })
+                        .collect(),
+                })
+                .await
+                .answer(REGISTRY)?;
         Ok(Device::from(d))
     }
 
@@ -100,21 +97,18 @@ impl MutationRoot {
     ) -> Result<Device> {
         let s = shared(ctx);
         let d =
-            s.up.call(
-                "device-registry",
-                "UpdateDevice",
-                s.up.registry(who(ctx)?.scope())
-                    .update_device(v1::UpdateDeviceRequest {
-                        id: id.0,
-                        name,
-                        device_type,
-                        location,
-                        latitude: num(latitude),
-                        longitude: num(longitude),
-                        status,
-                    }),
-            )
-            .await?;
+            s.up.registry(who(ctx)?.scope())
+                .update_device(v1::UpdateDeviceRequest {
+                    id: id.0,
+                    name,
+                    device_type,
+                    location,
+                    latitude: num(latitude),
+                    longitude: num(longitude),
+                    status,
+                })
+                .await
+                .answer(REGISTRY)?;
         Ok(Device::from(d))
     }
 
@@ -122,13 +116,10 @@ impl MutationRoot {
     /// readings age out with the platform's retention.
     async fn delete_device(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = shared(ctx);
-        s.up.call(
-            "device-registry",
-            "DeleteDevice",
-            s.up.registry(who(ctx)?.scope())
-                .delete_device(v1::GetDeviceRequest { id: id.0.clone() }),
-        )
-        .await?;
+        s.up.registry(who(ctx)?.scope())
+            .delete_device(v1::GetDeviceRequest { id: id.0.clone() })
+            .await
+            .answer(REGISTRY)?;
         s.known.forget(&id.0);
         Ok(true)
     }
@@ -144,20 +135,16 @@ impl MutationRoot {
         let read_interval = config.read_interval;
         let c = config.into_proto();
         let got =
-            s.up.call(
-                "device-registry",
-                "UpdateDeviceConfig",
-                s.up.registry(who(ctx)?.scope()).update_device_config(
-                    v1::UpdateDeviceConfigRequest {
-                        id: id.0,
-                        read_interval,
-                        alert_threshold_json: c.alert_threshold_json,
-                        data_retention_days: c.data_retention_days,
-                        custom_fields_json: c.custom_fields_json,
-                    },
-                ),
-            )
-            .await?;
+            s.up.registry(who(ctx)?.scope())
+                .update_device_config(v1::UpdateDeviceConfigRequest {
+                    id: id.0,
+                    read_interval,
+                    alert_threshold_json: c.alert_threshold_json,
+                    data_retention_days: c.data_retention_days,
+                    custom_fields_json: c.custom_fields_json,
+                })
+                .await
+                .answer(REGISTRY)?;
         Ok(DeviceConfig(got))
     }
 
@@ -169,26 +156,20 @@ impl MutationRoot {
     ) -> Result<MqttCredentials> {
         let s = shared(ctx);
         let c =
-            s.up.call(
-                "device-registry",
-                "RotateCredentials",
-                s.up.registry(who(ctx)?.scope())
-                    .rotate_credentials(v1::GetDeviceRequest { id: id.0 }),
-            )
-            .await?;
+            s.up.registry(who(ctx)?.scope())
+                .rotate_credentials(v1::GetDeviceRequest { id: id.0 })
+                .await
+                .answer(REGISTRY)?;
         Ok(c.into())
     }
 
     /// Removes the device's MQTT account; a connected session is closed.
     async fn revoke_device_credentials(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = shared(ctx);
-        s.up.call(
-            "device-registry",
-            "RevokeCredentials",
-            s.up.registry(who(ctx)?.scope())
-                .revoke_credentials(v1::GetDeviceRequest { id: id.0 }),
-        )
-        .await?;
+        s.up.registry(who(ctx)?.scope())
+            .revoke_credentials(v1::GetDeviceRequest { id: id.0 })
+            .await
+            .answer(REGISTRY)?;
         Ok(true)
     }
 
@@ -261,16 +242,13 @@ impl MutationRoot {
         let s = shared(ctx);
         let p = who(ctx)?;
         let a =
-            s.up.call(
-                "alert-engine",
-                "AcknowledgeAlert",
-                s.up.alerts(p.scope())
-                    .acknowledge_alert(v1::AlertActionRequest {
-                        id: alert_id.0,
-                        by: p.actor.to_string(),
-                    }),
-            )
-            .await?;
+            s.up.alerts(p.scope())
+                .acknowledge_alert(v1::AlertActionRequest {
+                    id: alert_id.0,
+                    by: p.actor.to_string(),
+                })
+                .await
+                .answer(ALERTS)?;
         Ok(Alert(a))
     }
 
@@ -283,13 +261,10 @@ impl MutationRoot {
     ) -> Result<AlertRule> {
         let s = shared(ctx);
         let r =
-            s.up.call(
-                "alert-engine",
-                "CreateRule",
-                s.up.alerts(who(ctx)?.scope())
-                    .create_rule(rule.into_proto(String::new())),
-            )
-            .await?;
+            s.up.alerts(who(ctx)?.scope())
+                .create_rule(rule.into_proto(String::new()))
+                .await
+                .answer(ALERTS)?;
         Ok(AlertRule(r))
     }
 
@@ -302,26 +277,20 @@ impl MutationRoot {
     ) -> Result<AlertRule> {
         let s = shared(ctx);
         let r =
-            s.up.call(
-                "alert-engine",
-                "UpdateRule",
-                s.up.alerts(who(ctx)?.scope())
-                    .update_rule(rule.into_proto(id.0)),
-            )
-            .await?;
+            s.up.alerts(who(ctx)?.scope())
+                .update_rule(rule.into_proto(id.0))
+                .await
+                .answer(ALERTS)?;
         Ok(AlertRule(r))
     }
 
     /// Deletes one of the caller's rules (its open alerts are resolved).
     async fn delete_alert_rule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = shared(ctx);
-        s.up.call(
-            "alert-engine",
-            "DeleteRule",
-            s.up.alerts(who(ctx)?.scope())
-                .delete_rule(v1::DeleteRuleRequest { id: id.0 }),
-        )
-        .await?;
+        s.up.alerts(who(ctx)?.scope())
+            .delete_rule(v1::DeleteRuleRequest { id: id.0 })
+            .await
+            .answer(ALERTS)?;
         Ok(true)
     }
 
@@ -336,30 +305,25 @@ impl MutationRoot {
     ) -> Result<AlertWebhook> {
         let s = shared(ctx);
         let w =
-            s.up.call(
-                "alert-engine",
-                "CreateWebhook",
-                s.up.alerts(who(ctx)?.scope()).create_webhook(v1::Webhook {
+            s.up.alerts(who(ctx)?.scope())
+                .create_webhook(v1::Webhook {
                     url,
                     min_severity,
                     secret: secret.unwrap_or_default(),
                     ..Default::default()
-                }),
-            )
-            .await?;
+                })
+                .await
+                .answer(ALERTS)?;
         Ok(w.into())
     }
 
     /// Stops sending to one of the caller's webhooks.
     async fn delete_alert_webhook(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = shared(ctx);
-        s.up.call(
-            "alert-engine",
-            "DeleteWebhook",
-            s.up.alerts(who(ctx)?.scope())
-                .delete_webhook(v1::DeleteWebhookRequest { id: id.0 }),
-        )
-        .await?;
+        s.up.alerts(who(ctx)?.scope())
+            .delete_webhook(v1::DeleteWebhookRequest { id: id.0 })
+            .await
+            .answer(ALERTS)?;
         Ok(true)
     }
 
@@ -369,16 +333,13 @@ impl MutationRoot {
         let s = shared(ctx);
         let p = who(ctx)?;
         let a =
-            s.up.call(
-                "alert-engine",
-                "ResolveAlert",
-                s.up.alerts(p.scope())
-                    .resolve_alert(v1::AlertActionRequest {
-                        id: alert_id.0,
-                        by: p.actor.to_string(),
-                    }),
-            )
-            .await?;
+            s.up.alerts(p.scope())
+                .resolve_alert(v1::AlertActionRequest {
+                    id: alert_id.0,
+                    by: p.actor.to_string(),
+                })
+                .await
+                .answer(ALERTS)?;
         Ok(Alert(a))
     }
 }
@@ -412,14 +373,12 @@ async fn record(
         });
     }
     let got =
-        s.up.call(
-            "mqtt-gateway",
-            "IngestReadings",
-            s.up.ingest().ingest_readings(v1::IngestReadingsRequest {
+        s.up.ingest()
+            .ingest_readings(v1::IngestReadingsRequest {
                 device: device.id.clone(),
                 readings: batch.clone(),
-            }),
-        )
-        .await?;
+            })
+            .await
+            .answer(INGEST)?;
     Ok((device, batch, got))
 }

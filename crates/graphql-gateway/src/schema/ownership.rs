@@ -5,7 +5,7 @@ use async_graphql::{Context, Result};
 use iot_proto::v1;
 
 use super::{shared, who};
-use crate::upstream::Upstreams;
+use crate::upstream::{Answer as _, REGISTRY, Upstreams};
 
 /// The caller's device `id` (UUID or device_id), or NOT_FOUND.
 pub(super) async fn find_device(ctx: &Context<'_>, id: &str) -> Result<v1::Device> {
@@ -19,13 +19,10 @@ pub(super) async fn get_device(
     scope: iot_proto::Scope,
     id: &str,
 ) -> Result<v1::Device> {
-    up.call(
-        "device-registry",
-        "GetDevice",
-        up.registry(scope)
-            .get_device(v1::GetDeviceRequest { id: id.to_owned() }),
-    )
-    .await
+    up.registry(scope)
+        .get_device(v1::GetDeviceRequest { id: id.to_owned() })
+        .await
+        .answer(REGISTRY)
 }
 
 /// `fetch`'s answer for the caller's device `id`. When `id` is a UUID (as

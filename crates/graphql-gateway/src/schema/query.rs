@@ -1,7 +1,6 @@
 //! The Query root: devices, telemetry, alerts, the status summary.
 
 use async_graphql::{Context, ID, Object, Result};
-use futures::TryFutureExt as _;
 use iot_proto::v1;
 
 use super::ownership::{find_device, of_device};
@@ -10,6 +9,7 @@ use super::{
     Alert, AlertRule, AlertState, AlertWebhook, Device, DeviceStatusSummary, MetricList,
     SensorReading, is_not_found, page, parse_time, range, shared, who,
 };
+use crate::upstream::{ALERTS, Answer as _, REGISTRY, TELEMETRY, status_error};
 
 /// Reads: devices, telemetry, alerts, the status summary.
 pub struct QueryRoot;
@@ -47,21 +47,18 @@ impl QueryRoot {
         let s = shared(ctx);
         let limit = page(limit, s.limits.max_page, "limit")?;
         let got =
-            s.up.call(
-                "device-registry",
-                "ListDevices",
-                s.up.registry(who(ctx)?.scope())
-                    .list_devices(v1::ListDevicesRequest {
-                        device_type,
-                        limit,
-                        status,
-                        owner_id: None,
-                        location,
-                        cursor: after.unwrap_or_default(),
-                        ids: Vec::new(),
-                    }),
-            )
-            .await?;
+            s.up.registry(who(ctx)?.scope())
+                .list_devices(v1::ListDevicesRequest {
+                    device_type,
+                    limit,
+                    status,
+                    owner_id: None,
+                    location,
+                    cursor: after.unwrap_or_default(),
+                    ids: Vec::new(),
+                })
+                .await
+                .answer(REGISTRY)?;
         let pre = Prefetched::for_page(ctx, &got.devices).await?;
         Ok(got
             .devices
@@ -95,14 +92,7 @@ impl QueryRoot {
                 cursor: String::new(),
             };
             let mut telemetry = s.up.telemetry();
-            async move {
-                s.up.call(
-                    "ingest-writer",
-                    "QueryReadings",
-                    telemetry.query_readings(req),
-                )
-                .await
-            }
+            async move { telemetry.query_readings(req).await.answer(TELEMETRY) }
         })
         .await?;
         Ok(got.readings.into_iter().map(SensorReading).collect())
@@ -133,14 +123,9 @@ impl QueryRoot {
             let pieces = of_device(ctx, &device_id, |device_uuid| {
                 let req = request(device_uuid);
                 async move {
-                    // Timed to the last part, rendered.
-                    let fetch = crate::metrics_json::fetch(&s.up, plan, req);
-                    s.up.call(
-                        "ingest-writer",
-                        "StreamMetrics",
-                        fetch.map_ok(tonic::Response::new),
-                    )
-                    .await
+                    crate::metrics_json::fetch(&s.up, plan, req)
+                        .await
+                        .map_err(|e| status_error(TELEMETRY, &e))
                 }
             })
             .await?;
@@ -149,14 +134,7 @@ impl QueryRoot {
         let got = of_device(ctx, &device_id, |device_uuid| {
             let req = request(device_uuid);
             let mut telemetry = s.up.telemetry();
-            async move {
-                s.up.call(
-                    "ingest-writer",
-                    "QueryMetrics",
-                    telemetry.query_metrics(req),
-                )
-                .await
-            }
+            async move { telemetry.query_metrics(req).await.answer(TELEMETRY) }
         })
         .await?;
         Ok(MetricList::Decoded {
@@ -228,13 +206,10 @@ impl QueryRoot {
     async fn alert_rules(&self, ctx: &Context<'_>) -> Result<Vec<AlertRule>> {
         let s = shared(ctx);
         let got =
-            s.up.call(
-                "alert-engine",
-                "ListRules",
-                s.up.alerts(who(ctx)?.scope())
-                    .list_rules(v1::ListRulesRequest {}),
-            )
-            .await?;
+            s.up.alerts(who(ctx)?.scope())
+                .list_rules(v1::ListRulesRequest {})
+                .await
+                .answer(ALERTS)?;
         Ok(got.rules.into_iter().map(AlertRule).collect())
     }
 
@@ -242,13 +217,10 @@ impl QueryRoot {
     async fn alert_webhooks(&self, ctx: &Context<'_>) -> Result<Vec<AlertWebhook>> {
         let s = shared(ctx);
         let got =
-            s.up.call(
-                "alert-engine",
-                "ListWebhooks",
-                s.up.alerts(who(ctx)?.scope())
-                    .list_webhooks(v1::ListWebhooksRequest {}),
-            )
-            .await?;
+            s.up.alerts(who(ctx)?.scope())
+                .list_webhooks(v1::ListWebhooksRequest {})
+                .await
+                .answer(ALERTS)?;
         Ok(got.webhooks.into_iter().map(AlertWebhook::from).collect())
     }
 
@@ -263,27 +235,30 @@ impl QueryRoot {
             s.up.telemetry(),
         );
         let (devices, critical, fleet) = futures::try_join!(
-            s.up.call(
-                "device-registry",
-                "DeviceStatusSummary",
-                registry.device_status_summary(v1::DeviceStatusSummaryRequest::default()),
-            ),
-            s.up.call(
-                "alert-engine",
-                "CountAlerts",
-                alerts.count_alerts(v1::ListAlertsRequest {
-                    only_open: true,
-                    severity: Some("critical".into()),
-                    ..Default::default()
-                }),
-            ),
-            s.up.call(
-                "ingest-writer",
-                "FleetStats",
-                telemetry.fleet_stats(v1::FleetStatsRequest {
-                    owner_id: p.owner.map(|o| o.to_string()),
-                }),
-            ),
+            async {
+                registry
+                    .device_status_summary(v1::DeviceStatusSummaryRequest::default())
+                    .await
+                    .answer(REGISTRY)
+            },
+            async {
+                alerts
+                    .count_alerts(v1::ListAlertsRequest {
+                        only_open: true,
+                        severity: Some("critical".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .answer(ALERTS)
+            },
+            async {
+                telemetry
+                    .fleet_stats(v1::FleetStatsRequest {
+                        owner_id: p.owner.map(|o| o.to_string()),
+                    })
+                    .await
+                    .answer(TELEMETRY)
+            },
         )?;
         Ok(DeviceStatusSummary {
             total_devices: devices.total,
@@ -291,7 +266,7 @@ impl QueryRoot {
             offline_devices: devices.offline,
             inactive_devices: devices.inactive,
             error_devices: devices.error,
-            average_response_time_ms: s.up.metrics.mean_ms_last_minute(),
+            average_response_time_ms: s.up.times.mean_ms_last_minute(),
             critical_alerts_count: critical.count,
             readings_per_second: fleet.readings_per_second,
         })
@@ -306,11 +281,9 @@ async fn list_alerts(
     let s = shared(ctx);
     req.limit = page(limit, s.limits.max_page, "limit")?;
     let got =
-        s.up.call(
-            "alert-engine",
-            "ListAlerts",
-            s.up.alerts(who(ctx)?.scope()).list_alerts(req),
-        )
-        .await?;
+        s.up.alerts(who(ctx)?.scope())
+            .list_alerts(req)
+            .await
+            .answer(ALERTS)?;
     Ok(got.alerts.into_iter().map(Alert).collect())
 }

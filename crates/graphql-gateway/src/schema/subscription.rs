@@ -13,7 +13,7 @@ use iot_proto::v1;
 use super::ownership::{find_device, get_device};
 use super::{Alert, Device, SensorMetric, is_not_found, shared, time, who};
 use crate::hub::HubEvent;
-use crate::upstream::error;
+use crate::upstream::{Answer as _, TELEMETRY, error};
 
 /// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
 pub struct SubscriptionRoot;
@@ -165,16 +165,15 @@ impl SubscriptionRoot {
                         // poll (it may be deleted or change owner), as in
                         // `deviceStatus`; both calls run at once.
                         let mut telemetry = up.telemetry();
-                        let (owned, latest) = tokio::join!(
-                            get_device(&up, scope.clone(), &device),
-                            up.call(
-                                "ingest-writer",
-                                "LatestReadings",
-                                telemetry.latest_readings(v1::LatestReadingsRequest {
-                                    device_uuids: vec![device.clone()],
-                                }),
-                            )
-                        );
+                        let (owned, latest) =
+                            tokio::join!(get_device(&up, scope.clone(), &device), async {
+                                telemetry
+                                    .latest_readings(v1::LatestReadingsRequest {
+                                        device_uuids: vec![device.clone()],
+                                    })
+                                    .await
+                                    .answer(TELEMETRY)
+                            });
                         match owned {
                             Ok(_) => {}
                             // Gone, or no longer the caller's: end.
@@ -206,20 +205,18 @@ impl SubscriptionRoot {
                             seen.insert(r.sensor_name.clone(), t);
                             let start = bucket::floor(t, width);
                             let got = up
-                                .call(
-                                    "ingest-writer",
-                                    "QueryMetrics",
-                                    up.telemetry().query_metrics(v1::QueryMetricsRequest {
-                                        device_uuid: device.clone(),
-                                        sensor_name: r.sensor_name.clone(),
-                                        start: Some(iot_proto::timestamp(start)),
-                                        end: Some(iot_proto::timestamp(
-                                            start + chrono::TimeDelta::seconds(width),
-                                        )),
-                                        granularity: granularity.clone(),
-                                    }),
-                                )
-                                .await;
+                                .telemetry()
+                                .query_metrics(v1::QueryMetricsRequest {
+                                    device_uuid: device.clone(),
+                                    sensor_name: r.sensor_name.clone(),
+                                    start: Some(iot_proto::timestamp(start)),
+                                    end: Some(iot_proto::timestamp(
+                                        start + chrono::TimeDelta::seconds(width),
+                                    )),
+                                    granularity: granularity.clone(),
+                                })
+                                .await
+                                .answer(TELEMETRY);
                             match got {
                                 Ok(m) => queue.extend(
                                     m.metrics
