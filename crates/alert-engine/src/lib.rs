@@ -67,9 +67,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     )?;
     // A platform service: it reads every owner's device config.
-    let devices = Arc::new(engine::Devices::new(registry_client::admin_client(
-        &config.registry_url,
-    )?));
+    let registry_calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;
+    let devices = Arc::new(engine::Devices::new(
+        registry_client::measured_admin_client(&config.registry_url, &registry_calls)?,
+    ));
     devices.register_metrics(&skeleton.registry)?;
     {
         let (d, stop) = (devices.clone(), shutdown.clone());
