@@ -33,9 +33,16 @@ const SERVICE: &str = "alert-engine";
 pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, AlertError> {
-    let pool = iot_db::pool(&config.database_url, config.pool_size)?;
-    // Its newest: the device_owners view.
-    iot_db::require_version(&pool, 15).await?;
+    let mut skeleton = Skeleton::new(SERVICE, "iot_alerts", shutdown.clone())?;
+    // 15, its newest migration: the device_owners view.
+    let pool = iot_db::service_pool(
+        &config.database_url,
+        config.pool_size,
+        15,
+        &skeleton.registry,
+        &skeleton.ready,
+    )
+    .await?;
     // Check that the readings topic is reachable before reporting ready.
     let kafka = config.kafka.clone();
     let group = config.group_id.clone();
@@ -46,17 +53,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
     .await??;
 
-    let mut skeleton = Skeleton::new(SERVICE, "iot_alerts", shutdown.clone())?;
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
-    skeleton
-        .registry
-        .register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
-    {
-        let pool = pool.clone();
-        skeleton
-            .ready
-            .check("database", move || iot_db::ping(pool.clone()));
-    }
     // A reading is acknowledged only once it is evaluated.
     let stream = config.kafka.service_consumer(
         SERVICE,

@@ -28,21 +28,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 }
 
 async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let pool = iot_db::pool(&config.database_url, config.pool_size)?;
-    // Fail fast when the database is unreachable or not migrated (7: the
-    // device change log).
-    iot_db::require_version(&pool, 7).await?;
-
     let mut skeleton = Skeleton::new("device-registry", "iot_registry", shutdown.clone())?;
-    skeleton
-        .registry
-        .register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
-    {
-        let pool = pool.clone();
-        skeleton
-            .ready
-            .check("database", move || iot_db::ping(pool.clone()));
-    }
+    // Fails fast when the database is unreachable or not migrated (7, its
+    // newest migration: the device change log).
+    let pool = iot_db::service_pool(
+        &config.database_url,
+        config.pool_size,
+        7,
+        &skeleton.registry,
+        &skeleton.ready,
+    )
+    .await?;
     skeleton.serve_admin(config.admin_addr).await?;
     let broker = config
         .broker

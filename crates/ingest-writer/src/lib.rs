@@ -34,7 +34,16 @@ pub const SERVICE: &str = "ingest-writer";
 pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, WriterError> {
-    let pool = iot_db::pool(&config.database_url, config.pool_size)?;
+    let mut skeleton = Skeleton::new(SERVICE, "iot_writer", shutdown.clone())?;
+    // 15, its newest migration: the device_owners view.
+    let pool = iot_db::service_pool(
+        &config.database_url,
+        config.pool_size,
+        15,
+        &skeleton.registry,
+        &skeleton.ready,
+    )
+    .await?;
     let backend = {
         let client = pool.get().await?;
         iot_db::storage_backend(&client)
@@ -44,8 +53,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let backend = backend
         .parse::<iot_db::Backend>()
         .map_err(WriterError::Backend)?;
-    // Its newest: the device_owners view.
-    iot_db::require_version(&pool, 15).await?;
     let store = Store::new(pool.clone());
     {
         // In the background: the service starts (and makes no progress)
@@ -53,7 +60,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let kafka = config.kafka.clone();
         tokio::spawn(async move { kafka.try_ensure_topics().await });
     }
-    let mut skeleton = Skeleton::new(SERVICE, "iot_writer", shutdown.clone())?;
     // Records are acknowledged only after the database commit.
     let stream = config.kafka.service_consumer(
         SERVICE,
@@ -66,15 +72,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let producer = config.kafka.producer(SERVICE)?;
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
-    skeleton
-        .registry
-        .register(Box::new(iot_db::PoolMetrics::new(pool.clone())?))?;
-    {
-        let pool = pool.clone();
-        skeleton
-            .ready
-            .check("database", move || iot_db::ping(pool.clone()));
-    }
     skeleton.serve_admin(config.admin_addr).await?;
     let telemetry = TelemetryServer::new(TelemetryService::new(store.clone()));
     skeleton

@@ -354,6 +354,10 @@ pub async fn storage_backend(client: &Client) -> Result<Option<String>, tokio_po
 pub enum SchemaError {
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Config(#[from] crate::DbError),
+    #[error("database metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("database is not migrated to version {0} (run `iotctl migrate`): {1}")]
     NotMigrated(i32, String),
 }

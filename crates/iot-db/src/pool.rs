@@ -136,3 +136,23 @@ impl prometheus::core::Collector for PoolMetrics {
         out
     }
 }
+
+/// The pool of a service that owns tables, wired the one way every such
+/// service is: at most `max_size` connections to `url`, refused unless
+/// migration `min_version` (the newest whose tables or views the service
+/// uses) is applied, its usage exported in `registry`, and a `database`
+/// check in `ready`.
+pub async fn service_pool(
+    url: &str,
+    max_size: usize,
+    min_version: i32,
+    registry: &prometheus::Registry,
+    ready: &iot_telemetry::Readiness,
+) -> Result<Pool, crate::SchemaError> {
+    let pool = pool(url, max_size)?;
+    crate::require_version(&pool, min_version).await?;
+    registry.register(Box::new(PoolMetrics::new(pool.clone())?))?;
+    let checked = pool.clone();
+    ready.check("database", move || ping(checked.clone()));
+    Ok(pool)
+}
