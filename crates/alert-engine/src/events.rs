@@ -106,7 +106,7 @@ async fn relay_once(pool: &Pool, producer: &FutureProducer, topic: &str) -> Resu
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let event = v1::AlertEvent {
             kind,
-            alert: Some(v1::Alert::decode(alert.as_slice())?),
+            alert: Some(v1::Alert::decode(alert.as_slice())?.with_both_forms()),
             resume_after: u64::try_from(seq).unwrap_or(0),
         };
         let key = device.to_string();
@@ -157,7 +157,7 @@ async fn events_after(
                 r.get(1),
                 v1::AlertEvent {
                     kind: r.get(2),
-                    alert: Some(v1::Alert::decode(alert.as_slice())?),
+                    alert: Some(v1::Alert::decode(alert.as_slice())?.with_both_forms()),
                     resume_after: 0,
                 },
             ),

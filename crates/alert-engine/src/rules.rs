@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use iot_proto::v1;
+use iot_proto::{TextCode, v1};
 use uuid::Uuid;
 
 use crate::error::AlertError;
@@ -15,7 +15,6 @@ use crate::expr::{self, Expr};
 
 /// Names a rule may not take: the built-in conditions' alert types.
 const RESERVED: [&str; 3] = ["threshold_max", "threshold_min", "device_offline"];
-const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
 const MAX_FOR_SECS: u32 = 86_400;
 
 pub const COLUMNS: &str = "id, owner_id, name, condition, clear_condition, severity, message,
@@ -26,6 +25,7 @@ pub fn rule_from_row(r: &tokio_postgres::Row) -> v1::Rule {
         r.get::<_, Option<DateTime<Utc>>>(i)
             .map(iot_proto::timestamp)
     };
+    let severity: String = r.get(5);
     v1::Rule {
         id: r.get::<_, Uuid>(0).to_string(),
         owner_id: r
@@ -35,7 +35,8 @@ pub fn rule_from_row(r: &tokio_postgres::Row) -> v1::Rule {
         name: r.get(2),
         condition: r.get(3),
         clear_condition: r.get(4),
-        severity: r.get(5),
+        severity_code: v1::Severity::code_of_text(&severity),
+        severity,
         message: r.get(6),
         for_secs: u32::try_from(r.get::<_, i32>(7)).unwrap_or(0),
         device_type: r.get(8),
@@ -50,14 +51,17 @@ pub fn rule_from_row(r: &tokio_postgres::Row) -> v1::Rule {
 /// enabled (`CreateRule` and `UpdateRule` write the same columns).
 pub struct Fields<'r> {
     rule: &'r v1::Rule,
+    severity: &'static str,
     for_secs: i32,
     enabled: bool,
 }
 
 impl<'r> Fields<'r> {
-    pub fn of(rule: &'r v1::Rule) -> Self {
+    /// The fields of `rule`, which [`check`] found to be `checked`.
+    pub fn of(rule: &'r v1::Rule, checked: &Checked) -> Self {
         Self {
             rule,
+            severity: checked.severity.as_text(),
             for_secs: i32::try_from(rule.for_secs).unwrap_or(i32::MAX),
             enabled: rule.enabled.unwrap_or(true),
         }
@@ -69,7 +73,7 @@ impl<'r> Fields<'r> {
             &r.name,
             &r.condition,
             &r.clear_condition,
-            &r.severity,
+            &self.severity,
             &r.message,
             &self.for_secs,
             &r.device_type,
@@ -78,10 +82,19 @@ impl<'r> Fields<'r> {
     }
 }
 
+/// What [`check`] makes of a rule as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// The owner the rule belongs to (None: platform-wide).
+    pub owner: Option<Uuid>,
+    /// Its severity, given as text (`severity`) or enum (`severity_code`).
+    pub severity: v1::Severity,
+}
+
 /// A rule as written, checked: INVALID_ARGUMENT naming every bad field
 /// (a condition's error gives its column). `scope` is the caller's owner
-/// (None: admin); returns the owner the rule belongs to.
-pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, AlertError> {
+/// (None: admin).
+pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Checked, AlertError> {
     let mut p = Vec::new();
     let name_ok = !rule.name.is_empty()
         && rule.name.len() <= 50
@@ -105,10 +118,15 @@ pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, Alert
     {
         p.push(format!("clear_condition: {e}"));
     }
-    if !SEVERITIES.contains(&rule.severity.as_str()) {
+    let severity = iot_proto::codes::either(
+        &mut p,
+        ("severity", iot_proto::codes::given(&rule.severity)),
+        ("severity_code", Some(rule.severity_code)),
+    );
+    if rule.severity.is_empty() && rule.severity_code == 0 {
         p.push(format!(
-            "severity: {:?} is not one of {SEVERITIES:?}",
-            rule.severity
+            "severity: is required, one of {:?} (or severity_code)",
+            v1::Severity::texts()
         ));
     }
     if rule.for_secs > MAX_FOR_SECS {
@@ -136,10 +154,9 @@ pub fn check(rule: &v1::Rule, scope: Option<Uuid>) -> Result<Option<Uuid>, Alert
             None
         }
     };
-    if p.is_empty() {
-        Ok(owner)
-    } else {
-        Err(AlertError::Invalid(p))
+    match severity {
+        Some(severity) if p.is_empty() => Ok(Checked { owner, severity }),
+        _ => Err(AlertError::Invalid(p)),
     }
 }
 
@@ -652,8 +669,9 @@ mod tests {
             ..Default::default()
         };
         let owner = Uuid::new_v4();
-        assert_eq!(check(&good, Some(owner)).unwrap(), Some(owner));
-        assert_eq!(check(&good, None).unwrap(), None);
+        assert_eq!(check(&good, Some(owner)).unwrap().owner, Some(owner));
+        assert_eq!(check(&good, None).unwrap().owner, None);
+        assert_eq!(check(&good, None).unwrap().severity, v1::Severity::Critical);
         let bad = v1::Rule {
             name: "Bad Name".into(),
             condition: "value >".into(),
@@ -681,5 +699,38 @@ mod tests {
             ..good
         };
         assert!(check(&reserved, None).is_err());
+    }
+
+    #[test]
+    fn severity_is_text_or_enum() {
+        let rule = |severity: &str, code: v1::Severity| v1::Rule {
+            name: "hot".into(),
+            condition: "value > 1".into(),
+            severity: severity.into(),
+            severity_code: code.into(),
+            ..Default::default()
+        };
+        let severity = |r: v1::Rule| check(&r, None).map(|c| c.severity);
+        for (text, code, want) in [
+            ("", v1::Severity::Critical, v1::Severity::Critical),
+            ("info", v1::Severity::Unspecified, v1::Severity::Info),
+            ("warning", v1::Severity::Warning, v1::Severity::Warning),
+        ] {
+            assert_eq!(severity(rule(text, code)).unwrap(), want);
+        }
+        let problems = |r: v1::Rule| match check(&r, None) {
+            Err(AlertError::Invalid(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let p = problems(rule("info", v1::Severity::Critical));
+        assert_eq!(
+            p,
+            ["severity_code: SEVERITY_CRITICAL disagrees with severity \"info\""]
+        );
+        let p = problems(rule("", v1::Severity::Unspecified));
+        assert!(
+            p.len() == 1 && p[0].starts_with("severity: is required"),
+            "{p:?}"
+        );
     }
 }

@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use iot_proto::TextCode;
+use iot_proto::codes::{either, given};
 use iot_proto::v1::{self, alerts_server::Alerts};
 use rust_decimal::Decimal;
 use tokio_postgres::types::ToSql;
@@ -15,9 +17,6 @@ use crate::rules;
 /// The state filter as SQL over one alert row.
 const STATE: &str = "CASE WHEN resolved_at IS NOT NULL THEN 'resolved'
             WHEN acknowledged THEN 'acknowledged' ELSE 'open' END";
-
-const SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
-const STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
 
 #[derive(Clone)]
 pub struct AlertsService {
@@ -115,17 +114,19 @@ pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
     };
     let acknowledged: bool = r.get(6);
     let state = if ts(12).is_some() {
-        "resolved"
+        v1::AlertState::Resolved
     } else if acknowledged {
-        "acknowledged"
+        v1::AlertState::Acknowledged
     } else {
-        "open"
+        v1::AlertState::Open
     };
+    let severity: String = r.get(3);
     v1::Alert {
         id: id.to_string(),
         device_uuid: device.to_string(),
         alert_type: r.get(2),
-        severity: r.get(3),
+        severity_code: v1::Severity::code_of_text(&severity),
+        severity,
         value: value.map(|v| v.normalize().to_string()),
         threshold: threshold.map(|v| v.normalize().to_string()),
         acknowledged,
@@ -137,7 +138,8 @@ pub fn alert_from_row(r: &tokio_postgres::Row) -> v1::Alert {
         resolved_at: ts(12),
         acknowledged_by: r.get::<_, Option<Uuid>>(13).map(|u| u.to_string()),
         acknowledged_at: ts(14),
-        state: state.into(),
+        state: state.as_text().into(),
+        state_code: state.into(),
         owner_id: r.get::<_, Uuid>(15).to_string(),
         rule_id: r
             .get::<_, Option<Uuid>>(16)
@@ -228,16 +230,16 @@ impl Filter {
             }
             n => n,
         };
-        for (field, v, allowed) in [
-            ("severity", &req.severity, &SEVERITIES),
-            ("state", &req.state, &STATES),
-        ] {
-            if let Some(v) = v
-                && !allowed.contains(&v.as_str())
-            {
-                p.push(format!("{field}: {v:?} is not one of {allowed:?}"));
-            }
-        }
+        let severity: Option<v1::Severity> = either(
+            &mut p,
+            ("severity", req.severity.as_deref()),
+            ("severity_code", req.severity_code),
+        );
+        let state: Option<v1::AlertState> = either(
+            &mut p,
+            ("state", req.state.as_deref()),
+            ("state_code", req.state_code),
+        );
         let time =
             |t: &Option<iot_proto::Timestamp>| t.as_ref().and_then(iot_proto::from_timestamp);
         let (start, end) = (time(&req.start), time(&req.end));
@@ -260,8 +262,8 @@ impl Filter {
             device,
             only_unacknowledged: req.only_unacknowledged,
             only_open: req.only_open,
-            severity: req.severity,
-            state: req.state,
+            severity: severity.map(|s| s.as_text().to_owned()),
+            state: state.map(|s| s.as_text().to_owned()),
             start,
             end,
             owner,
@@ -447,8 +449,9 @@ impl Alerts for AlertsService {
     async fn create_rule(&self, request: Request<v1::Rule>) -> Result<Response<v1::Rule>, Status> {
         let scope = iot_proto::scope_of(&request)?;
         let r = request.into_inner();
-        let owner = rules::check(&r, scope)?;
-        let fields = rules::Fields::of(&r);
+        let checked = rules::check(&r, scope)?;
+        let owner = checked.owner;
+        let fields = rules::Fields::of(&r, &checked);
         let client = self.client().await?;
         let row = client
             .query_one(
@@ -497,8 +500,8 @@ impl Alerts for AlertsService {
         let mut p = Vec::new();
         let id = parse_id("id", &r.id, &mut p);
         invalid(p)?;
-        rules::check(&r, scope)?;
-        let fields = rules::Fields::of(&r);
+        let checked = rules::check(&r, scope)?;
+        let fields = rules::Fields::of(&r, &checked);
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -566,16 +569,12 @@ impl Alerts for AlertsService {
         if !url_ok {
             p.push(format!("url: {:?} is not an http(s) URL", w.url));
         }
-        let min = if w.min_severity.is_empty() {
-            "info".to_owned()
-        } else {
-            w.min_severity.clone()
-        };
-        if !SEVERITIES.contains(&min.as_str()) {
-            p.push(format!(
-                "min_severity: {min:?} is not one of {SEVERITIES:?}"
-            ));
-        }
+        let min = either(
+            &mut p,
+            ("min_severity", given(&w.min_severity)),
+            ("min_severity_code", Some(w.min_severity_code)),
+        )
+        .unwrap_or(v1::Severity::Info);
         if w.secret.len() > 200 {
             p.push("secret: at most 200 characters".into());
         }
@@ -590,7 +589,7 @@ impl Alerts for AlertsService {
             .query_one(
                 "INSERT INTO alert_webhooks (owner_id, url, secret, min_severity)
                  VALUES ($1, $2, $3, $4) RETURNING id, created_at",
-                &[&owner, &w.url, &secret, &min],
+                &[&owner, &w.url, &secret, &min.as_text()],
             )
             .await
             .map_err(AlertError::from)?;
@@ -601,7 +600,8 @@ impl Alerts for AlertsService {
             owner_id: owner.map(|o| o.to_string()).unwrap_or_default(),
             url: w.url,
             secret,
-            min_severity: min,
+            min_severity: min.as_text().to_owned(),
+            min_severity_code: min.into(),
             created_at: Some(iot_proto::timestamp(row.get(1))),
             ..Default::default()
         }))
@@ -637,6 +637,7 @@ impl Alerts for AlertsService {
                     owner_id: r.get::<_, Uuid>(1).to_string(),
                     url: r.get(2),
                     secret: String::new(),
+                    min_severity_code: v1::Severity::code_of_text(r.get(3)),
                     min_severity: r.get(3),
                     created_at: Some(iot_proto::timestamp(r.get(4))),
                     pending: n(r, 5),

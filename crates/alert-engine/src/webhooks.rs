@@ -147,7 +147,7 @@ async fn fan_out(pool: &Pool) -> Result<usize, AlertError> {
     for r in &rows {
         let (seq, kind, alert): (i64, String, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
         seqs.push(seq);
-        let Ok(a) = v1::Alert::decode(alert.as_slice()) else {
+        let Ok(a) = v1::Alert::decode(alert.as_slice()).map(v1::Alert::with_both_forms) else {
             continue;
         };
         let Ok(owner) = Uuid::parse_str(&a.owner_id) else {

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 
 use deadpool_postgres::Pool;
+use iot_proto::codes::{either, given};
 use iot_proto::scope_of as scope;
 use iot_proto::v1::{self, device_registry_server::DeviceRegistry};
 use rust_decimal::Decimal;
@@ -13,7 +14,6 @@ use crate::RegistryError;
 use crate::broker::{self, Dynsec};
 use crate::store::{self, NewDevice};
 
-const STATUSES: [&str; 3] = ["active", "inactive", "error"];
 const MAX_LIST: u32 = 1000;
 /// A hundred years: the writer's retention horizon is the longest retention
 /// any device asks for.
@@ -190,11 +190,7 @@ impl DeviceRegistry for RegistryService {
                 None
             }),
         };
-        if let Some(s) = req.status.as_deref()
-            && !STATUSES.contains(&s)
-        {
-            p.push(format!("status: {s:?} must be one of {STATUSES:?}"));
-        }
+        let status = status_of(&mut p, req.status.as_deref(), req.status_code);
         let ids: Option<Vec<Uuid>> =
             (!req.ids.is_empty()).then(|| uuid_list("ids", &req.ids, &mut p));
         let after = if req.cursor.is_empty() {
@@ -213,7 +209,7 @@ impl DeviceRegistry for RegistryService {
             &self.pool,
             &store::ListFilter {
                 device_type: req.device_type.as_deref(),
-                status: req.status.as_deref(),
+                status: status.map(v1::DeviceStatus::as_text),
                 owner,
                 location: req.location.as_deref(),
                 ids: ids.as_deref(),
@@ -253,7 +249,8 @@ impl DeviceRegistry for RegistryService {
         let change = store::DeviceChange {
             latitude: parse_coord(&mut p, "latitude", req.latitude.as_deref(), 90),
             longitude: parse_coord(&mut p, "longitude", req.longitude.as_deref(), 180),
-            status: req.status.clone().inspect(|s| check_status(&mut p, s)),
+            status: status_of(&mut p, req.status.as_deref(), req.status_code)
+                .map(|s| s.as_text().to_owned()),
             name: req.name,
             device_type: req.device_type,
             location: req.location,
@@ -568,10 +565,14 @@ async fn watch(
     }
 }
 
-fn check_status(problems: &mut Vec<String>, status: &str) {
-    if !STATUSES.contains(&status) {
-        problems.push(format!("status: {status:?} must be one of {STATUSES:?}"));
-    }
+/// A request's status, given as text (`status`) or enum (`status_code`);
+/// None when neither is given or there is a problem (pushed to `problems`).
+fn status_of(
+    problems: &mut Vec<String>,
+    text: Option<&str>,
+    code: Option<i32>,
+) -> Option<v1::DeviceStatus> {
+    either(problems, ("status", text), ("status_code", code))
 }
 
 /// A device's `alert_threshold`: an object of sensor name to
@@ -711,12 +712,10 @@ fn validate_create(
         (Some(c), _) => c,
         (None, r) => r.unwrap_or(Uuid::nil()),
     };
-    let status = if req.status.is_empty() {
-        "active".to_owned()
-    } else {
-        req.status
-    };
-    check_status(&mut p, &status);
+    let status = status_of(&mut p, given(&req.status), Some(req.status_code))
+        .unwrap_or(v1::DeviceStatus::Active)
+        .as_text()
+        .to_owned();
     let cfg = req.config.unwrap_or_default();
     let read_interval = if cfg.read_interval == 0 {
         60

@@ -1,7 +1,7 @@
 //! SQL access to the registry's tables.
 
 use deadpool_postgres::{Pool, Transaction};
-use iot_proto::v1;
+use iot_proto::{TextCode, v1};
 use rust_decimal::Decimal;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -370,6 +370,7 @@ fn device_from_row(r: &Row) -> v1::Device {
     let read_interval: Option<i32> = r.get("read_interval");
     let threshold: Option<serde_json::Value> = r.get("alert_threshold");
     let custom: Option<serde_json::Value> = r.get("custom_fields");
+    let status: String = r.get("status");
     v1::Device {
         id: id.to_string(),
         device_id: r.get("device_id"),
@@ -379,7 +380,8 @@ fn device_from_row(r: &Row) -> v1::Device {
         latitude: lat.map(|d| d.normalize().to_string()),
         longitude: lon.map(|d| d.normalize().to_string()),
         owner_id: owner.to_string(),
-        status: r.get("status"),
+        status_code: v1::DeviceStatus::code_of_text(&status),
+        status,
         last_heartbeat: hb.map(iot_proto::timestamp),
         created_at: Some(iot_proto::timestamp(created)),
         config: read_interval.map(|read_interval| v1::DeviceConfig {

@@ -457,6 +457,145 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     assert!(e.message().contains("config.alert_threshold_json"), "{e:?}");
 }
 
+/// A status given as the enum (`status_code`, beside the text form of
+/// release 0.1.0) reads back in both forms, listings filter by either, and
+/// the two forms disagreeing is a bad argument naming the enum field.
+#[tokio::test]
+async fn status_as_enum_or_text() {
+    use v1::DeviceStatus;
+
+    let r = registry().await;
+    let mut c = r.client(Scope::Admin).await;
+    let forms = |d: &v1::Device| (d.status.clone(), d.status_code());
+
+    let mut quiet = device("quiet-1");
+    quiet.status_code = DeviceStatus::Inactive.into();
+    assert!(quiet.status.is_empty());
+    let d = c.create_device(quiet).await.unwrap().into_inner();
+    assert_eq!(forms(&d), ("inactive".into(), DeviceStatus::Inactive));
+    let got = c
+        .get_device(GetDeviceRequest { id: d.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forms(&got), ("inactive".into(), DeviceStatus::Inactive));
+    // Neither form: active, in both forms; both forms agreeing: fine.
+    let loud = c
+        .create_device(device("loud-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forms(&loud), ("active".into(), DeviceStatus::Active));
+    let mut both = device("quiet-2");
+    both.status = "inactive".into();
+    both.status_code = DeviceStatus::Inactive.into();
+    c.create_device(both).await.unwrap();
+
+    let lister = c.clone();
+    let listed = move |status: Option<&str>, code: Option<DeviceStatus>| {
+        let mut c = lister.clone();
+        let req = v1::ListDevicesRequest {
+            status: status.map(Into::into),
+            status_code: code.map(Into::into),
+            ..Default::default()
+        };
+        async move {
+            c.list_devices(req).await.map(|l| {
+                l.into_inner()
+                    .devices
+                    .iter()
+                    .map(|d| (d.device_id.clone(), d.status_code()))
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    let inactive = vec![
+        ("quiet-1".to_owned(), DeviceStatus::Inactive),
+        ("quiet-2".to_owned(), DeviceStatus::Inactive),
+    ];
+    assert_eq!(
+        listed(None, Some(DeviceStatus::Inactive)).await.unwrap(),
+        inactive
+    );
+    assert_eq!(listed(Some("inactive"), None).await.unwrap(), inactive);
+    assert_eq!(
+        listed(Some("inactive"), Some(DeviceStatus::Inactive))
+            .await
+            .unwrap(),
+        inactive
+    );
+    assert_eq!(
+        listed(None, Some(DeviceStatus::Active)).await.unwrap(),
+        [("loud-1".to_owned(), DeviceStatus::Active)]
+    );
+    // UNSPECIFIED is no filter.
+    assert_eq!(
+        listed(None, Some(DeviceStatus::Unspecified))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let updated = c
+        .update_device(v1::UpdateDeviceRequest {
+            id: "loud-1".into(),
+            status_code: Some(DeviceStatus::Error.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forms(&updated), ("error".into(), DeviceStatus::Error));
+
+    // Disagreeing forms, or an enum value that is none, in every request.
+    let names_status_code = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with("status_code: "), "{e:?}");
+        let fields = iot_proto::field_violations(&e);
+        assert_eq!(fields.len(), 1, "{fields:?}");
+        assert_eq!(fields[0].0, "status_code");
+    };
+    let mut odd = device("odd-1");
+    odd.status = "active".into();
+    odd.status_code = DeviceStatus::Inactive.into();
+    names_status_code(c.create_device(odd).await.unwrap_err());
+    let mut unknown = device("odd-2");
+    unknown.status_code = 7;
+    names_status_code(c.create_device(unknown).await.unwrap_err());
+    names_status_code(
+        c.update_device(v1::UpdateDeviceRequest {
+            id: "loud-1".into(),
+            status: Some("active".into()),
+            status_code: Some(DeviceStatus::Inactive.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    names_status_code(
+        listed(Some("error"), Some(DeviceStatus::Active))
+            .await
+            .unwrap_err(),
+    );
+    // Nothing was written.
+    for id in ["odd-1", "odd-2"] {
+        let e = c
+            .get_device(GetDeviceRequest { id: id.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{id}");
+    }
+    let loud = c
+        .get_device(GetDeviceRequest {
+            id: "loud-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forms(&loud), ("error".into(), DeviceStatus::Error));
+}
+
 /// Server reflection answers which services the port serves, so `grpcurl`
 /// needs no proto files; each service's own schema comes with it.
 #[tokio::test]

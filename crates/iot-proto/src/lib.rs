@@ -12,7 +12,10 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/iot_descriptor.bin"));
 
+pub mod codes;
 pub mod reading;
+
+pub use codes::TextCode;
 
 pub use prost::Message;
 pub use prost_types::Timestamp;

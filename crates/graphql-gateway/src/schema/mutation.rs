@@ -63,7 +63,9 @@ impl MutationRoot {
                     latitude: num(latitude),
                     longitude: num(longitude),
                     owner_id: String::new(),
+                    // GraphQL's statuses are the text form.
                     status: status.unwrap_or_default(),
+                    status_code: 0,
                     config: Some(config.into_proto()),
                     sensors: sensors
                         .unwrap_or_default()
@@ -106,6 +108,7 @@ impl MutationRoot {
                     latitude: num(latitude),
                     longitude: num(longitude),
                     status,
+                    status_code: None,
                 })
                 .await
                 .answer(REGISTRY)?;

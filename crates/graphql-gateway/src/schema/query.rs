@@ -52,6 +52,7 @@ impl QueryRoot {
                     device_type,
                     limit,
                     status,
+                    status_code: None,
                     owner_id: None,
                     location,
                     cursor: after.unwrap_or_default(),
