@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod service;
 mod store;
+mod validate;
 
 use iot_proto::v1::device_registry_server::DeviceRegistryServer;
 use iot_runtime::{CancellationToken, Skeleton};
