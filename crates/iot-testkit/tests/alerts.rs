@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Platform;
 use iot_proto::Scope;
 use iot_proto::v1::{self, CreateDeviceRequest, ListAlertsRequest};
 use iot_testkit as kit;
+use iot_testkit::Platform;
 
 async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
     let mut c = iot_proto::alerts_client(url.to_owned(), Scope::Admin)

@@ -5,15 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use common::Platform;
 use futures::{SinkExt, StreamExt};
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use serde_json::{Value, json};
 use sha2::Digest;
 use tokio_tungstenite::tungstenite::Message;
@@ -1128,9 +1126,9 @@ async fn limits_errors_and_a_bounded_number_of_backend_calls() {
                 telemetry_url: format!("http://{dead_addr}"),
                 alerts_url: format!("http://{hung_addr}"),
                 ingest_url: format!("http://{}", p.gateway_grpc),
-                http_addr: common::ANY,
-                grpc_addr: common::ANY,
-                admin_addr: common::ANY,
+                http_addr: kit::ANY,
+                grpc_addr: kit::ANY,
+                admin_addr: kit::ANY,
                 ..Default::default()
             };
             t.configure(&mut c);

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{ANY, Platform};
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -36,21 +34,10 @@ async fn services_answer_health_checks_and_stop_cleanly() {
     // fixture does not start.
     let p = Platform::start().await;
     let alerts = p.start_alert_engine(|_| {}).await;
-    let graphql = graphql_gateway::start(
-        graphql_gateway::Config {
-            registry_url: format!("http://{}", p.registry),
-            telemetry_url: format!("http://{}", p.telemetry),
-            alerts_url: format!("http://{}", alerts.grpc_addr),
-            ingest_url: format!("http://{}", p.gateway_grpc),
-            http_addr: ANY,
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
-        p.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    // Started by hand: its readiness is what this test watches.
+    let graphql = graphql_gateway::start(p.graphql_config(&alerts), p.shutdown.clone())
+        .await
+        .unwrap();
 
     for addr in [p.registry, p.telemetry, alerts.grpc_addr, p.gateway_grpc] {
         assert_eq!(
@@ -90,12 +77,7 @@ async fn services_answer_health_checks_and_stop_cleanly() {
 async fn a_service_refuses_an_unmigrated_database() {
     let db = kit::empty_database().await;
     let err = device_registry::start(
-        device_registry::Config {
-            database_url: db.to_string(),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
+        kit::platform::registry_config(&db, "unmigrated"),
         CancellationToken::new(),
     )
     .await
@@ -111,26 +93,10 @@ async fn a_service_refuses_an_unmigrated_database() {
 async fn readiness_names_an_unreachable_dependency() {
     let p = Platform::start().await;
     assert_eq!(kit::http_get(p.writer_admin, "/readyz").await, "ready");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
-    let stop = CancellationToken::new();
-    let writer = ingest_writer::start(
-        ingest_writer::Config {
-            database_url: p.db.clone(),
-            kafka: iot_kafka::KafkaConfig {
-                brokers: format!("127.0.0.1:{dead_port}"),
-                ..p.kafka.clone()
-            },
-            group_id: format!("unready-{}", kit::unique()),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let dead_port = kit::free_port();
+    let writer = p
+        .start_writer(|c| c.kafka.brokers = format!("127.0.0.1:{dead_port}"))
+        .await;
     let body = kit::eventually("the writer serves", Duration::from_secs(20), || async {
         let body = kit::http_get(writer.admin_addr, "/readyz").await;
         (!body.contains("not serving yet")).then_some(body)
@@ -141,6 +107,5 @@ async fn readiness_names_an_unreachable_dependency() {
         !body.contains("database"),
         "the database is reachable: {body}"
     );
-    stop.cancel();
     p.stop().await;
 }

@@ -10,16 +10,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Platform;
 use iot_proto::Scope;
 use iot_proto::v1::{self, CreateDeviceRequest};
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
