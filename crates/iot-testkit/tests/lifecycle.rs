@@ -109,3 +109,47 @@ async fn readiness_names_an_unreachable_dependency() {
     );
     p.stop().await;
 }
+
+/// The operating metrics: consumer lag (librdkafka's statistics, every
+/// 5 s), batch sizes, pool usage and gRPC calls (the GraphQL gateway's
+/// readiness checks called every backend's health).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_report_their_operating_metrics() {
+    let p = Platform::start().await;
+    let engine = p.start_alert_engine(|_| {}).await;
+    let _graphql = p.start_graphql(&engine, |_| {}).await;
+    // One reading, so that the writer has written a batch.
+    let id = format!("metered-{}", kit::unique());
+    p.create_device(&id, "active").await;
+    kit::publish_all(&[(
+        format!("{}/{id}/temperature", p.prefix),
+        br#"{"value": 21}"#.to_vec(),
+    )])
+    .await;
+    let writer_wants = [
+        "iot_writer_kafka_consumer_lag{",
+        "iot_writer_batch_rows_bucket",
+        "iot_writer_db_pool_connections{state=\"idle\"}",
+        "iot_writer_grpc_server_requests_total{code=\"OK\",method=\"grpc.health.v1.Health/Check\"}",
+        "iot_writer_grpc_server_request_duration_seconds_bucket",
+    ];
+    let engine_wants = [
+        "iot_alerts_kafka_consumer_lag{",
+        "iot_alerts_db_pool_max_connections",
+        "iot_alerts_grpc_server_requests_total{",
+    ];
+    let missing = kit::eventually("operating metrics", Duration::from_secs(30), || async {
+        let w = kit::http_get(p.writer_admin, "/metrics").await;
+        let a = kit::http_get(engine.admin_addr, "/metrics").await;
+        let missing: Vec<&str> = writer_wants
+            .iter()
+            .filter(|m| !w.contains(*m))
+            .chain(engine_wants.iter().filter(|m| !a.contains(*m)))
+            .copied()
+            .collect();
+        missing.is_empty().then_some(missing)
+    })
+    .await;
+    assert!(missing.is_empty());
+    p.stop().await;
+}
