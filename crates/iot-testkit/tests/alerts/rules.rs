@@ -10,6 +10,99 @@ use iot_testkit::Platform;
 
 use crate::support::*;
 
+/// The spec's low battery, in the rule language.
+fn low_battery() -> v1::Rule {
+    v1::Rule {
+        name: "low_battery".into(),
+        condition: "sensor_name == \"battery\" AND value < 20".into(),
+        severity: "critical".into(),
+        message: Some("battery low".into()),
+        ..Default::default()
+    }
+}
+
+/// Above 100 for 2 s, clear below 95.
+fn too_hot() -> v1::Rule {
+    v1::Rule {
+        name: "too_hot".into(),
+        condition: "sensor_name == \"temperature\" AND value > 100".into(),
+        clear_condition: Some("value < 95".into()),
+        for_secs: 2,
+        severity: "warning".into(),
+        ..Default::default()
+    }
+}
+
+/// A platform with an alert-engine, one device of the nil owner (devices
+/// created without an owner are its), and that owner's low-battery rule.
+struct LowBattery {
+    p: Platform,
+    _engine: alert_engine::Running,
+    url: String,
+    api: iot_proto::AlertsClient,
+    dev: v1::Device,
+    low: v1::Rule,
+    /// Readings are timed from here (five minutes ago).
+    t0: chrono::DateTime<chrono::Utc>,
+}
+
+impl LowBattery {
+    async fn start() -> Self {
+        let p = Platform::start().await;
+        let engine = p.start_alert_engine(|_| {}).await;
+        let url = format!("http://{}", engine.grpc_addr);
+        let owner = uuid::Uuid::nil().to_string();
+        let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
+            .await
+            .unwrap();
+        let dev = p
+            .create_device(&format!("rules-{}", kit::unique()), "active")
+            .await;
+        let low = api.create_rule(low_battery()).await.unwrap().into_inner();
+        assert_eq!(low.owner_id, owner);
+        Self {
+            p,
+            _engine: engine,
+            url,
+            api,
+            dev,
+            low,
+            t0: chrono::Utc::now() - chrono::TimeDelta::seconds(300),
+        }
+    }
+
+    /// `s` seconds after `t0`.
+    fn at(&self, s: i64) -> String {
+        (self.t0 + chrono::TimeDelta::seconds(s)).to_rfc3339()
+    }
+
+    /// Publishes the device's reading of `sensor` taken at `t`.
+    async fn publish(&self, sensor: &str, v: f64, t: String) {
+        let topic = format!("{}/{}/{sensor}", self.p.prefix, self.dev.device_id);
+        kit::publish_all(&[(
+            topic,
+            format!(r#"{{"value": {v}, "timestamp": "{t}"}}"#).into_bytes(),
+        )])
+        .await;
+    }
+
+    /// The engine picks rules up within 2 s: publishes a low battery
+    /// reading until the alert appears.
+    async fn raised(&self) -> v1::Alert {
+        let mut k = 0;
+        kit::eventually("low battery raised", Duration::from_secs(30), || {
+            k += 1;
+            let t = self.at(k);
+            async move {
+                self.publish("battery", 15.0, t).await;
+                let a = alerts(&self.url, &self.dev.id).await;
+                a.into_iter().find(|a| a.alert_type == "low_battery")
+            }
+        })
+        .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
     let p = Platform::start().await;
@@ -39,28 +132,9 @@ async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
 
     // The spec's low battery, from the rule language; and "above 100 for
     // 2 s, clear below 95".
-    let low = api
-        .create_rule(v1::Rule {
-            name: "low_battery".into(),
-            condition: "sensor_name == \"battery\" AND value < 20".into(),
-            severity: "critical".into(),
-            message: Some("battery low".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let low = api.create_rule(low_battery()).await.unwrap().into_inner();
     assert_eq!(low.owner_id, owner);
-    api.create_rule(v1::Rule {
-        name: "too_hot".into(),
-        condition: "sensor_name == \"temperature\" AND value > 100".into(),
-        clear_condition: Some("value < 95".into()),
-        for_secs: 2,
-        severity: "warning".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    api.create_rule(too_hot()).await.unwrap();
     let dup = api
         .create_rule(v1::Rule {
             name: "too_hot".into(),
@@ -95,67 +169,26 @@ async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
 /// rule's severity and message, and deleting the rule resolves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rule_raises_its_alert_with_its_message_and_deleting_it_resolves_it() {
-    let p = Platform::start().await;
-    let engine = p.start_alert_engine(|_| {}).await;
-    let url = format!("http://{}", engine.grpc_addr);
-    // Devices created without an owner belong to the nil owner.
-    let owner = uuid::Uuid::nil().to_string();
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
-        .await
-        .unwrap();
-    let id = format!("rules-{}", kit::unique());
-    let dev = p.create_device(&id, "active").await;
-    let low = api
-        .create_rule(v1::Rule {
-            name: "low_battery".into(),
-            condition: "sensor_name == \"battery\" AND value < 20".into(),
-            severity: "critical".into(),
-            message: Some("battery low".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let t0 = chrono::Utc::now() - chrono::TimeDelta::seconds(300);
-    let at = |s: i64| (t0 + chrono::TimeDelta::seconds(s)).to_rfc3339();
-    let publish = |sensor: &str, v: f64, t: String| {
-        let topic = format!("{}/{id}/{sensor}", p.prefix);
-        async move {
-            kit::publish_all(&[(
-                topic,
-                format!(r#"{{"value": {v}, "timestamp": "{t}"}}"#).into_bytes(),
-            )])
-            .await;
-        }
-    };
-    // The engine picks rules up within 2 s: publish until the battery
-    // alert appears.
-    let mut k = 0;
-    let low_alert = kit::eventually("low battery raised", Duration::from_secs(30), || {
-        k += 1;
-        let (url, dev) = (url.clone(), dev.id.clone());
-        let t = at(k);
-        async move {
-            publish("battery", 15.0, t).await;
-            let a = alerts(&url, &dev).await;
-            a.into_iter().find(|a| a.alert_type == "low_battery")
-        }
-    })
-    .await;
+    let r = LowBattery::start().await;
+    let low_alert = r.raised().await;
     assert_eq!(low_alert.severity, "critical");
-    assert_eq!(low_alert.rule_id, low.id);
+    assert_eq!(low_alert.rule_id, r.low.id);
     assert_eq!(low_alert.message.as_deref(), Some("battery low"));
     // Deleting a rule resolves its open alerts.
-    api.delete_rule(v1::DeleteRuleRequest { id: low.id.clone() })
+    r.api
+        .clone()
+        .delete_rule(v1::DeleteRuleRequest {
+            id: r.low.id.clone(),
+        })
         .await
         .unwrap();
-    let of_low: Vec<_> = alerts(&url, &dev.id)
+    let of_low: Vec<_> = alerts(&r.url, &r.dev.id)
         .await
         .into_iter()
         .filter(|a| a.alert_type == "low_battery")
         .collect();
     assert!(!of_low.is_empty() && of_low.iter().all(|a| a.state == "resolved"));
-    p.stop().await;
+    r.p.stop().await;
 }
 
 /// "Above 100 for 2 s, clear below 95": not raised before the condition
@@ -164,68 +197,16 @@ async fn a_rule_raises_its_alert_with_its_message_and_deleting_it_resolves_it() 
 /// engine has read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_duration_rule_waits_out_its_duration_and_clears_below_its_hysteresis() {
-    let p = Platform::start().await;
-    let engine = p.start_alert_engine(|_| {}).await;
-    let url = format!("http://{}", engine.grpc_addr);
-    // Devices created without an owner belong to the nil owner.
-    let owner = uuid::Uuid::nil().to_string();
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
-        .await
-        .unwrap();
-    let id = format!("rules-{}", kit::unique());
-    let dev = p.create_device(&id, "active").await;
-    let low = api
-        .create_rule(v1::Rule {
-            name: "low_battery".into(),
-            condition: "sensor_name == \"battery\" AND value < 20".into(),
-            severity: "critical".into(),
-            message: Some("battery low".into()),
-            ..Default::default()
-        })
+    let r = LowBattery::start().await;
+    let hot = r
+        .api
+        .clone()
+        .create_rule(too_hot())
         .await
         .unwrap()
         .into_inner();
-    let hot = api
-        .create_rule(v1::Rule {
-            name: "too_hot".into(),
-            condition: "sensor_name == \"temperature\" AND value > 100".into(),
-            clear_condition: Some("value < 95".into()),
-            for_secs: 2,
-            severity: "warning".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let t0 = chrono::Utc::now() - chrono::TimeDelta::seconds(300);
-    let at = |s: i64| (t0 + chrono::TimeDelta::seconds(s)).to_rfc3339();
-    let publish = |sensor: &str, v: f64, t: String| {
-        let topic = format!("{}/{id}/{sensor}", p.prefix);
-        async move {
-            kit::publish_all(&[(
-                topic,
-                format!(r#"{{"value": {v}, "timestamp": "{t}"}}"#).into_bytes(),
-            )])
-            .await;
-        }
-    };
-    // The engine picks rules up within 2 s: publish until the battery
-    // alert appears.
-    let mut k = 0;
-    let low_alert = kit::eventually("low battery raised", Duration::from_secs(30), || {
-        k += 1;
-        let (url, dev) = (url.clone(), dev.id.clone());
-        let t = at(k);
-        async move {
-            publish("battery", 15.0, t).await;
-            let a = alerts(&url, &dev).await;
-            a.into_iter().find(|a| a.alert_type == "low_battery")
-        }
-    })
-    .await;
-    assert_eq!(low_alert.severity, "critical");
-    assert_eq!(low_alert.rule_id, low.id);
-    assert_eq!(low_alert.message.as_deref(), Some("battery low"));
+    r.raised().await;
+    let (url, dev) = (&r.url, &r.dev);
     // 101 at 100 s and 101 s: held 1 s, not yet; 101 at 103 s: held 3 s.
     let open_hot = || {
         let (url, dev) = (url.clone(), dev.id.clone());
@@ -251,13 +232,13 @@ async fn a_duration_rule_waits_out_its_duration_and_clears_below_its_hysteresis(
             }
         })
     };
-    publish("temperature", 101.0, at(100)).await;
-    publish("temperature", 101.0, at(101)).await;
+    r.publish("temperature", 101.0, r.at(100)).await;
+    r.publish("temperature", 101.0, r.at(101)).await;
     // The battery reading after them tells when the engine got that far.
-    publish("battery", 14.0, at(101)).await;
+    r.publish("battery", 14.0, r.at(101)).await;
     caught_up("14").await;
     assert_eq!(open_hot().await, 0, "held 1 s of 2: not raised yet");
-    publish("temperature", 101.0, at(103)).await;
+    r.publish("temperature", 101.0, r.at(103)).await;
     kit::eventually(
         "too_hot raised after 2 s",
         Duration::from_secs(30),
@@ -265,11 +246,11 @@ async fn a_duration_rule_waits_out_its_duration_and_clears_below_its_hysteresis(
     )
     .await;
     // Hysteresis: 97 is not above 100 but not below 95: it stays open.
-    publish("temperature", 97.0, at(104)).await;
-    publish("battery", 13.0, at(104)).await;
+    r.publish("temperature", 97.0, r.at(104)).await;
+    r.publish("battery", 13.0, r.at(104)).await;
     caught_up("13").await;
     assert_eq!(open_hot().await, 1, "97 is inside the hysteresis band");
-    publish("temperature", 94.0, at(105)).await;
+    r.publish("temperature", 94.0, r.at(105)).await;
     kit::eventually(
         "too_hot resolved below 95",
         Duration::from_secs(30),
@@ -277,7 +258,7 @@ async fn a_duration_rule_waits_out_its_duration_and_clears_below_its_hysteresis(
     )
     .await;
     assert_eq!(
-        alerts(&url, &dev.id)
+        alerts(url, &dev.id)
             .await
             .iter()
             .filter(|a| a.rule_id == hot.id)
@@ -285,7 +266,7 @@ async fn a_duration_rule_waits_out_its_duration_and_clears_below_its_hysteresis(
         1,
         "one alert for the whole episode"
     );
-    p.stop().await;
+    r.p.stop().await;
 }
 
 /// A duration rule's episode survives a restart: the restarted engine

@@ -11,6 +11,49 @@ use iot_testkit::Platform;
 
 use crate::support::*;
 
+/// Registers, as `api`'s owner, a webhook to `signed` with the secret
+/// "s3cret" and one to `generated` with a secret the engine makes, and as
+/// the admin one of another owner to `other`; the first two as created.
+async fn register(
+    url: &str,
+    api: &mut iot_proto::AlertsClient,
+    signed: &str,
+    generated: &str,
+    other: &str,
+) -> (v1::Webhook, v1::Webhook) {
+    let created = api
+        .create_webhook(v1::Webhook {
+            url: signed.into(),
+            secret: "s3cret".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.secret, "s3cret");
+    let generated = api
+        .create_webhook(v1::Webhook {
+            url: generated.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(generated.secret.len(), 64);
+    let mut admin = iot_proto::alerts_client(url.to_owned(), Scope::Admin)
+        .await
+        .unwrap();
+    admin
+        .create_webhook(v1::Webhook {
+            url: other.into(),
+            owner_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (created, generated)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_is_checked_its_secret_shown_once_and_listed_to_its_owner() {
     let p = Platform::start().await;
@@ -30,36 +73,14 @@ async fn a_webhook_is_checked_its_secret_shown_once_and_listed_to_its_owner() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("url:") && bad.message().contains("min_severity:"));
-    let created = api
-        .create_webhook(v1::Webhook {
-            url: "https://hooks.example/iot".into(),
-            secret: "s3cret".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.secret, "s3cret");
-    let generated = api
-        .create_webhook(v1::Webhook {
-            url: "https://hooks.example/iot2".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(generated.secret.len(), 64);
-    let mut admin = iot_proto::alerts_client(url.clone(), Scope::Admin)
-        .await
-        .unwrap();
-    admin
-        .create_webhook(v1::Webhook {
-            url: "https://hooks.example/other".into(),
-            owner_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    register(
+        &url,
+        &mut api,
+        "https://hooks.example/iot",
+        "https://hooks.example/iot2",
+        "https://hooks.example/other",
+    )
+    .await;
     let listed = api
         .list_webhooks(v1::ListWebhooksRequest {})
         .await
@@ -97,35 +118,7 @@ async fn webhook_deliveries_are_signed_retried_and_never_slow_evaluation() {
     let hang_url = hanging_receiver().await;
     let (other_url, other) = receiver(0).await;
 
-    let created = api
-        .create_webhook(v1::Webhook {
-            url: good_url,
-            secret: "s3cret".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(created.secret, "s3cret");
-    let generated = api
-        .create_webhook(v1::Webhook {
-            url: hang_url,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut admin = iot_proto::alerts_client(url.clone(), Scope::Admin)
-        .await
-        .unwrap();
-    admin
-        .create_webhook(v1::Webhook {
-            url: other_url,
-            owner_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (created, generated) = register(&url, &mut api, &good_url, &hang_url, &other_url).await;
 
     let mut registry = p.registry_client(Scope::Admin).await;
     let id = format!("hook-{}", kit::unique());
