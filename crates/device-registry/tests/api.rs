@@ -4,61 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-
 use iot_proto::v1::{self, CreateDeviceRequest, GetDeviceRequest};
 use iot_proto::{RegistryClient, Scope};
-use iot_runtime::CancellationToken;
 use iot_testkit as kit;
+use kit::platform::Registry;
 use tonic::Code;
 use uuid::Uuid;
-
-const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
-
-struct Registry {
-    url: String,
-    db: kit::TestDb,
-    _stop: StopOnDrop,
-}
-
-/// Stops the registry when the test ends.
-struct StopOnDrop(CancellationToken);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-async fn registry() -> Registry {
-    let db = kit::migrated_database().await;
-    let shutdown = CancellationToken::new();
-    let r = device_registry::start(
-        device_registry::Config {
-            database_url: db.clone(),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            broker: kit::broker_config(&format!("t{}", kit::unique())),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    Registry {
-        url: format!("http://{}", r.grpc_addr),
-        db,
-        _stop: StopOnDrop(shutdown),
-    }
-}
-
-impl Registry {
-    async fn client(&self, scope: Scope) -> RegistryClient {
-        iot_proto::registry_client(self.url.clone(), scope)
-            .await
-            .unwrap()
-    }
-}
 
 fn device(id: &str) -> CreateDeviceRequest {
     CreateDeviceRequest {
@@ -70,37 +21,77 @@ fn device(id: &str) -> CreateDeviceRequest {
     }
 }
 
-#[tokio::test]
-async fn every_call_is_scoped_to_the_callers_owner() {
-    let r = registry().await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut a = r.client(Scope::Owner(alice.to_string())).await;
-    let mut b = r.client(Scope::Owner(bob.to_string())).await;
-    let mut admin = r.client(Scope::Admin).await;
+/// Alice's device `alice-…` (humidity and temperature sensors) and Bob's
+/// `bob-…` (pressure), each created by its owner, and a client of each
+/// and of the admin. Device ids are unique: each names an account on the
+/// shared broker.
+struct TwoOwners {
+    alice: Uuid,
+    bob: Uuid,
+    a: RegistryClient,
+    b: RegistryClient,
+    admin: RegistryClient,
+    ad: v1::Device,
+    bd: v1::Device,
+}
 
-    let with_sensors = |id: &str, names: &[&str]| CreateDeviceRequest {
-        sensors: names
-            .iter()
-            .map(|n| v1::Sensor {
-                sensor_name: (*n).into(),
-                ..Default::default()
-            })
-            .collect(),
-        ..device(id)
-    };
-    let ad = a
-        .create_device(with_sensors("alice-1", &["humidity", "temperature"]))
-        .await
-        .unwrap()
-        .into_inner();
+impl TwoOwners {
+    async fn create(r: &Registry) -> Self {
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut a = r.client(Scope::Owner(alice.to_string())).await;
+        let mut b = r.client(Scope::Owner(bob.to_string())).await;
+        let admin = r.client(Scope::Admin).await;
+        let with_sensors = |id: &str, names: &[&str]| CreateDeviceRequest {
+            sensors: names
+                .iter()
+                .map(|n| v1::Sensor {
+                    sensor_name: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..device(id)
+        };
+        let ad = a
+            .create_device(with_sensors(
+                &format!("alice-{}", kit::unique()),
+                &["humidity", "temperature"],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let bd = b
+            .create_device(with_sensors(
+                &format!("bob-{}", kit::unique()),
+                &["pressure"],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        Self {
+            alice,
+            bob,
+            a,
+            b,
+            admin,
+            ad,
+            bd,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_device_is_its_creators_and_creating_for_another_owner_is_refused() {
+    let r = Registry::start().await;
+    let TwoOwners {
+        alice,
+        bob,
+        mut a,
+        ad,
+        ..
+    } = TwoOwners::create(&r).await;
     assert_eq!(ad.owner_id, alice.to_string());
-    let bd = b
-        .create_device(with_sensors("bob-1", &["pressure"]))
-        .await
-        .unwrap()
-        .into_inner();
     // Creating for someone else is refused.
-    let mut other = device("alice-2");
+    let mut other = device(&format!("alice-{}", kit::unique()));
     other.owner_id = bob.to_string();
     let e = a.create_device(other).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -108,7 +99,14 @@ async fn every_call_is_scoped_to_the_callers_owner() {
     // The problem is also a google.rpc.BadRequest field violation.
     let fields = iot_proto::field_violations(&e);
     assert!(fields.iter().any(|(f, _)| f == "owner_id"), "{fields:?}");
+}
 
+#[tokio::test]
+async fn another_owner_can_neither_see_nor_change_a_device() {
+    let r = Registry::start().await;
+    let TwoOwners {
+        mut a, mut b, ad, ..
+    } = TwoOwners::create(&r).await;
     // Bob sees none of Alice's device, by UUID or external id, in any call.
     for id in [ad.id.clone(), ad.device_id.clone()] {
         let get = || GetDeviceRequest { id: id.clone() };
@@ -155,7 +153,20 @@ async fn every_call_is_scoped_to_the_callers_owner() {
         .into_inner();
     assert_eq!(still.name, ad.name);
     assert_eq!(still.config.unwrap().read_interval, 60);
+}
 
+#[tokio::test]
+async fn listings_sensors_and_counts_hold_only_the_callers_devices() {
+    let r = Registry::start().await;
+    let TwoOwners {
+        alice,
+        mut a,
+        mut b,
+        mut admin,
+        ad,
+        bd,
+        ..
+    } = TwoOwners::create(&r).await;
     // Listings and counts are per owner, even when asking for another's.
     let list = |owner: Option<String>| v1::ListDevicesRequest {
         owner_id: owner,
@@ -169,7 +180,7 @@ async fn every_call_is_scoped_to_the_callers_owner() {
     };
     assert_eq!(
         ids(b.list_devices(list(None)).await.unwrap().into_inner()),
-        vec!["bob-1"]
+        vec![bd.device_id.clone()]
     );
     assert_eq!(
         ids(b
@@ -177,7 +188,7 @@ async fn every_call_is_scoped_to_the_callers_owner() {
             .await
             .unwrap()
             .into_inner()),
-        vec!["bob-1"]
+        vec![bd.device_id.clone()]
     );
     assert_eq!(
         ids(admin
@@ -185,7 +196,7 @@ async fn every_call_is_scoped_to_the_callers_owner() {
             .await
             .unwrap()
             .into_inner()),
-        vec!["alice-1"]
+        vec![ad.device_id.clone()]
     );
     assert_eq!(
         ids(admin.list_devices(list(None)).await.unwrap().into_inner()).len(),
@@ -198,7 +209,7 @@ async fn every_call_is_scoped_to_the_callers_owner() {
     };
     assert_eq!(
         ids(b.list_devices(by_ids()).await.unwrap().into_inner()),
-        vec!["bob-1"]
+        vec![bd.device_id.clone()]
     );
     assert_eq!(
         ids(admin.list_devices(by_ids()).await.unwrap().into_inner()).len(),
@@ -259,9 +270,14 @@ async fn every_call_is_scoped_to_the_callers_owner() {
     };
     assert_eq!(summary(&mut a).await, 1);
     assert_eq!(summary(&mut admin).await, 2);
+}
 
+#[tokio::test]
+async fn a_call_without_a_scope_is_unauthenticated() {
+    let r = Registry::start().await;
+    let TwoOwners { ad, .. } = TwoOwners::create(&r).await;
     // No scope, no answer.
-    let mut anonymous = v1::device_registry_client::DeviceRegistryClient::connect(r.url.clone())
+    let mut anonymous = v1::device_registry_client::DeviceRegistryClient::connect(r.url())
         .await
         .unwrap();
     let e = anonymous
@@ -273,7 +289,7 @@ async fn every_call_is_scoped_to_the_callers_owner() {
 
 #[tokio::test]
 async fn update_config_sensors_paging_and_delete() {
-    let r = registry().await;
+    let r = Registry::start().await;
     let mut c = r.client(Scope::Admin).await;
     let mut req = device("boiler-1");
     req.sensors = vec![v1::Sensor {
@@ -390,7 +406,7 @@ async fn update_config_sensors_paging_and_delete() {
 
 #[tokio::test]
 async fn bad_input_names_the_field_and_writes_nothing() {
-    let r = registry().await;
+    let r = Registry::start().await;
     let mut c = r.client(Scope::Admin).await;
     c.create_device(device("dup")).await.unwrap();
     assert_eq!(
@@ -464,7 +480,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
 async fn status_as_enum_or_text() {
     use v1::DeviceStatus;
 
-    let r = registry().await;
+    let r = Registry::start().await;
     let mut c = r.client(Scope::Admin).await;
     let forms = |d: &v1::Device| (d.status.clone(), d.status_code());
 
@@ -605,8 +621,8 @@ async fn reflection_lists_the_services() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let r = registry().await;
-    let channel = tonic::transport::Channel::from_shared(r.url.clone())
+    let r = Registry::start().await;
+    let channel = tonic::transport::Channel::from_shared(r.url())
         .unwrap()
         .connect()
         .await

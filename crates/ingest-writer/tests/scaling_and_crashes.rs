@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use iot_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
@@ -14,8 +13,6 @@ use iot_proto::v1::ReadingEnvelope;
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
 use uuid::Uuid;
-
-const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// `n` distinct readings over `devices` devices, one second apart per device.
 fn readings(devices: usize, n: usize) -> Vec<ReadingEnvelope> {
@@ -108,14 +105,10 @@ async fn two_replicas_in_one_group_split_the_partitions() {
     for _ in 0..2 {
         let w = ingest_writer::start(
             ingest_writer::Config {
-                database_url: db_url.clone(),
-                kafka: kafka.clone(),
                 group_id: group.clone(),
                 batch_max_rows: 200,
                 batch_max_wait_ms: 20,
-                grpc_addr: ANY,
-                admin_addr: ANY,
-                ..Default::default()
+                ..kit::platform::writer_config(&db_url, &kafka)
             },
             shutdown.clone(),
         )
@@ -158,30 +151,16 @@ async fn two_replicas_in_one_group_split_the_partitions() {
     }
 }
 
-/// A writer process, killed when dropped (also when a test panics).
-struct WriterProcess(Child);
-
-impl WriterProcess {
-    /// SIGKILL, and wait for it.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for WriterProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A writer process on the shipped local config (`deploy/local`), static
 /// group membership and session timeout included; only what must be the
 /// test's own (database, topics, group, ports, batch size) is overridden.
-fn spawn_writer(db_url: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> WriterProcess {
+/// A real process, not the in-process writer: the test kills it with
+/// SIGKILL. Killed when dropped (also when the test panics).
+fn spawn_writer(db_url: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> kit::Process {
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../deploy/local/ingest-writer.toml");
-    Command::new(env!("CARGO_BIN_EXE_ingest-writer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ingest-writer"));
+    command
         .arg("--config")
         .arg(&config)
         .env("INGEST_WRITER__DATABASE_URL", db_url)
@@ -201,10 +180,8 @@ fn spawn_writer(db_url: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> Wr
         .env("INGEST_WRITER__ADMIN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(WriterProcess)
-        .expect("start ingest-writer")
+        .stderr(Stdio::null());
+    kit::Process::spawn(&mut command).expect("start ingest-writer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -281,14 +258,9 @@ async fn database_errors_are_retried_and_no_batch_is_skipped() {
     let shutdown = CancellationToken::new();
     let w = ingest_writer::start(
         ingest_writer::Config {
-            database_url: writer_url,
-            kafka: kafka.clone(),
-            group_id: format!("dberr-{}", kit::unique()),
             batch_max_rows: 100,
             batch_max_wait_ms: 20,
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
+            ..kit::platform::writer_config(&writer_url, &kafka)
         },
         shutdown.clone(),
     )

@@ -4,8 +4,15 @@
 //!
 //! The addresses come from `IOT_TEST_DATABASE_URL`, `IOT_TEST_MQTT` and
 //! `IOT_TEST_KAFKA` (set by `cargo xtask test`), defaulting to the local stack.
+//!
+//! [`Platform`] (in [`platform`]) is the platform of in-process services
+//! that the end-to-end tests of every crate start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod platform;
+
+pub use platform::{ANY, Platform};
 
 use std::time::Duration;
 
@@ -288,6 +295,39 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A port free on loopback now (for a listener a test starts later, or an
+/// address where nothing listens).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process of a test, killed when dropped (also when the test
+/// panics).
+pub struct Process(std::process::Child);
+
+impl Process {
+    /// Spawns `command`.
+    pub fn spawn(command: &mut std::process::Command) -> std::io::Result<Self> {
+        command.spawn().map(Self)
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

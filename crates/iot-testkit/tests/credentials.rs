@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ANY, Platform};
 use iot_proto::v1::{self, CreateDeviceRequest, GetDeviceRequest};
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -217,21 +215,12 @@ async fn a_failed_create_leaves_no_device_and_no_account() {
     // A registry whose broker refuses it: the create fails as Unavailable
     // and the database holds no trace of the device.
     let shutdown = CancellationToken::new();
-    let mut broker = kit::broker_config(&p.root);
-    broker.password = "wrong".into();
-    broker.timeout_ms = 1_000;
-    let broken = device_registry::start(
-        device_registry::Config {
-            database_url: p.db.clone(),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            broker,
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let mut config = p.registry_config();
+    config.broker.password = "wrong".into();
+    config.broker.timeout_ms = 1_000;
+    let broken = device_registry::start(config, shutdown.clone())
+        .await
+        .unwrap();
     let mut broken_client = iot_proto::registry_client(
         format!("http://{}", broken.grpc_addr),
         iot_proto::Scope::Admin,

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::Platform;
 use iot_proto::v1::ingest_client::IngestClient;
 use iot_proto::v1::{IngestReading, IngestReadingsRequest};
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 

@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Platform;
 use iot_testkit as kit;
+use iot_testkit::Platform;
 
 fn tansu_bin() -> PathBuf {
     std::env::var_os("IOT_TEST_TANSU_BIN")
@@ -25,41 +23,18 @@ fn tansu_bin() -> PathBuf {
         })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A broker of the test's own, killed when dropped (also on panic).
-struct Broker(Child);
-
-impl Broker {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn start_broker(port: u16) -> Broker {
+async fn start_broker(port: u16) -> kit::Process {
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args(["broker", "--storage-engine", "memory://tansu/"])
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Broker)
-        .expect("start tansu (set IOT_TEST_TANSU_BIN or run `cargo xtask stack`)");
+    let child = kit::Process::spawn(
+        Command::new(tansu_bin())
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("start tansu (set IOT_TEST_TANSU_BIN or run `cargo xtask stack`)");
     kit::eventually("broker listening", Duration::from_secs(20), || async move {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -72,7 +47,7 @@ async fn start_broker(port: u16) -> Broker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
-    let port = free_port();
+    let port = kit::free_port();
     let mut broker = start_broker(port).await;
     let mut kafka = kit::kafka_config();
     kafka.brokers = format!("127.0.0.1:{port}");
@@ -162,20 +137,7 @@ async fn nothing_is_acknowledged_while_kafka_is_down_and_nothing_is_lost() {
 
     // A writer in a fresh group reads the recreated topic (the memory broker
     // forgot topics and offsets; a real Kafka keeps them) and stores the ten.
-    let writer = ingest_writer::start(
-        ingest_writer::Config {
-            database_url: p.db.clone(),
-            kafka: kafka.clone(),
-            group_id: format!("writer-{}", kit::unique()),
-            batch_max_wait_ms: 50,
-            grpc_addr: common::ANY,
-            admin_addr: common::ANY,
-            ..Default::default()
-        },
-        p.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let writer = p.start_writer(|_| {}).await;
     kit::eventually("all twenty stored", Duration::from_secs(60), || async {
         (count().await >= 20).then_some(())
     })

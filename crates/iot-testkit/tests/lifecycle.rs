@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{ANY, Platform};
 use iot_runtime::CancellationToken;
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -36,21 +34,10 @@ async fn services_answer_health_checks_and_stop_cleanly() {
     // fixture does not start.
     let p = Platform::start().await;
     let alerts = p.start_alert_engine(|_| {}).await;
-    let graphql = graphql_gateway::start(
-        graphql_gateway::Config {
-            registry_url: format!("http://{}", p.registry),
-            telemetry_url: format!("http://{}", p.telemetry),
-            alerts_url: format!("http://{}", alerts.grpc_addr),
-            ingest_url: format!("http://{}", p.gateway_grpc),
-            http_addr: ANY,
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
-        p.shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    // Started by hand: its readiness is what this test watches.
+    let graphql = graphql_gateway::start(p.graphql_config(&alerts), p.shutdown.clone())
+        .await
+        .unwrap();
 
     for addr in [p.registry, p.telemetry, alerts.grpc_addr, p.gateway_grpc] {
         assert_eq!(
@@ -90,12 +77,7 @@ async fn services_answer_health_checks_and_stop_cleanly() {
 async fn a_service_refuses_an_unmigrated_database() {
     let db = kit::empty_database().await;
     let err = device_registry::start(
-        device_registry::Config {
-            database_url: db.to_string(),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
+        kit::platform::registry_config(&db, "unmigrated"),
         CancellationToken::new(),
     )
     .await
@@ -111,26 +93,10 @@ async fn a_service_refuses_an_unmigrated_database() {
 async fn readiness_names_an_unreachable_dependency() {
     let p = Platform::start().await;
     assert_eq!(kit::http_get(p.writer_admin, "/readyz").await, "ready");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
-    let stop = CancellationToken::new();
-    let writer = ingest_writer::start(
-        ingest_writer::Config {
-            database_url: p.db.clone(),
-            kafka: iot_kafka::KafkaConfig {
-                brokers: format!("127.0.0.1:{dead_port}"),
-                ..p.kafka.clone()
-            },
-            group_id: format!("unready-{}", kit::unique()),
-            grpc_addr: ANY,
-            admin_addr: ANY,
-            ..Default::default()
-        },
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let dead_port = kit::free_port();
+    let writer = p
+        .start_writer(|c| c.kafka.brokers = format!("127.0.0.1:{dead_port}"))
+        .await;
     let body = kit::eventually("the writer serves", Duration::from_secs(20), || async {
         let body = kit::http_get(writer.admin_addr, "/readyz").await;
         (!body.contains("not serving yet")).then_some(body)
@@ -141,6 +107,56 @@ async fn readiness_names_an_unreachable_dependency() {
         !body.contains("database"),
         "the database is reachable: {body}"
     );
-    stop.cancel();
+    p.stop().await;
+}
+
+/// The operating metrics: consumer lag (librdkafka's statistics, every
+/// 5 s), batch sizes, pool usage and gRPC calls (the GraphQL gateway's
+/// readiness checks called every backend's health).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_report_their_operating_metrics() {
+    let p = Platform::start().await;
+    let engine = p.start_alert_engine(|_| {}).await;
+    let _graphql = p.start_graphql(&engine, |_| {}).await;
+    // One reading, so that the writer has written a batch.
+    let id = format!("metered-{}", kit::unique());
+    p.create_device(&id, "active").await;
+    kit::publish_all(&[(
+        format!("{}/{id}/temperature", p.prefix),
+        br#"{"value": 21}"#.to_vec(),
+    )])
+    .await;
+    let writer_wants = [
+        "iot_writer_kafka_consumer_lag{",
+        "iot_writer_batch_rows_bucket",
+        "iot_writer_db_pool_connections{state=\"idle\"}",
+        "iot_writer_grpc_server_requests_total{code=\"OK\",method=\"grpc.health.v1.Health/Check\"}",
+        "iot_writer_grpc_server_request_duration_seconds_bucket",
+    ];
+    let engine_wants = [
+        "iot_alerts_kafka_consumer_lag{",
+        "iot_alerts_db_pool_max_connections",
+        "iot_alerts_grpc_server_requests_total{",
+    ];
+    // The gateway's calls to the registry (its device lookup), by method.
+    let gateway_wants = [
+        "iot_gateway_grpc_client_requests_total{code=\"OK\",method=\"GetDevice\",service=\"device-registry\"}",
+        "iot_gateway_grpc_client_request_duration_seconds_bucket{method=\"GetDevice\",service=\"device-registry\",",
+    ];
+    let missing = kit::eventually("operating metrics", Duration::from_secs(30), || async {
+        let w = kit::http_get(p.writer_admin, "/metrics").await;
+        let a = kit::http_get(engine.admin_addr, "/metrics").await;
+        let g = kit::http_get(p.gateway_admin, "/metrics").await;
+        let missing: Vec<&str> = writer_wants
+            .iter()
+            .filter(|m| !w.contains(*m))
+            .chain(engine_wants.iter().filter(|m| !a.contains(*m)))
+            .chain(gateway_wants.iter().filter(|m| !g.contains(*m)))
+            .copied()
+            .collect();
+        missing.is_empty().then_some(missing)
+    })
+    .await;
+    assert!(missing.is_empty());
     p.stop().await;
 }

@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::Platform;
 use iot_proto::Scope;
 use iot_proto::v1::{self, GetDeviceRequest};
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::Platform;
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use iotctl::simulate::{Args, Form, simulate};
 
 fn args(p: &Platform, account: &str, count: u64) -> Args {

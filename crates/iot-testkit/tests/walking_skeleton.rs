@@ -4,16 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::Platform;
 use iot_proto::Message as _;
 use iot_proto::v1::telemetry_client::TelemetryClient;
 use iot_proto::v1::{self, QueryReadingsRequest};
 use iot_testkit as kit;
+use iot_testkit::Platform;
 use rust_decimal::Decimal;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,16 @@
+//! The public GraphQL API on the real stack, one module per topic: the
+//! spec's three tests and three queries (`queries`), managing alert rules
+//! and webhooks (`mutations`), tenant isolation at every entry point
+//! (`tenants`), subscriptions over real GraphQL-over-WebSocket clients of
+//! both protocols (`subscriptions`), and limits, a backend down and
+//! bounded backend calls (`limits`). Each test runs on a platform and
+//! devices of its own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod limits;
+mod mutations;
+mod queries;
+mod subscriptions;
+mod support;
+mod tenants;
