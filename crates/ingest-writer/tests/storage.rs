@@ -167,7 +167,7 @@ async fn run_jobs(env: &Env) {
 }
 
 #[tokio::test]
-async fn the_specs_aggregation_test_including_across_an_hour_boundary() {
+async fn hourly_aggregation_including_across_an_hour_boundary() {
     for backend in kit::backends().await {
         let env = env(backend).await;
         let device = Uuid::new_v4();

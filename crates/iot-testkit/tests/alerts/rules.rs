@@ -10,7 +10,7 @@ use iot_testkit::Platform;
 
 use crate::support::*;
 
-/// The spec's low battery, in the rule language.
+/// The documented low-battery rule, in the rule language.
 fn low_battery() -> v1::Rule {
     v1::Rule {
         name: "low_battery".into(),
@@ -130,7 +130,7 @@ async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
         err.message()
     );
 
-    // The spec's low battery, from the rule language; and "above 100 for
+    // The documented low-battery rule; and "above 100 for
     // 2 s, clear below 95".
     let low = api.create_rule(low_battery()).await.unwrap().into_inner();
     assert_eq!(low.owner_id, owner);
@@ -165,7 +165,7 @@ async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
     p.stop().await;
 }
 
-/// The spec's low battery, from the rule language: its alert carries the
+/// The documented low-battery rule: its alert carries the
 /// rule's severity and message, and deleting the rule resolves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rule_raises_its_alert_with_its_message_and_deleting_it_resolves_it() {

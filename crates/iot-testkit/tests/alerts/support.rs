@@ -23,7 +23,7 @@ pub async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
     .alerts
 }
 
-/// A device whose temperature may be at most 30 (the spec's threshold).
+/// A device whose temperature may be at most 30 (the documented example threshold).
 pub fn with_max_30(id: &str, device_type: &str) -> CreateDeviceRequest {
     CreateDeviceRequest {
         device_id: id.into(),

@@ -12,14 +12,14 @@ use iot_testkit::Platform;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_specs_threshold_raises_one_warning_seen_again_until_resolved() {
+async fn a_max_30_threshold_raises_one_warning_seen_again_until_resolved() {
     let p = Platform::start().await;
     let engine = p.start_alert_engine(|_| {}).await;
     let url = format!("http://{}", engine.grpc_addr);
     let mut registry = p.registry_client(Scope::Admin).await;
     let create = |id: &str| with_max_30(id, "temperature_sensor");
 
-    // The spec: threshold max 30, a reading of 35 gives exactly one alert of
+    // Threshold max 30: a reading of 35 gives exactly one alert of
     // severity warning for that device.
     let hot_id = format!("hot-{}", kit::unique());
     let hot = registry

@@ -1,5 +1,5 @@
 //! The public GraphQL API on the real stack, one module per topic: the
-//! spec's three tests and three queries (`queries`), managing alert rules
+//! documented example tests and queries (`queries`), managing alert rules
 //! and webhooks (`mutations`), tenant isolation at every entry point
 //! (`tenants`), subscriptions over real GraphQL-over-WebSocket clients of
 //! both protocols (`subscriptions`), and limits, a backend down and

@@ -1,4 +1,5 @@
-//! The spec's three tests and its three queries, verbatim.
+//! The three documented example tests and queries (DeviceDashboard,
+//! TemperatureTrend, ClusterHealth), verbatim as docs/graphql.md shows them.
 
 use std::net::SocketAddr;
 
@@ -37,10 +38,10 @@ async fn older_writer(db: &str) -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_specs_recorded_reading_is_queried_by_device_id_and_by_uuid() {
+async fn a_recorded_reading_is_queried_by_device_id_and_by_uuid() {
     let s = Stack::start().await;
     let a = s.a();
-    // createDevice with the spec's threshold, as owner A (a JWT caller).
+    // createDevice with a max-30 threshold, as owner A (a JWT caller).
     let device_id = format!("device_123_{}", kit::unique());
     let created = create_device(
         &s.a_jwt("alice"),
@@ -57,7 +58,7 @@ async fn the_specs_recorded_reading_is_queried_by_device_id_and_by_uuid() {
             .is_empty()
     );
 
-    // Spec test 1: record a reading, then query it.
+    // Record a reading, then query it.
     let reading_time = Utc::now() - TimeDelta::seconds(5);
     let rec = a
         .data(
@@ -93,11 +94,11 @@ async fn the_specs_recorded_reading_is_queried_by_device_id_and_by_uuid() {
     s.stop().await;
 }
 
-/// Spec test 2 through the API: the alert is listed, on the spec's
+/// A threshold alert through the API: the alert is listed, on the
 /// DeviceDashboard and in the owner's live stream, and counted (or not)
-/// by the spec's ClusterHealth; acknowledging it records who did.
+/// by ClusterHealth; acknowledging it records who did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_specs_threshold_alert_is_listed_shown_streamed_and_acknowledged() {
+async fn a_threshold_alert_is_listed_shown_streamed_and_acknowledged() {
     let s = Stack::start().await;
     let a = s.a();
     let a_jwt = s.a_jwt("alice");
@@ -121,7 +122,7 @@ async fn the_specs_threshold_alert_is_listed_shown_streamed_and_acknowledged() {
         device_id.as_str()
     );
 
-    // The spec's DeviceDashboard, verbatim. The writer and the alert-engine
+    // The DeviceDashboard example, verbatim. The writer and the alert-engine
     // consume the readings independently: the alert can be out before the
     // writer has stored the 35 as the latest reading.
     let dash = kit::eventually("the dashboard shows the latest reading", WAIT, || {
@@ -137,7 +138,7 @@ async fn the_specs_threshold_alert_is_listed_shown_streamed_and_acknowledged() {
     assert_eq!(dash["current_readings"][0]["value"], 35.0);
     assert_eq!(dash["alerts"][0]["id"], alert_id.as_str());
 
-    // The spec's ClusterHealth, verbatim, for owner A: one device, its
+    // The ClusterHealth example, verbatim, for owner A: one device, its
     // open alert a warning, not critical.
     let health = a.data(CLUSTER_HEALTH, json!({})).await["deviceStatusSummary"].clone();
     assert_eq!(health["total_devices"], 1, "{health}");
@@ -162,11 +163,11 @@ async fn the_specs_threshold_alert_is_listed_shown_streamed_and_acknowledged() {
     s.stop().await;
 }
 
-/// Spec test 3: five readings inside one hour aggregate to one bucket,
-/// over the spec's TemperatureTrend; the fast and the general rendering
+/// Five readings inside one hour aggregate to one bucket,
+/// over the TemperatureTrend example; the fast and the general rendering
 /// and a writer older than the gateway all give the same answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_specs_temperature_trend_aggregates_an_hour_alike_on_every_path() {
+async fn temperature_trend_aggregates_an_hour_alike_on_every_path() {
     let s = Stack::start().await;
     let a = s.a();
     // Five readings inside one hour (yesterday 10:01..10:05 UTC).

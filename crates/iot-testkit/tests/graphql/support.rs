@@ -1,5 +1,5 @@
 //! What the GraphQL tests share: two tenants, an HTTP client, WebSocket
-//! subscriptions, the spec's queries, and the platform they run on.
+//! subscriptions, the documented example queries, and the platform they run on.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -272,7 +272,7 @@ pub const GET_READINGS: &str = "query($deviceId: ID!, $sensorName: String!, $sta
   }
 }";
 
-// The spec's queries, verbatim.
+// The documented example queries, verbatim.
 pub const DEVICE_DASHBOARD: &str = "query DeviceDashboard($deviceId: ID!) {
   device(id: $deviceId) {
     id
@@ -413,7 +413,7 @@ pub async fn create_device(c: &Client, device_id: &str, t: Value) -> Value {
     c.data(CREATE, json!({"deviceId": device_id, "t": t})).await["createDevice"].clone()
 }
 
-/// A device of `c`'s whose temperature may be at most 30 (the spec's
+/// A device of `c`'s whose temperature may be at most 30 (the documented
 /// threshold); its UUID.
 pub async fn device_with_max_30(c: &Client, device_id: &str) -> String {
     let created = create_device(c, device_id, json!({"temperature": {"max": 30}})).await;
