@@ -684,5 +684,46 @@ async fn run() -> anyhow::Result<()> {
     for (name, kib) in &e.rss {
         println!("peak RSS: {name} {} MiB", kib / 1024);
     }
+    if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
+        let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
+        let peak = e
+            .rss
+            .iter()
+            .map(|(_, kib)| *kib)
+            .chain([writer_rss])
+            .max()
+            .unwrap_or(0)
+            / 1024;
+        let rss = std::iter::once(format!("writer (drain) {}", writer_rss / 1024))
+            .chain(e.rss.iter().map(|(n, kib)| format!("{n} {}", kib / 1024)))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let section = format!(
+            "{}\n\n{} rows per phase; every process on one box, against a freshly \
+             started Tansu (memory storage). Ratios are against the raw `COPY` of \
+             the same run.\n\n\
+             | phase | figure | target |\n|---|---|---|\n\
+             | raw `COPY` into `sensor_readings` (baseline) | {raw:.0} rows/s | |\n\
+             | ingest-writer draining Kafka | {:.2}× | ≥ 0.70×: {} |\n\
+             | end to end, 1 reading per message (QoS 1) | {:.0} readings/s | ≥ 25 000/s: {} |\n\
+             | end to end, 50 readings per message | {:.2}× | ≥ 0.50×: {} |\n\
+             | publish-to-row p50 / p99 at {:.0} readings/s | {:.0} / {:.0} ms | p99 ≤ 1 s: {} |\n\
+             | peak RSS MiB: {rss} | max {peak} | < 100: {} |\n",
+            report_header("Ingest", "cargo xtask bench ingest"),
+            ctx.rows,
+            writer / raw,
+            met(writer / raw >= 0.70),
+            e.single,
+            met(e.single >= 25_000.0),
+            e.batch / raw,
+            met(e.batch / raw >= 0.50),
+            e.latency_rate,
+            e.p50_ms,
+            e.p99_ms,
+            met(e.p99_ms <= 1000.0),
+            met(peak < 100),
+        );
+        replace_report_section(&path, "## Ingest", &section);
+    }
     Ok(())
 }
