@@ -71,7 +71,7 @@ fn replace_report_section(path: &str, heading: &str, body: &str) {
             let end = rest
                 .find("\n## ")
                 .map_or(text.len(), |i| start + heading.len() + i + 1);
-            format!("{}{}\n{}", &text[..start], body.trim_end(), &text[end..])
+            format!("{}{}\n\n{}", &text[..start], body.trim_end(), &text[end..])
         }
         None => format!("{}\n{}\n", text.trim_end(), body.trim_end()),
     };
