@@ -85,21 +85,14 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
-        if self.database_url.parse::<tokio_postgres::Config>().is_err() {
-            p.push(format!(
-                "database_url {:?} is not a PostgreSQL URL",
-                self.database_url
-            ));
-        }
-        if self.pool_size == 0 {
-            p.push("pool_size must be at least 1".into());
-        }
-        if self.group_id.is_empty() {
-            p.push("group_id is empty".into());
-        }
-        if self.instance_id.as_deref().is_some_and(str::is_empty) {
-            p.push("instance_id is empty (leave it out for a dynamic member)".into());
-        }
+        p.extend(iot_db::pool::settings_problems(
+            &self.database_url,
+            self.pool_size,
+        ));
+        p.extend(iot_kafka::member_problems(
+            &self.group_id,
+            self.instance_id.as_deref(),
+        ));
         if self.alerts_topic.is_empty() {
             p.push("alerts_topic is empty".into());
         }

@@ -34,15 +34,10 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.broker.problems("broker");
-        if self.database_url.parse::<tokio_postgres::Config>().is_err() {
-            p.push(format!(
-                "database_url {:?} is not a PostgreSQL URL",
-                self.database_url
-            ));
-        }
-        if self.pool_size == 0 {
-            p.push("pool_size must be at least 1".into());
-        }
+        p.extend(iot_db::pool::settings_problems(
+            &self.database_url,
+            self.pool_size,
+        ));
         p
     }
 }

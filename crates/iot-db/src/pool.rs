@@ -156,3 +156,18 @@ pub async fn service_pool(
     ready.check("database", move || ping(checked.clone()));
     Ok(pool)
 }
+
+/// A service's database settings, checked: every problem, for its config's
+/// `Validate`.
+pub fn settings_problems(database_url: &str, pool_size: usize) -> Vec<String> {
+    let mut p = Vec::new();
+    if database_url.parse::<tokio_postgres::Config>().is_err() {
+        p.push(format!(
+            "database_url {database_url:?} is not a PostgreSQL URL"
+        ));
+    }
+    if pool_size == 0 {
+        p.push("pool_size must be at least 1".into());
+    }
+    p
+}

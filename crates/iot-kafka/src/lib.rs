@@ -708,6 +708,19 @@ pub fn traceparent<M: rdkafka::message::Message>(m: &M) -> Option<&str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// A consumer's group settings, checked: every problem, for its service
+/// config's `Validate`.
+pub fn member_problems(group_id: &str, instance_id: Option<&str>) -> Vec<String> {
+    let mut p = Vec::new();
+    if group_id.is_empty() {
+        p.push("group_id is empty".into());
+    }
+    if instance_id.is_some_and(str::is_empty) {
+        p.push("instance_id is empty (leave it out for a dynamic member)".into());
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
