@@ -193,6 +193,33 @@ where
     let (d, g, items) = query::interleaved(name, SAMPLES, &mut direct, &mut graphql).await;
     let (d, g) = (stats(d), stats(g));
     println!("{name:<28} {items:>5} items | {}", versus(&d, &g));
+    row(versus_row(&format!("{name} ({items} items)"), &d, &g, ""));
+}
+
+/// The rows of this run's section of `docs/benchmarks.md`.
+static ROWS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn row(r: String) {
+    ROWS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(r);
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "**met**" } else { "**not met**" }
+}
+
+/// A table row: both sides' p50 / p99 and what GraphQL adds at p50.
+fn versus_row(what: &str, d: &query::Stats, g: &query::Stats, extra: &str) -> String {
+    let added = g.p50 - d.p50;
+    format!(
+        "| {what} | {:.2} / {:.2} | {:.2} / {:.2} | {added:.2}{extra} | ≤ 2 ms added: {} |",
+        d.p50,
+        d.p99,
+        g.p50,
+        g.p99,
+        met(added <= 2.0)
+    )
 }
 
 /// Both sides' p50 and p99, their ratio, and what GraphQL adds at p50
@@ -423,12 +450,22 @@ pub async fn run(ctx: &Ctx) {
         .zip(&t.wire[base])
         .map(|(g, d)| g - d)
         .collect();
+    let paired_median = stats(paired).p50;
     println!(
         "  against {} (the faster): {}; median of the paired differences {:.2} ms",
         WAYS[base],
         versus(&wire[base], &wire[2]),
-        stats(paired).p50
+        paired_median
     );
+    row(versus_row(
+        &format!(
+            "TemperatureTrend, a year of hourly metrics ({items} buckets), to the last byte; direct = {}",
+            WAYS[base]
+        ),
+        &wire[base],
+        &wire[2],
+        &format!(" (paired median {paired_median:.2})"),
+    ));
     let base = if total[1].p50 < total[0].p50 { 1 } else { 0 };
     println!(
         "  and decoded into types as well (protobuf by prost, JSON of {} bytes by serde_json): {} p50 {:.2} p99 {:.2} | GraphQL p50 {:.2} p99 {:.2} ms | added at p50 {:.2} ms; decoding alone p50 {:.2} ({}) and {:.2} ms (JSON)",
@@ -447,6 +484,23 @@ pub async fn run(ctx: &Ctx) {
 
     subscribers(gql.http_port, al.clone(), &url).await;
     drop((gql, alerts, writer, registry));
+    if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
+        let rows = std::mem::take(
+            &mut *ROWS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let section = format!(
+            "{}\n\n{DEVICES} devices in the registry, a year of readings, {SAMPLES} samples \
+             per query, gRPC straight to the service and GraphQL interleaved; release builds, \
+             every process on one box. Milliseconds.\n\n\
+             | measure | gRPC direct p50 / p99 | GraphQL p50 / p99 | added at p50 | target |\n\
+             |---|---|---|---|---|\n{}\n",
+            crate::report_header("GraphQL", "cargo xtask bench graphql"),
+            rows.join("\n")
+        );
+        crate::replace_report_section(&path, "## GraphQL", &section);
+    }
 }
 
 /// One TemperatureTrend fetched straight from ingest-writer, with
@@ -580,6 +634,14 @@ async fn subscribers(port: u16, mut api: iot_proto::AlertsClient, url: &str) {
     }
     let delivered = delays.len();
     let s = stats(delays);
+    row(format!(
+        "| `alerts` subscription: {} alert changes to {SUBSCRIBERS} WebSocket subscribers, {delivered} of {} delivered | | p50 {:.1} / p99 {:.1} from the change | | p99 ≤ 200 ms, none missing: {} |",
+        ids.len(),
+        ids.len() * SUBSCRIBERS,
+        s.p50,
+        s.p99,
+        met(s.p99 <= 200.0 && missing == 0)
+    ));
     println!(
         "alerts subscription: {delivered}/{} deliveries ({} alert changes x {SUBSCRIBERS} subscribers; missing {missing}) | delay from the change p50 {:.1} p95 {:.1} p99 {:.1} ms (target p99 <= 200 ms: {})",
         ids.len() * SUBSCRIBERS,
