@@ -45,19 +45,6 @@ impl From<Status> for AlertError {
     }
 }
 
-/// Whether a query failed because the database cannot be reached (the
-/// connection is gone, the server shuts down or refuses connections now),
-/// rather than because of the query.
-fn unreachable(e: &tokio_postgres::Error) -> bool {
-    e.is_closed()
-        || e.code().is_some_and(|c| {
-            let class = &c.code()[..2];
-            // Connection exception, insufficient resources, shutdown.
-            class == "08" || class == "53" || c.code().starts_with("57P")
-        })
-        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
-}
-
 impl From<AlertError> for Status {
     fn from(e: AlertError) -> Self {
         match &e {
@@ -68,7 +55,7 @@ impl From<AlertError> for Status {
                 tracing::error!(error = %e, "alerts query failed");
                 Status::unavailable("database unavailable")
             }
-            AlertError::Db(db) if unreachable(db) => {
+            AlertError::Db(db) if iot_db::is_unreachable(db) => {
                 tracing::error!(error = %e, "alerts query failed");
                 Status::unavailable("database unavailable")
             }

@@ -14,4 +14,4 @@ pub use migrate::{
     Backend, BackendChoice, MigrateError, MigrationReport, SchemaError, migrate, require_version,
     storage_backend,
 };
-pub use pool::{DbError, PoolMetrics, ensure_database, ping, pool, service_pool};
+pub use pool::{DbError, PoolMetrics, ensure_database, is_unreachable, ping, pool, service_pool};

@@ -171,3 +171,16 @@ pub fn settings_problems(database_url: &str, pool_size: usize) -> Vec<String> {
     }
     p
 }
+
+/// Whether a query failed because the database cannot be reached (the
+/// connection is gone, the server shuts down or refuses connections now),
+/// rather than because of the query.
+pub fn is_unreachable(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            let class = &c.code()[..2];
+            // Connection exception, insufficient resources, shutdown.
+            class == "08" || class == "53" || c.code().starts_with("57P")
+        })
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
