@@ -51,18 +51,8 @@ impl From<AlertError> for Status {
             AlertError::Invalid(p) => iot_proto::invalid_argument(p),
             AlertError::NotFound(_) => Status::not_found(e.to_string()),
             AlertError::RuleExists(_) => Status::already_exists(e.to_string()),
-            AlertError::Pool(_) => {
-                tracing::error!(error = %e, "alerts query failed");
-                Status::unavailable("database unavailable")
-            }
-            AlertError::Db(db) if iot_db::is_unreachable(db) => {
-                tracing::error!(error = %e, "alerts query failed");
-                Status::unavailable("database unavailable")
-            }
-            AlertError::Db(_) => {
-                tracing::error!(error = %e, "alerts query failed");
-                Status::internal("database error")
-            }
+            AlertError::Pool(p) => iot_runtime::status::pool_failed(p),
+            AlertError::Db(q) => iot_runtime::status::query_failed(q),
             _ => {
                 tracing::error!(error = %e, "alerts request failed");
                 Status::internal("internal error")

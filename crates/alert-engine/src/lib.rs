@@ -33,16 +33,11 @@ const SERVICE: &str = "alert-engine";
 pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, AlertError> {
-    let mut skeleton = Skeleton::new(SERVICE, "iot_alerts", shutdown.clone())?;
+    let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
     // 15, its newest migration: the device_owners view.
-    let pool = iot_db::service_pool(
-        &config.database_url,
-        config.pool_size,
-        15,
-        &skeleton.registry,
-        &skeleton.ready,
-    )
-    .await?;
+    let pool = skeleton
+        .database(&config.database_url, config.pool_size, 15)
+        .await?;
     // Check that the readings topic is reachable before reporting ready.
     let kafka = config.kafka.clone();
     let group = config.group_id.clone();

@@ -20,7 +20,7 @@ impl Metrics {
         };
         let webhooks = IntCounterVec::new(
             Opts::new(
-                "webhook_deliveries_total",
+                "iot_alerts_webhook_deliveries_total",
                 "Webhook delivery attempts by outcome (delivered, retried, given_up, refused)",
             ),
             &["outcome"],
@@ -28,10 +28,13 @@ impl Metrics {
         registry.register(Box::new(webhooks.clone()))?;
         Ok(Self {
             webhooks,
-            evaluated: counter("readings_evaluated_total", "Readings checked against rules")?,
-            raised: counter("alerts_raised_total", "Alerts opened")?,
+            evaluated: counter(
+                "iot_alerts_readings_evaluated_total",
+                "Readings checked against rules",
+            )?,
+            raised: counter("iot_alerts_alerts_raised_total", "Alerts opened")?,
             resolved: counter(
-                "alerts_resolved_total",
+                "iot_alerts_alerts_resolved_total",
                 "Alerts resolved because their condition cleared",
             )?,
         })

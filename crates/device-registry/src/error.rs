@@ -38,13 +38,9 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::Invalid(p) => iot_proto::invalid_argument(p),
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
-            RegistryError::Pool(_) | RegistryError::Broker(_) => {
-                tonic::Status::unavailable(e.to_string())
-            }
-            RegistryError::Db(_) => {
-                tracing::error!(error = %e, "registry database error");
-                tonic::Status::internal("database error")
-            }
+            RegistryError::Pool(p) => iot_runtime::status::pool_failed(p),
+            RegistryError::Db(q) => iot_runtime::status::query_failed(q),
+            RegistryError::Broker(_) => tonic::Status::unavailable(e.to_string()),
             // Not an answer to a call: the service's own start or stop.
             RegistryError::Start(_) => {
                 tracing::error!(error = %e, "registry failure");

@@ -29,17 +29,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 }
 
 async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let mut skeleton = Skeleton::new("device-registry", "iot_registry", shutdown.clone())?;
+    let mut skeleton = Skeleton::new("device-registry", shutdown.clone())?;
     // Fails fast when the database is unreachable or not migrated (7, its
     // newest migration: the device change log).
-    let pool = iot_db::service_pool(
-        &config.database_url,
-        config.pool_size,
-        7,
-        &skeleton.registry,
-        &skeleton.ready,
-    )
-    .await?;
+    let pool = skeleton
+        .database(&config.database_url, config.pool_size, 7)
+        .await?;
     skeleton.serve_admin(config.admin_addr).await?;
     let broker = config
         .broker

@@ -335,17 +335,19 @@ impl HttpMetrics {
     pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
-                "requests_total",
+                "iot_graphql_requests_total",
                 "GraphQL HTTP requests by outcome (ok, error, unauthenticated, rate_limited, bad_request)",
             ),
             &["outcome"],
         )?;
         let seconds = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "GraphQL request latency").buckets(
-                vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ],
-            ),
+            HistogramOpts::new(
+                "iot_graphql_request_duration_seconds",
+                "GraphQL request latency",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
             &["outcome"],
         )?;
         registry.register(Box::new(requests.clone()))?;

@@ -29,10 +29,10 @@ pub use schema::sdl;
 pub type Running = iot_runtime::Running<SocketAddr>;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let mut skeleton = Skeleton::new("graphql-gateway", "iot_graphql", shutdown.clone())?;
+    let mut skeleton = Skeleton::new("graphql-gateway", shutdown.clone())?;
     let up = upstream::Upstreams::connect(&config, &skeleton.registry)?;
     let subscribers = prometheus::IntGauge::new(
-        "alert_subscribers",
+        "iot_graphql_alert_subscribers",
         "GraphQL subscriptions to alerts right now",
     )?;
     skeleton.registry.register(Box::new(subscribers.clone()))?;

@@ -1,8 +1,8 @@
 //! The services the gateway calls: one lazily connected channel each,
 //! with a deadline on every call, wearing the client layer
 //! ([`iot_telemetry::grpc::GrpcClientLayer`]) that counts and times every
-//! call by method (`iot_graphql_upstream_calls_total`,
-//! `iot_graphql_upstream_call_duration_seconds`) and carries the caller's
+//! call by method (`iot_grpc_client_requests_total`,
+//! `iot_grpc_client_request_duration_seconds`) and carries the caller's
 //! trace. Resolvers call the generated clients' methods and turn a failure
 //! into a GraphQL error with [`Answer`].
 
@@ -75,12 +75,7 @@ impl Upstreams {
     /// their calls' metrics go to `registry`.
     pub fn connect(config: &Config, registry: &Registry) -> Result<Self, StartError> {
         let times = Arc::new(ResponseTimes::new());
-        let calls = GrpcClientMetrics::register_as(
-            registry,
-            "upstream_calls_total",
-            "upstream_call_duration_seconds",
-        )?
-        .on_call({
+        let calls = GrpcClientMetrics::register(registry)?.on_call({
             let times = times.clone();
             move |call| {
                 // The alert stream lasts as long as its connection: not a

@@ -32,11 +32,8 @@ impl From<WriterError> for Status {
     fn from(e: WriterError) -> Self {
         match &e {
             WriterError::Invalid(p) => iot_proto::invalid_argument(p),
-            WriterError::Pool(_) => Status::unavailable(e.to_string()),
-            WriterError::Db(_) => {
-                tracing::error!(error = %e, "telemetry query failed");
-                Status::internal("database error")
-            }
+            WriterError::Pool(p) => iot_runtime::status::pool_failed(p),
+            WriterError::Db(q) => iot_runtime::status::query_failed(q),
             _ => {
                 tracing::error!(error = %e, "telemetry request failed");
                 Status::internal("internal error")

@@ -34,16 +34,11 @@ pub const SERVICE: &str = "ingest-writer";
 pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, WriterError> {
-    let mut skeleton = Skeleton::new(SERVICE, "iot_writer", shutdown.clone())?;
+    let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
     // 15, its newest migration: the device_owners view.
-    let pool = iot_db::service_pool(
-        &config.database_url,
-        config.pool_size,
-        15,
-        &skeleton.registry,
-        &skeleton.ready,
-    )
-    .await?;
+    let pool = skeleton
+        .database(&config.database_url, config.pool_size, 15)
+        .await?;
     let backend = {
         let client = pool.get().await?;
         iot_db::storage_backend(&client)
@@ -90,7 +85,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     if backend == iot_db::Backend::TimescaleDb {
         let failed = iot_telemetry::prometheus::IntGauge::new(
-            "timescale_failed_jobs",
+            "iot_writer_timescale_failed_jobs",
             "TimescaleDB background jobs (compression and other policies) whose last run failed",
         )?;
         skeleton.registry.register(Box::new(failed.clone()))?;

@@ -18,24 +18,29 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> Result<Self, iot_telemetry::prometheus::Error> {
-        let rows_written = IntCounter::new("rows_written_total", "Readings stored")?;
+        let rows_written = IntCounter::new("iot_writer_rows_written_total", "Readings stored")?;
         let duplicates = IntCounter::new(
-            "duplicates_ignored_total",
+            "iot_writer_duplicates_ignored_total",
             "Readings already stored (redelivery), ignored",
         )?;
         let batch_seconds = Histogram::with_opts(HistogramOpts::new(
-            "batch_write_seconds",
+            "iot_writer_batch_write_seconds",
             "Time to write one batch",
         ))?;
         let batch_rows = Histogram::with_opts(
-            HistogramOpts::new("batch_rows", "Readings per written batch").buckets(vec![
-                1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-            ]),
+            HistogramOpts::new("iot_writer_batch_rows", "Readings per written batch").buckets(
+                vec![
+                    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                ],
+            ),
         )?;
-        let db_errors = IntCounter::new("db_errors_total", "Failed batch writes (retried)")?;
+        let db_errors = IntCounter::new(
+            "iot_writer_db_errors_total",
+            "Failed batch writes (retried)",
+        )?;
         let poison = IntCounterVec::new(
             Opts::new(
-                "poison_records_total",
+                "iot_writer_poison_records_total",
                 "Undecodable records sent to the dead-letter topic",
             ),
             &["reason"],

@@ -141,8 +141,8 @@ pub async fn run(ctx: &Ctx) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let series = [
                     "iot_gateway_mqtt_in_flight_messages",
-                    "iot_alerts_kafka_consumer_lag",
-                    "iot_writer_kafka_consumer_lag",
+                    "iot_kafka_consumer_lag",
+                    "iot_kafka_consumer_lag",
                 ];
                 for (i, (port, name)) in ports.iter().zip(series).enumerate() {
                     peak[i] = peak[i].max(sum_of(*port, name).await);

@@ -536,7 +536,7 @@ async fn alert_partitions(port: u16) -> f64 {
         Ok::<_, std::io::Error>(text)
     };
     match tokio::time::timeout(Duration::from_secs(2), fetch).await {
-        Ok(Ok(text)) => procs::metric_sum(&text, "iot_alerts_kafka_assigned_partitions", ""),
+        Ok(Ok(text)) => procs::metric_sum(&text, "iot_kafka_assigned_partitions", ""),
         _ => 0.0,
     }
 }

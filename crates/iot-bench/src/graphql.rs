@@ -283,7 +283,7 @@ pub async fn run(ctx: &Ctx) {
         };
         let call = |m: &str| {
             mean(
-                "iot_graphql_upstream_call_duration_seconds",
+                "iot_grpc_client_request_duration_seconds",
                 &format!("method=\"{m}\""),
             )
         };

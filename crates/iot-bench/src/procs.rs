@@ -278,17 +278,20 @@ pub async fn admin_metrics(port: u16) -> String {
     buf
 }
 
-/// The sum of the samples of series `name` in Prometheus `text` whose
-/// labels start with `labels` (e.g. `method="GetDevice"`; empty: any).
+/// The sum of the samples of series `name` in Prometheus `text` that carry
+/// every label of `labels` (e.g. `method="GetDevice",code="OK"`; empty:
+/// any), in whatever order the series lists its labels.
 pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
     text.lines()
         .filter(|l| {
             l.strip_prefix(name).is_some_and(|rest| {
-                if labels.is_empty() {
-                    rest.starts_with(' ') || rest.starts_with('{')
+                if let Some(r) = rest.strip_prefix('{') {
+                    let set = &r[..r.find('}').unwrap_or(r.len())];
+                    let have: Vec<&str> = set.split(',').collect();
+                    wanted.iter().all(|w| have.contains(w))
                 } else {
-                    rest.strip_prefix('{')
-                        .is_some_and(|r| r.starts_with(labels))
+                    rest.starts_with(' ') && wanted.is_empty()
                 }
             })
         })
@@ -304,6 +307,10 @@ mod tests {
         assert_eq!(super::metric_sum(text, "x_sum", ""), 1.5);
         assert_eq!(super::metric_sum(text, "x_count", ""), 12.0);
         assert_eq!(super::metric_sum(text, "x_count", "method=\"A\""), 5.0);
+        assert_eq!(
+            super::metric_sum(text, "x_count", "code=\"1\",method=\"A\""),
+            3.0
+        );
         assert_eq!(super::metric_sum(text, "x_missing", ""), 0.0);
     }
 }

@@ -252,8 +252,14 @@ where
 }
 
 /// A query run both ways: `direct` against the database, `grpc` through the
-/// API. Samples interleave the two so that noise hits both alike.
-async fn measure<D, DF, G, GF>(name: &str, target_p95_ms: f64, mut direct: D, mut grpc: G)
+/// API. Samples interleave the two so that noise hits both alike. Returns
+/// the query's row of the report's table.
+async fn measure<D, DF, G, GF>(
+    name: &str,
+    target_p95_ms: Option<f64>,
+    mut direct: D,
+    mut grpc: G,
+) -> String
 where
     D: FnMut(usize) -> DF,
     DF: Future<Output = usize>,
@@ -262,13 +268,10 @@ where
 {
     let (d, g, items) = interleaved(name, SAMPLES, &mut direct, &mut grpc).await;
     let (d, g) = (stats(d), stats(g));
-    let verdict = if g.p95 <= target_p95_ms {
-        "ok"
-    } else {
-        "MISSED"
-    };
+    let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    let absolute = target_p95_ms.map_or(String::new(), |t| format!("≤ {t}: {}", met(g.p95 <= t)));
     println!(
-        "{name:<34} {items:>5} items | direct p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} | gRPC p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} ms | gRPC/direct p50 {:.2}x p95 {:.2}x | target p95 <= {target_p95_ms} ms: {verdict}",
+        "{name:<34} {items:>5} items | direct p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} | gRPC p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} ms | gRPC/direct p50 {:.2}x p95 {:.2}x | target p95 {absolute}",
         d.p50,
         d.p95,
         d.p99,
@@ -278,7 +281,22 @@ where
         g.p50 / d.p50,
         g.p95 / d.p95,
     );
+    format!(
+        "| {name} ({items} items) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2}×, {:.2}× | {absolute} | {} |",
+        d.p50,
+        d.p95,
+        d.p99,
+        g.p50,
+        g.p95,
+        g.p99,
+        g.p50 / d.p50,
+        g.p95 / d.p95,
+        met(g.p95 <= RATIO_TARGET * d.p95),
+    )
 }
+
+/// Through gRPC at p95, at most this many times the direct query.
+const RATIO_TARGET: f64 = 1.3;
 
 /// Random-looking but reproducible offsets.
 fn jitter(i: usize, modulo: i64) -> i64 {
@@ -309,7 +327,7 @@ pub async fn run(ctx: &Ctx) {
         data.rows()
     );
     // The floor: a gRPC round trip that does no work (the health check).
-    {
+    let floor = {
         let mut health = tonic_health::pb::health_client::HealthClient::new(
             tonic::transport::Endpoint::from_shared(writer.grpc_url())
                 .unwrap()
@@ -333,7 +351,9 @@ pub async fn run(ctx: &Ctx) {
             "gRPC round trip doing no work (health check): p50 {:.2} p95 {:.2} p99 {:.2} ms",
             s.p50, s.p95, s.p99
         );
-    }
+        s.p50
+    };
+    let mut rows = Vec::new();
     let sensor = "temperature";
     let series_of = |i: usize| device(i % series);
     let ts = |t: DateTime<Utc>| Some(iot_proto::timestamp(t));
@@ -344,7 +364,7 @@ pub async fn run(ctx: &Ctx) {
         // A year of daily metrics (start not aligned to a day).
         (
             "metrics 1d over a year",
-            20.0,
+            Some(20.0),
             "1d",
             TimeDelta::days(DAYS),
             86_400,
@@ -352,18 +372,20 @@ pub async fn run(ctx: &Ctx) {
         // A week of hourly metrics, somewhere in the year.
         (
             "metrics 1h over a week",
-            10.0,
+            Some(10.0),
             "1h",
             TimeDelta::days(7),
             (DAYS - 8) * 86_400,
         ),
     ];
     for (name, target, granularity, length, spread) in metrics_queries {
-        measure_metrics(&store, &api, name, target, granularity, |i| {
-            let start = data.start() + TimeDelta::seconds(jitter(i, spread));
-            (series_of(i), start, start + length)
-        })
-        .await;
+        rows.push(
+            measure_metrics(&store, &api, name, target, granularity, |i| {
+                let start = data.start() + TimeDelta::seconds(jitter(i, spread));
+                (series_of(i), start, start + length)
+            })
+            .await,
+        );
     }
 
     // 1000 raw readings, newest first, from a day somewhere in the year.
@@ -371,9 +393,9 @@ pub async fn run(ctx: &Ctx) {
         let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 2) * 86_400));
         (start, start + TimeDelta::days(1))
     };
-    measure(
+    let raw = measure(
         "1000 raw readings",
-        20.0,
+        Some(20.0),
         |i| {
             let (s, e) = day(i);
             let store = store.clone();
@@ -409,9 +431,10 @@ pub async fn run(ctx: &Ctx) {
 
     // Latest readings of 100 devices in one call.
     let hundred: Vec<Uuid> = (0..series + LIGHT_DEVICES).take(100).map(device).collect();
-    measure(
+    rows.push(raw);
+    let latest = measure(
         "latest readings of 100 devices",
-        20.0,
+        Some(20.0),
         |_| {
             let store = store.clone();
             let ids = hundred.clone();
@@ -432,12 +455,13 @@ pub async fn run(ctx: &Ctx) {
     )
     .await;
 
+    rows.push(latest);
     // 5-minute buckets over 6 hours: read from raw rows (no rollup fits).
-    measure_metrics(
+    let five_minutes = measure_metrics(
         &store,
         &api,
-        "metrics 5m over 6 hours (raw)",
-        20.0,
+        "metrics 5m over 6 hours (raw rows)",
+        None,
         "5m",
         |i| {
             let start = data.start() + TimeDelta::seconds(jitter(i, (DAYS - 2) * 86_400));
@@ -445,7 +469,24 @@ pub async fn run(ctx: &Ctx) {
         },
     )
     .await;
+    rows.push(five_minutes);
     drop(writer);
+    if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
+        let section = format!(
+            "{}\n\nBackend {backend}; {} rows ({series} devices with a reading every \
+             {STEP_SECS} s for a year, {LIGHT_DEVICES} more with a few); {SAMPLES} samples per \
+             query, straight to the database and through ingest-writer's gRPC API interleaved; \
+             release build. Milliseconds. A gRPC call that does no work (the health check) \
+             takes {floor:.2} ms p50.\n\n\
+             | query | direct p50 / p95 / p99 | gRPC p50 / p95 / p99 | gRPC ÷ direct (p50, p95) \
+             | target: gRPC p95 | target: gRPC ≤ {RATIO_TARGET}× direct at p95 |\n\
+             |---|---|---|---|---|---|\n{}\n",
+            crate::report_header("Query", "cargo xtask bench query"),
+            data.rows(),
+            rows.join("\n")
+        );
+        crate::replace_report_section(&path, "## Query", &section);
+    }
 }
 
 /// Measures one metrics query, direct and through gRPC; `args(i)` gives
@@ -454,10 +495,10 @@ async fn measure_metrics(
     store: &Store,
     api: &TelemetryClient<tonic::transport::Channel>,
     name: &str,
-    target_p95_ms: f64,
+    target_p95_ms: Option<f64>,
     granularity: &str,
     args: impl Fn(usize) -> (Uuid, DateTime<Utc>, DateTime<Utc>),
-) {
+) -> String {
     let width: Width = granularity.parse().unwrap();
     measure(
         name,
@@ -492,5 +533,5 @@ async fn measure_metrics(
             }
         },
     )
-    .await;
+    .await
 }

@@ -97,15 +97,15 @@ impl PoolMetrics {
         Ok(Self {
             pool,
             connections: prometheus::IntGaugeVec::new(
-                prometheus::Opts::new("db_pool_connections", "Database connections by state"),
+                prometheus::Opts::new("iot_db_pool_connections", "Database connections by state"),
                 &["state"],
             )?,
             max: prometheus::IntGauge::new(
-                "db_pool_max_connections",
+                "iot_db_pool_max_connections",
                 "The most connections the pool opens",
             )?,
             waiting: prometheus::IntGauge::new(
-                "db_pool_waiting",
+                "iot_db_pool_waiting",
                 "Callers waiting for a database connection",
             )?,
         })

@@ -453,7 +453,7 @@ impl ConsumerObserver {
     pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let lag = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
-                "kafka_consumer_lag",
+                "iot_kafka_consumer_lag",
                 "Records on each partition not yet consumed by this consumer",
             ),
             &["topic", "partition"],
@@ -530,11 +530,11 @@ impl Assignment {
     fn new() -> prometheus::Result<Self> {
         Ok(Self {
             partitions: prometheus::IntGauge::new(
-                "kafka_assigned_partitions",
+                "iot_kafka_assigned_partitions",
                 "Partitions of the readings topic this consumer holds",
             )?,
             alarm: prometheus::IntGauge::new(
-                "kafka_consumer_stalled",
+                "iot_kafka_consumer_stalled",
                 "1 while this consumer holds no partition and its group has no other live member",
             )?,
             empty_since: std::sync::Mutex::new(Some(std::time::Instant::now())),

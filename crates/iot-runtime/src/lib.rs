@@ -6,6 +6,7 @@
 pub mod config;
 pub mod lifecycle;
 pub mod service;
+pub mod status;
 
 pub use config::{ConfigError, ServiceConfig, Validate, load_config};
 pub use lifecycle::{config_path_from_args, grpc_incoming, run_until_signal};

@@ -61,7 +61,8 @@ impl<H> Running<H> {
 /// See the module documentation.
 pub struct Skeleton {
     name: &'static str,
-    /// Every metric of the service, under its prefix (`iot_writer_...`).
+    /// Every metric of the service, each series labelled with its name
+    /// ([`iot_telemetry::service_registry`]).
     pub registry: Registry,
     /// What `/readyz` reports; the service adds checks of its dependencies.
     pub ready: Readiness,
@@ -74,13 +75,9 @@ pub struct Skeleton {
 }
 
 impl Skeleton {
-    /// `name` names the service in logs; metrics are `{metrics_prefix}_*`.
-    pub fn new(
-        name: &'static str,
-        metrics_prefix: &str,
-        shutdown: CancellationToken,
-    ) -> Result<Self, ServiceError> {
-        let registry = Registry::new_custom(Some(metrics_prefix.to_owned()), None)?;
+    /// `name` names the service in logs and in its metrics' `service` label.
+    pub fn new(name: &'static str, shutdown: CancellationToken) -> Result<Self, ServiceError> {
+        let registry = iot_telemetry::service_registry(name)?;
         let (health, _) = tonic_health::server::health_reporter();
         Ok(Self {
             name,
@@ -92,6 +89,19 @@ impl Skeleton {
             admin_addr: None,
             doors: Vec::new(),
         })
+    }
+
+    /// The service's database pool, wired the one way: at most `max_size`
+    /// connections to `url`, refused unless migration `min_version` (the
+    /// newest whose tables or views the service uses) is applied, its usage
+    /// in the service's metrics and a `database` check in its readiness.
+    pub async fn database(
+        &self,
+        url: &str,
+        max_size: usize,
+        min_version: i32,
+    ) -> Result<deadpool_postgres::Pool, iot_db::SchemaError> {
+        iot_db::service_pool(url, max_size, min_version, &self.registry, &self.ready).await
     }
 
     /// The gRPC health reporter (`grpc.health.v1.Health`), for services

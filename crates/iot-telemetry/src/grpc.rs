@@ -1,17 +1,18 @@
-//! Request metrics of gRPC calls, as tower layers.
+//! Request metrics of gRPC calls, as tower layers. The names are the same
+//! in every service; the registry's `service` label tells them apart.
 //!
 //! Server side ([`GrpcMetrics`], for tonic's `Server::builder().layer(...)`):
-//! `<prefix>_grpc_server_requests_total` by method and status code, and
-//! `<prefix>_grpc_server_request_duration_seconds` by method (for a
-//! streaming call, the time to its response headers).
+//! `iot_grpc_server_requests_total` by method and status code, and
+//! `iot_grpc_server_request_duration_seconds` by method (for a streaming
+//! call, the time to its response headers).
 //!
 //! Client side ([`GrpcClientMetrics`], one [`GrpcClientLayer`] per upstream
-//! wrapped once around its `Channel`): `<prefix>_grpc_client_requests_total`
-//! by service (the upstream's name), method and status code, and
-//! `<prefix>_grpc_client_request_duration_seconds` by service and method
-//! (the time to the call's final status: for a unary call its whole
-//! answer, for a stream its end). The method is read from the request path,
-//! so call sites name nothing. The layer also carries the caller's trace
+//! wrapped once around its `Channel`): `iot_grpc_client_requests_total` by
+//! upstream (the called service's name), method and status code, and
+//! `iot_grpc_client_request_duration_seconds` by upstream and method (the
+//! time to the call's final status: for a unary call its whole answer, for
+//! a stream its end). The method is read from the request path, so call
+//! sites name nothing. The layer also carries the caller's trace
 //! (`traceparent`) to the service it calls.
 
 use std::pin::Pin;
@@ -38,14 +39,14 @@ impl GrpcMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
-                "grpc_server_requests_total",
+                "iot_grpc_server_requests_total",
                 "gRPC calls served, by method and status code",
             ),
             &["method", "code"],
         )?;
         let seconds = HistogramVec::new(
             HistogramOpts::new(
-                "grpc_server_request_duration_seconds",
+                "iot_grpc_server_request_duration_seconds",
                 "Time to answer a gRPC call (streams: to the response headers)",
             )
             .buckets(BUCKETS.to_vec()),
@@ -186,38 +187,23 @@ pub struct GrpcClientMetrics {
 }
 
 impl GrpcClientMetrics {
-    /// `grpc_client_requests_total{service,method,code}` and
-    /// `grpc_client_request_duration_seconds{service,method}` (under the
-    /// registry's prefix).
+    /// `iot_grpc_client_requests_total{upstream,method,code}` and
+    /// `iot_grpc_client_request_duration_seconds{upstream,method}`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        Self::register_as(
-            registry,
-            "grpc_client_requests_total",
-            "grpc_client_request_duration_seconds",
-        )
-    }
-
-    /// [`Self::register`] under other names (for series that dashboards
-    /// already know by another name), with the same labels.
-    pub fn register_as(
-        registry: &Registry,
-        requests: &str,
-        seconds: &str,
-    ) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
-                requests,
-                "gRPC calls to other services, by service, method and status code",
+                "iot_grpc_client_requests_total",
+                "gRPC calls to other services, by upstream, method and status code",
             ),
-            &["service", "method", "code"],
+            &["upstream", "method", "code"],
         )?;
         let seconds = HistogramVec::new(
             HistogramOpts::new(
-                seconds,
+                "iot_grpc_client_request_duration_seconds",
                 "Time from a gRPC call to its final status (streams: to their end)",
             )
             .buckets(BUCKETS.to_vec()),
-            &["service", "method"],
+            &["upstream", "method"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
@@ -237,7 +223,7 @@ impl GrpcClientMetrics {
         self
     }
 
-    /// The layer of the upstream `service` (its `service` label): wrap its
+    /// The layer of the upstream `service` (its `upstream` label): wrap its
     /// channel once, `tower::ServiceBuilder::new().layer(..).service(channel)`.
     pub fn layer(&self, service: &'static str) -> GrpcClientLayer {
         GrpcClientLayer {
@@ -601,7 +587,7 @@ mod tests {
     #[tokio::test]
     async fn client_calls_are_counted_by_method_and_final_status() {
         use tower::{Layer as _, Service as _};
-        let registry = Registry::new_custom(Some("t".into()), None).unwrap();
+        let registry = crate::service_registry("graphql-gateway").unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let metrics = GrpcClientMetrics::register(&registry).unwrap().on_call({
             let seen = seen.clone();
@@ -647,14 +633,33 @@ mod tests {
                 .unwrap();
             String::from_utf8(out).unwrap()
         };
-        assert!(
-            text.contains(
-                "t_grpc_client_requests_total{code=\"OK\",method=\"GetDevice\",service=\"device-registry\"} 1"
-            ),
+        let sample = |name: &str, labels: &[&str]| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("{name}{{"))
+                        && labels.iter().all(|want| l.contains(want))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let caller = "service=\"graphql-gateway\"";
+        let upstream = "upstream=\"device-registry\"";
+        assert_eq!(
+            sample(
+                "iot_grpc_client_requests_total",
+                &[caller, upstream, "code=\"OK\"", "method=\"GetDevice\""]
+            )
+            .as_deref(),
+            Some("1"),
             "{text}"
         );
-        assert!(
-            text.contains("t_grpc_client_request_duration_seconds_count{method=\"GetDevice\",service=\"device-registry\"} 4"),
+        assert_eq!(
+            sample(
+                "iot_grpc_client_request_duration_seconds_count",
+                &[caller, upstream, "method=\"GetDevice\""]
+            )
+            .as_deref(),
+            Some("4"),
             "{text}"
         );
         // Unmeasured: nothing recorded, the call goes through.

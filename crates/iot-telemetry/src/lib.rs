@@ -17,6 +17,26 @@ pub use prometheus;
 pub mod grpc;
 pub mod trace;
 
+/// The metrics registry of one service. Every series carries a `service`
+/// label with its name, so that one metric name (`iot_grpc_server_...`,
+/// `iot_db_pool_...`, `process_...`) serves every service. It starts with
+/// the process's own figures (`process_*`: CPU, memory, open files) and
+/// `iot_build_info{version}`.
+pub fn service_registry(service: &str) -> prometheus::Result<Registry> {
+    let labels = [("service".to_owned(), service.to_owned())].into();
+    let registry = Registry::new_custom(None, Some(labels))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let build = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("iot_build_info", "The running build: always 1"),
+        &["version"],
+    )?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(build))?;
+    Ok(registry)
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` filters; `LOG_FORMAT=json`
 /// switches to JSON lines; the standard `OTEL_*` variables turn on trace
 /// export (`trace`). Calling it twice is harmless (tests do).

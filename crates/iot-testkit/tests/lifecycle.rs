@@ -126,22 +126,26 @@ async fn services_report_their_operating_metrics() {
         br#"{"value": 21}"#.to_vec(),
     )])
     .await;
+    // One name per metric across services; the `service` label tells them
+    // apart.
     let writer_wants = [
-        "iot_writer_kafka_consumer_lag{",
+        "iot_kafka_consumer_lag{",
         "iot_writer_batch_rows_bucket",
-        "iot_writer_db_pool_connections{state=\"idle\"}",
-        "iot_writer_grpc_server_requests_total{code=\"OK\",method=\"grpc.health.v1.Health/Check\"}",
-        "iot_writer_grpc_server_request_duration_seconds_bucket",
+        "iot_db_pool_connections{state=\"idle\",service=\"ingest-writer\"}",
+        "iot_grpc_server_requests_total{code=\"OK\",method=\"grpc.health.v1.Health/Check\",service=\"ingest-writer\"}",
+        "iot_grpc_server_request_duration_seconds_bucket",
+        "process_resident_memory_bytes{service=\"ingest-writer\"}",
+        "iot_build_info{version=",
     ];
     let engine_wants = [
-        "iot_alerts_kafka_consumer_lag{",
-        "iot_alerts_db_pool_max_connections",
-        "iot_alerts_grpc_server_requests_total{",
+        "iot_kafka_consumer_lag{",
+        "iot_db_pool_max_connections{service=\"alert-engine\"}",
+        "iot_grpc_server_requests_total{",
     ];
     // The gateway's calls to the registry (its device lookup), by method.
     let gateway_wants = [
-        "iot_gateway_grpc_client_requests_total{code=\"OK\",method=\"GetDevice\",service=\"device-registry\"}",
-        "iot_gateway_grpc_client_request_duration_seconds_bucket{method=\"GetDevice\",service=\"device-registry\",",
+        "iot_grpc_client_requests_total{code=\"OK\",method=\"GetDevice\",upstream=\"device-registry\",service=\"mqtt-gateway\"}",
+        "iot_grpc_client_request_duration_seconds_bucket{method=\"GetDevice\",upstream=\"device-registry\",service=\"mqtt-gateway\",",
     ];
     let missing = kit::eventually("operating metrics", Duration::from_secs(30), || async {
         let w = kit::http_get(p.writer_admin, "/metrics").await;

@@ -90,7 +90,7 @@ async fn a_graphql_requests_trace_continues_the_callers_and_holds_its_backend_ca
     let counted = kit::http_get(gql.admin_addr, "/metrics").await;
     assert!(
         counted.contains(
-            "iot_graphql_upstream_calls_total{code=\"OK\",method=\"GetDevice\",service=\"device-registry\"} 1"
+            "iot_grpc_client_requests_total{code=\"OK\",method=\"GetDevice\",upstream=\"device-registry\",service=\"graphql-gateway\"} 1"
         ),
         "{counted}"
     );

@@ -42,7 +42,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config.kafka.dead_letter_topic.clone(),
         SERVICE,
     );
-    let mut skeleton = Skeleton::new(SERVICE, "iot_gateway", shutdown.clone())?;
+    let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
     // Its registry calls counted and timed by method.
     let calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;

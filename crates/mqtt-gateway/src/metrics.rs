@@ -19,44 +19,44 @@ impl Metrics {
     pub fn register(registry: &Registry) -> Result<Self, iot_telemetry::prometheus::Error> {
         let accepted = IntCounterVec::new(
             Opts::new(
-                "readings_accepted_total",
+                "iot_gateway_readings_accepted_total",
                 "Readings produced to Kafka, by door",
             ),
             &["source"],
         )?;
         let rejected = IntCounterVec::new(
             Opts::new(
-                "readings_rejected_total",
+                "iot_gateway_readings_rejected_total",
                 "Messages written to the dead-letter topic, by reason",
             ),
             &["reason"],
         )?;
         let retries = IntCounterVec::new(
             Opts::new(
-                "transient_errors_total",
+                "iot_gateway_transient_errors_total",
                 "Transient failures (registry or Kafka unavailable) that delayed an ack",
             ),
             &["kind"],
         )?;
         let in_flight = IntGauge::new(
-            "mqtt_in_flight_messages",
+            "iot_gateway_mqtt_in_flight_messages",
             "MQTT messages received and not yet acknowledged (waiting for Kafka)",
         )?;
         let mqtt_acks = IntCounter::new(
-            "mqtt_acks_total",
+            "iot_gateway_mqtt_acks_total",
             "PUBACKs sent to the MQTT broker (each after Kafka's delivery report)",
         )?;
         let mqtt_others = IntCounter::new(
-            "mqtt_other_replicas_messages_total",
+            "iot_gateway_mqtt_other_replicas_messages_total",
             "MQTT messages of devices another replica handles (split = \"hashed\"), acknowledged unprocessed",
         )?;
         registry.register(Box::new(mqtt_others.clone()))?;
         let broker_unreceived = IntGauge::new(
-            "broker_unreceived_messages",
+            "iot_gateway_broker_unreceived_messages",
             "PUBLISH packets the MQTT broker counts as received that did not reach this gateway (in flight, for other topics, or lost)",
         )?;
         let broker_unreceived_alarm = IntGauge::new(
-            "broker_unreceived_alarm",
+            "iot_gateway_broker_unreceived_alarm",
             "1 while broker_unreceived_messages is above mqtt.unreceived_alarm",
         )?;
         registry.register(Box::new(broker_unreceived.clone()))?;

@@ -161,7 +161,7 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
             .build();
         let lookups = IntCounterVec::new(
             Opts::new(
-                "device_cache_lookups_total",
+                "iot_device_cache_lookups_total",
                 "Device lookups answered from the cache (hit) or by asking device-registry (miss)",
             ),
             &["result"],

@@ -338,7 +338,7 @@ pub async fn upstream_calls_of(admin: SocketAddr, method: &str) -> u64 {
     kit::http_get(admin, "/metrics")
         .await
         .lines()
-        .filter(|l| l.starts_with("iot_graphql_upstream_calls_total{"))
+        .filter(|l| l.starts_with("iot_grpc_client_requests_total{"))
         .filter(|l| l.contains(&format!("method=\"{method}")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
