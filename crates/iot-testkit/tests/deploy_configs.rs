@@ -1,8 +1,9 @@
 //! docker-compose.yml and k8s/ are not run on our machines (no Docker, no
 //! cluster), so this checks what can be checked here: every environment
 //! variable they give a service is a setting that service's config accepts
-//! (its loader refuses unknown keys and reports invalid values), and every
-//! file compose mounts exists under deploy/.
+//! (its loader refuses unknown keys and reports invalid values), every file
+//! compose mounts exists, and compose publishes only the public ports on
+//! every interface.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -52,16 +53,48 @@ fn load(service: &str, env: &BTreeMap<String, String>) -> Result<(), String> {
     outcome
 }
 
-/// Compose's `${VAR:-default}` with no VAR set: the default.
-fn interpolate(s: &str) -> String {
+/// The variables of `deploy/compose/example.env`, the secrets compose
+/// requires.
+fn example_env() -> BTreeMap<String, String> {
+    std::fs::read_to_string(repo().join("deploy/compose/example.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Compose's interpolation with the variables of `env` set: `${VAR:-d}`
+/// is VAR or d, `${VAR:?message}` is VAR (which must be set: compose
+/// refuses to start without it), `$$` is `$`.
+fn interpolate(s: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = String::new();
     let mut rest = s;
-    while let Some(start) = rest.find("${") {
+    while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').expect("closing }") + start;
-        let inner = &rest[start + 2..end];
-        out.push_str(inner.split_once(":-").map_or("", |(_, d)| d));
-        rest = &rest[end + 1..];
+        rest = &rest[start..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let Some(braced) = rest.strip_prefix("${") else {
+            panic!("unbraced variable in {s:?}");
+        };
+        let end = braced.find('}').expect("closing }");
+        let inner = &braced[..end];
+        if let Some((var, default)) = inner.split_once(":-") {
+            out.push_str(env.get(var).map_or(default, String::as_str));
+        } else if let Some((var, _message)) = inner.split_once(":?") {
+            let v = env
+                .get(var)
+                .unwrap_or_else(|| panic!("${{{var}:?}} is not in deploy/compose/example.env"));
+            out.push_str(v);
+        } else {
+            out.push_str(env.get(inner).map_or("", String::as_str));
+        }
+        rest = &braced[end + 1..];
     }
     out.push_str(rest);
     out
@@ -75,9 +108,18 @@ fn prefix(service: &str) -> String {
 fn compose_gives_each_service_settings_it_accepts() {
     let compose = yaml_docs(&repo().join("docker-compose.yml")).remove(0);
     let services = compose["services"].as_mapping().unwrap();
+    let secrets = example_env();
     let mut checked = 0;
     for (name, svc) in services {
         let name = name.as_str().unwrap();
+        // Only GraphQL and MQTT are published on every interface.
+        for port in svc["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("127.0.0.1:") || ["8080:8080", "1883:1883"].contains(&port),
+                "{name} publishes {port} on every interface"
+            );
+        }
         // Every file or folder compose mounts from the repository exists.
         for vol in svc["volumes"].as_sequence().into_iter().flatten() {
             let vol = vol.as_str().unwrap();
@@ -111,7 +153,7 @@ fn compose_gives_each_service_settings_it_accepts() {
                     Value::String(s) => s.clone(),
                     other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
                 };
-                (k.as_str().unwrap().to_owned(), interpolate(&v))
+                (k.as_str().unwrap().to_owned(), interpolate(&v, &secrets))
             })
             .filter(|(k, _)| k.starts_with(&prefix(service)))
             .collect();
@@ -120,6 +162,26 @@ fn compose_gives_each_service_settings_it_accepts() {
         checked += 1;
     }
     assert_eq!(checked, 5, "all five services are in compose");
+}
+
+/// Compose refuses to start without its secrets: none has a default.
+#[test]
+fn compose_requires_its_secrets() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let secrets = example_env();
+    assert!(!secrets.is_empty());
+    for var in secrets.keys() {
+        assert!(
+            text.contains(&format!("${{{var}:?")),
+            "{var} is not required (${{{var}:?...}}) in docker-compose.yml"
+        );
+        assert!(
+            !text.contains(&format!("${{{var}:-")),
+            "{var} has a default in docker-compose.yml"
+        );
+    }
+    let empty = BTreeMap::new();
+    assert_eq!(interpolate("a$$b-${X:-d}", &empty), "a$b-d");
 }
 
 /// The objects `kubectl kustomize` renders for an overlay.
