@@ -1,9 +1,11 @@
-//! docker-compose.yml and k8s/ are not run on our machines (no Docker, no
-//! cluster), so this checks what can be checked here: every environment
-//! variable they give a service is a setting that service's config accepts
-//! (its loader refuses unknown keys and reports invalid values), every file
-//! compose mounts exists, and compose publishes only the public ports on
-//! every interface.
+//! docker-compose.yml and the Helm chart (k8s/charts/iot-platform) are not
+//! run on our machines (no Docker, no cluster), so this checks what can be
+//! checked here: every environment variable they give a service is a
+//! setting that service's config accepts (its loader refuses unknown keys
+//! and reports invalid values), every file compose mounts exists, and
+//! compose publishes only the public ports on every interface. The chart
+//! is rendered with the pinned helm that `cargo xtask deploy-check`
+//! installs (which also validates the rendered objects themselves).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -184,78 +186,148 @@ fn compose_requires_its_secrets() {
     assert_eq!(interpolate("a$$b-${X:-d}", &empty), "a$b-d");
 }
 
-/// The objects `kubectl kustomize` renders for an overlay.
-fn kustomize(overlay: &str) -> Vec<Value> {
-    let out = std::process::Command::new("kubectl")
-        .arg("kustomize")
-        .arg(repo().join("k8s/overlays").join(overlay))
-        .output()
-        .expect("kubectl renders the k8s overlays (kubectl must be installed)");
+/// The pinned helm `cargo xtask deploy-check` installs.
+fn helm() -> PathBuf {
+    if let Some(h) = std::env::var_os("IOT_HELM") {
+        return PathBuf::from(h);
+    }
+    let cache = std::env::var_os("IOT_CACHE_DIR").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/iot-platform")
+        },
+        PathBuf::from,
+    );
+    cache.join("helm/bin/helm")
+}
+
+/// The objects `helm template` renders with the chart's values and
+/// `values` (a file in the chart's folder).
+fn render(values: Option<&str>) -> Vec<Value> {
+    let chart = repo().join("k8s/charts/iot-platform");
+    let helm = helm();
+    assert!(
+        helm.exists(),
+        "no helm at {}: run `cargo xtask deploy-check` once (it installs the pinned helm)",
+        helm.display()
+    );
+    let mut cmd = std::process::Command::new(&helm);
+    cmd.args(["template", "iot", "--namespace", "iot-platform"])
+        .arg(&chart);
+    if let Some(v) = values {
+        cmd.arg("--values").arg(chart.join(v));
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "kubectl kustomize {overlay}: {}",
+        "helm template {values:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_yaml::Deserializer::from_slice(&out.stdout)
         .map(|d| Value::deserialize(d).unwrap())
+        .filter(|d| !d.is_null())
         .collect()
 }
 
 #[test]
-fn k8s_gives_each_service_settings_it_accepts() {
-    for overlay in ["dev", "prod"] {
-        let docs = kustomize(overlay);
-        check_k8s(overlay, &docs);
-        // Labels a ServiceMonitor and the NetworkPolicies select on.
-        for d in docs.iter().filter(|d| {
-            matches!(
-                d["kind"].as_str(),
-                Some("Deployment" | "StatefulSet" | "Service" | "PodDisruptionBudget")
-            )
-        }) {
+fn chart_gives_each_service_settings_it_accepts() {
+    for values in [None, Some("values-production.yaml")] {
+        let docs = render(values);
+        let envs = chart_envs(&docs);
+        assert_eq!(
+            envs.keys().cloned().collect::<Vec<_>>(),
+            [
+                "alert-engine",
+                "device-registry",
+                "graphql-gateway",
+                "ingest-writer",
+                "mqtt-gateway"
+            ],
+            "{values:?}"
+        );
+        for (service, env) in &envs {
+            load(service, env).unwrap_or_else(|e| panic!("chart {values:?} {service}: {e}"));
+        }
+        // Every object carries the labels the NetworkPolicies and the
+        // ServiceMonitor select on.
+        for d in &docs {
             assert_eq!(
                 d["metadata"]["labels"]["app.kubernetes.io/part-of"], "iot-platform",
-                "{overlay}: {:?}",
-                d["metadata"]["name"]
+                "{values:?}: {:?} {:?}",
+                d["kind"], d["metadata"]["name"]
             );
         }
+        // mqtt-gateway's replica count and the replicas setting agree.
+        let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+        assert_eq!(
+            envs["mqtt-gateway"]["MQTT_GATEWAY__MQTT__REPLICAS"],
+            sts["spec"]["replicas"].as_u64().unwrap().to_string()
+        );
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-        for (kind, n) in [
-            ("Deployment", 4),
-            ("StatefulSet", 1),
-            ("PodDisruptionBudget", 5),
-            ("HorizontalPodAutoscaler", 4),
-            ("Job", 1),
-        ] {
-            assert_eq!(
-                kinds.iter().filter(|k| **k == kind).count(),
-                n,
-                "{overlay}: {kind}"
-            );
-        }
-        assert!(kinds.contains(&"NetworkPolicy"), "{overlay}");
+        let count = |k: &str| kinds.iter().filter(|x| **x == k).count();
+        assert_eq!(count("Deployment"), 4, "{values:?}");
+        assert_eq!(count("StatefulSet"), 1, "{values:?}");
+        assert_eq!(count("PodDisruptionBudget"), 5, "{values:?}");
+        assert_eq!(count("Job"), 1, "{values:?}");
+        assert_eq!(
+            count("HorizontalPodAutoscaler") + count("ScaledObject"),
+            4,
+            "{values:?}: every Deployment is autoscaled"
+        );
     }
 }
 
-/// Every Deployment's environment loads as its service's config. Values
-/// from Secrets the overlay leaves to the operator (prod) are stand-ins.
-fn check_k8s(overlay: &str, docs: &[Value]) {
-    // ConfigMap and Secret values, by (name, key).
-    let mut values: BTreeMap<(String, String), String> = BTreeMap::new();
-    for d in docs {
-        if matches!(d["kind"].as_str(), Some("ConfigMap" | "Secret")) {
-            let name = d["metadata"]["name"].as_str().unwrap().to_owned();
-            for field in ["data", "stringData"] {
-                for (k, v) in d[field].as_mapping().into_iter().flatten() {
-                    values.insert(
-                        (name.clone(), k.as_str().unwrap().to_owned()),
-                        v.as_str().unwrap().to_owned(),
-                    );
-                }
+/// What the production example sets reaches the services' configs: Kafka
+/// security through the pass-through properties (the SASL credentials
+/// expanded from the Secret), the topics' replication, TLS in the
+/// database URL.
+#[test]
+fn chart_production_settings_reach_the_configs() {
+    let envs = chart_envs(&render(Some("values-production.yaml")));
+    let loaded = |service: &str| {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in &envs[service] {
+                jail.set_env(k, v);
             }
-        }
+            out = Some(match service {
+                "ingest-writer" => {
+                    let c = ingest_writer::Config::load(None).unwrap();
+                    (c.kafka, c.database_url)
+                }
+                "alert-engine" => {
+                    let c = alert_engine::Config::load(None).unwrap();
+                    (c.kafka, c.database_url)
+                }
+                other => panic!("{other}"),
+            });
+            Ok(())
+        });
+        out.unwrap()
+    };
+    for service in ["ingest-writer", "alert-engine"] {
+        let (kafka, database_url) = loaded(service);
+        assert_eq!(kafka.replication, 3, "{service}");
+        assert_eq!(kafka.partitions, 12, "{service}");
+        let p = &kafka.properties;
+        assert_eq!(p["security.protocol"], "SASL_SSL", "{service}");
+        assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-512", "{service}");
+        assert_eq!(p["sasl.username"], "secret-iot-kafka-username", "{service}");
+        assert_eq!(p["sasl.password"], "secret-iot-kafka-password", "{service}");
+        assert!(
+            database_url.ends_with("?sslmode=require")
+                && database_url.contains(":secret-iot-database-password@"),
+            "{service}: {database_url}"
+        );
     }
-    let mut checked = 0;
+}
+
+/// Each service's environment in the rendered chart, keyed by service,
+/// holding its own settings (`<PREFIX>__...`). Values from Secrets are
+/// stand-ins `secret-<name>-<key>`; `$(VAR)` is expanded as the kubelet
+/// does, from the variables defined before it.
+fn chart_envs(docs: &[Value]) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
     for d in docs
         .iter()
         .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
@@ -264,57 +336,74 @@ fn check_k8s(overlay: &str, docs: &[Value]) {
             .as_sequence()
             .unwrap()
         {
-            let service = c["command"][0].as_str().unwrap();
-            let mut env = BTreeMap::new();
+            let service = c["command"][0].as_str().unwrap().to_owned();
+            let mut defined: BTreeMap<String, String> = BTreeMap::new();
             for e in c["env"].as_sequence().unwrap() {
                 let name = e["name"].as_str().unwrap().to_owned();
+                let from = &e["valueFrom"];
                 let value = if let Some(v) = e["value"].as_str() {
-                    v.to_owned()
-                } else {
-                    let from = &e["valueFrom"];
-                    let r = if from["configMapKeyRef"].is_mapping() {
-                        &from["configMapKeyRef"]
+                    expand(v, &defined)
+                } else if from["secretKeyRef"].is_mapping() {
+                    let r = &from["secretKeyRef"];
+                    format!(
+                        "secret-{}-{}",
+                        r["name"].as_str().unwrap(),
+                        r["key"].as_str().unwrap()
+                    )
+                } else if from["fieldRef"].is_mapping() {
+                    // What the kubelet fills in: the pod's index for the
+                    // StatefulSet's ordinal label, else its name.
+                    let path = from["fieldRef"]["fieldPath"].as_str().unwrap();
+                    if path.contains("pod-index") {
+                        "0".to_owned()
                     } else {
-                        &from["secretKeyRef"]
-                    };
-                    if from["fieldRef"].is_mapping() {
-                        // What the kubelet fills in: the pod's index for
-                        // the StatefulSet's ordinal label, else its name.
-                        let path = from["fieldRef"]["fieldPath"].as_str().unwrap();
-                        if path.contains("pod-index") {
-                            "0".to_owned()
-                        } else {
-                            "pod-0".to_owned()
-                        }
-                    } else {
-                        let key = (
-                            r["name"].as_str().unwrap().to_owned(),
-                            r["key"].as_str().unwrap().to_owned(),
-                        );
-                        match values.get(&key) {
-                            Some(v) => v.clone(),
-                            // An optional key the overlay leaves out: unset.
-                            None if r["optional"].as_bool() == Some(true) => continue,
-                            None if overlay == "prod" && from["secretKeyRef"].is_mapping() => {
-                                if key.1 == "url" {
-                                    "postgres://iot:secret@db.example.internal/iot".to_owned()
-                                } else {
-                                    "operator-secret".to_owned()
-                                }
-                            }
-                            None => {
-                                panic!("{overlay} {service}: {key:?} is in no ConfigMap or Secret")
-                            }
-                        }
+                        format!("{service}-0")
                     }
+                } else {
+                    panic!("{service}: {name} has neither a value nor a known valueFrom");
                 };
-                if name.starts_with(&prefix(service)) {
-                    env.insert(name, value);
-                }
+                assert!(
+                    defined.insert(name.clone(), value).is_none(),
+                    "{service}: {name} is set twice"
+                );
             }
-            load(service, &env).unwrap_or_else(|e| panic!("k8s {overlay} {service}: {e}"));
-            checked += 1;
+            let own: BTreeMap<String, String> = defined
+                .into_iter()
+                .filter(|(k, _)| k.starts_with(&prefix(&service)))
+                .collect();
+            assert!(
+                !own.is_empty(),
+                "{service}: no {} settings",
+                prefix(&service)
+            );
+            all.insert(service, own);
         }
     }
-    assert_eq!(checked, 5, "all five services are in k8s {overlay}");
+    all
+}
+
+/// The kubelet's `$(VAR)` expansion: a variable defined earlier in the
+/// list, else left as it is; `$$` is `$`.
+fn expand(v: &str, defined: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = v;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(inner) = rest.strip_prefix("$(")
+            && let Some(end) = inner.find(')')
+            && let Some(value) = defined.get(&inner[..end])
+        {
+            out.push_str(value);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -1,13 +1,19 @@
 //! `cargo xtask deploy-check` (also a step of `cargo xtask test`): what can
 //! be checked of the deployment files without Docker or a cluster.
-//! - Both k8s overlays are rendered with `kubectl kustomize` and every
-//!   object is validated, strictly (unknown fields fail), against the
-//!   Kubernetes schemas with kubernetes-validate.
+//! - The Helm chart (`k8s/charts/iot-platform`) passes `helm lint --strict`
+//!   with its default values and with `values-production.yaml`; both are
+//!   rendered with `helm template` and `deploy/check/validate_chart.py`
+//!   validates every object strictly against the Kubernetes schemas
+//!   (kubernetes-validate; the CRD kinds it has no schema for get structural
+//!   checks) and checks Pod Security "restricted", autoscaled workloads
+//!   without `replicas`, the migration hook, the monitoring toggles, the
+//!   metric names and that the chart README documents every value.
+//! - The values schema refuses a bad value (a string for replicas).
 //! - docker-compose.yml is validated against the Compose specification's
 //!   JSON schema (`deploy/check/validate_compose.py`).
 //!
 //! The Python tools are pinned and installed into a venv in the cache
-//! directory on first use.
+//! directory on first use; so is helm (helm.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,7 +29,13 @@ const PACKAGES: [&str; 3] = [
 ];
 /// Carries the Compose specification's schema (compose/config/compose_spec.json).
 const COMPOSE_WHEEL: &str = "docker-compose==1.29.2";
-const OVERLAYS: [&str; 2] = ["dev", "prod"];
+const CHART: &str = "k8s/charts/iot-platform";
+/// The renderings checked: name, extra values file, whether the monitoring
+/// objects are on.
+const CASES: [(&str, Option<&str>, bool); 2] = [
+    ("default", None, false),
+    ("production", Some("values-production.yaml"), true),
+];
 
 fn venv() -> PathBuf {
     paths::cache_dir().join("venv")
@@ -84,34 +96,63 @@ fn compose_schema(venv: &Path) -> Result<PathBuf> {
 
 pub fn check() -> Result<()> {
     let venv = ensure_tools()?;
+    let helm = crate::helm::ensure_helm(&venv.join("bin/python"))?;
     let repo = paths::repo();
+    let chart = repo.join(CHART);
     let out_dir = paths::target_dir().join("deploy-check");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
-    for overlay in OVERLAYS {
-        let rendered = Command::new("kubectl")
-            .arg("kustomize")
-            .arg(repo.join("k8s/overlays").join(overlay))
+    let mut rendered = Vec::new();
+    for (case, values, monitoring) in CASES {
+        let values_args = || -> Vec<PathBuf> {
+            values
+                .map(|v| vec![PathBuf::from("--values"), chart.join(v)])
+                .unwrap_or_default()
+        };
+        proc::run(
+            Command::new(&helm)
+                .args(["lint", "--strict", "--quiet"])
+                .arg(&chart)
+                .args(values_args()),
+        )?;
+        let out = Command::new(&helm)
+            .args(["template", "iot", "--namespace", "iot-platform"])
+            .arg(&chart)
+            .args(values_args())
             .output()
-            .map_err(|e| format!("kubectl kustomize (is kubectl installed?): {e}"))?;
-        if !rendered.status.success() {
+            .map_err(|e| format!("helm template: {e}"))?;
+        if !out.status.success() {
             return Err(format!(
-                "kubectl kustomize k8s/overlays/{overlay}: {}",
-                String::from_utf8_lossy(&rendered.stderr)
+                "helm template {CHART} ({case} values): {}",
+                String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let file = out_dir.join(format!("k8s-{overlay}.yaml"));
-        std::fs::write(&file, &rendered.stdout).map_err(|e| e.to_string())?;
-        proc::run(
-            Command::new(venv.join("bin/kubernetes-validate"))
-                .args(["--strict", "--quiet"])
-                .arg(&file),
-        )?;
-        let objects = String::from_utf8_lossy(&rendered.stdout)
-            .lines()
-            .filter(|l| l.starts_with("kind: "))
-            .count();
-        println!("k8s/overlays/{overlay}: {objects} objects valid (kubernetes-validate --strict)");
+        let file = out_dir.join(format!("chart-{case}.yaml"));
+        std::fs::write(&file, &out.stdout).map_err(|e| e.to_string())?;
+        let mut arg = file.into_os_string();
+        arg.push(if monitoring { "=on" } else { "=off" });
+        rendered.push(arg);
+        println!("{CHART}: helm lint --strict passed ({case} values)");
     }
+    proc::run(
+        Command::new(venv.join("bin/python"))
+            .arg(repo.join("deploy/check/validate_chart.py"))
+            .arg(&chart)
+            .args(&rendered),
+    )?;
+    // The schema is what stops a bad value; make sure it does.
+    let bad = Command::new(&helm)
+        .args(["template", "iot"])
+        .arg(&chart)
+        .args(["--set", "deviceRegistry.replicas=two"])
+        .output()
+        .map_err(|e| format!("helm template: {e}"))?;
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    if bad.status.success() || !stderr.contains("/deviceRegistry/replicas") {
+        return Err(format!(
+            "values.schema.json let deviceRegistry.replicas=two through: {stderr}"
+        ));
+    }
+    println!("{CHART}: values.schema.json refuses deviceRegistry.replicas=two");
     let schema = compose_schema(&venv)?;
     proc::run(
         Command::new(venv.join("bin/python"))

@@ -11,12 +11,14 @@
 //!           restarted, the database link stalled, under a steady fleet
 //!           (`--short`: the version `test` runs)
 //!   status  show what runs
-//!   deploy-check  render the k8s overlays and validate them and
-//!           docker-compose.yml against their schemas (part of `test`)
+//!   deploy-check  lint and render the Helm chart and validate what it
+//!           renders, and docker-compose.yml, against their schemas (part
+//!           of `test`)
 //!   proto-check  `buf lint` and `buf breaking` (against the last released
 //!           API) on proto/ (part of `test`)
 
 mod deploy;
+mod helm;
 mod paths;
 mod proc;
 mod proto;
