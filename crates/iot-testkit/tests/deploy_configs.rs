@@ -284,6 +284,8 @@ fn chart_gives_each_service_settings_it_accepts() {
 #[test]
 fn chart_production_settings_reach_the_configs() {
     let envs = chart_envs(&render(Some("values-production.yaml")));
+    // figment's Jail fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
     let loaded = |service: &str| {
         let mut out = None;
         figment::Jail::expect_with(|jail| {
