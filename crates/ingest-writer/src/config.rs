@@ -1,6 +1,7 @@
 //! ingest-writer configuration (env prefix `INGEST_WRITER__`).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use iot_kafka::KafkaConfig;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,12 @@ use crate::retention::RetentionConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub database_url: String,
+    /// Connections for batch writes and maintenance.
     pub pool_size: usize,
+    /// API queries: a pool of their own, so that slow queries never hold
+    /// the connections the writer needs (Kafka lag would grow for every
+    /// owner).
+    pub queries: QueryLimits,
     pub kafka: KafkaConfig,
     /// Consumer group; replicas in one group split the partitions.
     pub group_id: String,
@@ -31,11 +37,62 @@ pub struct Config {
     pub retention: RetentionConfig,
 }
 
+/// What API queries may take of the database.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLimits {
+    /// Connections of the query pool.
+    pub pool_size: usize,
+    /// The database cancels a query running longer (RESOURCE_EXHAUSTED).
+    pub statement_timeout_ms: u64,
+    /// The most a query waits for a free connection (RESOURCE_EXHAUSTED).
+    pub wait_ms: u64,
+    /// Queries of one owner running at once; more are refused
+    /// (RESOURCE_EXHAUSTED) so one owner cannot take the whole pool.
+    pub per_owner: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            pool_size: 8,
+            statement_timeout_ms: 10_000,
+            wait_ms: 2_000,
+            per_owner: 4,
+        }
+    }
+}
+
+impl QueryLimits {
+    pub fn pool_limits(&self) -> iot_db::PoolLimits {
+        iot_db::PoolLimits {
+            wait: Some(Duration::from_millis(self.wait_ms)),
+            statement_timeout: Some(Duration::from_millis(self.statement_timeout_ms)),
+        }
+    }
+
+    fn problems(&self, section: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, v) in [
+            ("pool_size", self.pool_size as u64),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("wait_ms", self.wait_ms),
+            ("per_owner", self.per_owner as u64),
+        ] {
+            if v == 0 {
+                p.push(format!("{section}.{key} must be positive"));
+            }
+        }
+        p
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             database_url: "postgres://postgres:postgres@127.0.0.1:5432/iot".into(),
             pool_size: 8,
+            queries: QueryLimits::default(),
             kafka: KafkaConfig::default(),
             group_id: "ingest-writer".into(),
             instance_id: None,
@@ -52,6 +109,7 @@ impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
         p.extend(self.retention.problems("retention"));
+        p.extend(self.queries.problems("queries"));
         p.extend(iot_db::pool::settings_problems(
             &self.database_url,
             self.pool_size,

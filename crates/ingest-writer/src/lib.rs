@@ -7,6 +7,7 @@
 //! acknowledges a batch's records to `iot_kafka::ReadingsStream` once the
 //! batch is written).
 
+mod admission;
 mod config;
 pub mod consumer;
 mod error;
@@ -23,7 +24,7 @@ use iot_proto::v1::telemetry_server::TelemetryServer;
 use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
-pub use config::Config;
+pub use config::{Config, QueryLimits};
 pub use error::WriterError;
 pub use service::{METRICS_PART, TelemetryService};
 pub use store::Store;
@@ -48,7 +49,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let backend = backend
         .parse::<iot_db::Backend>()
         .map_err(WriterError::Backend)?;
-    let store = Store::new(pool.clone());
+    let queries = skeleton.query_pool(
+        &config.database_url,
+        config.queries.pool_size,
+        config.queries.pool_limits(),
+    )?;
+    let store = Store::with_query_pool(pool.clone(), queries);
     {
         // In the background: the service starts (and makes no progress)
         // while Kafka is down.
@@ -68,7 +74,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
     skeleton.serve_admin(config.admin_addr).await?;
-    let telemetry = TelemetryServer::new(TelemetryService::new(store.clone()));
+    let telemetry = TelemetryServer::new(TelemetryService::new(
+        store.clone(),
+        config.queries.per_owner,
+    ));
     skeleton
         .serve_grpc(
             config.grpc_addr,

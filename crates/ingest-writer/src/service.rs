@@ -9,6 +9,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::admission::OwnerQueries;
 use crate::error::WriterError;
 use crate::rollup::{Agg, Levels as _, Width};
 use crate::store::{Row, Store};
@@ -28,11 +29,16 @@ pub const MAX_DEVICES: usize = 1_000;
 #[derive(Clone)]
 pub struct TelemetryService {
     store: Store,
+    queries: OwnerQueries,
 }
 
 impl TelemetryService {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// At most `per_owner` queries of one owner at once.
+    pub fn new(store: Store, per_owner: usize) -> Self {
+        Self {
+            store,
+            queries: OwnerQueries::new(per_owner),
+        }
     }
 }
 
@@ -230,6 +236,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryReadingsRequest>,
     ) -> Result<Response<v1::QueryReadingsResponse>, Status> {
+        let _permit = self.queries.admit(&request)?;
         let req = request.into_inner();
         let mut p = Problems::default();
         let device = p.uuid("device_uuid", &req.device_uuid);
@@ -268,6 +275,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
+        let _permit = self.queries.admit(&request)?;
         let m = MetricsQuery::of(&request.into_inner())?;
         let metrics = self
             .store
@@ -286,6 +294,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<Self::StreamMetricsStream>, Status> {
+        let permit = self.queries.admit(&request)?;
         let m = MetricsQuery::of(&request.into_inner())?;
         let rows = self
             .store
@@ -295,6 +304,8 @@ impl Telemetry for TelemetryService {
         // answer is one empty part, as QueryMetrics answers it.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
+            // The query counts against its owner until its last part.
+            let _permit = permit;
             let mut rows = std::pin::pin!(rows.chunks(METRICS_PART));
             let mut sent = false;
             while let Some(part) = rows.next().await {
@@ -324,6 +335,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::LatestReadingsRequest>,
     ) -> Result<Response<v1::LatestReadingsResponse>, Status> {
+        let _permit = self.queries.admit(&request)?;
         let req = request.into_inner();
         let mut p = Problems::default();
         if req.device_uuids.len() > MAX_DEVICES {
@@ -349,6 +361,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::FleetStatsRequest>,
     ) -> Result<Response<v1::FleetStatsResponse>, Status> {
+        let _permit = self.queries.admit(&request)?;
         let mut p = Problems::default();
         let owner = request
             .into_inner()

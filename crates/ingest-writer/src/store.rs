@@ -63,7 +63,10 @@ impl From<&tokio_postgres::Row> for Row {
 /// The telemetry tables of one database.
 #[derive(Clone)]
 pub struct Store {
+    /// Batch writes and maintenance.
     pool: Pool,
+    /// API queries ([`crate::config::QueryLimits`]).
+    queries: Pool,
     /// This process's rows in `ingest_counts`.
     writer_id: Uuid,
     /// The rollup upsert of each level, in `Level::ALL` order.
@@ -75,8 +78,14 @@ impl Store {
     /// transaction as the raw rows: a late reading counts at every width as
     /// soon as it is stored (docs/design/late-readings.md).
     pub fn new(pool: Pool) -> Self {
+        Self::with_query_pool(pool.clone(), pool)
+    }
+
+    /// Writes through `pool`, API queries through `queries`.
+    pub fn with_query_pool(pool: Pool, queries: Pool) -> Self {
         Self {
             pool,
+            queries,
             writer_id: Uuid::new_v4(),
             upsert_rollup: Level::ALL.map(|l| UPSERT_ROLLUP.replace("{table}", l.table())),
         }
@@ -186,7 +195,7 @@ impl Store {
         end: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Row>, WriterError> {
-        let client = self.pool.get().await?;
+        let client = self.queries.get().await?;
         let stmt = client.prepare_cached(QUERY_READINGS).await?;
         let rows = client
             .query(&stmt, &[&device, &sensor, &start, &end, &limit])
@@ -231,7 +240,7 @@ impl Store {
             params.push(a);
             params.push(b);
         }
-        let client = self.pool.get().await?;
+        let client = self.queries.get().await?;
         let stmt = client.prepare_cached(QUERY_METRICS).await?;
         let rows = client.query_raw(&stmt, params).await?;
         Ok(rows.map(move |r| {
@@ -252,7 +261,7 @@ impl Store {
 
     /// The latest reading of every sensor of `devices`.
     pub async fn latest_readings(&self, devices: &[Uuid]) -> Result<Vec<Row>, WriterError> {
-        let client = self.pool.get().await?;
+        let client = self.queries.get().await?;
         let stmt = client.prepare_cached(LATEST_READINGS).await?;
         let rows = client.query(&stmt, &[&devices]).await?;
         Ok(rows.iter().map(Row::from).collect())
@@ -260,7 +269,7 @@ impl Store {
 
     /// Figures for the whole fleet, or for `owner`'s devices.
     pub async fn fleet_stats(&self, owner: Option<Uuid>) -> Result<FleetStats, WriterError> {
-        let client = self.pool.get().await?;
+        let client = self.queries.get().await?;
         let r = match owner {
             None => {
                 let stmt = client.prepare_cached(FLEET_STATS).await?;

@@ -40,7 +40,10 @@ async fn env(backend: Backend) -> Env {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(TelemetryServer::new(TelemetryService::new(store.clone())))
+            .add_service(TelemetryServer::new(TelemetryService::new(
+                store.clone(),
+                ingest_writer::QueryLimits::default().per_owner,
+            )))
             .serve_with_incoming(iot_runtime::grpc_incoming(listener)),
     );
     let api = TelemetryClient::connect(format!("http://{addr}"))

@@ -14,4 +14,7 @@ pub use migrate::{
     Backend, BackendChoice, MigrateError, MigrationReport, SchemaError, migrate, require_version,
     storage_backend,
 };
-pub use pool::{DbError, PoolMetrics, ensure_database, is_unreachable, ping, pool, service_pool};
+pub use pool::{
+    DbError, PoolLimits, PoolMetrics, ensure_database, is_statement_timeout, is_unreachable, ping,
+    pool, pool_with, service_pool,
+};

@@ -1,5 +1,7 @@
 //! Connection pools and database creation.
 
+use std::time::Duration;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
@@ -19,9 +21,33 @@ pub enum DbError {
 
 /// A pool of at most `max_size` connections to `url`.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
-    let cfg: tokio_postgres::Config = url
+    pool_with(url, max_size, PoolLimits::default())
+}
+
+/// How long a pool's callers wait and its statements run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// The most a caller waits for a free connection (`None`: until one is
+    /// free). Past it, `get` fails with `PoolError::Timeout(Wait)`.
+    pub wait: Option<Duration>,
+    /// The server cancels a statement that runs longer (PostgreSQL's
+    /// `statement_timeout`, SQLSTATE 57014).
+    pub statement_timeout: Option<Duration>,
+}
+
+/// [`pool`] with `limits`.
+pub fn pool_with(url: &str, max_size: usize, limits: PoolLimits) -> Result<Pool, DbError> {
+    let mut cfg: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+    if let Some(t) = limits.statement_timeout {
+        let timeout = format!("-c statement_timeout={}", t.as_millis());
+        let options = match cfg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {timeout}"),
+            _ => timeout,
+        };
+        cfg.options(&options);
+    }
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -31,8 +57,15 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, DbError> {
     );
     Pool::builder(mgr)
         .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(limits.wait)
         .build()
         .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// Whether a statement was cancelled by the pool's `statement_timeout`.
+pub fn is_statement_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
 }
 
 /// Creates the database that `url` names if it does not exist, connecting to
@@ -82,9 +115,11 @@ pub async fn ping(pool: Pool) -> Result<(), String> {
     Ok(())
 }
 
-/// The pool's usage, read at each scrape: `<prefix>_db_pool_connections`
-/// by state (`in_use`, `idle`), `<prefix>_db_pool_max_connections` and
-/// `<prefix>_db_pool_waiting` (callers waiting for a connection).
+/// The pool's usage, read at each scrape: `iot_db_pool_connections` by
+/// state (`in_use`, `idle`), `iot_db_pool_max_connections` and
+/// `iot_db_pool_waiting` (callers waiting for a connection), each labelled
+/// with the pool's name (`pool`: `main`, or `queries` for a service that
+/// keeps a pool of its own for API queries).
 pub struct PoolMetrics {
     pool: Pool,
     connections: prometheus::IntGaugeVec,
@@ -93,21 +128,24 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
-    pub fn new(pool: Pool) -> prometheus::Result<Self> {
+    pub fn new(pool: Pool, name: &str) -> prometheus::Result<Self> {
+        let opts = |metric: &str, help: &str| {
+            prometheus::Opts::new(metric, help).const_label("pool", name)
+        };
         Ok(Self {
             pool,
             connections: prometheus::IntGaugeVec::new(
-                prometheus::Opts::new("iot_db_pool_connections", "Database connections by state"),
+                opts("iot_db_pool_connections", "Database connections by state"),
                 &["state"],
             )?,
-            max: prometheus::IntGauge::new(
+            max: prometheus::IntGauge::with_opts(opts(
                 "iot_db_pool_max_connections",
                 "The most connections the pool opens",
-            )?,
-            waiting: prometheus::IntGauge::new(
+            ))?,
+            waiting: prometheus::IntGauge::with_opts(opts(
                 "iot_db_pool_waiting",
                 "Callers waiting for a database connection",
-            )?,
+            ))?,
         })
     }
 }
@@ -151,7 +189,7 @@ pub async fn service_pool(
 ) -> Result<Pool, crate::SchemaError> {
     let pool = pool(url, max_size)?;
     crate::require_version(&pool, min_version).await?;
-    registry.register(Box::new(PoolMetrics::new(pool.clone())?))?;
+    registry.register(Box::new(PoolMetrics::new(pool.clone(), "main")?))?;
     let checked = pool.clone();
     ready.check("database", move || ping(checked.clone()));
     Ok(pool)

@@ -104,6 +104,21 @@ impl Skeleton {
         iot_db::service_pool(url, max_size, min_version, &self.registry, &self.ready).await
     }
 
+    /// A second pool to the service's database, for work that must not
+    /// take the main pool's connections (API queries beside batch writes):
+    /// its own `limits`, its usage in the metrics as `pool="queries"`.
+    pub fn query_pool(
+        &self,
+        url: &str,
+        max_size: usize,
+        limits: iot_db::PoolLimits,
+    ) -> Result<deadpool_postgres::Pool, iot_db::SchemaError> {
+        let pool = iot_db::pool_with(url, max_size, limits)?;
+        self.registry
+            .register(Box::new(iot_db::PoolMetrics::new(pool.clone(), "queries")?))?;
+        Ok(pool)
+    }
+
     /// The gRPC health reporter (`grpc.health.v1.Health`), for services
     /// whose serving status follows their dependencies.
     pub fn health(&self) -> &HealthReporter {
