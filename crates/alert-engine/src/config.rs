@@ -28,6 +28,32 @@ pub struct Config {
     pub alerts_topic: String,
     /// How webhooks are sent and retried.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// What one owner may hold.
+    pub limits: Limits,
+}
+
+/// Bounds on what one owner's rules and webhooks cost the platform: each
+/// rule is evaluated on every reading of the owner's devices, each
+/// webhook gets a delivery per alert event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Alert rules one owner may have; creating one more answers
+    /// RESOURCE_EXHAUSTED. Platform-wide rules (no owner) count as one
+    /// owner's.
+    pub rules_per_owner: u32,
+    /// Webhooks one owner may have; creating one more answers
+    /// RESOURCE_EXHAUSTED.
+    pub webhooks_per_owner: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rules_per_owner: 1_000,
+            webhooks_per_owner: 100,
+        }
+    }
 }
 
 /// A device is offline when it has not reported for `missed_intervals` of
@@ -78,6 +104,7 @@ impl Default for Config {
             offline: OfflineConfig::default(),
             alerts_topic: "iot.alerts.v1".into(),
             webhooks: Default::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -106,6 +133,14 @@ impl iot_runtime::Validate for Config {
                 p.push(format!("offline.{name} must be positive"));
             }
         }
+        for (name, v) in [
+            ("rules_per_owner", self.limits.rules_per_owner),
+            ("webhooks_per_owner", self.limits.webhooks_per_owner),
+        ] {
+            if v == 0 {
+                p.push(format!("limits.{name} must be positive"));
+            }
+        }
         p
     }
 }
@@ -115,3 +150,30 @@ impl iot_runtime::ServiceConfig for Config {
 }
 
 iot_runtime::service_config_tests!(super::Config, "alert-engine.toml", 9103);
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use iot_runtime::Validate;
+
+    #[test]
+    fn limits_are_finite_and_checked() {
+        let mut c = Config::default();
+        assert_eq!(
+            (c.limits.rules_per_owner, c.limits.webhooks_per_owner),
+            (1000, 100)
+        );
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.limits = Limits {
+            rules_per_owner: 0,
+            webhooks_per_owner: 0,
+        };
+        assert_eq!(
+            c.problems(),
+            [
+                "limits.rules_per_owner must be positive",
+                "limits.webhooks_per_owner must be positive"
+            ]
+        );
+    }
+}

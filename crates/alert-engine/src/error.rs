@@ -11,6 +11,12 @@ pub enum AlertError {
     NotFound(String),
     #[error("name: a rule named {0:?} exists")]
     RuleExists(String),
+    /// The owner already has `limit` of what `quota` counts.
+    #[error(
+        "quota exceeded: limits.{quota} is {limit} and the owner has reached it; \
+         delete some, or ask the operator to raise it"
+    )]
+    QuotaExceeded { quota: &'static str, limit: u32 },
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
@@ -51,6 +57,9 @@ impl From<AlertError> for Status {
             AlertError::Invalid(p) => iot_proto::invalid_argument(p),
             AlertError::NotFound(_) => Status::not_found(e.to_string()),
             AlertError::RuleExists(_) => Status::already_exists(e.to_string()),
+            AlertError::QuotaExceeded { quota, limit } => {
+                quota_exceeded(quota, *limit, e.to_string())
+            }
             AlertError::Pool(p) => iot_runtime::status::pool_failed(p),
             AlertError::Db(q) => iot_runtime::status::query_failed(q),
             _ => {
@@ -59,6 +68,19 @@ impl From<AlertError> for Status {
             }
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED naming the quota in its message and, for callers
+/// that act on it (graphql-gateway's `QUOTA_EXCEEDED`), in the trailers
+/// `iot-quota` (its setting under `limits`) and `iot-quota-limit`.
+fn quota_exceeded(quota: &'static str, limit: u32, message: String) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        "iot-quota",
+        tonic::metadata::MetadataValue::from_static(quota),
+    );
+    md.insert("iot-quota-limit", limit.into());
+    Status::with_metadata(tonic::Code::ResourceExhausted, message, md)
 }
 
 #[cfg(test)]
@@ -90,5 +112,19 @@ mod tests {
         assert_eq!(nf.message(), "rule 7 not found");
         let dup = Status::from(AlertError::RuleExists("hot".into()));
         assert_eq!(dup.message(), "name: a rule named \"hot\" exists");
+        let full = Status::from(AlertError::QuotaExceeded {
+            quota: "webhooks_per_owner",
+            limit: 100,
+        });
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(
+            full.message().contains("limits.webhooks_per_owner is 100"),
+            "{full:?}"
+        );
+        assert_eq!(
+            full.metadata().get("iot-quota").unwrap(),
+            "webhooks_per_owner"
+        );
+        assert_eq!(full.metadata().get("iot-quota-limit").unwrap(), "100");
     }
 }

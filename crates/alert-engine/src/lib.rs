@@ -23,7 +23,7 @@ use iot_proto::v1::alerts_server::AlertsServer;
 use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
-pub use config::{Config, OfflineConfig};
+pub use config::{Config, Limits, OfflineConfig};
 pub use error::AlertError;
 pub use service::AlertsService;
 
@@ -90,7 +90,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
     skeleton.serve_admin(config.admin_addr).await?;
-    let alerts = AlertsServer::new(AlertsService::new(pool.clone(), shutdown.clone()));
+    let alerts = AlertsServer::new(AlertsService::new(
+        pool.clone(),
+        config.limits.clone(),
+        shutdown.clone(),
+    ));
     skeleton
         .serve_grpc(config.grpc_addr, Routes::new(alerts), &["iot.v1.Alerts"])
         .await?;

@@ -10,6 +10,7 @@ use tokio_postgres::types::ToSql;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::config::Limits;
 use crate::error::AlertError;
 use crate::events::{self, COLUMNS};
 use crate::rules;
@@ -21,13 +22,18 @@ const STATE: &str = "CASE WHEN resolved_at IS NOT NULL THEN 'resolved'
 #[derive(Clone)]
 pub struct AlertsService {
     pool: Pool,
+    limits: Limits,
     /// Ends open alert streams when the service stops.
     shutdown: iot_runtime::CancellationToken,
 }
 
 impl AlertsService {
-    pub fn new(pool: Pool, shutdown: iot_runtime::CancellationToken) -> Self {
-        Self { pool, shutdown }
+    pub fn new(pool: Pool, limits: Limits, shutdown: iot_runtime::CancellationToken) -> Self {
+        Self {
+            pool,
+            limits,
+            shutdown,
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, AlertError> {
@@ -71,6 +77,59 @@ fn rule_error(e: tokio_postgres::Error, name: &str) -> AlertError {
     } else {
         e.into()
     }
+}
+
+/// What an owner's quota counts: its rows of one table.
+#[derive(Clone, Copy)]
+enum Quota {
+    Rules,
+    Webhooks,
+}
+
+impl Quota {
+    /// The setting under `limits`, the table, and the first key of the
+    /// advisory locks that serialise one owner's creations (the second is
+    /// a hash of the owner).
+    fn parts(self) -> (&'static str, &'static str, i32) {
+        match self {
+            Quota::Rules => ("rules_per_owner", "alert_rules", 0x0107_a001),
+            Quota::Webhooks => ("webhooks_per_owner", "alert_webhooks", 0x0107_a002),
+        }
+    }
+}
+
+/// Refuses one more row of `quota` for `owner` (None: platform-wide
+/// rules, counted as one owner's) when it has `limit` already. Takes the
+/// owner's advisory lock until `tx` ends, so that concurrent creations
+/// for one owner count each other: the count and the insert after it are
+/// one step for that owner.
+async fn check_quota(
+    tx: &deadpool_postgres::Transaction<'_>,
+    quota: Quota,
+    owner: Option<Uuid>,
+    limit: u32,
+) -> Result<(), AlertError> {
+    let (name, table, lock) = quota.parts();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE($2::uuid, '00000000-0000-0000-0000-000000000000')::text))",
+        &[&lock, &owner],
+    )
+    .await?;
+    // Counting stops at the limit.
+    let n: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {table}
+                 WHERE owner_id IS NOT DISTINCT FROM $1 LIMIT $2) o"
+            ),
+            &[&owner, &i64::from(limit)],
+        )
+        .await?
+        .get(0);
+    if n >= i64::from(limit) {
+        return Err(AlertError::QuotaExceeded { quota: name, limit });
+    }
+    Ok(())
 }
 
 impl AlertsService {
@@ -452,8 +511,10 @@ impl Alerts for AlertsService {
         let checked = rules::check(&r, scope)?;
         let owner = checked.owner;
         let fields = rules::Fields::of(&r, &checked);
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(AlertError::from)?;
+        check_quota(&tx, Quota::Rules, owner, self.limits.rules_per_owner).await?;
+        let row = tx
             .query_one(
                 &format!(
                     "INSERT INTO alert_rules (owner_id, name, condition, clear_condition, severity,
@@ -466,6 +527,7 @@ impl Alerts for AlertsService {
             )
             .await
             .map_err(|e| rule_error(e, &r.name))?;
+        tx.commit().await.map_err(AlertError::from)?;
         let rule = rules::rule_from_row(&row);
         tracing::info!(rule = %rule.id, name = %rule.name, "alert rule created");
         Ok(Response::new(rule))
@@ -584,8 +646,10 @@ impl Alerts for AlertsService {
         } else {
             w.secret
         };
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(AlertError::from)?;
+        check_quota(&tx, Quota::Webhooks, owner, self.limits.webhooks_per_owner).await?;
+        let row = tx
             .query_one(
                 "INSERT INTO alert_webhooks (owner_id, url, secret, min_severity)
                  VALUES ($1, $2, $3, $4) RETURNING id, created_at",
@@ -593,6 +657,7 @@ impl Alerts for AlertsService {
             )
             .await
             .map_err(AlertError::from)?;
+        tx.commit().await.map_err(AlertError::from)?;
         let id: Uuid = row.get(0);
         tracing::info!(webhook = %id, url = %w.url, "webhook created");
         Ok(Response::new(v1::Webhook {

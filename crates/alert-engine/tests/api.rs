@@ -25,13 +25,21 @@ impl Drop for Served {
 }
 
 async fn served() -> Served {
+    served_with(alert_engine::Limits::default()).await
+}
+
+/// The Alerts service with `limits`, on a migrated database of its own.
+async fn served_with(limits: alert_engine::Limits) -> Served {
     let db = kit::migrated_database().await;
-    let pool = iot_db::pool(&db, 4).unwrap();
+    let pool = iot_db::pool(&db, 8).unwrap();
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let service =
-        v1::alerts_server::AlertsServer::new(alert_engine::AlertsService::new(pool, stop.clone()));
+    let service = v1::alerts_server::AlertsServer::new(alert_engine::AlertsService::new(
+        pool,
+        limits,
+        stop.clone(),
+    ));
     let until = stop.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -46,7 +54,11 @@ async fn served() -> Served {
 
 impl Served {
     async fn client(&self) -> AlertsClient {
-        iot_proto::alerts_client(self.url.clone(), Scope::Admin)
+        self.client_as(Scope::Admin).await
+    }
+
+    async fn client_as(&self, scope: Scope) -> AlertsClient {
+        iot_proto::alerts_client(self.url.clone(), scope)
             .await
             .unwrap()
     }
@@ -298,4 +310,175 @@ async fn alerts_carry_both_forms() {
             AlertState::Resolved
         )
     );
+}
+
+/// RESOURCE_EXHAUSTED naming `quota` (a `limits` setting) and its value,
+/// in the message and in the trailers graphql-gateway reads.
+fn over_quota(e: &tonic::Status, quota: &str, limit: u32) {
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains(&format!("limits.{quota} is {limit}")),
+        "{e:?}"
+    );
+    assert_eq!(e.metadata().get("iot-quota").unwrap(), quota);
+    assert_eq!(
+        e.metadata().get("iot-quota-limit").unwrap(),
+        limit.to_string().as_str()
+    );
+}
+
+fn hot(name: &str) -> v1::Rule {
+    v1::Rule {
+        name: name.into(),
+        condition: "value > 30".into(),
+        severity: "warning".into(),
+        ..Default::default()
+    }
+}
+
+/// Each owner has its own quota of rules: past it, creating answers
+/// RESOURCE_EXHAUSTED; another owner is not affected; deleting one makes
+/// room again; an admin creating for an owner meets that owner's quota,
+/// and platform-wide rules (no owner) have one quota of their own.
+#[tokio::test]
+async fn rules_per_owner_are_limited() {
+    let s = served_with(alert_engine::Limits {
+        rules_per_owner: 3,
+        ..Default::default()
+    })
+    .await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = s.client_as(Scope::Owner(alice.to_string())).await;
+    let mut b = s.client_as(Scope::Owner(bob.to_string())).await;
+    let mut admin = s.client().await;
+    let mut first = None;
+    for i in 0..3 {
+        let r = a.create_rule(hot(&format!("r{i}"))).await.unwrap();
+        first.get_or_insert(r.into_inner().id);
+    }
+    over_quota(
+        &a.create_rule(hot("r3")).await.unwrap_err(),
+        "rules_per_owner",
+        3,
+    );
+    // The admin scope creating for Alice counts against Alice's quota.
+    let for_alice = v1::Rule {
+        owner_id: alice.to_string(),
+        ..hot("by_admin")
+    };
+    over_quota(
+        &admin.create_rule(for_alice.clone()).await.unwrap_err(),
+        "rules_per_owner",
+        3,
+    );
+    // Bob has a quota of his own; so have platform-wide rules.
+    b.create_rule(hot("r0")).await.unwrap();
+    for i in 0..3 {
+        admin.create_rule(hot(&format!("p{i}"))).await.unwrap();
+    }
+    over_quota(
+        &admin.create_rule(hot("p3")).await.unwrap_err(),
+        "rules_per_owner",
+        3,
+    );
+    // Room again after a delete.
+    a.delete_rule(v1::DeleteRuleRequest { id: first.unwrap() })
+        .await
+        .unwrap();
+    admin.create_rule(for_alice).await.unwrap();
+    let count = |owner: Option<Uuid>| {
+        let db = &s.db;
+        async move {
+            let c = kit::connect(db).await;
+            c.query_one(
+                "SELECT count(*) FROM alert_rules WHERE owner_id IS NOT DISTINCT FROM $1",
+                &[&owner],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        (
+            count(Some(alice)).await,
+            count(Some(bob)).await,
+            count(None).await
+        ),
+        (3, 1, 3)
+    );
+}
+
+/// Many concurrent creations for one owner stop at the quota: the count
+/// and the insert are one step per owner.
+#[tokio::test]
+async fn concurrent_creations_do_not_pass_the_quota() {
+    let s = served_with(alert_engine::Limits {
+        rules_per_owner: 5,
+        webhooks_per_owner: 5,
+    })
+    .await;
+    let owner = Uuid::new_v4();
+    let c = s.client_as(Scope::Owner(owner.to_string())).await;
+    let tries = (0..40).map(|i| {
+        let (mut r, mut w) = (c.clone(), c.clone());
+        async move {
+            let rule = r.create_rule(hot(&format!("c{i}"))).await;
+            let hook = w
+                .create_webhook(v1::Webhook {
+                    url: format!("https://hooks.example.com/{i}"),
+                    ..Default::default()
+                })
+                .await;
+            (rule.map(|_| ()), hook.map(|_| ()))
+        }
+    });
+    let results = futures::future::join_all(tries).await;
+    let rules = results.iter().filter(|r| r.0.is_ok()).count();
+    let hooks = results.iter().filter(|r| r.1.is_ok()).count();
+    assert_eq!((rules, hooks), (5, 5));
+    for r in &results {
+        for e in [&r.0, &r.1].into_iter().filter_map(|x| x.as_ref().err()) {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        }
+    }
+}
+
+/// Webhooks: each owner's quota; the admin scope names the owner and meets
+/// that owner's quota.
+#[tokio::test]
+async fn webhooks_per_owner_are_limited() {
+    let s = served_with(alert_engine::Limits {
+        webhooks_per_owner: 2,
+        ..Default::default()
+    })
+    .await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = s.client_as(Scope::Owner(alice.to_string())).await;
+    let mut admin = s.client().await;
+    let hook = |owner: Option<Uuid>| v1::Webhook {
+        url: "https://hooks.example.com/x".into(),
+        owner_id: owner.map(|o| o.to_string()).unwrap_or_default(),
+        ..Default::default()
+    };
+    a.create_webhook(hook(None)).await.unwrap();
+    admin.create_webhook(hook(Some(alice))).await.unwrap();
+    over_quota(
+        &a.create_webhook(hook(None)).await.unwrap_err(),
+        "webhooks_per_owner",
+        2,
+    );
+    over_quota(
+        &admin.create_webhook(hook(Some(alice))).await.unwrap_err(),
+        "webhooks_per_owner",
+        2,
+    );
+    admin.create_webhook(hook(Some(bob))).await.unwrap();
+    let listed = admin
+        .list_webhooks(v1::ListWebhooksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .webhooks;
+    assert_eq!(listed.len(), 3);
 }

@@ -17,6 +17,44 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// The MQTT broker where devices get their accounts.
     pub broker: BrokerConfig,
+    /// What one owner may hold and ask for.
+    pub limits: Limits,
+}
+
+/// Bounds on what one owner's devices cost the platform.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Devices one owner may have; creating one more answers
+    /// RESOURCE_EXHAUSTED. Devices created without an owner (the nil
+    /// owner) count as one owner's.
+    pub devices_per_owner: u32,
+    /// The longest `data_retention_days` a device may ask for. Keep it
+    /// equal to ingest-writer's `retention.max_days`, which caps what the
+    /// writer keeps whatever a device asks for.
+    pub max_retention_days: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            devices_per_owner: 100_000,
+            max_retention_days: 3_650,
+        }
+    }
+}
+
+impl Limits {
+    fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.devices_per_owner == 0 {
+            p.push(format!("{prefix}.devices_per_owner must be positive"));
+        }
+        if !(1..=36_500).contains(&self.max_retention_days) {
+            p.push(format!("{prefix}.max_retention_days must be in 1..=36500"));
+        }
+        p
+    }
 }
 
 impl Default for Config {
@@ -27,6 +65,7 @@ impl Default for Config {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             admin_addr: ([127, 0, 0, 1], 9101).into(),
             broker: BrokerConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -34,6 +73,7 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.broker.problems("broker");
+        p.extend(self.limits.problems("limits"));
         p.extend(iot_db::pool::settings_problems(
             &self.database_url,
             self.pool_size,
@@ -47,3 +87,26 @@ impl iot_runtime::ServiceConfig for Config {
 }
 
 iot_runtime::service_config_tests!(super::Config, "device-registry.toml", 9101);
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_finite_and_checked() {
+        assert!(Limits::default().problems("limits").is_empty());
+        let p = Limits {
+            devices_per_owner: 0,
+            max_retention_days: 40_000,
+        }
+        .problems("limits");
+        assert!(
+            p.iter().any(|m| m.starts_with("limits.devices_per_owner")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|m| m.starts_with("limits.max_retention_days")),
+            "{p:?}"
+        );
+    }
+}

@@ -6,8 +6,17 @@ pub enum RegistryError {
     Invalid(Vec<String>),
     #[error("device {0:?} not found")]
     NotFound(String),
-    #[error("device_id {0:?} is already registered")]
+    /// The device_id is taken. Device ids are unique across the platform
+    /// (each names an MQTT account and topics), so the answer is the same
+    /// whether the caller or another owner holds it, and names neither.
+    #[error("device_id: {0:?} is not available")]
     AlreadyExists(String),
+    /// The owner already has `limit` of what `quota` counts.
+    #[error(
+        "quota exceeded: limits.{quota} is {limit} and the owner has reached it; \
+         delete some, or ask the operator to raise it"
+    )]
+    QuotaExceeded { quota: &'static str, limit: u32 },
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
@@ -17,6 +26,19 @@ pub enum RegistryError {
     /// The service could not start, or stopped with an error.
     #[error(transparent)]
     Start(#[from] StartError),
+}
+
+/// RESOURCE_EXHAUSTED naming the quota in its message and, for callers
+/// that act on it (graphql-gateway's `QUOTA_EXCEEDED`), in the trailers
+/// `iot-quota` (its setting under `limits`) and `iot-quota-limit`.
+fn quota_exceeded(quota: &'static str, limit: u32, message: String) -> tonic::Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        "iot-quota",
+        tonic::metadata::MetadataValue::from_static(quota),
+    );
+    md.insert("iot-quota-limit", limit.into());
+    tonic::Status::with_metadata(tonic::Code::ResourceExhausted, message, md)
 }
 
 /// Why device-registry could not start, or stopped with an error.
@@ -38,6 +60,9 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::Invalid(p) => iot_proto::invalid_argument(p),
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
+            RegistryError::QuotaExceeded { quota, limit } => {
+                quota_exceeded(quota, *limit, e.to_string())
+            }
             RegistryError::Pool(p) => iot_runtime::status::pool_failed(p),
             RegistryError::Db(q) => iot_runtime::status::query_failed(q),
             RegistryError::Broker(_) => tonic::Status::unavailable(e.to_string()),
@@ -47,5 +72,26 @@ impl From<RegistryError> for tonic::Status {
                 tonic::Status::internal("registry failure")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_names_itself_and_its_value() {
+        let s = tonic::Status::from(RegistryError::QuotaExceeded {
+            quota: "devices_per_owner",
+            limit: 3,
+        });
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            s.message().contains("limits.devices_per_owner is 3"),
+            "{s:?}"
+        );
+        let md = s.metadata();
+        assert_eq!(md.get("iot-quota").unwrap(), "devices_per_owner");
+        assert_eq!(md.get("iot-quota-limit").unwrap(), "3");
     }
 }

@@ -16,7 +16,7 @@ use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use broker::BrokerConfig;
-pub use config::Config;
+pub use config::{Config, Limits};
 pub use error::{RegistryError, StartError};
 pub use service::RegistryService;
 
@@ -56,7 +56,12 @@ async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, S
             }
         });
     }
-    let svc = DeviceRegistryServer::new(RegistryService::new(pool, broker, shutdown.clone()));
+    let svc = DeviceRegistryServer::new(RegistryService::new(
+        pool,
+        broker,
+        config.limits.clone(),
+        shutdown.clone(),
+    ));
     skeleton
         .serve_grpc(config.grpc_addr, Routes::new(svc), &[SERVICE_NAME])
         .await?;

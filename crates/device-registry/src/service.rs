@@ -6,13 +6,13 @@ use iot_proto::v1::{self, device_registry_server::DeviceRegistry};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::RegistryError;
 use crate::broker::{self, Dynsec};
 use crate::store;
 use crate::validate::{
-    MAX_RETENTION_DAYS, check_len, parse_coord, parse_json, parse_thresholds, status_of, uuid_list,
+    check_len, check_retention, parse_coord, parse_json, parse_thresholds, status_of, uuid_list,
     validate_create,
 };
+use crate::{Limits, RegistryError};
 
 /// The most items one listing call returns.
 pub(crate) const MAX_LIST: u32 = 1000;
@@ -22,6 +22,7 @@ pub struct RegistryService {
     pool: Pool,
     /// None when the broker authenticates devices some other way.
     broker: Option<Dynsec>,
+    limits: Limits,
     /// Ends open change streams when the service stops.
     shutdown: iot_runtime::CancellationToken,
 }
@@ -30,11 +31,13 @@ impl RegistryService {
     pub fn new(
         pool: Pool,
         broker: Option<Dynsec>,
+        limits: Limits,
         shutdown: iot_runtime::CancellationToken,
     ) -> Self {
         Self {
             pool,
             broker,
+            limits,
             shutdown,
         }
     }
@@ -139,9 +142,12 @@ impl DeviceRegistry for RegistryService {
         request: Request<v1::CreateDeviceRequest>,
     ) -> Result<Response<v1::Device>, Status> {
         let owner = scope(&request)?;
-        let new = validate_create(request.into_inner(), owner)?;
+        let new = validate_create(request.into_inner(), owner, self.limits.max_retention_days)?;
         let mut client = self.pool.get().await.map_err(RegistryError::from)?;
         let tx = client.transaction().await.map_err(RegistryError::from)?;
+        // The quota is the device's owner's, whoever the caller is (an
+        // admin-scope caller creating for an owner included).
+        store::check_device_quota(&tx, new.owner_id, self.limits.devices_per_owner).await?;
         // Nothing is half-written: the device, its config, its credentials
         // and its broker account all come to be, or none does.
         let id = store::insert(&tx, &new).await?;
@@ -292,19 +298,18 @@ impl DeviceRegistry for RegistryService {
         let owner = scope(&request)?;
         let req = request.into_inner();
         let mut p = Vec::new();
+        check_retention(
+            &mut p,
+            req.data_retention_days,
+            self.limits.max_retention_days,
+        );
         let change = store::ConfigChange {
             read_interval: req.read_interval.inspect(|n| {
                 if *n <= 0 {
                     p.push("config.read_interval: must be positive".into());
                 }
             }),
-            data_retention_days: req.data_retention_days.inspect(|n| {
-                if !(1..=MAX_RETENTION_DAYS).contains(n) {
-                    p.push(format!(
-                        "config.data_retention_days: must be in 1..={MAX_RETENTION_DAYS}"
-                    ));
-                }
-            }),
+            data_retention_days: req.data_retention_days,
             alert_threshold: parse_thresholds(
                 &mut p,
                 "config.alert_threshold_json",

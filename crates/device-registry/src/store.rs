@@ -30,6 +30,43 @@ pub struct NewDevice {
     pub sensors: Vec<NewSensor>,
 }
 
+/// First key of the advisory locks that serialise one owner's device
+/// creations (the second is a hash of the owner).
+const DEVICE_QUOTA_LOCK: i32 = 0x0107_d001;
+
+/// Refuses a device for `owner` in `tx` when the owner has `limit`
+/// devices already. Takes the owner's advisory lock until `tx` ends, so
+/// that concurrent creations for one owner count each other: the count
+/// and the insert that follows are one step for that owner.
+pub async fn check_device_quota(
+    tx: &Transaction<'_>,
+    owner: Uuid,
+    limit: u32,
+) -> Result<(), RegistryError> {
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))")
+        .await?;
+    tx.execute(&lock, &[&DEVICE_QUOTA_LOCK, &owner]).await?;
+    // Counting stops at the limit: an index-only scan of at most `limit`
+    // entries of the owner.
+    let count = tx
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM devices WHERE owner_id = $1 LIMIT $2) d",
+        )
+        .await?;
+    let n: i64 = tx
+        .query_one(&count, &[&owner, &i64::from(limit)])
+        .await?
+        .get(0);
+    if n >= i64::from(limit) {
+        return Err(RegistryError::QuotaExceeded {
+            quota: "devices_per_owner",
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// Inserts the device and its config in `tx` (not committed).
 pub async fn insert(tx: &Transaction<'_>, d: &NewDevice) -> Result<Uuid, RegistryError> {
     let stmt = tx.prepare_cached(INSERT_DEVICE).await?;

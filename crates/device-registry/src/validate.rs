@@ -13,9 +13,17 @@ use crate::RegistryError;
 use crate::service::MAX_LIST;
 use crate::store::{self, NewDevice};
 
-/// A hundred years: the writer's retention horizon is the longest retention
-/// any device asks for.
-pub(crate) const MAX_RETENTION_DAYS: i32 = 36_500;
+/// A device's `data_retention_days`, if given, must be in 1..=`max`
+/// (`limits.max_retention_days`): the writer drops whole partitions only
+/// past the longest retention any device asks for, so one device's must
+/// not hold every owner's old readings.
+pub(crate) fn check_retention(problems: &mut Vec<String>, days: Option<i32>, max: i32) {
+    if days.is_some_and(|d| !(1..=max).contains(&d)) {
+        problems.push(format!(
+            "config.data_retention_days: must be in 1..={max} (limits.max_retention_days)"
+        ));
+    }
+}
 
 pub(crate) fn check_len(
     problems: &mut Vec<String>,
@@ -175,6 +183,7 @@ pub(crate) fn validate_sensors(
 pub(crate) fn validate_create(
     req: v1::CreateDeviceRequest,
     caller: Option<Uuid>,
+    max_retention_days: i32,
 ) -> Result<NewDevice, RegistryError> {
     let mut p = Vec::new();
     check_len(&mut p, "device_id", &req.device_id, 100, true);
@@ -229,14 +238,7 @@ pub(crate) fn validate_create(
     if read_interval < 0 {
         p.push("config.read_interval: must be positive".into());
     }
-    if cfg
-        .data_retention_days
-        .is_some_and(|d| !(1..=MAX_RETENTION_DAYS).contains(&d))
-    {
-        p.push(format!(
-            "config.data_retention_days: must be in 1..={MAX_RETENTION_DAYS}"
-        ));
-    }
+    check_retention(&mut p, cfg.data_retention_days, max_retention_days);
     let alert_threshold = parse_thresholds(
         &mut p,
         "config.alert_threshold_json",
@@ -289,6 +291,9 @@ pub(crate) fn uuid_list(field: &str, ids: &[String], problems: &mut Vec<String>)
 mod tests {
     use super::*;
 
+    /// `limits.max_retention_days` in these tests.
+    const MAX: i32 = 3_650;
+
     fn threshold_problems(json: &str) -> Vec<String> {
         let mut p = Vec::new();
         parse_thresholds(&mut p, "t", Some(json));
@@ -331,15 +336,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            validate_create(req(String::new()), Some(me))
+            validate_create(req(String::new()), Some(me), MAX)
                 .unwrap()
                 .owner_id,
             me
         );
-        assert!(validate_create(req(Uuid::new_v4().to_string()), Some(me)).is_err());
+        assert!(validate_create(req(Uuid::new_v4().to_string()), Some(me), MAX).is_err());
         let other = Uuid::new_v4();
         assert_eq!(
-            validate_create(req(other.to_string()), None)
+            validate_create(req(other.to_string()), None, MAX)
                 .unwrap()
                 .owner_id,
             other
@@ -360,6 +365,7 @@ mod tests {
                 ..Default::default()
             },
             None,
+            MAX,
         )
         .err()
         .unwrap();
@@ -379,10 +385,40 @@ mod tests {
                 ..Default::default()
             },
             None,
+            MAX,
         )
         .unwrap();
         assert_eq!(d.status, "active");
         assert_eq!(d.read_interval, 60);
         assert_eq!(d.owner_id, Uuid::nil());
+    }
+
+    #[test]
+    fn retention_is_bounded_by_the_configured_maximum() {
+        let req = |days: i32| v1::CreateDeviceRequest {
+            device_id: "d".into(),
+            name: "D".into(),
+            device_type: "t".into(),
+            config: Some(v1::DeviceConfig {
+                data_retention_days: Some(days),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for ok in [1, 365, MAX] {
+            let d = validate_create(req(ok), None, MAX).unwrap();
+            assert_eq!(d.data_retention_days, Some(ok));
+        }
+        for bad in [0, -1, MAX + 1, 36_500] {
+            let Err(RegistryError::Invalid(p)) = validate_create(req(bad), None, MAX) else {
+                panic!("{bad} days accepted");
+            };
+            assert_eq!(
+                p,
+                ["config.data_retention_days: must be in 1..=3650 (limits.max_retention_days)"]
+            );
+        }
+        // A platform that allows longer allows longer.
+        assert!(validate_create(req(36_500), None, 36_500).is_ok());
     }
 }

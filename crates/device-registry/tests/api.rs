@@ -659,3 +659,221 @@ async fn reflection_lists_the_services() {
     };
     assert!(!files.file_descriptor_proto.is_empty());
 }
+
+/// A registry with `limits` on a migrated database of its own (and the
+/// shared broker); stops when dropped.
+struct Limited {
+    url: String,
+    db: kit::TestDb,
+    stop: iot_runtime::CancellationToken,
+}
+
+impl Limited {
+    async fn start(limits: device_registry::Limits) -> Self {
+        let db = kit::migrated_database().await;
+        let mut config = kit::platform::registry_config(&db, &format!("t{}", kit::unique()));
+        config.limits = limits;
+        let stop = iot_runtime::CancellationToken::new();
+        let r = device_registry::start(config, stop.clone()).await.unwrap();
+        Self {
+            url: format!("http://{}", r.grpc_addr),
+            db,
+            stop,
+        }
+    }
+
+    async fn client(&self, scope: Scope) -> RegistryClient {
+        iot_proto::registry_client(self.url.clone(), scope)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// RESOURCE_EXHAUSTED naming the quota and its value, in the message and
+/// in the trailers graphql-gateway reads.
+fn over_device_quota(e: &tonic::Status, limit: u32) {
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message()
+            .contains(&format!("limits.devices_per_owner is {limit}")),
+        "{e:?}"
+    );
+    assert_eq!(e.metadata().get("iot-quota").unwrap(), "devices_per_owner");
+    assert_eq!(
+        e.metadata().get("iot-quota-limit").unwrap(),
+        limit.to_string().as_str()
+    );
+}
+
+/// Each owner may have `limits.devices_per_owner` devices: one more is
+/// refused (and nothing of it written), whoever creates it, also many at
+/// once; another owner is not affected; deleting one makes room.
+#[tokio::test]
+async fn devices_per_owner_are_limited() {
+    let r = Limited::start(device_registry::Limits {
+        devices_per_owner: 3,
+        ..Default::default()
+    })
+    .await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let a = r.client(Scope::Owner(alice.to_string())).await;
+    let mut b = r.client(Scope::Owner(bob.to_string())).await;
+    let mut admin = r.client(Scope::Admin).await;
+    // Ten at once for Alice: three made, seven refused.
+    let mut tries = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let mut a = a.clone();
+        tries.spawn(async move {
+            a.create_device(device(&format!("q-{}", kit::unique())))
+                .await
+        });
+    }
+    let (mut made, mut refused) = (Vec::new(), 0);
+    while let Some(t) = tries.join_next().await {
+        match t.unwrap() {
+            Ok(d) => made.push(d.into_inner()),
+            Err(e) => {
+                over_device_quota(&e, 3);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((made.len(), refused), (3, 7));
+    // The admin scope creating for Alice meets Alice's quota.
+    let mut for_alice = device(&format!("q-{}", kit::unique()));
+    for_alice.owner_id = alice.to_string();
+    over_device_quota(
+        &admin.create_device(for_alice.clone()).await.unwrap_err(),
+        3,
+    );
+    assert_eq!(
+        admin
+            .get_device(GetDeviceRequest {
+                id: for_alice.device_id.clone()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "nothing of a refused device is written"
+    );
+    // Bob's quota is his own.
+    b.create_device(device(&format!("q-{}", kit::unique())))
+        .await
+        .unwrap();
+    // A delete makes room.
+    admin
+        .delete_device(GetDeviceRequest {
+            id: made[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    admin.create_device(for_alice).await.unwrap();
+    let db = kit::connect(&r.db).await;
+    let count = |owner: Uuid| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM devices WHERE owner_id = $1",
+                &[&owner],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    assert_eq!((count(alice).await, count(bob).await), (3, 1));
+}
+
+/// Device ids are unique across the platform (each names an MQTT account
+/// and topics), so a taken one cannot be given again; but the answer is
+/// the same whether the caller or another owner holds it, and carries
+/// nothing of the holder.
+#[tokio::test]
+async fn a_taken_device_id_does_not_tell_whose_it_is() {
+    let r = Registry::start().await;
+    let TwoOwners {
+        mut a,
+        mut b,
+        ad,
+        alice,
+        ..
+    } = TwoOwners::create(&r).await;
+    let answer = |e: tonic::Status| (e.code(), e.message().to_owned(), e.details().to_vec());
+    let theirs = answer(b.create_device(device(&ad.device_id)).await.unwrap_err());
+    let mine = answer(a.create_device(device(&ad.device_id)).await.unwrap_err());
+    assert_eq!(theirs, mine);
+    assert_eq!(theirs.0, Code::AlreadyExists);
+    assert_eq!(
+        theirs.1,
+        format!("device_id: {:?} is not available", ad.device_id)
+    );
+    for secret in [ad.id.clone(), alice.to_string()] {
+        assert!(!theirs.1.contains(&secret), "{theirs:?}");
+    }
+    // Bob's device of that id does not exist; Alice's is as it was.
+    let mut admin = r.client(Scope::Admin).await;
+    let listed = admin
+        .list_devices(v1::ListDevicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    let holders: Vec<_> = listed
+        .iter()
+        .filter(|d| d.device_id == ad.device_id)
+        .map(|d| d.owner_id.clone())
+        .collect();
+    assert_eq!(holders, [alice.to_string()]);
+}
+
+/// A device's retention is bounded by `limits.max_retention_days`, at
+/// creation and in config updates.
+#[tokio::test]
+async fn retention_past_the_configured_maximum_is_refused() {
+    let r = Limited::start(device_registry::Limits {
+        max_retention_days: 400,
+        ..Default::default()
+    })
+    .await;
+    let mut c = r.client(Scope::Owner(Uuid::new_v4().to_string())).await;
+    let with_days = |days: i32| {
+        let mut d = device(&format!("ret-{}", kit::unique()));
+        d.config = Some(v1::DeviceConfig {
+            data_retention_days: Some(days),
+            ..Default::default()
+        });
+        d
+    };
+    let e = c.create_device(with_days(401)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        iot_proto::field_violations(&e),
+        [(
+            "config.data_retention_days".to_owned(),
+            "must be in 1..=400 (limits.max_retention_days)".to_owned()
+        )]
+    );
+    let d = c.create_device(with_days(400)).await.unwrap().into_inner();
+    assert_eq!(d.config.unwrap().data_retention_days, Some(400));
+    let update = |days: i32| v1::UpdateDeviceConfigRequest {
+        id: d.id.clone(),
+        data_retention_days: Some(days),
+        ..Default::default()
+    };
+    let e = c.update_device_config(update(36_500)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("1..=400"), "{e:?}");
+    let cfg = c
+        .update_device_config(update(30))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cfg.data_retention_days, Some(30));
+}

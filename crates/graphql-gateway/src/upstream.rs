@@ -205,6 +205,11 @@ impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
     }
 }
 
+/// The trailer naming the quota a RESOURCE_EXHAUSTED answer is about (its
+/// setting under the backend's `limits`), and the one with its value.
+const QUOTA: &str = "iot-quota";
+const QUOTA_LIMIT: &str = "iot-quota-limit";
+
 /// A backend's answer as a GraphQL error: its message, and a code clients
 /// can act on in `extensions.code`.
 pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
@@ -214,6 +219,11 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
         Code::NotFound => ("NOT_FOUND", s.message().to_owned()),
         Code::AlreadyExists => ("ALREADY_EXISTS", s.message().to_owned()),
         Code::FailedPrecondition => ("FAILED_PRECONDITION", s.message().to_owned()),
+        // An owner's quota (devices, alert rules, webhooks): retrying will
+        // not help; deleting some, or a higher limit, will.
+        Code::ResourceExhausted if s.metadata().contains_key(QUOTA) => {
+            ("QUOTA_EXCEEDED", s.message().to_owned())
+        }
         Code::Unauthenticated | Code::PermissionDenied => ("FORBIDDEN", "not allowed".to_owned()),
         // tonic answers its own request timeout with CANCELLED.
         Code::DeadlineExceeded | Code::Cancelled => (
@@ -226,9 +236,22 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
     if matches!(code, "BACKEND_UNAVAILABLE" | "BACKEND_TIMEOUT" | "INTERNAL") {
         tracing::warn!(service, status = %s, "backend call failed");
     }
+    let quota = (code == "QUOTA_EXCEEDED").then(|| {
+        let text = |key| s.metadata().get(key).and_then(|v| v.to_str().ok());
+        (
+            text(QUOTA).unwrap_or_default().to_owned(),
+            text(QUOTA_LIMIT).and_then(|v| v.parse::<u64>().ok()),
+        )
+    });
     async_graphql::Error::new(message).extend_with(|_, e| {
         e.set("code", code);
         e.set("service", service.to_owned());
+        if let Some((name, limit)) = &quota {
+            e.set("quota", name.as_str());
+            if let Some(limit) = limit {
+                e.set("limit", *limit);
+            }
+        }
         // The backend's field violations, for a client that shows each
         // problem at its field.
         let fields = iot_proto::field_violations(s);
@@ -288,5 +311,35 @@ impl ResponseTimes {
             .filter(|(s, _, _)| now.saturating_sub(*s) < 60)
             .fold((0.0, 0), |(a, b), (_, s, n)| (a + s, b + n));
         if n == 0 { 0.0 } else { sum / n as f64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_is_quota_exceeded_naming_the_quota_and_its_limit() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(QUOTA, "rules_per_owner".parse().unwrap());
+        md.insert(QUOTA_LIMIT, "1000".parse().unwrap());
+        let s = tonic::Status::with_metadata(
+            tonic::Code::ResourceExhausted,
+            "quota exceeded: limits.rules_per_owner is 1000",
+            md,
+        );
+        let e = status_error("alert-engine", &s);
+        assert_eq!(e.message, "quota exceeded: limits.rules_per_owner is 1000");
+        let ext = e.extensions.unwrap();
+        assert_eq!(ext.get("code"), Some(&"QUOTA_EXCEEDED".into()));
+        assert_eq!(ext.get("quota"), Some(&"rules_per_owner".into()));
+        assert_eq!(ext.get("limit"), Some(&1000u64.into()));
+        // Other RESOURCE_EXHAUSTED answers (a busy pool, say) are not quotas.
+        let busy = tonic::Status::resource_exhausted("every database connection is busy");
+        let e = status_error("ingest-writer", &busy);
+        assert_ne!(
+            e.extensions.unwrap().get("code"),
+            Some(&"QUOTA_EXCEEDED".into())
+        );
     }
 }
