@@ -4,9 +4,12 @@
 //!
 //! The platform horizon is the longest retention any device asks for (and
 //! at least the default), so no device loses data early; devices that ask
-//! for less are trimmed one bounded `DELETE` at a time. The SQL functions
-//! it calls (`iot_drop_expired`, `iot_delete_device_readings`) come with
-//! each backend's migration.
+//! for less are trimmed one bounded `DELETE` at a time. A device's
+//! retention counts for at most `max_days`: one device asking for a
+//! century must not keep every owner's old partitions, and leave all the
+//! others to be trimmed row by row. The SQL functions it calls
+//! (`iot_drop_expired`, `iot_delete_device_readings`) come with each
+//! backend's migration.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use deadpool_postgres::Pool;
@@ -20,6 +23,11 @@ use crate::error::WriterError;
 pub struct RetentionConfig {
     /// Raw readings of a device without `device_config.data_retention_days`.
     pub default_days: i64,
+    /// The longest a device's raw readings are kept, whatever its
+    /// `data_retention_days` says: the cap on the partition horizon. At
+    /// least `default_days`; keep device-registry's
+    /// `limits.max_retention_days` equal to it.
+    pub max_days: i64,
     /// Rollups, kept longer than raw rows (downsampled history).
     pub hourly_days: i64,
     pub daily_days: i64,
@@ -34,6 +42,9 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             default_days: 365,
+            // Ten years: as long as the daily and weekly rollups are kept,
+            // so raw rows never outlive the longest downsampled history.
+            max_days: 3_650,
             hourly_days: 730,
             daily_days: 3_650,
             weekly_days: 3_650,
@@ -48,6 +59,7 @@ impl RetentionConfig {
         let mut p = Vec::new();
         for (name, days) in [
             ("default_days", self.default_days),
+            ("max_days", self.max_days),
             ("hourly_days", self.hourly_days),
             ("daily_days", self.daily_days),
             ("weekly_days", self.weekly_days),
@@ -55,6 +67,12 @@ impl RetentionConfig {
             if !(1..=36_500).contains(&days) {
                 p.push(format!("{prefix}.{name} must be in 1..=36500"));
             }
+        }
+        if self.max_days < self.default_days {
+            p.push(format!(
+                "{prefix}.max_days ({}) is less than {prefix}.default_days ({})",
+                self.max_days, self.default_days
+            ));
         }
         if self.interval_secs == 0 {
             p.push(format!("{prefix}.interval_secs must be positive"));
@@ -74,6 +92,8 @@ pub struct Report {
     pub partitions_dropped: i32,
     /// Devices trimmed to a retention shorter than the horizon.
     pub devices_trimmed: usize,
+    /// Devices asking for more than `max_days`, kept `max_days`.
+    pub devices_capped: usize,
     pub rows_deleted: i64,
 }
 
@@ -123,7 +143,7 @@ pub async fn apply(
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
 ) -> Result<Report, WriterError> {
-    let devices: Vec<(Uuid, i64)> = client
+    let asked: Vec<(Uuid, i64)> = client
         .query(
             "SELECT device_id, retention_days FROM device_retention",
             &[],
@@ -134,6 +154,18 @@ pub async fn apply(
             let days: Option<i32> = r.get(1);
             (r.get(0), days.map_or(cfg.default_days, i64::from))
         })
+        .collect();
+    let devices_capped = asked.iter().filter(|(_, d)| *d > cfg.max_days).count();
+    if devices_capped > 0 {
+        tracing::warn!(
+            devices = devices_capped,
+            max_days = cfg.max_days,
+            "devices ask for a retention longer than retention.max_days; kept max_days"
+        );
+    }
+    let devices: Vec<(Uuid, i64)> = asked
+        .into_iter()
+        .map(|(device, days)| (device, days.min(cfg.max_days)))
         .collect();
     let horizon_days = devices
         .iter()
@@ -157,6 +189,7 @@ pub async fn apply(
     let mut report = Report {
         horizon_days,
         partitions_dropped,
+        devices_capped,
         ..Report::default()
     };
     let stmt = client
@@ -182,4 +215,31 @@ pub async fn apply(
         )
         .await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_checked_against_the_default() {
+        assert!(RetentionConfig::default().problems("retention").is_empty());
+        let c = RetentionConfig {
+            default_days: 400,
+            max_days: 365,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.problems("retention"),
+            ["retention.max_days (365) is less than retention.default_days (400)"]
+        );
+        let c = RetentionConfig {
+            max_days: 36_501,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.problems("retention"),
+            ["retention.max_days must be in 1..=36500"]
+        );
+    }
 }
