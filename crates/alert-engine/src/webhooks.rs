@@ -258,30 +258,84 @@ pub async fn trim(pool: &Pool, keep: Duration) -> Result<u64, AlertError> {
     }
 }
 
-/// Whether `ip` is an address a tenant's webhook may not reach.
+/// IPv4 networks a tenant's webhook may not reach: (network, prefix
+/// length). Private, shared, loopback, link-local, documentation,
+/// benchmarking, multicast and reserved space (IANA's special-purpose
+/// registry), none of which is the public Internet.
+const NON_PUBLIC_V4: [([u8; 4], u8); 15] = [
+    ([0, 0, 0, 0], 8),       // "this network"
+    ([10, 0, 0, 0], 8),      // private
+    ([100, 64, 0, 0], 10),   // shared address space (carrier-grade NAT)
+    ([127, 0, 0, 0], 8),     // loopback
+    ([169, 254, 0, 0], 16),  // link-local (cloud metadata services)
+    ([172, 16, 0, 0], 12),   // private
+    ([192, 0, 0, 0], 24),    // IETF protocol assignments
+    ([192, 0, 2, 0], 24),    // documentation
+    ([192, 88, 99, 0], 24),  // 6to4 relay anycast (deprecated)
+    ([192, 168, 0, 0], 16),  // private
+    ([198, 18, 0, 0], 15),   // benchmarking
+    ([198, 51, 100, 0], 24), // documentation
+    ([203, 0, 113, 0], 24),  // documentation
+    ([224, 0, 0, 0], 4),     // multicast
+    ([240, 0, 0, 0], 4),     // reserved, and the broadcast address
+];
+
+/// IPv6 networks refused whatever they carry: (network, prefix length).
+const NON_PUBLIC_V6: [(u128, u8); 9] = [
+    (0xff00 << 112, 8),                // multicast
+    (0xfc00 << 112, 7),                // unique local
+    (0xfe80 << 112, 10),               // link-local
+    (0xfec0 << 112, 10),               // site-local (deprecated)
+    (0x0064_ff9b_0001 << 80, 48),      // local-use NAT64 (RFC 8215)
+    (0x2001_0000 << 96, 32),           // Teredo: the client's IPv4 is obscured
+    (0x2001_0db8 << 96, 32),           // documentation
+    (0x0100_0000_0000_0000 << 64, 64), // discard-only
+    (0x2001_0002_0000 << 80, 48),      // benchmarking
+];
+
+fn in_net(addr: u128, net: u128, prefix: u8, bits: u8) -> bool {
+    let shift = u32::from(bits - prefix);
+    prefix == 0 || (addr >> shift) == (net >> shift)
+}
+
+/// The IPv4 address an IPv6 address carries to an IPv4 host, where the
+/// network would deliver it there: IPv4-mapped (`::ffff:0:0/96`),
+/// IPv4-compatible (`::/96`, which includes `::` and `::1`), NAT64's
+/// well-known prefix (`64:ff9b::/96`) and 6to4 (`2002::/16`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let bits = u128::from(v6);
+    let low = std::net::Ipv4Addr::from((bits & 0xffff_ffff) as u32);
+    if bits >> 32 == 0xffff || bits >> 32 == 0 || bits >> 32 == 0x0064_ff9b << 64 {
+        return Some(low);
+    }
+    if bits >> 112 == 0x2002 {
+        return Some(std::net::Ipv4Addr::from(
+            ((bits >> 80) & 0xffff_ffff) as u32,
+        ));
+    }
+    None
+}
+
+/// Whether `ip` is an address a tenant's webhook may not reach. An IPv6
+/// address that carries an IPv4 one (NAT64, 6to4, mapped, compatible) is
+/// judged by the IPv4 address it reaches.
 pub fn is_private(ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
-                || v4.octets()[0] == 0
+            let a = u128::from(u32::from(v4));
+            NON_PUBLIC_V4
+                .iter()
+                .any(|(net, prefix)| in_net(a, u128::from(u32::from_be_bytes(*net)), *prefix, 32))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return is_private(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
+            let a = u128::from(v6);
+            NON_PUBLIC_V6
+                .iter()
+                .any(|(net, prefix)| in_net(a, *net, *prefix, 128))
         }
     }
 }
@@ -319,7 +373,10 @@ impl reqwest::dns::Resolve for PublicOnly {
 /// non-public receivers are allowed; literal addresses, which the client
 /// connects to without resolving, are checked by [`refused_literal`].
 fn http_client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
+    // No proxy, whatever HTTP_PROXY and the like say: through a proxy the
+    // proxy would resolve and connect, past the checks here.
     let b = reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_millis(config.timeout_ms))
         .redirect(reqwest::redirect::Policy::none());
     if config.allow_private_addresses {
@@ -570,26 +627,214 @@ mod tests {
         );
     }
 
+    fn refused(a: &str) -> bool {
+        is_private(a.parse().unwrap())
+    }
+
     #[test]
-    fn non_public_addresses_are_recognised() {
-        for a in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:10.0.0.1",
+    fn non_public_ipv4_ranges_are_refused_to_their_edges() {
+        // (first refused, last refused, the public neighbours around them)
+        for (first, last, below, above) in [
+            ("0.0.0.0", "0.255.255.255", None, Some("1.0.0.0")),
+            (
+                "10.0.0.0",
+                "10.255.255.255",
+                Some("9.255.255.255"),
+                Some("11.0.0.0"),
+            ),
+            (
+                "100.64.0.0",
+                "100.127.255.255",
+                Some("100.63.255.255"),
+                Some("100.128.0.0"),
+            ),
+            (
+                "127.0.0.0",
+                "127.255.255.255",
+                Some("126.255.255.255"),
+                Some("128.0.0.0"),
+            ),
+            (
+                "169.254.0.0",
+                "169.254.255.255",
+                Some("169.253.255.255"),
+                Some("169.255.0.0"),
+            ),
+            (
+                "172.16.0.0",
+                "172.31.255.255",
+                Some("172.15.255.255"),
+                Some("172.32.0.0"),
+            ),
+            (
+                "192.0.0.0",
+                "192.0.0.255",
+                Some("191.255.255.255"),
+                Some("192.0.1.0"),
+            ),
+            (
+                "192.0.2.0",
+                "192.0.2.255",
+                Some("192.0.1.255"),
+                Some("192.0.3.0"),
+            ),
+            (
+                "192.88.99.0",
+                "192.88.99.255",
+                Some("192.88.98.255"),
+                Some("192.88.100.0"),
+            ),
+            (
+                "192.168.0.0",
+                "192.168.255.255",
+                Some("192.167.255.255"),
+                Some("192.169.0.0"),
+            ),
+            (
+                "198.18.0.0",
+                "198.19.255.255",
+                Some("198.17.255.255"),
+                Some("198.20.0.0"),
+            ),
+            (
+                "198.51.100.0",
+                "198.51.100.255",
+                Some("198.51.99.255"),
+                Some("198.51.101.0"),
+            ),
+            (
+                "203.0.113.0",
+                "203.0.113.255",
+                Some("203.0.112.255"),
+                Some("203.0.114.0"),
+            ),
+            (
+                "224.0.0.0",
+                "239.255.255.255",
+                Some("223.255.255.255"),
+                None,
+            ),
+            ("240.0.0.0", "255.255.255.255", None, None),
         ] {
-            assert!(is_private(a.parse().unwrap()), "{a}");
+            assert!(refused(first), "{first}");
+            assert!(refused(last), "{last}");
+            for public in [below, above].into_iter().flatten() {
+                assert!(!refused(public), "{public}");
+            }
         }
-        for a in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
-            assert!(!is_private(a.parse().unwrap()), "{a}");
+        for public in ["8.8.8.8", "93.184.216.34", "1.1.1.1"] {
+            assert!(!refused(public), "{public}");
         }
+    }
+
+    #[test]
+    fn ipv6_is_judged_by_the_ipv4_address_it_reaches() {
+        for (v6, reaches_private) in [
+            // IPv4-mapped ::ffff:0:0/96
+            ("::ffff:10.0.0.1", true),
+            ("::ffff:169.254.169.254", true),
+            ("::ffff:8.8.8.8", false),
+            // IPv4-compatible ::/96 (:: and ::1 among them)
+            ("::", true),
+            ("::1", true),
+            ("::127.0.0.1", true),
+            ("::192.168.1.1", true),
+            ("::8.8.8.8", false),
+            // NAT64 64:ff9b::/96
+            ("64:ff9b::10.0.0.1", true),
+            ("64:ff9b::127.0.0.1", true),
+            ("64:ff9b::198.18.0.1", true),
+            ("64:ff9b::8.8.8.8", false),
+            // 6to4 2002::/16: the IPv4 address is bits 16..48
+            ("2002:0a00:0001::1", true),  // 10.0.0.1
+            ("2002:7f00:0001::", true),   // 127.0.0.1
+            ("2002:a9fe:a9fe::1", true),  // 169.254.169.254
+            ("2002:f000:0001::1", true),  // 240.0.0.1
+            ("2002:0808:0808::1", false), // 8.8.8.8
+        ] {
+            assert_eq!(refused(v6), reaches_private, "{v6}");
+        }
+    }
+
+    #[test]
+    fn non_public_ipv6_ranges_are_refused() {
+        for a in [
+            "fd00::1",
+            "fc00::1",
+            "fe80::1",
+            "febf:ffff::1",
+            "fec0::1",
+            "ff02::1",
+            "64:ff9b:1::a00:1", // local-use NAT64, whatever it embeds
+            "64:ff9b:1:ffff::808:808",
+            "2001::1", // Teredo
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:db8::1",
+            "100::1",
+            "2001:2::1",
+        ] {
+            assert!(refused(a), "{a}");
+        }
+        for a in [
+            "2606:4700::1111",
+            "2001:4860:4860::8888",
+            "2a00:1450:4001:81b::200e",
+            "64:ff9c::1",
+            "2001:1::1",
+            "2003::1",
+        ] {
+            assert!(!refused(a), "{a}");
+        }
+    }
+
+    /// Set in the child process of `the_proxy_environment_is_ignored`:
+    /// where its fake proxy listens.
+    const CHILD_PROXY: &str = "IOT_TEST_WEBHOOK_PROXY_CHILD";
+
+    /// The webhook client connects to the receiver itself even when the
+    /// environment names a proxy (which would resolve and connect past the
+    /// address checks). Environment variables cannot be set safely in a
+    /// threaded test, so a child process of this test binary runs
+    /// `proxy_child` with them set.
+    #[test]
+    fn the_proxy_environment_is_ignored() {
+        let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "webhooks::tests::proxy_child", "--nocapture"])
+            .env(CHILD_PROXY, "1")
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env("NO_PROXY", "")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        proxy.set_nonblocking(true).unwrap();
+        assert!(proxy.accept().is_err(), "the proxy was used");
+    }
+
+    #[tokio::test]
+    async fn proxy_child() {
+        if std::env::var_os(CHILD_PROXY).is_none() {
+            return;
+        }
+        let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", receiver.local_addr().unwrap());
+        let open = WebhookConfig {
+            allow_private_addresses: true,
+            timeout_ms: 2000,
+            ..Default::default()
+        };
+        let send = tokio::spawn(async move { http_client(&open).unwrap().post(url).send().await });
+        let accepted = tokio::time::timeout(Duration::from_secs(5), receiver.accept()).await;
+        assert!(accepted.is_ok(), "the receiver was not reached directly");
+        send.abort();
     }
 
     #[tokio::test]
@@ -608,6 +853,12 @@ mod tests {
         // Literal addresses are not resolved: they are checked beforehand.
         assert!(refused_literal("http://10.0.0.8/hook", &config).is_some());
         assert!(refused_literal("http://[::1]:8080/hook", &config).is_some());
+        assert!(refused_literal("http://[64:ff9b::a9fe:a9fe]/latest", &config).is_some());
+        assert!(refused_literal("http://[2002:c0a8:101::1]/hook", &config).is_some());
+        assert!(refused_literal("http://198.18.0.7/hook", &config).is_some());
+        // Other spellings of an IPv4 address are the same address.
+        assert!(refused_literal("http://2130706433/hook", &config).is_some());
+        assert!(refused_literal("http://0x7f.1/hook", &config).is_some());
         assert!(refused_literal("https://93.184.216.34/hook", &config).is_none());
         assert!(refused_literal("https://hooks.example.com/x", &config).is_none());
         // Allowed: nothing is refused.
