@@ -20,6 +20,9 @@ pub struct Principal {
     pub actor: Uuid,
     /// For logs and rate limits: the key's name or the token's subject.
     pub name: String,
+    /// When a token's `exp` passes (an API key does not expire): a
+    /// WebSocket opened with it is closed then.
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Principal {
@@ -190,6 +193,7 @@ impl Authenticator {
             owner: k.owner,
             actor: k.owner.unwrap_or(Uuid::nil()),
             name: format!("key:{}", k.name),
+            expires: None,
         })
     }
 
@@ -222,10 +226,16 @@ impl Authenticator {
             .unwrap_or_default();
         let actor =
             Uuid::parse_str(sub).unwrap_or_else(|_| Uuid::new_v5(&ACTOR_NAMESPACE, sub.as_bytes()));
+        // `exp` is required and checked by the validation above.
+        let expires = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
         Ok(Principal {
             owner: Some(owner),
             actor,
             name: format!("jwt:{sub}"),
+            expires,
         })
     }
 }

@@ -95,6 +95,19 @@ pub struct Limits {
     pub upstream_timeout_ms: u64,
     /// How often `deviceStatus` and `metrics` subscriptions look again.
     pub poll_ms: u64,
+    /// Root fields of one operation (TOO_MANY_ROOT_FIELDS).
+    pub max_root_fields: usize,
+    /// Aliased fields of one operation (TOO_MANY_ALIASES).
+    pub max_aliases: usize,
+    /// Subscriptions one caller holds open at once, over all its
+    /// connections (TOO_MANY_SUBSCRIPTIONS).
+    pub max_subscriptions: usize,
+    /// The largest WebSocket message (and frame) read, before and after
+    /// authentication; a larger one closes the connection.
+    pub ws_max_message_bytes: usize,
+    /// A WebSocket that has not sent `connection_init` within this long
+    /// is closed (4408, as graphql-transport-ws says).
+    pub ws_init_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -111,6 +124,11 @@ impl Default for Limits {
             rate_burst: 200.0,
             upstream_timeout_ms: 5000,
             poll_ms: 2000,
+            max_root_fields: 20,
+            max_aliases: 30,
+            max_subscriptions: 100,
+            ws_max_message_bytes: 64 * 1024,
+            ws_init_timeout_ms: 10_000,
         }
     }
 }
@@ -170,6 +188,17 @@ impl iot_runtime::Validate for Config {
         }
         if l.max_page == 0 || l.max_readings == 0 || l.max_range_days == 0 {
             p.push("limits: max_page, max_readings and max_range_days must be > 0".into());
+        }
+        if l.max_root_fields == 0
+            || l.max_subscriptions == 0
+            || l.ws_max_message_bytes < 1024
+            || l.ws_init_timeout_ms == 0
+        {
+            p.push(
+                "limits: max_root_fields, max_subscriptions and ws_init_timeout_ms must be > 0, \
+                 ws_max_message_bytes at least 1024"
+                    .into(),
+            );
         }
         p
     }

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::http::GraphiQLSource;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -22,7 +21,7 @@ use governor::{DefaultKeyedRateLimiter, InsufficientCapacity, Quota};
 use iot_telemetry::Readiness;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::Authenticator;
 use crate::schema::{self, ApiSchema};
 use crate::upstream::Upstreams;
 
@@ -31,6 +30,7 @@ pub struct AppState {
     pub schema: ApiSchema,
     pub auth: Arc<Authenticator>,
     pub limiter: Arc<RateLimiter>,
+    pub ws: crate::ws::WsLimits,
     pub ready: Readiness,
     pub up: Upstreams,
     pub metrics: HttpMetrics,
@@ -38,7 +38,7 @@ pub struct AppState {
 
 pub fn router(state: AppState, dev_mode: bool, max_body_bytes: usize) -> Router {
     let mut r = Router::new()
-        .route("/graphql", get(ws).post(graphql))
+        .route("/graphql", get(crate::ws::upgrade).post(graphql))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     if dev_mode {
@@ -179,74 +179,6 @@ async fn graphql(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         body,
     )
         .into_response()
-}
-
-async fn ws(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let from_headers: Option<Principal> = s.auth.from_headers(&headers).ok();
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let (auth, up, limiter) = (s.auth.clone(), s.up.clone(), s.limiter.clone());
-            GraphQLWebSocket::new(socket, s.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let who = auth
-                        .from_init_payload(&payload, from_headers.as_ref())
-                        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
-                    limiter
-                        .take(&who.name, 1)
-                        .map_err(|_| async_graphql::Error::new("too many requests; slow down"))?;
-                    // Every operation on the connection is charged too.
-                    let quota = WsQuota {
-                        limiter,
-                        caller: who.name.clone(),
-                    };
-                    let mut data = schema::request_data(&up, who);
-                    data.insert(quota);
-                    Ok(data)
-                })
-                .serve()
-        })
-}
-
-/// The caller of a WebSocket connection and its token bucket: each
-/// operation started on the connection takes a token ([`WsRateLimit`]),
-/// as each HTTP request does.
-pub struct WsQuota {
-    limiter: Arc<RateLimiter>,
-    caller: String,
-}
-
-/// Charges operations on WebSocket connections to their caller's bucket
-/// (HTTP requests are charged by the handler before they run).
-pub struct WsRateLimit;
-
-impl async_graphql::extensions::ExtensionFactory for WsRateLimit {
-    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
-        Arc::new(WsRateLimit)
-    }
-}
-
-#[async_trait::async_trait]
-impl async_graphql::extensions::Extension for WsRateLimit {
-    async fn prepare_request(
-        &self,
-        ctx: &async_graphql::extensions::ExtensionContext<'_>,
-        request: async_graphql::Request,
-        next: async_graphql::extensions::NextPrepareRequest<'_>,
-    ) -> async_graphql::ServerResult<async_graphql::Request> {
-        if let Some(q) = ctx.data_opt::<WsQuota>()
-            && q.limiter.take(&q.caller, 1).is_err()
-        {
-            let e = crate::upstream::error("RATE_LIMITED", "too many requests; slow down");
-            return Err(e.into_server_error(async_graphql::Pos::default()));
-        }
-        next.run(ctx, request).await
-    }
 }
 
 /// Per-caller token buckets (GCRA, as `governor` does it): `per_sec`

@@ -9,10 +9,12 @@ mod config;
 mod error;
 mod http;
 mod hub;
+mod limits;
 mod metrics_json;
 mod raw;
 mod schema;
 mod upstream;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use iot_runtime::{CancellationToken, Skeleton};
 pub use auth::{AuthError, Authenticator, Principal};
 pub use config::{ApiKey, AuthConfig, Config, JwtConfig, Limits};
 pub use error::StartError;
+pub use limits::{metrics_cost, readings_cost};
 pub use schema::sdl;
 
 /// A started gateway; `http_addr` is the GraphQL endpoint.
@@ -58,6 +61,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         schema,
         auth: Arc::new(Authenticator::new(&config.auth)?),
         limiter,
+        ws: ws::WsLimits {
+            max_message_bytes: config.limits.ws_max_message_bytes,
+            init_timeout: Duration::from_millis(config.limits.ws_init_timeout_ms),
+        },
         ready: skeleton.ready.clone(),
         up: up.clone(),
         metrics: http::HttpMetrics::new(&skeleton.registry)?,

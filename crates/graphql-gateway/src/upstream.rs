@@ -224,6 +224,9 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
         Code::ResourceExhausted if s.metadata().contains_key(QUOTA) => {
             ("QUOTA_EXCEEDED", s.message().to_owned())
         }
+        // The backend is busy for this caller now (its queries or the
+        // database's connections): worth a retry after a pause.
+        Code::ResourceExhausted => ("BACKEND_BUSY", s.message().to_owned()),
         Code::Unauthenticated | Code::PermissionDenied => ("FORBIDDEN", "not allowed".to_owned()),
         // tonic answers its own request timeout with CANCELLED.
         Code::DeadlineExceeded | Code::Cancelled => (
@@ -337,9 +340,10 @@ mod tests {
         // Other RESOURCE_EXHAUSTED answers (a busy pool, say) are not quotas.
         let busy = tonic::Status::resource_exhausted("every database connection is busy");
         let e = status_error("ingest-writer", &busy);
-        assert_ne!(
+        assert_eq!(e.message, "every database connection is busy");
+        assert_eq!(
             e.extensions.unwrap().get("code"),
-            Some(&"QUOTA_EXCEEDED".into())
+            Some(&"BACKEND_BUSY".into())
         );
     }
 }

@@ -45,10 +45,12 @@ pub struct QueryLimits {
     pub pool_size: usize,
     /// The database cancels a query running longer (RESOURCE_EXHAUSTED).
     pub statement_timeout_ms: u64,
-    /// The most a query waits for a free connection (RESOURCE_EXHAUSTED).
+    /// The most a query waits for its owner's turn, and then for a free
+    /// connection (RESOURCE_EXHAUSTED).
     pub wait_ms: u64,
-    /// Queries of one owner running at once; more are refused
-    /// (RESOURCE_EXHAUSTED) so one owner cannot take the whole pool.
+    /// Queries of one owner running at once, so one owner cannot take the
+    /// whole pool; more wait their turn up to `wait_ms`, then are refused
+    /// (RESOURCE_EXHAUSTED).
     pub per_owner: usize,
 }
 

@@ -74,10 +74,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
     skeleton.serve_admin(config.admin_addr).await?;
-    let telemetry = TelemetryServer::new(TelemetryService::new(
-        store.clone(),
-        config.queries.per_owner,
-    ));
+    let telemetry = TelemetryServer::new(TelemetryService::new(store.clone(), &config.queries));
     skeleton
         .serve_grpc(
             config.grpc_addr,

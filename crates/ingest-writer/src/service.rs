@@ -33,11 +33,14 @@ pub struct TelemetryService {
 }
 
 impl TelemetryService {
-    /// At most `per_owner` queries of one owner at once.
-    pub fn new(store: Store, per_owner: usize) -> Self {
+    /// At most `limits.per_owner` queries of one owner at once.
+    pub fn new(store: Store, limits: &crate::QueryLimits) -> Self {
         Self {
             store,
-            queries: OwnerQueries::new(per_owner),
+            queries: OwnerQueries::new(
+                limits.per_owner,
+                std::time::Duration::from_millis(limits.wait_ms),
+            ),
         }
     }
 }
@@ -236,7 +239,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryReadingsRequest>,
     ) -> Result<Response<v1::QueryReadingsResponse>, Status> {
-        let _permit = self.queries.admit(&request)?;
+        let _permit = self.queries.admit(&request).await?;
         let req = request.into_inner();
         let mut p = Problems::default();
         let device = p.uuid("device_uuid", &req.device_uuid);
@@ -275,7 +278,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
-        let _permit = self.queries.admit(&request)?;
+        let _permit = self.queries.admit(&request).await?;
         let m = MetricsQuery::of(&request.into_inner())?;
         let metrics = self
             .store
@@ -294,7 +297,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<Self::StreamMetricsStream>, Status> {
-        let permit = self.queries.admit(&request)?;
+        let permit = self.queries.admit(&request).await?;
         let m = MetricsQuery::of(&request.into_inner())?;
         let rows = self
             .store
@@ -335,7 +338,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::LatestReadingsRequest>,
     ) -> Result<Response<v1::LatestReadingsResponse>, Status> {
-        let _permit = self.queries.admit(&request)?;
+        let _permit = self.queries.admit(&request).await?;
         let req = request.into_inner();
         let mut p = Problems::default();
         if req.device_uuids.len() > MAX_DEVICES {
@@ -361,7 +364,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::FleetStatsRequest>,
     ) -> Result<Response<v1::FleetStatsResponse>, Status> {
-        let _permit = self.queries.admit(&request)?;
+        let _permit = self.queries.admit(&request).await?;
         let mut p = Problems::default();
         let owner = request
             .into_inner()

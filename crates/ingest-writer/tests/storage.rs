@@ -42,7 +42,7 @@ async fn env(backend: Backend) -> Env {
         tonic::transport::Server::builder()
             .add_service(TelemetryServer::new(TelemetryService::new(
                 store.clone(),
-                ingest_writer::QueryLimits::default().per_owner,
+                &ingest_writer::QueryLimits::default(),
             )))
             .serve_with_incoming(iot_runtime::grpc_incoming(listener)),
     );

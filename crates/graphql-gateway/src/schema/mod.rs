@@ -51,7 +51,14 @@ pub fn build(shared: Shared) -> ApiSchema {
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .extension(crate::codes::ErrorCodes)
-        .extension(crate::http::WsRateLimit);
+        .extension(crate::limits::OperationShape {
+            max_root_fields: limits.max_root_fields,
+            max_aliases: limits.max_aliases,
+        })
+        .extension(crate::limits::SubscriptionCap::new(
+            limits.max_subscriptions,
+        ))
+        .extension(crate::ws::WsRateLimit);
     if !limits.introspection {
         b = b.disable_introspection();
     }

@@ -70,7 +70,9 @@ impl QueryRoot {
 
     /// Raw readings of one sensor in [startTime, endTime) (RFC 3339), newest
     /// first.
-    #[graphql(complexity = "limit.max(1) as usize * child_complexity / 100 + 1")]
+    #[graphql(
+        complexity = "crate::limits::readings_cost(&start_time, &end_time, limit) + limit.max(1) as usize * child_complexity / 100"
+    )]
     async fn sensor_readings(
         &self,
         ctx: &Context<'_>,
@@ -101,6 +103,9 @@ impl QueryRoot {
 
     /// Aggregates per bucket over [startTime, endTime), oldest first, from
     /// the rollups: granularity 1h, 1d, 1w, or any width such as 5m.
+    #[graphql(
+        complexity = "crate::limits::metrics_cost(&start_time, &end_time, &granularity) + child_complexity"
+    )]
     async fn sensor_metrics(
         &self,
         ctx: &Context<'_>,

@@ -19,7 +19,7 @@ async fn older_writer(db: &str) -> SocketAddr {
     let router = tonic::service::Routes::new(health)
         .add_service(TelemetryServer::new(ingest_writer::TelemetryService::new(
             store,
-            ingest_writer::QueryLimits::default().per_owner,
+            &ingest_writer::QueryLimits::default(),
         )))
         .into_axum_router()
         .route(

@@ -59,10 +59,15 @@ impl Tenants {
 
     /// A bearer token for owner A, subject `sub`.
     pub fn jwt_a(&self, sub: &str) -> String {
+        self.jwt_a_expiring(sub, chrono::Duration::seconds(600))
+    }
+
+    /// A bearer token for owner A, subject `sub`, that expires in `valid`.
+    pub fn jwt_a_expiring(&self, sub: &str, valid: chrono::Duration) -> String {
         let claims = json!({
             "sub": sub,
             "owner": self.a.to_string(),
-            "exp": Utc::now().timestamp() + 600,
+            "exp": (Utc::now() + valid).timestamp(),
         });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),

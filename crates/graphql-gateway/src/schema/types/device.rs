@@ -331,7 +331,7 @@ pub struct DeviceConfigInput {
     pub read_interval: Option<i32>,
     /// Per sensor `min` and/or `max`, e.g. {"temperature": {"max": 30}}.
     pub alert_threshold: Option<Json<serde_json::Value>>,
-    /// Days raw readings are kept (unset: the platform default; at most 36500).
+    /// Days raw readings are kept (unset: the platform default; at most the registry's limits.max_retention_days, 3650 by default).
     pub data_retention_days: Option<i32>,
     /// Free-form JSON kept with the device.
     pub custom_fields: Option<Json<serde_json::Value>>,
