@@ -47,10 +47,19 @@ pub fn init_tracing(service: &'static str) {
 /// `init_tracing`, exporting traces to the OTLP/gRPC `endpoint` whatever
 /// the environment says (tests with a receiver of their own).
 pub fn init_tracing_exporting_to(service: &'static str, endpoint: &str) {
-    init(service, Some(endpoint));
+    init(service, Some((endpoint, trace::Protocol::Grpc)));
 }
 
-fn init(service: &'static str, endpoint: Option<&str>) {
+/// `init_tracing_exporting_to` over `protocol`.
+pub fn init_tracing_exporting_over(
+    service: &'static str,
+    endpoint: &str,
+    protocol: trace::Protocol,
+) {
+    init(service, Some((endpoint, protocol)));
+}
+
+fn init(service: &'static str, endpoint: Option<(&str, trace::Protocol)>) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;

@@ -1,9 +1,12 @@
 //! OpenTelemetry traces.
 //!
-//! Export is OTLP over gRPC, configured only by the standard variables and
-//! off when none asks for it: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! Export is OTLP, configured only by the standard variables and off when
+//! none asks for it: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns it on, `OTEL_SDK_DISABLED=true`
-//! or `OTEL_TRACES_EXPORTER=none` keep it off; `OTEL_SERVICE_NAME`,
+//! or `OTEL_TRACES_EXPORTER=none` keep it off;
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `..._TRACES_PROTOCOL`) picks `grpc`
+//! (the default) or `http/protobuf` (a collector behind an HTTP-only
+//! ingress, say); `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT` and `OTEL_BSP_*` apply as the SDK defines.
 //!
@@ -40,13 +43,37 @@ pub fn export_configured() -> bool {
     endpoint && !disabled && !none
 }
 
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// The protocol the standard variables ask for; `Err` names one this
+/// build does not speak.
+pub fn configured_protocol() -> Result<Protocol, String> {
+    let p =
+        set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    match p.as_deref().map(str::trim) {
+        None | Some("grpc") => Ok(Protocol::Grpc),
+        Some("http/protobuf") => Ok(Protocol::HttpProtobuf),
+        Some(other) => Err(format!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL {other:?}: use grpc or http/protobuf"
+        )),
+    }
+}
+
 /// The layer that turns tracing spans into OpenTelemetry spans: exporting
-/// to `endpoint` when given (tests, with a short export delay), else as the
-/// standard variables say, else none. A failure to build the exporter is
-/// reported on stderr and leaves tracing off, never the service down.
+/// to `endpoint` over `protocol` when given (tests, with a short export
+/// delay), else as the standard variables say, else none. A failure to
+/// build the exporter is reported on stderr and leaves tracing off, never
+/// the service down.
 pub(crate) fn layer<S>(
     service: &'static str,
-    endpoint: Option<&str>,
+    endpoint: Option<(&str, Protocol)>,
 ) -> Option<impl tracing_subscriber::Layer<S>>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -55,11 +82,30 @@ where
     if endpoint.is_none() && !export_configured() {
         return None;
     }
-    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-    if let Some(e) = endpoint {
-        builder = builder.with_endpoint(e);
-    }
-    let exporter = match builder.build() {
+    let protocol = match endpoint {
+        Some((_, p)) => Ok(p),
+        None => configured_protocol(),
+    };
+    let built = match protocol {
+        Err(e) => Err(e),
+        Ok(Protocol::Grpc) => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some((e, _)) = endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build().map_err(|e| e.to_string())
+        }
+        Ok(Protocol::HttpProtobuf) => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+            if let Some((e, _)) = endpoint {
+                b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
+            }
+            b.build().map_err(|e| e.to_string())
+        }
+    };
+    let exporter = match built {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{service}: OTLP trace export not started: {e}");

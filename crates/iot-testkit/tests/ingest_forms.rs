@@ -234,9 +234,9 @@ async fn a_burst_far_larger_than_the_in_flight_window_is_stored_whole() {
         (kit::device_rows(&db, uuid).await == 3000).then_some(())
     })
     .await;
-    let m = kit::http_get(p.gateway_admin, "/metrics").await;
-    assert!(m.contains("iot_gateway_mqtt_acks_total 3000"), "{m}");
-    assert!(m.contains("iot_gateway_mqtt_in_flight_messages 0"), "{m}");
+    let m = |series| kit::metric(p.gateway_admin, series);
+    assert_eq!(m("iot_gateway_mqtt_acks_total").await, Some(3000));
+    assert_eq!(m("iot_gateway_mqtt_in_flight_messages").await, Some(0));
     p.stop().await;
 }
 

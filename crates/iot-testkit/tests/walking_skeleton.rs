@@ -200,14 +200,17 @@ async fn bad_input_goes_to_the_dead_letter_topic_with_its_reason() {
     assert_eq!(got, want);
 
     // Counted per reason, every one of them.
-    let metrics = kit::http_get(p.gateway_admin, "/metrics").await;
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     for (_, _, reason) in &cases {
         *counts.entry(reason).or_default() += 1;
     }
     for (reason, n) in counts {
-        let line = format!("iot_gateway_readings_rejected_total{{reason=\"{reason}\"}} {n}");
-        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+        let series = format!("iot_gateway_readings_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            kit::metric(p.gateway_admin, &series).await,
+            Some(n as u64),
+            "{series}"
+        );
     }
 
     // The valid reading still lands; nothing else was written.
@@ -282,9 +285,8 @@ async fn writer_ignores_redelivered_readings_and_dead_letters_poison() {
     .await;
     // The writer saw the redelivery and ignored it.
     kit::eventually("duplicate counted", Duration::from_secs(30), || async {
-        let m = kit::http_get(p.writer_admin, "/metrics").await;
-        m.contains("iot_writer_duplicates_ignored_total 1")
-            .then_some(())
+        let n = kit::metric(p.writer_admin, "iot_writer_duplicates_ignored_total").await;
+        (n == Some(1)).then_some(())
     })
     .await;
     let n = kit::device_rows(&db, uuid).await;

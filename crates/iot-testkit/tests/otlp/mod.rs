@@ -51,6 +51,30 @@ impl Receiver {
         format!("http://{addr}")
     }
 
+    /// Serves OTLP/HTTP (protobuf bodies on `POST /v1/traces`) on a free
+    /// port; returns the endpoint.
+    pub async fn start_http(&self) -> String {
+        use iot_proto::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = self.0.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let req = ExportTraceServiceRequest::decode(body).unwrap();
+                let mut spans = spans.lock().unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        spans.extend(ss.spans);
+                    }
+                }
+                ExportTraceServiceResponse::default().encode_to_vec()
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
     pub fn spans(&self) -> Vec<Span> {
         self.0.lock().unwrap().clone()
     }
