@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod alerts;
 mod faults;
 mod graphql;
@@ -618,8 +619,11 @@ async fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
-        ["ingest", "query", "graphql", "alerts", "faults", "late"].contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql|alerts|late|faults [--short]"
+        [
+            "ingest", "query", "graphql", "alerts", "faults", "late", "abuse"
+        ]
+        .contains(&what.as_str()),
+        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|faults [--short]"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -636,6 +640,10 @@ async fn run() -> anyhow::Result<()> {
             faults::run(&ctx, short).await,
             "the fault suite lost or duplicated readings"
         );
+        return Ok(());
+    }
+    if what == "abuse" {
+        abuse::run(&ctx).await;
         return Ok(());
     }
     if what == "late" {

@@ -153,28 +153,34 @@ impl Service {
 
     /// A graphql-gateway on these backends accepting one API key (its
     /// SHA-256) for `owner`, with the rate limit out of the way.
-    pub fn graphql(
-        [registry, telemetry, alerts]: [&str; 3],
-        key_sha256: &str,
-        owner: &str,
-    ) -> Self {
-        let http_port = free_port();
-        let mut s = Self::spawn(
-            "graphql-gateway",
-            "GRAPHQL_GATEWAY",
+    pub fn graphql(backends: [&str; 3], key_sha256: &str, owner: &str) -> Self {
+        Self::graphql_with(
+            backends,
+            &format!(r#"[{{name="bench", sha256="{key_sha256}", owner="{owner}"}}]"#),
             &[
-                ("REGISTRY_URL", registry.into()),
-                ("TELEMETRY_URL", telemetry.into()),
-                ("ALERTS_URL", alerts.into()),
-                ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-                (
-                    "AUTH__API_KEYS",
-                    format!(r#"[{{name="bench", sha256="{key_sha256}", owner="{owner}"}}]"#),
-                ),
                 ("LIMITS__RATE_PER_SEC", "1000000".into()),
                 ("LIMITS__RATE_BURST", "1000000".into()),
             ],
-        );
+        )
+    }
+
+    /// A graphql-gateway on these backends with `api_keys` (a TOML array)
+    /// and further settings `vars`; every other limit as shipped.
+    pub fn graphql_with(
+        [registry, telemetry, alerts]: [&str; 3],
+        api_keys: &str,
+        vars: &[(&str, String)],
+    ) -> Self {
+        let http_port = free_port();
+        let mut all = vec![
+            ("REGISTRY_URL", registry.into()),
+            ("TELEMETRY_URL", telemetry.into()),
+            ("ALERTS_URL", alerts.into()),
+            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("AUTH__API_KEYS", api_keys.to_owned()),
+        ];
+        all.extend(vars.iter().cloned());
+        let mut s = Self::spawn("graphql-gateway", "GRAPHQL_GATEWAY", &all);
         s.http_port = http_port;
         s
     }

@@ -485,8 +485,8 @@ fn test_databases() -> Option<Vec<String>> {
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if !["ingest", "query", "graphql", "alerts", "late"].contains(&what) {
-        return Err("usage: cargo xtask bench ingest|query|graphql|alerts|late".into());
+    if !["ingest", "query", "graphql", "alerts", "late", "abuse"].contains(&what) {
+        return Err("usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse".into());
     }
     proc::run(cargo().args([
         "build",
