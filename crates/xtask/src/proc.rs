@@ -135,3 +135,41 @@ pub fn stop(name: &str, grace: Duration) {
     }
     let _ = fs::remove_file(path);
 }
+
+/// Installs the npm `package` at `version` into `dir`, a package of its
+/// own, so that npm neither looks for one in a parent folder nor resolves
+/// the version again. Installs npm (Debian's brings Node.js) when missing.
+pub fn npm_install(dir: &std::path::Path, package: &str, version: &str) -> Result<()> {
+    if !have("npm") {
+        crate::stack::apt_install(&["npm"])?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("package.json"),
+        format!("{{\"private\": true, \"dependencies\": {{\"{package}\": \"{version}\"}}}}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    run(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .arg("--prefix")
+        .arg(dir))
+}
+
+/// Fails unless `bin` run with `args` prints `want` (an installed tool's
+/// version, say).
+pub fn require_output(bin: &std::path::Path, args: &[&str], want: &str) -> Result<()> {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || got != want {
+        return Err(format!(
+            "{} {} printed {got:?}, not {want}: {}",
+            bin.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}

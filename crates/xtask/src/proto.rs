@@ -35,40 +35,10 @@ fn ensure_buf() -> Result<PathBuf> {
         return Ok(bin);
     }
     println!("installing {want} into {}", dir.display());
-    if !proc::have("npm") {
-        // Debian's npm brings Node.js, which runs buf's launcher.
-        crate::stack::apt_install(&["npm"])?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    // A package of its own, so that npm neither looks for one in a parent
-    // folder nor resolves the version again.
-    std::fs::write(
-        dir.join("package.json"),
-        format!(
-            "{{\"private\": true, \"dependencies\": {{\"@bufbuild/buf\": \"{BUF_VERSION}\"}}}}\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    proc::run(
-        Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--ignore-scripts"])
-            .arg("--prefix")
-            .arg(&dir),
-    )?;
+    proc::npm_install(&dir, "@bufbuild/buf", BUF_VERSION)?;
     // The binary comes in an optional, per-platform package; npm skips one
     // it cannot install without failing, so ask buf itself.
-    let out = Command::new(&bin)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || version != BUF_VERSION {
-        return Err(format!(
-            "{} --version printed {version:?}, not {BUF_VERSION}: {}",
-            bin.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    proc::require_output(&bin, &["--version"], BUF_VERSION)?;
     std::fs::write(&stamp, want).map_err(|e| e.to_string())?;
     Ok(bin)
 }
