@@ -9,12 +9,13 @@ pub mod migrate;
 pub mod ownership;
 pub mod pool;
 pub mod tail;
+pub mod tls;
 
 pub use migrate::{
     Backend, BackendChoice, MigrateError, MigrationReport, SchemaError, migrate, require_version,
     storage_backend,
 };
 pub use pool::{
-    DbError, PoolLimits, PoolMetrics, ensure_database, is_statement_timeout, is_unreachable, ping,
-    pool, pool_with, service_pool,
+    DbError, PoolLimits, PoolMetrics, connect, ensure_database, is_statement_timeout,
+    is_unreachable, ping, pool, pool_with, service_pool,
 };

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Arbitrary, fixed key of the migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x0107_da7a_0001;
@@ -196,10 +196,9 @@ pub struct MigrationReport {
 
 /// Applies every pending migration to the database at `url`.
 pub async fn migrate(url: &str, choice: BackendChoice) -> Result<MigrationReport, MigrateError> {
-    let cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| MigrateError::BadUrl(e.to_string()))?;
-    let (mut client, conn) = cfg.connect(NoTls).await?;
+    let crate::tls::Target { config, tls } =
+        crate::tls::target(url).map_err(|e| MigrateError::BadUrl(e.to_string()))?;
+    let (mut client, conn) = config.connect(tls).await?;
     let conn_task = tokio::spawn(conn);
     client
         .batch_execute("SET client_min_messages = warning")

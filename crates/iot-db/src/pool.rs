@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -15,8 +14,25 @@ pub enum DbError {
     BadName(String),
     #[error("cannot build connection pool: {0}")]
     Pool(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
+}
+
+/// `e` and the errors under it: tokio-postgres leaves the cause out of its
+/// message ("error performing TLS handshake", and not which certificate
+/// failed how).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// A pool of at most `max_size` connections to `url`.
@@ -37,9 +53,8 @@ pub struct PoolLimits {
 
 /// [`pool`] with `limits`.
 pub fn pool_with(url: &str, max_size: usize, limits: PoolLimits) -> Result<Pool, DbError> {
-    let mut cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+    let crate::tls::Target { mut config, tls } = crate::tls::target(url)?;
+    let cfg = &mut config;
     if let Some(t) = limits.statement_timeout {
         let timeout = format!("-c statement_timeout={}", t.as_millis());
         let options = match cfg.get_options() {
@@ -49,8 +64,8 @@ pub fn pool_with(url: &str, max_size: usize, limits: PoolLimits) -> Result<Pool,
         cfg.options(&options);
     }
     let mgr = Manager::from_config(
-        cfg,
-        NoTls,
+        config,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -72,16 +87,14 @@ pub fn is_statement_timeout(e: &tokio_postgres::Error) -> bool {
 /// the `postgres` maintenance database of the same server. Returns whether it
 /// was created.
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
-    let cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::BadUrl(e.to_string()))?;
+    let crate::tls::Target { config: cfg, tls } = crate::tls::target(url)?;
     let name = cfg.get_dbname().ok_or(DbError::NoDatabase)?.to_owned();
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(DbError::BadName(name));
     }
     let mut admin = cfg.clone();
     admin.dbname("postgres");
-    let (client, conn) = admin.connect(NoTls).await?;
+    let (client, conn) = admin.connect(tls).await?;
     let conn_task = tokio::spawn(conn);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
@@ -199,10 +212,8 @@ pub async fn service_pool(
 /// `Validate`.
 pub fn settings_problems(database_url: &str, pool_size: usize) -> Vec<String> {
     let mut p = Vec::new();
-    if database_url.parse::<tokio_postgres::Config>().is_err() {
-        p.push(format!(
-            "database_url {database_url:?} is not a PostgreSQL URL"
-        ));
+    if let Err(e) = crate::tls::parse(database_url) {
+        p.push(format!("database_url: {e}"));
     }
     if pool_size == 0 {
         p.push("pool_size must be at least 1".into());
@@ -221,4 +232,17 @@ pub fn is_unreachable(e: &tokio_postgres::Error) -> bool {
             class == "08" || class == "53" || c.code().starts_with("57P")
         })
         || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// One connection to `url` (TLS as its `sslmode` says), driven in the
+/// background.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
+    let crate::tls::Target { config, tls } = crate::tls::target(url)?;
+    let (client, conn) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
 }

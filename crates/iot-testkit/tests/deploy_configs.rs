@@ -317,7 +317,7 @@ fn chart_production_settings_reach_the_configs() {
         assert_eq!(p["sasl.username"], "secret-iot-kafka-username", "{service}");
         assert_eq!(p["sasl.password"], "secret-iot-kafka-password", "{service}");
         assert!(
-            database_url.ends_with("?sslmode=require")
+            database_url.ends_with("?sslmode=verify-full&sslrootcert=/etc/iot/postgresql/ca.crt")
                 && database_url.contains(":secret-iot-database-password@"),
             "{service}: {database_url}"
         );

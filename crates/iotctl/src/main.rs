@@ -65,8 +65,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn status(url: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = iot_db::connect(url).await?;
     let backend = iot_db::storage_backend(&client).await?;
     let Some(backend) = backend else {
         println!("database not migrated (run `iotctl migrate`)");

@@ -20,6 +20,7 @@
 mod deploy;
 mod helm;
 mod paths;
+mod pgtls;
 mod proc;
 mod proto;
 mod stack;

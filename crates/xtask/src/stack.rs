@@ -303,6 +303,7 @@ fn ensure_tansu(started: &mut Started) -> Result<()> {
 pub fn infra() -> Result<Started> {
     let mut started = Started(Vec::new());
     ensure_postgres(&mut started)?;
+    crate::pgtls::ensure(TEST_ADMIN_URL)?;
     ensure_mosquitto(&mut started)?;
     provision_mqtt_accounts()?;
     ensure_tansu(&mut started)?;
@@ -439,6 +440,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     }
     cmd.args(extra)
         .env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
+        .env("IOT_TEST_PG_CA", crate::pgtls::dir().join("ca.pem"))
         .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
         .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"));
     let before = test_databases();

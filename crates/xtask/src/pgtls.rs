@@ -1,0 +1,141 @@
+//! TLS for the local PostgreSQL: a CA and a server certificate of the
+//! machine's own, made at set-up (no key is committed), and the server
+//! told to use them. Services and tests reach it with
+//! `sslmode=verify-full&sslrootcert=<ca.pem>`; plain connections still
+//! work, as every URL without `sslmode` asks.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::paths;
+use crate::proc::{self, Result};
+
+/// Where the certificates live: readable by the `postgres` user (the cache
+/// folder under `/root` is not).
+pub fn dir() -> PathBuf {
+    paths::pg_data()
+        .parent()
+        .map_or_else(|| PathBuf::from("/var/lib/iot-platform"), PathBuf::from)
+        .join("tls")
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    proc::run(Command::new("openssl").args(args).current_dir(dir()))
+}
+
+/// Makes the CA and the server's certificate (for `localhost` and
+/// 127.0.0.1) once, then has the server on `admin_url` use them.
+pub fn ensure(admin_url: &str) -> Result<()> {
+    let dir = dir();
+    if !dir.join("server.pem").exists() {
+        if !proc::have("openssl") {
+            crate::stack::apt_install(&["openssl"])?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+             extendedKeyUsage = serverAuth\nbasicConstraints = CA:FALSE\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let days = "3650";
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            days,
+            "-subj",
+            "/CN=iot-platform local CA",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            days,
+            "-extfile",
+            "server.ext",
+        ])?;
+        // The server refuses a key others can read; nobody needs the CA's.
+        proc::run(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.join("server.key")),
+        )?;
+        proc::run(
+            Command::new("chmod")
+                .args(["600", "server.key", "ca.key"])
+                .current_dir(&dir),
+        )?;
+        println!(
+            "postgres: made a local CA and server certificate in {}",
+            dir.display()
+        );
+    }
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
+    let sql = |q: &str| {
+        Command::new("psql")
+            .arg(admin_url)
+            .args(["-qAtc", q])
+            .output()
+            .map_err(|e| format!("psql: {e}"))
+    };
+    let current = sql("SHOW ssl_cert_file")?;
+    if String::from_utf8_lossy(&current.stdout).trim() != cert.display().to_string() {
+        for q in [
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+            format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            let out = sql(&q)?;
+            if !out.status.success() {
+                return Err(format!(
+                    "postgres TLS ({q}): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        // The reload is applied by the postmaster shortly after.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = sql("SHOW ssl_cert_file")?;
+        if String::from_utf8_lossy(&now.stdout).trim() != cert.display().to_string() {
+            return Err("postgres did not take the local certificate (see its log)".into());
+        }
+        println!("postgres: serving TLS with {}", cert.display());
+    }
+    Ok(())
+}
