@@ -28,6 +28,9 @@ pub struct WsLimits {
     pub init_timeout: Duration,
 }
 
+/// What each connection reserves for reading.
+const READ_BUFFER: usize = 4096;
+
 /// graphql-transport-ws: no `connection_init` in time.
 const INIT_TIMEOUT: u16 = 4408;
 /// graphql-transport-ws: forbidden (here: the caller's token expired).
@@ -44,6 +47,10 @@ pub async fn upgrade(
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(s.ws.max_message_bytes)
         .max_frame_size(s.ws.max_message_bytes)
+        // tungstenite reserves its whole read buffer per connection (128
+        // KiB by default): 10,000 idle sockets would hold over a GiB.
+        // Messages larger than the buffer are still read, in more steps.
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| session(socket, s, protocol, from_headers))
 }
 
