@@ -25,6 +25,10 @@ enum Command {
         /// auto (TimescaleDB when available), timescaledb or postgres.
         #[arg(long, env = "IOT_STORAGE_BACKEND", default_value = "auto")]
         backend: iot_db::BackendChoice,
+        /// How long to keep trying while the database cannot be reached
+        /// (a server still starting), with a growing pause; 0: try once.
+        #[arg(long, env = "IOT_MIGRATE_WAIT_SECS", default_value_t = 120)]
+        wait_secs: u64,
     },
     /// Show the schema version and the storage backend.
     Status {
@@ -47,11 +51,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate {
             database_url,
             backend,
+            wait_secs,
         } => {
-            if iot_db::ensure_database(&database_url).await? {
-                println!("created database");
-            }
-            let report = iot_db::migrate(&database_url, backend).await?;
+            let report = migrate(&database_url, backend, wait_secs).await?;
             println!(
                 "storage backend: {}; applied {:?}; already applied {:?}",
                 report.backend, report.applied, report.already_applied
@@ -62,6 +64,45 @@ async fn main() -> anyhow::Result<()> {
         Command::Simulate(args) => simulate::run(args).await?,
     }
     Ok(())
+}
+
+/// Creates the database when missing and applies every pending migration,
+/// trying again with a growing pause (up to 5 s) for `wait_secs` while the
+/// server cannot be reached; any other failure ends it at once.
+async fn migrate(
+    url: &str,
+    backend: iot_db::BackendChoice,
+    wait_secs: u64,
+) -> anyhow::Result<iot_db::MigrationReport> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            if iot_db::ensure_database(url).await? {
+                println!("created database");
+            }
+            Ok::<_, anyhow::Error>(iot_db::migrate(url, backend).await?)
+        };
+        match attempt.await {
+            Ok(report) => return Ok(report),
+            Err(e) if unreachable(&e) && std::time::Instant::now() + pause < deadline => {
+                eprintln!("database not reachable yet ({e}); trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `e` says the server cannot be reached (rather than refusing
+/// what was asked).
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<tokio_postgres::Error>()
+            .is_some_and(iot_db::is_unreachable)
+            || c.is::<std::io::Error>()
+    })
 }
 
 async fn status(url: &str) -> anyhow::Result<()> {
