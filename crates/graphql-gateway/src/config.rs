@@ -99,6 +99,9 @@ pub struct Limits {
     pub max_root_fields: usize,
     /// Aliased fields of one operation (TOO_MANY_ALIASES).
     pub max_aliases: usize,
+    /// An operation takes one more token of its caller's rate limit per
+    /// this many complexity points (RATE_LIMITED when the bucket is short).
+    pub cost_per_token: usize,
     /// Subscriptions one caller holds open at once, over all its
     /// connections (TOO_MANY_SUBSCRIPTIONS).
     pub max_subscriptions: usize,
@@ -126,6 +129,7 @@ impl Default for Limits {
             poll_ms: 2000,
             max_root_fields: 20,
             max_aliases: 30,
+            cost_per_token: 100,
             max_subscriptions: 100,
             ws_max_message_bytes: 64 * 1024,
             ws_init_timeout_ms: 10_000,
@@ -190,12 +194,13 @@ impl iot_runtime::Validate for Config {
             p.push("limits: max_page, max_readings and max_range_days must be > 0".into());
         }
         if l.max_root_fields == 0
+            || l.cost_per_token == 0
             || l.max_subscriptions == 0
             || l.ws_max_message_bytes < 1024
             || l.ws_init_timeout_ms == 0
         {
             p.push(
-                "limits: max_root_fields, max_subscriptions and ws_init_timeout_ms must be > 0, \
+                "limits: max_root_fields, cost_per_token, max_subscriptions and ws_init_timeout_ms must be > 0, \
                  ws_max_message_bytes at least 1024"
                     .into(),
             );

@@ -40,16 +40,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     )?;
     skeleton.registry.register(Box::new(subscribers.clone()))?;
     let hub = hub::AlertHub::new(4096, subscribers);
-    let schema = schema::build(schema::Shared {
-        up: up.clone(),
-        limits: config.limits.clone(),
-        hub: hub.clone(),
-        known: Default::default(),
-    });
     let limiter = Arc::new(http::RateLimiter::new(
         config.limits.rate_per_sec,
         config.limits.rate_burst,
     ));
+    let schema = schema::build(
+        schema::Shared {
+            up: up.clone(),
+            limits: config.limits.clone(),
+            hub: hub.clone(),
+            known: Default::default(),
+        },
+        limiter.clone(),
+    );
     // Callers idle long enough to have full buckets are forgotten, so the
     // limiter holds only recent callers.
     tokio::spawn(

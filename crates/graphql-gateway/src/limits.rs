@@ -9,16 +9,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextSubscribe, NextValidation,
 };
 use async_graphql::futures_util::stream::BoxStream;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Response, ServerError, ServerResult, Variables};
+use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use iot_domain::bucket::Width;
 
 use crate::auth::Principal;
+use crate::http::RateLimiter;
 
 /// More root fields in one operation than `limits.max_root_fields`.
 pub const TOO_MANY_ROOT_FIELDS: &str = "TOO_MANY_ROOT_FIELDS";
@@ -130,6 +131,59 @@ impl Extension for OperationShape {
             }
         }
         Ok(doc)
+    }
+}
+
+/// Charges an operation's cost to its caller's rate limit: besides the one
+/// token each request takes at the door, one more per `cost_per_token`
+/// complexity points, once the operation is validated and before anything
+/// runs. Cheap operations cost nothing more; one that makes the database
+/// aggregate a year twenty times takes as many tokens as a second's worth
+/// of dashboards, so an owner cannot turn a fair request rate into an
+/// unfair load. Refused with RATE_LIMITED and `extensions.retryAfterSecs`.
+pub struct CostBudget {
+    pub limiter: Arc<RateLimiter>,
+    pub cost_per_token: usize,
+}
+
+impl ExtensionFactory for CostBudget {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(CostBudget {
+            limiter: self.limiter.clone(),
+            cost_per_token: self.cost_per_token,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for CostBudget {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        let tokens =
+            u32::try_from(result.complexity / self.cost_per_token.max(1)).unwrap_or(u32::MAX);
+        let Some(caller) = ctx.data_opt::<Principal>().map(|p| p.name.clone()) else {
+            return Ok(result);
+        };
+        if let Err(wait) = self.limiter.take(&caller, tokens) {
+            let mut e = refusal(
+                "RATE_LIMITED",
+                format!(
+                    "this operation costs {} complexity points, {tokens} requests' worth of the caller's rate limit \
+                     (limits.cost_per_token): retry in {:.1} s, or ask for less",
+                    result.complexity,
+                    wait.as_secs_f64()
+                ),
+            );
+            if let Some(ext) = e.extensions.as_mut() {
+                ext.set("retryAfterSecs", wait.as_secs_f64().ceil() as u64);
+            }
+            return Err(vec![e]);
+        }
+        Ok(result)
     }
 }
 

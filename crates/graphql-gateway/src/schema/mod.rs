@@ -44,7 +44,9 @@ pub struct Shared {
     pub known: KnownDevices,
 }
 
-pub fn build(shared: Shared) -> ApiSchema {
+/// The schema; operations' costs are charged to the callers' buckets in
+/// `limiter`.
+pub fn build(shared: Shared, limiter: std::sync::Arc<crate::http::RateLimiter>) -> ApiSchema {
     let limits = shared.limits.clone();
     let mut b = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(shared)
@@ -58,6 +60,10 @@ pub fn build(shared: Shared) -> ApiSchema {
         .extension(crate::limits::SubscriptionCap::new(
             limits.max_subscriptions,
         ))
+        .extension(crate::limits::CostBudget {
+            limiter,
+            cost_per_token: limits.cost_per_token,
+        })
         .extension(crate::ws::WsRateLimit);
     if !limits.introspection {
         b = b.disable_introspection();

@@ -77,6 +77,44 @@ async fn operations_past_the_field_alias_and_cost_limits_are_refused() {
         single["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
         "{single}"
     );
+    // Within the limit, a costly operation takes its cost from the
+    // caller's rate limit: a burst of them runs out of it, with a time to
+    // retry; another caller is not charged.
+    let year = |alias: usize| {
+        format!(
+            "y{alias}: sensorMetrics(deviceId: \"x\", sensorName: \"t\", startTime: \"2025-01-01T00:00:00Z\", \
+             endTime: \"2026-01-01T00:00:00Z\", granularity: \"1h\") {{ time }}"
+        )
+    };
+    let costly = format!(
+        "{{ {} }}",
+        (0..limits.max_root_fields)
+            .map(year)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let per_request = 1
+        + (limits.max_root_fields
+            * graphql_gateway::metrics_cost("2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "1h"))
+            / limits.cost_per_token;
+    let enough = (limits.rate_burst as usize) / per_request + 2;
+    let mut limited = None;
+    for _ in 0..enough {
+        let v = a.run(&costly, json!({})).await;
+        if v["errors"][0]["extensions"]["code"] == "RATE_LIMITED" {
+            limited = Some(v);
+            break;
+        }
+    }
+    let v = limited.expect("a burst of costly operations runs out of the rate limit");
+    assert!(
+        v["errors"][0]["extensions"]["retryAfterSecs"]
+            .as_u64()
+            .is_some(),
+        "{v}"
+    );
+    let b = s.b();
+    assert!(b.run("{ __typename }", json!({})).await["errors"].is_null());
     s.stop().await;
 }
 
