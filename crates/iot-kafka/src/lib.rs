@@ -74,6 +74,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Replication factor for topics this service creates when missing.
     pub replication: i32,
+    /// `min.insync.replicas` of the topics it creates (unset: the
+    /// cluster's default). With `acks=all`, a write is acknowledged only
+    /// once this many replicas hold it: 2 of 3 survives one broker lost.
+    pub min_insync_replicas: Option<i32>,
     /// Extra librdkafka properties, passed through as they are.
     pub properties: BTreeMap<String, String>,
 }
@@ -86,6 +90,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: "iot.dead-letter.v1".into(),
             partitions: 6,
             replication: 1,
+            min_insync_replicas: None,
             properties: BTreeMap::new(),
         }
     }
@@ -118,6 +123,14 @@ impl KafkaConfig {
         }
         if self.replication < 1 {
             p.push(format!("{prefix}.replication must be at least 1"));
+        }
+        if let Some(m) = self.min_insync_replicas
+            && !(1..=self.replication).contains(&m)
+        {
+            p.push(format!(
+                "{prefix}.min_insync_replicas must be between 1 and replication ({})",
+                self.replication
+            ));
         }
         p
     }
@@ -273,9 +286,16 @@ fn valid_topic_name(t: &str) -> bool {
 /// Creates topics that do not exist yet; existing ones are left alone.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = cfg.client_config().create()?;
+    let min_insync = cfg.min_insync_replicas.map(|m| m.to_string());
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(cfg.replication)))
+        .map(|(name, parts)| {
+            let topic = NewTopic::new(name, *parts, TopicReplication::Fixed(cfg.replication));
+            match &min_insync {
+                Some(m) => topic.set("min.insync.replicas", m),
+                None => topic,
+            }
+        })
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
@@ -733,9 +753,10 @@ mod tests {
             dead_letter_topic: "bad topic".into(),
             partitions: 0,
             replication: 0,
+            min_insync_replicas: Some(2),
             properties: BTreeMap::new(),
         };
-        assert_eq!(cfg.problems("kafka").len(), 6);
+        assert_eq!(cfg.problems("kafka").len(), 7);
         assert!(KafkaConfig::default().problems("kafka").is_empty());
     }
 

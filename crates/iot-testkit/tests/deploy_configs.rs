@@ -310,6 +310,7 @@ fn chart_production_settings_reach_the_configs() {
     for service in ["ingest-writer", "alert-engine"] {
         let (kafka, database_url) = loaded(service);
         assert_eq!(kafka.replication, 3, "{service}");
+        assert_eq!(kafka.min_insync_replicas, Some(2), "{service}");
         assert_eq!(kafka.partitions, 12, "{service}");
         let p = &kafka.properties;
         assert_eq!(p["security.protocol"], "SASL_SSL", "{service}");

@@ -27,7 +27,8 @@ fn openssl(args: &[&str]) -> Result<()> {
 /// 127.0.0.1) once, then has the server on `admin_url` use them.
 pub fn ensure(admin_url: &str) -> Result<()> {
     let dir = dir();
-    if !dir.join("server.pem").exists() {
+    let made = !dir.join("server.pem").exists();
+    if made {
         if !proc::have("openssl") {
             crate::stack::apt_install(&["openssl"])?;
         }
@@ -88,6 +89,9 @@ pub fn ensure(admin_url: &str) -> Result<()> {
             "-extfile",
             "server.ext",
         ])?;
+        // Kafka brokers of the tests serve the same certificate, with a
+        // copy of the key that PostgreSQL does not own.
+        std::fs::copy(dir.join("server.key"), dir.join("broker.key")).map_err(|e| e.to_string())?;
         // The server refuses a key others can read; nobody needs the CA's.
         proc::run(
             Command::new("chown")
@@ -114,7 +118,8 @@ pub fn ensure(admin_url: &str) -> Result<()> {
             .map_err(|e| format!("psql: {e}"))
     };
     let current = sql("SHOW ssl_cert_file")?;
-    if String::from_utf8_lossy(&current.stdout).trim() != cert.display().to_string() {
+    // New files under the same names need a reload as much as new names.
+    if made || String::from_utf8_lossy(&current.stdout).trim() != cert.display().to_string() {
         for q in [
             "ALTER SYSTEM SET ssl = on".to_owned(),
             format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),

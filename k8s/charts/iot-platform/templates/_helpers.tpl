@@ -136,6 +136,10 @@ go through the services' pass-through librdkafka properties
   value: {{ $k.topics.partitions | quote }}
 - name: {{ $p }}__KAFKA__REPLICATION
   value: {{ $k.topics.replicationFactor | quote }}
+{{- if $k.topics.minInsyncReplicas }}
+- name: {{ $p }}__KAFKA__MIN_INSYNC_REPLICAS
+  value: {{ $k.topics.minInsyncReplicas | quote }}
+{{- end }}
 {{- $props := dict -}}
 {{- if ne $k.securityProtocol "PLAINTEXT" -}}
 {{- $_ := set $props "security.protocol" $k.securityProtocol -}}
