@@ -41,7 +41,7 @@ fn validation_code(message: &str) -> &'static str {
 }
 
 /// `e` with `extensions.code` set to `code`, unless it already has one.
-fn with_code(mut e: ServerError, code: &'static str) -> ServerError {
+pub(crate) fn with_code(mut e: ServerError, code: &'static str) -> ServerError {
     let ext = e.extensions.get_or_insert_with(Default::default);
     if ext.get("code").is_none() {
         ext.set("code", code);

@@ -29,11 +29,7 @@ pub const TOO_MANY_ALIASES: &str = "TOO_MANY_ALIASES";
 pub const TOO_MANY_SUBSCRIPTIONS: &str = "TOO_MANY_SUBSCRIPTIONS";
 
 fn refusal(code: &'static str, message: String) -> ServerError {
-    let mut e = ServerError::new(message, None);
-    e.extensions
-        .get_or_insert_with(Default::default)
-        .set("code", code);
-    e
+    crate::codes::with_code(ServerError::new(message, None), code)
 }
 
 /// Refuses an operation with more root fields or aliases than allowed

@@ -213,20 +213,13 @@ struct IdleSockets {
 /// `connection_init`, each watched until the gateway closes it.
 async fn open_idle_websockets(port: u16, n: usize) -> IdleSockets {
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let mut s = IdleSockets::default();
     let t = Instant::now();
     futures::stream::iter(0..n)
         .map(|_| {
             let s = s.clone();
             async move {
-                let mut req = format!("ws://127.0.0.1:{port}/graphql")
-                    .into_client_request()
-                    .unwrap();
-                req.headers_mut().insert(
-                    "Sec-WebSocket-Protocol",
-                    "graphql-transport-ws".parse().unwrap(),
-                );
+                let req = crate::procs::graphql_ws_request(port);
                 let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
                     s.other.fetch_add(1, Ordering::Relaxed);
                     return;

@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
 use crate::procs::{self, Service};
@@ -555,13 +554,7 @@ async fn subscribers(port: u16, mut api: iot_proto::AlertsClient, url: &str) {
     let mut tasks = Vec::new();
     for _ in 0..SUBSCRIBERS {
         let tx = tx.clone();
-        let mut req = format!("ws://127.0.0.1:{port}/graphql")
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
+        let req = crate::procs::graphql_ws_request(port);
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         let text = |v: Value| Message::Text(v.to_string().into());
         ws.send(text(

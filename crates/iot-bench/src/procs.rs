@@ -308,6 +308,20 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// The upgrade request of a GraphQL WebSocket (graphql-transport-ws) to
+/// the gateway on `port`.
+pub fn graphql_ws_request(port: u16) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("ws://127.0.0.1:{port}/graphql")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    req
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -460,7 +460,7 @@ pub async fn run(ctx: &Ctx) {
     let five_minutes = measure_metrics(
         &store,
         &api,
-        "metrics 5m over 6 hours (raw rows)",
+        "metrics 5m over 6 hours, from raw rows",
         None,
         "5m",
         |i| {
