@@ -70,6 +70,10 @@ impl BrokerConfig {
                 "{prefix}.password is required while {prefix}.enabled (the dynamic-security admin account)"
             ));
         }
+        p.extend(iot_runtime::config::placeholder_problem(
+            &format!("{prefix}.password"),
+            &self.password,
+        ));
         if self.device_topics.is_empty()
             || self
                 .device_topics

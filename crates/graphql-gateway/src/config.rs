@@ -86,6 +86,8 @@ pub struct Limits {
     pub max_readings: u32,
     /// Longest `[startTime, endTime)` of a telemetry query, in days.
     pub max_range_days: u32,
+    /// Schema introspection (`__schema`), off unless set (always on in
+    /// `dev_mode`, where GraphiQL needs it).
     pub introspection: bool,
     pub max_body_bytes: usize,
     /// Per-caller token bucket: sustained requests per second and burst.
@@ -121,7 +123,7 @@ impl Default for Limits {
             max_page: 1000,
             max_readings: 10_000,
             max_range_days: 400,
-            introspection: true,
+            introspection: false,
             max_body_bytes: 64 * 1024,
             rate_per_sec: 50.0,
             rate_burst: 200.0,
@@ -151,6 +153,57 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: Limits::default(),
         }
+    }
+}
+
+/// SHA-256 of the local development key (`local-dev-api-key`), which the
+/// repository publishes: accepted only in `dev_mode`.
+pub const LOCAL_DEV_KEY_SHA256: &str =
+    "2bcd99491790f5324dd084241b713b576a92b12c497f3b553230d49cc72e15c2";
+
+/// The shortest HS256 secret accepted outside `dev_mode` (RFC 7518: a key
+/// as long as the hash output).
+pub const MIN_HS256_BYTES: usize = 32;
+
+impl Config {
+    /// What a production gateway must not run with: the published
+    /// development key, a placeholder or short JWT secret, or JWTs whose
+    /// audience is not checked (a token issued for another service would
+    /// pass). `dev_mode` lifts these checks, for trying the API locally.
+    fn weak_secrets(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for k in &self.auth.api_keys {
+            if k.sha256.eq_ignore_ascii_case(LOCAL_DEV_KEY_SHA256) {
+                p.push(format!(
+                    "auth.api_keys {:?}: the local development key, published with the code, \
+                     is refused outside dev_mode: make a key of your own",
+                    k.name
+                ));
+            }
+        }
+        if let Some(j) = &self.auth.jwt {
+            if let Some(secret) = &j.hs256_secret {
+                if let Some(placeholder) =
+                    iot_runtime::config::placeholder_problem("auth.jwt.hs256_secret", secret)
+                {
+                    p.push(placeholder);
+                } else if secret.len() < MIN_HS256_BYTES {
+                    p.push(format!(
+                        "auth.jwt.hs256_secret has {} bytes, fewer than {MIN_HS256_BYTES} \
+                         (outside dev_mode)",
+                        secret.len()
+                    ));
+                }
+            }
+            if j.audience.is_none() {
+                p.push(
+                    "auth.jwt.audience is required outside dev_mode: without it a token issued \
+                     for another service would pass"
+                        .into(),
+                );
+            }
+        }
+        p
     }
 }
 
@@ -186,6 +239,9 @@ impl iot_runtime::Validate for Config {
         {
             p.push("auth.jwt: set hs256_secret or rs256_public_key_pem".into());
         }
+        if !self.dev_mode {
+            p.extend(self.weak_secrets());
+        }
         let l = &self.limits;
         if l.rate_per_sec <= 0.0 || l.rate_burst < 1.0 {
             p.push("limits: rate_per_sec must be > 0 and rate_burst >= 1".into());
@@ -214,3 +270,57 @@ impl iot_runtime::ServiceConfig for Config {
 }
 
 iot_runtime::service_config_tests!(super::Config, "graphql-gateway.toml", 9105);
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+    use iot_runtime::Validate as _;
+
+    fn with_jwt(secret: &str, audience: Option<&str>) -> Config {
+        Config {
+            auth: AuthConfig {
+                api_keys: Vec::new(),
+                jwt: Some(JwtConfig {
+                    hs256_secret: Some(secret.into()),
+                    audience: audience.map(Into::into),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_outside_dev_mode_only() {
+        let strong = "0123456789abcdef0123456789abcdef";
+        let cases = [
+            (
+                with_jwt("change-me-jwt-secret-change-me-please", Some("iot")),
+                "placeholder",
+            ),
+            (with_jwt("short", Some("iot")), "fewer than 32"),
+            (with_jwt(strong, None), "audience is required"),
+            (
+                Config {
+                    auth: AuthConfig {
+                        api_keys: vec![ApiKey {
+                            name: "dev".into(),
+                            sha256: LOCAL_DEV_KEY_SHA256.into(),
+                            owner: "*".into(),
+                        }],
+                        jwt: None,
+                    },
+                    ..Default::default()
+                },
+                "local development key",
+            ),
+        ];
+        for (mut config, why) in cases {
+            let p = config.problems();
+            assert!(p.iter().any(|m| m.contains(why)), "{why}: {p:?}");
+            config.dev_mode = true;
+            assert!(config.problems().is_empty(), "{why} in dev_mode");
+        }
+        assert!(with_jwt(strong, Some("iot")).problems().is_empty());
+    }
+}

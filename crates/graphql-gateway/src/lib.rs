@@ -52,6 +52,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             known: Default::default(),
         },
         limiter.clone(),
+        config.dev_mode,
     );
     // Callers idle long enough to have full buckets are forgotten, so the
     // limiter holds only recent callers.

@@ -212,8 +212,19 @@ pub async fn service_pool(
 /// `Validate`.
 pub fn settings_problems(database_url: &str, pool_size: usize) -> Vec<String> {
     let mut p = Vec::new();
-    if let Err(e) = crate::tls::parse(database_url) {
-        p.push(format!("database_url: {e}"));
+    match crate::tls::parse(database_url) {
+        Err(e) => p.push(format!("database_url: {e}")),
+        Ok((config, _, _)) => {
+            if config
+                .get_password()
+                .is_some_and(|pw| pw.starts_with(b"change-me"))
+            {
+                p.push(
+                    "database_url: the password is a placeholder (change-me...): set one of your own"
+                        .into(),
+                );
+            }
+        }
     }
     if pool_size == 0 {
         p.push("pool_size must be at least 1".into());

@@ -92,6 +92,15 @@ where
     }
 }
 
+/// A problem when `secret` (the setting `name`) is a known placeholder
+/// (`change-me...`, as example files ship them): services refuse to start
+/// with one rather than run with a secret everyone knows.
+pub fn placeholder_problem(name: &str, secret: &str) -> Option<String> {
+    secret
+        .starts_with("change-me")
+        .then(|| format!("{name} is a placeholder (change-me...): set a secret of your own"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,6 +177,12 @@ impl LimitsConfig {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
+        if let Some(pw) = &self.mqtt.password {
+            p.extend(iot_runtime::config::placeholder_problem(
+                "mqtt.password",
+                pw,
+            ));
+        }
         if self.mqtt.host.is_empty() {
             p.push("mqtt.host is empty".into());
         }

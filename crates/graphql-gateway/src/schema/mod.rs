@@ -46,7 +46,11 @@ pub struct Shared {
 
 /// The schema; operations' costs are charged to the callers' buckets in
 /// `limiter`.
-pub fn build(shared: Shared, limiter: std::sync::Arc<crate::http::RateLimiter>) -> ApiSchema {
+pub fn build(
+    shared: Shared,
+    limiter: std::sync::Arc<crate::http::RateLimiter>,
+    dev_mode: bool,
+) -> ApiSchema {
     let limits = shared.limits.clone();
     let mut b = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(shared)
@@ -65,7 +69,7 @@ pub fn build(shared: Shared, limiter: std::sync::Arc<crate::http::RateLimiter>) 
             cost_per_token: limits.cost_per_token,
         })
         .extension(crate::ws::WsRateLimit);
-    if !limits.introspection {
+    if !(limits.introspection || dev_mode) {
         b = b.disable_introspection();
     }
     b.finish()

@@ -22,6 +22,9 @@ pub fn sha256(s: &str) -> String {
         .collect()
 }
 
+/// The audience of the tests' tokens.
+pub const AUDIENCE: &str = "iot-platform-test";
+
 /// Two owners with an API key each, and a JWT secret.
 pub struct Tenants {
     pub a: uuid::Uuid,
@@ -34,7 +37,8 @@ impl Tenants {
         Self {
             a: uuid::Uuid::new_v4(),
             b: uuid::Uuid::new_v4(),
-            secret: format!("secret-{}", kit::unique()),
+            // At least 32 bytes: the gateway refuses shorter ones.
+            secret: format!("secret-{}-{}", kit::unique(), uuid::Uuid::new_v4().simple()),
         }
     }
 
@@ -53,6 +57,7 @@ impl Tenants {
         ];
         c.auth.jwt = Some(graphql_gateway::JwtConfig {
             hs256_secret: Some(self.secret.clone()),
+            audience: Some(AUDIENCE.into()),
             ..Default::default()
         });
     }
@@ -68,6 +73,7 @@ impl Tenants {
             "sub": sub,
             "owner": self.a.to_string(),
             "exp": (Utc::now() + valid).timestamp(),
+            "aud": AUDIENCE,
         });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
