@@ -291,20 +291,8 @@ pub async fn admin_metrics(port: u16) -> String {
 /// every label of `labels` (e.g. `method="GetDevice",code="OK"`; empty:
 /// any), in whatever order the series lists its labels.
 pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
-    let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name).is_some_and(|rest| {
-                if let Some(r) = rest.strip_prefix('{') {
-                    let set = &r[..r.find('}').unwrap_or(r.len())];
-                    let have: Vec<&str> = set.split(',').collect();
-                    wanted.iter().all(|w| have.contains(w))
-                } else {
-                    rest.starts_with(' ') && wanted.is_empty()
-                }
-            })
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    iot_telemetry::samples(text, &format!("{name}{{{labels}}}"))
+        .iter()
         .sum()
 }
 

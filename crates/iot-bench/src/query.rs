@@ -270,18 +270,7 @@ where
     let (d, g) = (stats(d), stats(g));
     let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
     let absolute = target_p95_ms.map_or(String::new(), |t| format!("≤ {t}: {}", met(g.p95 <= t)));
-    println!(
-        "{name:<34} {items:>5} items | direct p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} | gRPC p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} ms | gRPC/direct p50 {:.2}x p95 {:.2}x | target p95 {absolute}",
-        d.p50,
-        d.p95,
-        d.p99,
-        g.p50,
-        g.p95,
-        g.p99,
-        g.p50 / d.p50,
-        g.p95 / d.p95,
-    );
-    format!(
+    let row = format!(
         "| {name} ({items} items) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2}×, {:.2}× | {absolute} | {} |",
         d.p50,
         d.p95,
@@ -292,7 +281,9 @@ where
         g.p50 / d.p50,
         g.p95 / d.p95,
         met(g.p95 <= RATIO_TARGET * d.p95),
-    )
+    );
+    println!("{row}");
+    row
 }
 
 /// Through gRPC at p95, at most this many times the direct query.

@@ -37,6 +37,31 @@ pub fn service_registry(service: &str) -> prometheus::Result<Registry> {
     Ok(registry)
 }
 
+/// The values of the samples of `series` in Prometheus text `text`:
+/// `series` is a metric name, optionally with some of its labels
+/// (`iot_gateway_readings_rejected_total{reason="x"}`); labels it does not
+/// name (every series has `service`) may be anything, in any order. For
+/// tests and benchmarks that read a service's `/metrics`.
+pub fn samples(text: &str, series: &str) -> Vec<f64> {
+    let (name, wanted) = match series.split_once('{') {
+        Some((n, l)) => (n, l.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = wanted.split(',').filter(|l| !l.is_empty()).collect();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let have: Vec<&str> = labels.split(',').collect();
+            wanted.iter().all(|w| have.contains(w)).then_some(value)
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .collect()
+}
+
 /// Installs the global tracing subscriber. `RUST_LOG` filters; `LOG_FORMAT=json`
 /// switches to JSON lines; the standard `OTEL_*` variables turn on trace
 /// export (`trace`). Calling it twice is harmless (tests do).

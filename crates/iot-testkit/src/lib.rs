@@ -401,24 +401,10 @@ pub async fn dead_letters(
 /// labels not named (every series has `service`) may be anything. `None`
 /// when absent.
 pub async fn metric(admin: std::net::SocketAddr, series: &str) -> Option<u64> {
-    let (name, wanted) = match series.split_once('{') {
-        Some((n, l)) => (n, l.trim_end_matches('}')),
-        None => (series, ""),
-    };
-    let wanted: Vec<&str> = wanted.split(',').filter(|l| !l.is_empty()).collect();
     let body = http_get(admin, "/metrics").await;
-    body.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(labelled) => labelled.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            let have: Vec<&str> = labels.split(',').collect();
-            wanted.iter().all(|w| have.contains(w)).then_some(value)
-        })
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    iot_telemetry::samples(&body, series)
+        .first()
+        .map(|v| *v as u64)
 }
 
 /// Rows stored for one device.

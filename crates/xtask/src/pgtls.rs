@@ -110,6 +110,10 @@ pub fn ensure(admin_url: &str) -> Result<()> {
     }
     let cert = dir.join("server.pem");
     let key = dir.join("server.key");
+    // A server this set-up reuses may have come without its client.
+    if !proc::have("psql") {
+        crate::stack::apt_install(&["postgresql-client"])?;
+    }
     let sql = |q: &str| {
         Command::new("psql")
             .arg(admin_url)
