@@ -58,7 +58,7 @@ impl From<AlertError> for Status {
             AlertError::NotFound(_) => Status::not_found(e.to_string()),
             AlertError::RuleExists(_) => Status::already_exists(e.to_string()),
             AlertError::QuotaExceeded { quota, limit } => {
-                quota_exceeded(quota, *limit, e.to_string())
+                iot_proto::quota_exceeded(quota, *limit, e.to_string())
             }
             AlertError::Pool(p) => iot_runtime::status::pool_failed(p),
             AlertError::Db(q) => iot_runtime::status::query_failed(q),
@@ -68,19 +68,6 @@ impl From<AlertError> for Status {
             }
         }
     }
-}
-
-/// RESOURCE_EXHAUSTED naming the quota in its message and, for callers
-/// that act on it (graphql-gateway's `QUOTA_EXCEEDED`), in the trailers
-/// `iot-quota` (its setting under `limits`) and `iot-quota-limit`.
-fn quota_exceeded(quota: &'static str, limit: u32, message: String) -> Status {
-    let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(
-        "iot-quota",
-        tonic::metadata::MetadataValue::from_static(quota),
-    );
-    md.insert("iot-quota-limit", limit.into());
-    Status::with_metadata(tonic::Code::ResourceExhausted, message, md)
 }
 
 #[cfg(test)]

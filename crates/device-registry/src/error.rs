@@ -28,19 +28,6 @@ pub enum RegistryError {
     Start(#[from] StartError),
 }
 
-/// RESOURCE_EXHAUSTED naming the quota in its message and, for callers
-/// that act on it (graphql-gateway's `QUOTA_EXCEEDED`), in the trailers
-/// `iot-quota` (its setting under `limits`) and `iot-quota-limit`.
-fn quota_exceeded(quota: &'static str, limit: u32, message: String) -> tonic::Status {
-    let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(
-        "iot-quota",
-        tonic::metadata::MetadataValue::from_static(quota),
-    );
-    md.insert("iot-quota-limit", limit.into());
-    tonic::Status::with_metadata(tonic::Code::ResourceExhausted, message, md)
-}
-
 /// Why device-registry could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,7 +48,7 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
             RegistryError::QuotaExceeded { quota, limit } => {
-                quota_exceeded(quota, *limit, e.to_string())
+                iot_proto::quota_exceeded(quota, *limit, e.to_string())
             }
             RegistryError::Pool(p) => iot_runtime::status::pool_failed(p),
             RegistryError::Db(q) => iot_runtime::status::query_failed(q),

@@ -205,11 +205,6 @@ impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
     }
 }
 
-/// The trailer naming the quota a RESOURCE_EXHAUSTED answer is about (its
-/// setting under the backend's `limits`), and the one with its value.
-const QUOTA: &str = "iot-quota";
-const QUOTA_LIMIT: &str = "iot-quota-limit";
-
 /// A backend's answer as a GraphQL error: its message, and a code clients
 /// can act on in `extensions.code`.
 pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
@@ -221,7 +216,7 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
         Code::FailedPrecondition => ("FAILED_PRECONDITION", s.message().to_owned()),
         // An owner's quota (devices, alert rules, webhooks): retrying will
         // not help; deleting some, or a higher limit, will.
-        Code::ResourceExhausted if s.metadata().contains_key(QUOTA) => {
+        Code::ResourceExhausted if s.metadata().contains_key(iot_proto::QUOTA_METADATA) => {
             ("QUOTA_EXCEEDED", s.message().to_owned())
         }
         // The backend is busy for this caller now (its queries or the
@@ -242,8 +237,10 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
     let quota = (code == "QUOTA_EXCEEDED").then(|| {
         let text = |key| s.metadata().get(key).and_then(|v| v.to_str().ok());
         (
-            text(QUOTA).unwrap_or_default().to_owned(),
-            text(QUOTA_LIMIT).and_then(|v| v.parse::<u64>().ok()),
+            text(iot_proto::QUOTA_METADATA)
+                .unwrap_or_default()
+                .to_owned(),
+            text(iot_proto::QUOTA_LIMIT_METADATA).and_then(|v| v.parse::<u64>().ok()),
         )
     });
     async_graphql::Error::new(message).extend_with(|_, e| {
@@ -324,8 +321,11 @@ mod tests {
     #[test]
     fn a_quota_is_quota_exceeded_naming_the_quota_and_its_limit() {
         let mut md = tonic::metadata::MetadataMap::new();
-        md.insert(QUOTA, "rules_per_owner".parse().unwrap());
-        md.insert(QUOTA_LIMIT, "1000".parse().unwrap());
+        md.insert(
+            iot_proto::QUOTA_METADATA,
+            "rules_per_owner".parse().unwrap(),
+        );
+        md.insert(iot_proto::QUOTA_LIMIT_METADATA, "1000".parse().unwrap());
         let s = tonic::Status::with_metadata(
             tonic::Code::ResourceExhausted,
             "quota exceeded: limits.rules_per_owner is 1000",

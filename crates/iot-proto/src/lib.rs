@@ -250,6 +250,24 @@ mod tests {
     }
 }
 
+/// The trailers of a quota refusal: the quota's setting (under `limits`)
+/// and its value.
+pub const QUOTA_METADATA: &str = "iot-quota";
+pub const QUOTA_LIMIT_METADATA: &str = "iot-quota-limit";
+
+/// RESOURCE_EXHAUSTED naming the quota in its `message` and, for callers
+/// that act on it (graphql-gateway's `QUOTA_EXCEEDED`), in the trailers
+/// [`QUOTA_METADATA`] and [`QUOTA_LIMIT_METADATA`].
+pub fn quota_exceeded(quota: &'static str, limit: u32, message: String) -> tonic::Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        QUOTA_METADATA,
+        tonic::metadata::MetadataValue::from_static(quota),
+    );
+    md.insert(QUOTA_LIMIT_METADATA, limit.into());
+    tonic::Status::with_metadata(tonic::Code::ResourceExhausted, message, md)
+}
+
 /// An INVALID_ARGUMENT status for `problems`, each `"field: what is wrong"`
 /// (a problem without a field prefix names no field): the message lists
 /// them all, and a `google.rpc.BadRequest` detail carries one field
