@@ -117,7 +117,8 @@ type OpenKey = (Uuid, String, &'static str);
 /// Raises an alert, or counts it again if open; returns it only when it
 /// was raised now (that is the change subscribers hear of). Parameters:
 /// device, alert type, severity, sensor, message, value, threshold, time,
-/// rule (NULL for the built-in conditions).
+/// rule (NULL for the built-in conditions). Nothing is raised for a rule
+/// that no longer exists.
 fn raise_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
@@ -125,7 +126,13 @@ fn raise_sql() -> &'static str {
                 INSERT INTO device_alerts
                     (device_id, alert_type, severity, sensor_name, message, value, threshold,
                      created_at, last_seen_at, owner_id, rule_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, (SELECT owner_id FROM device_owners WHERE device_id = $1), $9)
+                SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::numeric, $7::numeric,
+                       $8::timestamptz, $8::timestamptz,
+                       (SELECT owner_id FROM device_owners WHERE device_id = $1), $9::uuid
+                -- A rule deleted meanwhile raises nothing (its deletion, in
+                -- progress, is waited for: see AlertsService::delete_rule).
+                WHERE $9::uuid IS NULL
+                   OR EXISTS (SELECT 1 FROM alert_rules WHERE id = $9 FOR KEY SHARE)
                 ON CONFLICT (device_id, COALESCE(sensor_name, ''), alert_type) WHERE resolved_at IS NULL
                 DO UPDATE SET occurrences = device_alerts.occurrences + 1,
                               value = excluded.value,

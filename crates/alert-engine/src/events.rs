@@ -32,6 +32,18 @@ pub async fn change(
 ) -> Result<Vec<v1::Alert>, AlertError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let alerts = change_in(&tx, kind, sql, params).await?;
+    tx.commit().await?;
+    Ok(alerts)
+}
+
+/// [`change`] inside the caller's transaction `tx`.
+pub async fn change_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    kind: &str,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<v1::Alert>, AlertError> {
     let stmt = tx.prepare_cached(sql).await?;
     let alerts: Vec<v1::Alert> = tx
         .query(&stmt, params)
@@ -49,7 +61,6 @@ pub async fn change(
         tx.execute(&record, &[&id, &device, &kind, &a.encode_to_vec()])
             .await?;
     }
-    tx.commit().await?;
     Ok(alerts)
 }
 

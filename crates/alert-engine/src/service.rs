@@ -589,19 +589,36 @@ impl Alerts for AlertsService {
     ) -> Result<Response<v1::DeleteRuleResponse>, Status> {
         let scope = iot_proto::scope_of(&request)?;
         let id = request.into_inner().id;
-        // Its open alerts are resolved first (with their events): no rule
-        // is left to clear them.
-        if let Ok(rule) = Uuid::parse_str(&id) {
-            let sql = format!(
-                "UPDATE device_alerts SET resolved_at = now()
-                 WHERE rule_id = $1 AND resolved_at IS NULL
-                   AND EXISTS (SELECT 1 FROM alert_rules
-                               WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2))
-                 RETURNING {COLUMNS}"
-            );
-            events::change(&self.pool, "resolved", &sql, &[&rule, &scope]).await?;
+        let mut p = Vec::new();
+        let rule = parse_id("id", &id, &mut p);
+        invalid(p)?;
+        // In one transaction: the rule is locked first, so a reading
+        // raising its alert now either finished (and its alert is resolved
+        // here) or waits and then raises nothing (the rule is gone); its
+        // open alerts are resolved with their events (no rule is left to
+        // clear them); then it goes.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(AlertError::from)?;
+        let found = tx
+            .query_opt(
+                "SELECT 1 FROM alert_rules WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2) FOR UPDATE",
+                &[&rule, &scope],
+            )
+            .await
+            .map_err(AlertError::from)?;
+        if found.is_none() {
+            return Err(AlertError::NotFound(format!("rule {id}")).into());
         }
-        self.delete_owned("alert_rules", "rule", &id, scope).await?;
+        let sql = format!(
+            "UPDATE device_alerts SET resolved_at = now()
+             WHERE rule_id = $1 AND resolved_at IS NULL
+             RETURNING {COLUMNS}"
+        );
+        events::change_in(&tx, "resolved", &sql, &[&rule]).await?;
+        tx.execute("DELETE FROM alert_rules WHERE id = $1", &[&rule])
+            .await
+            .map_err(AlertError::from)?;
+        tx.commit().await.map_err(AlertError::from)?;
         Ok(Response::new(v1::DeleteRuleResponse {}))
     }
 
