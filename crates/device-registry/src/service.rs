@@ -17,6 +17,16 @@ use crate::{Limits, RegistryError};
 /// The most items one listing call returns.
 pub(crate) const MAX_LIST: u32 = 1000;
 
+/// The longest username (`device_credentials.username`) and password
+/// `VerifyDeviceCredentials` takes; issued passwords have 43 characters.
+const MAX_USERNAME: usize = 100;
+const MAX_PASSWORD: usize = 256;
+
+/// A stored hash no password is known to match, compared against when the
+/// username is unknown.
+static UNKNOWN_USER_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| broker::hash_password(&broker::new_password()));
+
 #[derive(Clone)]
 pub struct RegistryService {
     pool: Pool,
@@ -451,7 +461,7 @@ impl DeviceRegistry for RegistryService {
         let tx = client.transaction().await.map_err(RegistryError::from)?;
         let had_account = store::revoke_credentials(&tx, id).await?;
         let credentials = self
-            .issue(tx, id, &device.device_id, !had_account, None)
+            .issue(tx, id, &device.device_id, !had_account, Some("credentials"))
             .await?
             .ok_or_else(|| Status::internal("no credentials issued"))?;
         tracing::info!(device_id = %device.device_id, "device credentials rotated");
@@ -472,10 +482,76 @@ impl DeviceRegistry for RegistryService {
             .delete_account(&device.device_id)
             .await
             .map_err(RegistryError::from)?;
+        // Caches of verified credentials (the gateway's HTTP door) drop
+        // them when this commits.
+        store::record_change(&tx, id, &device.device_id, "credentials").await?;
         tx.commit().await.map_err(RegistryError::from)?;
         tracing::info!(device_id = %device.device_id, "device credentials revoked");
         Ok(Response::new(v1::RevokeCredentialsResponse {}))
     }
+
+    async fn verify_device_credentials(
+        &self,
+        request: Request<v1::VerifyDeviceCredentialsRequest>,
+    ) -> Result<Response<v1::VerifyDeviceCredentialsResponse>, Status> {
+        if scope(&request)?.is_some() {
+            return Err(Status::permission_denied(
+                "VerifyDeviceCredentials is for platform services",
+            ));
+        }
+        let req = request.into_inner();
+        let mut p = Vec::new();
+        check_len(&mut p, "username", &req.username, MAX_USERNAME, true);
+        check_len(&mut p, "password", &req.password, MAX_PASSWORD, true);
+        if !p.is_empty() {
+            return Err(RegistryError::Invalid(p).into());
+        }
+        let stored = store::credentials_of(&self.pool, &req.username).await?;
+        // An unknown username costs a hash as a known one does, so that the
+        // time taken does not tell which usernames exist.
+        let hash = stored
+            .as_ref()
+            .map_or(UNKNOWN_USER_HASH.as_str(), |c| &c.password_hash);
+        let matches = password_matches(&req.password, hash);
+        Ok(Response::new(match stored {
+            Some(c) if matches => v1::VerifyDeviceCredentialsResponse {
+                ok: true,
+                device_uuid: c.device.to_string(),
+                device_id: c.device_id,
+            },
+            _ => v1::VerifyDeviceCredentialsResponse::default(),
+        }))
+    }
+}
+
+/// Whether `password` is the one `stored` (a `broker::hash_password`
+/// value, `sha256$salt$digest`) was made of; the digests are compared in
+/// constant time.
+fn password_matches(password: &str, stored: &str) -> bool {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut parts = stored.split('$');
+    let (Some("sha256"), Some(salt), Some(digest), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Ok(salt), Ok(digest)) = (b64.decode(salt), b64.decode(digest)) else {
+        return false;
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(&salt);
+    h.update(password.as_bytes());
+    constant_time_eq(h.finalize().as_slice(), &digest)
+}
+
+/// `a == b`, in a time that does not depend on where they differ (their
+/// lengths are no secret: a digest's). A few lines, where `subtle` would
+/// be one more dependency.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && std::hint::black_box(diff) == 0
 }
 
 /// Streams changes after `from` to one watcher until it goes away (see
@@ -522,5 +598,36 @@ async fn watch(
         () = gone.closed() => {}
         () = shutdown.cancelled() => {}
         () = tail => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_issued_password_matches_its_hash() {
+        let password = broker::new_password();
+        let stored = broker::hash_password(&password);
+        assert!(password_matches(&password, &stored));
+        assert!(!password_matches(&broker::new_password(), &stored));
+        assert!(!password_matches("", &stored));
+        // Stored values of another form, or damaged, match nothing.
+        assert!(!password_matches(&password, "sha256$bad"));
+        assert!(!password_matches(&password, &stored[..stored.len() - 2]));
+        assert!(!password_matches(&password, &format!("{stored}$x")));
+        assert!(!password_matches(
+            &password,
+            &stored.replacen("sha256", "md5", 1)
+        ));
+        assert!(!password_matches(&password, &UNKNOWN_USER_HASH));
+    }
+
+    #[test]
+    fn equal_means_same_bytes_and_length() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -12,6 +12,7 @@ const SELECT_DEVICE: &str = include_str!("sql/select_device.sql");
 const INSERT_DEVICE: &str = include_str!("sql/insert_device.sql");
 const INSERT_CONFIG: &str = include_str!("sql/insert_config.sql");
 const UPSERT_CREDENTIALS: &str = include_str!("sql/upsert_credentials.sql");
+const SELECT_CREDENTIALS: &str = include_str!("sql/select_credentials.sql");
 
 /// A validated device to insert.
 pub struct NewDevice {
@@ -126,6 +127,29 @@ pub async fn revoke_credentials(tx: &Transaction<'_>, device: Uuid) -> Result<bo
         )
         .await?;
     Ok(n > 0)
+}
+
+/// A device's current credentials.
+pub struct Credentials {
+    pub device: Uuid,
+    pub device_id: String,
+    /// As `broker::hash_password` makes it.
+    pub password_hash: String,
+}
+
+/// The credentials whose username is `username`, unless revoked.
+pub async fn credentials_of(
+    pool: &Pool,
+    username: &str,
+) -> Result<Option<Credentials>, RegistryError> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(SELECT_CREDENTIALS).await?;
+    let row = client.query_opt(&stmt, &[&username]).await?;
+    Ok(row.map(|r| Credentials {
+        device: r.get(0),
+        device_id: r.get(1),
+        password_hash: r.get(2),
+    }))
 }
 
 /// Finds a device by platform UUID or by external device_id, within

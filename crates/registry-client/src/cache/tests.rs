@@ -167,6 +167,13 @@ impl DeviceRegistry for Fake {
     ) -> Result<Response<v1::RevokeCredentialsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn verify_device_credentials(
+        &self,
+        _: Request<v1::VerifyDeviceCredentialsRequest>,
+    ) -> Result<Response<v1::VerifyDeviceCredentialsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// What the tests map a device to.
