@@ -24,6 +24,8 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// HTTP door: `POST /v1/devices/{device}/readings`.
     pub http_addr: SocketAddr,
+    /// How the HTTP door keeps device authentications (`[http_auth]`).
+    pub http_auth: crate::HttpAuthConfig,
     /// gRPC door (`iot.v1.Ingest`) and `grpc.health.v1`.
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -116,6 +118,7 @@ impl Default for Config {
             max_in_flight: 512,
             drain_timeout_secs: 20,
             http_addr: ([127, 0, 0, 1], 8088).into(),
+            http_auth: crate::HttpAuthConfig::default(),
             grpc_addr: ([127, 0, 0, 1], 50054).into(),
             admin_addr: ([127, 0, 0, 1], 9104).into(),
             activity_flush_secs: 5,
@@ -177,6 +180,7 @@ impl LimitsConfig {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
+        p.extend(self.http_auth.problems("http_auth"));
         if let Some(pw) = &self.mqtt.password {
             p.extend(iot_runtime::config::placeholder_problem(
                 "mqtt.password",

@@ -161,9 +161,23 @@ impl Directory {
     }
 
     /// Follows the registry's device changes and drops changed devices from
-    /// the cache, until `shutdown`.
-    pub async fn follow_changes(&self, shutdown: iot_runtime::CancellationToken) {
-        self.devices.follow_changes(shutdown).await;
+    /// the cache, until `shutdown`; `also` sees each change after the cache
+    /// has applied it (one stream for every cache of the gateway).
+    pub async fn follow_changes(
+        &self,
+        shutdown: iot_runtime::CancellationToken,
+        also: impl Fn(&v1::DeviceChange),
+    ) {
+        let also = &also;
+        registry_client::follow_device_changes(
+            self.client.clone(),
+            shutdown,
+            |change| async move {
+                self.devices.apply(&change).await;
+                also(&change);
+            },
+        )
+        .await;
     }
 
     /// Looks a device up by external id or UUID. `Ok(None)`: not registered.

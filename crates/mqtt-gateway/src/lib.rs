@@ -7,6 +7,7 @@
 
 mod broker_check;
 mod config;
+mod device_auth;
 pub mod directory;
 mod error;
 mod grpc;
@@ -25,6 +26,7 @@ use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use config::{Config, LimitsConfig, MqttConfig, Split};
+pub use device_auth::HttpAuthConfig;
 pub use error::GatewayError;
 
 pub const SERVICE: &str = "mqtt-gateway";
@@ -46,12 +48,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
     // Its registry calls counted and timed by method.
     let calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;
+    let registry = registry_client::measured_admin_client(&config.registry_url, &calls)?;
     let directory = directory::Directory::with_client(
-        registry_client::measured_admin_client(&config.registry_url, &calls)?,
+        registry.clone(),
         Duration::from_secs(config.device_cache_ttl_secs),
         Duration::from_secs(config.unknown_device_ttl_secs),
     );
     directory.register_metrics(&skeleton.registry)?;
+    let auth = Arc::new(device_auth::DeviceAuth::new(
+        registry,
+        &config.http_auth,
+        metrics.clone(),
+    ));
     let pipeline = Arc::new(pipeline::Pipeline {
         directory,
         producer: producer.clone(),
@@ -72,7 +80,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let http_addr = skeleton
         .serve_http(
             config.http_addr,
-            http::router(pipeline.clone(), config.mqtt.max_packet_bytes),
+            http::router(pipeline.clone(), auth.clone(), config.mqtt.max_packet_bytes),
         )
         .await?;
     let ingest = IngestServer::new(grpc::IngestService::new(pipeline.clone()));
@@ -80,9 +88,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .serve_grpc(config.grpc_addr, Routes::new(ingest), &["iot.v1.Ingest"])
         .await?;
     {
-        // Cache entries of changed devices go at once, not at their TTL.
+        // Cache entries of changed devices, and their verified HTTP
+        // credentials, go at once, not at their TTL.
         let (p, stop) = (pipeline.clone(), shutdown.clone());
-        tokio::spawn(async move { p.directory.follow_changes(stop).await });
+        tokio::spawn(async move {
+            p.directory
+                .follow_changes(stop, |change| auth.apply(change))
+                .await;
+        });
         // Heartbeats and first-seen sensors, coalesced.
         let (p, stop) = (pipeline.clone(), shutdown.clone());
         let every = Duration::from_secs(config.activity_flush_secs);

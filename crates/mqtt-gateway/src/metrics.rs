@@ -3,11 +3,15 @@
 use iot_domain::RejectReason;
 use iot_telemetry::prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::device_auth::Refusal;
+
 #[derive(Clone)]
 pub struct Metrics {
     accepted: IntCounterVec,
     rejected: IntCounterVec,
     retries: IntCounterVec,
+    http_auth_refusals: IntCounterVec,
+    http_auth_verifications: IntCounterVec,
     pub in_flight: IntGauge,
     pub mqtt_acks: IntCounter,
     pub mqtt_others: IntCounter,
@@ -38,6 +42,30 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let http_auth_refusals = IntCounterVec::new(
+            Opts::new(
+                "iot_gateway_http_auth_refusals_total",
+                "HTTP door requests refused before their readings were read, by reason \
+                 (missing, malformed or wrong credentials, another device's path, \
+                 verifications at their limit, registry unavailable)",
+            ),
+            &["reason"],
+        )?;
+        let http_auth_verifications = IntCounterVec::new(
+            Opts::new(
+                "iot_gateway_http_auth_verifications_total",
+                "HTTP door credentials device-registry verified (not answered from the cache), by result",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(http_auth_refusals.clone()))?;
+        registry.register(Box::new(http_auth_verifications.clone()))?;
+        for r in Refusal::REASONS {
+            http_auth_refusals.with_label_values(&[r]);
+        }
+        for r in ["valid", "invalid"] {
+            http_auth_verifications.with_label_values(&[r]);
+        }
         let in_flight = IntGauge::new(
             "iot_gateway_mqtt_in_flight_messages",
             "MQTT messages received and not yet acknowledged (waiting for Kafka)",
@@ -73,6 +101,8 @@ impl Metrics {
             accepted,
             rejected,
             retries,
+            http_auth_refusals,
+            http_auth_verifications,
             in_flight,
             mqtt_acks,
             mqtt_others,
@@ -89,6 +119,23 @@ impl Metrics {
         tracing::info!(origin, reason = %rejection.reason, detail = %rejection.detail, "message rejected");
         self.rejected
             .with_label_values(&[rejection.reason.code()])
+            .inc();
+    }
+
+    /// Logged at debug: a client guessing passwords would flood the log;
+    /// the count shows it.
+    pub fn http_auth_refused(&self, path: &str, refusal: &Refusal) {
+        tracing::debug!(path, reason = refusal.reason(), detail = ?refusal, "HTTP request refused");
+        self.http_auth_refusals
+            .with_label_values(&[refusal.reason()])
+            .inc();
+    }
+
+    /// A verification device-registry answered: `valid` or not.
+    pub fn http_auth_verified(&self, valid: bool) {
+        let result = if valid { "valid" } else { "invalid" };
+        self.http_auth_verifications
+            .with_label_values(&[result])
             .inc();
     }
 
