@@ -15,6 +15,8 @@ For every rendered file:
   graphql-gateway's readiness does not wait on its backends;
 - no workload an HPA or ScaledObject scales sets `replicas`;
 - the migration Job is a pre-install/pre-upgrade hook with a TTL;
+- a cert-manager Certificate (grpcTls) names, as commonName, the service
+  that mounts its Secret, and that service's Service among its dnsNames;
 - ServiceMonitor, PrometheusRule and the dashboard ConfigMaps are there
   when monitoring is on and absent when it is off;
 - rules, dashboards and compose's prometheus.yml use the shared metric
@@ -36,6 +38,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 ALERTS = {
@@ -157,6 +160,37 @@ def crd_problems(doc, by_kind):
             ref = (t.get("authenticationRef") or {}).get("name")
             if ref is not None and ref not in auths:
                 p.append(f"{where}: authenticationRef {ref!r} is not rendered")
+    elif kind == "Certificate":
+        # gRPC mTLS (grpcTls.certManager): the common name is the identity
+        # of the service whose pods mount the Secret, the DNS names include
+        # the Service name the others dial, both ends of a link use it.
+        secret = spec.get("secretName")
+        if not secret:
+            p.append(f"{where}: no secretName")
+        if not (spec.get("issuerRef") or {}).get("name"):
+            p.append(f"{where}: no issuerRef.name")
+        if missing := {"server auth", "client auth"} - set(spec.get("usages") or []):
+            p.append(f"{where}: usages lack {sorted(missing)}")
+        users = [
+            c.get("name")
+            for w in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
+            if any((v.get("secret") or {}).get("secretName") == secret
+                   for v in w["spec"]["template"]["spec"].get("volumes") or [])
+            for c in w["spec"]["template"]["spec"]["containers"]
+        ]
+        if len(users) != 1:
+            p.append(f"{where}: Secret {secret!r} is mounted by {users}, not one service")
+        elif spec.get("commonName") != users[0]:
+            p.append(f"{where}: commonName {spec.get('commonName')!r} is not {users[0]!r}, the service mounting it")
+        services = {
+            s["metadata"]["name"] for s in by_kind.get("Service", [])
+            if (s["metadata"].get("labels") or {}).get("app.kubernetes.io/component") in users
+            and "iot-platform/headless" not in (s["metadata"].get("labels") or {})
+        }
+        dns = set(spec.get("dnsNames") or [])
+        for svc in services:
+            if not any(n == svc or n.startswith(svc + ".") for n in dns):
+                p.append(f"{where}: dnsNames {sorted(dns)} lack Service {svc}")
     elif kind == "TriggerAuthentication":
         refs = spec.get("secretTargetRef") or []
         if not refs:

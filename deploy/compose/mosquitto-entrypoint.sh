@@ -9,6 +9,11 @@ set -eu
 STATE=/mosquitto/data/dynamic-security.json
 : "${MQTT_ADMIN_PASSWORD:?}" "${MQTT_GATEWAY_PASSWORD:?}" "${MQTT_PUBLISHER_PASSWORD:?}"
 rm -f /tmp/provisioned
+# The TLS listener's files (compose secrets, owned by whoever made them),
+# copied for the broker's own user.
+install -d -o mosquitto -g mosquitto -m 700 /mosquitto/tls
+install -o mosquitto -g mosquitto -m 644 /run/secrets/mqtt-server-cert /mosquitto/tls/server.pem
+install -o mosquitto -g mosquitto -m 600 /run/secrets/mqtt-server-key /mosquitto/tls/server.key
 if [ ! -f "$STATE" ]; then
     mosquitto_ctrl dynsec init "$STATE" platform.admin "$MQTT_ADMIN_PASSWORD"
     chown mosquitto:mosquitto "$STATE"

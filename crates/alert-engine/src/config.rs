@@ -19,6 +19,9 @@ pub struct Config {
     /// whose partitions wait until the group gives up on a crashed one.
     pub instance_id: Option<String>,
     pub grpc_addr: SocketAddr,
+    /// mTLS on its gRPC server and on its calls to other services
+    /// (`iot_proto::GrpcTls`); off when unset.
+    pub grpc_tls: iot_proto::GrpcTls,
     pub admin_addr: SocketAddr,
     /// device-registry, for each device's thresholds (and their changes).
     pub registry_url: String,
@@ -99,6 +102,7 @@ impl Default for Config {
             group_id: "alert-engine".into(),
             instance_id: None,
             grpc_addr: ([127, 0, 0, 1], 50053).into(),
+            grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9103).into(),
             registry_url: "http://127.0.0.1:50051".into(),
             offline: OfflineConfig::default(),
@@ -112,6 +116,7 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
+        p.extend(self.grpc_tls.problems());
         p.extend(iot_db::pool::settings_problems(
             &self.database_url,
             self.pool_size,

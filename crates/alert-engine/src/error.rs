@@ -28,7 +28,7 @@ pub enum AlertError {
     #[error("device registry: {0}")]
     Registry(#[source] Box<Status>),
     #[error("device registry client: {0}")]
-    RegistryClient(#[from] tonic::transport::Error),
+    RegistryClient(#[from] iot_proto::TlsError),
     #[error("kafka: {0}")]
     Kafka(#[from] iot_kafka::rdkafka::error::KafkaError),
     #[error("kafka consumer: {0}")]

@@ -27,7 +27,7 @@ pub use config::{Config, Limits, OfflineConfig};
 pub use error::AlertError;
 pub use service::AlertsService;
 
-const SERVICE: &str = "alert-engine";
+pub const SERVICE: &str = "alert-engine";
 
 /// A started alert-engine.
 pub type Running = iot_runtime::Running;
@@ -61,7 +61,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     // A platform service: it reads every owner's device config.
     let registry_calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;
     let devices = Arc::new(engine::Devices::new(
-        registry_client::measured_admin_client(&config.registry_url, &registry_calls)?,
+        registry_client::measured_admin_client(
+            &config.registry_url,
+            &config.grpc_tls,
+            &registry_calls,
+        )?,
     ));
     devices.register_metrics(&skeleton.registry)?;
     {
@@ -96,7 +100,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
     skeleton
-        .serve_grpc(config.grpc_addr, Routes::new(alerts), &["iot.v1.Alerts"])
+        .serve_grpc(
+            config.grpc_addr,
+            &config.grpc_tls,
+            Routes::new(alerts),
+            &["iot.v1.Alerts"],
+        )
         .await?;
     skeleton.ready.set(true);
     let work = engine::run(stream, pool, devices, config.offline, metrics, shutdown);

@@ -58,7 +58,7 @@ impl Served {
     }
 
     async fn client_as(&self, scope: Scope) -> AlertsClient {
-        iot_proto::alerts_client(self.url.clone(), scope)
+        iot_proto::alerts_client(self.url.clone(), scope, &iot_proto::GrpcTls::default())
             .await
             .unwrap()
     }

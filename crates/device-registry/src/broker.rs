@@ -38,6 +38,10 @@ pub struct BrokerConfig {
     pub client_id: String,
     pub device_topics: Vec<String>,
     pub timeout_ms: u64,
+    /// TLS to the broker (`[broker.tls]`: `enabled`, `ca_file`, and
+    /// `cert_file` with `key_file` for a broker that wants a client
+    /// certificate); `port` is then the broker's TLS listener, 8883.
+    pub tls: iot_mqtt::TlsConfig,
 }
 
 impl Default for BrokerConfig {
@@ -55,6 +59,7 @@ impl Default for BrokerConfig {
                 "senml/{device_id}".into(),
             ],
             timeout_ms: 5_000,
+            tls: iot_mqtt::TlsConfig::default(),
         }
     }
 }
@@ -87,6 +92,7 @@ impl BrokerConfig {
         if self.timeout_ms == 0 {
             p.push(format!("{prefix}.timeout_ms must be positive"));
         }
+        p.extend(self.tls.problems(&format!("{prefix}.tls")));
         p
     }
 
@@ -103,6 +109,9 @@ impl BrokerConfig {
 pub enum BrokerError {
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
+    /// The admin session is down, and this is why (the link named).
+    #[error("admin session not connected: {0}")]
+    NotConnected(iot_mqtt::LinkError),
     #[error("broker connection: {0}")]
     Client(#[from] rumqttc::ClientError),
     #[error("broker refused {command}: {error}")]
@@ -110,6 +119,9 @@ pub enum BrokerError {
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<Value>>>>>;
+
+/// Why the admin session is down, while it is.
+type LastError = Arc<Mutex<Option<iot_mqtt::LinkError>>>;
 
 /// The registry's admin session with the broker's dynamic-security plugin.
 #[derive(Clone)]
@@ -119,21 +131,49 @@ pub struct Dynsec {
     /// True while subscribed to the answers: a command sent before that
     /// would have its answer go by unheard.
     subscribed: tokio::sync::watch::Receiver<bool>,
+    /// The session's last connection error, cleared when it connects: a
+    /// call that finds the session down says why.
+    down: LastError,
+    /// Set when the TLS settings cannot be used: the session never starts.
+    unusable: Option<iot_mqtt::LinkError>,
     timeout: Duration,
     config: BrokerConfig,
 }
 
 impl Dynsec {
     /// Connects in the background (and reconnects); calls wait for it.
+    /// A CA or key file that cannot be used leaves the session down for
+    /// good, and every call says so.
     pub fn start(config: &BrokerConfig, shutdown: CancellationToken) -> Self {
+        let link = iot_mqtt::Link::new(&config.host, config.port);
         let mut opts = MqttOptions::new(&config.client_id, &config.host, config.port);
         opts.set_credentials(&config.username, &config.password)
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true);
+        let transport = config.tls.transport();
+        if let Ok(t) = &transport {
+            opts.set_transport(t.clone());
+        }
         let (client, mut events) = AsyncClient::new(opts, 64);
         let pending: Pending = Arc::default();
         let (sub, answers) = (client.clone(), pending.clone());
         let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
+        let down: LastError = Arc::default();
+        let mut dynsec = Self {
+            client,
+            pending,
+            subscribed,
+            down: down.clone(),
+            unusable: None,
+            timeout: Duration::from_millis(config.timeout_ms),
+            config: config.clone(),
+        };
+        if let Err(e) = transport {
+            let e = link.error(&e);
+            tracing::error!(error = %e, "broker admin session cannot start");
+            dynsec.unusable = Some(e);
+            return dynsec;
+        }
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -145,6 +185,7 @@ impl Dynsec {
                         subscribed_tx.send_replace(true);
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        *lock(&down) = None;
                         subscribed_tx.send_replace(false);
                         // A new session each time: subscribe again.
                         if let Err(e) = sub.try_subscribe(RESPONSE, QoS::AtLeastOnce) {
@@ -157,19 +198,15 @@ impl Dynsec {
                     Ok(_) => {}
                     Err(e) => {
                         subscribed_tx.send_replace(false);
+                        let e = link.error(&e);
                         tracing::warn!(error = %e, "broker admin connection lost; retrying");
+                        *lock(&down) = Some(e);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }
         });
-        Self {
-            client,
-            pending,
-            subscribed,
-            timeout: Duration::from_millis(config.timeout_ms),
-            config: config.clone(),
-        }
+        dynsec
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -189,10 +226,17 @@ impl Dynsec {
         let body = json!({ "commands": commands }).to_string();
         let sent = async {
             let mut subscribed = self.subscribed.clone();
+            let not_connected = || match lock(&self.down).clone() {
+                Some(e) => BrokerError::NotConnected(e),
+                None => BrokerError::Timeout(self.timeout),
+            };
+            if let Some(e) = &self.unusable {
+                return Err(BrokerError::NotConnected(e.clone()));
+            }
             tokio::time::timeout(self.timeout, subscribed.wait_for(|s| *s))
                 .await
-                .map_err(|_| BrokerError::Timeout(self.timeout))?
-                .map_err(|_| BrokerError::Timeout(self.timeout))?;
+                .map_err(|_| not_connected())?
+                .map_err(|_| not_connected())?;
             self.client
                 .publish(CONTROL, QoS::AtLeastOnce, false, body)
                 .await?;
@@ -273,8 +317,8 @@ fn role_of(device_id: &str) -> String {
     format!("device:{device_id}")
 }
 
-fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<Value>>>> {
-    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Hands an answer to the call waiting for it.

@@ -13,6 +13,9 @@ pub struct Config {
     pub pool_size: usize,
     /// gRPC API (DeviceRegistry + grpc.health.v1).
     pub grpc_addr: SocketAddr,
+    /// mTLS on its gRPC server and on its calls to other services
+    /// (`iot_proto::GrpcTls`); off when unset.
+    pub grpc_tls: iot_proto::GrpcTls,
     /// `/metrics`, `/healthz`, `/readyz`.
     pub admin_addr: SocketAddr,
     /// The MQTT broker where devices get their accounts.
@@ -63,6 +66,7 @@ impl Default for Config {
             database_url: "postgres://postgres:postgres@127.0.0.1:5432/iot".into(),
             pool_size: 8,
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
+            grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9101).into(),
             broker: BrokerConfig::default(),
             limits: Limits::default(),
@@ -73,6 +77,7 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.broker.problems("broker");
+        p.extend(self.grpc_tls.problems());
         p.extend(self.limits.problems("limits"));
         p.extend(iot_db::pool::settings_problems(
             &self.database_url,

@@ -29,7 +29,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 }
 
 async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let mut skeleton = Skeleton::new("device-registry", shutdown.clone())?;
+    let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
     // Fails fast when the database is unreachable or not migrated (7, its
     // newest migration: the device change log).
     let pool = skeleton
@@ -63,7 +63,12 @@ async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, S
         shutdown.clone(),
     ));
     skeleton
-        .serve_grpc(config.grpc_addr, Routes::new(svc), &[SERVICE_NAME])
+        .serve_grpc(
+            config.grpc_addr,
+            &config.grpc_tls,
+            Routes::new(svc),
+            &[SERVICE_NAME],
+        )
         .await?;
     skeleton.ready.set(true);
     let work = async move {
@@ -74,6 +79,9 @@ async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, S
 }
 
 const SERVICE_NAME: &str = "iot.v1.DeviceRegistry";
+
+/// The service's name: in its logs and metrics, and its gRPC identity.
+pub const SERVICE: &str = "device-registry";
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RegistryError> {

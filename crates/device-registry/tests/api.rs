@@ -277,9 +277,8 @@ async fn a_call_without_a_scope_is_unauthenticated() {
     let r = Registry::start().await;
     let TwoOwners { ad, .. } = TwoOwners::create(&r).await;
     // No scope, no answer.
-    let mut anonymous = v1::device_registry_client::DeviceRegistryClient::connect(r.url())
-        .await
-        .unwrap();
+    let mut anonymous =
+        v1::device_registry_client::DeviceRegistryClient::new(kit::pki::channel(&r.url()).await);
     let e = anonymous
         .get_device(GetDeviceRequest { id: ad.id.clone() })
         .await
@@ -622,11 +621,7 @@ async fn reflection_lists_the_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let r = Registry::start().await;
-    let channel = tonic::transport::Channel::from_shared(r.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = kit::pki::channel(&r.url()).await;
     let mut client = ServerReflectionClient::new(channel);
     let ask = |m: MessageRequest| ServerReflectionRequest {
         host: String::new(),
@@ -683,7 +678,7 @@ impl Limited {
     }
 
     async fn client(&self, scope: Scope) -> RegistryClient {
-        iot_proto::registry_client(self.url.clone(), scope)
+        iot_proto::registry_client(self.url.clone(), scope, &kit::pki::operator())
             .await
             .unwrap()
     }

@@ -17,6 +17,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC health endpoint of the gateway itself.
     pub grpc_addr: SocketAddr,
+    /// mTLS on its gRPC server and on its calls to other services
+    /// (`iot_proto::GrpcTls`); off when unset.
+    pub grpc_tls: iot_proto::GrpcTls,
     pub admin_addr: SocketAddr,
     /// Development mode: GraphiQL at `/`.
     pub dev_mode: bool,
@@ -148,6 +151,7 @@ impl Default for Config {
             ingest_url: "http://127.0.0.1:50054".into(),
             http_addr: ([127, 0, 0, 1], 8080).into(),
             grpc_addr: ([127, 0, 0, 1], 50055).into(),
+            grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9105).into(),
             dev_mode: false,
             auth: AuthConfig::default(),
@@ -219,6 +223,7 @@ impl iot_runtime::Validate for Config {
         .filter(|(_, url)| !(url.starts_with("http://") || url.starts_with("https://")))
         .map(|(name, url)| format!("{name} {url:?} must start with http:// or https://"))
         .collect();
+        p.extend(self.grpc_tls.problems());
         for k in &self.auth.api_keys {
             if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 p.push(format!(

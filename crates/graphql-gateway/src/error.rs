@@ -4,12 +4,8 @@
 /// Why graphql-gateway could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{service} address {url:?}: {source}")]
-    UpstreamAddress {
-        service: &'static str,
-        url: String,
-        source: tonic::codegen::http::uri::InvalidUri,
-    },
+    #[error(transparent)]
+    Upstream(#[from] iot_proto::TlsError),
     #[error("auth.api_keys {key:?}: owner {owner:?} is neither a UUID nor *")]
     ApiKeyOwner { key: String, owner: String },
     #[error("auth.jwt.rs256_public_key_pem: {0}")]

@@ -31,8 +31,11 @@ pub use schema::sdl;
 /// A started gateway; `http_addr` is the GraphQL endpoint.
 pub type Running = iot_runtime::Running<SocketAddr>;
 
+/// The service's name: in its logs and metrics, and its gRPC identity.
+pub const SERVICE: &str = "graphql-gateway";
+
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
-    let mut skeleton = Skeleton::new("graphql-gateway", shutdown.clone())?;
+    let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
     let up = upstream::Upstreams::connect(&config, &skeleton.registry)?;
     let subscribers = prometheus::IntGauge::new(
         "iot_graphql_alert_subscribers",
@@ -82,7 +85,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .await?;
     // Not serving until every upstream answers its health check.
     skeleton
-        .serve_grpc(config.grpc_addr, tonic::service::Routes::default(), &[])
+        .serve_grpc(
+            config.grpc_addr,
+            &config.grpc_tls,
+            tonic::service::Routes::default(),
+            &[],
+        )
         .await?;
     let health = skeleton.health().clone();
     health

@@ -297,13 +297,14 @@ pub fn render(plan: &Plan, answer: &[u8]) -> Result<Vec<u8>, Malformed> {
 /// malformed answer is an `INTERNAL` status.
 pub async fn fetch(
     up: &crate::upstream::Upstreams,
+    scope: &iot_proto::Scope,
     plan: &Plan,
     req: iot_proto::v1::QueryMetricsRequest,
 ) -> Result<Vec<Bytes>, tonic::Status> {
-    match up.stream_metrics_wire(req.clone()).await {
+    match up.stream_metrics_wire(scope, req.clone()).await {
         Ok(parts) => render_parts(plan, parts.into_inner()).await,
         Err(s) if s.code() == tonic::Code::Unimplemented => {
-            let answer = up.query_metrics_wire(req).await?.into_inner();
+            let answer = up.query_metrics_wire(scope, req).await?.into_inner();
             render_parts(plan, futures::stream::iter([Ok(answer)])).await
         }
         Err(s) => Err(s),

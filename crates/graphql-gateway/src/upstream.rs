@@ -39,7 +39,7 @@ pub const INGEST: &str = "mqtt-gateway";
 pub type Upstream = iot_proto::ClientChannel;
 pub type RegistryApi = DeviceRegistryClient<InterceptedService<Upstream, Scope>>;
 pub type Alerts = AlertsClient<InterceptedService<Upstream, Scope>>;
-pub type Telemetry = TelemetryClient<Upstream>;
+pub type Telemetry = TelemetryClient<InterceptedService<Upstream, Scope>>;
 pub type Ingest = IngestClient<Upstream>;
 
 /// Channels to the backends, and the gateway's view of how they answer.
@@ -56,18 +56,17 @@ pub struct Upstreams {
     pub times: Arc<ResponseTimes>,
 }
 
-fn channel(service: &'static str, url: &str, timeout: Duration) -> Result<Channel, StartError> {
-    let endpoint =
-        Channel::from_shared(url.to_owned()).map_err(|source| StartError::UpstreamAddress {
-            service,
-            url: url.to_owned(),
-            source,
-        })?;
-    Ok(endpoint
+fn channel(
+    service: &'static str,
+    url: &str,
+    tls: &iot_proto::GrpcTls,
+    timeout: Duration,
+) -> Result<Channel, StartError> {
+    let endpoint = tls
+        .endpoint(service, url)?
         .connect_timeout(timeout.min(Duration::from_secs(3)))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .timeout(timeout);
+    Ok(iot_proto::tls::lazy(&endpoint, true))
 }
 
 impl Upstreams {
@@ -86,10 +85,10 @@ impl Upstreams {
             }
         });
         let t = Duration::from_millis(config.limits.upstream_timeout_ms);
-        let registry = channel(REGISTRY, &config.registry_url, t)?;
-        let telemetry = channel(TELEMETRY, &config.telemetry_url, t)?;
-        let alerts = channel(ALERTS, &config.alerts_url, t)?;
-        let ingest = channel(INGEST, &config.ingest_url, t)?;
+        let registry = channel(REGISTRY, &config.registry_url, &config.grpc_tls, t)?;
+        let telemetry = channel(TELEMETRY, &config.telemetry_url, &config.grpc_tls, t)?;
+        let alerts = channel(ALERTS, &config.alerts_url, &config.grpc_tls, t)?;
+        let ingest = channel(INGEST, &config.ingest_url, &config.grpc_tls, t)?;
         let layered = |service, ch: &Channel| {
             tower::ServiceBuilder::new()
                 .layer(calls.layer(service))
@@ -118,8 +117,10 @@ impl Upstreams {
         AlertsClient::with_interceptor(self.alerts.clone(), scope)
     }
 
-    pub fn telemetry(&self) -> Telemetry {
-        TelemetryClient::new(self.telemetry.clone())
+    /// ingest-writer's `Telemetry`, which answers only about `scope`'s
+    /// devices.
+    pub fn telemetry(&self, scope: Scope) -> Telemetry {
+        TelemetryClient::with_interceptor(self.telemetry.clone(), scope)
     }
 
     pub fn ingest(&self) -> Ingest {
@@ -130,9 +131,10 @@ impl Upstreams {
     /// that arrived ([`crate::metrics_json`] renders them).
     pub async fn query_metrics_wire(
         &self,
+        scope: &Scope,
         req: v1::QueryMetricsRequest,
     ) -> Result<tonic::Response<Bytes>, tonic::Status> {
-        let (mut grpc, req) = self.wire_call(req, "QueryMetrics").await?;
+        let (mut grpc, req) = self.wire_call(scope, req, "QueryMetrics").await?;
         let path = PathAndQuery::from_static("/iot.v1.Telemetry/QueryMetrics");
         grpc.unary(req, path, iot_proto::WireCodec::default()).await
     }
@@ -141,9 +143,10 @@ impl Upstreams {
     /// that arrived.
     pub async fn stream_metrics_wire(
         &self,
+        scope: &Scope,
         req: v1::QueryMetricsRequest,
     ) -> Result<tonic::Response<tonic::Streaming<Bytes>>, tonic::Status> {
-        let (mut grpc, req) = self.wire_call(req, "StreamMetrics").await?;
+        let (mut grpc, req) = self.wire_call(scope, req, "StreamMetrics").await?;
         let path = PathAndQuery::from_static("/iot.v1.Telemetry/StreamMetrics");
         grpc.server_streaming(req, path, iot_proto::WireCodec::default())
             .await
@@ -153,6 +156,7 @@ impl Upstreams {
     /// answers stay encoded, and the request to send it.
     async fn wire_call(
         &self,
+        scope: &Scope,
         req: v1::QueryMetricsRequest,
         method: &'static str,
     ) -> Result<
@@ -167,6 +171,7 @@ impl Upstreams {
             .await
             .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         let mut req = tonic::Request::new(req);
+        scope.apply(req.metadata_mut())?;
         req.extensions_mut()
             .insert(tonic::GrpcMethod::new("iot.v1.Telemetry", method));
         Ok((grpc, req))
@@ -207,6 +212,22 @@ impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
 
 /// A backend's answer as a GraphQL error: its message, and a code clients
 /// can act on in `extensions.code`.
+/// Whether a locally made status comes from a timeout (an I/O error of
+/// kind TimedOut among its causes, as a connect timeout gives).
+fn timed_out(s: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+            || c.to_string().contains("deadline has elapsed")
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
     use tonic::Code;
     let (code, message) = match s.code() {
@@ -229,6 +250,16 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
             format!("{service} did not answer in time"),
         ),
         Code::Unavailable => ("BACKEND_UNAVAILABLE", format!("{service} is unavailable")),
+        // A status with a source error was made here, by the transport,
+        // not answered by the backend: a connection (or its TLS handshake)
+        // that timed out or failed.
+        _ if timed_out(s) => (
+            "BACKEND_TIMEOUT",
+            format!("{service} did not answer in time"),
+        ),
+        _ if std::error::Error::source(s).is_some() => {
+            ("BACKEND_UNAVAILABLE", format!("{service} is unavailable"))
+        }
         _ => ("INTERNAL", format!("{service} failed")),
     };
     if matches!(code, "BACKEND_UNAVAILABLE" | "BACKEND_TIMEOUT" | "INTERNAL") {

@@ -24,6 +24,9 @@ pub struct OwnerQueries {
 
 /// One admitted query; its owner's slot frees when it is dropped.
 pub struct Permit {
+    /// The caller's scope: the one owner whose devices it may read, or
+    /// `None` for the platform (every owner's).
+    pub scope: Option<uuid::Uuid>,
     owner: String,
     slots: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
@@ -40,14 +43,11 @@ impl OwnerQueries {
     }
 
     /// Admits `request`'s query once its owner has fewer than `per_owner`
-    /// running, waiting at most `wait`.
+    /// running, waiting at most `wait`. Refused as `iot_proto::scope_of`
+    /// refuses a caller without a scope or beyond its rights.
     pub async fn admit<T>(&self, request: &Request<T>) -> Result<Permit, Status> {
-        let owner = request
-            .metadata()
-            .get(iot_proto::SCOPE_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let scope = iot_proto::scope_of(request)?;
+        let owner = scope.map_or_else(|| "*".to_owned(), |o| o.to_string());
         let slots = self
             .owners
             .lock()
@@ -56,6 +56,7 @@ impl OwnerQueries {
             .or_insert_with(|| Arc::new(Semaphore::new(self.per_owner)))
             .clone();
         let mut admitted = Permit {
+            scope,
             owner,
             slots: slots.clone(),
             permit: None,

@@ -32,6 +32,9 @@ pub struct Config {
     pub batch_max_wait_ms: u64,
     /// gRPC API (Telemetry + grpc.health.v1).
     pub grpc_addr: SocketAddr,
+    /// mTLS on its gRPC server and on its calls to other services
+    /// (`iot_proto::GrpcTls`); off when unset.
+    pub grpc_tls: iot_proto::GrpcTls,
     pub admin_addr: SocketAddr,
     /// Raw and rollup retention, and how often it is applied.
     pub retention: RetentionConfig,
@@ -101,6 +104,7 @@ impl Default for Config {
             batch_max_rows: 10_000,
             batch_max_wait_ms: 100,
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
+            grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9102).into(),
             retention: RetentionConfig::default(),
         }
@@ -110,6 +114,7 @@ impl Default for Config {
 impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
+        p.extend(self.grpc_tls.problems());
         p.extend(self.retention.problems("retention"));
         p.extend(self.queries.problems("queries"));
         p.extend(iot_db::pool::settings_problems(

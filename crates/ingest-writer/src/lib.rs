@@ -78,6 +78,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     skeleton
         .serve_grpc(
             config.grpc_addr,
+            &config.grpc_tls,
             Routes::new(telemetry),
             &["iot.v1.Telemetry"],
         )

@@ -45,6 +45,21 @@ impl TelemetryService {
     }
 }
 
+impl TelemetryService {
+    /// NOT_FOUND unless every one of `devices` is `scope`'s (the
+    /// platform's scope, `None`, sees all). Another owner's device is
+    /// answered as one that does not exist.
+    async fn must_own(&self, scope: Option<Uuid>, devices: &[Uuid]) -> Result<(), Status> {
+        let Some(owner) = scope else {
+            return Ok(());
+        };
+        match self.store.not_owned(owner, devices).await?.first() {
+            None => Ok(()),
+            Some(d) => Err(Status::not_found(format!("device {d} not found"))),
+        }
+    }
+}
+
 /// Collects argument problems; `finish` turns them into one InvalidArgument.
 #[derive(Default)]
 struct Problems(Vec<String>);
@@ -239,7 +254,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryReadingsRequest>,
     ) -> Result<Response<v1::QueryReadingsResponse>, Status> {
-        let _permit = self.queries.admit(&request).await?;
+        let permit = self.queries.admit(&request).await?;
         let req = request.into_inner();
         let mut p = Problems::default();
         let device = p.uuid("device_uuid", &req.device_uuid);
@@ -260,6 +275,7 @@ impl Telemetry for TelemetryService {
             }
         }
         p.finish()?;
+        self.must_own(permit.scope, &[device]).await?;
         let rows = self
             .store
             .query_readings(device, &req.sensor_name, start, end, i64::from(limit))
@@ -278,8 +294,9 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::QueryMetricsRequest>,
     ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
-        let _permit = self.queries.admit(&request).await?;
+        let permit = self.queries.admit(&request).await?;
         let m = MetricsQuery::of(&request.into_inner())?;
+        self.must_own(permit.scope, &[m.device]).await?;
         let metrics = self
             .store
             .query_metrics(m.device, &m.sensor, m.start, m.end, m.width)
@@ -299,6 +316,7 @@ impl Telemetry for TelemetryService {
     ) -> Result<Response<Self::StreamMetricsStream>, Status> {
         let permit = self.queries.admit(&request).await?;
         let m = MetricsQuery::of(&request.into_inner())?;
+        self.must_own(permit.scope, &[m.device]).await?;
         let rows = self
             .store
             .stream_metrics(m.device, &m.sensor, m.start, m.end, m.width)
@@ -338,7 +356,7 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::LatestReadingsRequest>,
     ) -> Result<Response<v1::LatestReadingsResponse>, Status> {
-        let _permit = self.queries.admit(&request).await?;
+        let permit = self.queries.admit(&request).await?;
         let req = request.into_inner();
         let mut p = Problems::default();
         if req.device_uuids.len() > MAX_DEVICES {
@@ -354,6 +372,7 @@ impl Telemetry for TelemetryService {
             .map(|(i, s)| p.uuid(&format!("device_uuids[{i}]"), s))
             .collect();
         p.finish()?;
+        self.must_own(permit.scope, &devices).await?;
         let rows = self.store.latest_readings(&devices).await?;
         Ok(Response::new(v1::LatestReadingsResponse {
             readings: rows.into_iter().map(reading).collect(),
@@ -364,13 +383,24 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<v1::FleetStatsRequest>,
     ) -> Result<Response<v1::FleetStatsResponse>, Status> {
-        let _permit = self.queries.admit(&request).await?;
+        let permit = self.queries.admit(&request).await?;
         let mut p = Problems::default();
         let owner = request
             .into_inner()
             .owner_id
             .map(|o| p.uuid("owner_id", &o));
         p.finish()?;
+        // A caller scoped to one owner gets that owner's figures only.
+        let owner = match (permit.scope, owner) {
+            (None, asked) => asked,
+            (Some(mine), None) => Some(mine),
+            (Some(mine), Some(asked)) if mine == asked => Some(mine),
+            (Some(_), Some(_)) => {
+                return Err(Status::permission_denied(
+                    "owner_id: a caller scoped to one owner gets only its own figures",
+                ));
+            }
+        };
         let s = self.store.fleet_stats(owner).await?;
         let u = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Response::new(v1::FleetStatsResponse {

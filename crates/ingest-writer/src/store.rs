@@ -268,6 +268,21 @@ impl Store {
     }
 
     /// Figures for the whole fleet, or for `owner`'s devices.
+    /// Those of `devices` that `owner` does not own (registered to
+    /// another owner, or to none).
+    pub async fn not_owned(&self, owner: Uuid, devices: &[Uuid]) -> Result<Vec<Uuid>, WriterError> {
+        let client = self.queries.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT d FROM unnest($2::uuid[]) AS d \
+                 WHERE NOT EXISTS (SELECT 1 FROM device_owners o \
+                                   WHERE o.device_id = d AND o.owner_id = $1)",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&owner, &devices]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     pub async fn fleet_stats(&self, owner: Option<Uuid>) -> Result<FleetStats, WriterError> {
         let client = self.queries.get().await?;
         let r = match owner {

@@ -26,7 +26,8 @@ struct Env {
     backend: Backend,
     db: tokio_postgres::Client,
     store: Store,
-    api: TelemetryClient<Channel>,
+    api:
+        TelemetryClient<tonic::service::interceptor::InterceptedService<Channel, iot_proto::Scope>>,
     /// Dropped (with the database) when the test ends.
     _db: kit::TestDb,
 }
@@ -46,9 +47,15 @@ async fn env(backend: Backend) -> Env {
             )))
             .serve_with_incoming(iot_runtime::grpc_incoming(listener)),
     );
-    let api = TelemetryClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    // The platform's scope: these tests read every owner's devices.
+    let api = TelemetryClient::with_interceptor(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        iot_proto::Scope::Admin,
+    );
     Env {
         backend,
         db: kit::connect(&url).await,

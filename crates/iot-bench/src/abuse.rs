@@ -321,9 +321,13 @@ async fn rule_flood(engine: String, until: Instant) -> String {
     let tasks = (0..8).map(|_| {
         let (engine, tally, next) = (engine.clone(), tally.clone(), next.clone());
         async move {
-            let mut api = iot_proto::alerts_client(engine, Scope::Owner(ABUSER.to_string()))
-                .await
-                .unwrap();
+            let mut api = iot_proto::alerts_client(
+                engine,
+                Scope::Owner(ABUSER.to_string()),
+                &iot_proto::GrpcTls::default(),
+            )
+            .await
+            .unwrap();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= RULES || Instant::now() > until + PHASE {
@@ -384,7 +388,13 @@ pub async fn run(ctx: &Ctx) {
     );
     // Each side's device, with an hour of readings for the dashboards.
     let reg = loop {
-        match iot_proto::registry_client(registry.grpc_url(), Scope::Admin).await {
+        match iot_proto::registry_client(
+            registry.grpc_url(),
+            Scope::Admin,
+            &iot_proto::GrpcTls::default(),
+        )
+        .await
+        {
             Ok(r) => break r,
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

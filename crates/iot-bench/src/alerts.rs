@@ -97,9 +97,13 @@ pub async fn run(ctx: &Ctx) {
     let engine = Service::alerts(&db, &kafka, &registry.grpc_url());
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut api = iot_proto::alerts_client(engine.grpc_url(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut api = iot_proto::alerts_client(
+        engine.grpc_url(),
+        Scope::Admin,
+        &iot_proto::GrpcTls::default(),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     for rule in rules() {
         api.create_rule(rule).await.unwrap();
@@ -349,9 +353,13 @@ struct Probes {
 
 impl Probes {
     async fn start(ctx: &Ctx, root: &str, registry: &str, engine: &str) -> Self {
-        let mut reg = iot_proto::registry_client(registry.to_owned(), Scope::Admin)
-            .await
-            .unwrap();
+        let mut reg = iot_proto::registry_client(
+            registry.to_owned(),
+            Scope::Admin,
+            &iot_proto::GrpcTls::default(),
+        )
+        .await
+        .unwrap();
         let mut devices = Vec::new();
         for i in 0..PROBES {
             let d = reg
@@ -372,9 +380,13 @@ impl Probes {
         let (mqtt, mut eventloop) = AsyncClient::new(opts, 100);
         tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
 
-        let mut alerts = iot_proto::alerts_client(engine.to_owned(), Scope::Admin)
-            .await
-            .unwrap();
+        let mut alerts = iot_proto::alerts_client(
+            engine.to_owned(),
+            Scope::Admin,
+            &iot_proto::GrpcTls::default(),
+        )
+        .await
+        .unwrap();
         let mut stream = alerts
             .subscribe_alerts(v1::SubscribeAlertsRequest::default())
             .await

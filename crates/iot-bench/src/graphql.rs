@@ -254,9 +254,21 @@ pub async fn run(ctx: &Ctx) {
     );
     let scope = Scope::Owner(OWNER.to_string());
     let (reg, tel, al) = loop {
-        let r = iot_proto::registry_client(registry.grpc_url(), scope.clone()).await;
-        let t = TelemetryClient::connect(writer.grpc_url()).await;
-        let a = iot_proto::alerts_client(alerts.grpc_url(), scope.clone()).await;
+        let r = iot_proto::registry_client(
+            registry.grpc_url(),
+            scope.clone(),
+            &iot_proto::GrpcTls::default(),
+        )
+        .await;
+        let t = iot_proto::connect(&Default::default(), "ingest-writer", &writer.grpc_url())
+            .await
+            .map(|c| TelemetryClient::with_interceptor(c, scope.clone()));
+        let a = iot_proto::alerts_client(
+            alerts.grpc_url(),
+            scope.clone(),
+            &iot_proto::GrpcTls::default(),
+        )
+        .await;
         let h = tokio::net::TcpStream::connect(("127.0.0.1", gql.http_port)).await;
         match (r, t, a, h) {
             (Ok(r), Ok(t), Ok(a), Ok(_)) => break (r, t, a),
@@ -520,7 +532,11 @@ async fn trend_direct(
     };
     let started = Instant::now();
     grpc.ready().await.unwrap();
-    let req = tonic::Request::new(req);
+    let mut req = tonic::Request::new(req);
+    // The owner's scope, as the gateway calls.
+    Scope::Owner(OWNER.to_string())
+        .apply(req.metadata_mut())
+        .unwrap();
     if streamed {
         let path = PathAndQuery::from_static("/iot.v1.Telemetry/StreamMetrics");
         let mut answer = grpc

@@ -498,6 +498,8 @@ fn simulator(ctx: &Ctx, registry_url: &str, root: &str) -> iotctl::simulate::Arg
         mqtt_port: ctx.mqtt_port,
         mqtt_username: Some(procs::account("publisher").0),
         mqtt_password: Some(procs::account("publisher").1),
+        mqtt_tls: Default::default(),
+        grpc_tls: Default::default(),
         topic_prefix: format!("{root}/sensors"),
         batch_prefix: format!("{root}/batches"),
         senml_prefix: format!("{root}/senml"),
@@ -527,9 +529,13 @@ async fn probe_latency(
     run: Duration,
 ) -> (f64, f64) {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
-    let mut reg = iot_proto::registry_client(registry.to_owned(), iot_proto::Scope::Admin)
-        .await
-        .unwrap();
+    let mut reg = iot_proto::registry_client(
+        registry.to_owned(),
+        iot_proto::Scope::Admin,
+        &iot_proto::GrpcTls::default(),
+    )
+    .await
+    .unwrap();
     let probe = reg
         .create_device(iot_proto::v1::CreateDeviceRequest {
             device_id: format!("probe-{}", unique()),

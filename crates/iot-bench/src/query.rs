@@ -307,9 +307,10 @@ pub async fn run(ctx: &Ctx) {
     let store = Store::new(iot_db::pool(&url, 4).unwrap());
     let kafka = fresh_topics(ctx).await;
     let writer = Service::writer(&url, &kafka, "bench-query");
+    // The platform's scope: the loaded devices belong to no owner.
     let api = loop {
-        match TelemetryClient::connect(writer.grpc_url()).await {
-            Ok(c) => break c,
+        match iot_proto::connect(&Default::default(), "ingest-writer", &writer.grpc_url()).await {
+            Ok(c) => break TelemetryClient::with_interceptor(c, iot_proto::Scope::Admin),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
@@ -484,7 +485,12 @@ pub async fn run(ctx: &Ctx) {
 /// sample i's series and range.
 async fn measure_metrics(
     store: &Store,
-    api: &TelemetryClient<tonic::transport::Channel>,
+    api: &TelemetryClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            iot_proto::Scope,
+        >,
+    >,
     name: &str,
     target_p95_ms: Option<f64>,
     granularity: &str,

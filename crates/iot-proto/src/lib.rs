@@ -14,8 +14,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub mod codes;
 pub mod reading;
+pub mod tls;
 
 pub use codes::TextCode;
+pub use tls::{Caller, GrpcTls, TlsError, caller_of, require_platform};
 
 pub use prost::Message;
 pub use prost_types::Timestamp;
@@ -66,8 +68,9 @@ pub enum Scope {
 /// The metadata key of [`Scope`].
 pub const SCOPE_METADATA: &str = "x-iot-owner";
 
-impl tonic::service::Interceptor for Scope {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+impl Scope {
+    /// Puts the scope in a request's metadata.
+    pub fn apply(&self, metadata: &mut tonic::metadata::MetadataMap) -> Result<(), tonic::Status> {
         let value = match self {
             Scope::Admin => "*",
             Scope::Owner(o) => o.as_str(),
@@ -75,7 +78,14 @@ impl tonic::service::Interceptor for Scope {
         let value = value
             .parse()
             .map_err(|_| tonic::Status::invalid_argument("owner id is not valid metadata"))?;
-        req.metadata_mut().insert(SCOPE_METADATA, value);
+        metadata.insert(SCOPE_METADATA, value);
+        Ok(())
+    }
+}
+
+impl tonic::service::Interceptor for Scope {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        self.apply(req.metadata_mut())?;
         Traced.call(req)
     }
 }
@@ -161,20 +171,29 @@ impl tonic::service::Interceptor for Traced {
 
 /// The caller's scope from the `x-iot-owner` metadata of a request:
 /// `Some(owner)`, or `None` for the admin scope (`*`). UNAUTHENTICATED when
-/// it is missing or neither.
+/// it is missing or neither; PERMISSION_DENIED when a caller that is not a
+/// platform identity asks for the admin scope ([`tls::caller_of`]).
 pub fn scope_of<T>(req: &tonic::Request<T>) -> Result<Option<uuid::Uuid>, tonic::Status> {
     let Some(v) = req.metadata().get(SCOPE_METADATA) else {
         return Err(tonic::Status::unauthenticated(format!(
             "{SCOPE_METADATA} metadata is required: an owner UUID, or * for the admin scope"
         )));
     };
-    match v.to_str().unwrap_or_default() {
-        "*" => Ok(None),
-        s => uuid::Uuid::parse_str(s).map(Some).map_err(|_| {
+    let scope = match v.to_str().unwrap_or_default() {
+        "*" => None,
+        s => Some(uuid::Uuid::parse_str(s).map_err(|_| {
             tonic::Status::unauthenticated(format!(
                 "{SCOPE_METADATA} {s:?} is neither an owner UUID nor *"
             ))
-        }),
+        })?),
+    };
+    match (tls::caller_of(req), scope) {
+        (tls::Caller::Anonymous, _) => Err(tls::anonymous()),
+        (tls::Caller::Service(name), None) => Err(tonic::Status::permission_denied(format!(
+            "{name} is not a platform identity (grpc_tls.platform_identities): it may ask \
+             for one owner's data ({SCOPE_METADATA}: <owner>), not for all owners (*)"
+        ))),
+        (_, scope) => Ok(scope),
     }
 }
 
@@ -208,32 +227,76 @@ pub fn registry_client_on(channel: ClientChannel, scope: Scope) -> RegistryClien
     v1::device_registry_client::DeviceRegistryClient::with_interceptor(channel, scope)
 }
 
-/// Connects to device-registry at `url` with `scope` (no request metrics).
+/// Connects to device-registry at `url` with `scope` (no request metrics),
+/// over mTLS when `tls` is on.
 pub async fn registry_client(
     url: impl Into<String>,
     scope: Scope,
-) -> Result<RegistryClient, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.into())?
-        .connect()
-        .await?;
+    tls: &GrpcTls,
+) -> Result<RegistryClient, ConnectError> {
+    let channel = connect(tls, "device-registry", &url.into()).await?;
     Ok(registry_client_on(
         client_channel(channel, iot_telemetry::grpc::GrpcClientLayer::unmeasured()),
         scope,
     ))
 }
 
-/// Connects to alert-engine at `url` with `scope` (no request metrics).
+/// Connects to alert-engine at `url` with `scope` (no request metrics),
+/// over mTLS when `tls` is on.
 pub async fn alerts_client(
     url: impl Into<String>,
     scope: Scope,
-) -> Result<AlertsClient, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.into())?
-        .connect()
-        .await?;
+    tls: &GrpcTls,
+) -> Result<AlertsClient, ConnectError> {
+    let channel = connect(tls, "alert-engine", &url.into()).await?;
     Ok(v1::alerts_client::AlertsClient::with_interceptor(
         client_channel(channel, iot_telemetry::grpc::GrpcClientLayer::unmeasured()),
         scope,
     ))
+}
+
+/// Why a client could not connect to the upstream it names.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("gRPC upstream {link} ({url}): {detail}")]
+    Connect {
+        link: &'static str,
+        url: String,
+        detail: String,
+    },
+}
+
+/// A connected channel to the upstream `link` at `url`; a failure names
+/// the upstream and says why with every cause (a certificate refused, an
+/// address unreachable).
+pub async fn connect(
+    tls: &GrpcTls,
+    link: &'static str,
+    url: &str,
+) -> Result<tonic::transport::Channel, ConnectError> {
+    tls.endpoint(link, url)?
+        .connect()
+        .await
+        .map_err(|e| ConnectError::Connect {
+            link,
+            url: url.to_owned(),
+            detail: error_chain(&e),
+        })
+}
+
+/// An error with its causes, `: `-separated (a transport error's own text
+/// says only "transport error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

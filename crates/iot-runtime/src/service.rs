@@ -35,6 +35,8 @@ pub enum ServiceError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] iot_proto::TlsError),
     #[error("a task of the service panicked or was aborted: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
@@ -149,9 +151,13 @@ impl Skeleton {
     /// the health service and server reflection (so `grpcurl` works without
     /// the proto files), behind a span and request metrics per call.
     /// Services in `serving` are reported SERVING to health checks at once.
+    /// With `tls` on, only callers with a certificate from its CA get in,
+    /// and each request carries who they are
+    /// ([`iot_proto::caller_of`]).
     pub async fn serve_grpc(
         &mut self,
         addr: SocketAddr,
+        tls: &iot_proto::GrpcTls,
         routes: Routes,
         serving: &[&str],
     ) -> Result<SocketAddr, ServiceError> {
@@ -170,9 +176,33 @@ impl Skeleton {
         let routes = routes.add_service(health_svc).add_service(reflection);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        let policy = match tls.server()? {
+            Some((config, policy)) => {
+                builder = builder.tls_config(config)?;
+                Some(policy)
+            }
+            None => {
+                tracing::warn!(
+                    service = self.name,
+                    %bound,
+                    "gRPC without TLS: every caller that reaches this port is trusted \
+                     as the platform (set grpc_tls where anything else can reach it)"
+                );
+                None
+            }
+        };
+        let server = builder
             .trace_fn(iot_telemetry::trace::grpc_server_span)
             .layer(metrics)
+            .layer(tower::util::MapRequestLayer::new(
+                move |mut req: axum::http::Request<tonic::body::Body>| {
+                    if let Some(p) = &policy {
+                        req.extensions_mut().insert(p.clone());
+                    }
+                    req
+                },
+            ))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 crate::grpc_incoming(listener),

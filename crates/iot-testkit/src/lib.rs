@@ -2,14 +2,18 @@
 //! to the real components; every test makes its own names (database, topics,
 //! MQTT prefix, device ids) so tests run in parallel without seeing each other.
 //!
-//! The addresses come from `IOT_TEST_DATABASE_URL`, `IOT_TEST_MQTT` and
-//! `IOT_TEST_KAFKA` (set by `cargo xtask test`), defaulting to the local stack.
+//! The addresses come from `IOT_TEST_DATABASE_URL`, `IOT_TEST_MQTT` (and
+//! `IOT_TEST_MQTT_TLS` with `IOT_TEST_MQTT_CA`, the broker's TLS listener)
+//! and `IOT_TEST_KAFKA` (set by `cargo xtask test`), defaulting to the
+//! local stack. `IOT_TEST_MQTT_LISTENER=tls` runs [`Platform`] and
+//! [`publish_all`] over TLS ([`MqttListener`]).
 //!
 //! [`Platform`] (in [`platform`]) is the platform of in-process services
 //! that the end-to-end tests of every crate start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pki;
 pub mod platform;
 
 pub use platform::{ANY, Platform};
@@ -38,6 +42,70 @@ pub fn mqtt_addr() -> (String, u16) {
     (h.to_owned(), p.parse().expect("IOT_TEST_MQTT port"))
 }
 
+/// The test broker's TLS listener (`IOT_TEST_MQTT_TLS`, host:port); its
+/// certificate names `localhost` and 127.0.0.1.
+pub fn mqtt_tls_addr() -> (String, u16) {
+    let v = std::env::var("IOT_TEST_MQTT_TLS").unwrap_or_else(|_| "127.0.0.1:18883".into());
+    let (h, p) = v.rsplit_once(':').expect("IOT_TEST_MQTT_TLS is host:port");
+    (h.to_owned(), p.parse().expect("IOT_TEST_MQTT_TLS port"))
+}
+
+/// The CA that signed the test broker's certificate (`IOT_TEST_MQTT_CA`;
+/// the local stack's, which `cargo xtask` makes).
+pub fn mqtt_ca_file() -> String {
+    std::env::var("IOT_TEST_MQTT_CA").unwrap_or_else(|_| "/var/lib/iot-platform/tls/ca.pem".into())
+}
+
+/// Which of the test broker's listeners a client connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttListener {
+    /// Plain TCP (`IOT_TEST_MQTT`).
+    Plain,
+    /// TLS (`IOT_TEST_MQTT_TLS`), trusting [`mqtt_ca_file`].
+    Tls,
+}
+
+impl MqttListener {
+    /// Both, for a test body that runs over each.
+    pub const ALL: [MqttListener; 2] = [MqttListener::Plain, MqttListener::Tls];
+
+    /// The one [`Platform`] and [`publish_all`] use unless told:
+    /// `IOT_TEST_MQTT_LISTENER` (`plain`, the default, or `tls`), so that
+    /// the end-to-end suite runs over either.
+    pub fn from_env() -> Self {
+        match std::env::var("IOT_TEST_MQTT_LISTENER").as_deref() {
+            Ok("tls") => Self::Tls,
+            Ok("plain") | Err(_) => Self::Plain,
+            Ok(other) => panic!("IOT_TEST_MQTT_LISTENER={other:?}: use plain or tls"),
+        }
+    }
+
+    /// Its host and port.
+    pub fn addr(self) -> (String, u16) {
+        match self {
+            Self::Plain => mqtt_addr(),
+            Self::Tls => mqtt_tls_addr(),
+        }
+    }
+
+    /// A client's TLS settings for it.
+    pub fn tls(self) -> iot_mqtt::TlsConfig {
+        match self {
+            Self::Plain => iot_mqtt::TlsConfig::default(),
+            Self::Tls => iot_mqtt::TlsConfig {
+                enabled: true,
+                ca_file: Some(mqtt_ca_file()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// rumqttc's transport for it.
+    pub fn transport(self) -> rumqttc::Transport {
+        self.tls().transport().expect("the test broker's CA file")
+    }
+}
+
 /// A platform account on the test broker: `admin` (dynamic-security
 /// control), `gateway` (subscribes) or `publisher` (publishes for many
 /// devices). Passwords come from `IOT_TEST_MQTT_<NAME>_PASSWORD`, by default
@@ -51,11 +119,17 @@ pub fn mqtt_account(name: &str) -> (String, String) {
 /// device-registry's broker settings for the test broker, with devices'
 /// topics under `root` (each test has its own).
 pub fn broker_config(root: &str) -> device_registry::BrokerConfig {
-    let (host, port) = mqtt_addr();
+    broker_config_on(root, MqttListener::from_env())
+}
+
+/// [`broker_config`] on the given listener.
+pub fn broker_config_on(root: &str, listener: MqttListener) -> device_registry::BrokerConfig {
+    let (host, port) = listener.addr();
     let (username, password) = mqtt_account("admin");
     device_registry::BrokerConfig {
         host,
         port,
+        tls: listener.tls(),
         username,
         password,
         client_id: format!("registry-{}", unique()),
@@ -242,11 +316,18 @@ pub async fn read_topic_from(
     out
 }
 
-/// Publishes QoS 1 messages and waits for every PUBACK.
+/// Publishes QoS 1 messages and waits for every PUBACK, on the listener
+/// of [`MqttListener::from_env`].
 pub async fn publish_all(messages: &[(String, Vec<u8>)]) {
-    let (host, port) = mqtt_addr();
+    publish_all_on(MqttListener::from_env(), messages).await;
+}
+
+/// [`publish_all`] on the given listener.
+pub async fn publish_all_on(listener: MqttListener, messages: &[(String, Vec<u8>)]) {
+    let (host, port) = listener.addr();
     let mut opts = MqttOptions::new(format!("test-pub-{}", unique()), host, port);
     let (user, password) = mqtt_account("publisher");
+    opts.set_transport(listener.transport());
     opts.set_credentials(user, password)
         .set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(1 << 20, 1 << 20);

@@ -20,7 +20,10 @@ use iot_proto::v1::{self, CreateDeviceRequest};
 use iot_runtime::{CancellationToken, ServiceError};
 use tokio::task::JoinHandle;
 
-use crate::{TestDb, broker_config, eventually, http_get, migrated_database, unique};
+use crate::{
+    MqttListener, TestDb, broker_config, broker_config_on, eventually, http_get, migrated_database,
+    unique,
+};
 
 /// A free port on loopback, for a service's listeners.
 pub const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
@@ -34,9 +37,22 @@ pub fn registry_config(database_url: &str, root: &str) -> device_registry::Confi
     device_registry::Config {
         database_url: database_url.to_owned(),
         grpc_addr: ANY,
+        grpc_tls: crate::pki::grpc_tls(device_registry::SERVICE),
         admin_addr: ANY,
         broker: broker_config(root),
         ..Default::default()
+    }
+}
+
+/// [`registry_config`] with its admin session on the given listener.
+pub fn registry_config_on(
+    database_url: &str,
+    root: &str,
+    listener: MqttListener,
+) -> device_registry::Config {
+    device_registry::Config {
+        broker: broker_config_on(root, listener),
+        ..registry_config(database_url, root)
     }
 }
 
@@ -49,6 +65,7 @@ pub fn writer_config(database_url: &str, kafka: &KafkaConfig) -> ingest_writer::
         group_id: format!("writer-{}", unique()),
         batch_max_wait_ms: 50,
         grpc_addr: ANY,
+        grpc_tls: crate::pki::grpc_tls(ingest_writer::SERVICE),
         admin_addr: ANY,
         ..Default::default()
     }
@@ -85,6 +102,9 @@ pub struct Platform {
     pub gateway_admin: SocketAddr,
     pub gateway_http: SocketAddr,
     pub gateway_grpc: SocketAddr,
+    /// The broker listener the registry's admin session and the gateway
+    /// use.
+    pub listener: MqttListener,
     pub shutdown: CancellationToken,
     /// The gateway's own token (a child of `shutdown`), to stop it alone.
     pub gateway_shutdown: CancellationToken,
@@ -106,9 +126,24 @@ impl Platform {
         Self::start_tuned(kafka, |_| {}).await
     }
 
+    /// A platform whose registry and gateway reach the broker on
+    /// `listener` (whatever `IOT_TEST_MQTT_LISTENER` says).
+    pub async fn start_on(listener: MqttListener) -> Self {
+        Self::start_tuned_on(crate::kafka_config(), listener, |_| {}).await
+    }
+
     /// A platform whose gateway config is adjusted by `tune` first.
     pub async fn start_tuned(
         kafka: KafkaConfig,
+        tune: impl FnOnce(&mut mqtt_gateway::Config),
+    ) -> Self {
+        Self::start_tuned_on(kafka, MqttListener::from_env(), tune).await
+    }
+
+    /// [`Platform::start_tuned`] on the given broker listener.
+    pub async fn start_tuned_on(
+        kafka: KafkaConfig,
+        listener: MqttListener,
         tune: impl FnOnce(&mut mqtt_gateway::Config),
     ) -> Self {
         // Service logs show up in a failing test's output.
@@ -122,19 +157,21 @@ impl Platform {
         );
         let shutdown = CancellationToken::new();
 
-        let registry = device_registry::start(registry_config(&db, &root), shutdown.clone())
-            .await
-            .unwrap();
+        let registry =
+            device_registry::start(registry_config_on(&db, &root, listener), shutdown.clone())
+                .await
+                .unwrap();
         let writer_shutdown = shutdown.child_token();
         let writer = ingest_writer::start(writer_config(&db, &kafka), writer_shutdown.clone())
             .await
             .unwrap();
-        let (host, port) = crate::mqtt_addr();
+        let (host, port) = listener.addr();
         let (username, password) = crate::mqtt_account("gateway");
         let mut gateway_config = mqtt_gateway::Config {
             mqtt: mqtt_gateway::MqttConfig {
                 host,
                 port,
+                tls: listener.tls(),
                 username: Some(username),
                 password: Some(password),
                 client_id: format!("gw-{}", unique()),
@@ -148,6 +185,7 @@ impl Platform {
             registry_url: format!("http://{}", registry.grpc_addr),
             http_addr: ANY,
             grpc_addr: ANY,
+            grpc_tls: crate::pki::grpc_tls(mqtt_gateway::SERVICE),
             admin_addr: ANY,
             drain_timeout_secs: 2,
             ..Default::default()
@@ -170,6 +208,7 @@ impl Platform {
             gateway_admin: gateway.admin_addr,
             gateway_http: gateway.http_addr,
             gateway_grpc: gateway.grpc_addr,
+            listener,
             shutdown,
             gateway_shutdown,
             writer_shutdown,
@@ -188,11 +227,31 @@ impl Platform {
         p
     }
 
+    /// An alert-engine client of `engine` with `scope`, calling as the
+    /// operator.
+    pub async fn alerts_client(
+        &self,
+        engine: &alert_engine::Running,
+        scope: iot_proto::Scope,
+    ) -> iot_proto::AlertsClient {
+        iot_proto::alerts_client(
+            format!("http://{}", engine.grpc_addr),
+            scope,
+            &crate::pki::operator(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// A device-registry client of this platform with `scope`.
     pub async fn registry_client(&self, scope: iot_proto::Scope) -> iot_proto::RegistryClient {
-        iot_proto::registry_client(format!("http://{}", self.registry), scope)
-            .await
-            .unwrap()
+        iot_proto::registry_client(
+            format!("http://{}", self.registry),
+            scope,
+            &crate::pki::operator(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Creates a device of no owner (the nil owner) through the registry.
@@ -213,7 +272,7 @@ impl Platform {
     /// device-registry's settings on this platform (a broker client id of
     /// its own), for another registry beside the platform's.
     pub fn registry_config(&self) -> device_registry::Config {
-        registry_config(&self.db, &self.root)
+        registry_config_on(&self.db, &self.root, self.listener)
     }
 
     /// ingest-writer's settings on this platform, in a consumer group of
@@ -250,6 +309,7 @@ impl Platform {
             kafka: self.kafka.clone(),
             group_id: format!("alerts-{}", unique()),
             grpc_addr: ANY,
+            grpc_tls: crate::pki::grpc_tls(alert_engine::SERVICE),
             admin_addr: ANY,
             registry_url: format!("http://{}", self.registry),
             alerts_topic: format!("test.alerts.{}", unique()),
@@ -289,6 +349,7 @@ impl Platform {
             ingest_url: format!("http://{}", self.gateway_grpc),
             http_addr: ANY,
             grpc_addr: ANY,
+            grpc_tls: crate::pki::grpc_tls(graphql_gateway::SERVICE),
             admin_addr: ANY,
             ..Default::default()
         };
@@ -384,7 +445,9 @@ impl Registry {
 
     /// A client with `scope`.
     pub async fn client(&self, scope: iot_proto::Scope) -> iot_proto::RegistryClient {
-        iot_proto::registry_client(self.url(), scope).await.unwrap()
+        iot_proto::registry_client(self.url(), scope, &crate::pki::operator())
+            .await
+            .unwrap()
     }
 }
 

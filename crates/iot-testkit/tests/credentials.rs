@@ -224,6 +224,7 @@ async fn a_failed_create_leaves_no_device_and_no_account() {
     let mut broken_client = iot_proto::registry_client(
         format!("http://{}", broken.grpc_addr),
         iot_proto::Scope::Admin,
+        &iot_testkit::pki::operator(),
     )
     .await
     .unwrap();

@@ -128,11 +128,11 @@ fn compose_gives_each_service_settings_it_accepts() {
     let mut refused = 0;
     for (name, svc) in services {
         let name = name.as_str().unwrap();
-        // Only GraphQL and MQTT are published on every interface.
+        // Only GraphQL and MQTT over TLS are published on every interface.
         for port in svc["ports"].as_sequence().into_iter().flatten() {
             let port = port.as_str().unwrap();
             assert!(
-                port.starts_with("127.0.0.1:") || ["8080:8080", "1883:1883"].contains(&port),
+                port.starts_with("127.0.0.1:") || ["8080:8080", "8883:8883"].contains(&port),
                 "{name} publishes {port} on every interface"
             );
         }

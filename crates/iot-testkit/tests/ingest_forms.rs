@@ -177,9 +177,7 @@ async fn grpc_door_uses_the_same_validation() {
     let dev = p
         .create_device(&format!("dev-{}", kit::unique()), "active")
         .await;
-    let mut c = IngestClient::connect(format!("http://{}", p.gateway_grpc))
-        .await
-        .unwrap();
+    let mut c = IngestClient::new(kit::pki::channel(&format!("http://{}", p.gateway_grpc)).await);
     let reading = |sensor: &str, value: &str| IngestReading {
         sensor_name: sensor.into(),
         value: value.into(),

@@ -14,11 +14,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 async fn health(addr: SocketAddr) -> Option<i32> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
+    let channel = iot_proto::connect(
+        &iot_testkit::pki::operator(),
+        "the service under test",
+        &format!("http://{addr}"),
+    )
+    .await
+    .ok()?;
     let mut c = HealthClient::new(channel);
     c.check(HealthCheckRequest {
         service: String::new(),

@@ -18,7 +18,7 @@ async fn fleet_stats(
     url: String,
     owner: uuid::Uuid,
 ) -> Result<iot_proto::v1::FleetStatsResponse, tonic::Status> {
-    let mut api = TelemetryClient::connect(url).await.unwrap();
+    let mut api = TelemetryClient::new(kit::pki::channel(&url).await);
     let mut req = tonic::Request::new(FleetStatsRequest {
         owner_id: Some(owner.to_string()),
     });

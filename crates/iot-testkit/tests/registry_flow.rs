@@ -145,6 +145,7 @@ async fn heartbeats_of_a_hundred_thousand_devices_go_in_one_flush() {
         .await;
     let directory = mqtt_gateway::directory::Directory::new(
         &format!("http://{}", p.registry),
+        &kit::pki::grpc_tls(mqtt_gateway::SERVICE),
         Duration::from_secs(60),
         Duration::from_secs(5),
     )

@@ -12,12 +12,19 @@ use iotctl::simulate::{Args, Form, simulate};
 fn args(p: &Platform, account: &str, count: u64) -> Args {
     let (host, port) = kit::mqtt_addr();
     let (user, password) = kit::mqtt_account(account);
+    let tls = kit::pki::operator();
     Args {
         registry_url: format!("http://{}", p.registry),
         mqtt_host: host,
         mqtt_port: port,
         mqtt_username: Some(user),
         mqtt_password: Some(password),
+        mqtt_tls: Default::default(),
+        grpc_tls: iotctl::grpc_tls::GrpcTlsArgs {
+            grpc_cert: tls.cert,
+            grpc_key: tls.key,
+            grpc_ca: tls.ca,
+        },
         topic_prefix: p.prefix.clone(),
         batch_prefix: p.batch_prefix.clone(),
         senml_prefix: p.senml_prefix.clone(),

@@ -51,9 +51,10 @@ async fn a_published_reading_reaches_the_database() {
     assert_eq!(value, Decimal::from_str("23.5").unwrap());
 
     // The same reading through the telemetry query API.
-    let mut t = TelemetryClient::connect(format!("http://{}", p.telemetry))
-        .await
-        .unwrap();
+    let mut t = TelemetryClient::with_interceptor(
+        kit::pki::channel(&format!("http://{}", p.telemetry)).await,
+        iot_proto::Scope::Admin,
+    );
     let resp = t
         .query_readings(QueryReadingsRequest {
             device_uuid: device.id.clone(),

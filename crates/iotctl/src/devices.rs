@@ -11,6 +11,8 @@ pub struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     registry_url: String,
+    #[command(flatten)]
+    grpc_tls: crate::grpc_tls::GrpcTlsArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -49,7 +51,12 @@ enum Cmd {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // The operator's CLI: the admin scope.
-    let mut client = iot_proto::registry_client(args.registry_url, iot_proto::Scope::Admin).await?;
+    let mut client = iot_proto::registry_client(
+        args.registry_url,
+        iot_proto::Scope::Admin,
+        &args.grpc_tls.config(),
+    )
+    .await?;
     match args.command {
         Cmd::Create {
             device_id,

@@ -30,6 +30,8 @@ pub struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     pub registry_url: String,
+    #[command(flatten)]
+    pub grpc_tls: crate::grpc_tls::GrpcTlsArgs,
     #[arg(long, default_value = "127.0.0.1")]
     pub mqtt_host: String,
     #[arg(long, default_value_t = 11883)]
@@ -40,6 +42,8 @@ pub struct Args {
     pub mqtt_username: Option<String>,
     #[arg(long, env = "IOT_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
+    #[command(flatten)]
+    pub mqtt_tls: MqttTls,
     #[arg(long, default_value = "sensors")]
     pub topic_prefix: String,
     #[arg(long, default_value = "batches")]
@@ -87,6 +91,58 @@ pub struct Args {
     /// Do not print progress.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl Args {
+    /// The command line's settings: its defaults, with `args` (flags as
+    /// `iotctl simulate` takes them) on top.
+    pub fn from_flags<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Simulate {
+            #[command(flatten)]
+            args: Args,
+        }
+        let flags = std::iter::once(std::ffi::OsString::from("simulate"))
+            .chain(args.into_iter().map(Into::into));
+        Simulate::try_parse_from(flags).map(|s| s.args)
+    }
+}
+
+/// TLS to the broker: on when a CA file is given.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MqttTls {
+    /// Connect over TLS, trusting this CA (PEM) for the broker's
+    /// certificate, which must name --mqtt-host; --mqtt-port is then the
+    /// broker's TLS listener (8883; 18883 on the local stack).
+    #[arg(long, env = "IOT_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<String>,
+    /// A client certificate (PEM), for a broker that asks for one.
+    #[arg(
+        long,
+        env = "IOT_MQTT_CERT_FILE",
+        requires = "mqtt_key_file",
+        requires = "mqtt_ca_file"
+    )]
+    pub mqtt_cert_file: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "IOT_MQTT_KEY_FILE", requires = "mqtt_cert_file")]
+    pub mqtt_key_file: Option<String>,
+}
+
+impl MqttTls {
+    pub fn config(&self) -> iot_mqtt::TlsConfig {
+        iot_mqtt::TlsConfig {
+            enabled: self.mqtt_ca_file.is_some(),
+            ca_file: self.mqtt_ca_file.clone(),
+            cert_file: self.mqtt_cert_file.clone(),
+            key_file: self.mqtt_key_file.clone(),
+        }
+    }
 }
 
 /// What a run did.
@@ -182,8 +238,12 @@ fn ts(t: DateTime<Utc>) -> String {
 
 /// Registers the fleet's devices (those missing) and returns their ids.
 pub async fn register(args: &Args) -> anyhow::Result<Vec<String>> {
-    let mut registry =
-        iot_proto::registry_client(args.registry_url.clone(), iot_proto::Scope::Admin).await?;
+    let mut registry = iot_proto::registry_client(
+        args.registry_url.clone(),
+        iot_proto::Scope::Admin,
+        &args.grpc_tls.config(),
+    )
+    .await?;
     let ids: Vec<String> = (1..=args.devices)
         .map(|n| format!("{}-{n:04}", args.device_prefix))
         .collect();
@@ -247,6 +307,13 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         (0.0..=1.0).contains(&args.spike_ratio),
         "--spike-ratio must be in 0..=1"
     );
+    // Unusable TLS files end the run before any device is registered.
+    let link = iot_mqtt::Link::new(&args.mqtt_host, args.mqtt_port);
+    let transport = args
+        .mqtt_tls
+        .config()
+        .transport()
+        .map_err(|e| link.error(&e))?;
     let ids = register(&args).await?;
     let total_rate = args
         .rate_per_device
@@ -267,6 +334,7 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
             .cloned()
             .collect();
         let args = args.clone();
+        let transport = transport.clone();
         let counters = counters.clone();
         let stop = stop.clone();
         let share = total_rate * devices.len() as f64 / ids.len() as f64;
@@ -275,7 +343,13 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         let count = (args.count > 0).then(|| args.count * through / n - args.count * before / n);
         before = through;
         tasks.push(tokio::spawn(async move {
-            connection(c, &args, devices, share, count, &counters, started, stop).await
+            let run = Run {
+                n: c,
+                rate: share,
+                count,
+                started,
+            };
+            connection(run, &args, transport, devices, &counters, stop).await
         }));
     }
     let show = !args.quiet;
@@ -367,22 +441,41 @@ fn progress_bar(goal: Option<u64>) -> indicatif::ProgressBar {
     bar.with_style(style)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
+/// One connection's share of the run.
+struct Run {
+    /// Its number.
     n: u32,
-    args: &Args,
-    devices: Vec<String>,
+    /// Readings per second.
     rate: f64,
+    /// Readings to send, if the run has a count.
     count: Option<u64>,
-    counters: &Counters,
     started: Instant,
+}
+
+/// Publishes for `devices` over one connection. A TLS handshake that fails
+/// before the connection was ever up ends the run with an error naming the
+/// broker: a certificate the client does not trust stays untrusted.
+async fn connection(
+    run: Run,
+    args: &Args,
+    transport: rumqttc::Transport,
+    devices: Vec<String>,
+    counters: &Counters,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    let Run {
+        n,
+        rate,
+        count,
+        started,
+    } = run;
+    let link = iot_mqtt::Link::new(&args.mqtt_host, args.mqtt_port);
     let mut opts = MqttOptions::new(
         format!("iotctl-sim-{}-{n}", std::process::id()),
         &args.mqtt_host,
         args.mqtt_port,
     );
+    opts.set_transport(transport);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_inflight(args.max_in_flight.max(1))
         .set_max_packet_size(1 << 20, 1 << 20);
@@ -449,6 +542,7 @@ async fn connection(
     let mut readings = 0u64;
     let mut pending: Option<(String, Vec<u8>, u64)> = None;
     let (mut sent, mut acked) = (0u64, 0u64);
+    let mut connected = false;
     loop {
         let done = stop.load(Ordering::Relaxed) || count.is_some_and(|c| readings >= c);
         if done && pending.is_none() {
@@ -486,11 +580,17 @@ async fn connection(
                     acked += 1;
                     counters.acked.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
                 Ok(_) => {}
+                Err(e @ rumqttc::ConnectionError::Tls(_)) if !connected => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    driver.abort();
+                    return Err(link.error(&e).into());
+                }
                 Err(e) => {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
                     if !args.quiet {
-                        eprintln!("\nmqtt connection {n}: {e}; reconnecting");
+                        eprintln!("\nmqtt connection {n}: {}; reconnecting", link.error(&e));
                     }
                 }
             },
@@ -511,7 +611,7 @@ async fn connection(
                     // What is still unacknowledged stays so.
                     counters.errors.fetch_add(1, Ordering::Relaxed);
                     if !args.quiet {
-                        eprintln!("\nmqtt connection {n}: {e}");
+                        eprintln!("\nmqtt connection {n}: {}", link.error(&e));
                     }
                     break;
                 }

@@ -28,6 +28,9 @@ pub struct Config {
     pub http_auth: crate::HttpAuthConfig,
     /// gRPC door (`iot.v1.Ingest`) and `grpc.health.v1`.
     pub grpc_addr: SocketAddr,
+    /// mTLS on its gRPC server and on its calls to other services
+    /// (`iot_proto::GrpcTls`); off when unset.
+    pub grpc_tls: iot_proto::GrpcTls,
     pub admin_addr: SocketAddr,
     /// Device heartbeats and first-seen sensors go to the registry in one
     /// call this often.
@@ -62,6 +65,10 @@ pub struct MqttConfig {
     pub session_expiry_secs: u32,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS to the broker (`[mqtt.tls]`: `enabled`, `ca_file`, and
+    /// `cert_file` with `key_file` for a broker that wants a client
+    /// certificate); `port` is then the broker's TLS listener, 8883.
+    pub tls: iot_mqtt::TlsConfig,
     /// Largest MQTT packet the gateway takes (its Maximum Packet Size). It
     /// must be at least the broker's own limit on what it accepts from
     /// devices (Mosquitto's `max_packet_size`): a broker never delivers a
@@ -120,6 +127,7 @@ impl Default for Config {
             http_addr: ([127, 0, 0, 1], 8088).into(),
             http_auth: crate::HttpAuthConfig::default(),
             grpc_addr: ([127, 0, 0, 1], 50054).into(),
+            grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9104).into(),
             activity_flush_secs: 5,
         }
@@ -149,6 +157,7 @@ impl Default for MqttConfig {
             session_expiry_secs: 86_400,
             username: None,
             password: None,
+            tls: iot_mqtt::TlsConfig::default(),
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             broker_received_topic: "$SYS/broker/publish/messages/received".into(),
             unreceived_alarm: 1000,
@@ -181,12 +190,14 @@ impl iot_runtime::Validate for Config {
     fn problems(&self) -> Vec<String> {
         let mut p = self.kafka.problems("kafka");
         p.extend(self.http_auth.problems("http_auth"));
+        p.extend(self.grpc_tls.problems());
         if let Some(pw) = &self.mqtt.password {
             p.extend(iot_runtime::config::placeholder_problem(
                 "mqtt.password",
                 pw,
             ));
         }
+        p.extend(self.mqtt.tls.problems("mqtt.tls"));
         if self.mqtt.host.is_empty() {
             p.push("mqtt.host is empty".into());
         }

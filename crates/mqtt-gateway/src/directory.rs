@@ -57,10 +57,11 @@ impl Directory {
     /// `unknown_ttl` (a change at the registry drops them at once).
     pub fn new(
         registry_url: &str,
+        tls: &iot_proto::GrpcTls,
         ttl: Duration,
         unknown_ttl: Duration,
     ) -> Result<Self, crate::GatewayError> {
-        let client = registry_client::admin_client(registry_url)?;
+        let client = registry_client::admin_client(registry_url, tls)?;
         Ok(Self::with_client(client, ttl, unknown_ttl))
     }
 

@@ -20,8 +20,8 @@ pub enum GatewayError {
     Transient(#[from] Transient),
     #[error("Kafka: {0}")]
     Kafka(#[from] iot_kafka::rdkafka::error::KafkaError),
-    #[error("device-registry address: {0}")]
-    RegistryAddress(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    RegistryAddress(#[from] iot_proto::TlsError),
     #[error("metrics: {0}")]
     Metrics(#[from] iot_telemetry::prometheus::Error),
     /// (Boxed: it holds the whole request the client could not queue.)

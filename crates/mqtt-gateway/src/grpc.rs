@@ -44,6 +44,8 @@ impl Ingest for IngestService {
         &self,
         request: Request<v1::IngestReadingsRequest>,
     ) -> Result<Response<v1::IngestReadingsResponse>, Status> {
+        // Readings for any owner's device: the platform's own callers only.
+        iot_proto::require_platform(&request)?;
         let req = request.into_inner();
         let invalid = |problem: String| Err(GatewayError::Invalid(vec![problem]).into());
         if req.device.is_empty() {

@@ -48,7 +48,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
     // Its registry calls counted and timed by method.
     let calls = iot_telemetry::grpc::GrpcClientMetrics::register(&skeleton.registry)?;
-    let registry = registry_client::measured_admin_client(&config.registry_url, &calls)?;
+    let registry =
+        registry_client::measured_admin_client(&config.registry_url, &config.grpc_tls, &calls)?;
     let directory = directory::Directory::with_client(
         registry.clone(),
         Duration::from_secs(config.device_cache_ttl_secs),
@@ -85,7 +86,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .await?;
     let ingest = IngestServer::new(grpc::IngestService::new(pipeline.clone()));
     skeleton
-        .serve_grpc(config.grpc_addr, Routes::new(ingest), &["iot.v1.Ingest"])
+        .serve_grpc(
+            config.grpc_addr,
+            &config.grpc_tls,
+            Routes::new(ingest),
+            &["iot.v1.Ingest"],
+        )
         .await?;
     {
         // Cache entries of changed devices, and their verified HTTP

@@ -140,8 +140,10 @@ impl Flow {
     }
 }
 
-fn options(cfg: &MqttConfig, max_in_flight: usize) -> MqttOptions {
+/// The session's options; TLS as `mqtt.tls` says (its files read here).
+fn options(cfg: &MqttConfig, max_in_flight: usize) -> Result<MqttOptions, iot_mqtt::TlsError> {
     let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    opts.set_transport(cfg.tls.transport()?);
     let receive_maximum = u16::try_from(max_in_flight).unwrap_or(u16::MAX);
     let max_packet = u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX);
     opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(5)))
@@ -156,7 +158,7 @@ fn options(cfg: &MqttConfig, max_in_flight: usize) -> MqttOptions {
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts.set_credentials(u, p);
     }
-    opts
+    Ok(opts)
 }
 
 pub async fn run_subscriber(
@@ -167,7 +169,11 @@ pub async fn run_subscriber(
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
-    let opts = options(&cfg, max_in_flight);
+    let link = iot_mqtt::Link::new(&cfg.host, cfg.port);
+    // A CA or key file that cannot be used stops the gateway: no retry
+    // mends it.
+    let opts = options(&cfg, max_in_flight)
+        .map_err(|e| iot_runtime::ServiceError::Failed(Box::new(link.error(&e))))?;
     let (client, eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
     let (events_tx, mut events) = mpsc::channel(EVENTS_BUFFERED);
     let driver = tokio::spawn(drive(eventloop, events_tx));
@@ -241,7 +247,9 @@ pub async fn run_subscriber(
                 Ok(_) => {}
                 Err(e) => {
                     ready.set(false);
-                    tracing::warn!(error = %e, "MQTT connection error, reconnecting");
+                    // Named by its link: "MQTT broker host:8883: TLS:
+                    // invalid peer certificate: UnknownIssuer".
+                    tracing::warn!(error = %link.error(&e), "MQTT connection error, reconnecting");
                     // Messages not yet acknowledged are redelivered on the
                     // resumed session; drop our copies of the unstarted ones.
                     flow.waiting.clear();

@@ -25,28 +25,34 @@ pub const SERVICE: &str = "device-registry";
 /// A device-registry client for a platform service (admin scope: every
 /// owner's devices, and the change stream), connecting on first use; 5 s
 /// to connect, 10 s per call. Its calls carry the caller's trace; no
-/// metrics (see [`measured_admin_client`]).
-pub fn admin_client(url: &str) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
-    admin_client_with(url, GrpcClientLayer::unmeasured())
+/// metrics (see [`measured_admin_client`]). Over mTLS when `tls` is on.
+pub fn admin_client(
+    url: &str,
+    tls: &iot_proto::GrpcTls,
+) -> Result<iot_proto::RegistryClient, iot_proto::TlsError> {
+    admin_client_with(url, tls, GrpcClientLayer::unmeasured())
 }
 
 /// [`admin_client`] whose calls `metrics` counts and times
 /// (`service="device-registry"`, by method and status code).
 pub fn measured_admin_client(
     url: &str,
+    tls: &iot_proto::GrpcTls,
     metrics: &GrpcClientMetrics,
-) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
-    admin_client_with(url, metrics.layer(SERVICE))
+) -> Result<iot_proto::RegistryClient, iot_proto::TlsError> {
+    admin_client_with(url, tls, metrics.layer(SERVICE))
 }
 
 fn admin_client_with(
     url: &str,
+    tls: &iot_proto::GrpcTls,
     layer: GrpcClientLayer,
-) -> Result<iot_proto::RegistryClient, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+) -> Result<iot_proto::RegistryClient, iot_proto::TlsError> {
+    let endpoint = tls
+        .endpoint(SERVICE, url)?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
+        .timeout(Duration::from_secs(10));
+    let channel = iot_proto::tls::lazy(&endpoint, false);
     Ok(iot_proto::registry_client_on(
         iot_proto::client_channel(channel, layer),
         iot_proto::Scope::Admin,

@@ -2,7 +2,9 @@
 //! machine's own, made at set-up (no key is committed), and the server
 //! told to use them. Services and tests reach it with
 //! `sslmode=verify-full&sslrootcert=<ca.pem>`; plain connections still
-//! work, as every URL without `sslmode` asks.
+//! work, as every URL without `sslmode` asks. Mosquitto's TLS listener
+//! serves the same certificate ([`broker_files`]), and clients trust the
+//! same `ca.pem`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,6 +19,26 @@ pub fn dir() -> PathBuf {
         .parent()
         .map_or_else(|| PathBuf::from("/var/lib/iot-platform"), PathBuf::from)
         .join("tls")
+}
+
+/// The certificate and key a local broker serves TLS with (the server's
+/// certificate, for `localhost` and 127.0.0.1, and a copy of its key that
+/// PostgreSQL does not own). Call after [`ensure`] made them.
+pub fn broker_files() -> Result<(PathBuf, PathBuf)> {
+    let dir = dir();
+    let (cert, key) = (dir.join("server.pem"), dir.join("broker.key"));
+    if !cert.exists() {
+        return Err(format!(
+            "{} is missing: the local CA was not made",
+            cert.display()
+        ));
+    }
+    // A folder made before brokers used it may lack the copy.
+    if !key.exists() {
+        std::fs::copy(dir.join("server.key"), &key).map_err(|e| e.to_string())?;
+        proc::run(Command::new("chmod").arg("600").arg(&key))?;
+    }
+    Ok((cert, key))
 }
 
 fn openssl(args: &[&str]) -> Result<()> {
@@ -89,8 +111,9 @@ pub fn ensure(admin_url: &str) -> Result<()> {
             "-extfile",
             "server.ext",
         ])?;
-        // Kafka brokers of the tests serve the same certificate, with a
-        // copy of the key that PostgreSQL does not own.
+        // Brokers (Mosquitto's TLS listener, Kafka brokers of the tests)
+        // serve the same certificate, with a copy of the key that
+        // PostgreSQL does not own.
         std::fs::copy(dir.join("server.key"), dir.join("broker.key")).map_err(|e| e.to_string())?;
         // The server refuses a key others can read; nobody needs the CA's.
         proc::run(

@@ -10,6 +10,8 @@ use crate::proc::{self, Result};
 
 pub const PG_PORT: u16 = 5432;
 pub const MQTT_PORT: u16 = 11883;
+/// Mosquitto's TLS listener (deploy/local/mosquitto-tls.conf).
+pub const MQTTS_PORT: u16 = 18883;
 pub const KAFKA_PORT: u16 = 19092;
 const DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/iot";
 /// Maintenance database the tests create their own databases from.
@@ -43,6 +45,19 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// What building the workspace needs besides Rust: OpenSSL's headers, for
+/// librdkafka's TLS and SASL.
+pub fn ensure_build_deps() -> Result<()> {
+    let found = Command::new("pkg-config")
+        .args(["--exists", "openssl"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        apt_install(&["libssl-dev", "pkg-config"])?;
+    }
+    Ok(())
 }
 
 fn pg_bin_dir() -> Option<PathBuf> {
@@ -142,14 +157,28 @@ fn dynsec_plugin() -> Option<PathBuf> {
 fn ensure_mosquitto(started: &mut Started) -> Result<()> {
     if proc::running("mosquitto").is_some() || proc::port_open(MQTT_PORT) {
         eprintln!("mosquitto: already running on 127.0.0.1:{MQTT_PORT}");
+        if !proc::port_open(MQTTS_PORT) {
+            eprintln!(
+                "mosquitto: no TLS listener on 127.0.0.1:{MQTTS_PORT} (a broker started before \
+                 it existed): restart it (cargo xtask down, then again) for the TLS tests"
+            );
+        }
         return Ok(());
     }
     if !proc::have("mosquitto") && !Path::new("/usr/sbin/mosquitto").exists() {
         apt_install(&["mosquitto"])?;
     }
     proc::ensure_run_dirs()?;
-    let template = fs::read_to_string(paths::repo().join("deploy/local/mosquitto.conf"))
-        .map_err(|e| format!("deploy/local/mosquitto.conf: {e}"))?;
+    let read = |name: &str| {
+        fs::read_to_string(paths::repo().join("deploy/local").join(name))
+            .map_err(|e| format!("deploy/local/{name}: {e}"))
+    };
+    // The plain listener, then the TLS one with the local CA's certificate.
+    let (cert, key) = crate::pgtls::broker_files()?;
+    let template = read("mosquitto.conf")?
+        + &read("mosquitto-tls.conf")?
+            .replace("@TLS_DIR@/server.pem", &cert.to_string_lossy())
+            .replace("@TLS_DIR@/broker.key", &key.to_string_lossy());
     let conf = paths::run_dir().join("mosquitto.conf");
     let plugin = dynsec_plugin().ok_or(
         "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed",
@@ -180,7 +209,8 @@ fn ensure_mosquitto(started: &mut Started) -> Result<()> {
     // Runs in the foreground under our pid file (no -d).
     proc::spawn("mosquitto", Command::new(bin).arg("-c").arg(&conf))?;
     started.0.push("mosquitto");
-    proc::wait_port("mosquitto", MQTT_PORT, Duration::from_secs(15))
+    proc::wait_port("mosquitto", MQTT_PORT, Duration::from_secs(15))?;
+    proc::wait_port("mosquitto", MQTTS_PORT, Duration::from_secs(5))
 }
 
 /// (username, password, (ACL type, topic) pairs its role allows).
@@ -331,6 +361,7 @@ fn bin(name: &str) -> PathBuf {
 
 /// `cargo xtask up`.
 pub fn up() -> Result<()> {
+    ensure_build_deps()?;
     let started = infra()?;
     proc::run(cargo().args(["build", "--bins"]))?;
     proc::run(
@@ -369,6 +400,10 @@ pub fn up() -> Result<()> {
     println!("  logs and pids     {}", run.display());
     println!(
         "  MQTT              127.0.0.1:{MQTT_PORT}  topic sensors/{{device_id}}/{{sensor_name}}"
+    );
+    println!(
+        "  MQTT over TLS     127.0.0.1:{MQTTS_PORT}  CA {}",
+        crate::pgtls::dir().join("ca.pem").display()
     );
     println!(
         "  Kafka (Tansu)     127.0.0.1:{KAFKA_PORT}  topics iot.readings.v1, iot.dead-letter.v1"
@@ -420,6 +455,7 @@ pub fn status() -> Result<()> {
 /// `cargo xtask test [nextest args]`: lint, start what the tests need, run
 /// the whole suite, stop what it started.
 pub fn test(extra: &[String]) -> Result<()> {
+    ensure_build_deps()?;
     proc::run(cargo().args(["fmt", "--all", "--check"]))?;
     proc::run(cargo().args([
         "clippy",
@@ -442,6 +478,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
         .env("IOT_TEST_PG_CA", crate::pgtls::dir().join("ca.pem"))
         .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
+        .env("IOT_TEST_MQTT_TLS", format!("127.0.0.1:{MQTTS_PORT}"))
+        .env("IOT_TEST_MQTT_CA", crate::pgtls::dir().join("ca.pem"))
         .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"));
     let before = test_databases();
     let mut result = proc::run(&mut cmd);
@@ -490,6 +528,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     if !["ingest", "query", "graphql", "alerts", "late", "abuse"].contains(&what) {
         return Err("usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse".into());
     }
+    ensure_build_deps()?;
     proc::run(cargo().args([
         "build",
         "--release",
@@ -555,6 +594,7 @@ fn postgres_restart_command() -> Option<String> {
 /// `cargo xtask faults [--short]`: the fault suite (`iot-bench faults`) on
 /// debug builds, against a Mosquitto and a Tansu of its own.
 pub fn faults(args: &[String]) -> Result<()> {
+    ensure_build_deps()?;
     let mut started = Started(Vec::new());
     ensure_postgres(&mut started)?;
     if !proc::have("mosquitto") && !Path::new("/usr/sbin/mosquitto").exists() {

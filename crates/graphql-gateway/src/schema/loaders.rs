@@ -32,6 +32,7 @@ where
 /// The latest readings of many devices in one LatestReadings call.
 pub struct LatestLoader {
     pub(super) up: Upstreams,
+    pub(super) scope: iot_proto::Scope,
 }
 
 impl Loader<String> for LatestLoader {
@@ -45,7 +46,7 @@ impl Loader<String> for LatestLoader {
             |chunk| async move {
                 let got = self
                     .up
-                    .telemetry()
+                    .telemetry(self.scope.clone())
                     .latest_readings(v1::LatestReadingsRequest {
                         device_uuids: chunk,
                     })

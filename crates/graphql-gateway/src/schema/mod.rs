@@ -98,7 +98,10 @@ pub fn request_data(up: &Upstreams, who: Principal) -> Data {
     let mut data = Data::default();
     let scope = who.scope();
     data.insert(DataLoader::new(
-        LatestLoader { up: up.clone() },
+        LatestLoader {
+            up: up.clone(),
+            scope: scope.clone(),
+        },
         spawn_traced,
     ));
     data.insert(DataLoader::new(

@@ -83,6 +83,7 @@ impl QueryRoot {
         #[graphql(default = 1000)] limit: i32,
     ) -> Result<Vec<SensorReading>> {
         let s = shared(ctx);
+        let scope = who(ctx)?.scope();
         let limit = page(limit, s.limits.max_readings, "limit")?;
         let (start, end) = range(&s.limits, &start_time, &end_time)?;
         let got = of_device(ctx, &device_id, |device_uuid| {
@@ -94,7 +95,7 @@ impl QueryRoot {
                 limit,
                 cursor: String::new(),
             };
-            let mut telemetry = s.up.telemetry();
+            let mut telemetry = s.up.telemetry(scope.clone());
             async move { telemetry.query_readings(req).await.answer(TELEMETRY) }
         })
         .await?;
@@ -116,6 +117,7 @@ impl QueryRoot {
         #[graphql(default = "1h")] granularity: String,
     ) -> Result<MetricList> {
         let s = shared(ctx);
+        let scope = who(ctx)?.scope();
         let (start, end) = range(&s.limits, &start_time, &end_time)?;
         let request = |device_uuid| v1::QueryMetricsRequest {
             device_uuid,
@@ -125,11 +127,11 @@ impl QueryRoot {
             granularity: granularity.clone(),
         };
         if let Some((raw, plan)) = MetricList::plan(ctx, &sensor_name) {
-            let plan = &plan;
+            let (plan, scope) = (&plan, &scope);
             let pieces = of_device(ctx, &device_id, |device_uuid| {
                 let req = request(device_uuid);
                 async move {
-                    crate::metrics_json::fetch(&s.up, plan, req)
+                    crate::metrics_json::fetch(&s.up, scope, plan, req)
                         .await
                         .map_err(|e| status_error(TELEMETRY, &e))
                 }
@@ -139,7 +141,7 @@ impl QueryRoot {
         }
         let got = of_device(ctx, &device_id, |device_uuid| {
             let req = request(device_uuid);
-            let mut telemetry = s.up.telemetry();
+            let mut telemetry = s.up.telemetry(scope.clone());
             async move { telemetry.query_metrics(req).await.answer(TELEMETRY) }
         })
         .await?;
@@ -238,7 +240,7 @@ impl QueryRoot {
         let (mut registry, mut alerts, mut telemetry) = (
             s.up.registry(p.scope()),
             s.up.alerts(p.scope()),
-            s.up.telemetry(),
+            s.up.telemetry(p.scope()),
         );
         let (devices, critical, fleet) = futures::try_join!(
             async {

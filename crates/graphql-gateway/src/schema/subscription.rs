@@ -164,7 +164,7 @@ impl SubscriptionRoot {
                         // The device must still be the caller's at every
                         // poll (it may be deleted or change owner), as in
                         // `deviceStatus`; both calls run at once.
-                        let mut telemetry = up.telemetry();
+                        let mut telemetry = up.telemetry(scope.clone());
                         let (owned, latest) =
                             tokio::join!(get_device(&up, scope.clone(), &device), async {
                                 telemetry
@@ -205,7 +205,7 @@ impl SubscriptionRoot {
                             seen.insert(r.sensor_name.clone(), t);
                             let start = bucket::floor(t, width);
                             let got = up
-                                .telemetry()
+                                .telemetry(scope.clone())
                                 .query_metrics(v1::QueryMetricsRequest {
                                     device_uuid: device.clone(),
                                     sensor_name: r.sensor_name.clone(),

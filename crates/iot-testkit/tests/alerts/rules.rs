@@ -52,9 +52,13 @@ impl LowBattery {
         let engine = p.start_alert_engine(|_| {}).await;
         let url = format!("http://{}", engine.grpc_addr);
         let owner = uuid::Uuid::nil().to_string();
-        let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
-            .await
-            .unwrap();
+        let mut api = iot_proto::alerts_client(
+            url.clone(),
+            Scope::Owner(owner.clone()),
+            &iot_testkit::pki::operator(),
+        )
+        .await
+        .unwrap();
         let dev = p
             .create_device(&format!("rules-{}", kit::unique()), "active")
             .await;
@@ -110,9 +114,13 @@ async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
     let url = format!("http://{}", engine.grpc_addr);
     // Devices created without an owner belong to the nil owner.
     let owner = uuid::Uuid::nil().to_string();
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
-        .await
-        .unwrap();
+    let mut api = iot_proto::alerts_client(
+        url.clone(),
+        Scope::Owner(owner.clone()),
+        &iot_testkit::pki::operator(),
+    )
+    .await
+    .unwrap();
     // A rule that does not parse says where.
     let err = api
         .create_rule(v1::Rule {
@@ -147,10 +155,13 @@ async fn rules_are_checked_unique_by_name_and_hidden_from_other_owners() {
     assert_eq!(dup.code(), tonic::Code::AlreadyExists);
 
     // Another owner neither sees nor changes them.
-    let mut other =
-        iot_proto::alerts_client(url.clone(), Scope::Owner(uuid::Uuid::new_v4().to_string()))
-            .await
-            .unwrap();
+    let mut other = iot_proto::alerts_client(
+        url.clone(),
+        Scope::Owner(uuid::Uuid::new_v4().to_string()),
+        &iot_testkit::pki::operator(),
+    )
+    .await
+    .unwrap();
     let theirs = other
         .list_rules(v1::ListRulesRequest {})
         .await
@@ -280,9 +291,13 @@ async fn a_duration_rules_episode_survives_an_engine_restart() {
     let engine = p
         .start_alert_engine_until(first.clone(), |c| c.group_id = group.clone())
         .await;
-    let mut api = iot_proto::alerts_client(format!("http://{}", engine.grpc_addr), Scope::Admin)
-        .await
-        .unwrap();
+    let mut api = iot_proto::alerts_client(
+        format!("http://{}", engine.grpc_addr),
+        Scope::Admin,
+        &iot_testkit::pki::operator(),
+    )
+    .await
+    .unwrap();
     let hot = api
         .create_rule(v1::Rule {
             name: "hot_for_10s".into(),
@@ -413,9 +428,10 @@ async fn two_engine_replicas_raise_one_alert_per_condition() {
     };
     // A second replica joins the group; the partitions are split.
     let second = p.start_alert_engine(|c| c.group_id = group.clone()).await;
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut api =
+        iot_proto::alerts_client(url.clone(), Scope::Admin, &iot_testkit::pki::operator())
+            .await
+            .unwrap();
     api.create_rule(v1::Rule {
         name: "overpressure".into(),
         condition: "sensor_name == \"pressure\" AND value > 5".into(),

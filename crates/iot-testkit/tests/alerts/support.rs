@@ -10,9 +10,10 @@ use iot_testkit::Platform;
 
 /// The alerts of `device`, from the alert-engine at `url`.
 pub async fn alerts(url: &str, device: &str) -> Vec<v1::Alert> {
-    let mut c = iot_proto::alerts_client(url.to_owned(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut c =
+        iot_proto::alerts_client(url.to_owned(), Scope::Admin, &iot_testkit::pki::operator())
+            .await
+            .unwrap();
     c.list_alerts(ListAlertsRequest {
         device_uuid: Some(device.to_owned()),
         ..Default::default()

@@ -128,9 +128,13 @@ async fn the_alerts_api_refuses_other_owners_callers_without_scope_and_bad_argum
         ..Default::default()
     };
     for (owner, expect) in [(nil, 1), (uuid::Uuid::new_v4().to_string(), 0)] {
-        let mut c = iot_proto::alerts_client(url.clone(), Scope::Owner(owner))
-            .await
-            .unwrap();
+        let mut c = iot_proto::alerts_client(
+            url.clone(),
+            Scope::Owner(owner),
+            &iot_testkit::pki::operator(),
+        )
+        .await
+        .unwrap();
         let listed = c.list_alerts(only_open()).await.unwrap().into_inner();
         assert_eq!(listed.alerts.len(), expect);
         let counted = c.count_alerts(only_open()).await.unwrap().into_inner();
@@ -146,15 +150,14 @@ async fn the_alerts_api_refuses_other_owners_callers_without_scope_and_bad_argum
             assert_eq!(err.code(), tonic::Code::NotFound);
         }
     }
-    let mut unscoped = v1::alerts_client::AlertsClient::connect(url.clone())
-        .await
-        .unwrap();
+    let mut unscoped = v1::alerts_client::AlertsClient::new(kit::pki::channel(&url).await);
     let err = unscoped.list_alerts(only_open()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut api =
+        iot_proto::alerts_client(url.clone(), Scope::Admin, &iot_testkit::pki::operator())
+            .await
+            .unwrap();
 
     // Bad arguments name their field; an unknown alert is NotFound.
     let e = api
@@ -199,9 +202,10 @@ async fn an_alert_is_acknowledged_once_and_then_resolved_by_hand() {
     let url = format!("http://{}", engine.grpc_addr);
     let (dev, alert) = open_alert(&p, &url).await;
     // Open → acknowledged (by whom, when) → resolved by hand.
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut api =
+        iot_proto::alerts_client(url.clone(), Scope::Admin, &iot_testkit::pki::operator())
+            .await
+            .unwrap();
     let (alice, bob) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let ack = |by: uuid::Uuid| v1::AlertActionRequest {
         id: alert.id.clone(),
@@ -332,9 +336,10 @@ async fn every_alert_change_reaches_the_stream_and_the_alerts_topic() {
         .unwrap()
         .into_inner();
     // A subscriber of this device's alerts, from now on.
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut api =
+        iot_proto::alerts_client(url.clone(), Scope::Admin, &iot_testkit::pki::operator())
+            .await
+            .unwrap();
     let mut stream = api
         .subscribe_alerts(v1::SubscribeAlertsRequest {
             device_uuid: Some(dev.id.clone()),

@@ -40,9 +40,10 @@ async fn register(
         .unwrap()
         .into_inner();
     assert_eq!(generated.secret.len(), 64);
-    let mut admin = iot_proto::alerts_client(url.to_owned(), Scope::Admin)
-        .await
-        .unwrap();
+    let mut admin =
+        iot_proto::alerts_client(url.to_owned(), Scope::Admin, &iot_testkit::pki::operator())
+            .await
+            .unwrap();
     admin
         .create_webhook(v1::Webhook {
             url: other.into(),
@@ -60,9 +61,13 @@ async fn a_webhook_is_checked_its_secret_shown_once_and_listed_to_its_owner() {
     let engine = p.start_alert_engine(|_| {}).await;
     let url = format!("http://{}", engine.grpc_addr);
     let owner = uuid::Uuid::nil().to_string();
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
-        .await
-        .unwrap();
+    let mut api = iot_proto::alerts_client(
+        url.clone(),
+        Scope::Owner(owner.clone()),
+        &iot_testkit::pki::operator(),
+    )
+    .await
+    .unwrap();
     let bad = api
         .create_webhook(v1::Webhook {
             url: "ftp://example".into(),
@@ -109,9 +114,13 @@ async fn webhook_deliveries_are_signed_retried_and_never_slow_evaluation() {
         .await;
     let url = format!("http://{}", engine.grpc_addr);
     let owner = uuid::Uuid::nil().to_string();
-    let mut api = iot_proto::alerts_client(url.clone(), Scope::Owner(owner.clone()))
-        .await
-        .unwrap();
+    let mut api = iot_proto::alerts_client(
+        url.clone(),
+        Scope::Owner(owner.clone()),
+        &iot_testkit::pki::operator(),
+    )
+    .await
+    .unwrap();
     // A receiver that fails twice, one that never answers, and another
     // owner's receiver that must hear nothing of this owner's alerts.
     let (good_url, good) = receiver(2).await;

@@ -30,8 +30,15 @@ async fn older_writer(db: &str) -> SocketAddr {
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // mTLS with the writer's identity, as the platform's writer serves.
+    let (tls, _) = kit::pki::grpc_tls(ingest_writer::SERVICE)
+        .server()
+        .unwrap()
+        .unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
             .add_routes(router.into())
             .serve_with_incoming(iot_runtime::grpc_incoming(listener)),
     );

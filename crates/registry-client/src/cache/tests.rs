@@ -193,7 +193,8 @@ async fn cache_of(state: &Arc<State>, settings: Settings) -> DeviceCache<Info> {
         .add_service(DeviceRegistryServer::new(Fake(state.clone())))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     tokio::spawn(server);
-    let client = crate::admin_client(&format!("http://{addr}")).unwrap();
+    let client =
+        crate::admin_client(&format!("http://{addr}"), &iot_proto::GrpcTls::default()).unwrap();
     DeviceCache::new(client, settings, |uuid, d| Info {
         uuid,
         device_id: d.device_id,

@@ -17,6 +17,7 @@ environment through its config.
   value: {{ .Values.mqtt.host | quote }}
 - name: DEVICE_REGISTRY__BROKER__PORT
   value: {{ .Values.mqtt.port | quote }}
+{{- include "iot.mqttTlsEnv" (list . "DEVICE_REGISTRY__BROKER") }}
 - name: DEVICE_REGISTRY__BROKER__USERNAME
   value: {{ .Values.mqtt.adminUsername | quote }}
 - name: DEVICE_REGISTRY__BROKER__PASSWORD
@@ -67,6 +68,7 @@ environment through its config.
   value: {{ .Values.mqtt.host | quote }}
 - name: MQTT_GATEWAY__MQTT__PORT
   value: {{ .Values.mqtt.port | quote }}
+{{- include "iot.mqttTlsEnv" (list . "MQTT_GATEWAY__MQTT") }}
 - name: MQTT_GATEWAY__MQTT__USERNAME
   value: {{ .Values.mqtt.gatewayUsername | quote }}
 - name: MQTT_GATEWAY__MQTT__PASSWORD

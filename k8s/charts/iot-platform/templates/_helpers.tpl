@@ -182,6 +182,26 @@ go through the services' pass-through librdkafka properties
 {{- end }}
 {{- end -}}
 
+{{/*
+TLS to the MQTT broker, for a service's MQTT settings under (list $ prefix):
+the CA of `mqtt.tls.caSecret`, mounted by iot.volumes.
+*/}}
+{{- define "iot.mqttTlsEnv" -}}
+{{- $ := index . 0 -}}
+{{- $prefix := index . 1 -}}
+{{- with $.Values.mqtt.tls }}
+{{- if .enabled }}
+{{- if not .caSecret.name }}
+{{- fail "mqtt.tls.enabled needs mqtt.tls.caSecret.name (the CA that signed the broker's certificate)" }}
+{{- end }}
+- name: {{ $prefix }}__TLS__ENABLED
+  value: "true"
+- name: {{ $prefix }}__TLS__CA_FILE
+  value: /etc/iot/mqtt/ca.crt
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* Volumes for the CA certificates the values name, and /tmp. */}}
 {{- define "iot.volumes" -}}
 - name: tmp
@@ -203,6 +223,14 @@ go through the services' pass-through librdkafka properties
     items: [{key: {{ .key }}, path: ca.crt}]
 {{- end }}
 {{- end }}
+{{- with .Values.mqtt.tls.caSecret }}
+{{- if .name }}
+- name: mqtt-ca
+  secret:
+    secretName: {{ .name }}
+    items: [{key: {{ .key }}, path: ca.crt}]
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "iot.volumeMounts" -}}
@@ -216,6 +244,11 @@ go through the services' pass-through librdkafka properties
 {{- if .Values.kafka.tls.caSecret.name }}
 - name: kafka-ca
   mountPath: /etc/iot/kafka
+  readOnly: true
+{{- end }}
+{{- if .Values.mqtt.tls.caSecret.name }}
+- name: mqtt-ca
+  mountPath: /etc/iot/mqtt
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -268,6 +301,7 @@ spec:
           value: "0.0.0.0:{{ $svc.admin }}"
         - name: {{ $svc.env }}__GRPC_ADDR
           value: "0.0.0.0:{{ $svc.grpc }}"
+        {{- include "iot.grpcTlsEnv" (list $ .key) | nindent 8 }}
         {{- .env | nindent 8 }}
         {{- range $name, $value := $v.extraEnv }}
         - name: {{ $name }}
@@ -291,12 +325,98 @@ spec:
         {{- include "iot.containerSecurityContext" $ | nindent 8 }}
       volumeMounts:
         {{- include "iot.volumeMounts" $ | nindent 8 }}
+        {{- if $.Values.grpcTls.enabled }}
+        - name: grpc-tls
+          mountPath: /etc/iot/grpc
+          readOnly: true
+        {{- end }}
   volumes:
     {{- include "iot.volumes" $ | nindent 4 }}
+    {{- if $.Values.grpcTls.enabled }}
+    # This service's gRPC certificate, key and CA (grpcTls).
+    - name: grpc-tls
+      secret:
+        secretName: {{ include "iot.grpcTlsSecret" (list $ .key) }}
+        items:
+          - {key: tls.crt, path: tls.crt}
+          - {key: tls.key, path: tls.key}
+          - {key: ca.crt, path: ca.crt}
+        defaultMode: 288 # 0440: the owner and the pod's group (fsGroup)
+    {{- end }}
 {{- end -}}
 
 {{/* The common labels and one service's component: (list $ "device-registry"). */}}
 {{- define "iot.componentLabels" -}}
 {{ include "iot.labels" (index . 0) }}
 app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/*
+The platform's own gRPC identities (iot_proto::PLATFORM_IDENTITIES): the
+common names that may ask for every owner.
+*/}}
+{{- define "iot.platformIdentities" -}}
+[device-registry, ingest-writer, alert-engine, mqtt-gateway, graphql-gateway, iotctl]
+{{- end -}}
+
+{{/*
+The Secret with one service's gRPC certificate, (list $ "deviceRegistry"):
+grpcTls.existingSecrets.<key>, else the one the chart's cert-manager
+Certificate writes, else empty.
+*/}}
+{{- define "iot.grpcTlsSecret" -}}
+{{- $ := index . 0 -}}
+{{- $key := index . 1 -}}
+{{- $t := $.Values.grpcTls -}}
+{{- $svc := index (include "iot.services" $ | fromYaml) $key -}}
+{{- if index $t.existingSecrets $key -}}
+{{- index $t.existingSecrets $key -}}
+{{- else if $t.certManager.enabled -}}
+{{- printf "%s-grpc-tls" (include "iot.name" (list $ $svc.name)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The DNS names other services dial one service at, (list $ "device-registry"):
+its Service's names (iot.url dials <name>.<namespace>.svc).
+*/}}
+{{- define "iot.grpcDnsNames" -}}
+{{- $ := index . 0 -}}
+{{- $n := include "iot.name" (list $ (index . 1)) -}}
+{{- $ns := $.Release.Namespace -}}
+- {{ $n }}
+- {{ $n }}.{{ $ns }}
+- {{ $n }}.{{ $ns }}.svc
+- {{ $n }}.{{ $ns }}.svc.cluster.local
+{{- end -}}
+
+{{/*
+mTLS settings of one service's gRPC server and clients, (list $ "deviceRegistry"):
+the files of its Secret, mounted at /etc/iot/grpc by iot.podTemplate.
+*/}}
+{{- define "iot.grpcTlsEnv" -}}
+{{- $ := index . 0 -}}
+{{- $key := index . 1 -}}
+{{- $t := $.Values.grpcTls -}}
+{{- $svc := index (include "iot.services" $ | fromYaml) $key -}}
+{{- if $t.enabled }}
+{{- if not (include "iot.grpcTlsSecret" (list $ $key)) }}
+{{- fail (printf "grpcTls.enabled: %s has no certificate; set grpcTls.existingSecrets.%s (a Secret with tls.crt, tls.key and ca.crt) or grpcTls.certManager.enabled" $svc.name $key) }}
+{{- end }}
+- name: {{ $svc.env }}__GRPC_TLS__CERT
+  value: /etc/iot/grpc/tls.crt
+- name: {{ $svc.env }}__GRPC_TLS__KEY
+  value: /etc/iot/grpc/tls.key
+- name: {{ $svc.env }}__GRPC_TLS__CA
+  value: /etc/iot/grpc/ca.crt
+{{- with $t.platformIdentities }}
+{{- $ids := list }}
+{{- range concat (include "iot.platformIdentities" $ | fromYamlArray) . }}
+{{- $ids = append $ids (toJson .) }}
+{{- end }}
+# The platform's own identities and grpcTls.platformIdentities.
+- name: {{ $svc.env }}__GRPC_TLS__PLATFORM_IDENTITIES
+  value: {{ printf "[%s]" (join ", " (uniq $ids)) | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}

@@ -48,11 +48,14 @@ impl Prefetched {
             if !look.field("current_readings").exists() {
                 return None;
             }
-            LatestLoader { up: up.clone() }
-                .load(&ids)
-                .await
-                .ok()
-                .map(Arc::new)
+            LatestLoader {
+                up: up.clone(),
+                scope: scope.clone(),
+            }
+            .load(&ids)
+            .await
+            .ok()
+            .map(Arc::new)
         };
         let alerts = async {
             if !look.field("alerts").exists() {
