@@ -760,6 +760,34 @@ mod tests {
         assert!(KafkaConfig::default().problems("kafka").is_empty());
     }
 
+    /// librdkafka is built with OpenSSL and SASL: clients for TLS and for
+    /// SASL (PLAIN, SCRAM) over TLS are created (a build without them
+    /// refuses these properties when the client is made).
+    #[test]
+    fn tls_and_sasl_clients_can_be_made() {
+        for (protocol, mechanism) in [
+            ("ssl", None),
+            ("sasl_ssl", Some("PLAIN")),
+            ("sasl_ssl", Some("SCRAM-SHA-256")),
+            ("sasl_ssl", Some("SCRAM-SHA-512")),
+        ] {
+            let mut properties =
+                BTreeMap::from([("security.protocol".to_owned(), protocol.to_owned())]);
+            if let Some(m) = mechanism {
+                properties.insert("sasl.mechanism".into(), m.into());
+                properties.insert("sasl.username".into(), "iot".into());
+                properties.insert("sasl.password".into(), "secret".into());
+            }
+            let cfg = KafkaConfig {
+                properties,
+                ..KafkaConfig::default()
+            };
+            if let Err(e) = cfg.producer("tls-check") {
+                panic!("{protocol} {mechanism:?}: {e}");
+            }
+        }
+    }
+
     #[test]
     fn permanent_errors_are_verdicts_on_the_record() {
         use RDKafkaErrorCode as C;

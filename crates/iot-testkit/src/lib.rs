@@ -32,8 +32,37 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// Whether the suite runs in its TLS-required mode (`IOT_TEST_TLS=1`, as
+/// `cargo xtask test` runs the end-to-end tests a second time): test
+/// databases are reached with `sslmode=verify-full`, Kafka over TLS at
+/// `IOT_TEST_KAFKA_TLS`, MQTT on the broker's TLS listener
+/// (`IOT_TEST_MQTT_LISTENER=tls`); gRPC is mTLS in every mode.
+pub fn tls_required() -> bool {
+    std::env::var("IOT_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// The CA of the test PostgreSQL and Kafka-API broker (`IOT_TEST_PG_CA`).
+pub fn test_ca_file() -> String {
+    std::env::var("IOT_TEST_PG_CA").unwrap_or_else(|_| "/var/lib/iot-platform/tls/ca.pem".into())
+}
+
+/// The test broker's address: its TLS one in the TLS-required mode.
 pub fn kafka_brokers() -> String {
+    if tls_required() {
+        return std::env::var("IOT_TEST_KAFKA_TLS").expect("IOT_TEST_KAFKA_TLS with IOT_TEST_TLS");
+    }
     std::env::var("IOT_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// librdkafka properties of every test client: TLS, verified against the
+/// test CA, in the TLS-required mode.
+pub fn kafka_properties() -> std::collections::BTreeMap<String, String> {
+    let mut p = std::collections::BTreeMap::new();
+    if tls_required() {
+        p.insert("security.protocol".to_owned(), "ssl".to_owned());
+        p.insert("ssl.ca.location".to_owned(), test_ca_file());
+    }
+    p
 }
 
 pub fn mqtt_addr() -> (String, u16) {
@@ -216,7 +245,14 @@ pub async fn empty_database() -> TestDb {
     let admin = admin_database_url();
     let name = format!("iot_test_{}", unique());
     let base = admin.rsplit_once('/').expect("database URL has a path").0;
-    let url = format!("{base}/{name}");
+    let url = if tls_required() {
+        format!(
+            "{base}/{name}?sslmode=verify-full&sslrootcert={}",
+            test_ca_file()
+        )
+    } else {
+        format!("{base}/{name}")
+    };
     assert!(
         iot_db::ensure_database(&url)
             .await
@@ -269,6 +305,7 @@ pub fn kafka_config() -> KafkaConfig {
     let id = unique();
     KafkaConfig {
         brokers: kafka_brokers(),
+        properties: kafka_properties(),
         readings_topic: format!("test.readings.{id}"),
         dead_letter_topic: format!("test.dead-letter.{id}"),
         partitions: 3,
@@ -293,7 +330,11 @@ pub async fn read_topic_from(
     n: usize,
     timeout: Duration,
 ) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    for (k, v) in kafka_properties() {
+        config.set(k, v);
+    }
+    let consumer: StreamConsumer = config
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-reader-{}", unique()))
         .set("auto.offset.reset", "earliest")
@@ -379,6 +420,19 @@ where
     }
 }
 
+/// The Tansu binary, for a test that runs a Kafka-API broker of its own
+/// (`IOT_TEST_TANSU_BIN`, or where `cargo xtask stack` builds it).
+pub fn tansu_bin() -> std::path::PathBuf {
+    std::env::var_os("IOT_TEST_TANSU_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/root".into());
+            home.join(".cache/iot-platform/tansu/bin/tansu")
+        })
+}
+
 /// A port free on loopback now (for a listener a test starts later, or an
 /// address where nothing listens).
 pub fn free_port() -> u16 {
@@ -414,11 +468,10 @@ impl Drop for Process {
 
 /// A plain client to the test database.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    // TLS as the URL's sslmode says, as the services connect.
+    iot_db::connect(url)
         .await
-        .expect("connect to test database");
-    tokio::spawn(conn);
-    client
+        .unwrap_or_else(|e| panic!("connect to test database: {e}"))
 }
 
 /// POSTs `body` and returns the status code and the response body.

@@ -5,29 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use iot_testkit as kit;
 use iot_testkit::Platform;
 
-fn tansu_bin() -> PathBuf {
-    std::env::var_os("IOT_TEST_TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/root".into());
-            home.join(".cache/iot-platform/tansu/bin/tansu")
-        })
-}
-
 /// A broker of the test's own, killed when dropped (also on panic).
 async fn start_broker(port: u16) -> kit::Process {
     let url = format!("tcp://127.0.0.1:{port}");
     let child = kit::Process::spawn(
-        Command::new(tansu_bin())
+        Command::new(kit::tansu_bin())
             .args(["broker", "--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .env("RUST_LOG", "error")

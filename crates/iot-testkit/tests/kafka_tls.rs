@@ -19,17 +19,6 @@ use iot_testkit as kit;
 use iot_testkit::Platform;
 use tokio::net::{TcpListener, TcpStream};
 
-fn tansu_bin() -> PathBuf {
-    std::env::var_os("IOT_TEST_TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/root".into());
-            home.join(".cache/iot-platform/tansu/bin/tansu")
-        })
-}
-
 /// Accepts TLS on `front` with the certificate of `tls` and relays each
 /// connection to the broker on `back`.
 async fn terminate_tls(tls: iot_proto::GrpcTls, front: TcpListener, back: u16) {
@@ -70,7 +59,7 @@ async fn terminate_tls(tls: iot_proto::GrpcTls, front: TcpListener, back: u16) {
 async fn readings_cross_kafka_over_tls() {
     let (back, front) = (kit::free_port(), kit::free_port());
     let _broker = kit::Process::spawn(
-        Command::new(tansu_bin())
+        Command::new(kit::tansu_bin())
             .args(["broker", "--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &format!("tcp://127.0.0.1:{back}")])
             .args([

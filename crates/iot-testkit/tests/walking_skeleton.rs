@@ -30,6 +30,20 @@ async fn a_published_reading_reaches_the_database() {
 
     let db = kit::connect(&p.db).await;
     let uuid = uuid::Uuid::parse_str(&device.id).unwrap();
+    if kit::tls_required() {
+        // Every connection to the test's database, the services' and
+        // this one, is over TLS.
+        let plain: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.datname = current_database() AND NOT s.ssl",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(plain, 0, "connections without TLS");
+    }
     let row = kit::eventually(
         "reading in sensor_readings",
         Duration::from_secs(30),

@@ -12,6 +12,11 @@ pub const PG_PORT: u16 = 5432;
 pub const MQTT_PORT: u16 = 11883;
 /// Mosquitto's TLS listener (deploy/local/mosquitto-tls.conf).
 pub const MQTTS_PORT: u16 = 18883;
+/// The TLS-required run's Kafka-API broker: a Tansu of its own on the
+/// first port, behind a TLS terminator on the second (Tansu's own TLS
+/// flags cannot start).
+const KAFKA_TLS_BACK_PORT: u16 = 19093;
+const KAFKA_TLS_PORT: u16 = 19094;
 pub const KAFKA_PORT: u16 = 19092;
 const DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/iot";
 /// Maintenance database the tests create their own databases from.
@@ -474,15 +479,14 @@ pub fn test(extra: &[String]) -> Result<()> {
     } else {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
-    cmd.args(extra)
-        .env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
-        .env("IOT_TEST_PG_CA", crate::pgtls::dir().join("ca.pem"))
-        .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
-        .env("IOT_TEST_MQTT_TLS", format!("127.0.0.1:{MQTTS_PORT}"))
-        .env("IOT_TEST_MQTT_CA", crate::pgtls::dir().join("ca.pem"))
-        .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"));
+    test_env(cmd.args(extra));
     let before = test_databases();
     let mut result = proc::run(&mut cmd);
+    // The end-to-end, GraphQL and credentials tests again with TLS on
+    // every link (after the whole suite, not after a filtered run).
+    if result.is_ok() && extra.is_empty() {
+        result = tls_suite();
+    }
     // Tests drop the databases they create (a failing one keeps its own).
     if result.is_ok()
         && let (Some(before), Some(after)) = (before, test_databases())
@@ -500,6 +504,72 @@ pub fn test(extra: &[String]) -> Result<()> {
         result = faults(&["--short".to_owned()]);
     }
     result
+}
+
+/// The environment that points the tests at the local stack.
+fn test_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
+        .env("IOT_TEST_PG_CA", crate::pgtls::dir().join("ca.pem"))
+        .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTT_PORT}"))
+        .env("IOT_TEST_MQTT_TLS", format!("127.0.0.1:{MQTTS_PORT}"))
+        .env("IOT_TEST_MQTT_CA", crate::pgtls::dir().join("ca.pem"))
+        .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"))
+}
+
+/// The TLS-required run: PostgreSQL with `sslmode=verify-full`, MQTT on
+/// the broker's TLS listener, Kafka over TLS (a Tansu of its own behind
+/// `socat`'s TLS terminator, with the local CA's certificate), gRPC over
+/// mTLS as always.
+fn tls_suite() -> Result<()> {
+    if !proc::have("socat") {
+        apt_install(&["socat"])?;
+    }
+    let bin = install_tansu()?;
+    let back = format!("tcp://127.0.0.1:{KAFKA_TLS_BACK_PORT}");
+    let front = format!("tcp://127.0.0.1:{KAFKA_TLS_PORT}");
+    proc::spawn(
+        "tansu-tls",
+        Command::new(&bin)
+            .arg("broker")
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &back, "--advertised-listener-url", &front])
+            .env("RUST_LOG", "warn"),
+    )?;
+    let tls = crate::pgtls::dir();
+    let run = proc::wait_port("tansu-tls", KAFKA_TLS_BACK_PORT, Duration::from_secs(30))
+        .and_then(|()| {
+            proc::spawn(
+                "kafka-tls",
+                Command::new("socat")
+                    .arg(format!(
+                        "OPENSSL-LISTEN:{KAFKA_TLS_PORT},bind=127.0.0.1,reuseaddr,fork,\
+                         cert={},key={},verify=0",
+                        tls.join("server.pem").display(),
+                        tls.join("broker.key").display()
+                    ))
+                    .arg(format!("TCP:127.0.0.1:{KAFKA_TLS_BACK_PORT}")),
+            )
+        })
+        .and_then(|_| proc::wait_port("kafka-tls", KAFKA_TLS_PORT, Duration::from_secs(10)))
+        .and_then(|()| {
+            let mut cmd = cargo();
+            if proc::have("cargo-nextest") {
+                cmd.args(["nextest", "run", "--no-fail-fast"]);
+            } else {
+                cmd.args(["test", "--no-fail-fast"]);
+            }
+            cmd.args(["-p", "iot-testkit", "--test", "walking_skeleton"])
+                .args(["--test", "graphql", "--test", "credentials"]);
+            test_env(&mut cmd)
+                .env("IOT_TEST_TLS", "1")
+                .env("IOT_TEST_MQTT_LISTENER", "tls")
+                .env("IOT_TEST_KAFKA_TLS", format!("127.0.0.1:{KAFKA_TLS_PORT}"));
+            println!("the end-to-end, GraphQL and credentials tests with TLS on every link:");
+            proc::run(&mut cmd)
+        });
+    proc::stop("kafka-tls", Duration::from_secs(5));
+    proc::stop("tansu-tls", Duration::from_secs(5));
+    run
 }
 
 /// The test databases (`iot_test_*`) on the test server; `None` when it
