@@ -12,7 +12,10 @@
 //!    single-reading messages and 50-reading batches;
 //! 4. latency: publish-to-row p50/p99 for probe readings while the fleet
 //!    publishes at half the measured single-message rate;
-//! 5. peak RSS (VmHWM) of every service process.
+//! 5. peak RSS (VmHWM) of every service process;
+//! 6. TLS: the end-to-end throughput phases with TLS on every link against
+//!    plain links, each run on a freshly started broker of its own
+//!    (`links.rs`), as a ratio.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +24,7 @@ mod alerts;
 mod faults;
 mod graphql;
 mod late;
+mod links;
 mod procs;
 mod query;
 
@@ -346,31 +350,56 @@ impl<'a> CpuShares<'a> {
 struct E2e {
     single: f64,
     batch: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    latency_rate: f64,
+    /// Publish-to-row latency (when measured): p50 and p99 in ms at a
+    /// rate in readings/s.
+    latency: Option<(f64, f64, f64)>,
     rss: Vec<(&'static str, u64)>,
 }
 
-async fn end_to_end(ctx: &Ctx) -> E2e {
+/// The end-to-end phases on `links` (the stack's plain links, or TLS on
+/// every link with a broker of the run's own); the latency phase only when
+/// `latency`.
+async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
+    println!("end to end, {} links:", links.name);
     let db = fresh_db(ctx).await;
     let client = connect(&db).await;
-    let kafka = fresh_topics(ctx).await;
+    let kafka = links.kafka(iot_kafka::KafkaConfig {
+        readings_topic: format!("bench.readings.{}", unique()),
+        dead_letter_topic: format!("bench.dlq.{}", unique()),
+        ..Default::default()
+    });
+    kafka.ensure_topics().await.unwrap();
     let root = format!("bench{}", unique());
-    let registry = Service::registry(&db, ctx.mqtt_port);
-    let writer = Service::writer(&db, &kafka, &format!("bench-{}", unique()));
-    let gateway = Service::gateway(&kafka, &root, ctx.mqtt_port, &registry.grpc_url());
+    let service_db = links.db(&db);
+    let registry = Service::registry_with(
+        &service_db,
+        links.mqtt_port,
+        links.vars("device-registry", Some("BROKER")),
+    );
+    let writer = Service::writer_with(
+        &service_db,
+        &kafka,
+        &format!("bench-{}", unique()),
+        links.vars("ingest-writer", None),
+    );
+    let gateway = Service::gateway_with(
+        &kafka,
+        &root,
+        links.mqtt_port,
+        &registry.grpc_url(),
+        links.vars("mqtt-gateway", Some("MQTT")),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let sim = |form: iotctl::simulate::Form, count: u64, rate: f64, prefix: &str| {
-        iotctl::simulate::Args {
+        links.simulator(iotctl::simulate::Args {
             device_prefix: prefix.to_owned(),
             rate,
             form,
             batch_size: 50,
             count,
             ..simulator(ctx, &registry.grpc_url(), &root)
-        }
+        })
     };
     // Register the fleet first so that registration is not timed.
     iotctl::simulate::register(&sim(iotctl::simulate::Form::Single, 0, 1.0, "dev"))
@@ -415,22 +444,46 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
 
     // Latency below saturation: the fleet at half the single-message rate,
     // plus a probe device publishing every 20 ms.
-    let latency_rate = (single / 2.0).max(100.0);
-    let load = tokio::spawn(iotctl::simulate::simulate(sim(
-        iotctl::simulate::Form::Single,
-        (latency_rate * 15.0) as u64,
-        latency_rate,
-        "dev",
-    )));
-    let (p50_ms, p99_ms) = probe_latency(
-        ctx,
-        &root,
-        &registry.grpc_url(),
-        &client,
-        Duration::from_secs(10),
-    )
-    .await;
-    load.await.unwrap().unwrap();
+    let latency = if latency {
+        let latency_rate = (single / 2.0).max(100.0);
+        let load = tokio::spawn(iotctl::simulate::simulate(sim(
+            iotctl::simulate::Form::Single,
+            (latency_rate * 15.0) as u64,
+            latency_rate,
+            "dev",
+        )));
+        let (p50_ms, p99_ms) = probe_latency(
+            ctx,
+            &root,
+            &registry.grpc_url(),
+            &client,
+            Duration::from_secs(10),
+        )
+        .await;
+        load.await.unwrap().unwrap();
+        Some((p50_ms, p99_ms, latency_rate))
+    } else {
+        None
+    };
+
+    // What the services' database connections were (the benchmark's own
+    // row counting is the one plain connection of a TLS run).
+    let ssl: Vec<bool> = client
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    println!(
+        "  services' database connections: {} of {} over TLS",
+        ssl.iter().filter(|s| **s).count(),
+        ssl.len()
+    );
 
     let rss = vec![
         ("device-registry", registry.peak_rss_kib()),
@@ -440,10 +493,67 @@ async fn end_to_end(ctx: &Ctx) -> E2e {
     E2e {
         single,
         batch,
-        p50_ms,
-        p99_ms,
-        latency_rate,
+        latency,
         rss,
+    }
+}
+
+/// The end-to-end throughput with TLS on every link against plain links,
+/// each variant's median over rounds (`IOT_BENCH_TLS_ROUNDS`, default 3)
+/// of one run each, alternating which runs first. Every run has a freshly
+/// started broker of its own behind a relay in this process (TLS or not),
+/// so that the two differ only in encryption.
+struct TlsComparison {
+    /// Single-reading and 50-reading throughput, readings/s.
+    plain: (f64, f64),
+    tls: (f64, f64),
+    rounds: usize,
+}
+
+async fn tls_comparison(ctx: &Ctx) -> TlsComparison {
+    let rounds: usize = env("IOT_BENCH_TLS_ROUNDS", "3").parse().unwrap();
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for round in 0..rounds.max(1) {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_tls in order {
+            let links = if with_tls {
+                links::Links::tls().await
+            } else {
+                links::Links::plain(ctx).await
+            };
+            let e = end_to_end(ctx, &links, false).await;
+            println!(
+                "  round {} {}: 1 reading/message {:.0} readings/s, 50 readings/message {:.0} readings/s",
+                round + 1,
+                links.name,
+                e.single,
+                e.batch
+            );
+            drop(links);
+            if with_tls { &mut tls } else { &mut plain }.push((e.single, e.batch));
+        }
+    }
+    let median = |runs: &[(f64, f64)]| {
+        let of = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        (of(|r| r.0), of(|r| r.1))
+    };
+    TlsComparison {
+        plain: median(&plain),
+        tls: median(&tls),
+        rounds: rounds.max(1),
     }
 }
 
@@ -676,7 +786,8 @@ async fn run() -> anyhow::Result<()> {
         "ingest-writer draining Kafka       {writer:>10.0} rows/s   {:.2}x",
         writer / raw
     );
-    let e = end_to_end(&ctx).await;
+    let e = end_to_end(&ctx, &links::Links::stack(&ctx), true).await;
+    let (p50_ms, p99_ms, latency_rate) = e.latency.unwrap();
     println!(
         "end to end, 1 reading/message      {:>10.0} readings/s {:.2}x",
         e.single,
@@ -689,7 +800,7 @@ async fn run() -> anyhow::Result<()> {
     );
     println!(
         "publish-to-row latency at {:.0} readings/s: p50 {:.1} ms, p99 {:.1} ms",
-        e.latency_rate, e.p50_ms, e.p99_ms
+        latency_rate, p50_ms, p99_ms
     );
     println!(
         "peak RSS: ingest-writer (drain phase) {} MiB",
@@ -698,6 +809,19 @@ async fn run() -> anyhow::Result<()> {
     for (name, kib) in &e.rss {
         println!("peak RSS: {name} {} MiB", kib / 1024);
     }
+    let t = tls_comparison(&ctx).await;
+    println!(
+        "TLS on every link, 1 reading/message   plain {:.0} / TLS {:.0} readings/s   {:.2}x",
+        t.plain.0,
+        t.tls.0,
+        t.tls.0 / t.plain.0
+    );
+    println!(
+        "TLS on every link, 50 readings/message plain {:.0} / TLS {:.0} readings/s   {:.2}x",
+        t.plain.1,
+        t.tls.1,
+        t.tls.1 / t.plain.1
+    );
     if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
         let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
         let peak = e
@@ -731,11 +855,36 @@ async fn run() -> anyhow::Result<()> {
             met(e.single >= 25_000.0),
             e.batch / raw,
             met(e.batch / raw >= 0.50),
-            e.latency_rate,
-            e.p50_ms,
-            e.p99_ms,
-            met(e.p99_ms <= 1000.0),
+            latency_rate,
+            p50_ms,
+            p99_ms,
+            met(p99_ms <= 1000.0),
             met(peak < 100),
+        );
+        let section = format!(
+            "{section}| end to end with TLS on every link ÷ plain, 1 reading per message \
+             (plain {:.0} / TLS {:.0} readings/s) | {:.2}× | ≥ 0.85×: {} |\n\
+             | end to end with TLS on every link ÷ plain, 50 readings per message \
+             (plain {:.0} / TLS {:.0} readings/s) | {:.2}× | ≥ 0.85×: {} |\n\n\
+             TLS comparison: {} rounds of a plain and a TLS run, alternating which goes \
+             first; figures are each variant's median. Each run has a freshly started Tansu \
+             of its own (memory storage) behind a relay in the benchmark process: plain TCP \
+             for the plain run, a rustls TLS terminator for the TLS run (Tansu cannot serve \
+             TLS itself). With TLS, MQTT: the gateway, the registry's admin session and the \
+             simulator on Mosquitto's TLS listener (TLS 1.2, the local CA); PostgreSQL: \
+             the services' `sslmode=verify-full`; gRPC: mTLS with a certificate per \
+             service from a CA made for the run, the benchmark calling as `iotctl`; \
+             Kafka: `security.protocol=ssl` to the terminator. The benchmark's own \
+             row counting stays on a plain PostgreSQL connection.\n",
+            t.plain.0,
+            t.tls.0,
+            t.tls.0 / t.plain.0,
+            met(t.tls.0 / t.plain.0 >= 0.85),
+            t.plain.1,
+            t.tls.1,
+            t.tls.1 / t.plain.1,
+            met(t.tls.1 / t.plain.1 >= 0.85),
+            t.rounds,
         );
         replace_report_section(&path, "## Ingest", &section);
     }

@@ -78,34 +78,44 @@ impl Service {
     }
 
     pub fn registry(db: &str, mqtt_port: u16) -> Self {
-        Self::spawn(
-            "device-registry",
-            "DEVICE_REGISTRY",
-            &[
-                ("DATABASE_URL", db.into()),
-                ("BROKER__PORT", mqtt_port.to_string()),
-                ("BROKER__USERNAME", account("admin").0),
-                ("BROKER__PASSWORD", account("admin").1),
-                (
-                    "BROKER__CLIENT_ID",
-                    format!("bench-registry-{}", std::process::id()),
-                ),
-            ],
-        )
+        Self::registry_with(db, mqtt_port, Vec::new())
+    }
+
+    /// A registry with further settings `vars` (TLS, say).
+    pub fn registry_with(db: &str, mqtt_port: u16, mut vars: Vec<(&str, String)>) -> Self {
+        vars.extend([
+            ("DATABASE_URL", db.into()),
+            ("BROKER__PORT", mqtt_port.to_string()),
+            ("BROKER__USERNAME", account("admin").0),
+            ("BROKER__PASSWORD", account("admin").1),
+            (
+                "BROKER__CLIENT_ID",
+                format!("bench-registry-{}", std::process::id()),
+            ),
+        ]);
+        Self::spawn("device-registry", "DEVICE_REGISTRY", &vars)
     }
 
     pub fn writer(db: &str, kafka: &iot_kafka::KafkaConfig, group: &str) -> Self {
-        Self::spawn(
-            "ingest-writer",
-            "INGEST_WRITER",
-            &[
-                ("DATABASE_URL", db.into()),
-                ("GROUP_ID", group.into()),
-                ("KAFKA__BROKERS", kafka.brokers.clone()),
-                ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
-                ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
-            ],
-        )
+        Self::writer_with(db, kafka, group, Vec::new())
+    }
+
+    /// A writer with further settings `vars` (TLS, say).
+    pub fn writer_with(
+        db: &str,
+        kafka: &iot_kafka::KafkaConfig,
+        group: &str,
+        mut vars: Vec<(&str, String)>,
+    ) -> Self {
+        vars.extend([
+            ("DATABASE_URL", db.into()),
+            ("GROUP_ID", group.into()),
+            ("KAFKA__BROKERS", kafka.brokers.clone()),
+            ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
+            ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
+        ]);
+        vars.extend(kafka_properties(kafka));
+        Self::spawn("ingest-writer", "INGEST_WRITER", &vars)
     }
 
     pub fn gateway(
@@ -114,25 +124,34 @@ impl Service {
         mqtt_port: u16,
         registry: &str,
     ) -> Self {
-        Self::spawn(
-            "mqtt-gateway",
-            "MQTT_GATEWAY",
-            &[
-                ("HTTP_ADDR", "127.0.0.1:0".into()),
-                ("REGISTRY_URL", registry.into()),
-                ("MQTT__USERNAME", account("gateway").0),
-                ("MQTT__PASSWORD", account("gateway").1),
-                ("KAFKA__BROKERS", kafka.brokers.clone()),
-                ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
-                ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
-                ("MQTT__PORT", mqtt_port.to_string()),
-                ("MQTT__CLIENT_ID", format!("{root}-gw")),
-                ("MQTT__TOPIC_PREFIX", format!("{root}/sensors")),
-                ("MQTT__BATCH_TOPIC_PREFIX", format!("{root}/batches")),
-                ("MQTT__SENML_TOPIC_PREFIX", format!("{root}/senml")),
-                ("MQTT__SHARE_GROUP", root.into()),
-            ],
-        )
+        Self::gateway_with(kafka, root, mqtt_port, registry, Vec::new())
+    }
+
+    /// A gateway with further settings `vars` (TLS, say).
+    pub fn gateway_with(
+        kafka: &iot_kafka::KafkaConfig,
+        root: &str,
+        mqtt_port: u16,
+        registry: &str,
+        mut vars: Vec<(&str, String)>,
+    ) -> Self {
+        vars.extend(kafka_properties(kafka));
+        vars.extend([
+            ("HTTP_ADDR", "127.0.0.1:0".into()),
+            ("REGISTRY_URL", registry.into()),
+            ("MQTT__USERNAME", account("gateway").0),
+            ("MQTT__PASSWORD", account("gateway").1),
+            ("KAFKA__BROKERS", kafka.brokers.clone()),
+            ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
+            ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
+            ("MQTT__PORT", mqtt_port.to_string()),
+            ("MQTT__CLIENT_ID", format!("{root}-gw")),
+            ("MQTT__TOPIC_PREFIX", format!("{root}/sensors")),
+            ("MQTT__BATCH_TOPIC_PREFIX", format!("{root}/batches")),
+            ("MQTT__SENML_TOPIC_PREFIX", format!("{root}/senml")),
+            ("MQTT__SHARE_GROUP", root.into()),
+        ]);
+        Self::spawn("mqtt-gateway", "MQTT_GATEWAY", &vars)
     }
 
     pub fn alerts(db: &str, kafka: &iot_kafka::KafkaConfig, registry: &str) -> Self {
@@ -229,6 +248,20 @@ impl Drop for Service {
     }
 }
 
+/// `kafka.properties` (librdkafka's, TLS say) as a service takes them
+/// from its environment: one inline table, `KAFKA__PROPERTIES`.
+fn kafka_properties(kafka: &iot_kafka::KafkaConfig) -> Option<(&'static str, String)> {
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    (!kafka.properties.is_empty()).then(|| {
+        let pairs: Vec<String> = kafka
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{}={}", quote(k), quote(v)))
+            .collect();
+        ("KAFKA__PROPERTIES", format!("{{{}}}", pairs.join(", ")))
+    })
+}
+
 /// CPU time (user + system) process `pid` has used, in seconds.
 fn cpu_seconds_of(pid: u32) -> Option<f64> {
     // Fields 14 and 15 of /proc/<pid>/stat, in clock ticks (100/s on
@@ -312,6 +345,25 @@ pub fn graphql_ws_request(port: u16) -> tokio_tungstenite::tungstenite::handshak
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kafka_properties_are_one_inline_table() {
+        let mut kafka = iot_kafka::KafkaConfig::default();
+        assert_eq!(super::kafka_properties(&kafka), None);
+        kafka
+            .properties
+            .insert("security.protocol".into(), "ssl".into());
+        kafka
+            .properties
+            .insert("ssl.ca.location".into(), "/tmp/x/ca.pem".into());
+        assert_eq!(
+            super::kafka_properties(&kafka),
+            Some((
+                "KAFKA__PROPERTIES",
+                r#"{"security.protocol"="ssl", "ssl.ca.location"="/tmp/x/ca.pem"}"#.to_owned()
+            ))
+        );
+    }
+
     #[test]
     fn metric_sums_match_whole_names_and_label_prefixes() {
         let text = "# HELP x\nx_sum 1.5\nx_sum_other 100\nx_count{method=\"A\",code=\"0\"} 2\nx_count{method=\"A\",code=\"1\"} 3\nx_count{method=\"B\"} 7\n";
