@@ -34,7 +34,8 @@ pub fn admin_database_url() -> String {
 
 /// Whether the suite runs in its TLS-required mode (`IOT_TEST_TLS=1`, as
 /// `cargo xtask test` runs the end-to-end tests a second time): test
-/// databases are reached with `sslmode=verify-full`, Kafka over TLS at
+/// databases are reached as `IOT_TEST_DATABASE_URL` says (there with
+/// `sslmode=verify-full`, as a role the server takes over TLS only), Kafka over TLS at
 /// `IOT_TEST_KAFKA_TLS`, MQTT on the broker's TLS listener
 /// (`IOT_TEST_MQTT_LISTENER=tls`); gRPC is mTLS in every mode.
 pub fn tls_required() -> bool {
@@ -223,13 +224,14 @@ impl Drop for TestDb {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let (client, conn) =
-                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await?;
-                tokio::spawn(conn);
+                let client = iot_db::connect(&admin_database_url())
+                    .await
+                    .map_err(std::io::Error::other)?;
                 // FORCE: services of the test may still hold connections.
                 client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .await
+                    .map_err(std::io::Error::other)
             })
             .map_err(std::io::Error::other)
         })
@@ -244,14 +246,14 @@ impl Drop for TestDb {
 pub async fn empty_database() -> TestDb {
     let admin = admin_database_url();
     let name = format!("iot_test_{}", unique());
-    let base = admin.rsplit_once('/').expect("database URL has a path").0;
-    let url = if tls_required() {
-        format!(
-            "{base}/{name}?sslmode=verify-full&sslrootcert={}",
-            test_ca_file()
-        )
-    } else {
+    // The admin URL's parameters (its sslmode, say) hold for the test's
+    // database too.
+    let (path, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let base = path.rsplit_once('/').expect("database URL has a path").0;
+    let url = if query.is_empty() {
         format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{query}")
     };
     assert!(
         iot_db::ensure_database(&url)

@@ -43,6 +43,19 @@ async fn a_published_reading_reaches_the_database() {
             .unwrap()
             .get(0);
         assert_eq!(plain, 0, "connections without TLS");
+        // And the server takes this run's role over TLS only.
+        let without = p.db.replace("sslmode=verify-full", "sslmode=disable");
+        assert_ne!(
+            without, *p.db,
+            "the run's database URL asks for verify-full"
+        );
+        let refused = iot_db::connect(&without).await.err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("no encryption")),
+            "a connection without TLS is refused: {refused:?}"
+        );
     }
     let row = kit::eventually(
         "reading in sensor_readings",

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         "up" => stack::up(),
         "down" => stack::down(),
         "test" => stack::test(&args[1..]),
+        "test-tls" => stack::test_tls(),
         "stack" => stack::infra().map(|_| ()),
         "status" => stack::status(),
         "deploy-check" => deploy::check(),
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
         "faults" => stack::faults(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|down|test|stack|status|deploy-check|proto-check|faults [--short]|bench ingest|query|graphql|alerts|late|abuse>"
+                "usage: cargo xtask <up|down|test|test-tls|stack|status|deploy-check|proto-check|faults [--short]|bench ingest|query|graphql|alerts|late|abuse>"
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS

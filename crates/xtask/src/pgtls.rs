@@ -171,3 +171,49 @@ pub fn ensure(admin_url: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The role of the TLS-required test run, and the line of `pg_hba.conf`
+/// that refuses it any connection without TLS (first, so that it wins).
+pub const TLS_ROLE: &str = "iot_tls";
+const TLS_ONLY: &str = "hostnossl all iot_tls all reject";
+
+/// Makes the role the TLS-required run connects as, which the server
+/// accepts over TLS only: PostgreSQL's `hostssl`-only access for the run,
+/// while every other role keeps the server's own rules.
+pub fn ensure_tls_role(admin_url: &str) -> Result<()> {
+    let sql = |q: &str| -> Result<String> {
+        let out = Command::new("psql")
+            .arg(admin_url)
+            .args(["-qAtc", q])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "postgres ({q}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    sql(&format!(
+        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TLS_ROLE}') \
+         THEN CREATE ROLE {TLS_ROLE} LOGIN SUPERUSER PASSWORD '{TLS_ROLE}'; END IF; END$$"
+    ))?;
+    let hba = PathBuf::from(sql("SHOW hba_file")?);
+    let rules = std::fs::read_to_string(&hba).map_err(|e| format!("{}: {e}", hba.display()))?;
+    if !rules.lines().any(|l| l.trim() == TLS_ONLY) {
+        std::fs::write(
+            &hba,
+            format!("# cargo xtask: the TLS-required test run\n{TLS_ONLY}\n{rules}"),
+        )
+        .map_err(|e| format!("{}: {e}", hba.display()))?;
+        sql("SELECT pg_reload_conf()")?;
+        // The postmaster applies the reload shortly after.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        println!(
+            "postgres: {TLS_ROLE} connects over TLS only ({})",
+            hba.display()
+        );
+    }
+    Ok(())
+}

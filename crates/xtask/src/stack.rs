@@ -506,6 +506,15 @@ pub fn test(extra: &[String]) -> Result<()> {
     result
 }
 
+/// `cargo xtask test-tls`: the TLS-required run alone.
+pub fn test_tls() -> Result<()> {
+    ensure_build_deps()?;
+    let started = infra()?;
+    let result = tls_suite();
+    stop_infra(&started);
+    result
+}
+
 /// The environment that points the tests at the local stack.
 fn test_env(cmd: &mut Command) -> &mut Command {
     cmd.env("IOT_TEST_DATABASE_URL", TEST_ADMIN_URL)
@@ -516,7 +525,8 @@ fn test_env(cmd: &mut Command) -> &mut Command {
         .env("IOT_TEST_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"))
 }
 
-/// The TLS-required run: PostgreSQL with `sslmode=verify-full`, MQTT on
+/// The TLS-required run: PostgreSQL with `sslmode=verify-full` as a role
+/// the server accepts over TLS only, MQTT on
 /// the broker's TLS listener, Kafka over TLS (a Tansu of its own behind
 /// `socat`'s TLS terminator, with the local CA's certificate), gRPC over
 /// mTLS as always.
@@ -524,6 +534,13 @@ fn tls_suite() -> Result<()> {
     if !proc::have("socat") {
         apt_install(&["socat"])?;
     }
+    crate::pgtls::ensure_tls_role(TEST_ADMIN_URL)?;
+    let ca = crate::pgtls::dir().join("ca.pem");
+    let tls_admin_url = format!(
+        "postgres://{role}:{role}@127.0.0.1:{PG_PORT}/postgres?sslmode=verify-full&sslrootcert={}",
+        ca.display(),
+        role = crate::pgtls::TLS_ROLE,
+    );
     let bin = install_tansu()?;
     let back = format!("tcp://127.0.0.1:{KAFKA_TLS_BACK_PORT}");
     let front = format!("tcp://127.0.0.1:{KAFKA_TLS_PORT}");
@@ -561,6 +578,7 @@ fn tls_suite() -> Result<()> {
             cmd.args(["-p", "iot-testkit", "--test", "walking_skeleton"])
                 .args(["--test", "graphql", "--test", "credentials"]);
             test_env(&mut cmd)
+                .env("IOT_TEST_DATABASE_URL", &tls_admin_url)
                 .env("IOT_TEST_TLS", "1")
                 .env("IOT_TEST_MQTT_LISTENER", "tls")
                 .env("IOT_TEST_KAFKA_TLS", format!("127.0.0.1:{KAFKA_TLS_PORT}"));
