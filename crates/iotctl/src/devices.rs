@@ -50,6 +50,24 @@ enum Cmd {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let url = args.registry_url.clone();
+    let certified = args.grpc_tls.grpc_cert.is_some();
+    let result = calls(args).await;
+    if certified {
+        return result;
+    }
+    // The likeliest cause of a failure without a certificate.
+    result.with_context(|| {
+        format!(
+            "device-registry at {url}, called without a client certificate: a platform \
+             with grpc_tls wants --grpc-cert, --grpc-key and --grpc-ca (or IOT_GRPC_CERT, \
+             IOT_GRPC_KEY, IOT_GRPC_CA)"
+        )
+    })
+}
+
+async fn calls(args: Args) -> anyhow::Result<()> {
     // The operator's CLI: the admin scope.
     let mut client = iot_proto::registry_client(
         args.registry_url,

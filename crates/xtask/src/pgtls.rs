@@ -217,3 +217,99 @@ pub fn ensure_tls_role(admin_url: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The gRPC identities of the local stack: its five services and the
+/// operator's `iotctl`.
+pub const GRPC_IDENTITIES: [&str; 6] = [
+    "device-registry",
+    "ingest-writer",
+    "alert-engine",
+    "mqtt-gateway",
+    "graphql-gateway",
+    "iotctl",
+];
+
+/// Where the local stack's gRPC certificates live.
+pub fn grpc_dir() -> PathBuf {
+    dir().join("grpc")
+}
+
+/// Makes, once, a certificate from the local CA for each of
+/// [`GRPC_IDENTITIES`] (its common name; `localhost` and 127.0.0.1; server
+/// and client use), so that `cargo xtask up` runs gRPC over mTLS.
+pub fn ensure_grpc_certs() -> Result<()> {
+    let grpc = grpc_dir();
+    std::fs::create_dir_all(&grpc).map_err(|e| e.to_string())?;
+    let ext = grpc.join("leaf.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         extendedKeyUsage = serverAuth, clientAuth\nbasicConstraints = CA:FALSE\n",
+    )
+    .map_err(|e| e.to_string())?;
+    for name in GRPC_IDENTITIES {
+        let (cert, key, csr) = (
+            grpc.join(format!("{name}.pem")),
+            grpc.join(format!("{name}.key")),
+            grpc.join(format!("{name}.csr")),
+        );
+        if cert.exists() {
+            continue;
+        }
+        let text = |p: &PathBuf| p.display().to_string();
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &text(&key),
+            "-out",
+            &text(&csr),
+            "-subj",
+            &format!("/CN={name}"),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &text(&csr),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &text(&cert),
+            "-days",
+            "3650",
+            "-extfile",
+            &text(&ext),
+        ])?;
+        proc::run(Command::new("chmod").arg("600").arg(&key))?;
+        println!("grpc: made a certificate for {name} in {}", grpc.display());
+    }
+    Ok(())
+}
+
+/// The `grpc_tls` environment of `name` (a service's variables, or
+/// `iotctl`'s `IOT_GRPC_*`).
+pub fn grpc_env(name: &str) -> Vec<(String, PathBuf)> {
+    let grpc = grpc_dir();
+    let files = [
+        ("CERT", grpc.join(format!("{name}.pem"))),
+        ("KEY", grpc.join(format!("{name}.key"))),
+        ("CA", dir().join("ca.pem")),
+    ];
+    let prefix = if name == "iotctl" {
+        "IOT_GRPC_".to_owned()
+    } else {
+        format!("{}__GRPC_TLS__", name.to_uppercase().replace('-', "_"))
+    };
+    files
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}{k}"), v))
+        .collect()
+}

@@ -368,6 +368,7 @@ fn bin(name: &str) -> PathBuf {
 pub fn up() -> Result<()> {
     ensure_build_deps()?;
     let started = infra()?;
+    crate::pgtls::ensure_grpc_certs()?;
     proc::run(cargo().args(["build", "--bins"]))?;
     proc::run(
         Command::new(bin("iotctl"))
@@ -380,7 +381,13 @@ pub fn up() -> Result<()> {
             continue;
         }
         let config = paths::repo().join(format!("deploy/local/{name}.toml"));
-        proc::spawn(name, Command::new(bin(name)).arg("--config").arg(config))?;
+        proc::spawn(
+            name,
+            Command::new(bin(name))
+                .arg("--config")
+                .arg(config)
+                .envs(crate::pgtls::grpc_env(name)),
+        )?;
         if let Err(e) = proc::wait_port(name, port, Duration::from_secs(60)) {
             eprintln!("{e}");
             for (n, _) in SERVICES.iter().rev() {
@@ -396,7 +403,8 @@ pub fn up() -> Result<()> {
             Command::new(bin("iotctl"))
                 .args(["simulate", "--devices", "5", "--rate", "5"])
                 .env("IOT_MQTT_USERNAME", ACCOUNTS[2].0)
-                .env("IOT_MQTT_PASSWORD", ACCOUNTS[2].1),
+                .env("IOT_MQTT_PASSWORD", ACCOUNTS[2].1)
+                .envs(crate::pgtls::grpc_env("iotctl")),
         )?;
     }
     let run = paths::run_dir();
@@ -415,8 +423,13 @@ pub fn up() -> Result<()> {
     );
     println!("  PostgreSQL        {DATABASE_URL}");
     println!(
-        "  gRPC              registry :50051, telemetry :50052, alerts :50053 (grpc.health.v1 on each)"
+        "  gRPC (mTLS)       registry :50051, telemetry :50052, alerts :50053 (grpc.health.v1 on each)"
     );
+    let client: Vec<String> = crate::pgtls::grpc_env("iotctl")
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect();
+    println!("  iotctl's gRPC     export {}", client.join(" "));
     println!(
         "  GraphQL           http://127.0.0.1:8080/graphql (GraphiQL on /), header X-Api-Key: local-dev-api-key"
     );
