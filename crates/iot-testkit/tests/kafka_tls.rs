@@ -112,3 +112,57 @@ async fn readings_cross_kafka_over_tls() {
     .await;
     p.stop().await;
 }
+
+/// A service trusting another CA is not ready, and its readiness names
+/// the Kafka link as down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_trusting_another_ca_reports_the_kafka_link_down() {
+    let (back, front) = (kit::free_port(), kit::free_port());
+    let _broker = kit::Process::spawn(
+        Command::new(kit::tansu_bin())
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{back}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{front}"),
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("start tansu (set IOT_TEST_TANSU_BIN or run `cargo xtask stack`)");
+    let listener = TcpListener::bind(("127.0.0.1", front)).await.unwrap();
+    tokio::spawn(terminate_tls(
+        kit::pki::grpc_tls("kafka-broker"),
+        listener,
+        back,
+    ));
+    let stranger = kit::pki::Pki::new("another CA").identity("nobody");
+    let mut kafka = kit::kafka_config();
+    kafka.brokers = format!("127.0.0.1:{front}");
+    kafka
+        .properties
+        .insert("security.protocol".into(), "ssl".into());
+    kafka.properties.insert(
+        "ssl.ca.location".into(),
+        stranger.ca.unwrap().display().to_string(),
+    );
+    let db = kit::migrated_database().await;
+    let stop = iot_runtime::CancellationToken::new();
+    let writer = ingest_writer::start(kit::platform::writer_config(&db, &kafka), stop.clone())
+        .await
+        .unwrap();
+    // The handshake's own reason (certificate verify failed) is in
+    // librdkafka's log; readiness names the link that is down.
+    let why = kit::eventually(
+        "the writer reports its Kafka link down",
+        Duration::from_secs(30),
+        || async {
+            let ready = kit::http_get(writer.admin_addr, "/readyz").await;
+            ready.contains("kafka: ").then_some(ready)
+        },
+    )
+    .await;
+    assert!(why.contains("BrokerTransportFailure"), "{why}");
+    stop.cancel();
+}
