@@ -499,7 +499,7 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
 }
 
 /// The end-to-end throughput with TLS on every link against plain links,
-/// each variant's median over rounds (`IOT_BENCH_TLS_ROUNDS`, default 3)
+/// each variant's median over rounds (`IOT_BENCH_TLS_ROUNDS`, default 5)
 /// of one run each, alternating which runs first. Every run has a freshly
 /// started broker of its own behind a relay in this process (TLS or not),
 /// so that the two differ only in encryption.
@@ -511,7 +511,7 @@ struct TlsComparison {
 }
 
 async fn tls_comparison(ctx: &Ctx) -> TlsComparison {
-    let rounds: usize = env("IOT_BENCH_TLS_ROUNDS", "3").parse().unwrap();
+    let rounds: usize = env("IOT_BENCH_TLS_ROUNDS", "5").parse().unwrap();
     let (mut plain, mut tls) = (Vec::new(), Vec::new());
     for round in 0..rounds.max(1) {
         let order = if round % 2 == 0 {
