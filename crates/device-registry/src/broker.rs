@@ -363,12 +363,14 @@ pub fn hash_password(password: &str) -> String {
     format!("sha256${}${}", b64.encode(salt), b64.encode(h.finalize()))
 }
 
-/// Whether `password` matches a stored `hash_password` value.
-#[cfg(test)]
-fn verify_password(password: &str, stored: &str) -> bool {
+/// Whether `password` is the one `stored` (a [`hash_password`]
+/// value, `sha256$salt$digest`) was made of; the digests are compared in
+/// constant time.
+pub(crate) fn password_matches(password: &str, stored: &str) -> bool {
     let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
     let mut parts = stored.split('$');
-    let (Some("sha256"), Some(salt), Some(digest)) = (parts.next(), parts.next(), parts.next())
+    let (Some("sha256"), Some(salt), Some(digest), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return false;
     };
@@ -378,7 +380,15 @@ fn verify_password(password: &str, stored: &str) -> bool {
     let mut h = sha2::Sha256::new();
     h.update(&salt);
     h.update(password.as_bytes());
-    h.finalize().as_slice() == digest.as_slice()
+    constant_time_eq(h.finalize().as_slice(), &digest)
+}
+
+/// `a == b`, in a time that does not depend on where they differ (their
+/// lengths are no secret: a digest's). A few lines, where `subtle` would
+/// be one more dependency.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    a.len() == b.len() && std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
@@ -397,9 +407,17 @@ mod tests {
         let salt = h.split('$').nth(1).unwrap();
         let salt = base64::engine::general_purpose::STANDARD_NO_PAD.decode(salt);
         assert_eq!(salt.unwrap().len(), 16);
-        assert!(verify_password(&a, &h));
-        assert!(!verify_password(&b, &h));
+        assert!(password_matches(&a, &h));
+        assert!(!password_matches(&b, &h));
         assert_ne!(hash_password(&a), h, "salted");
+    }
+
+    #[test]
+    fn equal_means_same_bytes_and_length() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

@@ -512,7 +512,7 @@ impl DeviceRegistry for RegistryService {
         let hash = stored
             .as_ref()
             .map_or(UNKNOWN_USER_HASH.as_str(), |c| &c.password_hash);
-        let matches = password_matches(&req.password, hash);
+        let matches = broker::password_matches(&req.password, hash);
         Ok(Response::new(match stored {
             Some(c) if matches => v1::VerifyDeviceCredentialsResponse {
                 ok: true,
@@ -522,36 +522,6 @@ impl DeviceRegistry for RegistryService {
             _ => v1::VerifyDeviceCredentialsResponse::default(),
         }))
     }
-}
-
-/// Whether `password` is the one `stored` (a `broker::hash_password`
-/// value, `sha256$salt$digest`) was made of; the digests are compared in
-/// constant time.
-fn password_matches(password: &str, stored: &str) -> bool {
-    use base64::Engine as _;
-    use sha2::Digest as _;
-    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-    let mut parts = stored.split('$');
-    let (Some("sha256"), Some(salt), Some(digest), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let (Ok(salt), Ok(digest)) = (b64.decode(salt), b64.decode(digest)) else {
-        return false;
-    };
-    let mut h = sha2::Sha256::new();
-    h.update(&salt);
-    h.update(password.as_bytes());
-    constant_time_eq(h.finalize().as_slice(), &digest)
-}
-
-/// `a == b`, in a time that does not depend on where they differ (their
-/// lengths are no secret: a digest's). A few lines, where `subtle` would
-/// be one more dependency.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    a.len() == b.len() && std::hint::black_box(diff) == 0
 }
 
 /// Streams changes after `from` to one watcher until it goes away (see
@@ -609,25 +579,20 @@ mod tests {
     fn only_the_issued_password_matches_its_hash() {
         let password = broker::new_password();
         let stored = broker::hash_password(&password);
-        assert!(password_matches(&password, &stored));
-        assert!(!password_matches(&broker::new_password(), &stored));
-        assert!(!password_matches("", &stored));
+        assert!(broker::password_matches(&password, &stored));
+        assert!(!broker::password_matches(&broker::new_password(), &stored));
+        assert!(!broker::password_matches("", &stored));
         // Stored values of another form, or damaged, match nothing.
-        assert!(!password_matches(&password, "sha256$bad"));
-        assert!(!password_matches(&password, &stored[..stored.len() - 2]));
-        assert!(!password_matches(&password, &format!("{stored}$x")));
-        assert!(!password_matches(
+        assert!(!broker::password_matches(&password, "sha256$bad"));
+        assert!(!broker::password_matches(
+            &password,
+            &stored[..stored.len() - 2]
+        ));
+        assert!(!broker::password_matches(&password, &format!("{stored}$x")));
+        assert!(!broker::password_matches(
             &password,
             &stored.replacen("sha256", "md5", 1)
         ));
-        assert!(!password_matches(&password, &UNKNOWN_USER_HASH));
-    }
-
-    #[test]
-    fn equal_means_same_bytes_and_length() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert!(constant_time_eq(b"", b""));
+        assert!(!broker::password_matches(&password, &UNKNOWN_USER_HASH));
     }
 }

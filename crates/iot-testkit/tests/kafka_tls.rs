@@ -55,10 +55,12 @@ async fn terminate_tls(tls: iot_proto::GrpcTls, front: TcpListener, back: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn readings_cross_kafka_over_tls() {
+/// A Tansu of the test's own behind [`terminate_tls`] (with the testkit
+/// CA's `kafka-broker` certificate), advertising the terminator's port,
+/// which is returned beside the broker process (killed when dropped).
+async fn broker_behind_tls() -> (kit::Process, u16) {
     let (back, front) = (kit::free_port(), kit::free_port());
-    let _broker = kit::Process::spawn(
+    let broker = kit::Process::spawn(
         Command::new(kit::tansu_bin())
             .args(["broker", "--storage-engine", "memory://tansu/"])
             .args(["--listener-url", &format!("tcp://127.0.0.1:{back}")])
@@ -79,9 +81,15 @@ async fn readings_cross_kafka_over_tls() {
     })
     .await;
     let server = kit::pki::grpc_tls("kafka-broker");
-    let ca = server.ca.clone().unwrap();
     let listener = TcpListener::bind(("127.0.0.1", front)).await.unwrap();
     tokio::spawn(terminate_tls(server, listener, back));
+    (broker, front)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readings_cross_kafka_over_tls() {
+    let (_broker, front) = broker_behind_tls().await;
+    let ca = kit::pki::grpc_tls("kafka-broker").ca.unwrap();
 
     // TLS to the broker exactly as an operator configures it.
     let mut kafka = kit::kafka_config();
@@ -117,26 +125,7 @@ async fn readings_cross_kafka_over_tls() {
 /// the Kafka link as down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_trusting_another_ca_reports_the_kafka_link_down() {
-    let (back, front) = (kit::free_port(), kit::free_port());
-    let _broker = kit::Process::spawn(
-        Command::new(kit::tansu_bin())
-            .args(["broker", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{back}")])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{front}"),
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .expect("start tansu (set IOT_TEST_TANSU_BIN or run `cargo xtask stack`)");
-    let listener = TcpListener::bind(("127.0.0.1", front)).await.unwrap();
-    tokio::spawn(terminate_tls(
-        kit::pki::grpc_tls("kafka-broker"),
-        listener,
-        back,
-    ));
+    let (_broker, front) = broker_behind_tls().await;
     let stranger = kit::pki::Pki::new("another CA").identity("nobody");
     let mut kafka = kit::kafka_config();
     kafka.brokers = format!("127.0.0.1:{front}");

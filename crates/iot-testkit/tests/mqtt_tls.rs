@@ -204,7 +204,6 @@ async fn clients_trusting_another_ca_are_refused_naming_the_link() {
     let root = format!("t{}", kit::unique());
     let mut config = kit::platform::registry_config_on(&db, &root, MqttListener::Tls);
     config.broker.tls = other.tls();
-    config.broker.timeout_ms = 3_000;
     let shutdown = iot_runtime::CancellationToken::new();
     let registry = device_registry::start(config, shutdown.clone())
         .await

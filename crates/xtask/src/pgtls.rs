@@ -45,6 +45,44 @@ fn openssl(args: &[&str]) -> Result<()> {
     proc::run(Command::new("openssl").args(args).current_dir(dir()))
 }
 
+/// A key (`key`) and a certificate (`cert`) for `subject` from the local
+/// CA, with the extensions in `ext` (paths relative to [`dir`] or absolute);
+/// the request is left beside the key as `<key>.csr`.
+fn issue(key: &str, cert: &str, subject: &str, ext: &str) -> Result<()> {
+    let csr = format!("{}.csr", key.trim_end_matches(".key"));
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        &csr,
+        "-subj",
+        subject,
+    ])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "3650",
+        "-extfile",
+        ext,
+    ])
+}
+
 /// Makes the CA and the server's certificate (for `localhost` and
 /// 127.0.0.1) once, then has the server on `admin_url` use them.
 pub fn ensure(admin_url: &str) -> Result<()> {
@@ -80,37 +118,7 @@ pub fn ensure(admin_url: &str) -> Result<()> {
             "-subj",
             "/CN=iot-platform local CA",
         ])?;
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ])?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            days,
-            "-extfile",
-            "server.ext",
-        ])?;
+        issue("server.key", "server.pem", "/CN=localhost", "server.ext")?;
         // Brokers (Mosquitto's TLS listener, Kafka brokers of the tests)
         // serve the same certificate, with a copy of the key that
         // PostgreSQL does not own.
@@ -248,46 +256,20 @@ pub fn ensure_grpc_certs() -> Result<()> {
     )
     .map_err(|e| e.to_string())?;
     for name in GRPC_IDENTITIES {
-        let (cert, key, csr) = (
+        let (cert, key) = (
             grpc.join(format!("{name}.pem")),
             grpc.join(format!("{name}.key")),
-            grpc.join(format!("{name}.csr")),
         );
         if cert.exists() {
             continue;
         }
         let text = |p: &PathBuf| p.display().to_string();
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
+        issue(
             &text(&key),
-            "-out",
-            &text(&csr),
-            "-subj",
-            &format!("/CN={name}"),
-        ])?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &text(&csr),
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
             &text(&cert),
-            "-days",
-            "3650",
-            "-extfile",
+            &format!("/CN={name}"),
             &text(&ext),
-        ])?;
+        )?;
         proc::run(Command::new("chmod").arg("600").arg(&key))?;
         println!("grpc: made a certificate for {name} in {}", grpc.display());
     }
