@@ -1,6 +1,7 @@
 //! The HTTP side: `POST /graphql`, GraphQL over WebSocket on `GET /graphql`
-//! (graphql-transport-ws and the legacy graphql-ws), GraphiQL on `/` in
-//! development mode, `/healthz` and `/readyz`. Authentication and the
+//! (graphql-transport-ws and the legacy graphql-ws), the web console on
+//! `/console/` (`crate::console`; in development mode `/` leads to its
+//! query page), `/healthz` and `/readyz`. Authentication and the
 //! per-caller rate limit happen here, before a query runs.
 
 use std::num::NonZeroU32;
@@ -8,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-use async_graphql::http::GraphiQLSource;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, InsufficientCapacity, Quota};
@@ -40,21 +40,18 @@ pub fn router(state: AppState, dev_mode: bool, max_body_bytes: usize) -> Router 
     let mut r = Router::new()
         .route("/graphql", get(crate::ws::upgrade).post(graphql))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .merge(crate::console::routes());
     if dev_mode {
-        r = r.route("/", get(graphiql));
+        // The console's query page, which replaces GraphiQL: GraphiQL's
+        // page loads its scripts from a CDN, so it never starts offline.
+        r = r.route(
+            "/",
+            get(|| async { Redirect::temporary("/console/#/query") }),
+        );
     }
     r.layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .finish(),
-    )
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

@@ -6,6 +6,7 @@
 mod auth;
 mod codes;
 mod config;
+mod console;
 mod error;
 mod http;
 mod hub;
