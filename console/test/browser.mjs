@@ -1,0 +1,192 @@
+// The console in a real browser (Debian's Chromium, driven by Playwright)
+// against a real platform. Run by crates/iot-testkit/tests/console.rs,
+// which starts the platform, creates the devices and readings named in
+// the environment, and publishes over MQTT when this script prints
+// PUBLISH (answering PUBLISHED on stdin). Exits non-zero on any failure.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const BASE = env('CONSOLE_URL'); // http://127.0.0.1:port/console/
+const KEY_A = env('CONSOLE_KEY_A');
+const KEY_B = env('CONSOLE_KEY_B');
+const DEVICES_A = JSON.parse(env('CONSOLE_DEVICES_A')); // [{id, device_id}], first: thresholds and readings
+const DEVICE_B = JSON.parse(env('CONSOLE_DEVICE_B')); // {id, device_id}
+const SHOTS = env('CONSOLE_SCREENSHOTS');
+const CHROMIUM = process.env.CONSOLE_CHROMIUM || '/usr/bin/chromium';
+const origin = new URL(BASE).origin;
+mkdirSync(SHOTS, { recursive: true });
+
+const lines = createInterface({ input: process.stdin });
+const inbox = [];
+let waiting = null;
+lines.on('line', (l) => (waiting ? (waiting(l), (waiting = null)) : inbox.push(l)));
+const nextLine = () => (inbox.length ? Promise.resolve(inbox.shift()) : new Promise((r) => (waiting = r)));
+
+async function api(key, query, variables = {}) {
+  const res = await fetch(`${origin}/graphql`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Api-Key': key },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await res.json();
+  assert.equal(body.errors, undefined, JSON.stringify(body.errors));
+  return body.data;
+}
+
+const step = (s) => console.log(`step: ${s}`);
+const [boiler] = DEVICES_A;
+
+const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-dev-shm-usage'] });
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+const page = await context.newPage();
+const foreign = [];
+page.on('request', (r) => {
+  const u = new URL(r.url());
+  if (u.protocol !== 'data:' && u.origin !== origin && u.origin !== origin.replace('http', 'ws')) foreign.push(r.url());
+});
+const pageErrors = [];
+page.on('pageerror', (e) => pageErrors.push(e.message));
+page.setDefaultTimeout(15000);
+
+try {
+  step('a wrong key is refused, visibly');
+  await page.goto(BASE);
+  await page.keyboard.type('not-a-key');
+  await page.keyboard.press('Enter');
+  await page.locator('.errors').filter({ hasText: 'unknown API key' }).waitFor();
+
+  step('sign in by keyboard; the fleet shows the test devices');
+  await page.locator('input[name=secret]').fill('');
+  await page.locator('input[name=secret]').focus();
+  await page.keyboard.type(KEY_A);
+  await page.keyboard.press('Enter');
+  for (const d of DEVICES_A) await page.locator(`tr[data-device="${d.device_id}"]`).waitFor();
+  assert.equal(await page.locator(`tr[data-device="${DEVICE_B.device_id}"]`).count(), 0);
+  const total = await page.locator('[data-count=total] .n').textContent();
+  assert.equal(Number(total), DEVICES_A.length, 'deviceStatusSummary counts owner A\'s devices');
+  await page.screenshot({ path: `${SHOTS}/fleet.png`, fullPage: true });
+
+  step('search narrows the table');
+  await page.locator('input[name=search]').fill(DEVICES_A[1].device_id);
+  assert.equal(await page.locator('tbody tr[data-device]').count(), 1);
+  await page.locator('input[name=search]').fill('');
+
+  step('the chart plots what sensorMetrics returns for the same range');
+  await page.locator(`tr[data-device="${boiler.device_id}"] a`).click();
+  await page.locator('[data-testid=charts][data-loaded=true]').waitFor();
+  const charts = page.locator('[data-testid=charts]');
+  const [start, end, granularity] = await Promise.all(['start', 'end', 'granularity'].map((k) => charts.getAttribute(`data-${k}`)));
+  assert.equal(granularity, '1m');
+  const plotted = JSON.parse(await page.locator('figure.chart[data-sensor=temperature]').getAttribute('data-points'));
+  const { sensorMetrics } = await api(KEY_A, `query($d: ID!, $s: String!, $e: String!, $g: String!) {
+    sensorMetrics(deviceId: $d, sensorName: "temperature", startTime: $s, endTime: $e, granularity: $g) { time min_value avg_value max_value } }`,
+  { d: boiler.id, s: start, e: end, g: granularity });
+  assert.ok(plotted.length >= 10, `the chart has the test's readings: ${plotted.length} points`);
+  assert.deepEqual(plotted, sensorMetrics.map((m) => [m.time, m.min_value, m.avg_value, m.max_value]));
+  console.log(`chart: ${plotted.length} points equal sensorMetrics(${start} .. ${end}, ${granularity})`);
+  await page.locator('.u-over').first().waitFor();
+  await page.screenshot({ path: `${SHOTS}/device.png`, fullPage: true });
+
+  step('the 24 h range uses 15 m buckets and still matches');
+  await page.locator('button[data-range="24 h"]').click();
+  await page.locator('[data-testid=charts][data-loaded=true][data-granularity="15m"]').waitFor();
+
+  step('a reading over the threshold shows as an alert within 2 s, without reload');
+  await page.goto(`${BASE}#/alerts`);
+  await page.locator('[data-testid=alerts]').waitFor();
+  await page.locator('.socket-connected').waitFor();
+  // The subscription is sent right after the socket is acknowledged.
+  await page.waitForTimeout(500);
+  const navigations = [];
+  page.on('framenavigated', (f) => f === page.mainFrame() && navigations.push(f.url()));
+  const asked = Date.now();
+  console.log('PUBLISH');
+  assert.equal(await nextLine(), 'PUBLISHED');
+  const row = page.locator(`tr[data-device="${boiler.device_id}"][data-state=open]`);
+  await row.waitFor({ timeout: 2000 - (Date.now() - asked) });
+  const seenMs = Date.now() - asked;
+  console.log(`alert shown ${seenMs} ms after the publish was asked for`);
+  assert.ok(seenMs <= 2000);
+  assert.deepEqual(navigations.filter((u) => !u.includes('#/alerts')), [], 'no reload');
+  const alertId = await row.getAttribute('data-alert');
+  await page.screenshot({ path: `${SHOTS}/alerts.png`, fullPage: true });
+
+  step('acknowledging in the page changes the alert in the API');
+  await row.locator('button[data-action=acknowledge]').focus();
+  await page.keyboard.press('Enter');
+  await page.locator(`tr[data-alert="${alertId}"][data-state=acknowledged]`).waitFor();
+  const { alerts } = await api(KEY_A, `query($d: ID) { alerts(deviceId: $d) { id state acknowledged } }`, { d: boiler.id });
+  const acked = alerts.find((a) => a.id === alertId);
+  assert.equal(acked?.state, 'acknowledged');
+  console.log(`ALERT ${alertId}`);
+
+  step('a rule the API refuses shows its error at the field');
+  await page.goto(`${BASE}#/rules`);
+  await page.getByRole('button', { name: 'New rule' }).click();
+  await page.locator('[data-testid=rule-form] input[name=name]').fill('too_hot');
+  await page.locator('[data-testid=rule-form] textarea[name=condition]').fill('value >>> 3');
+  await page.getByRole('button', { name: 'Create rule' }).click();
+  const conditionError = page.locator('[data-testid=rule-form] textarea[name=condition] ~ .field-error');
+  await conditionError.filter({ hasText: /./ }).waitFor();
+  console.log(`rule condition error: ${await conditionError.textContent()}`);
+  await page.locator('[data-testid=rule-form] textarea[name=condition]').fill('sensor_name == "temperature" AND value > 100');
+  await page.getByRole('button', { name: 'Create rule' }).click();
+  await page.locator('tr[data-rule=too_hot]').waitFor();
+  await page.screenshot({ path: `${SHOTS}/rules.png`, fullPage: true });
+
+  step('the query page runs a query');
+  await page.goto(`${BASE}#/query`);
+  await page.getByRole('button', { name: /^Run/ }).click();
+  await page.locator('[data-testid=result]').filter({ hasText: 'total_devices' }).waitFor();
+  await page.screenshot({ path: `${SHOTS}/query.png`, fullPage: true });
+
+  step('390 px: no horizontal scroll on the fleet and device pages');
+  await page.setViewportSize({ width: 390, height: 844 });
+  const noSideScroll = async (what) => {
+    const { sw, cw } = await page.evaluate(() => ({ sw: document.documentElement.scrollWidth, cw: document.documentElement.clientWidth }));
+    assert.ok(sw <= cw, `${what} at 390 px is ${sw} px wide (viewport ${cw})`);
+  };
+  await page.goto(`${BASE}#/fleet`);
+  await page.locator(`tr[data-device="${boiler.device_id}"]`).waitFor();
+  await noSideScroll('the fleet page');
+  await page.screenshot({ path: `${SHOTS}/fleet-390.png`, fullPage: true });
+  await page.goto(`${BASE}#/device/${boiler.id}`);
+  await page.locator('[data-testid=charts][data-loaded=true]').waitFor();
+  await page.locator(`tr[data-alert="${alertId}"]`).waitFor();
+  await page.waitForTimeout(300);
+  await noSideScroll('the device page');
+  await page.screenshot({ path: `${SHOTS}/device-390.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 900 });
+
+  step("a second owner's key sees none of the first owner's devices or alerts");
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.locator('input[name=secret]').fill(KEY_B);
+  await page.keyboard.press('Enter');
+  await page.locator(`tr[data-device="${DEVICE_B.device_id}"]`).waitFor();
+  for (const d of DEVICES_A) assert.equal(await page.locator(`tr[data-device="${d.device_id}"]`).count(), 0);
+  await page.screenshot({ path: `${SHOTS}/fleet-owner-b.png`, fullPage: true });
+  await page.goto(`${BASE}#/alerts`);
+  await page.locator('[data-testid=alerts] td.empty').waitFor();
+  assert.equal(await page.locator(`tr[data-alert="${alertId}"]`).count(), 0);
+  await page.goto(`${BASE}#/device/${boiler.id}`);
+  await page.getByRole('heading', { name: 'No such device' }).waitFor();
+
+  step('nothing came from anywhere but the gateway');
+  assert.deepEqual(foreign, []);
+  assert.deepEqual(pageErrors, []);
+  console.log('console browser checks passed');
+} catch (e) {
+  await page.screenshot({ path: `${SHOTS}/failure.png`, fullPage: true }).catch(() => {});
+  console.error(`FAILED at ${page.url()}: ${e.stack ?? e}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  lines.close();
+}

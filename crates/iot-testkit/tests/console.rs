@@ -1,0 +1,271 @@
+//! The web console (`console/`, served by graphql-gateway at `/console/`)
+//! in a real browser: Playwright drives Debian's Chromium through
+//! `console/test/browser.mjs` against a platform started here, with two
+//! owners' devices, readings and an alert raised over MQTT while the page
+//! is open. `cargo xtask console` builds what this needs (and `cargo
+//! xtask test` does it before building the gateway).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use iot_testkit as kit;
+use iot_testkit::Platform;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sha256(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a GraphQL operation as the holder of `key`; its `data`.
+async fn gql(addr: std::net::SocketAddr, key: &str, query: &str, variables: Value) -> Value {
+    let body = json!({"query": query, "variables": variables}).to_string();
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/graphql"))
+        .header("Content-Type", "application/json")
+        .header("X-Api-Key", key)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    assert!(v.get("errors").is_none(), "{v}");
+    v["data"].clone()
+}
+
+const CREATE: &str = "mutation($d: String!, $name: String!, $t: JSON) {
+  createDevice(deviceId: $d, name: $name, deviceType: \"temperature_sensor\", location: \"Plant 1\", alertThreshold: $t) { id device_id }
+}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_works_in_a_real_browser() {
+    let console = repo().join("console");
+    assert!(
+        console.join("node_modules/playwright-core").is_dir(),
+        "console/node_modules is missing: run `cargo xtask console` (npm ci and the build in console/)"
+    );
+    let chromium =
+        std::env::var("IOT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: `cargo xtask test` installs Debian's chromium (apt-get install chromium chromium-driver)"
+    );
+
+    let p = Platform::start().await;
+    let engine = p.start_alert_engine(|_| {}).await;
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let (key_a, key_b) = (
+        format!("console-a-{}", kit::unique()),
+        format!("console-b-{}", kit::unique()),
+    );
+    let g = p
+        .start_graphql(&engine, |c| {
+            c.auth.api_keys = vec![
+                graphql_gateway::ApiKey {
+                    name: "console-a".into(),
+                    sha256: sha256(&key_a),
+                    owner: a.to_string(),
+                },
+                graphql_gateway::ApiKey {
+                    name: "console-b".into(),
+                    sha256: sha256(&key_b),
+                    owner: b.to_string(),
+                },
+            ];
+        })
+        .await;
+    let addr = g.http_addr;
+
+    // The console is in the binary: its page, with a policy that allows
+    // nothing from elsewhere.
+    let res = reqwest::get(format!("http://{addr}/console/"))
+        .await
+        .unwrap();
+    let status = res.status();
+    let csp = res
+        .headers()
+        .get("content-security-policy")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let page = res.text().await.unwrap();
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<div id=\"app\">"), "{page}");
+    assert!(csp.unwrap().starts_with("default-src 'self'"));
+
+    // Owner A: a boiler (at most 30 degrees) with an hour of readings, and
+    // two more devices; owner B: one device.
+    let u = kit::unique();
+    let mut devices_a = Vec::new();
+    for (name, t) in [
+        ("boiler", json!({"temperature": {"max": 30}})),
+        ("fan", Value::Null),
+        ("pump", Value::Null),
+    ] {
+        let d = gql(
+            addr,
+            &key_a,
+            CREATE,
+            json!({"d": format!("con-{u}-{name}"), "name": name, "t": t}),
+        )
+        .await;
+        devices_a.push(d["createDevice"].clone());
+    }
+    let d = gql(
+        addr,
+        &key_b,
+        CREATE,
+        json!({"d": format!("con-{u}-b-only"), "name": "B's", "t": null}),
+    )
+    .await;
+    let device_b = d["createDevice"].clone();
+    let boiler = devices_a[0].clone();
+    let boiler_id = boiler["id"].as_str().unwrap().to_owned();
+    let now = Utc::now();
+    let readings: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({
+                "sensorName": "temperature",
+                "value": 20.0 + f64::from(i % 7) + 0.25,
+                "unit": "C",
+                "timestamp": (now - TimeDelta::seconds(50 * 60 - i64::from(i) * 90)).to_rfc3339(),
+            })
+        })
+        .collect();
+    let r = gql(
+        addr,
+        &key_a,
+        "mutation($d: ID!, $r: [ReadingInput!]!) { recordReadings(deviceId: $d, readings: $r) { accepted rejected { reason } } }",
+        json!({"d": boiler_id, "r": readings}),
+    )
+    .await;
+    assert_eq!(r["recordReadings"]["accepted"], 30, "{r}");
+    kit::eventually("the readings are queryable", WAIT, || {
+        let (key, id) = (key_a.clone(), boiler_id.clone());
+        async move {
+            let d = gql(
+                addr,
+                &key,
+                "query($d: ID!, $s: String!, $e: String!) { sensorMetrics(deviceId: $d, sensorName: \"temperature\", startTime: $s, endTime: $e, granularity: \"1m\") { reading_count } }",
+                json!({"d": id, "s": (Utc::now() - TimeDelta::hours(1)).to_rfc3339(), "e": Utc::now().to_rfc3339()}),
+            )
+            .await;
+            let n: i64 = d["sensorMetrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["reading_count"].as_i64().unwrap())
+                .sum();
+            (n == 30).then_some(())
+        }
+    })
+    .await;
+
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let mut child = Command::new("node")
+        .arg("test/browser.mjs")
+        .current_dir(&console)
+        .env("CONSOLE_URL", format!("http://{addr}/console/"))
+        .env("CONSOLE_KEY_A", &key_a)
+        .env("CONSOLE_KEY_B", &key_b)
+        .env(
+            "CONSOLE_DEVICES_A",
+            Value::Array(devices_a.clone()).to_string(),
+        )
+        .env("CONSOLE_DEVICE_B", device_b.to_string())
+        .env("CONSOLE_SCREENSHOTS", &shots)
+        .env("CONSOLE_CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs (Node.js 20 is part of the set-up)");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The script's lines, read on a thread of their own.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut alert_id = None;
+    let mut published = false;
+    let mut passed = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, lines.recv()).await {
+        println!("browser: {line}");
+        if line == "PUBLISH" {
+            // Over the threshold of 30, from the device's own topic.
+            kit::publish_all(&[(
+                format!("{}/con-{u}-boiler/temperature", p.prefix),
+                br#"{"value": 35.5}"#.to_vec(),
+            )])
+            .await;
+            published = true;
+            writeln!(stdin, "PUBLISHED").unwrap();
+        } else if let Some(id) = line.strip_prefix("ALERT ") {
+            alert_id = Some(id.to_owned());
+        } else if line == "console browser checks passed" {
+            passed = true;
+        }
+    }
+    drop(stdin);
+    if tokio::time::Instant::now() >= deadline {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    println!("screenshots in {}", shots.display());
+    assert!(
+        status.success() && passed,
+        "the browser checks failed ({status}); see the output above"
+    );
+    assert!(published);
+
+    // The acknowledgement made in the page is the API's state.
+    let alert_id = alert_id.expect("the script names the alert it acknowledged");
+    let d = gql(
+        addr,
+        &key_a,
+        "query($d: ID) { alerts(deviceId: $d) { id state acknowledged acknowledged_at } }",
+        json!({"d": boiler_id}),
+    )
+    .await;
+    let alert = d["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == alert_id.as_str())
+        .unwrap_or_else(|| panic!("alert {alert_id} in {d}"))
+        .clone();
+    assert_eq!(alert["state"], "acknowledged", "{alert}");
+    assert_eq!(alert["acknowledged"], true);
+    // Owner B sees none of it through the API either.
+    let d = gql(
+        addr,
+        &key_b,
+        "{ alerts { id } devices { device_id } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(d["alerts"], json!([]), "{d}");
+    assert_eq!(
+        d["devices"],
+        json!([{"device_id": format!("con-{u}-b-only")}])
+    );
+    p.stop().await;
+}
