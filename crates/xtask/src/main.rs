@@ -10,6 +10,8 @@
 //!   faults  the fault suite: services killed, brokers and PostgreSQL
 //!           restarted, the database link stalled, under a steady fleet
 //!           (`--short`: the version `test` runs)
+//!   console build the web console (npm ci, checks, vite build) that
+//!           graphql-gateway embeds (part of `up` and `test`)
 //!   status  show what runs
 //!   deploy-check  lint and render the Helm chart and validate what it
 //!           renders, and docker-compose.yml, against their schemas (part
@@ -17,6 +19,7 @@
 //!   proto-check  `buf lint` and `buf breaking` (against the last released
 //!           API) on proto/ (part of `test`)
 
+mod console;
 mod deploy;
 mod helm;
 mod paths;
@@ -37,13 +40,14 @@ fn main() -> ExitCode {
         "test-tls" => stack::test_tls(),
         "stack" => stack::infra().map(|_| ()),
         "status" => stack::status(),
+        "console" => console::build(),
         "deploy-check" => deploy::check(),
         "proto-check" => proto::check(),
         "bench" => stack::bench(&args[1..]),
         "faults" => stack::faults(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|down|test|test-tls|stack|status|deploy-check|proto-check|faults [--short]|bench ingest|query|graphql|alerts|late|abuse>"
+                "usage: cargo xtask <up|down|test|test-tls|stack|status|console|deploy-check|proto-check|faults [--short]|bench ingest|query|graphql|alerts|late|abuse>"
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS

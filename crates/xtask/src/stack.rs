@@ -367,6 +367,8 @@ fn bin(name: &str) -> PathBuf {
 /// `cargo xtask up`.
 pub fn up() -> Result<()> {
     ensure_build_deps()?;
+    // Before the build: graphql-gateway embeds the built console.
+    crate::console::build()?;
     let started = infra()?;
     crate::pgtls::ensure_grpc_certs()?;
     proc::run(cargo().args(["build", "--bins"]))?;
@@ -431,7 +433,10 @@ pub fn up() -> Result<()> {
         .collect();
     println!("  iotctl's gRPC     export {}", client.join(" "));
     println!(
-        "  GraphQL           http://127.0.0.1:8080/graphql (GraphiQL on /), header X-Api-Key: local-dev-api-key"
+        "  GraphQL           http://127.0.0.1:8080/graphql, header X-Api-Key: local-dev-api-key"
+    );
+    println!(
+        "  web console       http://127.0.0.1:8080/console/ (sign in with local-dev-api-key; its Query page is on /)"
     );
     println!("  metrics           http://127.0.0.1:910{{1..5}}/metrics");
     println!(
@@ -474,6 +479,10 @@ pub fn status() -> Result<()> {
 /// the whole suite, stop what it started.
 pub fn test(extra: &[String]) -> Result<()> {
     ensure_build_deps()?;
+    // Before clippy builds graphql-gateway, which embeds the console; its
+    // checks include its GraphQL operations against schema.graphql.
+    crate::console::build()?;
+    crate::console::ensure_chromium()?;
     proc::run(cargo().args(["fmt", "--all", "--check"]))?;
     proc::run(cargo().args([
         "clippy",
