@@ -26,6 +26,8 @@ pub enum WriterError {
     Metrics(#[from] iot_telemetry::prometheus::Error),
     #[error(transparent)]
     Service(#[from] iot_runtime::ServiceError),
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 impl From<WriterError> for Status {

@@ -8,6 +8,7 @@
 //! batch is written).
 
 mod admission;
+pub mod archive;
 mod config;
 pub mod consumer;
 mod error;
@@ -36,9 +37,9 @@ pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, WriterError> {
     let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
-    // 15, its newest migration: the device_owners view.
+    // 19, its newest migration: the archive manifest.
     let pool = skeleton
-        .database(&config.database_url, config.pool_size, 15)
+        .database(&config.database_url, config.pool_size, 19)
         .await?;
     let backend = {
         let client = pool.get().await?;
@@ -73,6 +74,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let producer = config.kafka.producer(SERVICE)?;
     let dead_letters = DeadLetters::new(producer, config.kafka.dead_letter_topic.clone(), SERVICE);
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
+    let archive_metrics = archive::ArchiveMetrics::register(&skeleton.registry)?;
     skeleton.serve_admin(config.admin_addr).await?;
     let telemetry = TelemetryServer::new(TelemetryService::new(store.clone(), &config.queries));
     skeleton
@@ -88,6 +90,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         pool.clone(),
         backend,
         config.retention.clone(),
+        archive_metrics,
         shutdown.clone(),
     ));
     if backend == iot_db::Backend::TimescaleDb {
@@ -157,6 +160,7 @@ async fn maintenance(
     pool: deadpool_postgres::Pool,
     backend: iot_db::Backend,
     retention: retention::RetentionConfig,
+    archive_metrics: archive::ArchiveMetrics,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(retention.interval_secs));
@@ -165,13 +169,18 @@ async fn maintenance(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match retention::maintain(&pool, backend, &retention, chrono::Utc::now()).await {
+        let now = chrono::Utc::now();
+        match retention::maintain_measured(&pool, backend, &retention, now, Some(&archive_metrics))
+            .await
+        {
             Ok(Some((created, r))) => tracing::info!(
                 partitions_created = created,
                 horizon_days = r.horizon_days,
                 partitions_dropped = r.partitions_dropped,
                 devices_trimmed = r.devices_trimmed,
                 rows_deleted = r.rows_deleted,
+                files_archived = r.files_archived,
+                days_deferred = r.days_deferred,
                 "maintenance done"
             ),
             Ok(None) => tracing::debug!("maintenance running in another replica"),

@@ -10,13 +10,28 @@
 //! others to be trimmed row by row. The SQL functions it calls
 //! (`iot_drop_expired`, `iot_delete_device_readings`) come with each
 //! backend's migration.
+//!
+//! With cold storage on (`retention.archive`, the default), cutoffs are
+//! whole UTC days and every row goes to the archive before it goes from the
+//! database: the rows older than the horizon are archived, then, in one
+//! transaction holding a lock that keeps writers out, each day is counted,
+//! the days still holding exactly the rows archived are dropped and their
+//! manifest entries marked `dropped`. A day that gained a row meanwhile (a
+//! late reading) is kept for the next run. Per-device trims archive a day of
+//! the device, then delete that day in a transaction that commits only if
+//! it deleted exactly the rows archived.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::archive::{self, ArchiveConfig, ArchiveMetrics, Archived, Archiver};
 use crate::error::WriterError;
+
+const COUNT_DAYS: &str = include_str!("sql/archive_count_days.sql");
+const MARK_DROPPED: &str = include_str!("sql/archive_mark_dropped.sql");
+const DELETE_DEVICE_DAY: &str = include_str!("sql/archive_delete_device_day.sql");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -34,8 +49,11 @@ pub struct RetentionConfig {
     pub weekly_days: i64,
     /// How often the job runs.
     pub interval_secs: u64,
-    /// Most rows one per-device `DELETE` removes.
+    /// Most rows one per-device `DELETE` removes (without archiving; with
+    /// it, a device's day goes in one `DELETE`).
     pub delete_batch: i32,
+    /// Cold storage of the raw rows retention removes.
+    pub archive: ArchiveConfig,
 }
 
 impl Default for RetentionConfig {
@@ -50,6 +68,7 @@ impl Default for RetentionConfig {
             weekly_days: 3_650,
             interval_secs: 3_600,
             delete_batch: 10_000,
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -80,6 +99,7 @@ impl RetentionConfig {
         if self.delete_batch <= 0 {
             p.push(format!("{prefix}.delete_batch must be positive"));
         }
+        p.extend(self.archive.problems(&format!("{prefix}.archive")));
         p
     }
 }
@@ -95,6 +115,11 @@ pub struct Report {
     /// Devices asking for more than `max_days`, kept `max_days`.
     pub devices_capped: usize,
     pub rows_deleted: i64,
+    /// Archive files written (or rewritten) this run.
+    pub files_archived: usize,
+    /// Days kept although past the horizon: they changed after archiving
+    /// (a late reading), and go at the next run.
+    pub days_deferred: usize,
 }
 
 /// Arbitrary, fixed key of the maintenance advisory lock.
@@ -109,7 +134,18 @@ pub async fn maintain(
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
 ) -> Result<Option<(i32, Report)>, WriterError> {
-    let client = pool.get().await?;
+    maintain_measured(pool, backend, cfg, now, None).await
+}
+
+/// [`maintain`], counting archive work in `metrics`.
+pub async fn maintain_measured(
+    pool: &Pool,
+    backend: iot_db::Backend,
+    cfg: &RetentionConfig,
+    now: DateTime<Utc>,
+    metrics: Option<&ArchiveMetrics>,
+) -> Result<Option<(i32, Report)>, WriterError> {
+    let mut client = pool.get().await?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
         .await?
@@ -125,7 +161,15 @@ pub async fn maintain(
                 .get(0),
             iot_db::Backend::TimescaleDb => 0,
         };
-        Ok::<_, WriterError>((created, apply(&client, cfg, now).await?))
+        let archiver = cfg
+            .archive
+            .enabled
+            .then(|| Archiver::new(cfg.archive.store(), metrics.cloned()));
+        let report = apply(&mut client, cfg, now, archiver.as_ref()).await;
+        if let (Err(e), Some(m)) = (&report, metrics) {
+            m.failed(e);
+        }
+        Ok::<_, WriterError>((created, report?))
     }
     .await;
     // Session lock: released here, or by the server if the connection died.
@@ -137,11 +181,12 @@ pub async fn maintain(
     Ok(Some(done))
 }
 
-/// Applies retention as of `now`.
+/// Applies retention as of `now`, archiving first when `archiver` is set.
 pub async fn apply(
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
     cfg: &RetentionConfig,
     now: DateTime<Utc>,
+    archiver: Option<&Archiver>,
 ) -> Result<Report, WriterError> {
     let asked: Vec<(Uuid, i64)> = client
         .query(
@@ -174,24 +219,44 @@ pub async fn apply(
         .max()
         .unwrap_or(cfg.default_days);
     let ago = |days: i64| now - TimeDelta::days(days);
-    let partitions_dropped: i32 = client
-        .query_one(
-            "SELECT iot_drop_expired($1, $2, $3, $4)",
-            &[
-                &ago(horizon_days),
-                &ago(cfg.hourly_days),
-                &ago(cfg.daily_days),
-                &ago(cfg.weekly_days),
-            ],
-        )
-        .await?
-        .get(0);
     let mut report = Report {
         horizon_days,
-        partitions_dropped,
         devices_capped,
         ..Report::default()
     };
+    let rollups = [
+        ago(cfg.hourly_days),
+        ago(cfg.daily_days),
+        ago(cfg.weekly_days),
+    ];
+    if let Some(archiver) = archiver {
+        let cutoff = archive::floor_day(ago(horizon_days));
+        let archived = archiver.archive_before(client, cutoff).await?;
+        report.files_archived += archived.files.len();
+        let (dropped, deferred) = drop_archived(client, cutoff, &archived, &rollups).await?;
+        report.partitions_dropped = dropped;
+        report.days_deferred = deferred;
+        for (device, days) in devices.iter().filter(|(_, d)| *d < horizon_days) {
+            report.devices_trimmed += 1;
+            let before = archive::floor_day(ago(*days));
+            let archived = archiver
+                .archive_device_before(client, *device, before)
+                .await?;
+            report.files_archived += archived.files.len();
+            report.rows_deleted += delete_archived(client, *device, &archived).await?;
+        }
+        if let Some(m) = archiver.metrics() {
+            m.lag(archive_lag(client, cutoff).await?);
+        }
+        return finish(client, now, report).await;
+    }
+    report.partitions_dropped = client
+        .query_one(
+            "SELECT iot_drop_expired($1, $2, $3, $4)",
+            &[&ago(horizon_days), &rollups[0], &rollups[1], &rollups[2]],
+        )
+        .await?
+        .get(0);
     let stmt = client
         .prepare("SELECT iot_delete_device_readings($1, $2, $3)")
         .await?;
@@ -208,6 +273,14 @@ pub async fn apply(
             }
         }
     }
+    finish(client, now, report).await
+}
+
+async fn finish(
+    client: &tokio_postgres::Client,
+    now: DateTime<Utc>,
+    report: Report,
+) -> Result<Report, WriterError> {
     client
         .execute(
             "DELETE FROM ingest_counts WHERE second < $1",
@@ -215,6 +288,87 @@ pub async fn apply(
         )
         .await?;
     Ok(report)
+}
+
+/// Drops the raw rows older than `cutoff` that `archived` holds, and the
+/// expired rollups, in one transaction; returns the partitions (chunks)
+/// dropped and the days kept because they changed after archiving.
+async fn drop_archived(
+    client: &mut tokio_postgres::Client,
+    cutoff: DateTime<Utc>,
+    archived: &Archived,
+    rollups: &[DateTime<Utc>; 3],
+) -> Result<(i32, usize), WriterError> {
+    let tx = client.transaction().await?;
+    // Writers wait (a moment: the rows counted are the ones about to go);
+    // readers do not.
+    tx.batch_execute("LOCK TABLE sensor_readings IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
+    let mut upto = cutoff;
+    let mut deferred = 0;
+    for r in tx.query(COUNT_DAYS, &[&cutoff]).await? {
+        let (day, n): (chrono::NaiveDate, i64) = (r.get(0), r.get(1));
+        if archived.per_day.get(&day) != Some(&n) {
+            tracing::info!(%day, rows = n, archived = ?archived.per_day.get(&day), "day changed since archived; kept for the next run");
+            deferred += 1;
+            upto = upto.min(archive::midnight(day));
+        }
+    }
+    let dropped: i32 = tx
+        .query_one(
+            "SELECT iot_drop_expired($1, $2, $3, $4)",
+            &[&upto, &rollups[0], &rollups[1], &rollups[2]],
+        )
+        .await?
+        .get(0);
+    tx.execute(MARK_DROPPED, &[&upto.date_naive()]).await?;
+    tx.commit().await?;
+    Ok((dropped, deferred))
+}
+
+/// Deletes a trimmed device's archived days, each in a transaction that
+/// commits only if it deleted exactly the rows archived.
+async fn delete_archived(
+    client: &mut tokio_postgres::Client,
+    device: Uuid,
+    archived: &Archived,
+) -> Result<i64, WriterError> {
+    let mut deleted = 0;
+    for (&(d, day), &n) in &archived.per_device_day {
+        if d != device {
+            continue;
+        }
+        let start = archive::midnight(day);
+        let end = start + TimeDelta::days(1);
+        let tx = client.transaction().await?;
+        let gone = tx
+            .execute(DELETE_DEVICE_DAY, &[&device, &start, &end])
+            .await?;
+        if i64::try_from(gone).ok() == Some(n) {
+            tx.commit().await?;
+            deleted += n;
+        } else {
+            tracing::info!(%device, %day, rows = gone, archived = n, "device day changed since archived; kept for the next run");
+            tx.rollback().await?;
+        }
+    }
+    Ok(deleted)
+}
+
+/// How far past `cutoff` the oldest raw reading still waiting for the
+/// archive is, in seconds (0: none).
+async fn archive_lag(
+    client: &tokio_postgres::Client,
+    cutoff: DateTime<Utc>,
+) -> Result<i64, WriterError> {
+    let oldest: Option<DateTime<Utc>> = client
+        .query_one(
+            "SELECT min(time) FROM sensor_readings WHERE time < $1",
+            &[&cutoff],
+        )
+        .await?
+        .get(0);
+    Ok(oldest.map_or(0, |t| (cutoff - t).num_seconds()))
 }
 
 #[cfg(test)]

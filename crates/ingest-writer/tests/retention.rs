@@ -76,9 +76,14 @@ async fn a_century_of_retention_does_not_keep_old_partitions() {
 
         // Without a cap (the longest any device may ask for), the century
         // holds every partition: nothing is dropped.
+        let archive = std::env::temp_dir().join(format!("iot-archive-{}", kit::unique()));
         let uncapped = RetentionConfig {
             default_days: 30,
             max_days: 36_500,
+            archive: ingest_writer::archive::ArchiveConfig {
+                enabled: true,
+                dir: archive.clone(),
+            },
             ..Default::default()
         };
         let (_, report) = maintain(store.pool(), backend, &uncapped, now)
@@ -106,5 +111,6 @@ async fn a_century_of_retention_does_not_keep_old_partitions() {
         assert!(report.partitions_dropped >= 1, "{backend}: {report:?}");
         assert_eq!(ages(&db, greedy, now).await, [50, 20, 0], "{backend}");
         assert_eq!(ages(&db, plain, now).await, [20, 0], "{backend}");
+        std::fs::remove_dir_all(&archive).unwrap();
     }
 }

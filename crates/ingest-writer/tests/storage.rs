@@ -550,15 +550,21 @@ async fn retention_per_device_keeps_rollups_and_other_devices() {
         env.store.write_batch(&rows).await.unwrap();
         run_jobs(&env).await;
 
+        let archive = std::env::temp_dir().join(format!("iot-archive-{}", kit::unique()));
         let cfg = ingest_writer::retention::RetentionConfig {
             default_days: 30,
             hourly_days: 30,
+            archive: ingest_writer::archive::ArchiveConfig {
+                enabled: true,
+                dir: archive.clone(),
+            },
             ..Default::default()
         };
         let (_, report) = ingest_writer::retention::maintain(env.store.pool(), backend, &cfg, now)
             .await
             .unwrap()
             .expect("no other maintenance runs on this database");
+        std::fs::remove_dir_all(&archive).unwrap();
         assert_eq!(report.horizon_days, 30);
         assert_eq!(report.devices_trimmed, 1);
         if backend == Backend::Postgres {

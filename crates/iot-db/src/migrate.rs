@@ -184,6 +184,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0015_device_owners.sql"),
         timescaledb: include_str!("../../../migrations/0015_device_owners.sql"),
     },
+    Migration {
+        version: 19,
+        name: "archive",
+        postgres: include_str!("../../../migrations/0019_archive.sql"),
+        timescaledb: include_str!("../../../migrations/0019_archive.sql"),
+    },
 ];
 
 /// What a migration run did.

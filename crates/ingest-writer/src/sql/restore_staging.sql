@@ -1,0 +1,2 @@
+CREATE TEMP TABLE IF NOT EXISTS iot_restore_readings
+    (LIKE sensor_readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
