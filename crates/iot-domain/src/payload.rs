@@ -208,12 +208,41 @@ pub fn parse_senml(
         ));
     };
     check_entries(records.len())?;
+    check_senml_support(&records)?;
     let mut base = SenmlBase::default();
     Ok(records
         .iter()
         .enumerate()
         .map(|(i, rec)| senml_record(rec, &mut base, now).map_err(|r| at_index(i, r)))
         .collect())
+}
+
+/// The SenML version this parser implements (RFC 8428's, the default
+/// when a pack names none).
+const SENML_VERSION: u64 = 10;
+
+/// RFC 8428 section 4.4: a pack of a version the receiver does not know, or
+/// with a must-understand field (a name ending in `_`) it does not
+/// implement, must not be read at all; none of its records is a reading.
+/// This parser implements no must-understand extension.
+fn check_senml_support(records: &[Value]) -> Result<(), Rejection> {
+    let unsupported = |detail: String| Rejection::new(RejectReason::UnsupportedSenml, detail);
+    for (i, rec) in records.iter().enumerate() {
+        let Value::Object(obj) = rec else { continue };
+        if let Some(bver) = obj.get("bver")
+            && bver.as_u64() != Some(SENML_VERSION)
+        {
+            return Err(unsupported(format!(
+                "[{i}]: SenML version (\"bver\") {bver} is not supported; this platform reads version {SENML_VERSION}"
+            )));
+        }
+        if let Some(field) = obj.keys().find(|k| k.ends_with('_')) {
+            return Err(unsupported(format!(
+                "[{i}]: must-understand SenML field {field:?} is not supported"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -461,6 +490,58 @@ mod tests {
             Some(DateTime::from_timestamp(1_320_067_584, 0).unwrap())
         );
         assert_eq!(e[5].as_ref().unwrap_err().reason, RejectReason::BadValue);
+    }
+
+    #[test]
+    fn senml_of_another_version_or_with_must_understand_fields_is_refused_whole() {
+        for (payload, names) in [
+            (
+                &br#"[{"n": "t", "v": 1}, {"bver": 11, "n": "t", "v": 2}]"#[..],
+                "\"bver\") 11",
+            ),
+            (br#"[{"bver": "10", "n": "t", "v": 1}]"#, "\"bver\") \"10\""),
+            (
+                br#"[{"n": "t", "v": 1}, {"n": "t", "v": 2, "rollover_": 5}]"#,
+                "\"rollover_\"",
+            ),
+        ] {
+            let r = parse_senml(payload, &Limits::default(), now()).unwrap_err();
+            assert_eq!(r.reason, RejectReason::UnsupportedSenml);
+            assert!(r.detail.contains(names), "{}", r.detail);
+        }
+        // Version 10, named or not, is read.
+        let e = parse_senml(
+            br#"[{"bver": 10, "n": "t", "v": 1}, {"n": "t", "v": 2, "t": -1}]"#,
+            &Limits::default(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(e.len(), 2);
+        assert!(e.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn senml_record_named_by_its_base_name_alone() {
+        let e = parse_senml(
+            br#"[{"bn": "temperature", "v": 23.5}, {"bn": "humidity", "bu": "%RH", "v": 40}]"#,
+            &Limits::default(),
+            now(),
+        )
+        .unwrap();
+        let got: Vec<_> = e
+            .iter()
+            .map(|r| {
+                let r = r.as_ref().unwrap();
+                (r.sensor_name.as_str(), r.value, r.unit.as_deref())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("temperature", Decimal::new(235, 1), None),
+                ("humidity", Decimal::new(40, 0), Some("%RH")),
+            ]
+        );
     }
 
     #[test]

@@ -31,11 +31,15 @@ pub enum RejectReason {
     /// Kafka refused the valid reading for good (too large for a record,
     /// topic not writable); retrying could never succeed.
     KafkaRefused,
+    /// A SenML pack of a version other than 10 (`bver`), or with a
+    /// must-understand field (name ending in `_`) the platform does not
+    /// implement: RFC 8428 forbids reading any of it.
+    UnsupportedSenml,
 }
 
 impl RejectReason {
     /// All reasons, for pre-registering metric labels.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         Self::BadTopic,
         Self::BadJson,
         Self::PayloadTooLarge,
@@ -48,6 +52,7 @@ impl RejectReason {
         Self::BadField,
         Self::Undecodable,
         Self::KafkaRefused,
+        Self::UnsupportedSenml,
     ];
 
     /// The stable code written to the dead-letter topic.
@@ -65,6 +70,7 @@ impl RejectReason {
             Self::BadField => "bad_field",
             Self::Undecodable => "undecodable",
             Self::KafkaRefused => "kafka_refused",
+            Self::UnsupportedSenml => "unsupported_senml",
         }
     }
 }

@@ -106,6 +106,56 @@ async fn batch_and_senml_messages_over_mqtt() {
     p.stop().await;
 }
 
+/// RFC 8428: a pack of an unknown version or with a must-understand field
+/// is refused whole with its reason; a record named by its base name alone
+/// is a reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn senml_packs_the_rfc_forbids_reading_are_dead_lettered_whole() {
+    let p = Platform::start().await;
+    let dev = p
+        .create_device(&format!("dev-{}", kit::unique()), "active")
+        .await;
+    let topic = format!("{}/{}", p.senml_prefix, dev.device_id);
+    let t = chrono::Utc::now().timestamp() - 5;
+    let newer = format!(r#"[{{"bver": 11, "bt": {t}, "n": "temperature", "v": 1}}]"#);
+    let extended = format!(r#"[{{"bt": {t}, "n": "temperature", "v": 2, "rollover_": 7}}]"#);
+    let base_named = format!(r#"[{{"bver": 10, "bn": "temperature", "bt": {t}, "v": 23.5}}]"#);
+    kit::publish_all(&[
+        (topic.clone(), newer.clone().into_bytes()),
+        (topic.clone(), extended.clone().into_bytes()),
+        (topic.clone(), base_named.into_bytes()),
+    ])
+    .await;
+    assert_eq!(
+        rows(&p, &dev.id, 1).await,
+        vec![("temperature".into(), d("23.5"))]
+    );
+    let mut letters =
+        kit::dead_letters(&p.kafka.dead_letter_topic, 2, Duration::from_secs(20)).await;
+    letters.sort_by(|a, b| a.payload.cmp(&b.payload));
+    let got: Vec<_> = letters
+        .iter()
+        .map(|l| (l.reason.as_str(), l.payload.as_slice()))
+        .collect();
+    let mut want = vec![
+        ("unsupported_senml", newer.as_bytes()),
+        ("unsupported_senml", extended.as_bytes()),
+    ];
+    want.sort_by(|a, b| a.1.cmp(b.1));
+    assert_eq!(got, want);
+    assert!(letters.iter().any(|l| l.detail.contains("\"bver\") 11")));
+    assert!(letters.iter().any(|l| l.detail.contains("\"rollover_\"")));
+    let series = r#"iot_gateway_readings_rejected_total{reason="unsupported_senml"}"#;
+    assert_eq!(kit::metric(p.gateway_admin, series).await, Some(2));
+    // Nothing of either refused pack was stored.
+    let db = kit::connect(&p.db).await;
+    assert_eq!(
+        kit::device_rows(&db, Uuid::parse_str(&dev.id).unwrap()).await,
+        1
+    );
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_door_answers_with_what_it_accepted() {
     let p = Platform::start().await;
