@@ -359,6 +359,26 @@ pub async fn read_topic_from(
     out
 }
 
+/// MQTT 3.1.1 options for a client of the test broker (a device's own
+/// session, say) on the listener of [`MqttListener::from_env`], so that the
+/// TLS-required run, whose broker has no plain listener, covers it too.
+pub fn mqtt_options(client_id: impl Into<String>) -> MqttOptions {
+    let listener = MqttListener::from_env();
+    let (host, port) = listener.addr();
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_transport(listener.transport());
+    opts
+}
+
+/// [`mqtt_options`] for an MQTT 5 client.
+pub fn mqtt5_options(client_id: impl Into<String>) -> rumqttc::v5::MqttOptions {
+    let listener = MqttListener::from_env();
+    let (host, port) = listener.addr();
+    let mut opts = rumqttc::v5::MqttOptions::new(client_id, host, port);
+    opts.set_transport(listener.transport());
+    opts
+}
+
 /// Publishes QoS 1 messages and waits for every PUBACK, on the listener
 /// of [`MqttListener::from_env`].
 pub async fn publish_all(messages: &[(String, Vec<u8>)]) {

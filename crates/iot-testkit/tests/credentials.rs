@@ -13,12 +13,11 @@ use iot_testkit as kit;
 use iot_testkit::Platform;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 
 /// An MQTT 5 session as `user`; Err when the broker refuses it.
 async fn session(user: &str, password: &str) -> Result<(AsyncClient, EventLoop), String> {
-    let (host, port) = kit::mqtt_addr();
-    let mut opts = MqttOptions::new(format!("dev-{}", kit::unique()), host, port);
+    let mut opts = kit::mqtt5_options(format!("dev-{}", kit::unique()));
     opts.set_credentials(user, password)
         .set_keep_alive(Duration::from_secs(10))
         .set_max_packet_size(Some(1 << 20));

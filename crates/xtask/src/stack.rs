@@ -12,6 +12,8 @@ pub const PG_PORT: u16 = 5432;
 pub const MQTT_PORT: u16 = 11883;
 /// Mosquitto's TLS listener (deploy/local/mosquitto-tls.conf).
 pub const MQTTS_PORT: u16 = 18883;
+/// The TLS-required run's broker, which has no plain listener.
+const MQTTS_ONLY_PORT: u16 = 28883;
 /// The TLS-required run's Kafka-API broker: a Tansu of its own on the
 /// first port, behind a TLS terminator on the second (Tansu's own TLS
 /// flags cannot start).
@@ -33,6 +35,9 @@ const SERVICES: [(&str, u16); 5] = [
 const SIMULATOR: &str = "simulator";
 /// Infrastructure we may start, in stop order.
 const INFRA: [&str; 3] = ["tansu", "mosquitto", "postgres"];
+/// What the TLS-required run starts beside the stack; `down` stops them too
+/// when a run was cut short.
+const TLS_RUN: [&str; 3] = ["mosquitto-tls-only", "kafka-tls", "tansu-tls"];
 
 /// Which components this invocation started (and so may stop).
 pub struct Started(Vec<&'static str>);
@@ -174,32 +179,9 @@ fn ensure_mosquitto(started: &mut Started) -> Result<()> {
         apt_install(&["mosquitto"])?;
     }
     proc::ensure_run_dirs()?;
-    let read = |name: &str| {
-        fs::read_to_string(paths::repo().join("deploy/local").join(name))
-            .map_err(|e| format!("deploy/local/{name}: {e}"))
-    };
-    // The plain listener, then the TLS one with the local CA's certificate.
-    let (cert, key) = crate::pgtls::broker_files()?;
-    let template = read("mosquitto.conf")?
-        + &read("mosquitto-tls.conf")?
-            .replace("@TLS_DIR@/server.pem", &cert.to_string_lossy())
-            .replace("@TLS_DIR@/broker.key", &key.to_string_lossy());
     let conf = paths::run_dir().join("mosquitto.conf");
-    let plugin = dynsec_plugin().ok_or(
-        "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed",
-    )?;
-    fs::write(
-        &conf,
-        template
-            .replace("@RUN_DIR@", &paths::run_dir().to_string_lossy())
-            .replace("@DYNSEC_PLUGIN@", &plugin.to_string_lossy()),
-    )
-    .map_err(|e| e.to_string())?;
-    let bin = if proc::have("mosquitto") {
-        "mosquitto".into()
-    } else {
-        "/usr/sbin/mosquitto".to_string()
-    };
+    fs::write(&conf, mosquitto_conf(&paths::run_dir())?).map_err(|e| e.to_string())?;
+    let bin = mosquitto_bin();
     // The dynamic-security plugin's state, with its admin account.
     let dynsec = paths::run_dir().join("mosquitto/dynamic-security.json");
     if !dynsec.exists() {
@@ -216,6 +198,73 @@ fn ensure_mosquitto(started: &mut Started) -> Result<()> {
     started.0.push("mosquitto");
     proc::wait_port("mosquitto", MQTT_PORT, Duration::from_secs(15))?;
     proc::wait_port("mosquitto", MQTTS_PORT, Duration::from_secs(5))
+}
+
+/// The stack's Mosquitto configuration with its state, logs and pid file
+/// under `run_dir`: the plain listener, then the TLS one with the local
+/// CA's certificate.
+fn mosquitto_conf(run_dir: &Path) -> Result<String> {
+    let read = |name: &str| {
+        fs::read_to_string(paths::repo().join("deploy/local").join(name))
+            .map_err(|e| format!("deploy/local/{name}: {e}"))
+    };
+    let (cert, key) = crate::pgtls::broker_files()?;
+    let template = read("mosquitto.conf")?
+        + &read("mosquitto-tls.conf")?
+            .replace("@TLS_DIR@/server.pem", &cert.to_string_lossy())
+            .replace("@TLS_DIR@/broker.key", &key.to_string_lossy());
+    let plugin = dynsec_plugin().ok_or(
+        "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed",
+    )?;
+    Ok(template
+        .replace("@RUN_DIR@", &run_dir.to_string_lossy())
+        .replace("@DYNSEC_PLUGIN@", &plugin.to_string_lossy()))
+}
+
+fn mosquitto_bin() -> String {
+    if proc::have("mosquitto") {
+        "mosquitto".into()
+    } else {
+        "/usr/sbin/mosquitto".to_string()
+    }
+}
+
+/// The TLS-required run's broker: the stack's configuration with the plain
+/// listener left out and the TLS one on [`MQTTS_ONLY_PORT`], fresh state
+/// under `.run/mqtt-tls-only`, the platform accounts provisioned over TLS.
+fn start_tls_only_broker() -> Result<()> {
+    let dir = paths::run_dir().join("mqtt-tls-only");
+    let _ = fs::remove_dir_all(&dir);
+    for sub in ["mosquitto", "logs", "pids"] {
+        fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let plain = format!("listener {MQTT_PORT} 127.0.0.1\n");
+    let tls = format!("listener {MQTTS_PORT} 127.0.0.1\n");
+    let conf = mosquitto_conf(&dir)?;
+    if !conf.contains(&plain) || !conf.contains(&tls) {
+        return Err("deploy/local/mosquitto*.conf: listeners not where the TLS run expects".into());
+    }
+    let conf = conf
+        .replace(&plain, "")
+        .replace(&tls, &format!("listener {MQTTS_ONLY_PORT} 127.0.0.1\n"));
+    let path = dir.join("mosquitto.conf");
+    fs::write(&path, conf).map_err(|e| e.to_string())?;
+    proc::run(
+        Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(dir.join("mosquitto/dynamic-security.json"))
+            .args([ACCOUNTS[0].0, ACCOUNTS[0].1]),
+    )?;
+    proc::spawn(
+        "mosquitto-tls-only",
+        Command::new(mosquitto_bin()).arg("-c").arg(&path),
+    )?;
+    proc::wait_port(
+        "mosquitto-tls-only",
+        MQTTS_ONLY_PORT,
+        Duration::from_secs(15),
+    )?;
+    provision_mqtt_accounts_at(MQTTS_ONLY_PORT, Some(&crate::pgtls::dir().join("ca.pem")))
 }
 
 /// (username, password, (ACL type, topic) pairs its role allows).
@@ -254,10 +303,19 @@ pub const ACCOUNTS: [Account; 3] = [
 /// Creates the platform accounts (idempotent: existing ones keep their
 /// role and get their password set again).
 fn provision_mqtt_accounts() -> Result<()> {
+    provision_mqtt_accounts_at(MQTT_PORT, None)
+}
+
+/// [`provision_mqtt_accounts`] on the broker at `port`, over TLS trusting
+/// `ca` when given.
+fn provision_mqtt_accounts_at(port: u16, ca: Option<&Path>) -> Result<()> {
     let (admin, admin_pw, _) = ACCOUNTS[0];
     let ctrl = |args: &[&str]| {
-        Command::new("mosquitto_ctrl")
-            .args(["-h", "127.0.0.1", "-p", &MQTT_PORT.to_string()])
+        let mut cmd = Command::new("mosquitto_ctrl");
+        if let Some(ca) = ca {
+            cmd.arg("--cafile").arg(ca);
+        }
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(["-u", admin, "-P", admin_pw, "dynsec"])
             .args(args)
             .stdout(std::process::Stdio::null())
@@ -268,7 +326,7 @@ fn provision_mqtt_accounts() -> Result<()> {
     };
     if !ctrl(&["listClients"]) {
         return Err(format!(
-            "mosquitto on 127.0.0.1:{MQTT_PORT} refuses the dynamic-security admin account: \
+            "mosquitto on 127.0.0.1:{port} refuses the dynamic-security admin account: \
              it was started without the plugin or with other accounts; stop it (cargo xtask down) \
              and run again"
         ));
@@ -453,7 +511,7 @@ pub fn down() -> Result<()> {
     for (name, _) in SERVICES.iter().rev() {
         proc::stop(name, Duration::from_secs(35));
     }
-    for name in INFRA {
+    for name in TLS_RUN.into_iter().chain(INFRA) {
         proc::stop(name, Duration::from_secs(15));
     }
     Ok(())
@@ -502,6 +560,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         cmd.args(["test", "--workspace", "--no-fail-fast"]);
     }
     test_env(cmd.args(extra));
+    // ingest-writer's archive tests read its Parquet files with pyarrow.
+    cmd.env("IOT_TEST_PYTHON", crate::deploy::ensure_data_python()?);
     let before = test_databases();
     let mut result = proc::run(&mut cmd);
     // The end-to-end, GraphQL and credentials tests again with TLS on
@@ -548,8 +608,8 @@ fn test_env(cmd: &mut Command) -> &mut Command {
 }
 
 /// The TLS-required run: PostgreSQL with `sslmode=verify-full` as a role
-/// the server accepts over TLS only, MQTT on
-/// the broker's TLS listener, Kafka over TLS (a Tansu of its own behind
+/// the server accepts over TLS only, MQTT on a broker with only a TLS
+/// listener, Kafka over TLS (a Tansu of its own behind
 /// `socat`'s TLS terminator, with the local CA's certificate), gRPC over
 /// mTLS as always.
 fn tls_suite() -> Result<()> {
@@ -575,7 +635,8 @@ fn tls_suite() -> Result<()> {
             .env("RUST_LOG", "warn"),
     )?;
     let tls = crate::pgtls::dir();
-    let run = proc::wait_port("tansu-tls", KAFKA_TLS_BACK_PORT, Duration::from_secs(30))
+    let run = start_tls_only_broker()
+        .and_then(|()| proc::wait_port("tansu-tls", KAFKA_TLS_BACK_PORT, Duration::from_secs(30)))
         .and_then(|()| {
             proc::spawn(
                 "kafka-tls",
@@ -602,13 +663,18 @@ fn tls_suite() -> Result<()> {
             test_env(&mut cmd)
                 .env("IOT_TEST_DATABASE_URL", &tls_admin_url)
                 .env("IOT_TEST_TLS", "1")
+                // Both addresses name the broker without a plain listener,
+                // so a client that skips TLS fails instead of passing.
+                .env("IOT_TEST_MQTT", format!("127.0.0.1:{MQTTS_ONLY_PORT}"))
+                .env("IOT_TEST_MQTT_TLS", format!("127.0.0.1:{MQTTS_ONLY_PORT}"))
                 .env("IOT_TEST_MQTT_LISTENER", "tls")
                 .env("IOT_TEST_KAFKA_TLS", format!("127.0.0.1:{KAFKA_TLS_PORT}"));
             println!("the end-to-end, GraphQL and credentials tests with TLS on every link:");
             proc::run(&mut cmd)
         });
-    proc::stop("kafka-tls", Duration::from_secs(5));
-    proc::stop("tansu-tls", Duration::from_secs(5));
+    for name in TLS_RUN {
+        proc::stop(name, Duration::from_secs(5));
+    }
     run
 }
 
@@ -635,8 +701,10 @@ fn test_databases() -> Option<Vec<String>> {
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if !["ingest", "query", "graphql", "alerts", "late", "abuse"].contains(&what) {
-        return Err("usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse".into());
+    if !["ingest", "query", "graphql", "alerts", "late", "abuse", "export"].contains(&what) {
+        return Err(
+            "usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse|export".into(),
+        );
     }
     ensure_build_deps()?;
     proc::run(cargo().args([
