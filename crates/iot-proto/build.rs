@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "iot/v1/telemetry.proto",
         "iot/v1/ingest.proto",
         "iot/v1/alerts.proto",
+        "iot/v1/commands.proto",
     ];
     // Relative to this package, so that clones sharing one target directory
     // each watch their own files.

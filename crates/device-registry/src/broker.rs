@@ -38,6 +38,12 @@ pub struct BrokerConfig {
     pub client_id: String,
     pub device_topics: Vec<String>,
     pub timeout_ms: u64,
+    /// Where commands go and devices answer them
+    /// (`{commands_root}/{device_id}/{command}`, docs/mqtt-devices.md).
+    pub commands_root: String,
+    /// Where desired states are retained and devices report theirs
+    /// (`{state_root}/{device_id}/desired`, `.../reported`).
+    pub state_root: String,
     /// TLS to the broker (`[broker.tls]`: `enabled`, `ca_file`, and
     /// `cert_file` with `key_file` for a broker that wants a client
     /// certificate); `port` is then the broker's TLS listener, 8883.
@@ -61,6 +67,8 @@ impl Default for BrokerConfig {
             timeout_ms: 5_000,
             tls: iot_mqtt::TlsConfig::default(),
         }
+            commands_root: "commands".into(),
+            state_root: "state".into(),
     }
 }
 
@@ -91,6 +99,16 @@ impl BrokerConfig {
         }
         if self.timeout_ms == 0 {
             p.push(format!("{prefix}.timeout_ms must be positive"));
+        for (key, root) in [
+            ("commands_root", &self.commands_root),
+            ("state_root", &self.state_root),
+        ] {
+            if root.is_empty() || root.ends_with('/') || root.contains(['+', '#']) {
+                p.push(format!(
+                    "{prefix}.{key} must be a topic without wildcards or a trailing '/'"
+                ));
+            }
+        }
         }
         p.extend(self.tls.problems(&format!("{prefix}.tls")));
         p
@@ -216,7 +234,16 @@ impl Dynsec {
     /// Sends commands in one control message and checks every answer.
     /// `tolerate` lists errors that are not failures (e.g. "not found" when
     /// cleaning up).
-    async fn call(&self, mut commands: Vec<Value>, tolerate: &[&str]) -> Result<(), BrokerError> {
+    async fn call(&self, commands: Vec<Value>, tolerate: &[&str]) -> Result<(), BrokerError> {
+        self.ask(commands, tolerate).await.map(drop)
+    }
+
+    /// [`Self::call`], returning the answers.
+    async fn ask(
+        &self,
+        mut commands: Vec<Value>,
+        tolerate: &[&str],
+    ) -> Result<Vec<Value>, BrokerError> {
         let id = Uuid::new_v4().simple().to_string();
         for (i, c) in commands.iter_mut().enumerate() {
             c["correlationData"] = json!(format!("{id}/{i}"));
@@ -247,7 +274,8 @@ impl Dynsec {
         }
         .await;
         lock(&self.pending).remove(&id);
-        for r in sent? {
+        let answers = sent?;
+        for r in &answers {
             if let Some(error) = r.get("error").and_then(Value::as_str)
                 && !tolerate.iter().any(|t| error.contains(t))
             {
@@ -261,7 +289,7 @@ impl Dynsec {
                 });
             }
         }
-        Ok(())
+        Ok(answers)
     }
 
     /// Creates the device's role (publish to its own topics only) and its
@@ -271,11 +299,20 @@ impl Dynsec {
         self.delete_account(device_id).await?;
         let acls: Vec<Value> = self
             .config
+        let talkback = crate::commands::Topics::of(&self.config);
             .topics_of(device_id)
             .into_iter()
             .map(|t| json!({"acltype": "publishClientSend", "topic": t, "priority": 0, "allow": true}))
             .collect();
+            .chain(talkback.device_publications(device_id))
         let role = role_of(device_id);
+            // Its own commands and desired state, nobody else's: the
+            // plugin refuses any other subscription (its default).
+            .chain(
+                talkback.device_subscriptions(device_id)
+                    .into_iter()
+                    .map(|t| json!({"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": true})),
+            )
         self.call(
             vec![
                 json!({"command": "createRole", "rolename": role, "acls": acls}),
@@ -293,6 +330,68 @@ impl Dynsec {
 
     pub async fn set_password(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
         self.call(
+    /// Gives the registry's own account (`username`) a role that may
+    /// publish to devices and read their answers (commands, desired
+    /// states), beside the admin role it has: it administers every
+    /// account already, so publishing anywhere grants it nothing new. The
+    /// role's ACLs name no topic root, so that every registry on one
+    /// broker needs the same role, and the account is changed only when it
+    /// lacks the role: the plugin disconnects an account's sessions when
+    /// its roles change.
+    pub async fn grant_commands(&self) -> Result<(), BrokerError> {
+        const ACLS: [(&str, &str); 3] = [
+            ("publishClientSend", "#"),
+            ("subscribePattern", "#"),
+            ("subscribePattern", "$share/#"),
+        ];
+        let username = self.config.username.as_str();
+        let found = self
+            .ask(
+                vec![
+                    json!({"command": "getClient", "username": username}),
+                    json!({"command": "getRole", "rolename": COMMANDS_ROLE}),
+                ],
+                &["not found"],
+            )
+            .await?;
+        let has_role = found.iter().any(|r| {
+            r.pointer("/data/client/roles")
+                .and_then(Value::as_array)
+                .is_some_and(|roles| roles.iter().any(|x| x["rolename"] == COMMANDS_ROLE))
+        });
+        let role_acls: Vec<&Value> = found
+            .iter()
+            .filter_map(|r| r.pointer("/data/role/acls").and_then(Value::as_array))
+            .flatten()
+            .collect();
+        let mut commands = Vec::new();
+        if !found.iter().any(|r| r.pointer("/data/role").is_some()) {
+            commands.push(json!({"command": "createRole", "rolename": COMMANDS_ROLE}));
+        }
+        for (acltype, topic) in ACLS {
+            let present = role_acls.iter().any(|a| {
+                a["acltype"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(acltype))
+                    && a["topic"] == topic
+            });
+            if !present {
+                commands.push(json!({"command": "addRoleACL", "rolename": COMMANDS_ROLE,
+                                     "acltype": acltype, "topic": topic, "priority": 0,
+                                     "allow": true}));
+            }
+        }
+        if !has_role {
+            commands.push(json!({"command": "addClientRole", "username": username,
+                                 "rolename": COMMANDS_ROLE, "priority": 0}));
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(username, "granting the registry's account its command role");
+        self.call(commands, &["already"]).await
+    }
+
             vec![json!({"command": "setClientPassword", "username": device_id, "password": password})],
             &[],
         )
@@ -315,6 +414,9 @@ impl Dynsec {
 
 fn role_of(device_id: &str) -> String {
     format!("device:{device_id}")
+/// The role [`Dynsec::grant_commands`] gives the registry's account.
+const COMMANDS_ROLE: &str = "platform.device-registry.talkback";
+
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -17,6 +17,10 @@ pub enum RegistryError {
          delete some, or ask the operator to raise it"
     )]
     QuotaExceeded { quota: &'static str, limit: u32 },
+    /// An optimistic-concurrency check failed: the caller's version is
+    /// not the current one.
+    #[error("stale: {0}")]
+    Stale(String),
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
@@ -50,6 +54,7 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::QuotaExceeded { quota, limit } => {
                 iot_proto::quota_exceeded(quota, *limit, e.to_string())
             }
+            RegistryError::Stale(_) => tonic::Status::aborted(e.to_string()),
             RegistryError::Pool(p) => iot_runtime::status::pool_failed(p),
             RegistryError::Db(q) => iot_runtime::status::query_failed(q),
             RegistryError::Broker(_) => tonic::Status::unavailable(e.to_string()),

@@ -5,17 +5,20 @@
 //! this service.
 
 mod broker;
+mod commands;
 mod config;
 mod error;
 mod service;
 mod store;
 mod validate;
 
+use iot_proto::v1::device_commands_service_server::DeviceCommandsServiceServer;
 use iot_proto::v1::device_registry_server::DeviceRegistryServer;
 use iot_runtime::{CancellationToken, Skeleton};
 use tonic::service::Routes;
 
 pub use broker::BrokerConfig;
+pub use commands::CommandsService;
 pub use config::{Config, Limits};
 pub use error::{RegistryError, StartError};
 pub use service::RegistryService;
@@ -30,10 +33,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
 async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
     let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
-    // Fails fast when the database is unreachable or not migrated (7, its
-    // newest migration: the device change log).
+    // Fails fast when the database is unreachable or not migrated (17, its
+    // newest migration: desired state).
     let pool = skeleton
-        .database(&config.database_url, config.pool_size, 7)
+        .database(&config.database_url, config.pool_size, 17)
         .await?;
     skeleton.serve_admin(config.admin_addr).await?;
     let broker = config
@@ -56,6 +59,21 @@ async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, S
             }
         });
     }
+    let command_metrics = commands::CommandMetrics::register(&skeleton.registry)?;
+    let publisher = broker.clone().map(|dynsec| {
+        commands::session::start(
+            &config.broker,
+            dynsec,
+            pool.clone(),
+            command_metrics,
+            shutdown.clone(),
+        )
+    });
+    let commands = DeviceCommandsServiceServer::new(CommandsService::new(
+        pool.clone(),
+        publisher,
+        shutdown.clone(),
+    ));
     let svc = DeviceRegistryServer::new(RegistryService::new(
         pool,
         broker,
@@ -66,8 +84,8 @@ async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, S
         .serve_grpc(
             config.grpc_addr,
             &config.grpc_tls,
-            Routes::new(svc),
-            &[SERVICE_NAME],
+            Routes::new(svc).add_service(commands),
+            &[SERVICE_NAME, COMMANDS_SERVICE_NAME],
         )
         .await?;
     skeleton.ready.set(true);
@@ -79,6 +97,7 @@ async fn serve(config: Config, shutdown: CancellationToken) -> Result<Running, S
 }
 
 const SERVICE_NAME: &str = "iot.v1.DeviceRegistry";
+const COMMANDS_SERVICE_NAME: &str = "iot.v1.DeviceCommandsService";
 
 /// The service's name: in its logs and metrics, and its gRPC identity.
 pub const SERVICE: &str = "device-registry";

@@ -185,6 +185,18 @@ const MIGRATIONS: &[Migration] = &[
         timescaledb: include_str!("../../../migrations/0015_device_owners.sql"),
     },
     Migration {
+        version: 16,
+        name: "commands",
+        postgres: include_str!("../../../migrations/0016_commands.sql"),
+        timescaledb: include_str!("../../../migrations/0016_commands.sql"),
+    },
+    Migration {
+        version: 17,
+        name: "desired_state",
+        postgres: include_str!("../../../migrations/0017_desired_state.sql"),
+        timescaledb: include_str!("../../../migrations/0017_desired_state.sql"),
+    },
+    Migration {
         version: 19,
         name: "archive",
         postgres: include_str!("../../../migrations/0019_archive.sql"),

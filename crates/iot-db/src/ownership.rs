@@ -58,6 +58,8 @@ pub const RELATIONS: &[Relation] = &[
     own("sensors", "device-registry"),
     own("device_credentials", "device-registry"),
     own("device_changes", "device-registry"),
+    own("device_commands", "device-registry"),
+    own("device_state", "device-registry"),
     Relation {
         name: "device_retention",
         owner: "device-registry",

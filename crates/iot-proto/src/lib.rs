@@ -241,6 +241,34 @@ pub async fn registry_client(
     ))
 }
 
+/// A DeviceCommandsService client (served by device-registry) whose every
+/// call carries `scope`.
+pub type CommandsClient = v1::device_commands_service_client::DeviceCommandsServiceClient<
+    tonic::service::interceptor::InterceptedService<ClientChannel, Scope>,
+>;
+
+/// A commands client on `channel` (device-registry's, wearing its layer),
+/// with `scope`.
+pub fn commands_client_on(channel: ClientChannel, scope: Scope) -> CommandsClient {
+    v1::device_commands_service_client::DeviceCommandsServiceClient::with_interceptor(
+        channel, scope,
+    )
+}
+
+/// Connects to device-registry's commands service at `url` with `scope`
+/// (no request metrics), over mTLS when `tls` is on.
+pub async fn commands_client(
+    url: impl Into<String>,
+    scope: Scope,
+    tls: &GrpcTls,
+) -> Result<CommandsClient, ConnectError> {
+    let channel = connect(tls, "device-registry", &url.into()).await?;
+    Ok(commands_client_on(
+        client_channel(channel, iot_telemetry::grpc::GrpcClientLayer::unmeasured()),
+        scope,
+    ))
+}
+
 /// Connects to alert-engine at `url` with `scope` (no request metrics),
 /// over mTLS when `tls` is on.
 pub async fn alerts_client(

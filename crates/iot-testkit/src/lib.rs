@@ -174,6 +174,8 @@ pub fn broker_config_on(root: &str, listener: MqttListener) -> device_registry::
         // production default of 5 s.
         timeout_ms: 20_000,
         ..Default::default()
+        commands_root: format!("{root}/commands"),
+        state_root: format!("{root}/state"),
     }
 }
 
