@@ -65,10 +65,10 @@ impl Default for BrokerConfig {
                 "senml/{device_id}".into(),
             ],
             timeout_ms: 5_000,
-            tls: iot_mqtt::TlsConfig::default(),
-        }
             commands_root: "commands".into(),
             state_root: "state".into(),
+            tls: iot_mqtt::TlsConfig::default(),
+        }
     }
 }
 
@@ -97,8 +97,6 @@ impl BrokerConfig {
                 "{prefix}.device_topics must be non-empty and each must contain {{device_id}}"
             ));
         }
-        if self.timeout_ms == 0 {
-            p.push(format!("{prefix}.timeout_ms must be positive"));
         for (key, root) in [
             ("commands_root", &self.commands_root),
             ("state_root", &self.state_root),
@@ -109,6 +107,8 @@ impl BrokerConfig {
                 ));
             }
         }
+        if self.timeout_ms == 0 {
+            p.push(format!("{prefix}.timeout_ms must be positive"));
         }
         p.extend(self.tls.problems(&format!("{prefix}.tls")));
         p
@@ -297,15 +297,13 @@ impl Dynsec {
     /// create that failed after reaching the broker) is replaced.
     pub async fn create_account(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
         self.delete_account(device_id).await?;
+        let talkback = crate::commands::Topics::of(&self.config);
         let acls: Vec<Value> = self
             .config
-        let talkback = crate::commands::Topics::of(&self.config);
             .topics_of(device_id)
             .into_iter()
-            .map(|t| json!({"acltype": "publishClientSend", "topic": t, "priority": 0, "allow": true}))
-            .collect();
             .chain(talkback.device_publications(device_id))
-        let role = role_of(device_id);
+            .map(|t| json!({"acltype": "publishClientSend", "topic": t, "priority": 0, "allow": true}))
             // Its own commands and desired state, nobody else's: the
             // plugin refuses any other subscription (its default).
             .chain(
@@ -313,6 +311,8 @@ impl Dynsec {
                     .into_iter()
                     .map(|t| json!({"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": true})),
             )
+            .collect();
+        let role = role_of(device_id);
         self.call(
             vec![
                 json!({"command": "createRole", "rolename": role, "acls": acls}),
@@ -328,8 +328,6 @@ impl Dynsec {
         .await
     }
 
-    pub async fn set_password(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
-        self.call(
     /// Gives the registry's own account (`username`) a role that may
     /// publish to devices and read their answers (commands, desired
     /// states), beside the admin role it has: it administers every
@@ -392,6 +390,8 @@ impl Dynsec {
         self.call(commands, &["already"]).await
     }
 
+    pub async fn set_password(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
+        self.call(
             vec![json!({"command": "setClientPassword", "username": device_id, "password": password})],
             &[],
         )
@@ -412,11 +412,11 @@ impl Dynsec {
     }
 }
 
-fn role_of(device_id: &str) -> String {
-    format!("device:{device_id}")
 /// The role [`Dynsec::grant_commands`] gives the registry's account.
 const COMMANDS_ROLE: &str = "platform.device-registry.talkback";
 
+fn role_of(device_id: &str) -> String {
+    format!("device:{device_id}")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

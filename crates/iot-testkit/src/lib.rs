@@ -173,9 +173,9 @@ pub fn broker_config_on(root: &str, listener: MqttListener) -> device_registry::
         // on each change: under that load an answer can take over the
         // production default of 5 s.
         timeout_ms: 20_000,
-        ..Default::default()
         commands_root: format!("{root}/commands"),
         state_root: format!("{root}/state"),
+        ..Default::default()
     }
 }
 
