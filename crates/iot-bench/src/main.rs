@@ -1,5 +1,5 @@
 //! `iot-bench query`: see `query.rs`; `graphql`: `graphql.rs`; `alerts`:
-//! `alerts.rs`.
+//! `alerts.rs`; `export`: `export.rs`.
 //!
 //! `iot-bench ingest`: the ingest path's throughput, latency and memory, each
 //! as a ratio to the raw limit measured in the same run on the same machine.
@@ -21,6 +21,7 @@
 
 mod abuse;
 mod alerts;
+mod export;
 mod faults;
 mod graphql;
 mod late;
@@ -736,10 +737,10 @@ async fn run() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
         [
-            "ingest", "query", "graphql", "alerts", "faults", "late", "abuse"
+            "ingest", "query", "graphql", "alerts", "faults", "late", "abuse", "export"
         ]
         .contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|faults [--short]"
+        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|faults [--short]"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -764,6 +765,10 @@ async fn run() -> anyhow::Result<()> {
     }
     if what == "late" {
         late::run(&ctx).await;
+        return Ok(());
+    }
+    if what == "export" {
+        export::run(&ctx).await;
         return Ok(());
     }
     if what == "query" {

@@ -1,5 +1,7 @@
 //! iotctl as a library: the simulator is also driven by the benchmarks.
 
+pub mod archive;
 pub mod devices;
+pub mod export;
 pub mod grpc_tls;
 pub mod simulate;

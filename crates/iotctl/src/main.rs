@@ -1,6 +1,6 @@
 //! iotctl: the operator's and developer's command line.
 
-use iotctl::{devices, simulate};
+use iotctl::{archive, devices, export, simulate};
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +43,11 @@ enum Command {
     Devices(devices::Args),
     /// Publish readings from a simulated fleet over MQTT.
     Simulate(simulate::Args),
+    /// Export a device's readings (database and archive) as Parquet, CSV
+    /// or JSON lines.
+    Export(export::Args),
+    /// The cold-storage archive: list its files, restore readings.
+    Archive(archive::Args),
 }
 
 #[tokio::main]
@@ -62,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { database_url } => status(&database_url).await?,
         Command::Devices(args) => devices::run(args).await?,
         Command::Simulate(args) => simulate::run(args).await?,
+        Command::Export(args) => export::run(args).await?,
+        Command::Archive(args) => archive::run(args).await?,
     }
     Ok(())
 }

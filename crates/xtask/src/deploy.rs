@@ -66,6 +66,31 @@ fn ensure_tools() -> Result<PathBuf> {
     Ok(venv)
 }
 
+/// pyarrow for the tests that read ingest-writer's archive files as data
+/// engineers' tools do.
+const DATA_PACKAGES: [&str; 1] = ["pyarrow==26.0.1"];
+
+/// The Python of a venv holding [`DATA_PACKAGES`]; created when missing.
+pub fn ensure_data_python() -> Result<PathBuf> {
+    let venv = paths::cache_dir().join("venv-data");
+    let stamp = venv.join("installed.txt");
+    let want = DATA_PACKAGES.join("\n");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
+        println!("installing {} into {}", want, venv.display());
+        if proc::run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).is_err() {
+            crate::stack::apt_install(&["python3", "python3-venv"])?;
+            proc::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+        proc::run(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(DATA_PACKAGES),
+        )?;
+        std::fs::write(&stamp, want).map_err(|e| e.to_string())?;
+    }
+    Ok(venv.join("bin/python"))
+}
+
 /// The Compose specification's JSON schema, extracted once from the
 /// docker-compose wheel.
 fn compose_schema(venv: &Path) -> Result<PathBuf> {

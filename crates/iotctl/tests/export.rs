@@ -1,0 +1,175 @@
+//! `iotctl export` and `iotctl archive` as an operator runs them: the real
+//! binary against a database whose retention has archived a day.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ingest_writer::Store;
+use ingest_writer::archive::format::FileRows;
+use ingest_writer::archive::{ArchiveConfig, floor_day};
+use ingest_writer::retention::{RetentionConfig, maintain};
+use ingest_writer::store::Row;
+use iot_testkit as kit;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+fn iotctl(url: &str, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_iotctl"))
+        .args(args)
+        .env("IOT_DATABASE_URL", url)
+        .env("IOT_ARCHIVE_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "iotctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn export_merges_archive_and_database_and_restore_is_idempotent() {
+    let url = kit::migrated_database_with(iot_db::Backend::Postgres).await;
+    let db = kit::connect(url.url()).await;
+    db.execute("SELECT iot_ensure_partitions(60, 14)", &[])
+        .await
+        .unwrap();
+    let store = Store::new(iot_db::pool(url.url(), 2).unwrap());
+    let device = Uuid::new_v4();
+    db.execute(
+        "INSERT INTO devices (id, device_id, name, device_type, owner_id)
+         VALUES ($1, 'boiler-7', 'boiler', 'sensor', $2)",
+        &[&device, &Uuid::new_v4()],
+    )
+    .await
+    .unwrap();
+    // Microseconds, as the database keeps them.
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let old = floor_day(now - TimeDelta::days(40)) + TimeDelta::hours(6);
+    let times: Vec<DateTime<Utc>> = (0..10)
+        .map(|i| old + TimeDelta::minutes(i))
+        .chain((0..5).map(|i| now - TimeDelta::hours(i + 1)))
+        .collect();
+    let rows: Vec<Row> = times
+        .iter()
+        .map(|t| Row {
+            time: *t,
+            device_id: device,
+            sensor_name: "temperature".into(),
+            value: Decimal::from_str("21.0625").unwrap(),
+            unit: Some("C".into()),
+            quality: None,
+        })
+        .collect();
+    store.write_batch(&rows).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("iot-archive-{}", kit::unique()));
+    let cfg = RetentionConfig {
+        default_days: 30,
+        archive: ArchiveConfig {
+            enabled: true,
+            dir: dir.clone(),
+        },
+        ..Default::default()
+    };
+    maintain(store.pool(), iot_db::Backend::Postgres, &cfg, now)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let listed = iotctl(url.url(), &dir, &["archive", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.contains(" 10 ") && listed.contains("dropped"),
+        "{listed}"
+    );
+
+    let from = (old - TimeDelta::days(1)).to_rfc3339();
+    let to = now.to_rfc3339();
+    let range = ["--from", from.as_str(), "--to", to.as_str()];
+    let csv = iotctl(
+        url.url(),
+        &dir,
+        &[
+            &["export", "--device", "boiler-7", "--format", "csv"][..],
+            &range[..],
+        ]
+        .concat(),
+    );
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 15, "{csv}");
+    assert!(lines[1].starts_with(&old.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)));
+    assert!(
+        lines[1].ends_with(",temperature,21.0625,C,"),
+        "{}",
+        lines[1]
+    );
+
+    let file = dir.join("out.parquet");
+    let file_arg = file.to_str().unwrap();
+    let device_arg = device.to_string();
+    iotctl(
+        url.url(),
+        &dir,
+        &[
+            &[
+                "export",
+                "--device",
+                device_arg.as_str(),
+                "--output",
+                file_arg,
+            ][..],
+            &range[..],
+        ]
+        .concat(),
+    );
+    let back: Vec<Row> = FileRows::open(&file).unwrap().map(Result::unwrap).collect();
+    let mut want = rows.clone();
+    want.sort_by_key(|r| r.time);
+    assert_eq!(back, want);
+
+    let jsonl = iotctl(
+        url.url(),
+        &dir,
+        &[
+            &[
+                "export", "--device", "boiler-7", "--format", "jsonl", "--rollup", "1d",
+            ][..],
+            &range[..],
+        ]
+        .concat(),
+    );
+    let total: i64 = jsonl
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["readings"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(total, 15, "{jsonl}");
+
+    let restore = [
+        "archive",
+        "restore",
+        "--from",
+        from.as_str(),
+        "--to",
+        to.as_str(),
+    ];
+    let first = iotctl(url.url(), &dir, &restore);
+    assert!(
+        first.starts_with("restored 10 rows from 1 files"),
+        "{first}"
+    );
+    let again = iotctl(url.url(), &dir, &restore);
+    assert!(
+        again.starts_with("restored 0 rows from 1 files (10 already"),
+        "{again}"
+    );
+    assert_eq!(kit::device_rows(&db, device).await, 15);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
