@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use async_graphql::ErrorExtensions;
 use iot_proto::Scope;
 use iot_proto::v1::{
-    self, alerts_client::AlertsClient, device_registry_client::DeviceRegistryClient,
-    ingest_client::IngestClient, telemetry_client::TelemetryClient,
+    self, alerts_client::AlertsClient, device_commands_service_client::DeviceCommandsServiceClient,
+    device_registry_client::DeviceRegistryClient, ingest_client::IngestClient,
+    telemetry_client::TelemetryClient,
 };
 use iot_telemetry::grpc::GrpcClientMetrics;
 use prometheus::Registry;
@@ -39,6 +40,7 @@ pub const INGEST: &str = "mqtt-gateway";
 pub type Upstream = iot_proto::ClientChannel;
 pub type RegistryApi = DeviceRegistryClient<InterceptedService<Upstream, Scope>>;
 pub type Alerts = AlertsClient<InterceptedService<Upstream, Scope>>;
+pub type Commands = DeviceCommandsServiceClient<InterceptedService<Upstream, Scope>>;
 pub type Telemetry = TelemetryClient<InterceptedService<Upstream, Scope>>;
 pub type Ingest = IngestClient<Upstream>;
 
@@ -111,6 +113,11 @@ impl Upstreams {
 
     pub fn registry(&self, scope: Scope) -> RegistryApi {
         DeviceRegistryClient::with_interceptor(self.registry.clone(), scope)
+    }
+
+    /// device-registry's commands and desired state.
+    pub fn commands(&self, scope: Scope) -> Commands {
+        DeviceCommandsServiceClient::with_interceptor(self.registry.clone(), scope)
     }
 
     pub fn alerts(&self, scope: Scope) -> Alerts {
@@ -235,6 +242,8 @@ pub fn status_error(service: &str, s: &tonic::Status) -> async_graphql::Error {
         Code::NotFound => ("NOT_FOUND", s.message().to_owned()),
         Code::AlreadyExists => ("ALREADY_EXISTS", s.message().to_owned()),
         Code::FailedPrecondition => ("FAILED_PRECONDITION", s.message().to_owned()),
+        // An optimistic-concurrency check (a desired state's version).
+        Code::Aborted => ("CONFLICT", s.message().to_owned()),
         // An owner's quota (devices, alert rules, webhooks): retrying will
         // not help; deleting some, or a higher limit, will.
         Code::ResourceExhausted if s.metadata().contains_key(iot_proto::QUOTA_METADATA) => {

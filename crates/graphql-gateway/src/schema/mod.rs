@@ -6,6 +6,7 @@
 //! looked up in device-registry with the caller's scope before any reading
 //! or alert of theirs is fetched.
 
+mod commands;
 mod known;
 mod loaders;
 mod mutation;
@@ -23,6 +24,7 @@ use crate::config::Limits;
 use crate::hub::AlertHub;
 use crate::upstream::{Upstreams, error};
 
+pub use commands::{Command, CommandPage, DeviceState};
 pub use known::KnownDevices;
 pub use loaders::{DeviceLoader, LatestLoader, OpenAlertsLoader, SensorLoader};
 pub use mutation::MutationRoot;

@@ -23,6 +23,33 @@ fn num(v: Option<f64>) -> Option<String> {
 /// Changes: devices, their config and credentials, readings, alerts.
 #[Object(name = "Mutation")]
 impl MutationRoot {
+    /// Sends a command to a device over MQTT; answers at once with the
+    /// command (queued). Undelivered after `timeoutSecs` (default 60) it
+    /// expires; delivered and unanswered, it times out.
+    async fn send_command(
+        &self,
+        ctx: &Context<'_>,
+        device_id: ID,
+        name: String,
+        payload: Option<Json<serde_json::Value>>,
+        timeout_secs: Option<i32>,
+    ) -> Result<super::Command> {
+        super::commands::send_command(ctx, device_id, name, payload, timeout_secs).await
+    }
+
+    /// Sets a device's desired state (a JSON object) if `expectedVersion`
+    /// is its current version (0 for none yet); a stale version answers
+    /// CONFLICT. The device gets it as a retained MQTT message.
+    async fn set_desired_state(
+        &self,
+        ctx: &Context<'_>,
+        device_id: ID,
+        desired: Json<serde_json::Value>,
+        expected_version: i64,
+    ) -> Result<super::DeviceState> {
+        super::commands::set_desired_state(ctx, device_id, desired, expected_version).await
+    }
+
     /// Registers a device for the caller and issues its MQTT account (the
     /// password is in `credentials`, shown only here).
     #[allow(clippy::too_many_arguments)]

@@ -17,6 +17,27 @@ pub struct QueryRoot;
 /// Reads: devices, telemetry, alerts, the status summary.
 #[Object(name = "Query")]
 impl QueryRoot {
+    /// A command by its id; null when the caller has no such command.
+    async fn command(&self, ctx: &Context<'_>, id: ID) -> Result<Option<super::Command>> {
+        super::commands::command(ctx, id).await
+    }
+
+    /// A device's commands, newest first (`nextCursor` continues).
+    async fn commands(
+        &self,
+        ctx: &Context<'_>,
+        device_id: ID,
+        #[graphql(default = 50)] limit: i32,
+        cursor: Option<String>,
+    ) -> Result<super::CommandPage> {
+        super::commands::commands(ctx, device_id, limit, cursor).await
+    }
+
+    /// A device's desired and reported state, and how they differ.
+    async fn device_state(&self, ctx: &Context<'_>, device_id: ID) -> Result<super::DeviceState> {
+        super::commands::device_state(ctx, device_id).await
+    }
+
     /// A device by its platform id (UUID) or its device_id; null when the
     /// caller has no such device.
     async fn device(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Device>> {

@@ -21,6 +21,16 @@ pub struct SubscriptionRoot;
 /// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
 #[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
+    /// A device's commands as they change (sent, delivered, answered,
+    /// timed out, expired), from now on.
+    async fn command_updates(
+        &self,
+        ctx: &Context<'_>,
+        device_id: ID,
+    ) -> Result<impl Stream<Item = Result<super::Command>> + use<>> {
+        super::commands::command_updates(ctx, device_id).await
+    }
+
     /// Every alert change (raised, acknowledged, resolved) of the caller's
     /// devices from now on, whichever alert-engine replica made it. While
     /// alert-engine is unreachable the stream carries an error with code
