@@ -59,37 +59,19 @@ impl Default for Limits {
     }
 }
 
-/// A device is offline when it has not reported for `missed_intervals` of
-/// its `read_interval` (at least `min_secs`), or `default_secs` when it has
-/// no config; checked every `check_secs`.
+/// How often silent devices are checked. When a device counts as offline
+/// is the platform's one definition, `iot_domain::presence::PLATFORM`
+/// (disconnected, or silent past its read_interval times 5; 5 minutes
+/// without one), which `online` and the status summary use too.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OfflineConfig {
-    pub default_secs: u64,
-    pub missed_intervals: u64,
-    pub min_secs: u64,
     pub check_secs: u64,
 }
 
 impl Default for OfflineConfig {
     fn default() -> Self {
-        Self {
-            default_secs: 300,
-            missed_intervals: 3,
-            min_secs: 30,
-            check_secs: 5,
-        }
-    }
-}
-
-impl OfflineConfig {
-    /// How long `read_interval` (seconds, if configured) may stay silent.
-    pub fn expectation(&self, read_interval: Option<i32>) -> std::time::Duration {
-        let secs = match read_interval.and_then(|r| u64::try_from(r).ok()) {
-            Some(r) => (r * self.missed_intervals).max(self.min_secs),
-            None => self.default_secs,
-        };
-        std::time::Duration::from_secs(secs)
+        Self { check_secs: 5 }
     }
 }
 
@@ -128,15 +110,8 @@ impl iot_runtime::Validate for Config {
         if self.alerts_topic.is_empty() {
             p.push("alerts_topic is empty".into());
         }
-        for (name, v) in [
-            ("default_secs", self.offline.default_secs),
-            ("missed_intervals", self.offline.missed_intervals),
-            ("min_secs", self.offline.min_secs),
-            ("check_secs", self.offline.check_secs),
-        ] {
-            if v == 0 {
-                p.push(format!("offline.{name} must be positive"));
-            }
+        if self.offline.check_secs == 0 {
+            p.push("offline.check_secs must be positive".into());
         }
         for (name, v) in [
             ("rules_per_owner", self.limits.rules_per_owner),

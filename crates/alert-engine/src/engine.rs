@@ -25,6 +25,7 @@ use crate::error::AlertError;
 use crate::events;
 use crate::rules::{self, Action, DeviceFacts, Evaluator};
 use crate::thresholds::{self, Thresholds};
+use iot_domain::presence::{PLATFORM, Seen};
 
 /// What the rules need to know of a device.
 #[derive(Debug, Default)]
@@ -33,6 +34,8 @@ pub struct Rules {
     pub read_interval: Option<i32>,
     pub active: bool,
     pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it disconnected, if not heard from since.
+    pub disconnected_at: Option<chrono::DateTime<chrono::Utc>>,
     /// What alert rules can see of the device.
     pub facts: DeviceFacts,
 }
@@ -41,6 +44,10 @@ pub struct Rules {
 /// stream reports the device (an unknown device is asked about again).
 pub struct Devices {
     cache: DeviceCache<Rules>,
+    /// Devices with a presence change (connected, disconnected) not yet
+    /// tracked by the offline check: a device may connect and die without
+    /// a reading.
+    presence: std::sync::Mutex<HashSet<Uuid>>,
 }
 
 /// Devices whose rules are kept; past it, the least likely to be used
@@ -56,6 +63,7 @@ impl Devices {
         };
         Self {
             cache: DeviceCache::new(client, settings, Rules::of),
+            presence: std::sync::Mutex::default(),
         }
     }
 
@@ -83,9 +91,35 @@ impl Devices {
         self.cache.fetch(&device.to_string()).await
     }
 
-    /// Drops changed devices from the cache until `shutdown`.
+    /// Drops changed devices from the cache, and notes presence changes,
+    /// until `shutdown`.
     pub async fn follow_changes(&self, shutdown: CancellationToken) {
-        self.cache.follow_changes(shutdown).await;
+        registry_client::follow_device_changes(
+            self.client().clone(),
+            shutdown,
+            |change| async move {
+                self.cache.apply(&change).await;
+                if change.kind == "presence"
+                    && let Ok(id) = Uuid::parse_str(&change.device_uuid)
+                {
+                    self.presence
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id);
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The devices with presence changes since the last call.
+    fn take_presence(&self) -> HashSet<Uuid> {
+        std::mem::take(
+            &mut *self
+                .presence
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -99,6 +133,10 @@ impl Rules {
             active: d.status == "active",
             last_heartbeat: d
                 .last_heartbeat
+                .as_ref()
+                .and_then(iot_proto::from_timestamp),
+            disconnected_at: d
+                .disconnected_at
                 .as_ref()
                 .and_then(iot_proto::from_timestamp),
             facts: DeviceFacts {
@@ -281,44 +319,85 @@ impl Presence {
     }
 }
 
-/// Raises `device_offline` for devices silent past their expectation. The
-/// registry's heartbeat (kept current by every gateway) is checked before
-/// raising, so a device reporting through another replica's partitions is
-/// not taken for offline.
+/// What the engine knows of `device`'s presence: its newest reading here
+/// and the registry's record.
+fn seen_of(rules: &Rules, seen: chrono::DateTime<chrono::Utc>) -> Seen {
+    Seen {
+        last_heartbeat: Some(rules.last_heartbeat.map_or(seen, |h| h.max(seen))),
+        disconnected_at: rules.disconnected_at,
+        read_interval: rules.read_interval,
+    }
+}
+
+/// Raises `device_offline` for devices offline by the platform's one
+/// definition (`iot_domain::presence`: disconnected, or silent past their
+/// interval times the factor), and resolves it for devices back online
+/// without a reading (a birth message). The registry's record (kept
+/// current by every gateway; a presence change drops it from the cache) is
+/// read again before raising, so a device reporting through another
+/// replica's partitions is not taken for offline.
 async fn check_offline(
     pool: &Pool,
     devices: &Devices,
     presence: &mut Presence,
-    offline: &crate::config::OfflineConfig,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), AlertError> {
     let now = chrono::Utc::now();
-    let silent: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = presence
-        .last_seen
-        .iter()
-        .filter(|(d, _)| !presence.offline.contains(*d))
-        .map(|(d, t)| (*d, *t))
-        .collect();
-    for (device, seen) in silent {
-        let cached = devices.rules(device).await?;
-        let expect = offline.expectation(cached.as_ref().and_then(|r| r.read_interval));
-        if (now - seen).to_std().unwrap_or_default() <= expect {
+    // A device heard of by presence alone is tracked from its record.
+    for device in devices.take_presence() {
+        if presence.last_seen.contains_key(&device) {
+            continue;
+        }
+        if let Some(h) = devices
+            .rules(device)
+            .await?
+            .and_then(|r| r.last_heartbeat.or(r.disconnected_at))
+        {
+            presence.last_seen.insert(device, h);
+        }
+    }
+    let tracked: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> =
+        presence.last_seen.iter().map(|(d, t)| (*d, *t)).collect();
+    for (device, seen) in tracked {
+        let is_offline = presence.offline.contains(&device);
+        let Some(cached) = devices.rules(device).await? else {
+            presence.last_seen.remove(&device);
+            continue;
+        };
+        let online = PLATFORM.is_online(&seen_of(&cached, seen), now);
+        if is_offline {
+            // Back by a birth message (a reading resolves in `evaluate`).
+            if online && cached.disconnected_at.is_none() {
+                let resolved =
+                    events::change(pool, "resolved", resolve_offline_sql(), &[&device]).await?;
+                presence.offline.remove(&device);
+                metrics.resolved.inc_by(resolved.len() as u64);
+            }
+            continue;
+        }
+        if online {
             continue;
         }
         let Some(rules) = devices.fetch(device).await? else {
             presence.last_seen.remove(&device);
             continue;
         };
-        let heard = rules.last_heartbeat.map_or(seen, |h| h.max(seen));
-        if !rules.active || (now - heard).to_std().unwrap_or_default() <= expect {
-            presence.last_seen.insert(device, heard);
+        let known = seen_of(&rules, seen);
+        if let Some(h) = known.last_heartbeat {
+            presence.last_seen.insert(device, h);
+        }
+        if !rules.active || PLATFORM.is_online(&known, now) {
             continue;
         }
-        let message = format!(
-            "no reading since {} (expected within {} s)",
-            heard.to_rfc3339(),
-            expect.as_secs()
-        );
+        let message = match (known.disconnected_at, known.last_heartbeat) {
+            (Some(d), _) => format!("disconnected at {}", d.to_rfc3339()),
+            (None, Some(h)) => format!(
+                "no reading since {} (expected within {} s)",
+                h.to_rfc3339(),
+                PLATFORM.silence_limit(known.read_interval).as_secs()
+            ),
+            (None, None) => "never heard from".to_owned(),
+        };
         events::change(pool, "raised", raise_offline_sql(), &[&device, &message]).await?;
         presence.offline.insert(device);
         metrics.raised.inc();
@@ -390,7 +469,7 @@ pub async fn run(
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = check.tick() => {
-                if let Err(e) = check_offline(&pool, &devices, &mut presence, &offline, &metrics).await {
+                if let Err(e) = check_offline(&pool, &devices, &mut presence, &metrics).await {
                     tracing::warn!(error = %e, "offline check failed");
                 }
                 continue;

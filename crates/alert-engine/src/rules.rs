@@ -13,8 +13,16 @@ use uuid::Uuid;
 use crate::error::AlertError;
 use crate::expr::{self, Expr};
 
-/// Names a rule may not take: the built-in conditions' alert types.
-const RESERVED: [&str; 3] = ["threshold_max", "threshold_min", "device_offline"];
+/// Names a rule may not take: the built-in conditions' alert types (and
+/// the threshold types before migration 0018, which old alerts may still
+/// show in exports).
+const RESERVED: [&str; 5] = [
+    "threshold_exceeded",
+    "threshold_below",
+    "device_offline",
+    "threshold_max",
+    "threshold_min",
+];
 const MAX_FOR_SECS: u32 = 86_400;
 
 pub const COLUMNS: &str = "id, owner_id, name, condition, clear_condition, severity, message,

@@ -52,8 +52,11 @@ pub struct Violation {
     pub message: String,
 }
 
-/// The conditions a threshold check can raise (and clear).
-pub const KINDS: [&str; 2] = ["threshold_max", "threshold_min"];
+/// The conditions a threshold check can raise (and clear): the seed's
+/// `threshold_exceeded` above a sensor's max, and `threshold_below` under
+/// its min (migration 0018 renamed the earlier `threshold_max` and
+/// `threshold_min`).
+pub const KINDS: [&str; 2] = ["threshold_exceeded", "threshold_below"];
 
 /// Checks `value` of `sensor` against its limits.
 pub fn check(limits: &Limits, sensor: &str, value: Decimal) -> Option<Violation> {
@@ -89,11 +92,11 @@ mod tests {
         ));
         let temp = t["temperature"];
         let v = check(&temp, "temperature", Decimal::from(35)).unwrap();
-        assert_eq!(v.alert_type, "threshold_max");
+        assert_eq!(v.alert_type, "threshold_exceeded");
         assert_eq!(v.threshold, Decimal::from(30));
         assert!(check(&temp, "temperature", Decimal::from(30)).is_none());
         let low = check(&t["battery"], "battery", Decimal::new(150, 1)).unwrap();
-        assert_eq!(low.alert_type, "threshold_min");
+        assert_eq!(low.alert_type, "threshold_below");
         assert!(parse(Some("[1]")).is_empty());
         assert!(parse(None).is_empty());
     }

@@ -63,6 +63,8 @@ impl Default for BrokerConfig {
                 "sensors/{device_id}/+".into(),
                 "batches/{device_id}".into(),
                 "senml/{device_id}".into(),
+                // Its presence: birth message and last will.
+                "devices/{device_id}/presence".into(),
             ],
             timeout_ms: 5_000,
             commands_root: "commands".into(),
@@ -527,7 +529,12 @@ mod tests {
         let c = BrokerConfig::default();
         assert_eq!(
             c.topics_of("boiler-7"),
-            vec!["sensors/boiler-7/+", "batches/boiler-7", "senml/boiler-7"]
+            vec![
+                "sensors/boiler-7/+",
+                "batches/boiler-7",
+                "senml/boiler-7",
+                "devices/boiler-7/presence"
+            ]
         );
         assert!(c.problems("broker")[0].contains("broker.password"));
     }

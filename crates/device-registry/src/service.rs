@@ -374,11 +374,11 @@ impl DeviceRegistry for RegistryService {
     ) -> Result<Response<v1::DeviceStatusSummaryResponse>, Status> {
         let owner = scope(&request)?;
         let secs = match request.into_inner().offline_after_secs {
-            0 => 300,
-            n => n,
+            0 => None,
+            n => Some(f64::from(n)),
         };
         Ok(Response::new(
-            store::status_summary(&self.pool, owner, f64::from(secs)).await?,
+            store::status_summary(&self.pool, owner, secs).await?,
         ))
     }
 
@@ -393,6 +393,7 @@ impl DeviceRegistry for RegistryService {
         }
         let mut p = Vec::new();
         let mut seen = Vec::new();
+        let mut presence = Vec::new();
         let mut sensors = Vec::new();
         for (i, a) in request.into_inner().devices.into_iter().enumerate() {
             let Ok(id) = Uuid::parse_str(&a.device_uuid) else {
@@ -402,8 +403,23 @@ impl DeviceRegistry for RegistryService {
                 ));
                 continue;
             };
-            if let Some(t) = a.last_seen.as_ref().and_then(iot_proto::from_timestamp) {
-                seen.push((id, t));
+            let at = a.last_seen.as_ref().and_then(iot_proto::from_timestamp);
+            if a.presence.is_empty() {
+                seen.extend(at.map(|t| (id, t)));
+            } else {
+                match (
+                    iot_domain::presence::PresenceEvent::from_text(&a.presence),
+                    at,
+                ) {
+                    (Some(e), Some(t)) => presence.push((id, e, t)),
+                    (None, _) => p.push(format!(
+                        "devices[{i}].presence: {:?} is not connected, disconnected or lost",
+                        a.presence
+                    )),
+                    (Some(_), None) => {
+                        p.push(format!("devices[{i}].last_seen: required with presence"));
+                    }
+                }
             }
             for s in a.new_sensors {
                 if iot_domain::validate::is_valid_sensor_name(&s) {
@@ -418,7 +434,7 @@ impl DeviceRegistry for RegistryService {
         if !p.is_empty() {
             return Err(RegistryError::Invalid(p).into());
         }
-        store::record_activity(&self.pool, &seen, &sensors).await?;
+        store::record_activity(&self.pool, &seen, &presence, &sensors).await?;
         Ok(Response::new(v1::RecordActivityResponse {}))
     }
 

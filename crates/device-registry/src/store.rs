@@ -1,6 +1,7 @@
 //! SQL access to the registry's tables.
 
 use deadpool_postgres::{Pool, Transaction};
+use iot_domain::presence::PresenceEvent;
 use iot_proto::{TextCode, v1};
 use rust_decimal::Decimal;
 use tokio_postgres::Row;
@@ -389,25 +390,36 @@ fn sensor(r: &Row) -> v1::Sensor {
     }
 }
 
-/// Device counts by status within `owner`; active devices without a
-/// heartbeat for `offline_after_secs` count as offline.
+/// Device counts by status within `owner`. Active devices count as
+/// offline by the platform's one definition
+/// (`iot_domain::presence::OfflinePolicy`), or, when
+/// `offline_after_secs` is given, when silent that long.
 pub async fn status_summary(
     pool: &Pool,
     owner: Option<Uuid>,
-    offline_after_secs: f64,
+    offline_after_secs: Option<f64>,
 ) -> Result<v1::DeviceStatusSummaryResponse, RegistryError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
             "SELECT count(*),
-                    count(*) FILTER (WHERE status = 'active'),
-                    count(*) FILTER (WHERE status = 'inactive'),
-                    count(*) FILTER (WHERE status = 'error'),
-                    count(*) FILTER (WHERE status = 'active' AND (last_heartbeat IS NULL
-                        OR last_heartbeat < now() - $2::float8 * INTERVAL '1 second'))
-             FROM devices WHERE ($1::uuid IS NULL OR owner_id = $1)",
+                    count(*) FILTER (WHERE d.status = 'active'),
+                    count(*) FILTER (WHERE d.status = 'inactive'),
+                    count(*) FILTER (WHERE d.status = 'error'),
+                    count(*) FILTER (WHERE d.status = 'active' AND CASE
+                        WHEN $2::float8 IS NULL THEN {}
+                        ELSE (d.last_heartbeat IS NULL
+                              OR d.last_heartbeat < now() - $2::float8 * INTERVAL '1 second') END)
+             FROM devices d LEFT JOIN device_config c ON c.device_id = d.id
+             WHERE ($1::uuid IS NULL OR d.owner_id = $1)",
+            iot_domain::presence::PLATFORM.sql_offline(
+                "d.last_heartbeat",
+                "d.disconnected_at",
+                "c.read_interval"
+            )
         )
-        .await?;
+    });
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(&SQL).await?;
     let r = client
         .query_one(&stmt, &[&owner, &offline_after_secs])
         .await?;
@@ -445,6 +457,9 @@ fn device_from_row(r: &Row) -> v1::Device {
         status,
         last_heartbeat: hb.map(iot_proto::timestamp),
         created_at: Some(iot_proto::timestamp(created)),
+        disconnected_at: r
+            .get::<_, Option<chrono::DateTime<chrono::Utc>>>("disconnected_at")
+            .map(iot_proto::timestamp),
         config: read_interval.map(|read_interval| v1::DeviceConfig {
             read_interval,
             alert_threshold_json: threshold.map(|v| v.to_string()),
@@ -529,22 +544,71 @@ pub async fn trim_changes(pool: &Pool) -> Result<u64, RegistryError> {
         .await?)
 }
 
-/// Heartbeats (newest wins) and first-seen sensors, in one transaction.
+/// Heartbeats (newest wins), presence events and first-seen sensors, in
+/// one transaction. A device heard from while offline, and every presence
+/// event, is logged as a "presence" change for watchers (the gateway's
+/// live subscriptions, alert-engine's cache).
 pub async fn record_activity(
     pool: &Pool,
     seen: &[(Uuid, chrono::DateTime<chrono::Utc>)],
+    presence: &[(Uuid, PresenceEvent, chrono::DateTime<chrono::Utc>)],
     sensors: &[(Uuid, String)],
 ) -> Result<(), RegistryError> {
+    static HEARD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
+             before AS (
+                SELECT d.id, d.device_id, {} AS was_offline
+                FROM devices d JOIN a ON a.id = d.id
+                LEFT JOIN device_config c ON c.device_id = d.id
+                FOR UPDATE OF d)
+             UPDATE devices d SET last_heartbeat = GREATEST(d.last_heartbeat, a.seen)
+             FROM a, before WHERE d.id = a.id AND before.id = d.id
+             RETURNING d.id, d.device_id, before.was_offline",
+            iot_domain::presence::PLATFORM.sql_offline(
+                "d.last_heartbeat",
+                "d.disconnected_at",
+                "c.read_interval"
+            )
+        )
+    });
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let (ids, times): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
         seen.iter().copied().unzip();
-    tx.execute(
-        "UPDATE devices d SET last_heartbeat = GREATEST(d.last_heartbeat, a.seen)
-         FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen) WHERE d.id = a.id",
-        &[&ids, &times],
-    )
-    .await?;
+    let stmt = tx.prepare_cached(&HEARD).await?;
+    for r in tx.query(&stmt, &[&ids, &times]).await? {
+        if r.get::<_, bool>(2) {
+            record_change(&tx, r.get(0), r.get::<_, &str>(1), "presence").await?;
+        }
+    }
+    for (device, event, at) in presence {
+        let sql = match event {
+            PresenceEvent::Connected => {
+                "UPDATE devices SET last_heartbeat = GREATEST(last_heartbeat, $2), disconnected_at = NULL
+                 WHERE id = $1 RETURNING device_id"
+            }
+            // A disconnect older than the last word from the device is
+            // history, not its state.
+            PresenceEvent::Disconnected | PresenceEvent::Lost => {
+                "UPDATE devices SET disconnected_at = CASE
+                    WHEN last_heartbeat IS NULL OR last_heartbeat <= $2 THEN $2
+                    ELSE disconnected_at END
+                 WHERE id = $1 RETURNING device_id"
+            }
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [device, at];
+        let Some(row) = tx.query_opt(sql, &params).await? else {
+            continue;
+        };
+        tx.execute(
+            "INSERT INTO device_presence (device_id, event, at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[device, &event.as_str(), at],
+        )
+        .await?;
+        record_change(&tx, *device, row.get::<_, &str>(0), "presence").await?;
+    }
     let (devs, names): (Vec<Uuid>, Vec<String>) = sensors.iter().cloned().unzip();
     tx.execute(
         "INSERT INTO sensors (device_id, sensor_name)

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use crate::upstream::Upstreams;
 
 /// Counts a subscriber while it lives.
-pub struct Subscribed(prometheus::IntGauge);
+pub struct Subscribed(pub(crate) prometheus::IntGauge);
 
 impl Drop for Subscribed {
     fn drop(&mut self) {

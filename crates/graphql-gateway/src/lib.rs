@@ -9,6 +9,7 @@ mod config;
 mod console;
 mod error;
 mod http;
+mod device_hub;
 mod hub;
 mod limits;
 mod metrics_json;
@@ -44,6 +45,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     )?;
     skeleton.registry.register(Box::new(subscribers.clone()))?;
     let hub = hub::AlertHub::new(4096, subscribers);
+    let device_subscribers = prometheus::IntGauge::new(
+        "iot_graphql_device_status_subscribers",
+        "GraphQL deviceStatus subscriptions right now",
+    )?;
+    skeleton
+        .registry
+        .register(Box::new(device_subscribers.clone()))?;
+    let devices = device_hub::DeviceHub::new(64, device_subscribers);
     let limiter = Arc::new(http::RateLimiter::new(
         config.limits.rate_per_sec,
         config.limits.rate_burst,
@@ -53,6 +62,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             up: up.clone(),
             limits: config.limits.clone(),
             hub: hub.clone(),
+            devices: devices.clone(),
             known: Default::default(),
         },
         limiter.clone(),
@@ -98,6 +108,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let hub_task = tokio::spawn(hub.run(up.clone(), shutdown.clone()));
+    let device_task = tokio::spawn(devices.run(up.clone(), shutdown.clone()));
     let ready = skeleton.ready.clone();
     let work = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -122,6 +133,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 was_ready = now_ready;
             }
         }
+        let _ = device_task.await;
         hub_task.await
     };
     Ok(skeleton.run(http_addr, work)?)

@@ -185,6 +185,12 @@ const MIGRATIONS: &[Migration] = &[
         timescaledb: include_str!("../../../migrations/0015_device_owners.sql"),
     },
     Migration {
+        version: 18,
+        name: "alert_types",
+        postgres: include_str!("../../../migrations/0018_alert_types.sql"),
+        timescaledb: include_str!("../../../migrations/0018_alert_types.sql"),
+    },
+    Migration {
         version: 16,
         name: "commands",
         postgres: include_str!("../../../migrations/0016_commands.sql"),

@@ -6,6 +6,7 @@
 pub mod bucket;
 pub mod expr;
 pub mod payload;
+pub mod presence;
 pub mod reading;
 pub mod reject;
 pub mod validate;

@@ -167,6 +167,7 @@ pub fn broker_config_on(root: &str, listener: MqttListener) -> device_registry::
             format!("{root}/sensors/{{device_id}}/+"),
             format!("{root}/batches/{{device_id}}"),
             format!("{root}/senml/{{device_id}}"),
+            format!("{root}/devices/{{device_id}}/presence"),
         ],
         // The whole suite shares one broker on two cores, and every test's
         // devices add accounts its dynamic-security plugin rewrites to disk

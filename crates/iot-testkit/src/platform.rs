@@ -178,6 +178,7 @@ impl Platform {
                 topic_prefix: prefix.clone(),
                 batch_topic_prefix: batch_prefix.clone(),
                 senml_topic_prefix: senml_prefix.clone(),
+                presence_topic_prefix: format!("{root}/devices"),
                 share_group: format!("g{}", unique()),
                 ..Default::default()
             },

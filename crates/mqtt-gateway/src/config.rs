@@ -51,6 +51,10 @@ pub struct MqttConfig {
     pub batch_topic_prefix: String,
     /// SenML packs of one device arrive on `{senml_topic_prefix}/{device_id}`.
     pub senml_topic_prefix: String,
+    /// Devices announce their presence on
+    /// `{presence_topic_prefix}/{device_id}/presence`: a birth message and
+    /// their MQTT last will (docs/mqtt-devices.md).
+    pub presence_topic_prefix: String,
     /// How replicas split the devices between them; see [`Split`].
     pub split: Split,
     /// With `split = "hashed"`: this replica's index (0-based; a
@@ -149,6 +153,7 @@ impl Default for MqttConfig {
             topic_prefix: "sensors".into(),
             batch_topic_prefix: "batches".into(),
             senml_topic_prefix: "senml".into(),
+            presence_topic_prefix: "devices".into(),
             split: Split::Hashed,
             replica: 0,
             replicas: 1,
@@ -214,6 +219,10 @@ impl iot_runtime::Validate for Config {
             ("mqtt.topic_prefix", &self.mqtt.topic_prefix),
             ("mqtt.batch_topic_prefix", &self.mqtt.batch_topic_prefix),
             ("mqtt.senml_topic_prefix", &self.mqtt.senml_topic_prefix),
+            (
+                "mqtt.presence_topic_prefix",
+                &self.mqtt.presence_topic_prefix,
+            ),
         ];
         for (name, prefix) in prefixes {
             if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {

@@ -133,6 +133,7 @@ impl Directory {
                 device_uuid: uuid.to_string(),
                 last_seen: Some(iot_proto::timestamp(*seen)),
                 new_sensors: sensors.clone(),
+                presence: String::new(),
             })
             .collect();
         let n = devices.len();
@@ -159,6 +160,27 @@ impl Directory {
             sent += len;
         }
         Ok(n)
+    }
+
+    /// Reports a presence event of `device` to the registry now, stamped
+    /// with the time it arrived.
+    pub async fn record_presence(
+        &self,
+        device: Uuid,
+        event: iot_domain::presence::PresenceEvent,
+    ) -> Result<(), tonic::Status> {
+        self.client
+            .clone()
+            .record_activity(v1::RecordActivityRequest {
+                devices: vec![v1::DeviceActivity {
+                    device_uuid: device.to_string(),
+                    last_seen: Some(iot_proto::timestamp(chrono::Utc::now())),
+                    new_sensors: Vec::new(),
+                    presence: event.as_str().into(),
+                }],
+            })
+            .await?;
+        Ok(())
     }
 
     /// Follows the registry's device changes and drops changed devices from
@@ -236,6 +258,7 @@ mod chunk_tests {
                 } else {
                     vec![]
                 },
+                presence: String::new(),
             })
             .collect();
         let chunks = activity_chunks(devices, ACTIVITY_CALL_BYTES);

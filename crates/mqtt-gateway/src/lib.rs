@@ -71,6 +71,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             single: config.mqtt.topic_prefix.clone(),
             batch: config.mqtt.batch_topic_prefix.clone(),
             senml: config.mqtt.senml_topic_prefix.clone(),
+            presence: config.mqtt.presence_topic_prefix.clone(),
         },
         metrics,
     });

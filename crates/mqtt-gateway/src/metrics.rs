@@ -17,6 +17,7 @@ pub struct Metrics {
     pub mqtt_others: IntCounter,
     pub broker_unreceived: IntGauge,
     pub broker_unreceived_alarm: IntGauge,
+    presence: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,7 +98,19 @@ impl Metrics {
         for r in RejectReason::ALL {
             rejected.with_label_values(&[r.code()]);
         }
+        let presence = IntCounterVec::new(
+            Opts::new(
+                "iot_gateway_presence_events_total",
+                "Presence messages reported to device-registry, by event (connected, disconnected, lost)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(presence.clone()))?;
+        for e in ["connected", "disconnected", "lost"] {
+            presence.with_label_values(&[e]);
+        }
         Ok(Self {
+            presence,
             accepted,
             rejected,
             retries,
@@ -137,6 +150,11 @@ impl Metrics {
         self.http_auth_verifications
             .with_label_values(&[result])
             .inc();
+    }
+
+    pub fn presence(&self, event: &str) {
+        tracing::info!(event, "device presence");
+        self.presence.with_label_values(&[event]).inc();
     }
 
     pub fn transient(&self, kind: &str, error: &dyn std::fmt::Display) {

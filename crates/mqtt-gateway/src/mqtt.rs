@@ -59,7 +59,7 @@ struct Flow {
 
 /// With `split = "hashed"`, the devices this replica owns.
 struct Shard {
-    prefixes: [String; 3],
+    prefixes: [String; 4],
     replica: u32,
     replicas: u32,
 }
@@ -183,12 +183,22 @@ pub async fn run_subscriber(
         cfg.topic_prefix.clone(),
         cfg.batch_topic_prefix.clone(),
         cfg.senml_topic_prefix.clone(),
+        cfg.presence_topic_prefix.clone(),
     ];
+    // Presence messages (retained births and wills) are `+/presence`: the
+    // rest of that tree is not the gateway's.
     let filters: Vec<String> = prefixes
         .iter()
-        .map(|prefix| match cfg.split {
-            Split::Hashed => format!("{prefix}/#"),
-            Split::Shared => format!("$share/{}/{prefix}/#", cfg.share_group),
+        .map(|prefix| {
+            let tail = if *prefix == cfg.presence_topic_prefix {
+                "+/presence"
+            } else {
+                "#"
+            };
+            match cfg.split {
+                Split::Hashed => format!("{prefix}/{tail}"),
+                Split::Shared => format!("$share/{}/{prefix}/{tail}", cfg.share_group),
+            }
         })
         .collect();
     let shard = Shard {

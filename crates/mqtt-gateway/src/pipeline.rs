@@ -85,6 +85,8 @@ pub struct Topics {
     pub batch: String,
     /// `{senml}/{device_id}`
     pub senml: String,
+    /// `{presence}/{device_id}/presence`
+    pub presence: String,
 }
 
 pub struct Pipeline {
@@ -108,6 +110,9 @@ impl Pipeline {
     /// Its span starts the reading's trace.
     #[tracing::instrument(name = "mqtt.message", skip_all, fields(otel.kind = "consumer", mqtt.topic = topic))]
     pub async fn handle_mqtt(&self, topic: &str, payload: &[u8]) -> Result<Delivery, Transient> {
+        if under(&self.topics.presence, topic) {
+            return Box::pin(self.presence(topic, payload)).await;
+        }
         let parsed = if under(&self.topics.batch, topic) {
             iot_domain::parse_device_topic(&self.topics.batch, topic).and_then(|device| {
                 Ok((
@@ -265,6 +270,47 @@ impl Pipeline {
             accepted: readings.len(),
             rejected,
         })
+    }
+
+    /// Reports a presence message (birth, announced disconnect, last will)
+    /// to the registry at once: it is a change subscribers wait for, not
+    /// activity to coalesce. A message that is not one, or of no active
+    /// device, is dead-lettered with its reason.
+    async fn presence(&self, topic: &str, payload: &[u8]) -> Result<Delivery, Transient> {
+        use iot_domain::presence::PresenceEvent;
+        let device = topic
+            .strip_prefix(self.topics.presence.as_str())
+            .and_then(|t| t.strip_prefix('/'))
+            .and_then(|t| t.strip_suffix("/presence"))
+            .filter(|d| !d.is_empty() && !d.contains('/'));
+        let Some(device) = device else {
+            let r = Rejection::new(
+                RejectReason::BadTopic,
+                format!("{topic}: a presence topic is {{prefix}}/{{device_id}}/presence"),
+            );
+            return self.refuse(r, topic, payload).await;
+        };
+        // An empty payload clears a retained message: nothing happened.
+        if payload.is_empty() {
+            return Ok(Delivery::default());
+        }
+        let Some(event) = PresenceEvent::parse(payload) else {
+            let r = Rejection::new(
+                RejectReason::BadJson,
+                "a presence payload is online, offline or lost (bare or as {\"status\": ...})",
+            );
+            return self.refuse(r, topic, payload).await;
+        };
+        let Some(info) = self.directory.lookup(device).await? else {
+            let r = Rejection::new(
+                RejectReason::UnknownDevice,
+                format!("no device {device:?} is registered"),
+            );
+            return self.refuse(r, topic, payload).await;
+        };
+        self.directory.record_presence(info.uuid, event).await?;
+        self.metrics.presence(event.as_str());
+        Ok(Delivery::default())
     }
 
     /// Dead-letters a whole message. (The hot path boxes this call: its

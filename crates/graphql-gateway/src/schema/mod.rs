@@ -43,6 +43,8 @@ pub struct Shared {
     pub up: Upstreams,
     pub limits: Limits,
     pub hub: AlertHub,
+    /// Live device state for `deviceStatus`.
+    pub devices: crate::device_hub::DeviceHub,
     pub known: KnownDevices,
 }
 

@@ -12,11 +12,19 @@ use iot_proto::v1;
 
 use super::ownership::{find_device, get_device};
 use super::{Alert, Device, SensorMetric, is_not_found, shared, time, who};
+use crate::device_hub::{DeviceEvent, online};
 use crate::hub::HubEvent;
 use crate::upstream::{Answer as _, TELEMETRY, error};
 
 /// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
 pub struct SubscriptionRoot;
+
+/// What a pushed event means to one subscriber.
+enum Step<T> {
+    Send(T),
+    Skip,
+    End,
+}
 
 /// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
 #[Subscription(name = "Subscription")]
@@ -86,52 +94,80 @@ impl SubscriptionRoot {
         ))
     }
 
-    /// The device as it changes (status, last heartbeat, online), first as
-    /// it is now.
+    /// The device as it changes (status, online, name, location, config),
+    /// first as it is now. Pushed, not polled: a change at the registry,
+    /// a presence event (connected, disconnected, a lost connection) or
+    /// silence past the device's interval reaches the subscriber within
+    /// seconds; `lastHeartbeat` is as of the last such change. Offline is
+    /// the platform's one definition (docs/alerts.md, "Offline"). The
+    /// stream ends when the device is deleted or is no longer the
+    /// caller's; while device-registry is unreachable it carries an error
+    /// with code BACKEND_UNAVAILABLE and stays open.
     async fn device_status(
         &self,
         ctx: &Context<'_>,
         device_id: ID,
     ) -> Result<impl Stream<Item = Result<Device>> + use<>> {
-        let s = shared(ctx);
         let first = find_device(ctx, &device_id).await?;
-        let (up, scope) = (s.up.clone(), who(ctx)?.scope());
-        let every = Duration::from_millis(s.limits.poll_ms);
+        let owner = who(ctx)?.owner.map(|o| o.to_string());
+        let watch = shared(ctx).devices.watch(&first);
+        // What a subscriber sees change; `online` is computed now.
         let key = |d: &v1::Device| {
             (
                 d.status.clone(),
-                d.last_heartbeat,
+                online(d, Utc::now()),
                 d.name.clone(),
                 d.location.clone(),
+                d.config.as_ref().map(|c| c.read_interval),
             )
         };
-        let id = first.id.clone();
-        let state = (Some(first), None, up, scope);
-        Ok(futures::stream::unfold(
-            state,
-            move |(pending, last, up, scope)| {
-                let id = id.clone();
-                async move {
-                    if let Some(d) = pending {
-                        let k = key(&d);
-                        return Some((Ok(Device::from(d)), (None, Some(k), up, scope)));
-                    }
-                    loop {
-                        tokio::time::sleep(every).await;
-                        match get_device(&up, scope.clone(), &id).await {
-                            Ok(d) if Some(key(&d)) != last => {
-                                let k = key(&d);
-                                return Some((Ok(Device::from(d)), (None, Some(k), up, scope)));
-                            }
-                            Ok(_) => {}
-                            // The device is gone (or no longer the caller's): end.
-                            Err(e) if is_not_found(&e) => return None,
-                            Err(e) => return Some((Err(e), (None, last, up, scope))),
+        let mut last = key(&first);
+        let events = tokio_stream::wrappers::BroadcastStream::new(watch.rx);
+        let guard = (watch._registered, watch._counted);
+        let rest = events
+            .map(move |item| {
+                let _held = &guard;
+                match item {
+                    Ok(event) => match &*event {
+                        // Another owner's now (or never): end, telling
+                        // nothing of it.
+                        DeviceEvent::Changed(d)
+                            if owner.as_ref().is_some_and(|o| *o != d.owner_id) =>
+                        {
+                            Step::End
                         }
+                        DeviceEvent::Changed(d) => {
+                            let k = key(d);
+                            if k == last {
+                                Step::Skip
+                            } else {
+                                last = k;
+                                Step::Send(Ok(Device::from((**d).clone())))
+                            }
+                        }
+                        DeviceEvent::Gone => Step::End,
+                        DeviceEvent::Interrupted => Step::Send(Err(error(
+                            "BACKEND_UNAVAILABLE",
+                            "device-registry is unavailable; device changes follow once it is back",
+                        )
+                        .extend_with(|_, e| e.set("service", "device-registry")))),
+                    },
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        Step::Send(Err(error(
+                            "EVENTS_DROPPED",
+                            format!("this subscriber fell behind and missed {n} device changes"),
+                        )))
                     }
                 }
-            },
-        ))
+            })
+            .take_while(|s| futures::future::ready(!matches!(s, Step::End)))
+            .filter_map(|s| {
+                futures::future::ready(match s {
+                    Step::Send(x) => Some(x),
+                    Step::Skip | Step::End => None,
+                })
+            });
+        Ok(futures::stream::once(futures::future::ready(Ok(Device::from(first)))).chain(rest))
     }
 
     /// The aggregates of each of the device's sensors (or of `sensorName`)

@@ -11,6 +11,7 @@
 mod bounded;
 mod limits;
 mod mutations;
+mod presence;
 mod queries;
 mod subscriptions;
 mod support;

@@ -132,10 +132,18 @@ impl Device {
     async fn last_heartbeat(&self) -> Option<DateTime<Utc>> {
         time(self.0.last_heartbeat.as_ref())
     }
-    /// Heard from within the last 5 minutes.
+    /// Connected and heard from lately: false once the device disconnects
+    /// (announced, or its last will: a lost connection) until it is heard
+    /// from again, or once silent longer than its `readInterval` times 5
+    /// (5 minutes without one). The platform's one definition of offline,
+    /// as in offline alerts and `deviceStatusSummary`.
     async fn online(&self) -> bool {
-        time(self.0.last_heartbeat.as_ref())
-            .is_some_and(|t| Utc::now() - t <= chrono::TimeDelta::minutes(5))
+        crate::device_hub::online(&self.0, Utc::now())
+    }
+    /// When the device last disconnected (announced, or a lost
+    /// connection), if it has not been heard from since.
+    async fn disconnected_at(&self) -> Option<DateTime<Utc>> {
+        time(self.0.disconnected_at.as_ref())
     }
     /// When the device was registered.
     async fn created_at(&self) -> Option<DateTime<Utc>> {
