@@ -185,12 +185,6 @@ const MIGRATIONS: &[Migration] = &[
         timescaledb: include_str!("../../../migrations/0015_device_owners.sql"),
     },
     Migration {
-        version: 18,
-        name: "alert_types",
-        postgres: include_str!("../../../migrations/0018_alert_types.sql"),
-        timescaledb: include_str!("../../../migrations/0018_alert_types.sql"),
-    },
-    Migration {
         version: 16,
         name: "commands",
         postgres: include_str!("../../../migrations/0016_commands.sql"),
@@ -201,6 +195,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "desired_state",
         postgres: include_str!("../../../migrations/0017_desired_state.sql"),
         timescaledb: include_str!("../../../migrations/0017_desired_state.sql"),
+    },
+    Migration {
+        version: 18,
+        name: "alert_types",
+        postgres: include_str!("../../../migrations/0018_alert_types.sql"),
+        timescaledb: include_str!("../../../migrations/0018_alert_types.sql"),
     },
     Migration {
         version: 19,
