@@ -640,6 +640,8 @@ fn simulator(ctx: &Ctx, registry_url: &str, root: &str) -> iotctl::simulate::Arg
         connections: 4,
         max_in_flight: 1000,
         quiet: true,
+        answer_commands: false,
+        commands_root: "commands".into(),
     }
 }
 

@@ -42,6 +42,8 @@ fn args(p: &Platform, account: &str, count: u64) -> Args {
         connections: 4,
         max_in_flight: 100,
         quiet: true,
+        answer_commands: false,
+        commands_root: "commands".into(),
     }
 }
 

@@ -40,6 +40,38 @@ enum Cmd {
     Revoke { id: String },
     /// Delete the device, its config, sensors and broker account.
     Delete { id: String },
+    /// Send a command to a device over MQTT (it answers ok or error).
+    Command {
+        /// Platform UUID or external device_id.
+        id: String,
+        name: String,
+        /// JSON, e.g. '{"position": 40}'
+        #[arg(long)]
+        payload: Option<String>,
+        /// Undelivered by then it expires; delivered and unanswered, it
+        /// times out.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u32,
+        /// Follow it until it ends; fail unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A device's commands, newest first.
+    Commands {
+        id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Set a device's desired state (a JSON object), if its version is
+    /// still `--expected-version` (0 for none yet).
+    Desired {
+        id: String,
+        json: String,
+        #[arg(long)]
+        expected_version: u64,
+    },
+    /// A device's desired and reported state.
+    State { id: String },
     /// List devices.
     List {
         #[arg(long)]
@@ -68,6 +100,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn calls(args: Args) -> anyhow::Result<()> {
+    use crate::device_commands as dc;
+    let tls = args.grpc_tls.config();
+    let url = args.registry_url.clone();
+    let commands = || iot_proto::commands_client(url.clone(), iot_proto::Scope::Admin, &tls);
+    match &args.command {
+        Cmd::Command {
+            id,
+            name,
+            payload,
+            timeout_secs,
+            wait,
+        } => {
+            let mut c = commands().await?;
+            let (id, name, payload) = (id.clone(), name.clone(), payload.clone());
+            return dc::send(&mut c, id, name, payload, *timeout_secs, *wait).await;
+        }
+        Cmd::Commands { id, limit } => {
+            return dc::list(&mut commands().await?, id.clone(), *limit).await;
+        }
+        Cmd::Desired {
+            id,
+            json,
+            expected_version,
+        } => {
+            let mut c = commands().await?;
+            return dc::set_desired(&mut c, id.clone(), json.clone(), *expected_version).await;
+        }
+        Cmd::State { id } => return dc::state(&mut commands().await?, id.clone()).await,
+        _ => {}
+    }
     // The operator's CLI: the admin scope.
     let mut client = iot_proto::registry_client(
         args.registry_url,
@@ -138,6 +200,7 @@ async fn calls(args: Args) -> anyhow::Result<()> {
                 print_device(d);
             }
         }
+        Cmd::Command { .. } | Cmd::Commands { .. } | Cmd::Desired { .. } | Cmd::State { .. } => {}
     }
     Ok(())
 }

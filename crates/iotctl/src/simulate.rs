@@ -91,6 +91,14 @@ pub struct Args {
     /// Do not print progress.
     #[arg(long)]
     pub quiet: bool,
+    /// The devices also answer commands (each on a connection of its own,
+    /// with its own broker account: their passwords are rotated to get
+    /// one).
+    #[arg(long)]
+    pub answer_commands: bool,
+    /// device-registry's `broker.commands_root`.
+    #[arg(long, default_value = "commands")]
+    pub commands_root: String,
 }
 
 impl Args {
@@ -266,6 +274,36 @@ pub async fn register(args: &Args) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
+/// Starts a command responder for each of `ids` (their passwords rotated:
+/// the registry keeps only hashes), until `stop` turns true.
+pub async fn answer_commands(
+    args: &Args,
+    ids: &[String],
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(tokio::task::JoinSet<()>, Arc<crate::responder::Answered>)> {
+    let mut registry = iot_proto::registry_client(
+        args.registry_url.clone(),
+        iot_proto::Scope::Admin,
+        &args.grpc_tls.config(),
+    )
+    .await?;
+    let mut accounts = Vec::with_capacity(ids.len());
+    for id in ids {
+        let c = registry
+            .rotate_credentials(iot_proto::v1::GetDeviceRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        accounts.push((c.username, c.password));
+    }
+    let broker = crate::responder::Broker {
+        host: args.mqtt_host.clone(),
+        port: args.mqtt_port,
+        tls: args.mqtt_tls.config(),
+        commands_root: args.commands_root.clone(),
+    };
+    crate::responder::start(&broker, accounts, stop).await
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let s = simulate(args).await?;
     println!(
@@ -315,6 +353,14 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         .transport()
         .map_err(|e| link.error(&e))?;
     let ids = register(&args).await?;
+    // Held until the run ends: the responders stop when it is dropped.
+    let (_answering, responders) = if args.answer_commands {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (set, _) = answer_commands(&args, &ids, stopped).await?;
+        (Some(stop), Some(set))
+    } else {
+        (None, None)
+    };
     let total_rate = args
         .rate_per_device
         .map_or(args.rate, |r| r * f64::from(args.devices));
@@ -415,6 +461,10 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
     }
     for r in results {
         r??;
+    }
+    drop(_answering);
+    if let Some(mut set) = responders {
+        while set.join_next().await.is_some() {}
     }
     Ok(Summary {
         messages: counters.messages.load(Ordering::Relaxed),
