@@ -16,6 +16,7 @@ const env = (k) => {
 const BASE = env('CONSOLE_URL'); // http://127.0.0.1:port/console/
 const KEY_A = env('CONSOLE_KEY_A');
 const KEY_B = env('CONSOLE_KEY_B');
+const JWT_A = env('CONSOLE_JWT_A');
 const DEVICES_A = JSON.parse(env('CONSOLE_DEVICES_A')); // [{id, device_id}], first: thresholds and readings
 const DEVICE_B = JSON.parse(env('CONSOLE_DEVICE_B')); // {id, device_id}
 const SHOTS = env('CONSOLE_SCREENSHOTS');
@@ -98,6 +99,18 @@ try {
   await page.locator('button[data-range="24 h"]').click();
   await page.locator('[data-testid=charts][data-loaded=true][data-granularity="15m"]').waitFor();
 
+  step('a second tab watches the fleet (sessionStorage is per tab: it signs in too)');
+  const fleetTab = await context.newPage();
+  fleetTab.setDefaultTimeout(15000);
+  fleetTab.on('pageerror', (e) => pageErrors.push(e.message));
+  await fleetTab.goto(BASE);
+  await fleetTab.locator('input[name=secret]').fill(KEY_A);
+  await fleetTab.keyboard.press('Enter');
+  // The fan has never been heard from (the boiler has: its readings).
+  const fanRow = fleetTab.locator(`tr[data-device="${DEVICES_A[1].device_id}"]`);
+  await fanRow.locator('.online', { hasText: 'offline' }).waitFor();
+  await fleetTab.locator('.socket-connected').waitFor();
+
   step('a reading over the threshold shows as an alert within 2 s, without reload');
   await page.goto(`${BASE}#/alerts`);
   await page.locator('[data-testid=alerts]').waitFor();
@@ -117,6 +130,12 @@ try {
   assert.deepEqual(navigations.filter((u) => !u.includes('#/alerts')), [], 'no reload');
   const alertId = await row.getAttribute('data-alert');
   await page.screenshot({ path: `${SHOTS}/alerts.png`, fullPage: true });
+
+  step('the fleet tab shows the fan online, without reload');
+  // The heartbeat takes seconds to show (3–5 s measured), not milliseconds.
+  await fanRow.locator('.online', { hasText: 'online' }).waitFor({ timeout: 15000 });
+  console.log(`fleet shows the fan online ${Date.now() - asked} ms after the publish was asked for`);
+  await fleetTab.close();
 
   step('acknowledging in the page changes the alert in the API');
   await row.locator('button[data-action=acknowledge]').focus();
@@ -178,12 +197,34 @@ try {
   await page.goto(`${BASE}#/device/${boiler.id}`);
   await page.getByRole('heading', { name: 'No such device' }).waitFor();
 
+  step('a JWT signs in too');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.locator('select[name=kind]').selectOption('jwt');
+  await page.locator('input[name=secret]').fill(JWT_A);
+  await page.keyboard.press('Enter');
+  await page.locator(`tr[data-device="${boiler.device_id}"]`).waitFor();
+
+  step('alert-engine down: the pages say so, and show the rest');
+  console.log('STOP_ALERTS');
+  assert.equal(await nextLine(), 'STOPPED');
+  await page.goto(`${BASE}#/alerts`);
+  const down = page.locator('.errors li[data-code=BACKEND_UNAVAILABLE]').first();
+  await down.waitFor();
+  console.log(`alerts page with alert-engine down: ${await down.textContent()}`);
+  await page.goto(`${BASE}#/device/${boiler.id}`);
+  await page.locator('[data-testid=charts][data-loaded=true]').waitFor();
+  await page.locator('.errors li[data-code=BACKEND_UNAVAILABLE]').first().waitFor();
+  assert.equal(await page.getByRole('heading', { name: 'boiler' }).count(), 1);
+  await page.screenshot({ path: `${SHOTS}/backend-down.png`, fullPage: true });
+
   step('nothing came from anywhere but the gateway');
   assert.deepEqual(foreign, []);
   assert.deepEqual(pageErrors, []);
   console.log('console browser checks passed');
 } catch (e) {
-  await page.screenshot({ path: `${SHOTS}/failure.png`, fullPage: true }).catch(() => {});
+  for (const [i, p] of context.pages().entries()) {
+    await p.screenshot({ path: `${SHOTS}/failure-${i}.png`, fullPage: true }).catch(() => {});
+  }
   console.error(`FAILED at ${page.url()}: ${e.stack ?? e}`);
   process.exitCode = 1;
 } finally {

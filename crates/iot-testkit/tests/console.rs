@@ -66,7 +66,16 @@ async fn the_console_works_in_a_real_browser() {
     );
 
     let p = Platform::start().await;
-    let engine = p.start_alert_engine(|_| {}).await;
+    // alert-engine stops alone when the script asks, to show a backend down.
+    let engine_stop = p.shutdown.child_token();
+    let engine = p
+        .start_alert_engine_until(engine_stop.clone(), |_| {})
+        .await;
+    let jwt_secret = format!(
+        "console-{}-{}",
+        kit::unique(),
+        uuid::Uuid::new_v4().simple()
+    );
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     let (key_a, key_b) = (
         format!("console-a-{}", kit::unique()),
@@ -86,8 +95,20 @@ async fn the_console_works_in_a_real_browser() {
                     owner: b.to_string(),
                 },
             ];
+            c.auth.jwt = Some(graphql_gateway::JwtConfig {
+                hs256_secret: Some(jwt_secret.clone()),
+                audience: Some("iot-console-test".into()),
+                ..Default::default()
+            });
         })
         .await;
+    let jwt_a = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "console-user", "owner": a.to_string(), "aud": "iot-console-test",
+            "exp": (Utc::now() + TimeDelta::minutes(10)).timestamp()}),
+        &jsonwebtoken::EncodingKey::from_secret(jwt_secret.as_bytes()),
+    )
+    .unwrap();
     let addr = g.http_addr;
 
     // The console is in the binary: its page, with a policy that allows
@@ -180,6 +201,7 @@ async fn the_console_works_in_a_real_browser() {
         .env("CONSOLE_URL", format!("http://{addr}/console/"))
         .env("CONSOLE_KEY_A", &key_a)
         .env("CONSOLE_KEY_B", &key_b)
+        .env("CONSOLE_JWT_A", &jwt_a)
         .env(
             "CONSOLE_DEVICES_A",
             Value::Array(devices_a.clone()).to_string(),
@@ -204,22 +226,52 @@ async fn the_console_works_in_a_real_browser() {
         }
     });
     let mut alert_id = None;
+    let (mut acknowledged, mut of_b) = (None, None);
+    let mut engine = Some(engine);
     let mut published = false;
     let mut passed = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     while let Ok(Some(line)) = tokio::time::timeout_at(deadline, lines.recv()).await {
         println!("browser: {line}");
         if line == "PUBLISH" {
-            // Over the threshold of 30, from the device's own topic.
-            kit::publish_all(&[(
-                format!("{}/con-{u}-boiler/temperature", p.prefix),
-                br#"{"value": 35.5}"#.to_vec(),
-            )])
+            // The boiler over its threshold of 30; the fan's first reading.
+            kit::publish_all(&[
+                (
+                    format!("{}/con-{u}-boiler/temperature", p.prefix),
+                    br#"{"value": 35.5}"#.to_vec(),
+                ),
+                (
+                    format!("{}/con-{u}-fan/temperature", p.prefix),
+                    br#"{"value": 21.0}"#.to_vec(),
+                ),
+            ])
             .await;
             published = true;
             writeln!(stdin, "PUBLISHED").unwrap();
         } else if let Some(id) = line.strip_prefix("ALERT ") {
+            // Checked now, while alert-engine is up: the state the page
+            // set, as the API tells it, and nothing of it for owner B.
+            let q = "query($d: ID) { alerts(deviceId: $d) { id state acknowledged } }";
+            acknowledged = Some(gql(addr, &key_a, q, json!({"d": boiler_id})).await);
+            of_b = Some(
+                gql(
+                    addr,
+                    &key_b,
+                    "{ alerts { id } devices { device_id } }",
+                    json!({}),
+                )
+                .await,
+            );
             alert_id = Some(id.to_owned());
+        } else if line == "STOP_ALERTS" {
+            engine_stop.cancel();
+            if let Some(e) = engine.take() {
+                tokio::time::timeout(WAIT, e.wait())
+                    .await
+                    .expect("alert-engine stops")
+                    .unwrap();
+            }
+            writeln!(stdin, "STOPPED").unwrap();
         } else if line == "console browser checks passed" {
             passed = true;
         }
@@ -238,13 +290,7 @@ async fn the_console_works_in_a_real_browser() {
 
     // The acknowledgement made in the page is the API's state.
     let alert_id = alert_id.expect("the script names the alert it acknowledged");
-    let d = gql(
-        addr,
-        &key_a,
-        "query($d: ID) { alerts(deviceId: $d) { id state acknowledged acknowledged_at } }",
-        json!({"d": boiler_id}),
-    )
-    .await;
+    let d = acknowledged.unwrap();
     let alert = d["alerts"]
         .as_array()
         .unwrap()
@@ -255,13 +301,7 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(alert["state"], "acknowledged", "{alert}");
     assert_eq!(alert["acknowledged"], true);
     // Owner B sees none of it through the API either.
-    let d = gql(
-        addr,
-        &key_b,
-        "{ alerts { id } devices { device_id } }",
-        json!({}),
-    )
-    .await;
+    let d = of_b.unwrap();
     assert_eq!(d["alerts"], json!([]), "{d}");
     assert_eq!(
         d["devices"],
