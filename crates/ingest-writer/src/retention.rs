@@ -32,6 +32,8 @@ use crate::error::WriterError;
 const COUNT_DAYS: &str = include_str!("sql/archive_count_days.sql");
 const MARK_DROPPED: &str = include_str!("sql/archive_mark_dropped.sql");
 const DELETE_DEVICE_DAY: &str = include_str!("sql/archive_delete_device_day.sql");
+const LOCK: &str = include_str!("sql/archive_lock.sql");
+const OLDEST: &str = include_str!("sql/archive_oldest.sql");
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -300,10 +302,7 @@ async fn drop_archived(
     rollups: &[DateTime<Utc>; 3],
 ) -> Result<(i32, usize), WriterError> {
     let tx = client.transaction().await?;
-    // Writers wait (a moment: the rows counted are the ones about to go);
-    // readers do not.
-    tx.batch_execute("LOCK TABLE sensor_readings IN SHARE ROW EXCLUSIVE MODE")
-        .await?;
+    tx.batch_execute(LOCK).await?;
     let mut upto = cutoff;
     let mut deferred = 0;
     for r in tx.query(COUNT_DAYS, &[&cutoff]).await? {
@@ -361,13 +360,7 @@ async fn archive_lag(
     client: &tokio_postgres::Client,
     cutoff: DateTime<Utc>,
 ) -> Result<i64, WriterError> {
-    let oldest: Option<DateTime<Utc>> = client
-        .query_one(
-            "SELECT min(time) FROM sensor_readings WHERE time < $1",
-            &[&cutoff],
-        )
-        .await?
-        .get(0);
+    let oldest: Option<DateTime<Utc>> = client.query_one(OLDEST, &[&cutoff]).await?.get(0);
     Ok(oldest.map_or(0, |t| (cutoff - t).num_seconds()))
 }
 

@@ -331,11 +331,13 @@ async fn retention_archives_a_day_then_drops_it_once_and_restore_brings_it_back(
         s.db.execute("DELETE FROM sensor_readings WHERE time < $1", &[&cutoff])
             .await
             .unwrap();
-        let one = restore(&mut client, &store, day_start, to, Some(b1))
+        // Alice's a1 (48 readings and the late one) but not her a2: the
+        // next run must merge, not overwrite, her file.
+        let one = restore(&mut client, &store, day_start, to, Some(a1))
             .await
             .unwrap();
-        assert_eq!(one.rows_inserted, 48, "{backend}");
-        assert_eq!(count_before(&s.db, cutoff).await, 48, "{backend}");
+        assert_eq!(one.rows_inserted, 49, "{backend}");
+        assert_eq!(count_before(&s.db, cutoff).await, 49, "{backend}");
 
         // The next run finds the restored rows archived already: it drops
         // them again and the archive still holds each row once.
