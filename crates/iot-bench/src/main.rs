@@ -1,5 +1,5 @@
 //! `iot-bench query`: see `query.rs`; `graphql`: `graphql.rs`; `alerts`:
-//! `alerts.rs`; `export`: `export.rs`.
+//! `alerts.rs`; `export`: `export.rs`; `commands`: `commands.rs`.
 //!
 //! `iot-bench ingest`: the ingest path's throughput, latency and memory, each
 //! as a ratio to the raw limit measured in the same run on the same machine.
@@ -22,6 +22,7 @@
 mod abuse;
 mod alerts;
 mod ceiling;
+mod commands;
 mod export;
 mod faults;
 mod graphql;
@@ -751,10 +752,10 @@ async fn run() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
         [
-            "ingest", "query", "graphql", "alerts", "faults", "late", "abuse", "export"
+            "ingest", "query", "graphql", "alerts", "faults", "late", "abuse", "export", "commands"
         ]
         .contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|faults [--short]"
+        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|faults [--short]"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -783,6 +784,10 @@ async fn run() -> anyhow::Result<()> {
     }
     if what == "export" {
         export::run(&ctx).await;
+        return Ok(());
+    }
+    if what == "commands" {
+        commands::run(&ctx).await;
         return Ok(());
     }
     if what == "query" {

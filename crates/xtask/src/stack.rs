@@ -701,9 +701,14 @@ fn test_databases() -> Option<Vec<String>> {
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if !["ingest", "query", "graphql", "alerts", "late", "abuse", "export"].contains(&what) {
+    if ![
+        "ingest", "query", "graphql", "alerts", "late", "abuse", "export", "commands",
+    ]
+    .contains(&what)
+    {
         return Err(
-            "usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse|export".into(),
+            "usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse|export|commands"
+                .into(),
         );
     }
     ensure_build_deps()?;
