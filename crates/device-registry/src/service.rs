@@ -6,6 +6,8 @@ use iot_proto::v1::{self, device_registry_server::DeviceRegistry};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+mod bulk;
+
 use crate::broker::{self, Dynsec};
 use crate::store;
 use crate::validate::{
@@ -97,6 +99,28 @@ impl RegistryService {
         }))
     }
 
+    /// Creates one validated device with its config, sensors, credentials
+    /// and broker account.
+    async fn create_one(
+        &self,
+        new: &store::NewDevice,
+    ) -> Result<(Uuid, Option<v1::MqttCredentials>), RegistryError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The quota is the device's owner's, whoever the caller is (an
+        // admin-scope caller creating for an owner included).
+        store::check_device_quota(&tx, new.owner_id, self.limits.devices_per_owner).await?;
+        // Nothing is half-written: the device, its config, its credentials
+        // and its broker account all come to be, or none does.
+        let id = store::insert(&tx, new).await?;
+        store::insert_sensors(&tx, id, &new.sensors).await?;
+        let credentials = self
+            .issue(tx, id, &new.device_id, true, Some("created"))
+            .await?;
+        tracing::info!(%id, device_id = %new.device_id, "device registered");
+        Ok((id, credentials))
+    }
+
     /// The device `id` (UUID or external id) if `owner` may see it.
     async fn find(&self, id: &str, owner: Option<Uuid>) -> Result<v1::Device, RegistryError> {
         if id.is_empty() {
@@ -153,22 +177,19 @@ impl DeviceRegistry for RegistryService {
     ) -> Result<Response<v1::Device>, Status> {
         let owner = scope(&request)?;
         let new = validate_create(request.into_inner(), owner, self.limits.max_retention_days)?;
-        let mut client = self.pool.get().await.map_err(RegistryError::from)?;
-        let tx = client.transaction().await.map_err(RegistryError::from)?;
-        // The quota is the device's owner's, whoever the caller is (an
-        // admin-scope caller creating for an owner included).
-        store::check_device_quota(&tx, new.owner_id, self.limits.devices_per_owner).await?;
-        // Nothing is half-written: the device, its config, its credentials
-        // and its broker account all come to be, or none does.
-        let id = store::insert(&tx, &new).await?;
-        store::insert_sensors(&tx, id, &new.sensors).await?;
-        let credentials = self
-            .issue(tx, id, &new.device_id, true, Some("created"))
-            .await?;
-        tracing::info!(%id, device_id = %new.device_id, "device registered");
+        let (id, credentials) = self.create_one(&new).await?;
         let mut device = self.find(&id.to_string(), None).await?;
         device.credentials = credentials;
         Ok(Response::new(device))
+    }
+
+    async fn create_devices(
+        &self,
+        request: Request<v1::CreateDevicesRequest>,
+    ) -> Result<Response<v1::CreateDevicesResponse>, Status> {
+        let owner = scope(&request)?;
+        let results = self.create_many(owner, request.into_inner()).await?;
+        Ok(Response::new(v1::CreateDevicesResponse { results }))
     }
 
     async fn get_device(

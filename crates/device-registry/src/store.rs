@@ -14,6 +14,9 @@ const INSERT_DEVICE: &str = include_str!("sql/insert_device.sql");
 const INSERT_CONFIG: &str = include_str!("sql/insert_config.sql");
 const UPSERT_CREDENTIALS: &str = include_str!("sql/upsert_credentials.sql");
 const SELECT_CREDENTIALS: &str = include_str!("sql/select_credentials.sql");
+const INSERT_DEVICES: &str = include_str!("sql/insert_devices.sql");
+const INSERT_CONFIGS: &str = include_str!("sql/insert_configs.sql");
+const RECORD_CHANGES: &str = include_str!("sql/record_changes.sql");
 
 /// A validated device to insert.
 pub struct NewDevice {
@@ -45,6 +48,22 @@ pub async fn check_device_quota(
     owner: Uuid,
     limit: u32,
 ) -> Result<(), RegistryError> {
+    if device_quota_room(tx, owner, limit).await? == 0 {
+        return Err(RegistryError::QuotaExceeded {
+            quota: "devices_per_owner",
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// How many more devices `owner` may have under `limit`, with the owner's
+/// advisory lock taken until `tx` ends (see [`check_device_quota`]).
+pub async fn device_quota_room(
+    tx: &Transaction<'_>,
+    owner: Uuid,
+    limit: u32,
+) -> Result<u32, RegistryError> {
     let lock = tx
         .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))")
         .await?;
@@ -60,13 +79,7 @@ pub async fn check_device_quota(
         .query_one(&count, &[&owner, &i64::from(limit)])
         .await?
         .get(0);
-    if n >= i64::from(limit) {
-        return Err(RegistryError::QuotaExceeded {
-            quota: "devices_per_owner",
-            limit,
-        });
-    }
-    Ok(())
+    Ok(u32::try_from(i64::from(limit) - n).unwrap_or(0))
 }
 
 /// Inserts the device and its config in `tx` (not committed).
@@ -619,5 +632,90 @@ pub async fn record_activity(
     )
     .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts `devices` and their configs in `tx` (not committed) in two
+/// statements; answers the UUID of each device_id that went in (one taken
+/// already, or given twice, goes in at most once).
+pub async fn insert_many(
+    tx: &Transaction<'_>,
+    devices: &[&NewDevice],
+) -> Result<std::collections::HashMap<String, Uuid>, RegistryError> {
+    let col = |f: fn(&NewDevice) -> String| devices.iter().map(|d| f(d)).collect::<Vec<_>>();
+    let stmt = tx.prepare_cached(INSERT_DEVICES).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &col(|d| d.device_id.clone()),
+                &col(|d| d.name.clone()),
+                &col(|d| d.device_type.clone()),
+                &devices
+                    .iter()
+                    .map(|d| d.location.clone())
+                    .collect::<Vec<_>>(),
+                &devices.iter().map(|d| d.latitude).collect::<Vec<_>>(),
+                &devices.iter().map(|d| d.longitude).collect::<Vec<_>>(),
+                &devices.iter().map(|d| d.owner_id).collect::<Vec<_>>(),
+                &col(|d| d.status.clone()),
+            ],
+        )
+        .await?;
+    let ids: std::collections::HashMap<String, Uuid> =
+        rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    // Each inserted device's config: the first row of its device_id.
+    let mut configs = Vec::with_capacity(ids.len());
+    let mut seen = std::collections::HashSet::new();
+    for d in devices {
+        if let Some(id) = ids.get(&d.device_id)
+            && seen.insert(*id)
+        {
+            configs.push((*id, *d));
+        }
+    }
+    let stmt = tx.prepare_cached(INSERT_CONFIGS).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &configs.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            &configs
+                .iter()
+                .map(|(_, d)| d.read_interval)
+                .collect::<Vec<_>>(),
+            &configs
+                .iter()
+                .map(|(_, d)| d.alert_threshold.clone())
+                .collect::<Vec<_>>(),
+            &configs
+                .iter()
+                .map(|(_, d)| d.data_retention_days)
+                .collect::<Vec<_>>(),
+            &configs
+                .iter()
+                .map(|(_, d)| d.custom_fields.clone())
+                .collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    Ok(ids)
+}
+
+/// Logs the same change of many devices in `tx`, for watchers.
+pub async fn record_changes(
+    tx: &Transaction<'_>,
+    devices: &[(Uuid, String)],
+    kind: &str,
+) -> Result<(), RegistryError> {
+    let stmt = tx.prepare_cached(RECORD_CHANGES).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &devices.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            &devices.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            &kind,
+        ],
+    )
+    .await?;
     Ok(())
 }

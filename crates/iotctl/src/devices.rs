@@ -32,6 +32,11 @@ enum Cmd {
         #[arg(long)]
         alert_threshold: Option<String>,
     },
+    /// Register many devices from CSV or JSON lines (the fields of
+    /// `create`, plus owner_id, status, latitude, longitude,
+    /// read_interval, data_retention_days, custom_fields), 1000 per call,
+    /// reporting every row not created.
+    Import(Box<crate::import::ImportArgs>),
     /// Show one device (platform UUID or external device_id).
     Get { id: String },
     /// Issue a new MQTT password (the old one stops working at once).
@@ -160,6 +165,19 @@ async fn calls(args: Args) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             print_device(&d);
+        }
+        Cmd::Import(import) => {
+            let outcome = crate::import::run(&mut client, *import).await?;
+            println!("created {} devices", outcome.created);
+            let refused: u64 = outcome.refused.values().sum();
+            if refused > 0 {
+                let by_code: Vec<String> = outcome
+                    .refused
+                    .iter()
+                    .map(|(code, n)| format!("{n} {code}"))
+                    .collect();
+                anyhow::bail!("{refused} rows not created ({})", by_code.join(", "));
+            }
         }
         Cmd::Get { id } => print_device(
             &client

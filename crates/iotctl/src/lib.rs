@@ -5,5 +5,6 @@ pub mod device_commands;
 pub mod devices;
 pub mod export;
 pub mod grpc_tls;
+pub mod import;
 pub mod responder;
 pub mod simulate;
