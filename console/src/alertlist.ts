@@ -82,6 +82,8 @@ export function alertList(opts: { showDevice: boolean; errors: { show: (e: unkno
   return {
     el,
     set(list: Alert[]) { alerts = list; render(); },
+    /** The list could not be read: says so in the table too. */
+    unavailable() { fill(body, h('tr', {}, h('td', { colspan: heads.length, class: 'empty' }, 'Alerts unavailable (see the error above).'))); },
     append(list: Alert[]) { alerts = alerts.concat(list.filter((a) => !alerts.some((x) => x.id === a.id))); render(); },
     upsert,
     filter(f: (a: Alert) => boolean) { keep = f; render(); },

@@ -35,6 +35,7 @@ export function alertsPage(main: HTMLElement): () => void {
       more.disabled = data.alerts.length < PAGE;
     } catch (e) {
       errors.show(e);
+      if (!after) list.unavailable();
     }
   }
 

@@ -192,6 +192,7 @@ export function devicePage(main: HTMLElement, id: string): () => void {
       alerts.set(data.alerts);
     } catch (e) {
       alertErrors.show(e);
+      alerts.unavailable();
     }
     alertSub = subscribe<{ alerts: Alert }>('AlertChanges', { deviceId: device.id }, ({ alerts: a }) => alerts.upsert(a), (e) => alertErrors.show(e));
   }
