@@ -10,6 +10,7 @@ mod console;
 mod error;
 mod http;
 mod device_hub;
+mod metrics_hub;
 mod hub;
 mod limits;
 mod metrics_json;
@@ -53,6 +54,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .registry
         .register(Box::new(device_subscribers.clone()))?;
     let devices = device_hub::DeviceHub::new(64, device_subscribers);
+    let metric_subscribers = prometheus::IntGauge::new(
+        "iot_graphql_metrics_subscribers",
+        "GraphQL metrics subscriptions right now",
+    )?;
+    skeleton
+        .registry
+        .register(Box::new(metric_subscribers.clone()))?;
+    let metrics = metrics_hub::MetricsHub::new(256, metric_subscribers);
     let limiter = Arc::new(http::RateLimiter::new(
         config.limits.rate_per_sec,
         config.limits.rate_burst,
@@ -63,6 +72,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             limits: config.limits.clone(),
             hub: hub.clone(),
             devices: devices.clone(),
+            metrics: metrics.clone(),
             known: Default::default(),
         },
         limiter.clone(),
@@ -109,6 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         .await;
     let hub_task = tokio::spawn(hub.run(up.clone(), shutdown.clone()));
     let device_task = tokio::spawn(devices.run(up.clone(), shutdown.clone()));
+    let metrics_task = tokio::spawn(metrics.run(up.clone(), shutdown.clone()));
     let ready = skeleton.ready.clone();
     let work = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -134,6 +145,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             }
         }
         let _ = device_task.await;
+        let _ = metrics_task.await;
         hub_task.await
     };
     Ok(skeleton.run(http_addr, work)?)

@@ -379,6 +379,84 @@ impl Telemetry for TelemetryService {
         }))
     }
 
+    type WatchStoredStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<v1::StoredReadings, Status>> + Send + 'static>>;
+
+    async fn watch_stored(
+        &self,
+        request: Request<v1::WatchStoredRequest>,
+    ) -> Result<Response<Self::WatchStoredStream>, Status> {
+        // A stream, not a query: it holds no query slot of its owner.
+        let scope = iot_proto::scope_of(&request)?;
+        let mut rx = self.store.watch_stored();
+        let store = self.store.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // Whether each device seen is the owner's (owner scope only).
+            let mut owned: std::collections::HashMap<Uuid, bool> = Default::default();
+            let mut missed = 0u64;
+            loop {
+                let batch = tokio::select! {
+                    () = tx.closed() => return,
+                    b = rx.recv() => b,
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        missed += n;
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let rows: Vec<&Row> = match scope {
+                    None => batch.rows.iter().collect(),
+                    Some(owner) => {
+                        let unknown: Vec<Uuid> = batch
+                            .rows
+                            .iter()
+                            .map(|r| r.device_id)
+                            .filter(|d| !owned.contains_key(d))
+                            .collect::<std::collections::HashSet<_>>()
+                            .into_iter()
+                            .collect();
+                        if !unknown.is_empty() {
+                            match store.not_owned(owner, &unknown).await {
+                                Ok(not) => {
+                                    // Bounded: an owner's devices, at most.
+                                    if owned.len() > 100_000 {
+                                        owned.clear();
+                                    }
+                                    for d in unknown {
+                                        owned.insert(d, !not.contains(&d));
+                                    }
+                                }
+                                Err(e) => {
+                                    let _ = tx.send(Err(Status::from(e))).await;
+                                    return;
+                                }
+                            }
+                        }
+                        batch.rows.iter().filter(|r| owned[&r.device_id]).collect()
+                    }
+                };
+                if rows.is_empty() {
+                    continue;
+                }
+                let msg = v1::StoredReadings {
+                    readings: rows.into_iter().cloned().map(reading).collect(),
+                    missed: std::mem::take(&mut missed),
+                    stored_at: Some(iot_proto::timestamp(batch.at)),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
     async fn fleet_stats(
         &self,
         request: Request<v1::FleetStatsRequest>,

@@ -71,7 +71,20 @@ pub struct Store {
     writer_id: Uuid,
     /// The rollup upsert of each level, in `Level::ALL` order.
     upsert_rollup: [String; 3],
+    /// Each committed batch's inserted rows, for `WatchStored`.
+    stored: tokio::sync::broadcast::Sender<Stored>,
 }
+
+/// The rows one batch inserted, and when it committed.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub rows: std::sync::Arc<Vec<Row>>,
+    pub at: DateTime<Utc>,
+}
+
+/// Batches a slow `WatchStored` stream may fall behind before it is told
+/// what it missed.
+const STORED_BACKLOG: usize = 1024;
 
 impl Store {
     /// The writer keeps the rollup tables on both backends, in the same
@@ -88,7 +101,13 @@ impl Store {
             queries,
             writer_id: Uuid::new_v4(),
             upsert_rollup: Level::ALL.map(|l| UPSERT_ROLLUP.replace("{table}", l.table())),
+            stored: tokio::sync::broadcast::channel(STORED_BACKLOG).0,
         }
+    }
+
+    /// Every batch committed from now on (its inserted rows).
+    pub fn watch_stored(&self) -> tokio::sync::broadcast::Receiver<Stored> {
+        self.stored.subscribe()
     }
 
     fn upsert_sql(&self, level: Level) -> &str {
@@ -164,7 +183,15 @@ impl Store {
             self.derive(&tx, &inserted).await?;
         }
         tx.commit().await?;
-        Ok(inserted.len() as u64)
+        let n = inserted.len() as u64;
+        // Copied only when a live stream is watching.
+        if n > 0 && self.stored.receiver_count() > 0 {
+            let _ = self.stored.send(Stored {
+                rows: std::sync::Arc::new(inserted.into_owned()),
+                at: Utc::now(),
+            });
+        }
+        Ok(n)
     }
 
     /// Rollups, latest readings and ingest counts of the inserted rows; the

@@ -45,6 +45,8 @@ pub struct Shared {
     pub hub: AlertHub,
     /// Live device state for `deviceStatus`.
     pub devices: crate::device_hub::DeviceHub,
+    /// Live aggregates for `metrics`.
+    pub metrics: crate::metrics_hub::MetricsHub,
     pub known: KnownDevices,
 }
 

@@ -1,20 +1,18 @@
 //! The Subscription root: live streams of alerts, device status and
 //! metrics.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use async_graphql::{Context, ErrorExtensions, ID, Result, Subscription};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::{Stream, StreamExt};
-use iot_domain::bucket::{self, Width};
+use iot_domain::bucket::Width;
 use iot_proto::v1;
 
-use super::ownership::{find_device, get_device};
-use super::{Alert, Device, SensorMetric, is_not_found, shared, time, who};
+use super::ownership::find_device;
+use super::{Alert, Device, SensorMetric, shared, who};
 use crate::device_hub::{DeviceEvent, online};
 use crate::hub::HubEvent;
-use crate::upstream::{Answer as _, TELEMETRY, error};
+use crate::metrics_hub::MetricEvent;
+use crate::upstream::error;
 
 /// Live streams over WebSocket (graphql-transport-ws or graphql-ws).
 pub struct SubscriptionRoot;
@@ -171,9 +169,14 @@ impl SubscriptionRoot {
     }
 
     /// The aggregates of each of the device's sensors (or of `sensorName`)
-    /// in the bucket of its newest reading, whenever a new reading changes
-    /// them: the current bucket, or the one before it for a reading stored
-    /// after its bucket ended (the writer stores in batches).
+    /// in the bucket of a newly stored reading, whenever one changes them:
+    /// the current bucket, or the one before it for a reading stored after
+    /// its bucket ended (the writer stores in batches). First the figures
+    /// known now. Pushed as the writer stores readings, not polled; the
+    /// stream ends when the device is deleted or is no longer the
+    /// caller's. While the stored-readings stream is down it carries an
+    /// error with code BACKEND_UNAVAILABLE and stays open; the figures are
+    /// read again once it is back.
     async fn metrics(
         &self,
         ctx: &Context<'_>,
@@ -187,95 +190,68 @@ impl SubscriptionRoot {
             .parse::<Width>()
             .map_err(|e| error("BAD_USER_INPUT", format!("granularity: {e}")))?
             .secs();
-        let (up, scope) = (s.up.clone(), who(ctx)?.scope());
-        let every = Duration::from_millis(s.limits.poll_ms);
-        let seen: HashMap<String, DateTime<Utc>> = HashMap::new();
-        let state = (up, seen, Vec::<Result<SensorMetric>>::new(), true);
-        Ok(futures::stream::unfold(
-            state,
-            move |(up, mut seen, mut queue, mut first)| {
-                let device = device.id.clone();
-                let sensor_name = sensor_name.clone();
-                let granularity = granularity.clone();
-                let scope = scope.clone();
-                async move {
-                    loop {
-                        if let Some(m) = queue.pop() {
-                            return Some((m, (up, seen, queue, first)));
-                        }
-                        if !first {
-                            tokio::time::sleep(every).await;
-                        }
-                        first = false;
-                        // The device must still be the caller's at every
-                        // poll (it may be deleted or change owner), as in
-                        // `deviceStatus`; both calls run at once.
-                        let mut telemetry = up.telemetry(scope.clone());
-                        let (owned, latest) =
-                            tokio::join!(get_device(&up, scope.clone(), &device), async {
-                                telemetry
-                                    .latest_readings(v1::LatestReadingsRequest {
-                                        device_uuids: vec![device.clone()],
-                                    })
-                                    .await
-                                    .answer(TELEMETRY)
-                            });
-                        match owned {
-                            Ok(_) => {}
-                            // Gone, or no longer the caller's: end.
-                            Err(e) if is_not_found(&e) => return None,
-                            Err(e) => {
-                                queue.push(Err(e));
-                                continue;
-                            }
-                        }
-                        let latest = match latest {
-                            Ok(l) => l.readings,
-                            Err(e) => {
-                                queue.push(Err(e));
-                                continue;
-                            }
-                        };
-                        let oldest =
-                            bucket::floor(Utc::now(), width) - chrono::TimeDelta::seconds(width);
-                        for r in latest {
-                            if sensor_name.as_ref().is_some_and(|n| *n != r.sensor_name) {
-                                continue;
-                            }
-                            let Some(t) = time(r.time.as_ref()) else {
-                                continue;
-                            };
-                            if seen.get(&r.sensor_name) == Some(&t) || t < oldest {
-                                continue;
-                            }
-                            seen.insert(r.sensor_name.clone(), t);
-                            let start = bucket::floor(t, width);
-                            let got = up
-                                .telemetry(scope.clone())
-                                .query_metrics(v1::QueryMetricsRequest {
-                                    device_uuid: device.clone(),
-                                    sensor_name: r.sensor_name.clone(),
-                                    start: Some(iot_proto::timestamp(start)),
-                                    end: Some(iot_proto::timestamp(
-                                        start + chrono::TimeDelta::seconds(width),
-                                    )),
-                                    granularity: granularity.clone(),
-                                })
-                                .await
-                                .answer(TELEMETRY);
-                            match got {
-                                Ok(m) => queue.extend(
-                                    m.metrics
-                                        .iter()
-                                        .filter_map(|m| SensorMetric::from(&r.sensor_name, m))
-                                        .map(Ok),
-                                ),
-                                Err(e) => queue.push(Err(e)),
-                            }
+        let owner = who(ctx)?.owner.map(|o| o.to_string());
+        // The device's own changes end the stream when it goes.
+        let watch = s.devices.watch(&device);
+        let metrics = s.metrics.watch(&device.id, width);
+        let wanted = move |sensor: &str| sensor_name.as_ref().is_none_or(|n| n == sensor);
+        let first: Vec<Result<SensorMetric>> = metrics
+            .now
+            .iter()
+            .filter(|(sensor, _)| wanted(sensor))
+            .filter_map(|(sensor, m)| SensorMetric::from(sensor, m))
+            .map(Ok)
+            .collect();
+        let guards = (
+            watch._registered,
+            watch._counted,
+            metrics.registered,
+            metrics.counted,
+        );
+        let ends = tokio_stream::wrappers::BroadcastStream::new(watch.rx).filter_map(move |item| {
+            let end = match item {
+                Ok(e) => match &*e {
+                    DeviceEvent::Gone => true,
+                    DeviceEvent::Changed(d) => owner.as_ref().is_some_and(|o| *o != d.owner_id),
+                    DeviceEvent::Interrupted => false,
+                },
+                Err(_) => false,
+            };
+            futures::future::ready(end.then_some(Step::<Result<SensorMetric>>::End))
+        });
+        let figures = tokio_stream::wrappers::BroadcastStream::new(metrics.rx).map(move |item| {
+            match item {
+                Ok(e) => match &*e {
+                    MetricEvent::Metric { sensor, metric } if wanted(sensor) => {
+                        match SensorMetric::from(sensor, metric) {
+                            Some(m) => Step::Send(Ok(m)),
+                            None => Step::Skip,
                         }
                     }
+                    MetricEvent::Metric { .. } => Step::Skip,
+                    MetricEvent::Interrupted => Step::Send(Err(error(
+                        "BACKEND_UNAVAILABLE",
+                        "ingest-writer's stored readings are unavailable; figures follow once it is back",
+                    )
+                    .extend_with(|_, e| e.set("service", "ingest-writer")))),
+                },
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Step::Send(Err(error(
+                        "EVENTS_DROPPED",
+                        format!("this subscriber fell behind and missed {n} metric changes"),
+                    )))
                 }
-            },
-        ))
+            }
+        });
+        let rest = futures::stream::select(figures, ends)
+            .take_while(|s| futures::future::ready(!matches!(s, Step::End)))
+            .filter_map(move |s| {
+                let _held = &guards;
+                futures::future::ready(match s {
+                    Step::Send(x) => Some(x),
+                    Step::Skip | Step::End => None,
+                })
+            });
+        Ok(futures::stream::iter(first).chain(rest))
     }
 }

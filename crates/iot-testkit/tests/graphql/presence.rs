@@ -295,3 +295,51 @@ async fn a_subscriber_never_sees_another_owners_device() {
     b_sub.quiet_for(Duration::from_secs(2)).await;
     s.stop().await;
 }
+
+/// `metrics` and `deviceStatus` are pushed: readings reach every
+/// subscriber, and the gateway's backend calls while readings flow do not
+/// grow with the number of subscribers (they follow series and changes,
+/// not subscribers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushed_streams_cost_the_same_backend_calls_for_one_or_many_subscribers() {
+    let s = stack().await;
+    let a = s.a();
+    let (id, _, _) = device(&a, 60).await;
+
+    // Calls of the gateway during 5 readings, with `subs` of each
+    // subscription open; every metrics subscriber hears the last one.
+    async fn calls_during(s: &Stack, a: &Client, id: &str, subs: usize, v0: f64) -> u64 {
+        let metrics_sub = "subscription($d: ID!) { metrics(deviceId: $d, sensorName: \"temperature\") { reading_count max_value } }";
+        let mut live = Vec::new();
+        for _ in 0..subs {
+            live.push(s.subscribe("key-a", metrics_sub, json!({"d": id})).await);
+            let mut st = s.subscribe("key-a", STATUS_SUB, json!({"d": id})).await;
+            st.next().await;
+            live.push(st);
+        }
+        // Let the first reads of the series settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = upstream_calls(s.g.admin_addr).await;
+        for i in 0..5 {
+            a.data(RECORD, json!({"deviceId": id, "v": v0 + f64::from(i)}))
+                .await;
+        }
+        let last = v0 + 4.0;
+        for sub in live.iter_mut().step_by(2) {
+            loop {
+                let m = sub.next().await;
+                assert!(m.get("errors").is_none(), "{m}");
+                if m["data"]["metrics"]["max_value"] == last {
+                    break;
+                }
+            }
+        }
+        upstream_calls(s.g.admin_addr).await - before
+    }
+    let one = calls_during(&s, &a, &id, 1, 100.0).await;
+    let many = calls_during(&s, &a, &id, 20, 200.0).await;
+    // recordReading itself calls the backends (5 each time); what the
+    // subscriptions add does not grow twentyfold.
+    assert!(many <= one + 5, "1 subscriber: {one} calls, 20: {many}");
+    s.stop().await;
+}
