@@ -111,6 +111,19 @@ try {
   await fanRow.locator('.online', { hasText: 'offline' }).waitFor();
   await fleetTab.locator('.socket-connected').waitFor();
 
+  step("a third tab shows the boiler's chart, to be extended live");
+  const deviceTab = await context.newPage();
+  deviceTab.setDefaultTimeout(15000);
+  deviceTab.on('pageerror', (e) => pageErrors.push(e.message));
+  await deviceTab.goto(`${BASE}#/device/${boiler.id}`);
+  await deviceTab.locator('input[name=secret]').fill(KEY_A);
+  await deviceTab.keyboard.press('Enter');
+  const liveChart = deviceTab.locator('figure.chart[data-sensor=temperature]');
+  await deviceTab.locator('[data-testid=charts][data-loaded=true]').waitFor();
+  await deviceTab.locator('.socket-connected').waitFor();
+  const before = JSON.parse(await liveChart.getAttribute('data-points'));
+  assert.ok(!before.some((p) => p[3] === 35.5));
+
   step('a reading over the threshold shows as an alert within 2 s, without reload');
   await page.goto(`${BASE}#/alerts`);
   await page.locator('[data-testid=alerts]').waitFor();
@@ -136,6 +149,17 @@ try {
   await fanRow.locator('.online', { hasText: 'online' }).waitFor({ timeout: 15000 });
   console.log(`fleet shows the fan online ${Date.now() - asked} ms after the publish was asked for`);
   await fleetTab.close();
+
+  step('the chart took the new reading from the metrics subscription, without reload');
+  await deviceTab.waitForFunction(
+    (n) => JSON.parse(document.querySelector('figure.chart[data-sensor=temperature]').dataset.points).some((p) => p[3] === 35.5) ? n : false,
+    before.length,
+  );
+  const after = JSON.parse(await liveChart.getAttribute('data-points'));
+  assert.equal(after.length, before.length + 1, 'one new bucket');
+  assert.deepEqual(after.slice(0, before.length), before, 'the earlier buckets stay');
+  console.log(`chart extended live: ${before.length} -> ${after.length} points`);
+  await deviceTab.close();
 
   step('acknowledging in the page changes the alert in the API');
   await row.locator('button[data-action=acknowledge]').focus();
