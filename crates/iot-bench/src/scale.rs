@@ -1,0 +1,392 @@
+//! `iot-bench scale`: the platform over a large registry. 1,000,000 devices
+//! across 1,000 owners (one of them with 100,000) are registered through
+//! `CreateDevices`, the bulk path users have too (`iotctl devices import`),
+//! and the GraphQL queries people run against a fleet are timed over them:
+//! the first page and a page deep in the big owner's devices, and the
+//! status summary for that owner and for an operator over all of them.
+//!
+//! The registry is kept in database `iot_bench_scale` and reused
+//! (`IOT_BENCH_RELOAD=1` loads it again); loading it is timed when it
+//! happens.
+
+use std::time::{Duration, Instant};
+
+use iot_proto::Scope;
+use iot_proto::v1::{CreateDeviceRequest, CreateDevicesRequest};
+use serde_json::{Value, json};
+use sha2::Digest;
+use uuid::Uuid;
+
+use crate::procs::Service;
+use crate::query::stats;
+use crate::{Ctx, connect, fresh_topics};
+
+const DB: &str = "iot_bench_scale";
+const DEVICES: usize = 1_000_000;
+const OWNERS: usize = 1000;
+/// Owner 0's devices; the others share the rest.
+const BIG_OWNER: usize = 100_000;
+/// Devices per `CreateDevices` call, and calls under way at once.
+const PER_CALL: usize = 1000;
+const CONCURRENT_CALLS: usize = 4;
+const SAMPLES: usize = 200;
+const PAGE: usize = 100;
+/// How deep the deep page is in the big owner's devices.
+const DEEP: usize = 50_000;
+
+const OWNER_KEY: &str = "scale-owner-key";
+const OPERATOR_KEY: &str = "scale-operator-key";
+
+const DEVICES_PAGE: &str = "query Devices($limit: Int!, $after: String) {
+  devices(limit: $limit, after: $after) { id device_id name status online cursor }
+}";
+
+const SUMMARY: &str = "query { deviceStatusSummary {
+  total_devices active_devices offline_devices inactive_devices error_devices critical_alerts_count
+} }";
+
+fn owner(i: usize) -> Uuid {
+    Uuid::from_u128(0x5ca1_e000_0000_4000_8000_0000_0000_0000 | i as u128)
+}
+
+/// Device `n` in load order: the big owner's first, then the others' in
+/// turn.
+fn device(n: usize) -> CreateDeviceRequest {
+    let o = if n < BIG_OWNER {
+        0
+    } else {
+        1 + (n - BIG_OWNER) % (OWNERS - 1)
+    };
+    CreateDeviceRequest {
+        device_id: format!("scale-{n:07}"),
+        name: format!("Scale device {n}"),
+        device_type: if n.is_multiple_of(3) {
+            "meter"
+        } else {
+            "thermostat"
+        }
+        .into(),
+        owner_id: owner(o).to_string(),
+        ..Default::default()
+    }
+}
+
+/// Registers the devices from `from` on; devices/s.
+async fn load(client: &iot_proto::RegistryClient, from: usize) -> f64 {
+    let start = Instant::now();
+    let mut calls = futures::stream::iter((from..DEVICES).step_by(PER_CALL).map(|first| {
+        let mut client = client.clone();
+        async move {
+            let devices = (first..(first + PER_CALL).min(DEVICES))
+                .map(device)
+                .collect();
+            let results = client
+                .create_devices(CreateDevicesRequest {
+                    devices,
+                    issue_credentials: false,
+                })
+                .await
+                .expect("CreateDevices")
+                .into_inner()
+                .results;
+            // A rerun after an interrupted load finds some taken.
+            for r in &results {
+                assert!(
+                    r.error_code.is_empty() || r.error_code == "ALREADY_EXISTS",
+                    "{}: {} {}",
+                    r.device_id,
+                    r.error_code,
+                    r.error
+                );
+            }
+            results.len()
+        }
+    }))
+    .buffer_unordered(CONCURRENT_CALLS);
+    use futures::StreamExt as _;
+    let mut done = 0;
+    let mut reported = Instant::now();
+    while let Some(n) = calls.next().await {
+        done += n;
+        if reported.elapsed() > Duration::from_secs(10) {
+            println!("  loaded {} of {DEVICES}", from + done);
+            reported = Instant::now();
+        }
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn sha256(key: &str) -> String {
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct Gql {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Gql {
+    async fn post(&self, key: &str, query: &str, variables: Value) -> Value {
+        let v: Value = self
+            .http
+            .post(&self.url)
+            .header("X-Api-Key", key)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v.get("errors").is_none(), "GraphQL error: {v}");
+        v["data"].clone()
+    }
+
+    /// Milliseconds of `SAMPLES` runs after a warm-up; `check` sees each
+    /// answer.
+    async fn time(
+        &self,
+        key: &str,
+        query: &str,
+        variables: Value,
+        check: impl Fn(&Value),
+    ) -> Vec<f64> {
+        for _ in 0..5 {
+            check(&self.post(key, query, variables.clone()).await);
+        }
+        let mut ms = Vec::with_capacity(SAMPLES);
+        for _ in 0..SAMPLES {
+            let t = Instant::now();
+            let v = self.post(key, query, variables.clone()).await;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            check(&v);
+        }
+        ms
+    }
+}
+
+pub async fn run(ctx: &Ctx) {
+    let base = ctx.admin_db.rsplit_once('/').unwrap().0;
+    let url = format!("{base}/{DB}");
+    if std::env::var("IOT_BENCH_RELOAD").is_ok_and(|v| v == "1") {
+        connect(&ctx.admin_db)
+            .await
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+    iot_db::ensure_database(&url).await.unwrap();
+    iot_db::migrate(&url, iot_db::BackendChoice::Auto)
+        .await
+        .unwrap();
+    let db = connect(&url).await;
+    let kafka = fresh_topics(ctx).await;
+    let registry = Service::registry(&url, ctx.mqtt_port);
+    let writer = Service::writer(&url, &kafka, "bench-scale");
+    let alerts = Service::alerts(&url, &kafka, &registry.grpc_url());
+    let client = loop {
+        match iot_proto::registry_client(
+            registry.grpc_url(),
+            Scope::Admin,
+            &iot_proto::GrpcTls::default(),
+        )
+        .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let loaded = count(&db).await;
+    let load_rate = if loaded < DEVICES {
+        println!(
+            "registering {} devices through CreateDevices",
+            DEVICES - loaded
+        );
+        // Resume at the first device not yet there (loads go in order,
+        // and calls finish in about that order).
+        let from = (loaded / PER_CALL).saturating_sub(CONCURRENT_CALLS) * PER_CALL;
+        Some(load(&client, from).await)
+    } else {
+        println!("reusing the {loaded} devices in database {DB} (IOT_BENCH_RELOAD=1 reloads)");
+        None
+    };
+    assert_eq!(count(&db).await, DEVICES);
+    db.batch_execute("ANALYZE devices").await.unwrap();
+
+    let keys = format!(
+        r#"[{{name="owner", sha256="{}", owner="{}"}}, {{name="operator", sha256="{}", owner="*"}}]"#,
+        sha256(OWNER_KEY),
+        owner(0),
+        sha256(OPERATOR_KEY)
+    );
+    let gql = Service::graphql_with(
+        [&registry.grpc_url(), &writer.grpc_url(), &alerts.grpc_url()],
+        &keys,
+        &[
+            ("LIMITS__RATE_PER_SEC", "1000000".into()),
+            ("LIMITS__RATE_BURST", "1000000".into()),
+        ],
+    );
+    let g = Gql {
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        url: format!("http://127.0.0.1:{}/graphql", gql.http_port),
+    };
+    while tokio::net::TcpStream::connect(("127.0.0.1", gql.http_port))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let page_of = |n: usize| {
+        move |v: &Value| assert_eq!(v["devices"].as_array().map(Vec::len), Some(n), "{v}")
+    };
+    let first = g
+        .time(
+            OWNER_KEY,
+            DEVICES_PAGE,
+            json!({"limit": PAGE}),
+            page_of(PAGE),
+        )
+        .await;
+    // The cursor DEEP devices in, walked to a thousand at a time.
+    let mut after: Option<String> = None;
+    for _ in 0..DEEP / 1000 {
+        let v = g
+            .post(
+                OWNER_KEY,
+                DEVICES_PAGE,
+                json!({"limit": 1000, "after": after}),
+            )
+            .await;
+        after = v["devices"][999]["cursor"].as_str().map(str::to_owned);
+    }
+    assert!(after.is_some(), "the big owner has {DEEP} devices");
+    let deep = g
+        .time(
+            OWNER_KEY,
+            DEVICES_PAGE,
+            json!({"limit": PAGE, "after": after}),
+            page_of(PAGE),
+        )
+        .await;
+    let total_is = |n: usize| {
+        move |v: &Value| {
+            assert_eq!(
+                v["deviceStatusSummary"]["total_devices"].as_u64(),
+                Some(n as u64),
+                "{v}"
+            )
+        }
+    };
+    let owner_summary = g
+        .time(OWNER_KEY, SUMMARY, json!({}), total_is(BIG_OWNER))
+        .await;
+    let operator_summary = g
+        .time(OPERATOR_KEY, SUMMARY, json!({}), total_is(DEVICES))
+        .await;
+
+    let (first, deep, owner_summary, operator_summary) = (
+        stats(first),
+        stats(deep),
+        stats(owner_summary),
+        stats(operator_summary),
+    );
+    println!(
+        "scale benchmark: {DEVICES} devices across {OWNERS} owners, {SAMPLES} samples per query"
+    );
+    if let Some(rate) = load_rate {
+        println!("registration through CreateDevices: {rate:.0} devices/s");
+    }
+    let line = |what: &str, s: &crate::query::Stats, target: f64| {
+        println!(
+            "{what:<58} p50 {:>6.1} ms  p95 {:>6.1} ms  (target p95 <= {target} ms)",
+            s.p50, s.p95
+        )
+    };
+    line(
+        "devices, first page of 100 (owner of 100,000)",
+        &first,
+        20.0,
+    );
+    line(
+        "devices, page of 100 at 50,000 deep (same owner)",
+        &deep,
+        20.0,
+    );
+    line(
+        "deviceStatusSummary, owner of 100,000",
+        &owner_summary,
+        50.0,
+    );
+    line(
+        "deviceStatusSummary, operator over 1,000,000",
+        &operator_summary,
+        200.0,
+    );
+    if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
+        let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
+        let row = |what: &str, s: &crate::query::Stats, target: f64| {
+            format!(
+                "| {what} | {:.1} / {:.1} ms | p95 ≤ {target} ms: {} |\n",
+                s.p50,
+                s.p95,
+                met(s.p95 <= target)
+            )
+        };
+        let load = load_rate.map_or_else(
+            || "loaded by an earlier run and reused".to_owned(),
+            |r| format!("{r:.0} devices/s"),
+        );
+        let section = format!(
+            "{}\n\n{DEVICES} devices across {OWNERS} owners (one with {BIG_OWNER}), \
+             registered through `CreateDevices` ({PER_CALL} per call, {CONCURRENT_CALLS} \
+             calls at once, no broker accounts); release builds of device-registry, \
+             ingest-writer, alert-engine and graphql-gateway on one box; {SAMPLES} \
+             samples per query after a warm-up, one at a time.\n\n\
+             | figure | p50 / p95 | target |\n|---|---|---|\n\
+             | registration through `CreateDevices` | {load} | |\n\
+             {}{}{}{}\n\
+             The rest of the scale issue (an active fleet of 100,000 devices, \
+             gateway memory, alert rules at scale, replicas, cost growth) is not \
+             measured by this program yet.\n",
+            crate::report_header("Scale: a large registry", "cargo xtask bench scale"),
+            row(
+                "`devices`, first page of 100 (owner of 100,000)",
+                &first,
+                20.0
+            ),
+            row(
+                "`devices`, page of 100 at 50,000 deep (same owner)",
+                &deep,
+                20.0
+            ),
+            row(
+                "`deviceStatusSummary`, owner of 100,000",
+                &owner_summary,
+                50.0
+            ),
+            row(
+                "`deviceStatusSummary`, operator over 1,000,000",
+                &operator_summary,
+                200.0
+            ),
+        );
+        crate::replace_report_section(&path, "## Scale: a large registry", &section);
+    }
+    drop(gql);
+    drop(alerts);
+    drop(writer);
+    drop(registry);
+}
+
+async fn count(db: &tokio_postgres::Client) -> usize {
+    db.query_one("SELECT count(*) FROM devices", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0) as usize
+}
