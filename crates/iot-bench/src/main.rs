@@ -30,6 +30,7 @@ mod late;
 mod links;
 mod procs;
 mod query;
+mod subscriptions;
 
 use std::time::{Duration, Instant};
 
@@ -752,10 +753,19 @@ async fn run() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
     anyhow::ensure!(
         [
-            "ingest", "query", "graphql", "alerts", "faults", "late", "abuse", "export", "commands"
+            "ingest",
+            "query",
+            "graphql",
+            "alerts",
+            "faults",
+            "late",
+            "abuse",
+            "export",
+            "commands",
+            "subscriptions"
         ]
         .contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|faults [--short]"
+        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|faults [--short]"
     );
     let ctx = Ctx {
         admin_db: env(
@@ -784,6 +794,10 @@ async fn run() -> anyhow::Result<()> {
     }
     if what == "export" {
         export::run(&ctx).await;
+        return Ok(());
+    }
+    if what == "subscriptions" {
+        subscriptions::run(&ctx).await;
         return Ok(());
     }
     if what == "commands" {

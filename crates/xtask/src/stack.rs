@@ -702,12 +702,20 @@ fn test_databases() -> Option<Vec<String>> {
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
     if ![
-        "ingest", "query", "graphql", "alerts", "late", "abuse", "export", "commands",
+        "ingest",
+        "query",
+        "graphql",
+        "alerts",
+        "late",
+        "abuse",
+        "export",
+        "commands",
+        "subscriptions",
     ]
     .contains(&what)
     {
         return Err(
-            "usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse|export|commands"
+            "usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions"
                 .into(),
         );
     }
