@@ -9,13 +9,16 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let console = manifest.join("../../console");
     let dist = console.join("dist");
-    // The whole folder, which exists in every checkout (a missing path
-    // would make the script run, and the crate build, every time); it
-    // changes when the console is built again.
-    println!("cargo:rerun-if-changed={}", console.display());
     let mut files = Vec::new();
     if dist.join("index.html").is_file() {
+        // Built: a new build changes what is in dist.
+        println!("cargo:rerun-if-changed={}", dist.display());
         walk(&dist, &dist, &mut files);
+    } else {
+        // Not built: the folder that dist will appear in (a path that does
+        // not exist would make the script run, and the crate build, every
+        // time).
+        println!("cargo:rerun-if-changed={}", console.display());
     }
     files.sort();
     let mut out = String::from(
