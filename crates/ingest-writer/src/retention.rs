@@ -294,8 +294,11 @@ async fn finish(
 
 /// Drops the raw rows older than `cutoff` that `archived` holds, and the
 /// expired rollups, in one transaction; returns the partitions (chunks)
-/// dropped and the days kept because they changed after archiving.
-async fn drop_archived(
+/// dropped and the days kept because they changed after archiving. The
+/// second half of a run ([`apply`] calls it after
+/// [`Archiver::archive_before`]); public so that tests can change the
+/// database between the halves.
+pub async fn drop_archived(
     client: &mut tokio_postgres::Client,
     cutoff: DateTime<Utc>,
     archived: &Archived,

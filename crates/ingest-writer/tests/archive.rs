@@ -17,7 +17,7 @@ use ingest_writer::archive::export::{Format, Request, export_readings};
 use ingest_writer::archive::format::FileRows;
 use ingest_writer::archive::restore::restore;
 use ingest_writer::archive::{ArchiveConfig, Archiver, LocalStore, floor_day, list, midnight};
-use ingest_writer::retention::{RetentionConfig, maintain};
+use ingest_writer::retention::{RetentionConfig, drop_archived, maintain};
 use ingest_writer::store::Row;
 use iot_db::Backend;
 use iot_testkit as kit;
@@ -350,6 +350,59 @@ async fn retention_archives_a_day_then_drops_it_once_and_restore_brings_it_back(
         let after = list(&client, s.old_day, s.old_day, None).await.unwrap();
         let sums_after: Vec<String> = after.iter().map(|f| f.sha256.clone()).collect();
         assert_eq!(sums_after, sums, "{backend}: the same files");
+    }
+}
+
+#[tokio::test]
+async fn a_day_that_changed_after_archiving_is_not_dropped() {
+    for backend in kit::backends().await {
+        let url = kit::migrated_database_with(backend).await;
+        let s = setup(backend, url.url()).await;
+        let owner = Uuid::new_v4();
+        let d = device(&s.db, owner).await;
+        let day_start = midnight(s.old_day);
+        let rows: Vec<Row> = (0..5)
+            .map(|i| reading(d, "temperature", day_start + TimeDelta::hours(i), "7.25"))
+            .collect();
+        s.store.write_batch(&rows).await.unwrap();
+        let cutoff = floor_day(s.now - TimeDelta::days(30));
+        let archiver = Archiver::new(s.cfg.archive.store(), None);
+        let mut client = kit::connect(url.url()).await;
+        let archived = archiver.archive_before(&client, cutoff).await.unwrap();
+        assert_eq!(archived.per_day.get(&s.old_day), Some(&5), "{backend}");
+        // A late reading lands between archiving and the drop.
+        let late = reading(d, "temperature", day_start + TimeDelta::hours(20), "8.5");
+        s.store
+            .write_batch(std::slice::from_ref(&late))
+            .await
+            .unwrap();
+        let keep = [s.now - TimeDelta::days(3_650); 3];
+        let (_, deferred) = drop_archived(&mut client, cutoff, &archived, &keep)
+            .await
+            .unwrap();
+        assert_eq!(deferred, 1, "{backend}");
+        assert_eq!(
+            count_before(&s.db, cutoff).await,
+            6,
+            "{backend}: nothing dropped"
+        );
+        let files = list(&client, s.old_day, s.old_day, None).await.unwrap();
+        assert_eq!(files[0].state, "archived", "{backend}");
+        assert_eq!(files[0].row_count, 5, "{backend}");
+        // The next run archives the late reading too, then drops the day.
+        let (_, report) = maintain(s.store.pool(), backend, &s.cfg, s.now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.days_deferred, 0, "{backend}");
+        assert_eq!(count_before(&s.db, cutoff).await, 0, "{backend}");
+        let files = list(&client, s.old_day, s.old_day, None).await.unwrap();
+        assert_eq!(
+            (files[0].state.as_str(), files[0].row_count),
+            ("dropped", 6),
+            "{backend}"
+        );
+        assert_eq!(read_file(&s.dir.join(&files[0].path)).len(), 6, "{backend}");
     }
 }
 

@@ -8,7 +8,8 @@
 //! so the program's own memory before the export is small; its peak RSS is
 //! reset (`/proc/self/clear_refs`) before each export. Each side runs twice,
 //! alternating; the better run of each counts. Targets: the export at least
-//! 0.50× of `COPY`, peak RSS at most 150 MiB.
+//! 0.50× of `COPY`, peak RSS at most 150 MiB. `IOT_BENCH_BACKEND` picks the
+//! backend (auto by default).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,13 +20,13 @@ use ingest_writer::archive::LocalStore;
 use ingest_writer::archive::export::{Format, Request, export_readings};
 use uuid::Uuid;
 
-use crate::{Ctx, connect, env, fresh_db};
+use crate::{Ctx, connect, env};
 
 const SENSORS: i64 = 10;
 
 pub async fn run(ctx: &Ctx) {
     let rows: i64 = env("IOT_BENCH_EXPORT_ROWS", "10000000").parse().unwrap();
-    let url = fresh_db(ctx).await;
+    let url = database(ctx).await;
     let db = connect(&url).await;
     let device = Uuid::new_v4();
     let seconds = rows / SENSORS;
@@ -36,7 +37,7 @@ pub async fn run(ctx: &Ctx) {
         "INSERT INTO sensor_readings (time, device_id, sensor_name, value, unit, quality)
          SELECT $2::timestamptz + make_interval(secs => i), $1, 'sensor_' || k,
                 round((random() * 2000 - 1000)::numeric, 4), 'C', NULL
-         FROM generate_series(0, $3 - 1) AS i, generate_series(1, $4) AS k",
+         FROM generate_series(0, $3::bigint - 1) AS i, generate_series(1, $4::bigint) AS k",
         &[&device, &from, &seconds, &SENSORS],
     )
     .await
@@ -131,6 +132,23 @@ pub async fn run(ctx: &Ctx) {
         );
         crate::replace_report_section(&path, "## Export (cold storage)", &section);
     }
+}
+
+/// A fresh database, migrated with `IOT_BENCH_BACKEND` (auto,
+/// postgres or timescaledb; auto by default), dropped when the program
+/// ends.
+async fn database(ctx: &Ctx) -> String {
+    let choice: iot_db::BackendChoice = env("IOT_BENCH_BACKEND", "auto").parse().unwrap();
+    let base = ctx.admin_db.rsplit_once('/').unwrap().0;
+    let name = format!("iot_bench_{}", crate::unique());
+    let url = format!("{base}/{name}");
+    iot_db::ensure_database(&url).await.unwrap();
+    crate::CREATED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(name);
+    iot_db::migrate(&url, choice).await.unwrap();
+    url
 }
 
 async fn backend(db: &tokio_postgres::Client) -> String {
