@@ -6,18 +6,11 @@ import { h, fill, fmtTime, fmtNum, field } from '../dom';
 import { errorBox, badge, onlineBadge, pageHead, showFieldErrors } from '../ui';
 import { sensorChart, type Bucket } from '../chart';
 import { alertList, type Alert } from '../alertlist';
+import type { DeviceRow } from './fleet';
 
-type Device = {
-  id: string;
-  device_id: string;
-  name: string;
-  device_type: string;
-  location: string | null;
+type Device = Omit<DeviceRow, 'cursor'> & {
   latitude: number | null;
   longitude: number | null;
-  status: string;
-  online: boolean;
-  last_heartbeat: string | null;
   created_at: string | null;
   owner_id: string;
   config: { read_interval: number; alert_threshold: unknown; data_retention_days: number | null; custom_fields: unknown } | null;

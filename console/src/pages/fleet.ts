@@ -4,7 +4,8 @@ import { run, subscribe } from '../api';
 import { h, fill, fmtTime, field } from '../dom';
 import { errorBox, badge, onlineBadge, pageHead } from '../ui';
 
-type Device = {
+/** The fields of the DeviceRow fragment. */
+export type DeviceRow = {
   id: string;
   device_id: string;
   name: string;
@@ -50,7 +51,7 @@ export function fleetPage(main: HTMLElement): () => void {
 
   // Cursors of the pages seen, so Previous goes back.
   let cursors: (string | null)[] = [null];
-  let devices: Device[] = [];
+  let devices: DeviceRow[] = [];
   let live: (() => void)[] = [];
   let stopped = false;
 
@@ -73,7 +74,7 @@ export function fleetPage(main: HTMLElement): () => void {
     }
   }
 
-  function row(d: Device): HTMLTableRowElement {
+  function row(d: DeviceRow): HTMLTableRowElement {
     return h('tr', { 'data-device': d.device_id, 'data-id': d.id },
       h('td', { 'data-label': 'Device' }, h('a', { href: `#/device/${encodeURIComponent(d.id)}` }, d.device_id)),
       h('td', { 'data-label': 'Name' }, d.name),
@@ -99,9 +100,9 @@ export function fleetPage(main: HTMLElement): () => void {
     stopLive();
     const q = search.value.trim();
     try {
-      let list: Device[] = [];
+      let list: DeviceRow[] = [];
       let more = false;
-      const { data, errors: errs } = await run<{ devices: Device[] }>('Devices', {
+      const { data, errors: errs } = await run<{ devices: DeviceRow[] }>('Devices', {
         deviceType: type.value.trim() || null,
         status: status.value || null,
         limit: PAGE + 1,
@@ -112,7 +113,7 @@ export function fleetPage(main: HTMLElement): () => void {
       more = data.devices.length > PAGE;
       // An exact device id (or UUID) beyond this page is looked up too.
       if (q && !list.some((d) => d.device_id === q || d.id === q)) {
-        const found = await run<{ device: Device | null }>('FindDevice', { id: q }).catch(() => null);
+        const found = await run<{ device: DeviceRow | null }>('FindDevice', { id: q }).catch(() => null);
         if (found?.data.device) list = [found.data.device, ...list];
       }
       if (stopped) return;
@@ -129,7 +130,7 @@ export function fleetPage(main: HTMLElement): () => void {
   // One subscription per shown device, multiplexed on one socket.
   function watch() {
     for (const d of devices) {
-      live.push(subscribe<{ deviceStatus: Pick<Device, 'id' | 'status' | 'online' | 'last_heartbeat'> }>(
+      live.push(subscribe<{ deviceStatus: Pick<DeviceRow, 'id' | 'status' | 'online' | 'last_heartbeat'> }>(
         'DeviceStatus', { deviceId: d.id },
         ({ deviceStatus: s }) => {
           const known = devices.find((x) => x.id === s.id);
