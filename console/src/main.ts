@@ -112,5 +112,10 @@ whenUnauthenticated(() => {
     route();
   }
 });
+// The skip link moves focus; as a hash link it would change the route.
+document.querySelector('.skip')?.addEventListener('click', (ev) => {
+  ev.preventDefault();
+  document.getElementById('main')?.focus();
+});
 window.addEventListener('hashchange', route);
 route();

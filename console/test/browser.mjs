@@ -74,8 +74,15 @@ try {
   assert.equal(Number(total), DEVICES_A.length, 'deviceStatusSummary counts owner A\'s devices');
   await page.screenshot({ path: `${SHOTS}/fleet.png`, fullPage: true });
 
-  step('search narrows the table');
-  await page.locator('input[name=search]').fill(DEVICES_A[1].device_id);
+  step('by keyboard: the skip link leads to the page, Tab to the search, which narrows the table');
+  const hash = await page.evaluate(() => location.hash);
+  await page.locator('.skip').focus();
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => document.activeElement?.id), 'main');
+  assert.equal(await page.evaluate(() => location.hash), hash);
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement?.getAttribute('name')), 'search');
+  await page.keyboard.type(DEVICES_A[1].device_id);
   assert.equal(await page.locator('tbody tr[data-device]').count(), 1);
   await page.locator('input[name=search]').fill('');
 

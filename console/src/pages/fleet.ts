@@ -113,7 +113,7 @@ export function fleetPage(main: HTMLElement): () => void {
       more = data.devices.length > PAGE;
       // An exact device id (or UUID) beyond this page is looked up too.
       if (q && !list.some((d) => d.device_id === q || d.id === q)) {
-        const found = await run<{ device: DeviceRow | null }>('FindDevice', { id: q }).catch(() => null);
+        const found = await run<{ device: DeviceRow | null }>('FindDevice', { id: q }).catch((e) => { errors.show(e); return null; });
         if (found?.data.device) list = [found.data.device, ...list];
       }
       if (stopped) return;
