@@ -25,6 +25,52 @@ const RESERVED: [&str; 5] = [
 ];
 const MAX_FOR_SECS: u32 = 86_400;
 
+/// A rule template: the seed's example rules (`ALERT_RULES`).
+pub struct Template {
+    pub name: &'static str,
+    /// Empty for a built-in condition (nothing to create).
+    pub condition: &'static str,
+    pub severity: &'static str,
+    pub message: &'static str,
+}
+
+/// The seed's three example rules. `device_offline` is the engine's own
+/// offline alert (the platform's definition: 5 minutes of silence by
+/// default), always on.
+pub const TEMPLATES: [Template; 3] = [
+    Template {
+        name: "high_temp",
+        condition: r#"sensor_name == "temperature" AND value > 100"#,
+        severity: "critical",
+        message: "High temperature detected",
+    },
+    Template {
+        name: "low_battery",
+        condition: r#"sensor_name == "battery_level" AND value < 10"#,
+        severity: "warning",
+        message: "Battery level low",
+    },
+    Template {
+        name: "device_offline",
+        condition: "",
+        severity: "warning",
+        message: "Device offline for 5+ minutes",
+    },
+];
+
+impl Template {
+    /// The rule to create.
+    pub fn rule(&self) -> v1::Rule {
+        v1::Rule {
+            name: self.name.into(),
+            condition: self.condition.into(),
+            severity: self.severity.into(),
+            message: Some(self.message.into()),
+            ..Default::default()
+        }
+    }
+}
+
 pub const COLUMNS: &str = "id, owner_id, name, condition, clear_condition, severity, message,
        for_secs, device_type, enabled, created_at, updated_at";
 

@@ -507,30 +507,60 @@ impl Alerts for AlertsService {
 
     async fn create_rule(&self, request: Request<v1::Rule>) -> Result<Response<v1::Rule>, Status> {
         let scope = iot_proto::scope_of(&request)?;
-        let r = request.into_inner();
-        let checked = rules::check(&r, scope)?;
-        let owner = checked.owner;
-        let fields = rules::Fields::of(&r, &checked);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(AlertError::from)?;
-        check_quota(&tx, Quota::Rules, owner, self.limits.rules_per_owner).await?;
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO alert_rules (owner_id, name, condition, clear_condition, severity,
-                                              message, for_secs, device_type, enabled)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     RETURNING {}",
-                    rules::COLUMNS
-                ),
-                &[&[&owner as &(dyn ToSql + Sync)], &fields.params()[..]].concat(),
-            )
-            .await
-            .map_err(|e| rule_error(e, &r.name))?;
-        tx.commit().await.map_err(AlertError::from)?;
-        let rule = rules::rule_from_row(&row);
-        tracing::info!(rule = %rule.id, name = %rule.name, "alert rule created");
-        Ok(Response::new(rule))
+        Ok(Response::new(
+            self.insert_rule(scope, request.into_inner()).await?,
+        ))
+    }
+
+    async fn enable_rule_templates(
+        &self,
+        request: Request<v1::EnableRuleTemplatesRequest>,
+    ) -> Result<Response<v1::ListRulesResponse>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let names = request.into_inner().names;
+        let mut wanted = Vec::new();
+        let mut p = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            match rules::TEMPLATES.iter().find(|t| t.name == n) {
+                Some(t) => wanted.push(t),
+                None => p.push(format!(
+                    "names[{i}]: {n:?} is not a template (high_temp, low_battery, device_offline)"
+                )),
+            }
+        }
+        if !p.is_empty() {
+            return Err(AlertError::Invalid(p).into());
+        }
+        if names.is_empty() {
+            wanted = rules::TEMPLATES.iter().collect();
+        }
+        let mut out = Vec::new();
+        for t in wanted {
+            // Built in: nothing to create.
+            if t.condition.is_empty() {
+                continue;
+            }
+            match self.insert_rule(scope, t.rule()).await {
+                Ok(r) => out.push(r),
+                Err(AlertError::RuleExists(_)) => {
+                    let client = self.client().await?;
+                    let row = client
+                        .query_one(
+                            &format!(
+                                "SELECT {} FROM alert_rules
+                                 WHERE owner_id IS NOT DISTINCT FROM $1 AND name = $2",
+                                rules::COLUMNS
+                            ),
+                            &[&scope, &t.name],
+                        )
+                        .await
+                        .map_err(AlertError::from)?;
+                    out.push(rules::rule_from_row(&row));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Response::new(v1::ListRulesResponse { rules: out }))
     }
 
     async fn list_rules(
@@ -757,5 +787,34 @@ mod tests {
                 "{s}"
             );
         }
+    }
+}
+
+impl AlertsService {
+    /// Creates rule `r` for `scope` (checked, within its owner's quota).
+    async fn insert_rule(&self, scope: Option<Uuid>, r: v1::Rule) -> Result<v1::Rule, AlertError> {
+        let checked = rules::check(&r, scope)?;
+        let owner = checked.owner;
+        let fields = rules::Fields::of(&r, &checked);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(AlertError::from)?;
+        check_quota(&tx, Quota::Rules, owner, self.limits.rules_per_owner).await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO alert_rules (owner_id, name, condition, clear_condition, severity,
+                                              message, for_secs, device_type, enabled)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     RETURNING {}",
+                    rules::COLUMNS
+                ),
+                &[&[&owner as &(dyn ToSql + Sync)], &fields.params()[..]].concat(),
+            )
+            .await
+            .map_err(|e| rule_error(e, &r.name))?;
+        tx.commit().await.map_err(AlertError::from)?;
+        let rule = rules::rule_from_row(&row);
+        tracing::info!(rule = %rule.id, name = %rule.name, "alert rule created");
+        Ok(rule)
     }
 }

@@ -314,6 +314,28 @@ impl MutationRoot {
         Ok(AlertRule(r))
     }
 
+    /// Enables the seed's example rules as the caller's own, in one call:
+    /// `high_temp` (temperature above 100, critical) and `low_battery`
+    /// (battery_level below 10, warning); `device_offline` (silent 5
+    /// minutes, warning) is built in and always on. Without `names`, all
+    /// of them. A template the caller already has a rule of its name for
+    /// answers with that rule.
+    async fn enable_rule_templates(
+        &self,
+        ctx: &Context<'_>,
+        names: Option<Vec<String>>,
+    ) -> Result<Vec<AlertRule>> {
+        let s = shared(ctx);
+        let got =
+            s.up.alerts(who(ctx)?.scope())
+                .enable_rule_templates(v1::EnableRuleTemplatesRequest {
+                    names: names.unwrap_or_default(),
+                })
+                .await
+                .answer(ALERTS)?;
+        Ok(got.rules.into_iter().map(AlertRule).collect())
+    }
+
     /// Deletes one of the caller's rules (its open alerts are resolved).
     async fn delete_alert_rule(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let s = shared(ctx);

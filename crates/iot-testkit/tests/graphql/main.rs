@@ -15,4 +15,5 @@ mod presence;
 mod queries;
 mod subscriptions;
 mod support;
+mod templates;
 mod tenants;
