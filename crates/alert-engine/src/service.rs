@@ -772,24 +772,6 @@ impl Alerts for AlertsService {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_secrets_are_256_random_bits_in_hex() {
-        let (a, b) = (new_secret(), new_secret());
-        assert_ne!(a, b);
-        for s in [&a, &b] {
-            assert_eq!(s.len(), 64, "{s}");
-            assert!(
-                s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
-                "{s}"
-            );
-        }
-    }
-}
-
 impl AlertsService {
     /// Creates rule `r` for `scope` (checked, within its owner's quota).
     async fn insert_rule(&self, scope: Option<Uuid>, r: v1::Rule) -> Result<v1::Rule, AlertError> {
@@ -816,5 +798,23 @@ impl AlertsService {
         let rule = rules::rule_from_row(&row);
         tracing::info!(rule = %rule.id, name = %rule.name, "alert rule created");
         Ok(rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_are_256_random_bits_in_hex() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_ne!(a, b);
+        for s in [&a, &b] {
+            assert_eq!(s.len(), 64, "{s}");
+            assert!(
+                s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{s}"
+            );
+        }
     }
 }
