@@ -191,6 +191,29 @@ try {
   await page.locator('tr[data-rule=too_hot]').waitFor();
   await page.screenshot({ path: `${SHOTS}/rules.png`, fullPage: true });
 
+  step("editing a device's config and thresholds changes them in the API");
+  const pump = DEVICES_A[2];
+  await page.goto(`${BASE}#/device/${pump.id}`);
+  await page.locator('input[name=readInterval]').fill('30');
+  await page.locator('textarea[name=alertThreshold]').fill('{"temperature": {"min": 5}}');
+  await page.locator('textarea[name=customFields]').fill('not json');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.locator('textarea[name=customFields] ~ .field-error', { hasText: 'not JSON' }).waitFor();
+  await page.locator('textarea[name=customFields]').fill('{"floor": 2}');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.getByRole('status').filter({ hasText: 'Saved.' }).waitFor();
+  const { device: edited } = await api(KEY_A, `query($id: ID!) { device(id: $id) { config { read_interval alert_threshold custom_fields } } }`, { id: pump.id });
+  assert.deepEqual(edited.config, { read_interval: 30, alert_threshold: { temperature: { min: 5 } }, custom_fields: { floor: 2 } });
+
+  step('rotating the credentials shows the new password once');
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Rotate MQTT password' }).click();
+  const password = await page.locator('[data-testid=new-password] .password').textContent();
+  assert.ok(password && password.length >= 16, `a password: ${password}`);
+  console.log(`PASSWORD ${password}`);
+  await page.getByRole('button', { name: 'Done, hide it' }).click();
+  assert.equal(await page.locator('[data-testid=new-password]').count(), 0);
+
   step('the query page runs a query');
   await page.goto(`${BASE}#/query`);
   await page.getByRole('button', { name: /^Run/ }).click();

@@ -47,8 +47,29 @@ async fn gql(addr: std::net::SocketAddr, key: &str, query: &str, variables: Valu
     v["data"].clone()
 }
 
+/// Whether the broker accepts an MQTT 5 session as `user`.
+async fn mqtt_login(user: &str, password: &str) -> Result<(), String> {
+    use rumqttc::v5::{AsyncClient, Event, mqttbytes::v5::Packet};
+    let mut opts = kit::mqtt5_options(format!("console-{}", kit::unique()));
+    opts.set_credentials(user, password);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no CONNACK".into()));
+    let _ = client.disconnect().await;
+    r
+}
+
 const CREATE: &str = "mutation($d: String!, $name: String!, $t: JSON) {
-  createDevice(deviceId: $d, name: $name, deviceType: \"temperature_sensor\", location: \"Plant 1\", alertThreshold: $t) { id device_id }
+  createDevice(deviceId: $d, name: $name, deviceType: \"temperature_sensor\", location: \"Plant 1\", alertThreshold: $t) { id device_id credentials { password } }
 }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -226,7 +247,7 @@ async fn the_console_works_in_a_real_browser() {
         }
     });
     let mut alert_id = None;
-    let (mut acknowledged, mut of_b) = (None, None);
+    let (mut acknowledged, mut of_b, mut rotated) = (None, None, None);
     let mut engine = Some(engine);
     let mut published = false;
     let mut passed = false;
@@ -263,6 +284,12 @@ async fn the_console_works_in_a_real_browser() {
                 .await,
             );
             alert_id = Some(id.to_owned());
+        } else if let Some(new) = line.strip_prefix("PASSWORD ") {
+            // The page's new password is the pump's account now; the one
+            // createDevice issued is not.
+            let user = format!("con-{u}-pump");
+            let old = devices_a[2]["credentials"]["password"].as_str().unwrap();
+            rotated = Some((mqtt_login(&user, new).await, mqtt_login(&user, old).await));
         } else if line == "STOP_ALERTS" {
             engine_stop.cancel();
             if let Some(e) = engine.take() {
@@ -288,6 +315,9 @@ async fn the_console_works_in_a_real_browser() {
     );
     assert!(published);
 
+    let (new, old) = rotated.expect("the script shows a rotated password");
+    assert_eq!(new, Ok(()), "the new password logs in");
+    assert!(old.is_err(), "the old password is refused");
     // The acknowledgement made in the page is the API's state.
     let alert_id = alert_id.expect("the script names the alert it acknowledged");
     let d = acknowledged.unwrap();
