@@ -342,7 +342,7 @@ impl Archiver {
             // Overwriting it would lose the rows only the missing file held.
             return Err(ArchiveError::Missing { path: relative });
         };
-        let (tx, rx) = mpsc::channel::<Vec<Row>>(4);
+        let (tx, rx) = mpsc::channel::<Chunk>(4);
         let store = self.store.clone();
         let rel = relative.clone();
         let writer = tokio::task::spawn_blocking(move || {
@@ -353,8 +353,11 @@ impl Archiver {
         let counts = send_rows(client, &[&start, &end, &unit.devices], tx).await;
         let written = writer
             .await
-            .map_err(|e| ArchiveError::Writer(e.to_string()))??;
+            .map_err(|e| ArchiveError::Writer(e.to_string()))?;
+        // The query's own error first: the writer's only says it was cut
+        // short (and left no file).
         let counts = counts?;
+        let written = written?;
         let Some(w) = written else {
             return Ok((None, counts));
         };
@@ -392,44 +395,61 @@ impl Archiver {
     }
 }
 
+/// A message from the database to a file writer's thread: rows, or the
+/// error that ended the query (the writer then abandons its file rather
+/// than commit a partial one).
+pub type Chunk = Result<Vec<Row>, ArchiveError>;
+
 /// Streams the rows of `devices` in `[start, end)` to the writer, a chunk
 /// at a time; returns the rows sent per device.
 async fn send_rows(
     client: &Client,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    tx: mpsc::Sender<Vec<Row>>,
+    tx: mpsc::Sender<Chunk>,
 ) -> Result<HashMap<Uuid, i64>, ArchiveError> {
-    let stmt = client.prepare(ROWS).await?;
-    let rows = client.query_raw(&stmt, params.iter().copied()).await?;
-    pin_mut!(rows);
     let mut counts: HashMap<Uuid, i64> = HashMap::new();
-    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-    while let Some(r) = rows.next().await {
-        let r = Row::from(&r?);
-        *counts.entry(r.device_id).or_default() += 1;
-        chunk.push(r);
-        if chunk.len() == CHUNK_ROWS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-            if tx.send(full).await.is_err() {
-                // The writer stopped; its error is the one to report.
-                return Ok(counts);
+    let sent = async {
+        let stmt = client.prepare(ROWS).await?;
+        let rows = client.query_raw(&stmt, params.iter().copied()).await?;
+        pin_mut!(rows);
+        let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+        while let Some(r) = rows.next().await {
+            let r = Row::from(&r?);
+            *counts.entry(r.device_id).or_default() += 1;
+            chunk.push(r);
+            if chunk.len() == CHUNK_ROWS {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+                if tx.send(Ok(full)).await.is_err() {
+                    // The writer stopped; its error is the one to report.
+                    return Ok(());
+                }
             }
         }
+        if !chunk.is_empty() {
+            let _ = tx.send(Ok(chunk)).await;
+        }
+        Ok::<_, ArchiveError>(())
     }
-    if !chunk.is_empty() {
-        let _ = tx.send(chunk).await;
+    .await;
+    match sent {
+        Ok(()) => Ok(counts),
+        Err(e) => {
+            let _ = tx
+                .send(Err(ArchiveError::Writer(format!("query ended: {e}"))))
+                .await;
+            Err(e)
+        }
     }
-    Ok(counts)
 }
 
 /// Rows arriving over a channel, for a blocking thread.
 pub struct Received {
-    rx: mpsc::Receiver<Vec<Row>>,
+    rx: mpsc::Receiver<Chunk>,
     current: std::vec::IntoIter<Row>,
 }
 
 impl Received {
-    pub fn new(rx: mpsc::Receiver<Vec<Row>>) -> Self {
+    pub fn new(rx: mpsc::Receiver<Chunk>) -> Self {
         Self {
             rx,
             current: Vec::new().into_iter(),
@@ -445,7 +465,10 @@ impl Iterator for Received {
             if let Some(r) = self.current.next() {
                 return Some(Ok(r));
             }
-            self.current = self.rx.blocking_recv()?.into_iter();
+            match self.rx.blocking_recv()? {
+                Ok(rows) => self.current = rows.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
         }
     }
 }
@@ -462,7 +485,7 @@ fn write_merged(
     store: &LocalStore,
     relative: &str,
     existing: Option<&Path>,
-    rx: mpsc::Receiver<Vec<Row>>,
+    rx: mpsc::Receiver<Chunk>,
 ) -> Result<Option<Written>, ArchiveError> {
     let old: Box<dyn Iterator<Item = Result<Row, ArchiveError>>> = match existing {
         Some(path) => Box::new(FileRows::open(path)?),
@@ -508,4 +531,42 @@ fn write_merged(
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_query_cut_short_leaves_no_file() {
+        let dir =
+            std::env::temp_dir().join(format!("iot-archive-unit-{}", Uuid::new_v4().simple()));
+        let store = LocalStore::new(&dir);
+        let day = NaiveDate::from_ymd_opt(2025, 1, 31).unwrap();
+        let relative = LocalStore::relative(day, Uuid::nil());
+        let row = Row {
+            time: midnight(day),
+            device_id: Uuid::nil(),
+            sensor_name: "t".into(),
+            value: Decimal::ONE,
+            unit: None,
+            quality: None,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(vec![row])).unwrap();
+        tx.try_send(Err(ArchiveError::Writer("query ended".into())))
+            .unwrap();
+        drop(tx);
+        let written = write_merged(&store, &relative, None, rx);
+        assert!(
+            matches!(written, Err(ArchiveError::Writer(_))),
+            "{:?}",
+            written.err()
+        );
+        // Neither the file nor its temporary.
+        let parent = store.absolute(&relative).parent().unwrap().to_owned();
+        assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::format::{FileRows, Merge, RowWriter};
-use super::{ArchiveError, LocalStore, Received, list};
+use super::{ArchiveError, Chunk, LocalStore, Received, list};
 use crate::store::Row;
 
 const READINGS: &str = include_str!("../sql/export_readings.sql");
@@ -83,7 +83,7 @@ pub async fn export_readings(
             }
         }
     }
-    let (tx, rx) = mpsc::channel::<Vec<Row>>(4);
+    let (tx, rx) = mpsc::channel::<Chunk>(4);
     let req2 = req.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let archived = archived_rows(files, &req2)?;
@@ -93,9 +93,10 @@ pub async fn export_readings(
     let sent = send_readings(client, req, tx).await;
     let written = writer
         .await
-        .map_err(|e| ArchiveError::Writer(e.to_string()))??;
+        .map_err(|e| ArchiveError::Writer(e.to_string()))?;
+    // The query's own error first: the writer's only says it was cut short.
     sent?;
-    Ok(written)
+    written
 }
 
 /// The archived rows of the request, in order: the files of a day merged,
@@ -133,7 +134,23 @@ fn archived_rows(
 async fn send_readings(
     client: &Client,
     req: &Request,
-    tx: mpsc::Sender<Vec<Row>>,
+    tx: mpsc::Sender<Chunk>,
+) -> Result<(), ArchiveError> {
+    let sent = send_readings_inner(client, req, &tx).await;
+    if let Err(e) = &sent {
+        // The writer stops too, with an error, rather than finish a file
+        // that looks complete.
+        let _ = tx
+            .send(Err(ArchiveError::Writer(format!("query ended: {e}"))))
+            .await;
+    }
+    sent
+}
+
+async fn send_readings_inner(
+    client: &Client,
+    req: &Request,
+    tx: &mpsc::Sender<Chunk>,
 ) -> Result<(), ArchiveError> {
     let stmt = client.prepare(READINGS).await?;
     let rows = client
@@ -151,12 +168,12 @@ async fn send_readings(
     let mut chunk = Vec::with_capacity(4_096);
     while let Some(r) = rows.next().await {
         chunk.push(Row::from(&r?));
-        if chunk.len() == 4_096 && tx.send(std::mem::take(&mut chunk)).await.is_err() {
+        if chunk.len() == 4_096 && tx.send(Ok(std::mem::take(&mut chunk))).await.is_err() {
             return Ok(());
         }
     }
     if !chunk.is_empty() {
-        let _ = tx.send(chunk).await;
+        let _ = tx.send(Ok(chunk)).await;
     }
     Ok(())
 }
