@@ -569,12 +569,13 @@ pub async fn record_activity(
 ) -> Result<(), RegistryError> {
     static HEARD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
+            // The state before is read from the statement's snapshot: the
+            // update takes no row locks beyond its own, as before presence.
             "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
              before AS (
                 SELECT d.id, d.device_id, {} AS was_offline
                 FROM devices d JOIN a ON a.id = d.id
-                LEFT JOIN device_config c ON c.device_id = d.id
-                FOR UPDATE OF d)
+                LEFT JOIN device_config c ON c.device_id = d.id)
              UPDATE devices d SET last_heartbeat = GREATEST(d.last_heartbeat, a.seen)
              FROM a, before WHERE d.id = a.id AND before.id = d.id
              RETURNING d.id, d.device_id, before.was_offline",
