@@ -230,17 +230,19 @@ fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-/// One CSV record (RFC 4180 quoting where a field needs it).
-pub fn csv_line(line: &mut String, r: &Row) {
-    fn field(line: &mut String, s: &str) {
-        if s.contains([',', '"', '\n', '\r']) {
-            line.push('"');
-            line.push_str(&s.replace('"', "\"\""));
-            line.push('"');
-        } else {
-            line.push_str(s);
-        }
+/// A CSV field, quoted (RFC 4180) where it needs to be.
+fn field(line: &mut String, s: &str) {
+    if s.contains([',', '"', '\n', '\r']) {
+        line.push('"');
+        line.push_str(&s.replace('"', "\"\""));
+        line.push('"');
+    } else {
+        line.push_str(s);
     }
+}
+
+/// One CSV record.
+pub fn csv_line(line: &mut String, r: &Row) {
     line.push_str(&time_text(r.time));
     line.push(',');
     line.push_str(&r.device_id.to_string());
@@ -350,11 +352,7 @@ pub async fn export_rollups(
         );
         let line = if csv {
             let mut s = String::new();
-            if sensor.contains([',', '"', '\n', '\r']) {
-                s = format!("\"{}\"", sensor.replace('"', "\"\""));
-            } else {
-                s.push_str(&sensor);
-            }
+            field(&mut s, &sensor);
             format!(
                 "{},{device},{s},{readings},{sum},{min},{max}\n",
                 time_text(bucket)
