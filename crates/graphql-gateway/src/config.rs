@@ -13,7 +13,8 @@ pub struct Config {
     /// mqtt-gateway's `Ingest` gRPC (the `recordReading` mutation).
     pub ingest_url: String,
     /// The GraphQL endpoint: `POST /graphql`, WebSocket on `GET /graphql`,
-    /// GraphiQL on `/` in development mode, `/healthz` and `/readyz`.
+    /// the web console on `/console/` (and `/` in development mode),
+    /// `/healthz` and `/readyz`.
     pub http_addr: SocketAddr,
     /// gRPC health endpoint of the gateway itself.
     pub grpc_addr: SocketAddr,
@@ -21,7 +22,8 @@ pub struct Config {
     /// (`iot_proto::GrpcTls`); off when unset.
     pub grpc_tls: iot_proto::GrpcTls,
     pub admin_addr: SocketAddr,
-    /// Development mode: GraphiQL at `/`.
+    /// Development mode: `/` opens the console's query page, and the schema
+    /// answers introspection.
     pub dev_mode: bool,
     pub auth: AuthConfig,
     pub limits: Limits,
@@ -90,7 +92,7 @@ pub struct Limits {
     /// Longest `[startTime, endTime)` of a telemetry query, in days.
     pub max_range_days: u32,
     /// Schema introspection (`__schema`), off unless set (always on in
-    /// `dev_mode`, where GraphiQL needs it).
+    /// `dev_mode`, where schema explorers need it).
     pub introspection: bool,
     pub max_body_bytes: usize,
     /// Per-caller token bucket: sustained requests per second and burst.
