@@ -42,7 +42,7 @@ enum Command {
     /// Manage devices through device-registry.
     Devices(devices::Args),
     /// Publish readings from a simulated fleet over MQTT.
-    Simulate(simulate::Args),
+    Simulate(Box<simulate::Args>),
     /// Export a device's readings (database and archive) as Parquet, CSV
     /// or JSON lines.
     Export(export::Args),
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Status { database_url } => status(&database_url).await?,
         Command::Devices(args) => devices::run(args).await?,
-        Command::Simulate(args) => simulate::run(args).await?,
+        Command::Simulate(args) => simulate::run(*args).await?,
         Command::Export(args) => export::run(args).await?,
         Command::Archive(args) => archive::run(args).await?,
     }
