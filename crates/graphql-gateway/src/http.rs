@@ -41,6 +41,7 @@ pub fn router(state: AppState, dev_mode: bool, max_body_bytes: usize) -> Router 
         .route("/graphql", get(crate::ws::upgrade).post(graphql))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/v1/export", get(crate::export::download))
         .merge(crate::console::routes());
     if dev_mode {
         // The console's query page, which replaces GraphiQL: GraphiQL's

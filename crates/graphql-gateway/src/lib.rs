@@ -8,6 +8,7 @@ mod codes;
 mod config;
 mod console;
 mod error;
+mod export;
 mod http;
 mod device_hub;
 mod metrics_hub;

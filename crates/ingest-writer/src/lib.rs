@@ -76,7 +76,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let metrics = metrics::Metrics::register(&skeleton.registry)?;
     let archive_metrics = archive::ArchiveMetrics::register(&skeleton.registry)?;
     skeleton.serve_admin(config.admin_addr).await?;
-    let telemetry = TelemetryServer::new(TelemetryService::new(store.clone(), &config.queries));
+    let telemetry = TelemetryServer::new(
+        TelemetryService::new(store.clone(), &config.queries)
+            .with_archive(config.retention.archive.store()),
+    );
     skeleton
         .serve_grpc(
             config.grpc_addr,

@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::admission::OwnerQueries;
+use crate::archive::export::{self, Format};
+use crate::archive::{ArchiveError, LocalStore};
 use crate::error::WriterError;
 use crate::rollup::{Agg, Levels as _, Width};
 use crate::store::{Row, Store};
@@ -25,11 +27,16 @@ pub const MAX_RAW_METRICS_DAYS: i64 = 31;
 pub const METRICS_PART: usize = 512;
 /// Most devices per latest-readings request.
 pub const MAX_DEVICES: usize = 1_000;
+/// Largest part of an export stream: well under gRPC's 4 MiB message limit
+/// whatever the writer's buffer hands over at once.
+pub const EXPORT_PART: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct TelemetryService {
     store: Store,
     queries: OwnerQueries,
+    /// Cold storage, which exports read for archived days.
+    archive: Option<LocalStore>,
 }
 
 impl TelemetryService {
@@ -41,7 +48,15 @@ impl TelemetryService {
                 limits.per_owner,
                 std::time::Duration::from_millis(limits.wait_ms),
             ),
+            archive: None,
         }
+    }
+
+    /// Exports read archived days from `store` as well as the database.
+    #[must_use]
+    pub fn with_archive(mut self, store: LocalStore) -> Self {
+        self.archive = Some(store);
+        self
     }
 }
 
@@ -457,6 +472,64 @@ impl Telemetry for TelemetryService {
         )))
     }
 
+    type ExportReadingsStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<v1::ExportChunk, Status>> + Send + 'static>>;
+
+    async fn export_readings(
+        &self,
+        request: Request<v1::ExportReadingsRequest>,
+    ) -> Result<Response<Self::ExportReadingsStream>, Status> {
+        let permit = self.queries.admit(&request).await?;
+        let req = request.into_inner();
+        let mut p = Problems::default();
+        let device = p.uuid("device_uuid", &req.device_uuid);
+        let sensor = (!req.sensor_name.is_empty()).then(|| {
+            p.sensor("sensor_name", &req.sensor_name);
+            req.sensor_name.clone()
+        });
+        let (from, to) = p.range(req.start.as_ref(), req.end.as_ref());
+        let format = req.format.parse::<Format>().unwrap_or_else(|e| {
+            p.add("format", e);
+            Format::Csv
+        });
+        p.finish()?;
+        self.must_own(permit.scope, &[device]).await?;
+        let client = self
+            .store
+            .query_pool()
+            .get()
+            .await
+            .map_err(WriterError::from)?;
+        let export = export::Request {
+            device,
+            sensor,
+            from,
+            to,
+            format,
+        };
+        let archive = self.archive.clone();
+        // Two parts in flight at most: the writer waits for the caller, so
+        // memory stays bounded whatever the range.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            // The export counts against its owner until its last part.
+            let _permit = permit;
+            let sink = Box::new(PartSink { tx: tx.clone() });
+            let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            if let Err(e) =
+                export::export_readings(&client, archive.as_ref(), &export, sink, progress).await
+            {
+                // A caller that went away is not an error worth a status.
+                if !tx.is_closed() {
+                    let _ = tx.send(Err(export_status(e))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn fleet_stats(
         &self,
         request: Request<v1::FleetStatsRequest>,
@@ -488,6 +561,40 @@ impl Telemetry for TelemetryService {
             devices_silent: u(s.devices_seen - s.devices_reporting),
             series: u(s.series),
         }))
+    }
+}
+
+/// The export writer's output: each write goes to the caller as parts of
+/// at most [`EXPORT_PART`] bytes, waiting while the caller is behind. It
+/// runs on the writer's blocking thread.
+struct PartSink {
+    tx: tokio::sync::mpsc::Sender<Result<v1::ExportChunk, Status>>,
+}
+
+impl std::io::Write for PartSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for part in buf.chunks(EXPORT_PART) {
+            let chunk = v1::ExportChunk {
+                data: part.to_vec(),
+            };
+            self.tx
+                .blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An export's failure as the status the other RPCs would answer it with.
+fn export_status(e: ArchiveError) -> Status {
+    match e {
+        ArchiveError::Db(e) => WriterError::Db(e).into(),
+        ArchiveError::Pool(e) => WriterError::Pool(e).into(),
+        e => WriterError::Archive(e).into(),
     }
 }
 

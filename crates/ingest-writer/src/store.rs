@@ -123,6 +123,11 @@ impl Store {
         &self.pool
     }
 
+    /// The API queries' pool (exports hold one of its connections).
+    pub fn query_pool(&self) -> &Pool {
+        &self.queries
+    }
+
     /// Writes a batch in one transaction and returns the number of new rows.
     ///
     /// Fast path: binary `COPY` straight into `sensor_readings`. If any
