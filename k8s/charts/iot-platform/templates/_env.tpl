@@ -39,6 +39,7 @@ environment through its config.
 # and restarts in its pod takes its partitions back at once.
 - name: INGEST_WRITER__INSTANCE_ID
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
+{{ include "iot.archive.env" . }}
 {{- end -}}
 
 {{- define "iot.env.alertEngine" -}}

@@ -325,6 +325,9 @@ spec:
         {{- include "iot.containerSecurityContext" $ | nindent 8 }}
       volumeMounts:
         {{- include "iot.volumeMounts" $ | nindent 8 }}
+        {{- if eq .key "ingestWriter" }}
+        {{- include "iot.archive.volumeMounts" $ | nindent 8 }}
+        {{- end }}
         {{- if $.Values.grpcTls.enabled }}
         - name: grpc-tls
           mountPath: /etc/iot/grpc
@@ -332,6 +335,9 @@ spec:
         {{- end }}
   volumes:
     {{- include "iot.volumes" $ | nindent 4 }}
+    {{- if eq .key "ingestWriter" }}
+    {{- include "iot.archive.volumes" $ | nindent 4 }}
+    {{- end }}
     {{- if $.Values.grpcTls.enabled }}
     # This service's gRPC certificate, key and CA (grpcTls).
     - name: grpc-tls
