@@ -100,10 +100,6 @@ pub async fn run(ctx: &crate::Ctx) {
         vec![
             ("BROKER__COMMANDS_ROOT", format!("{root}/commands")),
             ("BROKER__STATE_ROOT", format!("{root}/state")),
-            (
-                "BROKER__DEVICE_TOPICS",
-                format!("[\"{root}/sensors/{{device_id}}/+\"]"),
-            ),
         ],
     );
     let grpc = registry.grpc_url();

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bounded;
+mod commands;
 mod export;
 mod limits;
 mod mutations;
