@@ -24,7 +24,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use serde::Deserialize;
-use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
 
 use super::metrics::CommandMetrics;
@@ -123,7 +123,6 @@ pub fn start(
         pool: pool.clone(),
         metrics: metrics.clone(),
         acks: acks.clone(),
-        answering: Arc::new(Semaphore::new(usize::from(ANSWERS_IN_FLIGHT))),
     };
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -153,7 +152,6 @@ struct Session {
     pool: Pool,
     metrics: CommandMetrics,
     acks: Arc<Mutex<Acks>>,
-    answering: Arc<Semaphore>,
 }
 
 impl Session {
@@ -193,7 +191,10 @@ impl Session {
                         .map(|t| {
                             Filter::new(format!("$share/{SHARE_GROUP}/{t}"), QoS::AtLeastOnce)
                         });
-                    if let Err(e) = self.client.subscribe_many(subs).await {
+                    // Without waiting: the request queue may be full of
+                    // publishes the event loop sends once this loop reads
+                    // its events again.
+                    if let Err(e) = self.client.try_subscribe_many(subs) {
                         tracing::warn!(error = %e, "cannot subscribe to device answers");
                     }
                     connected.send_replace(true);
@@ -217,16 +218,12 @@ impl Session {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    // Bounded: the broker sends at most ANSWERS_IN_FLIGHT
-                    // unacknowledged, and each holds a permit until acked.
-                    let Ok(permit) = self.answering.clone().acquire_owned().await else {
-                        break;
-                    };
+                    // Bounded by the Receive Maximum the session announces
+                    // (ANSWERS_IN_FLIGHT): the broker sends no more
+                    // unacknowledged. The loop itself never waits on the
+                    // handlers, so the event loop's task always drains.
                     let s = self.clone();
-                    tokio::spawn(async move {
-                        s.incoming(p).await;
-                        drop(permit);
-                    });
+                    tokio::spawn(async move { s.incoming(p).await });
                 }
                 Ok(_) => {}
                 Err(e) => {
