@@ -696,3 +696,90 @@ async fn simulated_devices_answer_commands() {
     let summary = run.await.unwrap().unwrap();
     assert!(summary.messages > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_accepted_while_the_broker_is_unreachable_is_published_after_a_restart() {
+    let db = kit::migrated_database().await;
+    let root = format!("t{}", kit::unique());
+    let start = |port: Option<u16>| {
+        let mut config = kit::platform::registry_config(&db, &root);
+        if let Some(port) = port {
+            config.broker.port = port;
+            config.broker.timeout_ms = 500;
+        }
+        let shutdown = iot_runtime::CancellationToken::new();
+        async move {
+            let running = device_registry::start(config, shutdown.clone())
+                .await
+                .unwrap();
+            (running, shutdown)
+        }
+    };
+    let client = |addr: std::net::SocketAddr| async move {
+        iot_proto::commands_client(
+            format!("http://{addr}"),
+            Scope::Admin,
+            &kit::pki::operator(),
+        )
+        .await
+        .unwrap()
+    };
+    // A device, with its account, subscribed on a persistent session.
+    let (first, stop) = start(None).await;
+    let d = iot_proto::registry_client(
+        format!("http://{}", first.grpc_addr),
+        Scope::Admin,
+        &kit::pki::operator(),
+    )
+    .await
+    .unwrap()
+    .create_device(CreateDeviceRequest {
+        device_id: format!("cmd-{}", kit::unique()),
+        name: "valve".into(),
+        device_type: "valve".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let creds = d.credentials.clone().unwrap();
+    let client_id = format!("c-{}", kit::unique());
+    let mut dev = Device5::connect(&creds, &client_id).await;
+    assert!(
+        dev.subscribe(&format!("{root}/commands/{}/+", creds.username))
+            .await
+    );
+    dev.leave().await;
+    stop.cancel();
+    first.wait().await.unwrap();
+
+    // A registry that cannot reach the broker still accepts the command:
+    // stored, queued, and it stays so.
+    let (second, stop) = start(Some(kit::free_port())).await;
+    let mut api = client(second.grpc_addr).await;
+    let sent = send(&mut api, &d.id, "close", 120).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = api
+        .get_command(v1::GetCommandRequest {
+            id: sent.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.status_code, "queued");
+    stop.cancel();
+    second.wait().await.unwrap();
+
+    // Restarted with the broker back: the command goes out and round trips.
+    let (third, stop) = start(None).await;
+    let api = client(third.grpc_addr).await;
+    let mut dev = Device5::connect(&creds, &client_id).await;
+    let msg = dev.next(WAIT).await.expect("the queued command arrives");
+    let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(body["id"], sent.id.as_str());
+    let response = msg.properties.unwrap().response_topic.unwrap();
+    dev.publish(&response, r#"{"status": "ok"}"#, false).await;
+    reaches(&api, &sent.id, CommandStatus::Succeeded).await;
+    stop.cancel();
+    third.wait().await.unwrap();
+}

@@ -8,7 +8,10 @@
 //! published again once the lease runs out (devices see a command id at
 //! least once). Answers are acknowledged to the broker only after the
 //! database holds them; on a persistent session the broker keeps them
-//! while the registry is down.
+//! while the registry is down. Every replica subscribes to every answer
+//! (not a shared subscription): a shared one would hand some answers to
+//! the session of a replica that is gone (its session outlives it), where
+//! nobody reads them; recording an answer twice changes nothing.
 //!
 //! As in mqtt-gateway, rumqttc's `EventLoop::poll` is not cancel-safe, so it
 //! runs in a task of its own ([`drive`]) and the session's loop selects over
@@ -41,11 +44,9 @@ const CLAIM_BATCH: i64 = 500;
 /// announces, so the broker sends no more unacknowledged).
 const ANSWERS_IN_FLIGHT: u16 = 64;
 /// How long a session's subscriptions and undelivered answers outlive a
-/// disconnect at the broker.
-const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
-/// The shared-subscription group of the registry's replicas: each answer
-/// reaches one of them.
-const SHARE_GROUP: &str = "device-registry";
+/// disconnect at the broker: a restart resumes it; a replica gone for good
+/// stops costing the broker after an hour.
+const SESSION_EXPIRY_SECS: u32 = 3600;
 
 /// What a PUBACK confirms.
 #[derive(Debug, Clone, Copy)]
@@ -188,9 +189,7 @@ impl Session {
                     );
                     let subs = [self.topics.answers(), self.topics.reports()]
                         .into_iter()
-                        .map(|t| {
-                            Filter::new(format!("$share/{SHARE_GROUP}/{t}"), QoS::AtLeastOnce)
-                        });
+                        .map(|t| Filter::new(t, QoS::AtLeastOnce));
                     // Without waiting: the request queue may be full of
                     // publishes the event loop sends once this loop reads
                     // its events again.

@@ -235,10 +235,13 @@ pub async fn answer(
         return Ok(Ok(()));
     }
     let why = client.prepare_cached(ANSWER_REFUSAL).await?;
-    Ok(Err(match client.query_opt(&why, &[&id]).await? {
-        Some(r) if r.get::<_, String>("external_id") != device => Refusal::NotItsCommand,
-        _ => Refusal::Late,
-    }))
+    Ok(match client.query_opt(&why, &[&id]).await? {
+        Some(r) if r.get::<_, String>("external_id") != device => Err(Refusal::NotItsCommand),
+        // The same answer again (redelivered, or read by another replica
+        // first): already recorded.
+        Some(r) if r.get::<_, String>("status") == status => Ok(()),
+        _ => Err(Refusal::Late),
+    })
 }
 
 /// Ends commands past their deadline; returns how many.
