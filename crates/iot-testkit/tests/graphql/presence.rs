@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use iot_testkit as kit;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -57,8 +57,8 @@ async fn device(c: &Client, interval: i32) -> (String, String, String) {
 /// connected.
 async fn connect(s: &Stack, device_id: &str, password: &str) -> (AsyncClient, EventLoop) {
     let topic = format!("{}/devices/{device_id}/presence", s.p.root);
-    let (host, port) = kit::mqtt_addr();
-    let mut opts = MqttOptions::new(format!("dev-{}", kit::unique()), host, port);
+    // The run's listener (TLS in the TLS-required run).
+    let mut opts = kit::mqtt5_options(format!("dev-{}", kit::unique()));
     opts.set_credentials(device_id, password)
         .set_keep_alive(Duration::from_secs(10))
         .set_last_will(LastWill::new(
