@@ -21,6 +21,7 @@ pub mod store;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use futures::{StreamExt as _, pin_mut};
@@ -50,8 +51,58 @@ pub struct ArchiveConfig {
     /// Off: retention removes raw rows without keeping a copy (as before
     /// cold storage), and its cutoffs are not rounded to whole days.
     pub enabled: bool,
-    /// The archive store's root directory.
+    /// The archive store's root directory; with `store = "s3"` its staging
+    /// area and cache (the files are the bucket's).
     pub dir: PathBuf,
+    /// Where files are kept: `dir` (the directory alone) or `s3` (an
+    /// S3-compatible bucket, `s3`).
+    pub store: StoreKind,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Dir,
+    S3,
+}
+
+/// An S3-compatible bucket. Unset credentials, region and endpoint come
+/// from the standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+/// `AWS_ENDPOINT`), or the instance's role.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Keys are `{prefix}/readings/day=.../owner=.../readings.parquet`.
+    pub prefix: String,
+    /// e.g. `https://minio.example:9000`; unset: AWS's own.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Plain HTTP to the endpoint (a store on a private network or a test).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    // The secret stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 impl Default for ArchiveConfig {
@@ -59,6 +110,8 @@ impl Default for ArchiveConfig {
         Self {
             enabled: true,
             dir: "/var/lib/iot-platform/archive".into(),
+            store: StoreKind::Dir,
+            s3: S3Config::default(),
         }
     }
 }
@@ -71,11 +124,44 @@ impl ArchiveConfig {
                 "{prefix}.dir must be set while archiving is enabled"
             ));
         }
+        if self.store == StoreKind::S3 && self.s3.bucket.is_empty() {
+            p.push(format!(
+                "{prefix}.s3.bucket must be set when store = \"s3\""
+            ));
+        }
         p
     }
 
-    pub fn store(&self) -> LocalStore {
-        LocalStore::new(&self.dir)
+    /// The configured store. An S3 store's calls run on the current Tokio
+    /// runtime, which this must be called within.
+    pub fn store(&self) -> Result<LocalStore, ArchiveError> {
+        match self.store {
+            StoreKind::Dir => Ok(LocalStore::new(&self.dir)),
+            StoreKind::S3 => {
+                let c = &self.s3;
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&c.bucket)
+                    .with_allow_http(c.allow_http);
+                if let Some(e) = &c.endpoint {
+                    // A custom endpoint (MinIO, moto, Ceph) takes the bucket
+                    // in the path.
+                    b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+                }
+                if let Some(r) = &c.region {
+                    b = b.with_region(r);
+                }
+                if let Some(k) = &c.access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(k) = &c.secret_access_key {
+                    b = b.with_secret_access_key(k);
+                }
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|e| ArchiveError::Writer(e.to_string()))?;
+                let remote = store::Remote::new(Arc::new(b.build()?), &c.prefix, runtime);
+                Ok(LocalStore::with_remote(&self.dir, remote))
+            }
+        }
     }
 }
 
@@ -110,6 +196,14 @@ pub enum ArchiveError {
     Writer(String),
     #[error("output: {0}")]
     Output(std::io::Error),
+    #[error("object store: {0}")]
+    Remote(#[from] object_store::Error),
+    #[error("{path}: the stored object is not the file written (want {want}; got {got})")]
+    Verify {
+        path: String,
+        want: String,
+        got: String,
+    },
 }
 
 impl ArchiveError {
@@ -334,8 +428,8 @@ impl Archiver {
     ) -> Result<(Option<ArchivedFile>, HashMap<Uuid, i64>), ArchiveError> {
         let relative = LocalStore::relative(unit.day, unit.owner);
         let recorded = list(client, unit.day, unit.day, Some(unit.owner)).await?;
-        let existing = if self.store.exists(&relative) {
-            Some(self.store.absolute(&relative))
+        let existing = if let Some(path) = self.store.local_copy(&relative).await? {
+            Some(path)
         } else if recorded.is_empty() {
             None
         } else {
@@ -537,6 +631,30 @@ fn write_merged(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_s3_store_needs_its_bucket_and_keeps_its_secret() {
+        let c: ArchiveConfig =
+            serde_json::from_value(serde_json::json!({"store": "s3", "s3": {"region": "x"}}))
+                .unwrap();
+        assert_eq!(c.store, StoreKind::S3);
+        assert_eq!(
+            c.problems("retention.archive"),
+            vec!["retention.archive.s3.bucket must be set when store = \"s3\"".to_owned()]
+        );
+        assert!(
+            serde_json::from_value::<ArchiveConfig>(serde_json::json!({"store": "gcs"})).is_err()
+        );
+        assert_eq!(ArchiveConfig::default().store, StoreKind::Dir);
+        let c = ArchiveConfig {
+            s3: S3Config {
+                secret_access_key: Some("hunter2".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
 
     #[test]
     fn a_query_cut_short_leaves_no_file() {

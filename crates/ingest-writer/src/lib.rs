@@ -78,7 +78,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     skeleton.serve_admin(config.admin_addr).await?;
     let telemetry = TelemetryServer::new(
         TelemetryService::new(store.clone(), &config.queries)
-            .with_archive(config.retention.archive.store()),
+            .with_archive(config.retention.archive.store()?),
     );
     skeleton
         .serve_grpc(

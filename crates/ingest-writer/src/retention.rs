@@ -163,10 +163,11 @@ pub async fn maintain_measured(
                 .get(0),
             iot_db::Backend::TimescaleDb => 0,
         };
-        let archiver = cfg
-            .archive
-            .enabled
-            .then(|| Archiver::new(cfg.archive.store(), metrics.cloned()));
+        let archiver = if cfg.archive.enabled {
+            Some(Archiver::new(cfg.archive.store()?, metrics.cloned()))
+        } else {
+            None
+        };
         let report = apply(&mut client, cfg, now, archiver.as_ref()).await;
         if let (Err(e), Some(m)) = (&report, metrics) {
             m.failed(e);

@@ -56,6 +56,7 @@ async fn setup(backend: Backend, url: &str) -> Setup {
         archive: ArchiveConfig {
             enabled: true,
             dir: dir.clone(),
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -194,7 +195,7 @@ async fn retention_archives_a_day_then_drops_it_once_and_restore_brings_it_back(
 
         // The first half of a retention run, then a crash: files durable and
         // recorded, nothing dropped.
-        let archiver = Archiver::new(s.cfg.archive.store(), None);
+        let archiver = Archiver::new(s.cfg.archive.store().unwrap(), None);
         let mut client = kit::connect(url.url()).await;
         let first = archiver.archive_before(&client, cutoff).await.unwrap();
         assert_eq!(first.files.len(), 3, "{backend}: alice, bob, no owner");
@@ -366,7 +367,7 @@ async fn a_day_that_changed_after_archiving_is_not_dropped() {
             .collect();
         s.store.write_batch(&rows).await.unwrap();
         let cutoff = floor_day(s.now - TimeDelta::days(30));
-        let archiver = Archiver::new(s.cfg.archive.store(), None);
+        let archiver = Archiver::new(s.cfg.archive.store().unwrap(), None);
         let mut client = kit::connect(url.url()).await;
         let archived = archiver.archive_before(&client, cutoff).await.unwrap();
         assert_eq!(archived.per_day.get(&s.old_day), Some(&5), "{backend}");

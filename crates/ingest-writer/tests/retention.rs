@@ -83,6 +83,7 @@ async fn a_century_of_retention_does_not_keep_old_partitions() {
             archive: ingest_writer::archive::ArchiveConfig {
                 enabled: true,
                 dir: archive.clone(),
+                ..Default::default()
             },
             ..Default::default()
         };

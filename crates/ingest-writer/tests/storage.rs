@@ -557,6 +557,7 @@ async fn retention_per_device_keeps_rollups_and_other_devices() {
             archive: ingest_writer::archive::ArchiveConfig {
                 enabled: true,
                 dir: archive.clone(),
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -72,6 +72,7 @@ async fn export_merges_archive_and_database_and_restore_is_idempotent() {
         archive: ArchiveConfig {
             enabled: true,
             dir: dir.clone(),
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -67,8 +67,8 @@ fn ensure_tools() -> Result<PathBuf> {
 }
 
 /// pyarrow for the tests that read ingest-writer's archive files as data
-/// engineers' tools do.
-const DATA_PACKAGES: [&str; 1] = ["pyarrow==26.0.1"];
+/// engineers' tools do; moto's S3 server for the archive's S3 store test.
+const DATA_PACKAGES: [&str; 2] = ["pyarrow==26.0.1", "moto[server]==5.2.6"];
 
 /// The Python of a venv holding [`DATA_PACKAGES`]; created when missing.
 pub fn ensure_data_python() -> Result<PathBuf> {

@@ -76,10 +76,10 @@ pub async fn export_readings(
         let last = (req.to - TimeDelta::microseconds(1)).date_naive();
         for f in list(client, req.from.date_naive(), last, None).await? {
             if f.owner == owner || f.owner.is_nil() {
-                if !store.exists(&f.path) {
+                let Some(path) = store.local_copy(&f.path).await? else {
                     return Err(ArchiveError::Missing { path: f.path });
-                }
-                files.push((f.day, store.absolute(&f.path)));
+                };
+                files.push((f.day, path));
             }
         }
     }

@@ -54,10 +54,9 @@ pub async fn restore(
     }
     let last = (to - TimeDelta::microseconds(1)).date_naive();
     for file in list(client, from.date_naive(), last, None).await? {
-        if !store.exists(&file.path) {
+        let Some(path) = store.local_copy(&file.path).await? else {
             return Err(ArchiveError::Missing { path: file.path });
-        }
-        let path = store.absolute(&file.path);
+        };
         let (tx, mut rx) = mpsc::channel::<Result<Vec<Row>, ArchiveError>>(4);
         let reader = tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(4_096);

@@ -7,10 +7,19 @@
 //! A file is written under a temporary name, fsync'd, renamed into place
 //! and its directory fsync'd: a reader (or a crash) sees the old file or the
 //! new one, never half of one.
+//!
+//! With an S3-compatible remote (`retention.archive.store = "s3"`) the
+//! directory is a staging area and cache: a committed file is uploaded under
+//! the same key (below the configured prefix), and the commit returns only
+//! once the upload completed and a HEAD and a read-back of the object match
+//! the local file's size and SHA-256, so the manifest row written after it
+//! always names a durable object. Reads fetch the object into the cache
+//! first ([`LocalStore::local_copy`]).
 
 use std::fs::{self, File};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use sha2::{Digest as _, Sha256};
@@ -21,11 +30,192 @@ use super::ArchiveError;
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Where committed files go, when not only to `root`.
+    remote: Option<Arc<Remote>>,
+}
+
+/// An object store the files are uploaded to, and the runtime its calls run
+/// on (commits run on the file writer's blocking thread).
+#[derive(Debug)]
+pub struct Remote {
+    store: Arc<dyn object_store::ObjectStore>,
+    prefix: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Remote {
+    /// Calls go through `runtime` (the caller's, when it is one).
+    pub fn new(
+        store: Arc<dyn object_store::ObjectStore>,
+        prefix: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            store,
+            prefix: prefix.trim_matches('/').to_owned(),
+            runtime,
+        }
+    }
+
+    fn key(&self, relative: &str) -> object_store::path::Path {
+        if self.prefix.is_empty() {
+            object_store::path::Path::from(relative)
+        } else {
+            object_store::path::Path::from(format!("{}/{relative}", self.prefix))
+        }
+    }
+
+    /// Uploads `local` as `relative` in parts of 8 MiB (at most two in
+    /// flight: memory stays bounded whatever the file's size), then checks
+    /// the object against `size` and `sha256` by HEAD and a full read-back.
+    async fn upload(
+        &self,
+        local: &Path,
+        relative: &str,
+        size: i64,
+        sha256: &str,
+    ) -> Result<(), ArchiveError> {
+        use object_store::ObjectStoreExt as _;
+        use tokio::io::AsyncReadExt as _;
+        const PART: usize = 8 << 20;
+        let key = self.key(relative);
+        let upload = self.store.put_multipart(&key).await?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| ArchiveError::io(local, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| ArchiveError::io(local, e))?;
+            if n == 0 {
+                break;
+            }
+            w.wait_for_capacity(2).await?;
+            w.write(&buf[..n]);
+        }
+        w.finish().await?;
+        let head = self.store.head(&key).await?;
+        let (got_size, got_sha) = self.digest(&key).await?;
+        let want = u64::try_from(size).unwrap_or(u64::MAX);
+        if head.size != want || got_size != want || got_sha != sha256 {
+            return Err(ArchiveError::Verify {
+                path: key.to_string(),
+                want: format!("{size} bytes, sha256 {sha256}"),
+                got: format!(
+                    "HEAD {} bytes, read back {got_size} bytes, sha256 {got_sha}",
+                    head.size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Size and SHA-256 of the object, read back in full.
+    async fn digest(&self, key: &object_store::path::Path) -> Result<(u64, String), ArchiveError> {
+        use futures::StreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        let mut stream = self.store.get(key).await?.into_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes?;
+            size += bytes.len() as u64;
+            hasher.update(&bytes);
+        }
+        Ok((size, hex(hasher)))
+    }
+
+    /// The object's size, or `None` where there is none.
+    async fn size(&self, relative: &str) -> Result<Option<u64>, ArchiveError> {
+        use object_store::ObjectStoreExt as _;
+        match self.store.head(&self.key(relative)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Downloads the object to `local` (a temporary name, then a rename:
+    /// a reader of the cache never sees half a file).
+    async fn download(&self, relative: &str, local: &Path) -> Result<(), ArchiveError> {
+        use futures::StreamExt as _;
+        use object_store::ObjectStoreExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let dir = local
+            .parent()
+            .ok_or_else(|| ArchiveError::io(local, std::io::ErrorKind::InvalidInput.into()))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| ArchiveError::io(dir, e))?;
+        let temp = dir.join(format!(".get-{}.parquet", Uuid::new_v4().simple()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&temp)
+                .await
+                .map_err(|e| ArchiveError::io(&temp, e))?;
+            let mut stream = self.store.get(&self.key(relative)).await?.into_stream();
+            while let Some(bytes) = stream.next().await {
+                file.write_all(&bytes?)
+                    .await
+                    .map_err(|e| ArchiveError::io(&temp, e))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| ArchiveError::io(&temp, e))?;
+            tokio::fs::rename(&temp, local)
+                .await
+                .map_err(|e| ArchiveError::io(local, e))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        result
+    }
+}
+
+fn hex(hasher: Sha256) -> String {
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            remote: None,
+        }
+    }
+
+    /// Files committed to `root` go to `remote` too; reads come from it.
+    pub fn with_remote(root: impl Into<PathBuf>, remote: Remote) -> Self {
+        Self {
+            root: root.into(),
+            remote: Some(Arc::new(remote)),
+        }
+    }
+
+    /// The file of `relative` on the local disk, fetched from the remote
+    /// store first where there is one (and the cache lacks it or holds
+    /// another size); `None` where the store has no such file.
+    pub async fn local_copy(&self, relative: &str) -> Result<Option<PathBuf>, ArchiveError> {
+        let path = self.absolute(relative);
+        let Some(remote) = &self.remote else {
+            return Ok(path.is_file().then_some(path));
+        };
+        let Some(size) = remote.size(relative).await? else {
+            return Ok(None);
+        };
+        let cached = tokio::fs::metadata(&path).await.ok().map(|m| m.len());
+        if cached != Some(size) {
+            remote.download(relative, &path).await?;
+        }
+        Ok(Some(path))
     }
 
     pub fn root(&self) -> &Path {
@@ -69,6 +259,13 @@ impl LocalStore {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| ArchiveError::io(dir, e))?;
         }
+        if let Some(remote) = &self.remote {
+            // On the file writer's blocking thread: waiting here is fine.
+            let (size, sha256) = self.digest(relative)?;
+            remote
+                .runtime
+                .block_on(remote.upload(&target, relative, size, &sha256))?;
+        }
         Ok(())
     }
 
@@ -90,12 +287,7 @@ impl LocalStore {
             hasher.update(&buf[..n]);
             size += n as i64;
         }
-        let hex = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok((size, hex))
+        Ok((size, hex(hasher)))
     }
 
     pub fn exists(&self, relative: &str) -> bool {

@@ -62,6 +62,7 @@ async fn owners_download_archived_and_live_rows_in_time_order() {
     let archive = ArchiveConfig {
         enabled: true,
         dir: dir.clone(),
+        ..Default::default()
     };
     // A writer whose exports read this test's archive; the gateway asks it.
     let writer = p
