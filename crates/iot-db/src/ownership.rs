@@ -60,6 +60,7 @@ pub const RELATIONS: &[Relation] = &[
     own("device_changes", "device-registry"),
     own("device_commands", "device-registry"),
     own("device_state", "device-registry"),
+    own("device_presence", "device-registry"),
     Relation {
         name: "device_retention",
         owner: "device-registry",
@@ -82,6 +83,13 @@ pub const RELATIONS: &[Relation] = &[
     own("sensor_readings_1w", "ingest-writer"),
     own("sensor_latest", "ingest-writer"),
     own("ingest_counts", "ingest-writer"),
+    Relation {
+        name: "archive_files",
+        owner: "ingest-writer",
+        // `iotctl export|archive` read the archive through ingest-writer's
+        // archive module, as `migrate` reads the database.
+        readers: &["iotctl"],
+    },
     // alert-engine: alerts, their outbox, rules, episodes and webhooks.
     own("device_alerts", "alert-engine"),
     own("alert_events", "alert-engine"),
