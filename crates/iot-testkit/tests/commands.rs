@@ -14,7 +14,7 @@ use iot_testkit as kit;
 use iot_testkit::platform::Registry;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish, SubscribeReasonCode};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -54,8 +54,7 @@ struct Device5 {
 
 impl Device5 {
     async fn connect(c: &v1::MqttCredentials, client_id: &str) -> Self {
-        let (host, port) = kit::mqtt_addr();
-        let mut opts = MqttOptions::new(client_id, host, port);
+        let mut opts = kit::mqtt5_options(client_id);
         opts.set_credentials(&c.username, &c.password)
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_start(false)
@@ -276,8 +275,7 @@ async fn an_mqtt311_device_answers_by_the_topic_convention() {
     let r = Registry::start().await;
     let mut api = commands(&r, Scope::Admin).await;
     let (d, creds) = device(&r, "").await;
-    let (host, port) = kit::mqtt_addr();
-    let mut opts = rumqttc::MqttOptions::new(format!("c3-{}", kit::unique()), host, port);
+    let mut opts = kit::mqtt_options(format!("c3-{}", kit::unique()));
     opts.set_credentials(&creds.username, &creds.password)
         .set_keep_alive(Duration::from_secs(10));
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 16);

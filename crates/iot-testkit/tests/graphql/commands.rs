@@ -9,7 +9,7 @@ use std::time::Duration;
 use iot_testkit as kit;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -30,8 +30,7 @@ async fn a_command_round_trip_and_desired_state_through_graphql() {
     let creds = &created["credentials"];
 
     // The device, subscribed to its commands.
-    let (host, port) = kit::mqtt_addr();
-    let mut opts = MqttOptions::new(format!("d-{}", kit::unique()), host, port);
+    let mut opts = kit::mqtt5_options(format!("d-{}", kit::unique()));
     opts.set_credentials(
         creds["username"].as_str().unwrap(),
         creds["password"].as_str().unwrap(),
