@@ -52,7 +52,7 @@ pub struct ArchiveConfig {
     /// cold storage), and its cutoffs are not rounded to whole days.
     pub enabled: bool,
     /// The archive store's root directory; with `store = "s3"` its staging
-    /// area and cache (the files are the bucket's).
+    /// area (the files are the bucket's).
     pub dir: PathBuf,
     /// Where files are kept: `dir` (the directory alone) or `s3` (an
     /// S3-compatible bucket, `s3`).

@@ -3,7 +3,8 @@
 //! retention archives a day into the bucket, under the same layout and
 //! manifest as a directory, and drops it; the object read back from the
 //! bucket holds exactly the dropped rows, its size and SHA-256 those of the
-//! manifest; restore from a cold cache fetches it and brings the rows back.
+//! manifest; restore through an empty directory fetches it and brings the
+//! rows back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,7 +146,7 @@ async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
     store.write_batch(&rows).await.unwrap();
     rows.sort_by(|a, b| (a.time, &a.sensor_name).cmp(&(b.time, &b.sensor_name)));
 
-    let cache = std::env::temp_dir().join(format!("iot-s3-cache-{}", Uuid::new_v4().simple()));
+    let staging = std::env::temp_dir().join(format!("iot-s3-dir-{}", Uuid::new_v4().simple()));
     let s3 = S3Config {
         bucket: bucket.clone(),
         prefix: "platform-a".into(),
@@ -159,7 +160,7 @@ async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
         default_days: 30,
         archive: ArchiveConfig {
             enabled: true,
-            dir: cache.clone(),
+            dir: staging.clone(),
             store: StoreKind::S3,
             s3: s3.clone(),
         },
@@ -217,11 +218,11 @@ async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
     let _ = std::fs::remove_file(&copy);
     assert_eq!(back, rows, "the object holds exactly the dropped rows");
 
-    // Restore through a store whose cache is empty: the file comes from
+    // Restore through a store whose directory is empty: the file comes from
     // the bucket.
-    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(&staging);
     let cold = ArchiveConfig {
-        dir: cache.clone(),
+        dir: staging.clone(),
         ..cfg.archive.clone()
     }
     .store()
@@ -243,5 +244,5 @@ async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
         .map(Row::from)
         .collect();
     assert_eq!(restored, rows);
-    let _ = std::fs::remove_dir_all(&cache);
+    let _ = std::fs::remove_dir_all(&staging);
 }

@@ -9,12 +9,12 @@
 //! new one, never half of one.
 //!
 //! With an S3-compatible remote (`retention.archive.store = "s3"`) the
-//! directory is a staging area and cache: a committed file is uploaded under
+//! directory is a staging area: a committed file is uploaded under
 //! the same key (below the configured prefix), and the commit returns only
 //! once the upload completed and a HEAD and a read-back of the object match
 //! the local file's size and SHA-256, so the manifest row written after it
-//! always names a durable object. Reads fetch the object into the cache
-//! first ([`LocalStore::local_copy`]).
+//! always names a durable object. Reads fetch the object into the
+//! directory first, every time ([`LocalStore::local_copy`]).
 
 use std::fs::{self, File};
 use std::io::Read as _;
@@ -139,7 +139,7 @@ impl Remote {
     }
 
     /// Downloads the object to `local` (a temporary name, then a rename:
-    /// a reader of the cache never sees half a file).
+    /// a reader of the directory never sees half a file).
     async fn download(&self, relative: &str, local: &Path) -> Result<(), ArchiveError> {
         use futures::StreamExt as _;
         use object_store::ObjectStoreExt as _;
@@ -201,20 +201,19 @@ impl LocalStore {
     }
 
     /// The file of `relative` on the local disk, fetched from the remote
-    /// store first where there is one (and the cache lacks it or holds
-    /// another size); `None` where the store has no such file.
+    /// store first where there is one; `None` where the store has no such
+    /// file. A local copy is never trusted: another replica may have
+    /// rewritten the object since (a day archived again), and a stale copy
+    /// would lose the rows only the newer object holds.
     pub async fn local_copy(&self, relative: &str) -> Result<Option<PathBuf>, ArchiveError> {
         let path = self.absolute(relative);
         let Some(remote) = &self.remote else {
             return Ok(path.is_file().then_some(path));
         };
-        let Some(size) = remote.size(relative).await? else {
+        if remote.size(relative).await?.is_none() {
             return Ok(None);
-        };
-        let cached = tokio::fs::metadata(&path).await.ok().map(|m| m.len());
-        if cached != Some(size) {
-            remote.download(relative, &path).await?;
         }
+        remote.download(relative, &path).await?;
         Ok(Some(path))
     }
 
