@@ -500,6 +500,15 @@ impl Telemetry for TelemetryService {
             .get()
             .await
             .map_err(WriterError::from)?;
+        // An export streams as fast as its caller reads, so its one
+        // statement may run far past the pool's statement timeout, which
+        // is for queries answered at once; the owner's query slot bounds
+        // exports instead. RESET afterwards gives the connection's next
+        // user the pool's limit again (it is a startup option).
+        client
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .map_err(WriterError::from)?;
         let export = export::Request {
             device,
             sensor,
@@ -516,9 +525,15 @@ impl Telemetry for TelemetryService {
             let _permit = permit;
             let sink = Box::new(PartSink { tx: tx.clone() });
             let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            if let Err(e) =
-                export::export_readings(&client, archive.as_ref(), &export, sink, progress).await
-            {
+            let done =
+                export::export_readings(&client, archive.as_ref(), &export, sink, progress).await;
+            if let Err(e) = client.batch_execute("RESET statement_timeout").await {
+                // A connection left without its limit must not serve
+                // another query.
+                tracing::warn!(error = %e, "cannot reset an export's statement timeout");
+                let _ = deadpool_postgres::Object::take(client);
+            }
+            if let Err(e) = done {
                 // A caller that went away is not an error worth a status.
                 if !tx.is_closed() {
                     let _ = tx.send(Err(export_status(e))).await;
