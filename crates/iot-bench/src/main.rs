@@ -30,6 +30,7 @@ mod late;
 mod links;
 mod procs;
 mod query;
+mod scale;
 mod subscriptions;
 
 use std::time::{Duration, Instant};
@@ -751,22 +752,6 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_default();
-    anyhow::ensure!(
-        [
-            "ingest",
-            "query",
-            "graphql",
-            "alerts",
-            "faults",
-            "late",
-            "abuse",
-            "export",
-            "commands",
-            "subscriptions"
-        ]
-        .contains(&what.as_str()),
-        "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|faults [--short]"
-    );
     let ctx = Ctx {
         admin_db: env(
             "IOT_BENCH_DATABASE_URL",
@@ -776,55 +761,43 @@ async fn run() -> anyhow::Result<()> {
         mqtt_port: env("IOT_BENCH_MQTT_PORT", "11883").parse()?,
         rows: env("IOT_BENCH_ROWS", "200000").parse()?,
     };
-    if what == "faults" {
-        let short = std::env::args().any(|a| a == "--short");
-        anyhow::ensure!(
-            faults::run(&ctx, short).await,
-            "the fault suite lost or duplicated readings"
-        );
-        return Ok(());
+    match what.as_str() {
+        "ingest" => ingest(&ctx).await,
+        "faults" => {
+            let short = std::env::args().any(|a| a == "--short");
+            anyhow::ensure!(
+                faults::run(&ctx, short).await,
+                "the fault suite lost or duplicated readings"
+            );
+        }
+        "query" => query::run(&ctx).await,
+        "graphql" => graphql::run(&ctx).await,
+        "alerts" => alerts::run(&ctx).await,
+        "late" => late::run(&ctx).await,
+        "abuse" => abuse::run(&ctx).await,
+        "export" => export::run(&ctx).await,
+        "commands" => commands::run(&ctx).await,
+        "subscriptions" => subscriptions::run(&ctx).await,
+        "scale" => scale::run(&ctx).await,
+        _ => anyhow::bail!(
+            "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|scale|faults [--short]"
+        ),
     }
-    if what == "abuse" {
-        abuse::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "late" {
-        late::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "export" {
-        export::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "subscriptions" {
-        subscriptions::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "commands" {
-        commands::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "query" {
-        query::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "alerts" {
-        alerts::run(&ctx).await;
-        return Ok(());
-    }
-    if what == "graphql" {
-        graphql::run(&ctx).await;
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// `iot-bench ingest`: raw `COPY`, the writer draining Kafka, end to end
+/// with the broker's ceiling and latency, and the TLS comparison.
+async fn ingest(ctx: &Ctx) {
     println!("ingest benchmark, {} rows per phase", ctx.rows);
-    let raw = raw_copy(&ctx).await;
+    let raw = raw_copy(ctx).await;
     println!("raw COPY into sensor_readings      {raw:>10.0} rows/s   1.00x (baseline)");
-    let (writer, writer_rss) = writer_drain(&ctx).await;
+    let (writer, writer_rss) = writer_drain(ctx).await;
     println!(
         "ingest-writer draining Kafka       {writer:>10.0} rows/s   {:.2}x",
         writer / raw
     );
-    let e = end_to_end(&ctx, &links::Links::stack(&ctx), true).await;
+    let e = end_to_end(ctx, &links::Links::stack(ctx), true).await;
     let (p50_ms, p99_ms, latency_rate) = e.latency.unwrap();
     println!(
         "end to end, 1 reading/message      {:>10.0} readings/s {:.2}x",
@@ -852,7 +825,7 @@ async fn run() -> anyhow::Result<()> {
     for (name, kib) in &e.rss {
         println!("peak RSS: {name} {} MiB", kib / 1024);
     }
-    let t = tls_comparison(&ctx).await;
+    let t = tls_comparison(ctx).await;
     println!(
         "TLS on every link, 1 reading/message   plain {:.0} / TLS {:.0} readings/s   {:.2}x",
         t.plain.0,
@@ -936,5 +909,4 @@ async fn run() -> anyhow::Result<()> {
         );
         replace_report_section(&path, "## Ingest", &section);
     }
-    Ok(())
 }

@@ -6,7 +6,8 @@
 //!   down    stop everything `up` (or `stack`) started
 //!   test    install and start what the tests need, run the whole suite
 //!   stack   install and start PostgreSQL, Mosquitto and Tansu only
-//!   bench   run a benchmark program against the stack (`bench ingest`, `bench query`, `bench graphql`, `bench alerts`, `bench late`, `bench abuse`, `bench commands`)
+//!   bench   run a benchmark program against the stack (`bench ingest`, and
+//!           the others `stack::BENCHES` names)
 //!   faults  the fault suite: services killed, brokers and PostgreSQL
 //!           restarted, the database link stalled, under a steady fleet
 //!           (`--short`: the version `test` runs)
@@ -47,7 +48,8 @@ fn main() -> ExitCode {
         "faults" => stack::faults(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <up|down|test|test-tls|stack|status|console|deploy-check|proto-check|faults [--short]|bench ingest|query|graphql|alerts|late|abuse|export|commands>"
+                "usage: cargo xtask <up|down|test|test-tls|stack|status|console|deploy-check|proto-check|faults [--short]|bench {}>",
+                stack::BENCHES.join("|")
             );
             return if cmd == "help" {
                 ExitCode::SUCCESS

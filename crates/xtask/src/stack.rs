@@ -698,26 +698,26 @@ fn test_databases() -> Option<Vec<String>> {
     )
 }
 
+/// The benchmark programs `cargo xtask bench` runs (`iot-bench <name>`;
+/// the fault suite is `cargo xtask faults`).
+pub const BENCHES: [&str; 10] = [
+    "ingest",
+    "query",
+    "graphql",
+    "alerts",
+    "late",
+    "abuse",
+    "export",
+    "commands",
+    "subscriptions",
+    "scale",
+];
+
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
 pub fn bench(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("");
-    if ![
-        "ingest",
-        "query",
-        "graphql",
-        "alerts",
-        "late",
-        "abuse",
-        "export",
-        "commands",
-        "subscriptions",
-    ]
-    .contains(&what)
-    {
-        return Err(
-            "usage: cargo xtask bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions"
-                .into(),
-        );
+    if !BENCHES.contains(&what) {
+        return Err(format!("usage: cargo xtask bench {}", BENCHES.join("|")));
     }
     ensure_build_deps()?;
     proc::run(cargo().args([
