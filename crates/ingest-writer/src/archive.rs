@@ -158,7 +158,11 @@ impl ArchiveConfig {
                 }
                 let runtime = tokio::runtime::Handle::try_current()
                     .map_err(|e| ArchiveError::Writer(e.to_string()))?;
-                let remote = store::Remote::new(Arc::new(b.build()?), &c.prefix, runtime);
+                let mut name = format!("s3://{}/{}", c.bucket, c.prefix.trim_matches('/'));
+                if let Some(e) = &c.endpoint {
+                    name = format!("{name} at {e}");
+                }
+                let remote = store::Remote::new(Arc::new(b.build()?), name, &c.prefix, runtime);
                 Ok(LocalStore::with_remote(&self.dir, remote))
             }
         }
@@ -184,8 +188,14 @@ pub enum ArchiveError {
     Schema(usize),
     #[error("value {0} does not fit NUMERIC(10,4)")]
     Value(Decimal),
-    #[error("{path}: the manifest records it but the file is missing")]
-    Missing { path: String },
+    #[error("{path}: the manifest records it but the archive store {store} does not hold it")]
+    Missing { store: String, path: String },
+    #[error("archive store {store}: {source}")]
+    Store {
+        store: String,
+        #[source]
+        source: Box<ArchiveError>,
+    },
     #[error("{path}: {written} rows written but its footer says {footer}")]
     Count {
         path: String,
@@ -434,7 +444,10 @@ impl Archiver {
             None
         } else {
             // Overwriting it would lose the rows only the missing file held.
-            return Err(ArchiveError::Missing { path: relative });
+            return Err(ArchiveError::Missing {
+                store: self.store.to_string(),
+                path: relative,
+            });
         };
         let (tx, rx) = mpsc::channel::<Chunk>(4);
         let store = self.store.clone();

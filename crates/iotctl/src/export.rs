@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use ingest_writer::archive::LocalStore;
 use ingest_writer::archive::export::{self, Format, Request, Rollup};
 
 #[derive(clap::Args)]
@@ -26,13 +25,8 @@ pub struct Args {
         default_value = "postgres://postgres:postgres@127.0.0.1:5432/iot"
     )]
     pub database_url: String,
-    /// The archive store's root (ingest-writer's `retention.archive.dir`).
-    #[arg(
-        long,
-        env = "IOT_ARCHIVE_DIR",
-        default_value = "/var/lib/iot-platform/archive"
-    )]
-    pub archive_dir: PathBuf,
+    #[command(flatten)]
+    pub store: crate::archive::StoreArgs,
     /// The device: its platform UUID or its external device_id.
     #[arg(long)]
     pub device: String,
@@ -57,6 +51,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Settings first: a wrong store fails before the output is created.
+    let store = args.store.store()?;
     let client = iot_db::connect(&args.database_url).await?;
     let device = crate::archive::device_id(&client, &args.device).await?;
     let out: Box<dyn Write + Send> = match &args.output {
@@ -86,7 +82,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         })
     };
-    let store = LocalStore::new(&args.archive_dir);
     let result = match args.rollup {
         None => export::export_readings(&client, Some(&store), &req, out, progress.clone()).await,
         Some(width) => export::export_rollups(&client, &req, width, out, progress.clone()).await,

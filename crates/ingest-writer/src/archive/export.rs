@@ -77,7 +77,10 @@ pub async fn export_readings(
         for f in list(client, req.from.date_naive(), last, None).await? {
             if f.owner == owner || f.owner.is_nil() {
                 let Some(path) = store.local_copy(&f.path).await? else {
-                    return Err(ArchiveError::Missing { path: f.path });
+                    return Err(ArchiveError::Missing {
+                        store: store.to_string(),
+                        path: f.path,
+                    });
                 };
                 files.push((f.day, path));
             }

@@ -55,7 +55,10 @@ pub async fn restore(
     let last = (to - TimeDelta::microseconds(1)).date_naive();
     for file in list(client, from.date_naive(), last, None).await? {
         let Some(path) = store.local_copy(&file.path).await? else {
-            return Err(ArchiveError::Missing { path: file.path });
+            return Err(ArchiveError::Missing {
+                store: store.to_string(),
+                path: file.path,
+            });
         };
         let (tx, mut rx) = mpsc::channel::<Result<Vec<Row>, ArchiveError>>(4);
         let reader = tokio::task::spawn_blocking(move || {

@@ -39,19 +39,24 @@ pub struct LocalStore {
 #[derive(Debug)]
 pub struct Remote {
     store: Arc<dyn object_store::ObjectStore>,
+    /// What errors call it, e.g. `s3://iot-archive/prod`.
+    name: String,
     prefix: String,
     runtime: tokio::runtime::Handle,
 }
 
 impl Remote {
-    /// Calls go through `runtime` (the caller's, when it is one).
+    /// Calls go through `runtime` (the caller's, when it is one); `name`
+    /// says which store it is in errors.
     pub fn new(
         store: Arc<dyn object_store::ObjectStore>,
+        name: String,
         prefix: &str,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
             store,
+            name,
             prefix: prefix.trim_matches('/').to_owned(),
             runtime,
         }
@@ -184,6 +189,16 @@ fn hex(hasher: Sha256) -> String {
         .collect()
 }
 
+impl std::fmt::Display for LocalStore {
+    /// `directory /path`, or the bucket and its staging directory.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.remote {
+            None => write!(f, "directory {}", self.root.display()),
+            Some(r) => write!(f, "{} (staging {})", r.name, self.root.display()),
+        }
+    }
+}
+
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
@@ -205,7 +220,17 @@ impl LocalStore {
     /// file. A local copy is never trusted: another replica may have
     /// rewritten the object since (a day archived again), and a stale copy
     /// would lose the rows only the newer object holds.
+    ///
+    /// Errors name the store: an export or restore that cannot read it
+    /// says which one it tried.
     pub async fn local_copy(&self, relative: &str) -> Result<Option<PathBuf>, ArchiveError> {
+        self.fetch(relative).await.map_err(|e| ArchiveError::Store {
+            store: self.to_string(),
+            source: Box::new(e),
+        })
+    }
+
+    async fn fetch(&self, relative: &str) -> Result<Option<PathBuf>, ArchiveError> {
         let path = self.absolute(relative);
         let Some(remote) = &self.remote else {
             return Ok(path.is_file().then_some(path));

@@ -1,0 +1,285 @@
+//! `iotctl export` and `iotctl archive restore` with the archive in an
+//! S3-compatible bucket, on a real S3 API server (moto, installed by
+//! `cargo xtask test` into the data venv): retention archives a day into the
+//! bucket and drops it, and the real binary, given the writer's store
+//! settings and a directory of its own, exports exactly the rows and
+//! restores them; pointed at a store without the file, it fails naming it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ingest_writer::Store;
+use ingest_writer::archive::format::FileRows;
+use ingest_writer::archive::{ArchiveConfig, S3Config, StoreKind, floor_day};
+use ingest_writer::retention::{RetentionConfig, maintain};
+use ingest_writer::store::Row;
+use iot_testkit as kit;
+use rust_decimal::Decimal;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use uuid::Uuid;
+
+fn python() -> String {
+    std::env::var("IOT_TEST_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/iot-platform/venv-data/bin/python")
+    })
+}
+
+/// A moto S3 server on a free port, stopped with the test.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "python with moto[server] (cargo xtask test installs it; or set IOT_TEST_PYTHON)",
+            );
+        let moto = Self { child, port };
+        kit::eventually("moto listens", Duration::from_secs(30), || async {
+            (moto.request("GET", "/").await.is_some()).then_some(())
+        })
+        .await;
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One plain HTTP request (moto takes unsigned ones); the status.
+    async fn request(&self, method: &str, path: &str) -> Option<u16> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        let head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
+            self.port
+        );
+        s.write_all(head.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        String::from_utf8_lossy(&buf)
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+/// The binary with only the settings given: none of the caller's archive
+/// or AWS variables leak in.
+fn iotctl(url: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iotctl"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("INGEST_WRITER__") || k == "IOT_ARCHIVE_DIR" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .env("IOT_DATABASE_URL", url)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "iotctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_restore_read_an_s3_archive() {
+    let moto = Moto::start().await;
+    let bucket = format!("iot-archive-{}", Uuid::new_v4().simple());
+    assert_eq!(moto.request("PUT", &format!("/{bucket}")).await, Some(200));
+
+    let url = kit::migrated_database_with(iot_db::Backend::Postgres).await;
+    let db = kit::connect(url.url()).await;
+    db.execute("SELECT iot_ensure_partitions(60, 14)", &[])
+        .await
+        .unwrap();
+    let store = Store::new(iot_db::pool(url.url(), 4).unwrap());
+    let device = Uuid::new_v4();
+    db.execute(
+        "INSERT INTO devices (id, device_id, name, device_type, owner_id)
+         VALUES ($1, 'boiler-9', 'boiler', 'sensor', $2)",
+        &[&device, &Uuid::new_v4()],
+    )
+    .await
+    .unwrap();
+    // Microseconds, as the database keeps them.
+    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
+    let old = floor_day(now - TimeDelta::days(40)) + TimeDelta::hours(6);
+    let times: Vec<DateTime<Utc>> = (0..10)
+        .map(|i| old + TimeDelta::minutes(i))
+        .chain((0..5).map(|i| now - TimeDelta::hours(i + 1)))
+        .collect();
+    let rows: Vec<Row> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Row {
+            time: *t,
+            device_id: device,
+            sensor_name: "temperature".into(),
+            value: Decimal::from_str(&format!("{i}.0625")).unwrap(),
+            unit: Some("C".into()),
+            quality: None,
+        })
+        .collect();
+    store.write_batch(&rows).await.unwrap();
+
+    let tmp = std::env::temp_dir().join(format!("iot-s3-export-{}", kit::unique()));
+    let staging = tmp.join("writer");
+    let cfg = RetentionConfig {
+        default_days: 30,
+        archive: ArchiveConfig {
+            enabled: true,
+            dir: staging.clone(),
+            store: StoreKind::S3,
+            s3: S3Config {
+                bucket: bucket.clone(),
+                prefix: "platform-a".into(),
+                endpoint: Some(moto.endpoint()),
+                region: Some("us-east-1".into()),
+                access_key_id: Some("testing".into()),
+                secret_access_key: Some("testing".into()),
+                allow_http: true,
+            },
+        },
+        ..Default::default()
+    };
+    let (_, report) = maintain(store.pool(), iot_db::Backend::Postgres, &cfg, now)
+        .await
+        .unwrap()
+        .expect("no other maintenance runs on this database");
+    assert_eq!(report.files_archived, 1, "{report:?}");
+    assert_eq!(
+        kit::device_rows(&db, device).await,
+        5,
+        "the old day is dropped"
+    );
+    // Only the bucket holds the file now.
+    std::fs::remove_dir_all(&staging).unwrap();
+
+    let endpoint = moto.endpoint();
+    let cli_dir = tmp.join("iotctl");
+    let cli_dir_arg = cli_dir.to_str().unwrap().to_owned();
+    let s3_args = [
+        "--archive-dir",
+        cli_dir_arg.as_str(),
+        "--archive-store",
+        "s3",
+        "--s3-bucket",
+        bucket.as_str(),
+        "--s3-prefix",
+        "platform-a",
+        "--s3-endpoint",
+        endpoint.as_str(),
+        "--s3-region",
+        "us-east-1",
+        "--s3-allow-http",
+    ];
+    let from = (old - TimeDelta::days(1)).to_rfc3339();
+    let to = now.to_rfc3339();
+    let range = ["--from", from.as_str(), "--to", to.as_str()];
+
+    let file = tmp.join("out.parquet");
+    let export = [
+        &[
+            "export",
+            "--device",
+            "boiler-9",
+            "--output",
+            file.to_str().unwrap(),
+        ][..],
+        &range[..],
+        &s3_args[..],
+    ]
+    .concat();
+    ok(iotctl(url.url(), &export), &export);
+    let back: Vec<Row> = FileRows::open(&file).unwrap().map(Result::unwrap).collect();
+    let mut want = rows.clone();
+    want.sort_by_key(|r| r.time);
+    assert_eq!(back, want, "the archived day from the bucket and the rest");
+
+    // The same export from a store without the file fails, naming the
+    // store, before a single row goes out.
+    let empty = tmp.join("empty");
+    let empty_arg = empty.to_str().unwrap();
+    let dir_export = [
+        &["export", "--device", "boiler-9", "--format", "csv"][..],
+        &range[..],
+        &["--archive-dir", empty_arg][..],
+    ]
+    .concat();
+    let out = iotctl(url.url(), &dir_export);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!("directory {empty_arg}")),
+        "{stderr}"
+    );
+    let other = format!("{bucket}-other");
+    let wrong_bucket: Vec<&str> = export
+        .iter()
+        .map(|a| if *a == bucket { other.as_str() } else { a })
+        .collect();
+    let out = iotctl(url.url(), &wrong_bucket);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("s3://{other}/platform-a")),
+        "{stderr}"
+    );
+
+    let restore = [&["archive", "restore"][..], &range[..], &s3_args[..]].concat();
+    let done = ok(iotctl(url.url(), &restore), &restore);
+    assert!(done.starts_with("restored 10 rows from 1 files"), "{done}");
+    let restored: Vec<Row> = db
+        .query(
+            "SELECT time, device_id, sensor_name, value, unit, quality FROM sensor_readings
+             WHERE device_id = $1 ORDER BY time",
+            &[&device],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(Row::from)
+        .collect();
+    assert_eq!(restored, want);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
