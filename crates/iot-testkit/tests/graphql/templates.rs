@@ -8,8 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const ENABLE: &str =
-    "mutation { enableRuleTemplates { name condition severity message enabled } }";
+const ENABLE: &str = "mutation { enableRuleTemplates { name condition severity message enabled } }";
 
 const RECORD_SENSOR: &str = "mutation($d: ID!, $s: String!, $v: Float!) {
   recordReading(deviceId: $d, sensorName: $s, value: $v) { value }
@@ -67,8 +66,11 @@ async fn the_seeds_rule_templates_raise_what_the_seed_says() {
         .unwrap()
         .to_owned();
     // At 100 nothing: above 100 is the seed's condition.
-    a.data(RECORD_SENSOR, json!({"d": id, "s": "temperature", "v": 100.0}))
-        .await;
+    a.data(
+        RECORD_SENSOR,
+        json!({"d": id, "s": "temperature", "v": 100.0}),
+    )
+    .await;
     let hot = raised(&a, &id, "temperature", 101.0, "high_temp").await;
     assert_eq!(hot["severity"], "critical", "{hot}");
     assert_eq!(hot["message"], "High temperature detected", "{hot}");
