@@ -83,7 +83,7 @@ fn replace_report_section(path: &str, heading: &str, body: &str) {
                 .map_or(text.len(), |i| start + heading.len() + i + 1);
             format!("{}{}\n\n{}", &text[..start], body.trim_end(), &text[end..])
         }
-        None => format!("{}\n{}\n", text.trim_end(), body.trim_end()),
+        None => format!("{}\n\n{}\n", text.trim_end(), body.trim_end()),
     };
     if let Err(e) = std::fs::write(path, out) {
         eprintln!("cannot write {path}: {e}");
