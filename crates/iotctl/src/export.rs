@@ -42,7 +42,7 @@ pub struct Args {
     /// parquet, csv or jsonl.
     #[arg(long, default_value = "parquet")]
     pub format: Format,
-    /// Export a rollup (1h, 1d or 1w; csv or jsonl) instead of raw readings.
+    /// Export a rollup (1h, 1d or 1w) instead of raw readings.
     #[arg(long)]
     pub rollup: Option<Rollup>,
     /// The file to write; stdout when absent.

@@ -31,6 +31,41 @@ fn iotctl(url: &str, dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// (bucket, readings, sum_value) of a rollup exported as Parquet.
+fn rollup_rows(path: &std::path::Path) -> Vec<(String, i64, Decimal)> {
+    use arrow_array::{Array, Decimal128Array, Int64Array, TimestampMicrosecondArray};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let column = |name: &str| b.column_by_name(name).unwrap().clone();
+        let bucket = column("bucket");
+        let bucket = bucket
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        let readings = column("readings");
+        let readings = readings.as_any().downcast_ref::<Int64Array>().unwrap();
+        let sum = column("sum_value");
+        let sum = sum.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        assert_eq!(bucket.timezone(), Some("UTC"));
+        for i in 0..b.num_rows() {
+            let time = DateTime::<Utc>::from_timestamp_micros(bucket.value(i)).unwrap();
+            out.push((
+                time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                readings.value(i),
+                Decimal::from_i128_with_scale(sum.value(i), 4),
+            ));
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn export_merges_archive_and_database_and_restore_is_idempotent() {
     let url = kit::migrated_database_with(iot_db::Backend::Postgres).await;
@@ -152,6 +187,39 @@ async fn export_merges_archive_and_database_and_restore_is_idempotent() {
         })
         .sum();
     assert_eq!(total, 15, "{jsonl}");
+    // The same rollup as Parquet: the same buckets, counts and exact sums.
+    let rollup = dir.join("rollup.parquet");
+    iotctl(
+        url.url(),
+        &dir,
+        &[
+            &[
+                "export",
+                "--device",
+                "boiler-7",
+                "--format",
+                "parquet",
+                "--rollup",
+                "1d",
+                "--output",
+                rollup.to_str().unwrap(),
+            ][..],
+            &range[..],
+        ]
+        .concat(),
+    );
+    let want: Vec<(String, i64, Decimal)> = jsonl
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["bucket"].as_str().unwrap().to_owned(),
+                v["readings"].as_i64().unwrap(),
+                Decimal::from_str(v["sum_value"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rollup_rows(&rollup), want);
 
     let restore = [
         "archive",

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::format::{FileRows, Merge, RowWriter};
+use super::format::{self, FileRows, Merge, RowWriter};
 use super::{ArchiveError, Chunk, LocalStore, Received, list};
 use crate::store::Row;
 
@@ -294,7 +294,7 @@ impl FromStr for Rollup {
     }
 }
 
-/// Writes a device's rollup rows in `[from, to)` as CSV or JSON lines
+/// Writes a device's rollup rows in `[from, to)` as CSV, JSON lines or Parquet
 /// (rollups stay in the database: they outlive raw rows).
 pub async fn export_rollups(
     client: &Client,
@@ -323,11 +323,7 @@ pub async fn export_rollups(
     let csv = match req.format {
         Format::Csv => true,
         Format::Jsonl => false,
-        Format::Parquet => {
-            return Err(ArchiveError::Output(std::io::Error::other(
-                "rollups export as csv or jsonl",
-            )));
-        }
+        Format::Parquet => return rollups_as_parquet(rows, out, progress).await,
     };
     if csv {
         out.write_all(b"bucket,device_id,sensor_name,readings,sum_value,min_value,max_value\n")
@@ -378,5 +374,32 @@ pub async fn export_rollups(
         progress.store(n, Ordering::Relaxed);
     }
     out.flush().map_err(ArchiveError::Output)?;
+    Ok(n)
+}
+
+/// [`export_rollups`] as Parquet ([`format::rollup_schema`]).
+async fn rollups_as_parquet(
+    rows: std::pin::Pin<&mut tokio_postgres::RowStream>,
+    out: Box<dyn Write + Send>,
+    progress: Arc<AtomicU64>,
+) -> Result<u64, ArchiveError> {
+    let mut rows = rows;
+    let mut writer = format::RollupWriter::new(out)?;
+    let mut n = 0u64;
+    while let Some(r) = rows.next().await {
+        let r = r?;
+        writer.push(&format::RollupRow {
+            bucket: r.get(0),
+            device_id: r.get(1),
+            sensor_name: r.get(2),
+            readings: r.get(3),
+            sum_value: r.get(4),
+            min_value: r.get(5),
+            max_value: r.get(6),
+        })?;
+        n += 1;
+        progress.store(n, Ordering::Relaxed);
+    }
+    writer.finish()?.flush().map_err(ArchiveError::Output)?;
     Ok(n)
 }

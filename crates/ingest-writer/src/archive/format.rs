@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{Decimal128Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::builder::{
+    Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow_array::{Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
@@ -168,6 +170,143 @@ impl<W: Write + Send> RowWriter<W> {
     pub fn finish(mut self) -> Result<W, ArchiveError> {
         if !self.batch.is_empty() {
             self.writer.write(&self.batch.finish()?)?;
+        }
+        Ok(self.writer.into_inner()?)
+    }
+}
+
+/// Sums of NUMERIC(10,4) values keep their scale and need more digits
+/// than one value: the widest decimal Parquet has.
+const SUM_PRECISION: u8 = 38;
+
+/// One rollup bucket of one sensor, as `iotctl export --rollup` writes it.
+pub struct RollupRow {
+    pub bucket: DateTime<Utc>,
+    pub device_id: Uuid,
+    pub sensor_name: String,
+    pub readings: i64,
+    pub sum_value: Decimal,
+    pub min_value: Decimal,
+    pub max_value: Decimal,
+}
+
+/// The columns of a rollup export, named as in its CSV and JSON lines.
+pub fn rollup_schema() -> SchemaRef {
+    let decimal =
+        |name: &str, precision| Field::new(name, DataType::Decimal128(precision, SCALE), false);
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "bucket",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("sensor_name", DataType::Utf8, false),
+        Field::new("readings", DataType::Int64, false),
+        decimal("sum_value", SUM_PRECISION),
+        decimal("min_value", PRECISION),
+        decimal("max_value", PRECISION),
+    ]))
+}
+
+/// `value` as the mantissa of a decimal of `precision` digits at the
+/// archive's scale.
+fn scaled(value: Decimal, precision: u8) -> Result<i128, ArchiveError> {
+    let mut v = value;
+    v.rescale(SCALE as u32);
+    if v.scale() != SCALE as u32 || v.mantissa().unsigned_abs() >= 10u128.pow(precision.into()) {
+        return Err(ArchiveError::Value(value));
+    }
+    Ok(v.mantissa())
+}
+
+/// A Parquet writer of rollup rows, to any `Write`, in batches of
+/// [`BATCH_ROWS`].
+pub struct RollupWriter<W: Write + Send> {
+    writer: ArrowWriter<W>,
+    bucket: TimestampMicrosecondBuilder,
+    device: StringBuilder,
+    sensor: StringBuilder,
+    readings: Int64Builder,
+    sum: Decimal128Builder,
+    min: Decimal128Builder,
+    max: Decimal128Builder,
+    pending: usize,
+}
+
+impl<W: Write + Send> RollupWriter<W> {
+    pub fn new(out: W) -> Result<Self, ArchiveError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_created_by("iot-platform iotctl export".into())
+            .build();
+        Ok(Self {
+            writer: ArrowWriter::try_new(out, rollup_schema(), Some(props))?,
+            bucket: TimestampMicrosecondBuilder::new(),
+            device: StringBuilder::new(),
+            sensor: StringBuilder::new(),
+            readings: Int64Builder::new(),
+            sum: Decimal128Builder::new(),
+            min: Decimal128Builder::new(),
+            max: Decimal128Builder::new(),
+            pending: 0,
+        })
+    }
+
+    pub fn push(&mut self, r: &RollupRow) -> Result<(), ArchiveError> {
+        let (sum, min, max) = (
+            scaled(r.sum_value, SUM_PRECISION)?,
+            scaled(r.min_value, PRECISION)?,
+            scaled(r.max_value, PRECISION)?,
+        );
+        self.bucket.append_value(r.bucket.timestamp_micros());
+        let mut buf = Uuid::encode_buffer();
+        self.device
+            .append_value(r.device_id.hyphenated().encode_lower(&mut buf));
+        self.sensor.append_value(&r.sensor_name);
+        self.readings.append_value(r.readings);
+        self.sum.append_value(sum);
+        self.min.append_value(min);
+        self.max.append_value(max);
+        self.pending += 1;
+        if self.pending >= BATCH_ROWS {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), ArchiveError> {
+        self.pending = 0;
+        let columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(self.bucket.finish().with_timezone("UTC")),
+            Arc::new(self.device.finish()),
+            Arc::new(self.sensor.finish()),
+            Arc::new(self.readings.finish()),
+            Arc::new(
+                self.sum
+                    .finish()
+                    .with_precision_and_scale(SUM_PRECISION, SCALE)?,
+            ),
+            Arc::new(
+                self.min
+                    .finish()
+                    .with_precision_and_scale(PRECISION, SCALE)?,
+            ),
+            Arc::new(
+                self.max
+                    .finish()
+                    .with_precision_and_scale(PRECISION, SCALE)?,
+            ),
+        ];
+        self.writer
+            .write(&RecordBatch::try_new(rollup_schema(), columns)?)?;
+        Ok(())
+    }
+
+    /// Writes the footer; returns the underlying writer.
+    pub fn finish(mut self) -> Result<W, ArchiveError> {
+        if self.pending > 0 {
+            self.flush_batch()?;
         }
         Ok(self.writer.into_inner()?)
     }

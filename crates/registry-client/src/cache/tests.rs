@@ -98,6 +98,13 @@ impl DeviceRegistry for Fake {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn create_devices(
+        &self,
+        _: Request<v1::CreateDevicesRequest>,
+    ) -> Result<Response<v1::CreateDevicesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn list_devices(
         &self,
         _: Request<v1::ListDevicesRequest>,
