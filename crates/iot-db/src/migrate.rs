@@ -290,19 +290,66 @@ async fn migrate_locked(
             name: m.name,
             source,
         };
-        let tx = client.transaction().await?;
-        tx.batch_execute(sql).await.map_err(step)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, backend) VALUES ($1, $2, $3)",
-            &[&m.version, &m.name, &backend.as_str()],
-        )
-        .await
-        .map_err(step)?;
-        tx.commit().await.map_err(step)?;
+        let mut attempt = 1;
+        loop {
+            match apply(client, m, sql, backend).await {
+                Ok(()) => break,
+                Err(e) if attempt < STEP_ATTEMPTS && lost_a_race(&e) => {
+                    tracing::warn!(
+                        version = m.version,
+                        name = m.name,
+                        attempt,
+                        error = %e,
+                        "migration lost a race with a concurrent writer of the catalog; \
+                         trying it again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(step(e)),
+            }
+        }
         tracing::info!(version = m.version, name = m.name, %backend, "migration applied");
         report.applied.push(m.version);
     }
     Ok(report)
+}
+
+/// How often one migration is tried when it loses a race (see
+/// [`lost_a_race`]).
+const STEP_ATTEMPTS: u32 = 5;
+
+/// Errors after which the migration's transaction has rolled back and
+/// trying it again can succeed: serialization failures, deadlocks, and the
+/// catalog races of TimescaleDB's job scheduler, which updates a new
+/// database's policy jobs while a migration drops them ("tuple
+/// concurrently updated" / "deleted").
+fn lost_a_race(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == SqlState::T_R_SERIALIZATION_FAILURE
+            || *d.code() == SqlState::T_R_DEADLOCK_DETECTED
+            || d.message().starts_with("tuple concurrently")
+    })
+}
+
+/// One migration and its record in `schema_migrations`, in one
+/// transaction.
+async fn apply(
+    client: &mut Client,
+    m: &Migration,
+    sql: &str,
+    backend: Backend,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(sql).await?;
+    tx.execute(
+        "INSERT INTO schema_migrations (version, name, backend) VALUES ($1, $2, $3)",
+        &[&m.version, &m.name, &backend.as_str()],
+    )
+    .await?;
+    tx.commit().await
 }
 
 async fn decide_backend(client: &Client, choice: BackendChoice) -> Result<Backend, MigrateError> {

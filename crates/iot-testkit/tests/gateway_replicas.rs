@@ -103,10 +103,17 @@ async fn messages_the_broker_took_but_never_delivered_raise_the_alarm() {
     kit::publish_all(&elsewhere).await;
     // Mosquitto publishes its $SYS counts every 10 s; the 300 may straddle
     // two samples.
+    // Both from one scrape: a sample arriving between two scrapes would
+    // pair an old alarm with a new count.
     let (alarm, unreceived) = kit::eventually("alarm raised", Duration::from_secs(45), || async {
-        let alarm = kit::metric(p.gateway_admin, "iot_gateway_broker_unreceived_alarm").await?;
-        let unreceived =
-            kit::metric(p.gateway_admin, "iot_gateway_broker_unreceived_messages").await?;
+        let body = kit::http_get(p.gateway_admin, "/metrics").await;
+        let value = |series: &str| {
+            iot_telemetry::samples(&body, series)
+                .first()
+                .map(|v| *v as u64)
+        };
+        let alarm = value("iot_gateway_broker_unreceived_alarm")?;
+        let unreceived = value("iot_gateway_broker_unreceived_messages")?;
         (unreceived >= 300).then_some((alarm, unreceived))
     })
     .await;
