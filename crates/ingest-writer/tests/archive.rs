@@ -503,7 +503,7 @@ print(t.schema.field("time").type)
 for r in t.to_pylist():
     print(r["time"].isoformat(), r["device_id"], r["sensor_name"], r["value"], r["unit"])
 "#;
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(kit::moto::python())
         .args(["-c", script])
         .arg(&path)
         .output()
@@ -529,13 +529,6 @@ for r in t.to_pylist():
         ));
     }
     assert_eq!(text.lines().collect::<Vec<_>>(), want);
-}
-
-fn python() -> String {
-    std::env::var("IOT_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/iot-platform/venv-data/bin/python")
-    })
 }
 
 /// A `Write` whose bytes the test reads afterwards.

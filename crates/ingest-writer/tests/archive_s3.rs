@@ -8,9 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt as _;
@@ -25,76 +23,7 @@ use iot_testkit as kit;
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
 use rust_decimal::Decimal;
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
-
-fn python() -> String {
-    std::env::var("IOT_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/iot-platform/venv-data/bin/python")
-    })
-}
-
-/// A moto S3 server on a free port, stopped with the test.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(python())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "python with moto[server] (cargo xtask test installs it; or set IOT_TEST_PYTHON)",
-            );
-        let moto = Self { child, port };
-        kit::eventually("moto listens", Duration::from_secs(30), || async {
-            (moto.request("GET", "/").await.is_some()).then_some(())
-        })
-        .await;
-        moto
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// One plain HTTP request (moto takes unsigned ones); the status.
-    async fn request(&self, method: &str, path: &str) -> Option<u16> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
-            self.port
-        );
-        s.write_all(head.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        String::from_utf8_lossy(&buf)
-            .split(' ')
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-}
 
 fn reading(device: Uuid, sensor: &str, t: chrono::DateTime<Utc>, value: &str) -> Row {
     Row {
@@ -109,7 +38,7 @@ fn reading(device: Uuid, sensor: &str, t: chrono::DateTime<Utc>, value: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
-    let moto = Moto::start().await;
+    let moto = kit::moto::Moto::start().await;
     let bucket = format!("iot-archive-{}", Uuid::new_v4().simple());
     assert_eq!(moto.request("PUT", &format!("/{bucket}")).await, Some(200));
 

@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod moto;
 pub mod pki;
 pub mod platform;
 

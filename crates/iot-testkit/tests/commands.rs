@@ -703,7 +703,6 @@ async fn a_command_accepted_while_the_broker_is_unreachable_is_published_after_a
         let mut config = kit::platform::registry_config(&db, &root);
         if let Some(port) = port {
             config.broker.port = port;
-            config.broker.timeout_ms = 500;
         }
         let shutdown = iot_runtime::CancellationToken::new();
         async move {

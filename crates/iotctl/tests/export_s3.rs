@@ -7,9 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ingest_writer::Store;
@@ -19,76 +18,7 @@ use ingest_writer::retention::{RetentionConfig, maintain};
 use ingest_writer::store::Row;
 use iot_testkit as kit;
 use rust_decimal::Decimal;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
-
-fn python() -> String {
-    std::env::var("IOT_TEST_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/iot-platform/venv-data/bin/python")
-    })
-}
-
-/// A moto S3 server on a free port, stopped with the test.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(python())
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "python with moto[server] (cargo xtask test installs it; or set IOT_TEST_PYTHON)",
-            );
-        let moto = Self { child, port };
-        kit::eventually("moto listens", Duration::from_secs(30), || async {
-            (moto.request("GET", "/").await.is_some()).then_some(())
-        })
-        .await;
-        moto
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// One plain HTTP request (moto takes unsigned ones); the status.
-    async fn request(&self, method: &str, path: &str) -> Option<u16> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        let head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\n\r\n",
-            self.port
-        );
-        s.write_all(head.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        String::from_utf8_lossy(&buf)
-            .split(' ')
-            .nth(1)?
-            .parse()
-            .ok()
-    }
-}
 
 /// The binary with only the settings given: none of the caller's archive
 /// or AWS variables leak in.
@@ -118,7 +48,7 @@ fn ok(out: Output, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_restore_read_an_s3_archive() {
-    let moto = Moto::start().await;
+    let moto = kit::moto::Moto::start().await;
     let bucket = format!("iot-archive-{}", Uuid::new_v4().simple());
     assert_eq!(moto.request("PUT", &format!("/{bucket}")).await, Some(200));
 
