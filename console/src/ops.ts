@@ -6,9 +6,10 @@ import fleet from './graphql/fleet.graphql?raw';
 import device from './graphql/device.graphql?raw';
 import alerts from './graphql/alerts.graphql?raw';
 import rules from './graphql/rules.graphql?raw';
+import commands from './graphql/commands.graphql?raw';
 import { operations } from './operations.js';
 
-const ops = operations([fragments, fleet, device, alerts, rules]).operations;
+const ops = operations([fragments, fleet, device, alerts, rules, commands]).operations;
 
 /** The text of the named operation, with the fragments it uses. */
 export function op(name: string): string {

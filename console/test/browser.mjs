@@ -2,7 +2,9 @@
 // against a real platform. Run by crates/iot-testkit/tests/console.rs,
 // which starts the platform, creates the devices and readings named in
 // the environment, and publishes over MQTT when this script prints
-// PUBLISH (answering PUBLISHED on stdin). Exits non-zero on any failure.
+// PUBLISH (answering PUBLISHED on stdin); the fourth device is on the
+// broker, answering commands and reporting the desired state it gets.
+// Exits non-zero on any failure.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -17,7 +19,7 @@ const BASE = env('CONSOLE_URL'); // http://127.0.0.1:port/console/
 const KEY_A = env('CONSOLE_KEY_A');
 const KEY_B = env('CONSOLE_KEY_B');
 const JWT_A = env('CONSOLE_JWT_A');
-const DEVICES_A = JSON.parse(env('CONSOLE_DEVICES_A')); // [{id, device_id}], first: thresholds and readings
+const DEVICES_A = JSON.parse(env('CONSOLE_DEVICES_A')); // [{id, device_id}], first: thresholds and readings; fourth: answers commands
 const DEVICE_B = JSON.parse(env('CONSOLE_DEVICE_B')); // {id, device_id}
 const SHOTS = env('CONSOLE_SCREENSHOTS');
 const CHROMIUM = process.env.CONSOLE_CHROMIUM || '/usr/bin/chromium';
@@ -214,6 +216,85 @@ try {
   await page.getByRole('button', { name: 'Done, hide it' }).click();
   assert.equal(await page.locator('[data-testid=new-password]').count(), 0);
 
+  step('a command sent from the device page goes live to succeeded, with the device\'s answer');
+  const valve = DEVICES_A[3];
+  await page.goto(`${BASE}#/device/${valve.id}`);
+  const commandForm = page.locator('[data-testid=command-form]');
+  await page.locator('[data-testid=commands] td.empty', { hasText: 'No commands yet.' }).waitFor();
+  await page.locator('.socket-connected').waitFor();
+  // By keyboard: a JSON mistake shows at its field, Enter sends.
+  await commandForm.locator('input[name=name]').focus();
+  await page.keyboard.type('open-valve');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type('{"position": 40');
+  await page.keyboard.press('Control+Enter');
+  await commandForm.locator('textarea[name=payload] ~ .field-error', { hasText: 'not JSON' }).waitFor();
+  assert.equal(await page.locator('[data-testid=commands] tr[data-command]').count(), 0, 'nothing was sent');
+  await page.keyboard.type('}');
+  const sentAt = Date.now();
+  await page.keyboard.press('Control+Enter');
+  const done = page.locator('[data-testid=commands] tr[data-command][data-status=succeeded]');
+  await done.waitFor();
+  console.log(`command shown succeeded ${Date.now() - sentAt} ms after sending`);
+  await page.getByRole('status').filter({ hasText: 'open-valve: succeeded' }).waitFor();
+  const commandId = await done.getAttribute('data-command');
+  const shownResult = JSON.parse(await done.locator('code.result').textContent());
+  assert.deepEqual(shownResult, { done: 'open-valve', payload: { position: 40 } });
+  const { command } = await api(KEY_A, 'query($id: ID!) { command(id: $id) { status result sent_at finished_at } }', { id: commandId });
+  assert.equal(command.status, 'succeeded');
+  assert.deepEqual(command.result, shownResult);
+  assert.ok(command.sent_at && command.finished_at, JSON.stringify(command));
+  console.log(`COMMAND ${commandId}`);
+
+  step('a command the device fails shows failed, with its answer');
+  await commandForm.locator('input[name=name]').fill('fail');
+  await commandForm.locator('textarea[name=payload]').fill('');
+  await commandForm.locator('input[name=name]').press('Enter');
+  const failed = page.locator('[data-testid=commands] tr[data-command][data-status=failed]');
+  await failed.waitFor();
+  assert.deepEqual(JSON.parse(await failed.locator('code.result').textContent()), { reason: 'asked to fail' });
+  assert.equal(await page.locator('[data-testid=commands] tr[data-command]').count(), 2);
+  assert.equal(await page.locator('[data-testid=commands] tr[data-command]').first().getAttribute('data-command'), await failed.getAttribute('data-command'), 'newest first');
+
+  step('setting the desired state shows its version, then the device\'s report');
+  const desiredForm = page.locator('[data-testid=desired-form]');
+  const desiredText = desiredForm.locator('textarea[name=desired]');
+  const baseVersion = desiredForm.locator('input[name=expectedVersion]');
+  await page.locator('[data-testid=desired][data-version="0"]').waitFor();
+  assert.equal(await baseVersion.inputValue(), '0');
+  await desiredText.fill('{"position": 40, "mode": "eco"}');
+  await desiredForm.getByRole('button', { name: 'Set desired state' }).click();
+  await page.locator('[data-testid=desired][data-version="1"]').waitFor();
+  await desiredForm.getByRole('status').filter({ hasText: 'Set: version 1.' }).waitFor();
+  assert.equal(await baseVersion.inputValue(), '1');
+  // The device applies it and reports it; the page reads the state every 5 s.
+  await page.locator('[data-testid=reported-json]', { hasText: 'eco' }).waitFor({ timeout: 20000 });
+  await page.locator('[data-testid=difference]', { hasText: 'The device reports what is desired.' }).waitFor();
+
+  step('a stale version is refused by the API, shown at its field, and the current one can be loaded');
+  const { setDesiredState: behind } = await api(KEY_A, 'mutation($d: ID!, $s: JSON!) { setDesiredState(deviceId: $d, desired: $s, expectedVersion: 1) { desired_version } }',
+    { d: valve.id, s: { position: 10, mode: 'eco' } });
+  assert.equal(behind.desired_version, 2);
+  await desiredText.fill('{"position": 60, "mode": "eco"}');
+  await desiredForm.getByRole('button', { name: 'Set desired state' }).click();
+  const versionError = desiredForm.locator('input[name=expectedVersion] ~ .field-error');
+  await versionError.filter({ hasText: 'CONFLICT' }).waitFor();
+  console.log(`stale version refused: ${await versionError.textContent()}`);
+  assert.match(await versionError.textContent(), /version 2/);
+  const { deviceState: kept } = await api(KEY_A, 'query($d: ID!) { deviceState(deviceId: $d) { desired desired_version } }', { d: valve.id });
+  assert.deepEqual(kept, { desired: { position: 10, mode: 'eco' }, desired_version: 2 }, 'the refused write changed nothing');
+  await page.locator('[data-testid=desired][data-version="2"]').waitFor();
+  await desiredForm.getByRole('button', { name: 'Load version 2' }).click();
+  assert.equal(await baseVersion.inputValue(), '2');
+  assert.equal(await versionError.textContent(), '');
+  await desiredText.fill('{"position": 60, "mode": "eco"}');
+  await desiredText.press('Control+Enter');
+  await page.locator('[data-testid=desired][data-version="3"]').waitFor();
+  await page.locator('[data-testid=reported-json]', { hasText: '60' }).waitFor({ timeout: 20000 });
+  await page.locator('[data-testid=difference]', { hasText: 'The device reports what is desired.' }).waitFor();
+  console.log('STATE 3');
+  await page.screenshot({ path: `${SHOTS}/device-commands.png`, fullPage: true });
+
   step('the query page runs a query');
   await page.goto(`${BASE}#/query`);
   await page.getByRole('button', { name: /^Run/ }).click();
@@ -236,6 +317,11 @@ try {
   await page.waitForTimeout(300);
   await noSideScroll('the device page');
   await page.screenshot({ path: `${SHOTS}/device-390.png`, fullPage: true });
+  await page.goto(`${BASE}#/device/${valve.id}`);
+  await page.locator('[data-testid=commands] tr[data-command]').first().waitFor();
+  await page.locator('[data-testid=desired][data-version="3"]').waitFor();
+  await noSideScroll('the device page with commands and state');
+  await page.screenshot({ path: `${SHOTS}/device-commands-390.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
 
   step("a second owner's key sees none of the first owner's devices or alerts");

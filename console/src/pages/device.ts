@@ -1,5 +1,6 @@
 // Device: details and config, current readings, a chart per sensor that
-// the `metrics` subscription extends, the device's alerts, editing, and
+// the `metrics` subscription extends, the device's alerts, its commands
+// and desired versus reported state (pages/commands.ts), editing, and
 // rotating its MQTT password.
 import { run, mutate, subscribe } from '../api';
 import { h, fill, fmtTime, fmtNum, field } from '../dom';
@@ -7,6 +8,7 @@ import { errorBox, badge, onlineBadge, pageHead, showFieldErrors } from '../ui';
 import { sensorChart, type Bucket } from '../chart';
 import { alertList, type Alert } from '../alertlist';
 import type { DeviceRow } from './fleet';
+import { commandsPanel, statePanel } from './commands';
 
 type Device = Omit<DeviceRow, 'cursor'> & {
   latitude: number | null;
@@ -36,13 +38,15 @@ export function devicePage(main: HTMLElement, id: string): () => void {
   const charts = h('div', { class: 'charts', 'data-testid': 'charts' });
   const alertErrors = errorBox();
   const alerts = alertList({ showDevice: false, errors: alertErrors });
+  const commands = h('section', { 'aria-labelledby': 'commands-h' });
+  const state = h('section', { 'aria-labelledby': 'state-h' });
   const edit = h('section', { 'aria-labelledby': 'edit-h' });
   const creds = h('section', { 'aria-labelledby': 'creds-h' });
   fill(main, head, errors,
     h('div', { class: 'grid2' }, details, readings),
     h('section', { 'aria-labelledby': 'charts-h' }, h('h2', { id: 'charts-h' }, 'Charts'), rangeBar, charts),
     h('section', { 'aria-labelledby': 'alerts-h' }, h('h2', { id: 'alerts-h' }, 'Alerts'), alertErrors, alerts.el),
-    edit, creds);
+    commands, state, edit, creds);
 
   let device: Device | null = null;
   let range = RANGES[0];
@@ -51,6 +55,8 @@ export function devicePage(main: HTMLElement, id: string): () => void {
   let metricsSub: (() => void) | null = null;
   let alertSub: (() => void) | null = null;
   let statusSub: (() => void) | null = null;
+  let stopCommands: (() => void) | null = null;
+  let stopState: (() => void) | null = null;
   let refresh: ReturnType<typeof setTimeout> | null = null;
   let stopped = false;
 
@@ -85,6 +91,8 @@ export function devicePage(main: HTMLElement, id: string): () => void {
         renderCreds();
         void loadCharts();
         void loadAlerts();
+        stopCommands = commandsPanel(commands, device.id);
+        stopState = statePanel(state, device.id);
         statusSub = subscribe<{ deviceStatus: Pick<Device, 'status' | 'online' | 'last_heartbeat'> }>('DeviceStatus', { deviceId: device.id },
           ({ deviceStatus }) => { if (device) { Object.assign(device, deviceStatus); renderHead(); } },
           (e) => errors.show(e));
@@ -265,7 +273,7 @@ export function devicePage(main: HTMLElement, id: string): () => void {
   void load();
   return () => {
     stopped = true;
-    metricsSub?.(); alertSub?.(); statusSub?.();
+    metricsSub?.(); alertSub?.(); statusSub?.(); stopCommands?.(); stopState?.();
     if (refresh) clearTimeout(refresh);
     chartsBySensor.forEach((c) => c.destroy());
   };

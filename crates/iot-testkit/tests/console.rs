@@ -2,8 +2,10 @@
 //! in a real browser: Playwright drives Debian's Chromium through
 //! `console/test/browser.mjs` against a platform started here, with two
 //! owners' devices, readings and an alert raised over MQTT while the page
-//! is open. `cargo xtask console` builds what this needs (and `cargo
-//! xtask test` does it before building the gateway).
+//! is open, and a device on the broker that answers the commands the page
+//! sends and reports the desired state it gets. `cargo xtask console`
+//! builds what this needs (and `cargo xtask test` does it before building
+//! the gateway).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,8 +71,82 @@ async fn mqtt_login(user: &str, password: &str) -> Result<(), String> {
 }
 
 const CREATE: &str = "mutation($d: String!, $name: String!, $t: JSON) {
-  createDevice(deviceId: $d, name: $name, deviceType: \"temperature_sensor\", location: \"Plant 1\", alertThreshold: $t) { id device_id credentials { password } }
+  createDevice(deviceId: $d, name: $name, deviceType: \"temperature_sensor\", location: \"Plant 1\", alertThreshold: $t) { id device_id credentials { username password } }
 }";
+
+/// The body a device answering [`answering_device`] gives a command.
+fn answer_body(command: &Value) -> Value {
+    if command["name"] == "fail" {
+        json!({"status": "error", "body": {"reason": "asked to fail"}})
+    } else {
+        json!({"status": "ok", "body": {"done": command["name"], "payload": command["payload"]}})
+    }
+}
+
+/// A device's MQTT 5 session on the broker, as docs/mqtt-devices.md tells
+/// devices to behave: it acknowledges each command (`received`), then
+/// answers it ([`answer_body`]) on its response topic, and reports each
+/// desired state it gets as its state. Subscribed before this returns, so
+/// that no command the page sends is missed.
+async fn answering_device(root: &str, user: &str, password: &str) -> tokio::task::JoinHandle<()> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+    use rumqttc::v5::{AsyncClient, Event};
+    let mut opts = kit::mqtt5_options(format!("console-dev-{}", kit::unique()));
+    opts.set_credentials(user, password);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    let commands = format!("{root}/commands/{user}/");
+    let desired = format!("{root}/state/{user}/desired");
+    let reported = format!("{root}/state/{user}/reported");
+    for filter in [format!("{commands}+"), desired.clone()] {
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::timeout(WAIT, async {
+        let mut granted = 0;
+        while granted < 2 {
+            if let Event::Incoming(Packet::SubAck(ack)) = events.poll().await.unwrap() {
+                assert!(
+                    matches!(ack.return_codes[0], SubscribeReasonCode::Success(_)),
+                    "the broker refused the device's subscription: {ack:?}"
+                );
+                granted += 1;
+            }
+        }
+    })
+    .await
+    .expect("SUBACKs");
+    tokio::spawn(async move {
+        loop {
+            let p = match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => p,
+                Ok(_) => continue,
+                // rumqttc reconnects on the next poll.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+            let mut out = Vec::new();
+            if topic == desired {
+                if body["state"].is_object() {
+                    out.push((reported.clone(), body["state"].to_string()));
+                }
+            } else if topic.starts_with(&commands) {
+                let result = format!("{topic}/result");
+                out.push((result.clone(), json!({"status": "received"}).to_string()));
+                out.push((result, answer_body(&body).to_string()));
+            }
+            for (topic, payload) in out {
+                client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_works_in_a_real_browser() {
@@ -148,13 +224,14 @@ async fn the_console_works_in_a_real_browser() {
     assert!(csp.unwrap().starts_with("default-src 'self'"));
 
     // Owner A: a boiler (at most 30 degrees) with an hour of readings, and
-    // two more devices; owner B: one device.
+    // three more devices (the valve answers commands); owner B: one device.
     let u = kit::unique();
     let mut devices_a = Vec::new();
     for (name, t) in [
         ("boiler", json!({"temperature": {"max": 30}})),
         ("fan", Value::Null),
         ("pump", Value::Null),
+        ("valve", Value::Null),
     ] {
         let d = gql(
             addr,
@@ -215,6 +292,14 @@ async fn the_console_works_in_a_real_browser() {
     })
     .await;
 
+    let valve = &devices_a[3]["credentials"];
+    let valve_session = answering_device(
+        &p.root,
+        valve["username"].as_str().unwrap(),
+        valve["password"].as_str().unwrap(),
+    )
+    .await;
+
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let mut child = Command::new("node")
         .arg("test/browser.mjs")
@@ -248,6 +333,7 @@ async fn the_console_works_in_a_real_browser() {
     });
     let mut alert_id = None;
     let (mut acknowledged, mut of_b, mut rotated) = (None, None, None);
+    let (mut commanded, mut state) = (None, None);
     let mut engine = Some(engine);
     let mut published = false;
     let mut passed = false;
@@ -290,6 +376,14 @@ async fn the_console_works_in_a_real_browser() {
             let user = format!("con-{u}-pump");
             let old = devices_a[2]["credentials"]["password"].as_str().unwrap();
             rotated = Some((mqtt_login(&user, new).await, mqtt_login(&user, old).await));
+        } else if let Some(id) = line.strip_prefix("COMMAND ") {
+            // The command the page showed succeeded, as the API tells it.
+            let q = "query($id: ID!) { command(id: $id) { id name payload status result } }";
+            commanded = Some(gql(addr, &key_a, q, json!({"id": id})).await);
+        } else if line.starts_with("STATE ") {
+            let q =
+                "query($d: ID!) { deviceState(deviceId: $d) { desired desired_version reported } }";
+            state = Some(gql(addr, &key_a, q, json!({"d": devices_a[3]["id"]})).await);
         } else if line == "STOP_ALERTS" {
             engine_stop.cancel();
             if let Some(e) = engine.take() {
@@ -308,6 +402,7 @@ async fn the_console_works_in_a_real_browser() {
         let _ = child.kill();
     }
     let status = child.wait().unwrap();
+    valve_session.abort();
     println!("screenshots in {}", shots.display());
     assert!(
         status.success() && passed,
@@ -330,6 +425,21 @@ async fn the_console_works_in_a_real_browser() {
         .clone();
     assert_eq!(alert["state"], "acknowledged", "{alert}");
     assert_eq!(alert["acknowledged"], true);
+    // The command sent from the page: answered by the device, and the
+    // answer is the API's result.
+    let d = commanded.expect("the script names the command it sent");
+    let c = &d["command"];
+    assert_eq!(c["status"], "succeeded", "{d}");
+    assert_eq!(c["name"], "open-valve");
+    assert_eq!(c["payload"], json!({"position": 40}));
+    assert_eq!(c["result"], answer_body(c)["body"], "{d}");
+    // The desired state the page set last, over the one set behind its
+    // back (version 2), and the device reporting it.
+    let d = state.expect("the script says when the desired state is set");
+    let s = &d["deviceState"];
+    assert_eq!(s["desired_version"], 3, "{d}");
+    assert_eq!(s["desired"], json!({"position": 60, "mode": "eco"}), "{d}");
+    assert_eq!(s["reported"], s["desired"], "{d}");
     // Owner B sees none of it through the API either.
     let d = of_b.unwrap();
     assert_eq!(d["alerts"], json!([]), "{d}");
