@@ -238,7 +238,7 @@ try {
   console.log(`command shown succeeded ${Date.now() - sentAt} ms after sending`);
   await page.getByRole('status').filter({ hasText: 'open-valve: succeeded' }).waitFor();
   const commandId = await done.getAttribute('data-command');
-  const shownResult = JSON.parse(await done.locator('code.result').textContent());
+  const shownResult = JSON.parse(await done.locator('code.answer').textContent());
   assert.deepEqual(shownResult, { done: 'open-valve', payload: { position: 40 } });
   const { command } = await api(KEY_A, 'query($id: ID!) { command(id: $id) { status result sent_at finished_at } }', { id: commandId });
   assert.equal(command.status, 'succeeded');
@@ -252,7 +252,7 @@ try {
   await commandForm.locator('input[name=name]').press('Enter');
   const failed = page.locator('[data-testid=commands] tr[data-command][data-status=failed]');
   await failed.waitFor();
-  assert.deepEqual(JSON.parse(await failed.locator('code.result').textContent()), { reason: 'asked to fail' });
+  assert.deepEqual(JSON.parse(await failed.locator('code.answer').textContent()), { reason: 'asked to fail' });
   assert.equal(await page.locator('[data-testid=commands] tr[data-command]').count(), 2);
   assert.equal(await page.locator('[data-testid=commands] tr[data-command]').first().getAttribute('data-command'), await failed.getAttribute('data-command'), 'newest first');
 

@@ -92,7 +92,7 @@ export function commandsPanel(section: HTMLElement, deviceId: string): () => voi
     form, listBox,
     h('div', { class: 'table-wrap' }, h('table', { class: 'cards', 'data-testid': 'commands' },
       h('caption', { class: 'sr-only' }, 'Recent commands, newest first'),
-      h('thead', {}, h('tr', {}, ['Command', 'Status', 'Result', 'Sent', 'Progress', 'Deadline'].map((c) => h('th', { scope: 'col' }, c)))),
+      h('thead', {}, h('tr', {}, ['Command', 'Status', 'Result', 'Queued', 'Progress', 'Deadline'].map((c) => h('th', { scope: 'col' }, c)))),
       body)),
     h('div', { class: 'pager' }, more));
 
@@ -108,9 +108,9 @@ export function commandsPanel(section: HTMLElement, deviceId: string): () => voi
       h('td', { 'data-label': 'Command' }, h('div', {}, h('strong', {}, c.name)),
         c.payload !== null && c.payload !== undefined ? h('code', { class: 'payload' }, JSON.stringify(c.payload)) : null),
       h('td', { 'data-label': 'Status', class: 'status' }, badge(c.status.replace('_', ' '), c.status)),
-      h('td', { 'data-label': 'Result', class: 'result-cell' }, c.result !== null && c.result !== undefined ? h('code', { class: 'result' }, JSON.stringify(c.result))
+      h('td', { 'data-label': 'Result' }, c.result !== null && c.result !== undefined ? h('code', { class: 'answer' }, JSON.stringify(c.result))
         : h('span', { class: 'muted' }, FINAL.has(c.status) ? 'no answer body' : 'waiting…')),
-      h('td', { 'data-label': 'Sent' }, fmtTime(c.created_at)),
+      h('td', { 'data-label': 'Queued' }, fmtTime(c.created_at)),
       h('td', { 'data-label': 'Progress' }, h('ul', { class: 'steps' }, steps.filter(([, t]) => t).map(([k, t]) => h('li', {}, `${k} ${fmtTime(t)}`))),
         steps.some(([, t]) => t) ? null : h('span', { class: 'muted' }, '—')),
       h('td', { 'data-label': 'Deadline' }, fmtTime(c.deadline)));
