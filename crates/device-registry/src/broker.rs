@@ -129,6 +129,11 @@ impl BrokerConfig {
 pub enum BrokerError {
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
+    /// The session dropped between the command and its answer, which went
+    /// with it (the broker ends every session of an account whose roles
+    /// change, and restarts end them all).
+    #[error("admin session dropped before the broker answered")]
+    Interrupted,
     /// The admin session is down, and this is why (the link named).
     #[error("admin session not connected: {0}")]
     NotConnected(iot_mqtt::LinkError),
@@ -140,6 +145,20 @@ pub enum BrokerError {
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<Value>>>>>;
 
+/// How often an operation is sent again after [`BrokerError::Interrupted`].
+const RETRIES_WHEN_INTERRUPTED: u32 = 3;
+
+/// The admin session as calls see it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Session {
+    /// Connections made so far: a call whose session is not the one it
+    /// sent on has lost its answer.
+    connects: u64,
+    /// Subscribed to the answers: a command sent before that would have
+    /// its answer go by unheard.
+    subscribed: bool,
+}
+
 /// Why the admin session is down, while it is.
 type LastError = Arc<Mutex<Option<iot_mqtt::LinkError>>>;
 
@@ -148,9 +167,7 @@ type LastError = Arc<Mutex<Option<iot_mqtt::LinkError>>>;
 pub struct Dynsec {
     client: AsyncClient,
     pending: Pending,
-    /// True while subscribed to the answers: a command sent before that
-    /// would have its answer go by unheard.
-    subscribed: tokio::sync::watch::Receiver<bool>,
+    session: tokio::sync::watch::Receiver<Session>,
     /// The session's last connection error, cleared when it connects: a
     /// call that finds the session down says why.
     down: LastError,
@@ -177,12 +194,12 @@ impl Dynsec {
         let (client, mut events) = AsyncClient::new(opts, 64);
         let pending: Pending = Arc::default();
         let (sub, answers) = (client.clone(), pending.clone());
-        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
+        let (session_tx, session) = tokio::sync::watch::channel(Session::default());
         let down: LastError = Arc::default();
         let mut dynsec = Self {
             client,
             pending,
-            subscribed,
+            session,
             down: down.clone(),
             unusable: None,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -202,11 +219,14 @@ impl Dynsec {
                 };
                 match event {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        subscribed_tx.send_replace(true);
+                        session_tx.send_modify(|s| s.subscribed = true);
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         *lock(&down) = None;
-                        subscribed_tx.send_replace(false);
+                        session_tx.send_modify(|s| {
+                            s.connects += 1;
+                            s.subscribed = false;
+                        });
                         // A new session each time: subscribe again.
                         if let Err(e) = sub.try_subscribe(RESPONSE, QoS::AtLeastOnce) {
                             tracing::warn!(error = %e, "cannot subscribe to dynamic-security answers");
@@ -217,7 +237,7 @@ impl Dynsec {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        subscribed_tx.send_replace(false);
+                        session_tx.send_modify(|s| s.subscribed = false);
                         let e = link.error(&e);
                         tracing::warn!(error = %e, "broker admin connection lost; retrying");
                         *lock(&down) = Some(e);
@@ -240,6 +260,29 @@ impl Dynsec {
         self.ask(commands, tolerate).await.map(drop)
     }
 
+    /// Runs `op` again while the session drops before the broker answers:
+    /// every operation here may be repeated (a repeated create replaces
+    /// what the first one made, a repeated delete finds nothing).
+    async fn retried<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrokerError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(BrokerError::Interrupted) if attempt < RETRIES_WHEN_INTERRUPTED => {
+                    attempt += 1;
+                    tracing::info!(
+                        attempt,
+                        "admin session dropped before the broker answered; sending again"
+                    );
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// [`Self::call`], returning the answers.
     async fn ask(
         &self,
@@ -254,7 +297,7 @@ impl Dynsec {
         lock(&self.pending).insert(id.clone(), tx);
         let body = json!({ "commands": commands }).to_string();
         let sent = async {
-            let mut subscribed = self.subscribed.clone();
+            let mut session = self.session.clone();
             let not_connected = || match lock(&self.down).clone() {
                 Some(e) => BrokerError::NotConnected(e),
                 None => BrokerError::Timeout(self.timeout),
@@ -262,17 +305,23 @@ impl Dynsec {
             if let Some(e) = &self.unusable {
                 return Err(BrokerError::NotConnected(e.clone()));
             }
-            tokio::time::timeout(self.timeout, subscribed.wait_for(|s| *s))
+            let sent_on = tokio::time::timeout(self.timeout, session.wait_for(|s| s.subscribed))
                 .await
                 .map_err(|_| not_connected())?
-                .map_err(|_| not_connected())?;
+                .map_err(|_| not_connected())?
+                .connects;
             self.client
                 .publish(CONTROL, QoS::AtLeastOnce, false, body)
                 .await?;
-            tokio::time::timeout(self.timeout, rx)
-                .await
-                .map_err(|_| BrokerError::Timeout(self.timeout))?
-                .map_err(|_| BrokerError::Timeout(self.timeout))
+            let mut rx = rx;
+            tokio::select! {
+                biased;
+                answer = &mut rx => answer.map_err(|_| BrokerError::Interrupted),
+                _ = session.wait_for(|s| s.connects != sent_on || !s.subscribed) => {
+                    Err(BrokerError::Interrupted)
+                }
+                () = tokio::time::sleep(self.timeout) => Err(BrokerError::Timeout(self.timeout)),
+            }
         }
         .await;
         lock(&self.pending).remove(&id);
@@ -298,7 +347,16 @@ impl Dynsec {
     /// client with `password`. A leftover account of the same name (from a
     /// create that failed after reaching the broker) is replaced.
     pub async fn create_account(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
-        self.delete_account(device_id).await?;
+        self.retried(|| self.create_account_once(device_id, password))
+            .await
+    }
+
+    async fn create_account_once(
+        &self,
+        device_id: &str,
+        password: &str,
+    ) -> Result<(), BrokerError> {
+        self.delete_account_once(device_id).await?;
         let talkback = crate::commands::Topics::of(&self.config);
         let acls: Vec<Value> = self
             .config
@@ -339,6 +397,10 @@ impl Dynsec {
     /// lacks the role: the plugin disconnects an account's sessions when
     /// its roles change.
     pub async fn grant_commands(&self) -> Result<(), BrokerError> {
+        self.retried(|| self.grant_commands_once()).await
+    }
+
+    async fn grant_commands_once(&self) -> Result<(), BrokerError> {
         const ACLS: [(&str, &str); 3] = [
             ("publishClientSend", "#"),
             ("subscribePattern", "#"),
@@ -393,16 +455,22 @@ impl Dynsec {
     }
 
     pub async fn set_password(&self, device_id: &str, password: &str) -> Result<(), BrokerError> {
-        self.call(
-            vec![json!({"command": "setClientPassword", "username": device_id, "password": password})],
-            &[],
-        )
+        self.retried(|| {
+            self.call(
+                vec![json!({"command": "setClientPassword", "username": device_id, "password": password})],
+                &[],
+            )
+        })
         .await
     }
 
     /// Deletes the device's client (the broker closes its connection) and
     /// role; an account that is not there is not an error.
     pub async fn delete_account(&self, device_id: &str) -> Result<(), BrokerError> {
+        self.retried(|| self.delete_account_once(device_id)).await
+    }
+
+    async fn delete_account_once(&self, device_id: &str) -> Result<(), BrokerError> {
         self.call(
             vec![
                 json!({"command": "deleteClient", "username": device_id}),

@@ -872,3 +872,104 @@ async fn retention_past_the_configured_maximum_is_refused() {
         .into_inner();
     assert_eq!(cfg.data_retention_days, Some(30));
 }
+
+/// The broker ends every session of an account whose roles change (as a
+/// registry's own account does when it first gets its command role, and
+/// so every replica's on one broker): a device created while its admin
+/// session drops is still created, with an account that works. The
+/// registry here has an admin account of its own, so that ending its
+/// sessions disturbs no other test.
+#[tokio::test]
+async fn devices_are_created_while_the_admin_session_is_dropped() {
+    use serde_json::json;
+    let u = kit::unique();
+    let (account, password, role) = (
+        format!("platform.kicked-{u}"),
+        kit::unique(),
+        format!("kick-{u}"),
+    );
+    let made = kit::dynsec(vec![
+        json!({"command": "createRole", "rolename": role}),
+        json!({"command": "createClient", "username": account, "password": password,
+               "roles": [{"rolename": "admin", "priority": 0}]}),
+    ])
+    .await;
+    assert!(made.iter().all(|r| r.get("error").is_none()), "{made:?}");
+    let db = kit::migrated_database().await;
+    let mut config = kit::platform::registry_config(&db, &format!("t{u}"));
+    config.broker.username = account.clone();
+    config.broker.password = password;
+    let stop = iot_runtime::CancellationToken::new();
+    let r = device_registry::start(config, stop.clone()).await.unwrap();
+    let url = format!("http://{}", r.grpc_addr);
+    let owner = Scope::Owner(Uuid::new_v4().to_string());
+    let mut client = iot_proto::registry_client(url, owner, &kit::pki::operator())
+        .await
+        .unwrap();
+
+    // Each role change ends the account's sessions.
+    let kicking = iot_runtime::CancellationToken::new();
+    let kicker = {
+        let (account, role, kicking) = (account.clone(), role.clone(), kicking.clone());
+        tokio::spawn(async move {
+            let mut kicks = 0u32;
+            while !kicking.is_cancelled() {
+                for command in ["addClientRole", "removeClientRole"] {
+                    kit::dynsec(vec![
+                        json!({"command": command, "username": account, "rolename": role}),
+                    ])
+                    .await;
+                    kicks += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+                }
+            }
+            kicks
+        })
+    };
+    let mut created = Vec::new();
+    for i in 0..30 {
+        let d = client
+            .create_device(device(&format!("kicked-{u}-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("device {i}: {e:?}"))
+            .into_inner();
+        created.push(d);
+    }
+    kicking.cancel();
+    let kicks = kicker.await.unwrap();
+    assert!(kicks >= 4, "the session was ended {kicks} times");
+
+    // Every device has its broker account, with the password it was given.
+    for d in &created {
+        let mut opts = kit::mqtt_options(format!("kicked-{}", kit::unique()));
+        let c = d
+            .credentials
+            .as_ref()
+            .expect("credentials issued on create");
+        opts.set_credentials(&c.username, &c.password);
+        let (_c, mut events) = rumqttc::AsyncClient::new(opts, 4);
+        match tokio::time::timeout(std::time::Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => {
+                assert_eq!(
+                    ack.code,
+                    rumqttc::ConnectReturnCode::Success,
+                    "{}",
+                    d.device_id
+                );
+            }
+            other => panic!("{}: {other:?}", d.device_id),
+        }
+    }
+    stop.cancel();
+    let mut cleanup = vec![
+        json!({"command": "deleteClient", "username": account}),
+        json!({"command": "deleteRole", "rolename": role}),
+    ];
+    for d in &created {
+        cleanup.push(json!({"command": "deleteClient", "username": d.device_id}));
+        cleanup
+            .push(json!({"command": "deleteRole", "rolename": format!("device:{}", d.device_id)}));
+    }
+    kit::dynsec(cleanup).await;
+}
+

@@ -374,6 +374,44 @@ pub fn mqtt_options(client_id: impl Into<String>) -> MqttOptions {
     opts
 }
 
+/// Sends dynamic-security commands to the test broker as the platform's
+/// admin account, on a session of their own, and returns the broker's
+/// answers (one per command, each with its `error` if it failed).
+pub async fn dynsec(commands: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    const CONTROL: &str = "$CONTROL/dynamic-security/v1";
+    let response = format!("{CONTROL}/response");
+    let mut opts = mqtt_options(format!("test-dynsec-{}", unique()));
+    let (user, password) = mqtt_account("admin");
+    opts.set_credentials(user, password);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 8);
+    client
+        .subscribe(&response, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let body = serde_json::json!({ "commands": commands }).to_string();
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.poll().await.unwrap() {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) => {
+                    client
+                        .publish(CONTROL, rumqttc::QoS::AtLeastOnce, false, body.clone())
+                        .await
+                        .unwrap();
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) if p.topic == response => {
+                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    return v["responses"].as_array().cloned().unwrap_or_default();
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the dynamic-security plugin answers within 30 s");
+    let _ = client.disconnect().await;
+    answer
+}
+
 /// [`mqtt_options`] for an MQTT 5 client.
 pub fn mqtt5_options(client_id: impl Into<String>) -> rumqttc::v5::MqttOptions {
     let listener = MqttListener::from_env();
