@@ -197,36 +197,61 @@ pub struct ListFilter<'a> {
     pub limit: i64,
 }
 
-pub async fn list(pool: &Pool, f: &ListFilter<'_>) -> Result<Vec<v1::Device>, RegistryError> {
+/// The statement names only the filters given: one written as
+/// `$n IS NULL OR ...` would make a generic plan that cannot walk the
+/// (owner, created_at, id) index, and a page deep in a large owner's
+/// devices would read all of them. One cached statement per combination.
+pub async fn list<'a>(
+    pool: &Pool,
+    f: &'a ListFilter<'_>,
+) -> Result<Vec<v1::Device>, RegistryError> {
+    use tokio_postgres::types::ToSql;
     let client = pool.get().await?;
+    let mut conditions = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    // Each `?` in `condition` takes the next of `values`.
+    let mut filter = |condition: &str, values: &[&'a (dyn ToSql + Sync)]| {
+        let mut c = String::new();
+        let mut values = values.iter();
+        for (i, part) in condition.split('?').enumerate() {
+            if i > 0 {
+                params.extend(values.next().copied());
+                c.push_str(&format!("${}", params.len()));
+            }
+            c.push_str(part);
+        }
+        conditions.push(c);
+    };
+    if let Some(t) = &f.device_type {
+        filter("d.device_type = ?", &[t]);
+    }
+    if let Some(s) = &f.status {
+        filter("d.status = ?", &[s]);
+    }
+    if let Some(o) = &f.owner {
+        filter("d.owner_id = ?", &[o]);
+    }
+    if let Some(l) = &f.location {
+        filter("d.location = ?", &[l]);
+    }
+    if let Some((t, id)) = &f.after {
+        filter("(d.created_at, d.id) > (?, ?)", &[t, id]);
+    }
+    if let Some(ids) = &f.ids {
+        filter("d.id = ANY(?)", &[ids]);
+    }
+    let limit = format!("${}", params.len() + 1);
+    params.push(&f.limit);
     let sql = format!(
-        "{SELECT_DEVICE}
-         WHERE ($1::text IS NULL OR d.device_type = $1)
-           AND ($2::text IS NULL OR d.status = $2)
-           AND ($3::uuid IS NULL OR d.owner_id = $3)
-           AND ($4::text IS NULL OR d.location = $4)
-           AND ($5::timestamptz IS NULL OR (d.created_at, d.id) > ($5, $6))
-           AND ($8::uuid[] IS NULL OR d.id = ANY($8))
-         ORDER BY d.created_at, d.id
-         LIMIT $7"
+        "{SELECT_DEVICE} WHERE {} ORDER BY d.created_at, d.id LIMIT {limit}",
+        if conditions.is_empty() {
+            "true".to_owned()
+        } else {
+            conditions.join(" AND ")
+        }
     );
     let stmt = client.prepare_cached(&sql).await?;
-    let (after_t, after_id) = (f.after.map(|a| a.0), f.after.map(|a| a.1));
-    let rows = client
-        .query(
-            &stmt,
-            &[
-                &f.device_type,
-                &f.status,
-                &f.owner,
-                &f.location,
-                &after_t,
-                &after_id,
-                &f.limit,
-                &f.ids,
-            ],
-        )
-        .await?;
+    let rows = client.query(&stmt, &params).await?;
     Ok(rows.iter().map(device_from_row).collect())
 }
 
@@ -405,37 +430,56 @@ fn sensor(r: &Row) -> v1::Sensor {
 
 /// Device counts by status within `owner`. Active devices count as
 /// offline by the platform's one definition
-/// (`iot_domain::presence::OfflinePolicy`), or, when
-/// `offline_after_secs` is given, when silent that long.
+/// (`iot_domain::presence::OfflinePolicy`, kept in `devices.online_until`),
+/// or, when `offline_after_secs` is given, when silent that long.
+///
+/// The status counts come from `device_status_counts` and the online
+/// count from the index of active devices by `online_until`, so the cost
+/// follows the online devices, not the fleet; a caller's own silence
+/// limit reads every device of the scope.
 pub async fn status_summary(
     pool: &Pool,
     owner: Option<Uuid>,
     offline_after_secs: Option<f64>,
 ) -> Result<v1::DeviceStatusSummaryResponse, RegistryError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    const COUNTS: &str = "SELECT COALESCE(sum(n), 0)::int8,
+                    COALESCE(sum(n) FILTER (WHERE status = 'active'), 0)::int8,
+                    COALESCE(sum(n) FILTER (WHERE status = 'inactive'), 0)::int8,
+                    COALESCE(sum(n) FILTER (WHERE status = 'error'), 0)::int8
+             FROM device_status_counts";
+    const ACTIVE_ONLINE: &str =
+        "SELECT count(*) FROM devices d WHERE d.status = 'active' AND d.online_until > now()";
+    let silent = |secs: &str| {
         format!(
-            "SELECT count(*),
-                    count(*) FILTER (WHERE d.status = 'active'),
-                    count(*) FILTER (WHERE d.status = 'inactive'),
-                    count(*) FILTER (WHERE d.status = 'error'),
-                    count(*) FILTER (WHERE d.status = 'active' AND CASE
-                        WHEN $2::float8 IS NULL THEN {}
-                        ELSE (d.last_heartbeat IS NULL
-                              OR d.last_heartbeat < now() - $2::float8 * INTERVAL '1 second') END)
-             FROM devices d LEFT JOIN device_config c ON c.device_id = d.id
-             WHERE ($1::uuid IS NULL OR d.owner_id = $1)",
-            iot_domain::presence::PLATFORM.sql_offline(
-                "d.last_heartbeat",
-                "d.disconnected_at",
-                "c.read_interval"
-            )
+            "SELECT count(*) FROM devices d WHERE d.status = 'active'
+                AND (d.last_heartbeat IS NULL
+                     OR d.last_heartbeat < now() - {secs}::float8 * INTERVAL '1 second')"
         )
-    });
+    };
+    // One statement, one snapshot: the counts and the online count agree.
+    let sql = match (owner.is_some(), offline_after_secs.is_some()) {
+        (true, false) => format!(
+            "SELECT c.*, c.active - o.count FROM ({COUNTS} WHERE owner_id = $1) c(total, active, inactive, error),
+                    ({ACTIVE_ONLINE} AND d.owner_id = $1) o"
+        ),
+        (false, false) => format!(
+            "SELECT c.*, c.active - o.count FROM ({COUNTS}) c(total, active, inactive, error),
+                    ({ACTIVE_ONLINE}) o"
+        ),
+        (true, true) => format!(
+            "SELECT c.*, s.count FROM ({COUNTS} WHERE owner_id = $1) c, ({} AND d.owner_id = $1) s",
+            silent("$2")
+        ),
+        (false, true) => format!("SELECT c.*, s.count FROM ({COUNTS}) c, ({}) s", silent("$1")),
+    };
     let client = pool.get().await?;
-    let stmt = client.prepare_cached(&SQL).await?;
-    let r = client
-        .query_one(&stmt, &[&owner, &offline_after_secs])
-        .await?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let r = match (owner, offline_after_secs) {
+        (Some(o), None) => client.query_one(&stmt, &[&o]).await?,
+        (None, None) => client.query_one(&stmt, &[]).await?,
+        (Some(o), Some(secs)) => client.query_one(&stmt, &[&o, &secs]).await?,
+        (None, Some(secs)) => client.query_one(&stmt, &[&secs]).await?,
+    };
     let n = |i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
     Ok(v1::DeviceStatusSummaryResponse {
         total: n(0),
@@ -567,30 +611,21 @@ pub async fn record_activity(
     presence: &[(Uuid, PresenceEvent, chrono::DateTime<chrono::Utc>)],
     sensors: &[(Uuid, String)],
 ) -> Result<(), RegistryError> {
-    static HEARD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            // The state before is read from the statement's snapshot: the
-            // update takes no row locks beyond its own, as before presence.
-            "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
+    // The state before is read from the statement's snapshot: the update
+    // takes no row locks beyond its own, as before presence.
+    const HEARD: &str =
+        "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
              before AS (
-                SELECT d.id, d.device_id, {} AS was_offline
-                FROM devices d JOIN a ON a.id = d.id
-                LEFT JOIN device_config c ON c.device_id = d.id)
+                SELECT d.id, d.device_id, d.online_until <= now() AS was_offline
+                FROM devices d JOIN a ON a.id = d.id)
              UPDATE devices d SET last_heartbeat = GREATEST(d.last_heartbeat, a.seen)
              FROM a, before WHERE d.id = a.id AND before.id = d.id
-             RETURNING d.id, d.device_id, before.was_offline",
-            iot_domain::presence::PLATFORM.sql_offline(
-                "d.last_heartbeat",
-                "d.disconnected_at",
-                "c.read_interval"
-            )
-        )
-    });
+             RETURNING d.id, d.device_id, before.was_offline";
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let (ids, times): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
         seen.iter().copied().unzip();
-    let stmt = tx.prepare_cached(&HEARD).await?;
+    let stmt = tx.prepare_cached(HEARD).await?;
     for r in tx.query(&stmt, &[&ids, &times]).await? {
         if r.get::<_, bool>(2) {
             record_change(&tx, r.get(0), r.get::<_, &str>(1), "presence").await?;

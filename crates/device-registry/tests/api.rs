@@ -973,3 +973,52 @@ async fn devices_are_created_while_the_admin_session_is_dropped() {
     kit::dynsec(cleanup).await;
 }
 
+/// `device_online_until()`, which keeps `devices.online_until` for the
+/// counts the database makes, is the platform's one definition of offline
+/// (`iot_domain::presence::PLATFORM`) in SQL: both name the same moment.
+#[tokio::test]
+async fn the_database_and_the_platform_agree_on_when_a_device_is_offline() {
+    use chrono::{TimeDelta, Utc};
+    use iot_domain::presence::{PLATFORM, Seen};
+    let db = kit::migrated_database().await;
+    let c = kit::connect(db.url()).await;
+    // Microseconds: what the database keeps of a time.
+    let t = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros() - 1_000_000_000)
+        .unwrap();
+    let mut cases = Vec::new();
+    for heartbeat in [None, Some(t)] {
+        for disconnected in [
+            None,
+            Some(t - TimeDelta::seconds(5)),
+            Some(t),
+            Some(t + TimeDelta::seconds(5)),
+        ] {
+            for read_interval in [None, Some(0), Some(1), Some(2), Some(60), Some(3600)] {
+                cases.push(Seen {
+                    last_heartbeat: heartbeat,
+                    disconnected_at: disconnected,
+                    read_interval,
+                });
+            }
+        }
+    }
+    for seen in cases {
+        let r = c
+            .query_one(
+                "SELECT NULLIF(device_online_until($1, $2, $3), '-infinity')",
+                &[
+                    &seen.last_heartbeat,
+                    &seen.disconnected_at,
+                    &seen.read_interval,
+                ],
+            )
+            .await
+            .unwrap();
+        let sql: Option<chrono::DateTime<Utc>> = r.get(0);
+        let expected = match seen.last_heartbeat {
+            None => None,
+            Some(_) => PLATFORM.offline_at(&seen),
+        };
+        assert_eq!(sql, expected, "{seen:?}");
+    }
+}

@@ -208,6 +208,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0019_archive.sql"),
         timescaledb: include_str!("../../../migrations/0019_archive.sql"),
     },
+    Migration {
+        version: 20,
+        name: "fleet_scale",
+        postgres: include_str!("../../../migrations/0020_fleet_scale.sql"),
+        timescaledb: include_str!("../../../migrations/0020_fleet_scale.sql"),
+    },
 ];
 
 /// What a migration run did.

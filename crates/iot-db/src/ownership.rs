@@ -61,6 +61,7 @@ pub const RELATIONS: &[Relation] = &[
     own("device_commands", "device-registry"),
     own("device_state", "device-registry"),
     own("device_presence", "device-registry"),
+    own("device_status_counts", "device-registry"),
     Relation {
         name: "device_retention",
         owner: "device-registry",

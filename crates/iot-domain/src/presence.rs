@@ -83,23 +83,6 @@ impl OfflinePolicy {
     pub fn is_online(&self, seen: &Seen, now: DateTime<Utc>) -> bool {
         seen.last_heartbeat.is_some() && self.offline_at(seen).is_none_or(|t| t > now)
     }
-
-    /// A SQL condition true for an offline device, over the columns named
-    /// (heartbeat, disconnect time, reporting interval), for counts the
-    /// database makes. Same rule as [`Self::is_online`]: a device never
-    /// heard from counts as offline.
-    pub fn sql_offline(&self, heartbeat: &str, disconnected: &str, interval: &str) -> String {
-        format!(
-            "({heartbeat} IS NULL
-              OR ({disconnected} IS NOT NULL AND {disconnected} >= {heartbeat})
-              OR {heartbeat} + (CASE WHEN COALESCE({interval}, 0) > 0
-                     THEN GREATEST({interval}::bigint * {factor}, {min})
-                     ELSE {default} END) * INTERVAL '1 second' <= now())",
-            factor = self.factor,
-            min = self.min_secs,
-            default = self.default_secs,
-        )
-    }
 }
 
 /// A device's presence report on its presence topic
