@@ -215,6 +215,26 @@ fn new_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A webhook's receiver must be an http(s) URL (of at most 2000 bytes).
+fn check_url(url: &str, p: &mut Vec<String>) {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2000
+        && url.parse::<reqwest::Url>().is_ok();
+    if !ok {
+        p.push(format!("url: {url:?} is not an http(s) URL"));
+    }
+}
+
+/// A webhook's minimum severity, given as text and/or enum (neither: info).
+fn min_severity(text: &str, code: i32, p: &mut Vec<String>) -> v1::Severity {
+    either(
+        p,
+        ("min_severity", given(text)),
+        ("min_severity_code", Some(code)),
+    )
+    .unwrap_or(v1::Severity::Info)
+}
+
 fn parse_id(field: &str, s: &str, p: &mut Vec<String>) -> Option<Uuid> {
     Uuid::parse_str(s)
         .map_err(|_| p.push(format!("{field}: {s:?} is not a UUID")))
@@ -672,18 +692,8 @@ impl Alerts for AlertsService {
             }
             (None, o) => parse_id("owner_id", o, &mut p),
         };
-        let url_ok = (w.url.starts_with("http://") || w.url.starts_with("https://"))
-            && w.url.len() <= 2000
-            && w.url.parse::<reqwest::Url>().is_ok();
-        if !url_ok {
-            p.push(format!("url: {:?} is not an http(s) URL", w.url));
-        }
-        let min = either(
-            &mut p,
-            ("min_severity", given(&w.min_severity)),
-            ("min_severity_code", Some(w.min_severity_code)),
-        )
-        .unwrap_or(v1::Severity::Info);
+        check_url(&w.url, &mut p);
+        let min = min_severity(&w.min_severity, w.min_severity_code, &mut p);
         if w.secret.len() > 200 {
             p.push("secret: at most 200 characters".into());
         }
@@ -724,41 +734,46 @@ impl Alerts for AlertsService {
         request: Request<v1::ListWebhooksRequest>,
     ) -> Result<Response<v1::ListWebhooksResponse>, Status> {
         let scope = iot_proto::scope_of(&request)?;
+        Ok(Response::new(v1::ListWebhooksResponse {
+            webhooks: self.webhooks(scope, None).await?,
+        }))
+    }
+
+    async fn update_webhook(
+        &self,
+        request: Request<v1::UpdateWebhookRequest>,
+    ) -> Result<Response<v1::Webhook>, Status> {
+        let scope = iot_proto::scope_of(&request)?;
+        let w = request.into_inner();
+        let mut p = Vec::new();
+        let id = parse_id("id", &w.id, &mut p);
+        check_url(&w.url, &mut p);
+        let min = min_severity(&w.min_severity, w.min_severity_code, &mut p);
+        invalid(p)?;
+        let secret = w.rotate_secret.then(new_secret);
         let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT w.id, w.owner_id, w.url, w.min_severity, w.created_at,
-                        count(d.id) FILTER (WHERE d.delivered_at IS NULL AND d.failed_at IS NULL),
-                        count(d.delivered_at), count(d.failed_at),
-                        (SELECT last_error FROM webhook_deliveries e
-                          WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
-                          ORDER BY e.id DESC LIMIT 1)
-                 FROM alert_webhooks w LEFT JOIN webhook_deliveries d ON d.webhook_id = w.id
-                 WHERE $1::uuid IS NULL OR w.owner_id = $1
-                 GROUP BY w.id ORDER BY w.created_at, w.id",
-                &[&scope],
+        // Deliveries read the URL and secret when they are sent, so the
+        // ones still pending follow the change.
+        let n = client
+            .execute(
+                "UPDATE alert_webhooks SET url = $3, min_severity = $4, secret = COALESCE($5, secret)
+                 WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)",
+                &[&id, &scope, &w.url, &min.as_text(), &secret],
             )
             .await
             .map_err(AlertError::from)?;
-        let n = |r: &tokio_postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
-        Ok(Response::new(v1::ListWebhooksResponse {
-            webhooks: rows
-                .iter()
-                .map(|r| v1::Webhook {
-                    id: r.get::<_, Uuid>(0).to_string(),
-                    owner_id: r.get::<_, Uuid>(1).to_string(),
-                    url: r.get(2),
-                    secret: String::new(),
-                    min_severity_code: v1::Severity::code_of_text(r.get(3)),
-                    min_severity: r.get(3),
-                    created_at: Some(iot_proto::timestamp(r.get(4))),
-                    pending: n(r, 5),
-                    delivered: n(r, 6),
-                    failed: n(r, 7),
-                    last_error: r.get(8),
-                })
-                .collect(),
-        }))
+        let not_found = || AlertError::NotFound(format!("webhook {}", w.id));
+        if n == 0 {
+            return Err(not_found().into());
+        }
+        let mut hook = self
+            .webhooks(scope, id)
+            .await?
+            .pop()
+            .ok_or_else(not_found)?;
+        tracing::info!(webhook = %hook.id, url = %hook.url, rotated = secret.is_some(), "webhook updated");
+        hook.secret = secret.unwrap_or_default();
+        Ok(Response::new(hook))
     }
 
     async fn delete_webhook(
@@ -773,6 +788,47 @@ impl Alerts for AlertsService {
 }
 
 impl AlertsService {
+    /// The webhooks in `scope` (None: all), or only webhook `id`, with
+    /// their delivery counts; never their secrets.
+    async fn webhooks(
+        &self,
+        scope: Option<Uuid>,
+        id: Option<Uuid>,
+    ) -> Result<Vec<v1::Webhook>, AlertError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT w.id, w.owner_id, w.url, w.min_severity, w.created_at,
+                        count(d.id) FILTER (WHERE d.delivered_at IS NULL AND d.failed_at IS NULL),
+                        count(d.delivered_at), count(d.failed_at),
+                        (SELECT last_error FROM webhook_deliveries e
+                          WHERE e.webhook_id = w.id AND e.last_error IS NOT NULL
+                          ORDER BY e.id DESC LIMIT 1)
+                 FROM alert_webhooks w LEFT JOIN webhook_deliveries d ON d.webhook_id = w.id
+                 WHERE ($1::uuid IS NULL OR w.owner_id = $1) AND ($2::uuid IS NULL OR w.id = $2)
+                 GROUP BY w.id ORDER BY w.created_at, w.id",
+                &[&scope, &id],
+            )
+            .await?;
+        let n = |r: &tokio_postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| v1::Webhook {
+                id: r.get::<_, Uuid>(0).to_string(),
+                owner_id: r.get::<_, Uuid>(1).to_string(),
+                url: r.get(2),
+                secret: String::new(),
+                min_severity_code: v1::Severity::code_of_text(r.get(3)),
+                min_severity: r.get(3),
+                created_at: Some(iot_proto::timestamp(r.get(4))),
+                pending: n(r, 5),
+                delivered: n(r, 6),
+                failed: n(r, 7),
+                last_error: r.get(8),
+            })
+            .collect())
+    }
+
     /// Creates rule `r` for `scope` (checked, within its owner's quota).
     async fn insert_rule(&self, scope: Option<Uuid>, r: v1::Rule) -> Result<v1::Rule, AlertError> {
         let checked = rules::check(&r, scope)?;

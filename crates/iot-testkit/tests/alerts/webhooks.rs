@@ -333,3 +333,158 @@ async fn one_owners_hanging_receivers_do_not_hold_up_another_owner() {
         "{sending} of one owner's deliveries in flight"
     );
 }
+
+/// An owner changes its webhook's URL, minimum severity and secret: the
+/// next events go to the new receiver, signed with the new secret. A bad
+/// value is refused naming its field, and another owner's update answers
+/// NOT_FOUND; neither changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_updated_webhook_delivers_to_its_new_url_and_only_its_owner_may_update_it() {
+    let p = Platform::start().await;
+    let engine = p
+        .start_alert_engine(|c| {
+            c.webhooks.retry_base_ms = 100;
+            // The receivers here are on loopback.
+            c.webhooks.allow_private_addresses = true;
+        })
+        .await;
+    let url = format!("http://{}", engine.grpc_addr);
+    let client = |owner: String| {
+        let url = url.clone();
+        async move {
+            iot_proto::alerts_client(url, Scope::Owner(owner), &iot_testkit::pki::operator())
+                .await
+                .unwrap()
+        }
+    };
+    let mut api = client(uuid::Uuid::nil().to_string()).await;
+    let (old_url, old) = receiver(0).await;
+    let (new_url, new) = receiver(0).await;
+    // Critical only: the warning raised below would not go to it.
+    let created = api
+        .create_webhook(v1::Webhook {
+            url: old_url.clone(),
+            secret: "before".into(),
+            min_severity: "critical".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let update = |url: &str| v1::UpdateWebhookRequest {
+        id: created.id.clone(),
+        url: url.into(),
+        min_severity: "warning".into(),
+        ..Default::default()
+    };
+
+    let bad = api
+        .update_webhook(update("ftp://hooks.example/iot"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let fields = iot_proto::field_violations(&bad);
+    assert_eq!(fields.len(), 1, "{bad:?}");
+    assert_eq!(fields[0].0, "url");
+    assert!(fields[0].1.contains("not an http(s) URL"), "{bad:?}");
+    let bad = api
+        .update_webhook(v1::UpdateWebhookRequest {
+            min_severity: "loud".into(),
+            ..update(&new_url)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let named: Vec<String> = iot_proto::field_violations(&bad)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    assert_eq!(named, ["min_severity"], "{bad:?}");
+
+    let mut other = client(uuid::Uuid::new_v4().to_string()).await;
+    let refused = other
+        .update_webhook(v1::UpdateWebhookRequest {
+            rotate_secret: true,
+            ..update(&new_url)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    let missing = api
+        .update_webhook(v1::UpdateWebhookRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+            ..update(&new_url)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let listed = api
+        .list_webhooks(v1::ListWebhooksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .webhooks;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].url.as_str(), listed[0].min_severity.as_str()),
+        (old_url.as_str(), "critical"),
+        "refused updates changed nothing"
+    );
+
+    let rotated = api
+        .update_webhook(v1::UpdateWebhookRequest {
+            rotate_secret: true,
+            ..update(&new_url)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.id, created.id);
+    assert_eq!(rotated.url, new_url);
+    assert_eq!(rotated.min_severity, "warning");
+    assert_eq!(rotated.min_severity_code, v1::Severity::Warning as i32);
+    assert_eq!(rotated.created_at, created.created_at);
+    assert_eq!(rotated.secret.len(), 64, "the new secret, shown once");
+    assert_ne!(rotated.secret, "before");
+    // Without a rotation the secret stays, and is not shown.
+    let kept = api
+        .update_webhook(update(&new_url))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(kept.secret.is_empty());
+
+    let mut registry = p.registry_client(Scope::Admin).await;
+    let id = format!("hook-upd-{}", kit::unique());
+    let dev = registry
+        .create_device(with_max_30(&id, "boiler"))
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = format!("{}/{id}/temperature", p.prefix);
+    kit::publish_all(&[(topic, br#"{"value": 35}"#.to_vec())]).await;
+    let got = kit::eventually(
+        "the new URL gets the warning",
+        Duration::from_secs(30),
+        || async {
+            let g = new.lock().unwrap().clone();
+            (!g.is_empty()).then_some(g)
+        },
+    )
+    .await;
+    let (sig, event, body) = &got[0];
+    assert_eq!(event, "raised");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["alert"]["device_uuid"], dev.id.as_str());
+    assert_eq!(v["alert"]["severity"], "warning");
+    assert_eq!(
+        *sig,
+        format!(
+            "sha256={}",
+            alert_engine::webhooks::signature(rotated.secret.as_bytes(), body.as_bytes())
+        ),
+        "signed with the rotated secret"
+    );
+    assert!(old.lock().unwrap().is_empty(), "the old URL heard nothing");
+    p.stop().await;
+}

@@ -165,7 +165,8 @@ pub struct AlertWebhook {
     pub id: ID,
     /// Where events are POSTed.
     pub url: String,
-    /// The signing secret; only in the answer of createAlertWebhook.
+    /// The signing secret; only in the answer of createAlertWebhook (and
+    /// of updateAlertWebhook when it rotates the secret).
     pub secret: Option<String>,
     /// Only events of alerts at least this severe.
     pub min_severity: String,
