@@ -118,6 +118,10 @@ async fn another_tenant_sees_changes_and_hears_nothing_of_a_tenants_data() {
             json!({"id": rule_id}),
         ),
         (
+            "mutation($id: ID!) { updateAlertWebhook(id: $id, url: \"https://hooks.example/b\", rotateSecret: true) { secret } }",
+            json!({"id": hook_id}),
+        ),
+        (
             "mutation($id: ID!) { deleteAlertWebhook(id: $id) }",
             json!({"id": hook_id}),
         ),
