@@ -193,6 +193,31 @@ try {
   await page.locator('tr[data-rule=too_hot]').waitFor();
   await page.screenshot({ path: `${SHOTS}/rules.png`, fullPage: true });
 
+  step("a webhook edited in its row: the API's error at the field, then saved");
+  await page.locator('form[aria-label="New webhook"] input[name=url]').fill('https://hooks.example/console');
+  await page.getByRole('button', { name: 'Add webhook' }).click();
+  const hookRow = page.locator('[data-testid=webhooks] tr[data-webhook]', { hasText: 'https://hooks.example/console' });
+  await hookRow.waitFor();
+  const hookId = await hookRow.getAttribute('data-webhook');
+  await hookRow.getByRole('button', { name: 'Edit' }).click();
+  const hookForm = page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"] [data-testid=webhook-form]`);
+  // A URL the browser takes and the API refuses (http and https only).
+  await hookForm.locator('input[name=url]').fill('ftp://hooks.example/console');
+  await hookForm.getByRole('button', { name: 'Save webhook' }).click();
+  const hookUrlError = hookForm.locator('input[name=url] ~ .field-error');
+  await hookUrlError.filter({ hasText: 'not an http(s) URL' }).waitFor();
+  console.log(`webhook url error: ${await hookUrlError.textContent()}`);
+  await page.screenshot({ path: `${SHOTS}/webhook-edit.png`, fullPage: true });
+  const { alertWebhooks: unchanged } = await api(KEY_A, '{ alertWebhooks { id url } }');
+  assert.deepEqual(unchanged.filter((w) => w.id === hookId), [{ id: hookId, url: 'https://hooks.example/console' }], 'the refused edit changed nothing');
+  await hookForm.locator('input[name=url]').fill('https://hooks.example/moved');
+  await hookForm.locator('select[name=minSeverity]').selectOption('critical');
+  await hookForm.getByRole('button', { name: 'Save webhook' }).click();
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"]`, { hasText: 'https://hooks.example/moved' }).waitFor();
+  assert.equal(await page.locator('[data-testid=webhook-form]').count(), 0, 'the row is a row again');
+  const { alertWebhooks: saved } = await api(KEY_A, '{ alertWebhooks { id url min_severity secret } }');
+  assert.deepEqual(saved.filter((w) => w.id === hookId), [{ id: hookId, url: 'https://hooks.example/moved', min_severity: 'critical', secret: null }]);
+
   step("editing a device's config and thresholds changes them in the API");
   const pump = DEVICES_A[2];
   await page.goto(`${BASE}#/device/${pump.id}`);

@@ -1,6 +1,6 @@
-// Rules and webhooks: list, create and edit rules; list, create and
-// delete webhooks (the API has no webhook update: delete and create). The
-// API's validation errors show at their fields.
+// Rules and webhooks: list, create and edit rules; list, create, edit
+// (in their row) and delete webhooks. The API's validation errors show at
+// their fields.
 import { run, mutate } from '../api';
 import { h, fill, fmtTime, field } from '../dom';
 import { errorBox, badge, pageHead, showFieldErrors } from '../ui';
@@ -17,13 +17,15 @@ export function rulesPage(main: HTMLElement): () => void {
   const formSlot = h('div');
   const hooksBody = h('tbody');
   const hookSlot = h('div');
+  // A secret rotated by an edit, shown once (the row is redrawn).
+  const rotatedSlot = h('div', { 'aria-live': 'polite' });
   const newRule = h('button', { type: 'button' }, 'New rule');
   newRule.addEventListener('click', () => ruleForm(null));
   fill(main, pageHead('Rules & webhooks'), errors,
     h('section', { 'aria-labelledby': 'rules-h' }, h('div', { class: 'row' }, h('h2', { id: 'rules-h' }, 'Alert rules'), newRule), formSlot,
       h('div', { class: 'table-wrap' }, h('table', { class: 'cards', 'data-testid': 'rules' },
         h('thead', {}, h('tr', {}, ['Name', 'Condition', 'Severity', 'For', 'Device type', 'Enabled', 'Updated', ''].map((c) => h('th', { scope: 'col' }, c)))), rulesBody))),
-    h('section', { 'aria-labelledby': 'hooks-h' }, h('h2', { id: 'hooks-h' }, 'Webhooks'), hookSlot,
+    h('section', { 'aria-labelledby': 'hooks-h' }, h('h2', { id: 'hooks-h' }, 'Webhooks'), hookSlot, rotatedSlot,
       h('div', { class: 'table-wrap' }, h('table', { class: 'cards', 'data-testid': 'webhooks' },
         h('thead', {}, h('tr', {}, ['URL', 'Min severity', 'Pending', 'Delivered', 'Failed', 'Last error', ''].map((c) => h('th', { scope: 'col' }, c)))), hooksBody))));
 
@@ -100,11 +102,16 @@ export function rulesPage(main: HTMLElement): () => void {
     try {
       const { data, errors: errs } = await run<{ alertWebhooks: Webhook[] }>('Webhooks');
       if (errs.length) errors.show(errs);
-      fill(hooksBody, data.alertWebhooks.length ? data.alertWebhooks.map((w) => h('tr', {},
-        h('td', { 'data-label': 'URL' }, h('code', {}, w.url)), h('td', { 'data-label': 'Min severity' }, badge(w.min_severity)),
-        h('td', { 'data-label': 'Pending' }, w.pending), h('td', { 'data-label': 'Delivered' }, w.delivered), h('td', { 'data-label': 'Failed' }, w.failed),
-        h('td', { 'data-label': 'Last error' }, w.last_error ?? '—'),
-        h('td', { class: 'actions' }, h('button', { type: 'button', class: 'small danger', onclick: () => deleteHook(w) }, 'Delete'))))
+      fill(hooksBody, data.alertWebhooks.length ? data.alertWebhooks.map((w) => {
+        const row = h('tr', { 'data-webhook': w.id },
+          h('td', { 'data-label': 'URL' }, h('code', {}, w.url)), h('td', { 'data-label': 'Min severity' }, badge(w.min_severity)),
+          h('td', { 'data-label': 'Pending' }, w.pending), h('td', { 'data-label': 'Delivered' }, w.delivered), h('td', { 'data-label': 'Failed' }, w.failed),
+          h('td', { 'data-label': 'Last error' }, w.last_error ?? '—'));
+        row.append(h('td', { class: 'actions' },
+          h('button', { type: 'button', class: 'small', onclick: () => editHook(row, w) }, 'Edit'),
+          h('button', { type: 'button', class: 'small danger', onclick: () => deleteHook(w) }, 'Delete')));
+        return row;
+      })
         : h('tr', {}, h('td', { colspan: 7, class: 'empty' }, 'No webhooks.')));
     } catch (e) {
       errors.show(e);
@@ -114,6 +121,33 @@ export function rulesPage(main: HTMLElement): () => void {
   async function deleteHook(w: Webhook) {
     if (!confirm(`Stop sending alert events to ${w.url}?`)) return;
     try { await mutate('DeleteWebhook', { id: w.id }); void loadHooks(); } catch (e) { errors.show(e); }
+  }
+
+  // The row becomes its form; saving or cancelling redraws the list.
+  function editHook(row: HTMLElement, w: Webhook) {
+    const box = errorBox();
+    const url = h('input', { name: 'url', type: 'url', required: true, value: w.url }) as HTMLInputElement;
+    const min = h('select', { name: 'minSeverity' }, ['info', 'warning', 'critical'].map((s) => h('option', { value: s, selected: s === w.min_severity }, s))) as HTMLSelectElement;
+    const rotate = h('input', { name: 'rotateSecret', type: 'checkbox' }) as HTMLInputElement;
+    const f = { url: field('URL', url), minSeverity: field('Min severity', min), rotateSecret: field('New signing secret', rotate, 'the old one stops; the new one is shown once') };
+    const cancel = h('button', { type: 'button', class: 'link', onclick: () => void loadHooks() }, 'Cancel');
+    const form = h('form', { class: 'edit', 'data-testid': 'webhook-form', 'aria-label': `Edit webhook ${w.url}` },
+      Object.values(f).map((x) => x.wrap), h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Save webhook'), cancel), box);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      box.clear();
+      Object.values(f).forEach((x) => (x.error.textContent = ''));
+      try {
+        const { updateAlertWebhook: saved } = await mutate<{ updateAlertWebhook: Webhook & { secret: string | null } }>('UpdateWebhook',
+          { id: w.id, url: url.value.trim(), minSeverity: min.value, rotateSecret: rotate.checked });
+        fill(rotatedSlot, saved.secret ? h('p', { class: 'secret card' }, `New signing secret of ${saved.url} (shown only now): `, h('code', {}, saved.secret)) : []);
+        void loadHooks();
+      } catch (e) {
+        showFieldErrors(e, Object.fromEntries(Object.entries(f).map(([k, v]) => [k, v.error])), box);
+      }
+    });
+    fill(row, h('td', { colspan: 7, class: 'editing' }, form));
+    url.focus();
   }
 
   function hookForm() {
