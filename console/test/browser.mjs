@@ -151,6 +151,7 @@ try {
   assert.ok(seenMs <= 2000);
   assert.deepEqual(navigations.filter((u) => !u.includes('#/alerts')), [], 'no reload');
   const alertId = await row.getAttribute('data-alert');
+  await page.waitForFunction(() => !document.querySelector('tr.flash'));
   await page.screenshot({ path: `${SHOTS}/alerts.png`, fullPage: true });
 
   step('the fleet tab shows the fan online, without reload');
@@ -191,7 +192,6 @@ try {
   await page.locator('[data-testid=rule-form] textarea[name=condition]').fill('sensor_name == "temperature" AND value > 100');
   await page.getByRole('button', { name: 'Create rule' }).click();
   await page.locator('tr[data-rule=too_hot]').waitFor();
-  await page.screenshot({ path: `${SHOTS}/rules.png`, fullPage: true });
 
   step("a webhook edited in its row: the API's error at the field, then saved");
   await page.locator('form[aria-label="New webhook"] input[name=url]').fill('https://hooks.example/console');
@@ -217,6 +217,42 @@ try {
   assert.equal(await page.locator('[data-testid=webhook-form]').count(), 0, 'the row is a row again');
   const { alertWebhooks: saved } = await api(KEY_A, '{ alertWebhooks { id url min_severity secret } }');
   assert.deepEqual(saved.filter((w) => w.id === hookId), [{ id: hookId, url: 'https://hooks.example/moved', min_severity: 'critical', secret: null }]);
+
+  step('by keyboard only (Tab, typing, Enter): a rule is created and listed');
+  await page.goto(`${BASE}#/fleet`);
+  await page.goto(`${BASE}#/rules`);
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"]`).waitFor();
+  const focused = () => page.evaluate(() => {
+    const e = document.activeElement;
+    return e ? `${e.tagName.toLowerCase()}${e.getAttribute('name') ? `[name=${e.getAttribute('name')}]` : ''}:${e.tagName === 'BUTTON' ? e.textContent : ''}` : '';
+  });
+  // The page's heading has the focus; the next stop is "New rule".
+  assert.equal(await page.evaluate(() => document.activeElement?.tagName), 'H1');
+  await page.keyboard.press('Tab');
+  assert.equal(await focused(), 'button:New rule');
+  await page.keyboard.press('Enter');
+  assert.equal(await focused(), 'input[name=name]:');
+  await page.keyboard.type('kbd_humid');
+  const typed = {
+    condition: 'sensor_name == "humidity" AND value > 99', clearCondition: '', severity: null, message: 'typed, not clicked',
+    forSecs: null, deviceType: '', enabled: null,
+  };
+  for (const [name, text] of Object.entries(typed)) {
+    await page.keyboard.press('Tab');
+    assert.match(await focused(), new RegExp(`\\[name=${name}\\]`), `Tab reaches ${name}`);
+    if (text) await page.keyboard.type(text);
+  }
+  await page.keyboard.press('Tab');
+  assert.equal(await focused(), 'button:Create rule');
+  await page.keyboard.press('Enter');
+  await page.locator('tr[data-rule=kbd_humid]', { hasText: 'humidity' }).waitFor();
+  assert.equal(await page.locator('[data-testid=rule-form]').count(), 0, 'the form is closed');
+  assert.equal(await page.evaluate(() => document.activeElement?.closest('tr')?.dataset.rule), 'kbd_humid', "the focus is on the new rule's row");
+  await page.getByRole('status').filter({ hasText: 'Rule kbd_humid created.' }).waitFor();
+  const { alertRules } = await api(KEY_A, '{ alertRules { name condition severity message for_secs enabled } }');
+  assert.deepEqual(alertRules.filter((r) => r.name === 'kbd_humid'),
+    [{ name: 'kbd_humid', condition: typed.condition, severity: 'warning', message: typed.message, for_secs: 0, enabled: true }]);
+  await page.screenshot({ path: `${SHOTS}/rules.png`, fullPage: true });
 
   step("editing a device's config and thresholds changes them in the API");
   const pump = DEVICES_A[2];
@@ -326,11 +362,26 @@ try {
   await page.locator('[data-testid=result]').filter({ hasText: 'total_devices' }).waitFor();
   await page.screenshot({ path: `${SHOTS}/query.png`, fullPage: true });
 
-  step('390 px: no horizontal scroll on the fleet and device pages');
+  step('390 px: no horizontal scroll on any page');
   await page.setViewportSize({ width: 390, height: 844 });
+  // The page does not scroll sideways, and nothing sticks out of it
+  // (cut off) but inside a container that scrolls sideways itself.
   const noSideScroll = async (what) => {
-    const { sw, cw } = await page.evaluate(() => ({ sw: document.documentElement.scrollWidth, cw: document.documentElement.clientWidth }));
+    const { sw, cw, out } = await page.evaluate(() => {
+      const cw = document.documentElement.clientWidth;
+      const inScroller = (e) => {
+        for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+          if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) return true;
+        }
+        return false;
+      };
+      const out = [...document.body.querySelectorAll('*')]
+        .filter((e) => { const r = e.getBoundingClientRect(); return r.width > 1 && r.right > cw + 0.5 && !inScroller(e); })
+        .map((e) => `${e.outerHTML.slice(0, 100)} (right ${Math.round(e.getBoundingClientRect().right)})`);
+      return { sw: document.documentElement.scrollWidth, cw, out };
+    });
     assert.ok(sw <= cw, `${what} at 390 px is ${sw} px wide (viewport ${cw})`);
+    assert.deepEqual(out.slice(0, 5), [], `${what} at 390 px: elements past the right edge`);
   };
   await page.goto(`${BASE}#/fleet`);
   await page.locator(`tr[data-device="${boiler.device_id}"]`).waitFor();
@@ -347,6 +398,42 @@ try {
   await page.locator('[data-testid=desired][data-version="3"]').waitFor();
   await noSideScroll('the device page with commands and state');
   await page.screenshot({ path: `${SHOTS}/device-commands-390.png`, fullPage: true });
+  await page.goto(`${BASE}#/alerts`);
+  await page.locator(`[data-testid=alerts] tr[data-alert="${alertId}"]`).waitFor();
+  await noSideScroll('the alerts page');
+  await page.screenshot({ path: `${SHOTS}/alerts-390.png`, fullPage: true });
+  await page.goto(`${BASE}#/rules`);
+  await page.locator('tr[data-rule=too_hot]').waitFor();
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"]`).waitFor();
+  await noSideScroll('the rules page');
+  await page.screenshot({ path: `${SHOTS}/rules-390.png`, fullPage: true });
+  // A URL with no place to break wraps rather than widening the page.
+  const longUrl = `https://hooks.example/${'a-very-long-path-segment-'.repeat(6)}?token=${'f'.repeat(64)}`;
+  const { createAlertWebhook: longHook } = await api(KEY_A, 'mutation($u: String!) { createAlertWebhook(url: $u) { id } }', { u: longUrl });
+  await page.goto(`${BASE}#/fleet`);
+  await page.goto(`${BASE}#/rules`);
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${longHook.id}"]`).waitFor();
+  await noSideScroll('the rules page with a long webhook URL');
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${longHook.id}"]`).getByRole('button', { name: 'Edit' }).click();
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${longHook.id}"] [data-testid=webhook-form]`).waitFor();
+  await noSideScroll("the rules page with a long webhook URL's form open");
+  await api(KEY_A, 'mutation($id: ID!) { deleteAlertWebhook(id: $id) }', { id: longHook.id });
+  await page.goto(`${BASE}#/fleet`);
+  await page.goto(`${BASE}#/rules`);
+  await page.locator('tr[data-rule=too_hot]').waitFor();
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"]`).waitFor();
+  await page.locator('tr[data-rule=too_hot]').getByRole('button', { name: 'Edit' }).click();
+  await page.locator('[data-testid=rule-form][aria-label="Edit rule too_hot"]').waitFor();
+  await noSideScroll("the rules page with a rule's form open");
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"]`).getByRole('button', { name: 'Edit' }).click();
+  await page.locator(`[data-testid=webhooks] tr[data-webhook="${hookId}"] [data-testid=webhook-form]`).waitFor();
+  await noSideScroll("the rules page with a rule's and a webhook's form open");
+  await page.screenshot({ path: `${SHOTS}/rules-edit-390.png`, fullPage: true });
+  await page.goto(`${BASE}#/query`);
+  await page.getByRole('button', { name: /^Run/ }).click();
+  await page.locator('[data-testid=result]').filter({ hasText: 'total_devices' }).waitFor();
+  await noSideScroll('the query page');
+  await page.screenshot({ path: `${SHOTS}/query-390.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 900 });
 
   step("a second owner's key sees none of the first owner's devices or alerts");

@@ -19,10 +19,12 @@ export function rulesPage(main: HTMLElement): () => void {
   const hookSlot = h('div');
   // A secret rotated by an edit, shown once (the row is redrawn).
   const rotatedSlot = h('div', { 'aria-live': 'polite' });
-  const newRule = h('button', { type: 'button' }, 'New rule');
+  // What became of the last save, read out by screen readers.
+  const status = h('p', { role: 'status', class: 'ok status' });
+  const newRule = h('button', { type: 'button' }, 'New rule') as HTMLButtonElement;
   newRule.addEventListener('click', () => ruleForm(null));
   fill(main, pageHead('Rules & webhooks'), errors,
-    h('section', { 'aria-labelledby': 'rules-h' }, h('div', { class: 'row' }, h('h2', { id: 'rules-h' }, 'Alert rules'), newRule), formSlot,
+    h('section', { 'aria-labelledby': 'rules-h' }, h('div', { class: 'row' }, h('h2', { id: 'rules-h' }, 'Alert rules'), newRule), formSlot, status,
       h('div', { class: 'table-wrap' }, h('table', { class: 'cards', 'data-testid': 'rules' },
         h('thead', {}, h('tr', {}, ['Name', 'Condition', 'Severity', 'For', 'Device type', 'Enabled', 'Updated', ''].map((c) => h('th', { scope: 'col' }, c)))), rulesBody))),
     h('section', { 'aria-labelledby': 'hooks-h' }, h('h2', { id: 'hooks-h' }, 'Webhooks'), hookSlot, rotatedSlot,
@@ -74,12 +76,18 @@ export function rulesPage(main: HTMLElement): () => void {
       severity: field('Severity', severity), message: field('Message', message), forSecs: field('For (seconds)', forSecs),
       deviceType: field('Device type', deviceType, 'empty: all devices'), enabled: field('Enabled', enabled),
     };
-    const cancel = h('button', { type: 'button', class: 'link', onclick: () => fill(formSlot) }, 'Cancel');
+    // Closing the form gives the focus back to where it was opened from.
+    const close = () => {
+      fill(formSlot);
+      (r ? rulesBody.querySelector<HTMLElement>(`tr[data-rule="${CSS.escape(r.name)}"] button`) : newRule)?.focus();
+    };
+    const cancel = h('button', { type: 'button', class: 'link', onclick: close }, 'Cancel');
     const form = h('form', { class: 'edit card', 'data-testid': 'rule-form', 'aria-label': r ? `Edit rule ${r.name}` : 'New rule' },
       Object.values(f).map((x) => x.wrap), h('div', { class: 'row' }, h('button', { type: 'submit' }, r ? 'Save rule' : 'Create rule'), cancel), box);
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       box.clear();
+      status.textContent = '';
       Object.values(f).forEach((x) => (x.error.textContent = ''));
       const rule = {
         name: name.value.trim(), condition: condition.value.trim(), clearCondition: clear.value.trim() || null, severity: severity.value,
@@ -89,7 +97,10 @@ export function rulesPage(main: HTMLElement): () => void {
         if (r) await mutate('UpdateRule', { id: r.id, rule });
         else await mutate('CreateRule', { rule });
         fill(formSlot);
-        void loadRules();
+        await loadRules();
+        // The focus goes to the saved rule's row (its Edit button).
+        (rulesBody.querySelector<HTMLElement>(`tr[data-rule="${CSS.escape(rule.name)}"] button`) ?? newRule).focus();
+        status.textContent = `Rule ${rule.name} ${r ? 'saved' : 'created'}.`;
       } catch (e) {
         showFieldErrors(e, Object.fromEntries(Object.entries(f).map(([k, v]) => [k, v.error])), box);
       }
@@ -130,7 +141,12 @@ export function rulesPage(main: HTMLElement): () => void {
     const min = h('select', { name: 'minSeverity' }, ['info', 'warning', 'critical'].map((s) => h('option', { value: s, selected: s === w.min_severity }, s))) as HTMLSelectElement;
     const rotate = h('input', { name: 'rotateSecret', type: 'checkbox' }) as HTMLInputElement;
     const f = { url: field('URL', url), minSeverity: field('Min severity', min), rotateSecret: field('New signing secret', rotate, 'the old one stops; the new one is shown once') };
-    const cancel = h('button', { type: 'button', class: 'link', onclick: () => void loadHooks() }, 'Cancel');
+    // Saved or cancelled, the list is redrawn and the row's Edit button has the focus.
+    const back = async () => {
+      await loadHooks();
+      hooksBody.querySelector<HTMLElement>(`tr[data-webhook="${CSS.escape(w.id)}"] button`)?.focus();
+    };
+    const cancel = h('button', { type: 'button', class: 'link', onclick: () => void back() }, 'Cancel');
     const form = h('form', { class: 'edit', 'data-testid': 'webhook-form', 'aria-label': `Edit webhook ${w.url}` },
       Object.values(f).map((x) => x.wrap), h('div', { class: 'row' }, h('button', { type: 'submit' }, 'Save webhook'), cancel), box);
     form.addEventListener('submit', async (ev) => {
@@ -141,7 +157,7 @@ export function rulesPage(main: HTMLElement): () => void {
         const { updateAlertWebhook: saved } = await mutate<{ updateAlertWebhook: Webhook & { secret: string | null } }>('UpdateWebhook',
           { id: w.id, url: url.value.trim(), minSeverity: min.value, rotateSecret: rotate.checked });
         fill(rotatedSlot, saved.secret ? h('p', { class: 'secret card' }, `New signing secret of ${saved.url} (shown only now): `, h('code', {}, saved.secret)) : []);
-        void loadHooks();
+        await back();
       } catch (e) {
         showFieldErrors(e, Object.fromEntries(Object.entries(f).map(([k, v]) => [k, v.error])), box);
       }
