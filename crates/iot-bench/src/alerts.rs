@@ -1,7 +1,8 @@
 //! `iot-bench alerts`: alert latency, from a reading published over MQTT
 //! to its alert change arriving on alert-engine's `SubscribeAlerts` gRPC
-//! stream, with 1,000 rules loaded, while a simulated fleet publishes at
-//! 0 (the baseline of this run), 1,000 and 10,000 readings/s.
+//! stream, with 10,000 rules across 1,000 owners loaded, while a simulated
+//! fleet publishes at 0 (the baseline of this run), 1,000 and 10,000
+//! readings/s.
 //!
 //! The stack is the real one, from release binaries: device-registry,
 //! mqtt-gateway, ingest-writer (its database load is part of the machine's
@@ -13,7 +14,12 @@
 //!   duration and every seventh with a clear condition;
 //! - 99 on any sensor (`value > 20000 + i AND quality != "simulated"`),
 //!   which every reading is checked against;
-//! - 1 probe rule, `sensor_name == "probe" AND value > 0`, clearing below 0.
+//! - 1 probe rule, `sensor_name == "probe" AND value > 0`, clearing below 0;
+//! - and 9 rules of each of 1,000 owners (9,000), shaped like the first
+//!   900; the fleet's owner (the nil owner of devices an operator
+//!   registers) is one of them, so its readings meet its own 9 and the
+//!   1,000 platform rules, and the other owners' rules are there to show
+//!   that they cost it nothing.
 //!
 //! The fleet's values stay far below every load threshold, so its readings
 //! are evaluated and raise nothing. Probe devices publish single readings
@@ -38,7 +44,11 @@ use crate::procs::{self, Service};
 use crate::query::stats;
 use crate::{Ctx, fresh_db, fresh_topics, unique};
 
+/// Platform-wide rules.
 const RULES: usize = 1000;
+/// Owners with rules of their own, and rules each.
+const OWNERS: usize = 1000;
+const RULES_PER_OWNER: usize = 9;
 const PROBES: usize = 20;
 /// Probe readings per second (all probe devices together).
 const PROBE_RATE: f64 = 20.0;
@@ -108,8 +118,10 @@ pub async fn run(ctx: &Ctx) {
     for rule in rules() {
         api.create_rule(rule).await.unwrap();
     }
+    create_owner_rules(&engine.grpc_url()).await;
     println!(
-        "alerts benchmark: {RULES} rules created in {:.1} s; fleet of {FLEET} devices x 3 sensors; {PROBES} probe devices",
+        "alerts benchmark: {} rules created in {:.1} s; fleet of {FLEET} devices x 3 sensors; {PROBES} probe devices",
+        RULES + OWNERS * RULES_PER_OWNER,
         started.elapsed().as_secs_f64()
     );
 
@@ -245,7 +257,8 @@ pub async fn run(ctx: &Ctx) {
     }
     let at_10k = stats(phases[2].latencies.clone());
     println!(
-        "target p99 <= 500 ms at 10,000 readings/s with {RULES} rules: {}",
+        "target p99 <= 500 ms at 10,000 readings/s with {} rules: {}",
+        RULES + OWNERS * RULES_PER_OWNER,
         if at_10k.p99 <= 500.0 && phases[2].missing == 0 {
             "met"
         } else {
@@ -313,16 +326,51 @@ pub async fn run(ctx: &Ctx) {
     ));
     if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
         let section = format!(
-            "{}\n\n{RULES} platform-wide rules; a fleet of {FLEET} devices × 3 sensors in \
+            "{}\n\n{RULES} platform-wide rules and {RULES_PER_OWNER} of each of {OWNERS} \
+             owners ({} in all; the fleet's owner is one of them); a fleet of {FLEET} \
+             devices × 3 sensors in \
              batches of 10; delay from a probe reading published over MQTT to its alert \
              change on `SubscribeAlerts`, each phase {} s.\n\n\
              | measure | figure | target |\n|---|---|---|\n{}\n",
             crate::report_header("Alert latency", "cargo xtask bench alerts"),
+            RULES + OWNERS * RULES_PER_OWNER,
             PHASE.as_secs(),
             rows.join("\n")
         );
         crate::replace_report_section(&path, "## Alert latency", &section);
     }
+}
+
+/// `RULES_PER_OWNER` rules for each of `OWNERS` owners, each created by
+/// its owner: the nil owner (the fleet's) and others.
+async fn create_owner_rules(url: &str) {
+    let owners = std::iter::once(Uuid::nil()).chain((1..OWNERS).map(|_| Uuid::new_v4()));
+    futures::stream::iter(owners)
+        .for_each_concurrent(8, |owner| async move {
+            let mut api = iot_proto::alerts_client(
+                url.to_owned(),
+                Scope::Owner(owner.to_string()),
+                &iot_proto::GrpcTls::default(),
+            )
+            .await
+            .unwrap();
+            let sensors = ["temperature", "humidity", "pressure"];
+            for i in 0..RULES_PER_OWNER {
+                api.create_rule(v1::Rule {
+                    name: format!("owner_{i}"),
+                    condition: format!(
+                        "sensor_name == \"{}\" AND value > {}",
+                        sensors[i % 3],
+                        6000 + i
+                    ),
+                    severity: "warning".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        })
+        .await;
 }
 
 /// Readings published while alert-engine is down, for the catch-up phase.

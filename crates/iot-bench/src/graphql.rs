@@ -5,8 +5,9 @@
 //! 1,000 concurrent `alerts` subscribers over WebSocket, each of which must
 //! receive every alert change, with the delay from the change to delivery.
 //!
-//! Data: one series of a year at one reading per 10 s (3.15M rows, kept in
-//! database `iot_bench_graphql` and reused; `IOT_BENCH_RELOAD=1` reloads),
+//! Data: one series of a year at one reading per 10 s (3.15M rows in
+//! database `iot_bench_graphql`, reused when an earlier run kept it with
+//! `--keep`; `IOT_BENCH_RELOAD=1` reloads),
 //! 10,000 devices of one owner inserted straight into the registry's table
 //! (their broker accounts play no part here), a few open alerts on the
 //! dashboard's devices, and fresh alerts to acknowledge for the subscribers.

@@ -30,6 +30,7 @@ mod late;
 mod links;
 mod procs;
 mod query;
+mod replicas;
 mod scale;
 mod subscriptions;
 
@@ -110,6 +111,21 @@ async fn fresh_db(ctx: &Ctx) -> String {
         .await
         .unwrap();
     url
+}
+
+/// Has database `name`, one a benchmark reuses when it is there (a year of
+/// readings, a million devices), dropped when the program ends unless
+/// the run was told to keep it (`--keep`): repeated runs must not fill
+/// the disk.
+fn drop_unless_kept(name: &str) {
+    if std::env::args().any(|a| a == "--keep") {
+        println!("keeping database {name} for the next run (--keep)");
+        return;
+    }
+    CREATED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(name.to_owned());
 }
 
 /// The databases [`fresh_db`] made, dropped when the program ends.
@@ -779,8 +795,9 @@ async fn run() -> anyhow::Result<()> {
         "commands" => commands::run(&ctx).await,
         "subscriptions" => subscriptions::run(&ctx).await,
         "scale" => scale::run(&ctx).await,
+        "replicas" => replicas::run(&ctx).await,
         _ => anyhow::bail!(
-            "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|scale|faults [--short]"
+            "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|scale|replicas|faults [--short] [--keep]"
         ),
     }
     Ok(())

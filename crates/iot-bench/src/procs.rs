@@ -128,15 +128,17 @@ impl Service {
     }
 
     /// A gateway with further settings `vars` (TLS, say).
+    /// A gateway with further settings `vars`, which win over the ones
+    /// made here (a replica's own client id and index, say).
     pub fn gateway_with(
         kafka: &iot_kafka::KafkaConfig,
         root: &str,
         mqtt_port: u16,
         registry: &str,
-        mut vars: Vec<(&str, String)>,
+        vars: Vec<(&str, String)>,
     ) -> Self {
-        vars.extend(kafka_properties(kafka));
-        vars.extend([
+        let mut all: Vec<(&str, String)> = kafka_properties(kafka).into_iter().collect();
+        all.extend([
             ("HTTP_ADDR", "127.0.0.1:0".into()),
             ("REGISTRY_URL", registry.into()),
             ("MQTT__USERNAME", account("gateway").0),
@@ -151,7 +153,8 @@ impl Service {
             ("MQTT__SENML_TOPIC_PREFIX", format!("{root}/senml")),
             ("MQTT__SHARE_GROUP", root.into()),
         ]);
-        Self::spawn("mqtt-gateway", "MQTT_GATEWAY", &vars)
+        all.extend(vars);
+        Self::spawn("mqtt-gateway", "MQTT_GATEWAY", &all)
     }
 
     pub fn alerts(db: &str, kafka: &iot_kafka::KafkaConfig, registry: &str) -> Self {
@@ -216,7 +219,6 @@ impl Service {
         cpu_seconds_of(self.child.id()).unwrap_or(0.0)
     }
 
-    /// Peak resident set size (VmHWM) in KiB.
     /// Stops the service as an orchestrator would (SIGTERM, which lets a
     /// consumer leave its group) and waits up to 30 s for it to exit.
     pub fn terminate(mut self) {
@@ -229,6 +231,7 @@ impl Service {
         }
     }
 
+    /// Peak resident set size (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()

@@ -7,8 +7,9 @@
 //! 365 days (3,153,600 rows each: 31.5M in all), written with the writer's
 //! own batch path so the rollups are what production keeps, plus 90 more
 //! devices with a day of readings (for "latest readings of 100 devices").
-//! The loaded database is kept (`iot_bench_query`) and reused by the next
-//! run when it holds the same data; `IOT_BENCH_RELOAD=1` loads it afresh.
+//! The loaded database (`iot_bench_query`) is dropped at the end unless
+//! `--keep` keeps it; a kept one is reused by the next run when it holds
+//! the same data (`IOT_BENCH_RELOAD=1` loads it afresh).
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,7 @@ impl Data {
 /// Loads the year into database `name` (or finds it loaded); returns the
 /// database URL.
 pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
+    crate::drop_unless_kept(name);
     let base = ctx.admin_db.rsplit_once('/').unwrap().0;
     let url = format!("{base}/{name}");
     let admin = connect(&ctx.admin_db).await;

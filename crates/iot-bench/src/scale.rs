@@ -5,8 +5,9 @@
 //! the first page and a page deep in the big owner's devices, and the
 //! status summary for that owner and for an operator over all of them.
 //!
-//! The registry is kept in database `iot_bench_scale` and reused
-//! (`IOT_BENCH_RELOAD=1` loads it again); loading it is timed when it
+//! The registry is loaded into database `iot_bench_scale`, dropped at the
+//! end unless `--keep` keeps it for the next run to reuse
+//! (`IOT_BENCH_RELOAD=1` loads it again); loading is timed when it
 //! happens.
 
 use std::time::{Duration, Instant};
@@ -30,6 +31,10 @@ const BIG_OWNER: usize = 100_000;
 const PER_CALL: usize = 1000;
 const CONCURRENT_CALLS: usize = 4;
 const SAMPLES: usize = 200;
+/// Every this many devices one is online (heard from just before the
+/// queries).
+const ONLINE_EVERY: usize = 10;
+const HEARTBEATS_PER_CALL: usize = 5000;
 const PAGE: usize = 100;
 /// How deep the deep page is in the big owner's devices.
 const DEEP: usize = 50_000;
@@ -64,7 +69,9 @@ fn device(n: usize) -> CreateDeviceRequest {
         1 + (n - BIG_OWNER) % (OWNERS - 1)
     };
     CreateDeviceRequest {
-        device_id: format!("scale-{n:07}"),
+        // `iotctl simulate --device-prefix scale` names its devices so:
+        // the active fleet is the big owner's.
+        device_id: format!("scale-{:04}", n + 1),
         name: format!("Scale device {n}"),
         device_type: if n.is_multiple_of(3) {
             "meter"
@@ -185,6 +192,7 @@ pub async fn run(ctx: &Ctx) {
             .unwrap();
     }
     iot_db::ensure_database(&url).await.unwrap();
+    crate::drop_unless_kept(DB);
     iot_db::migrate(&url, iot_db::BackendChoice::Auto)
         .await
         .unwrap();
@@ -220,6 +228,7 @@ pub async fn run(ctx: &Ctx) {
         None
     };
     assert_eq!(count(&db).await, DEVICES);
+    let heartbeat_rate = heartbeats(&db, &client).await;
     db.batch_execute("ANALYZE devices").await.unwrap();
 
     let keys = format!(
@@ -274,20 +283,22 @@ pub async fn run(ctx: &Ctx) {
             page_of(PAGE),
         )
         .await;
-    let total_is = |n: usize| {
+    let counts_are = |total: usize| {
         move |v: &Value| {
+            let s = &v["deviceStatusSummary"];
+            assert_eq!(s["total_devices"].as_u64(), Some(total as u64), "{v}");
             assert_eq!(
-                v["deviceStatusSummary"]["total_devices"].as_u64(),
-                Some(n as u64),
+                s["offline_devices"].as_u64(),
+                Some((total - total / ONLINE_EVERY) as u64),
                 "{v}"
-            )
+            );
         }
     };
     let owner_summary = g
-        .time(OWNER_KEY, SUMMARY, json!({}), total_is(BIG_OWNER))
+        .time(OWNER_KEY, SUMMARY, json!({}), counts_are(BIG_OWNER))
         .await;
     let operator_summary = g
-        .time(OPERATOR_KEY, SUMMARY, json!({}), total_is(DEVICES))
+        .time(OPERATOR_KEY, SUMMARY, json!({}), counts_are(DEVICES))
         .await;
 
     let (first, deep, owner_summary, operator_summary) = (
@@ -302,6 +313,10 @@ pub async fn run(ctx: &Ctx) {
     if let Some(rate) = load_rate {
         println!("registration through CreateDevices: {rate:.0} devices/s");
     }
+    println!(
+        "heartbeats of {} devices through RecordActivity: {heartbeat_rate:.0} devices/s",
+        DEVICES / ONLINE_EVERY
+    );
     let line = |what: &str, s: &crate::query::Stats, target: f64| {
         println!(
             "{what:<58} p50 {:>6.1} ms  p95 {:>6.1} ms  (target p95 <= {target} ms)",
@@ -350,11 +365,14 @@ pub async fn run(ctx: &Ctx) {
              samples per query after a warm-up, one at a time.\n\n\
              | figure | p50 / p95 | target |\n|---|---|---|\n\
              | registration through `CreateDevices` | {load} | |\n\
+             | heartbeats of {} devices (every {ONLINE_EVERY}th) through `RecordActivity` \
+             ({HEARTBEATS_PER_CALL} per call), then online | {heartbeat_rate:.0} devices/s | |\n\
              {}{}{}{}\n\
-             The rest of the scale issue (an active fleet of 100,000 devices, \
-             gateway memory, alert rules at scale, replicas, cost growth) is not \
-             measured by this program yet.\n",
+             The rest of the scale issue (an active fleet of 100,000 devices \
+             publishing through the gateway, gateway memory, alert rules at scale, \
+             replicas, cost growth) is not measured by this program yet.\n",
             crate::report_header("Scale: a large registry", "cargo xtask bench scale"),
+            DEVICES / ONLINE_EVERY,
             row(
                 "`devices`, first page of 100 (owner of 100,000)",
                 &first,
@@ -379,9 +397,167 @@ pub async fn run(ctx: &Ctx) {
         crate::replace_report_section(&path, "## Scale: a large registry", &section);
     }
     drop(gql);
+    let fleet = active_fleet(ctx, &db, &registry, &kafka).await;
+    println!(
+        "active fleet: {} readings/s from {ACTIVE} devices, {} from 100 ({:.2}x); \
+         gateway peak RSS {} MiB; heartbeats recorded for {} of {ACTIVE} devices",
+        fleet.many.round(),
+        fleet.few.round(),
+        fleet.many / fleet.few,
+        fleet.gateway_rss_mib,
+        fleet.heard
+    );
+    if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
+        let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
+        let section = format!(
+            "{}\n\nThe same registry; mqtt-gateway, ingest-writer and device-registry \
+             (release builds, shipped defaults) on one box. `iotctl simulate` publishes \
+             {FLEET_READINGS} single readings (QoS 1, 3 sensors per device) through the \
+             platform publisher account over 4 connections, first as 100 devices, then \
+             as {ACTIVE} distinct devices (the big owner's); each rate is readings \
+             stored per second.\n\n\
+             | figure | value | target |\n|---|---|---|\n\
+             | ingest from 100 devices | {:.0} readings/s | baseline |\n\
+             | ingest from {ACTIVE} distinct devices | {:.0} readings/s ({:.2}×) | ≥ 0.8×: {} |\n\
+             | mqtt-gateway peak RSS over every phase | {} MiB | ≤ 150 MiB: {} |\n\
+             | devices of the {ACTIVE} whose heartbeat was recorded | {} | all: {} |\n\n\
+             How the cost grows with the active fleet (same run, same readings):\n\n\
+             | active devices | readings/s | ÷ 100 devices |\n|---|---|---|\n\
+             | 100 | {:.0} | 1.00× |\n{}",
+            crate::report_header("Scale: an active fleet", "cargo xtask bench scale"),
+            fleet.few,
+            fleet.many,
+            fleet.many / fleet.few,
+            met(fleet.many / fleet.few >= 0.8),
+            fleet.gateway_rss_mib,
+            met(fleet.gateway_rss_mib <= 150),
+            fleet.heard,
+            met(fleet.heard == ACTIVE),
+            fleet.few,
+            fleet
+                .growth
+                .iter()
+                .map(|(n, r)| format!("| {n} | {r:.0} | {:.2}× |\n", r / fleet.few))
+                .collect::<String>(),
+        );
+        crate::replace_report_section(&path, "## Scale: an active fleet", &section);
+    }
     drop(alerts);
     drop(writer);
     drop(registry);
+}
+
+/// Devices of the active fleet, and the readings each phase publishes.
+const ACTIVE: usize = BIG_OWNER;
+const FLEET_READINGS: u64 = 300_000;
+
+struct ActiveFleet {
+    /// Readings stored per second from 100 devices, and from `ACTIVE`.
+    few: f64,
+    many: f64,
+    /// Readings/s at 1,000, 10,000 and `ACTIVE` devices.
+    growth: Vec<(u32, f64)>,
+    gateway_rss_mib: u64,
+    /// Devices of the `ACTIVE` whose heartbeat reached the registry.
+    heard: usize,
+}
+
+/// The big owner's devices publish through a gateway: first 100 of them,
+/// then 1,000, 10,000 and all `ACTIVE`, the same number of readings each
+/// time.
+async fn active_fleet(
+    ctx: &Ctx,
+    db: &tokio_postgres::Client,
+    registry: &Service,
+    kafka: &iot_kafka::KafkaConfig,
+) -> ActiveFleet {
+    let root = format!("scale{}", crate::unique());
+    let gateway = Service::gateway(kafka, &root, ctx.mqtt_port, &registry.grpc_url());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let phase = async |devices: u32| {
+        let before = crate::stored(db).await;
+        let args = iotctl::simulate::Args {
+            device_prefix: "scale".into(),
+            devices,
+            count: FLEET_READINGS,
+            ..crate::simulator(ctx, &registry.grpc_url(), &root)
+        };
+        // Registration (every device exists already) is not timed.
+        iotctl::simulate::register(&args).await.unwrap();
+        let start = Instant::now();
+        let s = iotctl::simulate::simulate(args).await.unwrap();
+        let done = crate::wait_rows(db, before + s.readings as i64, Duration::from_secs(900)).await;
+        s.readings as f64 / (done - start).as_secs_f64()
+    };
+    let few = phase(100).await;
+    let mut growth = Vec::new();
+    for devices in [1000, 10_000] {
+        growth.push((devices, phase(devices).await));
+    }
+    let since = chrono::Utc::now();
+    let many = phase(ACTIVE as u32).await;
+    growth.push((ACTIVE as u32, many));
+    // Heartbeats go to the registry every `activity_flush_secs` (5 s by
+    // default): two windows and then some.
+    let heard = async || {
+        db.query_one(
+            "SELECT count(*) FROM devices WHERE device_id LIKE 'scale-%' AND last_heartbeat >= $1",
+            &[&since],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0) as usize
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = heard().await;
+    while n < ACTIVE && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        n = heard().await;
+    }
+    ActiveFleet {
+        few,
+        many,
+        growth,
+        gateway_rss_mib: gateway.peak_rss_kib() / 1024,
+        heard: n,
+    }
+}
+
+/// Every `ONLINE_EVERY`th device is heard from now through
+/// `RecordActivity`, the call mqtt-gateway's heartbeat flush makes, so
+/// that the summaries have online devices to count (a tenth of the fleet:
+/// the issue's active fleet of 100,000). Devices/s.
+async fn heartbeats(db: &tokio_postgres::Client, client: &iot_proto::RegistryClient) -> f64 {
+    use iot_proto::v1::{DeviceActivity, RecordActivityRequest};
+    let ids: Vec<String> = db
+        .query(
+            "SELECT id::text FROM devices WHERE substr(device_id, 7)::int % $1 = 0",
+            &[&(ONLINE_EVERY as i32)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), DEVICES / ONLINE_EVERY);
+    let start = Instant::now();
+    let now = iot_proto::timestamp(chrono::Utc::now());
+    for chunk in ids.chunks(HEARTBEATS_PER_CALL) {
+        let devices = chunk
+            .iter()
+            .map(|id| DeviceActivity {
+                device_uuid: id.clone(),
+                last_seen: Some(now),
+                ..Default::default()
+            })
+            .collect();
+        client
+            .clone()
+            .record_activity(RecordActivityRequest { devices })
+            .await
+            .expect("RecordActivity");
+    }
+    ids.len() as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn count(db: &tokio_postgres::Client) -> usize {

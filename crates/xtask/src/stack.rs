@@ -700,7 +700,7 @@ fn test_databases() -> Option<Vec<String>> {
 
 /// The benchmark programs `cargo xtask bench` runs (`iot-bench <name>`;
 /// the fault suite is `cargo xtask faults`).
-pub const BENCHES: [&str; 10] = [
+pub const BENCHES: [&str; 11] = [
     "ingest",
     "query",
     "graphql",
@@ -711,6 +711,7 @@ pub const BENCHES: [&str; 10] = [
     "commands",
     "subscriptions",
     "scale",
+    "replicas",
 ];
 
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
@@ -740,7 +741,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     let release = paths::target_dir().join("release");
     let result = proc::run(
         Command::new(release.join("iot-bench"))
-            .arg(what)
+            .args(args)
             .env("IOT_BENCH_BIN_DIR", &release)
             .env("IOT_BENCH_DATABASE_URL", TEST_ADMIN_URL)
             .env("IOT_BENCH_KAFKA", format!("127.0.0.1:{KAFKA_PORT}"))
