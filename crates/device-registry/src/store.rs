@@ -68,17 +68,16 @@ pub async fn device_quota_room(
         .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2::uuid::text))")
         .await?;
     tx.execute(&lock, &[&DEVICE_QUOTA_LOCK, &owner]).await?;
-    // Counting stops at the limit: an index-only scan of at most `limit`
-    // entries of the owner.
+    // The owner's counters (kept by the triggers of migration 0020), not
+    // its devices: a bulk call checks up to a thousand owners, each
+    // possibly near its limit. Holding the owner's lock, this reads what
+    // the previous holder committed.
     let count = tx
         .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM devices WHERE owner_id = $1 LIMIT $2) d",
+            "SELECT COALESCE(sum(n), 0)::int8 FROM device_status_counts WHERE owner_id = $1",
         )
         .await?;
-    let n: i64 = tx
-        .query_one(&count, &[&owner, &i64::from(limit)])
-        .await?
-        .get(0);
+    let n: i64 = tx.query_one(&count, &[&owner]).await?.get(0);
     Ok(u32::try_from(i64::from(limit) - n).unwrap_or(0))
 }
 
