@@ -148,6 +148,7 @@ async fn heartbeats_of_a_hundred_thousand_devices_go_in_one_flush() {
         &kit::pki::grpc_tls(mqtt_gateway::SERVICE),
         Duration::from_secs(60),
         Duration::from_secs(5),
+        100_000,
     )
     .unwrap();
     let real = [

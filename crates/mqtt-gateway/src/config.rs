@@ -12,10 +12,17 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// gRPC address of device-registry, e.g. `http://127.0.0.1:50051`.
     pub registry_url: String,
-    /// How long a device lookup is cached.
+    /// How long a device lookup is cached. Changes evict at once through
+    /// the registry's change stream, so this is a bound for a stream that
+    /// fails unnoticed; it is longer than devices' reporting intervals, or
+    /// every reading of a device reporting less often is a registry call.
     pub device_cache_ttl_secs: u64,
     /// How long an "unknown device" answer is cached.
     pub unknown_device_ttl_secs: u64,
+    /// Devices the cache holds; past it the least likely to be asked for
+    /// again go (TinyLFU). At least the devices this replica hears from
+    /// within `device_cache_ttl_secs`, or lookups reach the registry.
+    pub device_cache_max_entries: u64,
     pub limits: LimitsConfig,
     /// Messages processed at once (each waits for its Kafka delivery report).
     pub max_in_flight: usize,
@@ -123,8 +130,9 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             kafka: KafkaConfig::default(),
             registry_url: "http://127.0.0.1:50051".into(),
-            device_cache_ttl_secs: 60,
+            device_cache_ttl_secs: 900,
             unknown_device_ttl_secs: 5,
+            device_cache_max_entries: 100_000,
             limits: LimitsConfig::default(),
             max_in_flight: 512,
             drain_timeout_secs: 20,
@@ -208,6 +216,9 @@ impl iot_runtime::Validate for Config {
         }
         if self.activity_flush_secs == 0 {
             p.push("activity_flush_secs must be positive".into());
+        }
+        if self.device_cache_max_entries == 0 {
+            p.push("device_cache_max_entries must be positive".into());
         }
         if self.mqtt.port == 0 {
             p.push("mqtt.port must not be 0".into());

@@ -11,9 +11,8 @@ use iot_proto::v1;
 use registry_client::DeviceCache;
 use uuid::Uuid;
 
-/// Devices kept in the cache (the least likely to be used again go first),
-/// and a bound on the sensors remembered.
-const MAX_ENTRIES: usize = 100_000;
+/// (Device, sensor) pairs remembered as reported before starting again.
+const MAX_KNOWN_PAIRS: usize = 1_000_000;
 
 /// What the gateway needs to know of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,25 +43,30 @@ pub struct Directory {
 struct Activity {
     /// Last reading accepted per device, and sensors not reported before.
     pending: HashMap<Uuid, (chrono::DateTime<chrono::Utc>, Vec<String>)>,
-    /// Every sensor reported by this process, per device.
-    known: HashMap<Uuid, std::collections::HashSet<String>>,
-    /// Number of (device, sensor) pairs in `known`.
-    known_pairs: usize,
+    /// Every (device, sensor) pair reported by this process, as a keyed
+    /// 64-bit hash: a few bytes a pair, where the names would cost a set
+    /// per device (most of the gateway's memory with a large fleet). Two
+    /// pairs sharing a hash (odds near 2^-64 a pair) would leave a sensor
+    /// to be listed by the next process that hears it.
+    known: std::collections::HashSet<u64>,
+    hasher: std::hash::RandomState,
 }
 
 impl Directory {
     /// Looks devices up at the registry at `registry_url` (admin scope:
     /// a platform service resolves every owner's devices), without request
     /// metrics. Answers are trusted for `ttl`, "unknown device" for
-    /// `unknown_ttl` (a change at the registry drops them at once).
+    /// `unknown_ttl` (a change at the registry drops them at once), and at
+    /// most `max_entries` are kept.
     pub fn new(
         registry_url: &str,
         tls: &iot_proto::GrpcTls,
         ttl: Duration,
         unknown_ttl: Duration,
+        max_entries: u64,
     ) -> Result<Self, crate::GatewayError> {
         let client = registry_client::admin_client(registry_url, tls)?;
-        Ok(Self::with_client(client, ttl, unknown_ttl))
+        Ok(Self::with_client(client, ttl, unknown_ttl, max_entries))
     }
 
     /// [`Self::new`] with `client` (an admin-scope client, such as
@@ -71,9 +75,10 @@ impl Directory {
         client: iot_proto::RegistryClient,
         ttl: Duration,
         unknown_ttl: Duration,
+        max_entries: u64,
     ) -> Self {
         let settings = registry_client::Settings {
-            max_capacity: MAX_ENTRIES as u64,
+            max_capacity: max_entries,
             found_ttl: Some(ttl),
             not_found_ttl: Some(unknown_ttl),
         };
@@ -99,16 +104,18 @@ impl Directory {
         let Activity {
             pending,
             known,
-            known_pairs,
+            hasher,
         } = &mut *a;
         let entry = pending.entry(device).or_insert_with(|| (now, Vec::new()));
         entry.0 = now;
-        let seen = known.entry(device).or_default();
         for s in sensors {
+            // Full: start again. The registry adds a sensor it has once
+            // more as nothing, where one never reported would be missing.
+            if known.len() >= MAX_KNOWN_PAIRS {
+                known.clear();
+            }
             // A lookup per reading; an allocation only for a new sensor.
-            if !seen.contains(s) && *known_pairs < MAX_ENTRIES * 10 {
-                seen.insert(s.to_owned());
-                *known_pairs += 1;
+            if known.insert(std::hash::BuildHasher::hash_one(&*hasher, (device, s))) {
                 entry.1.push(s.to_owned());
             }
         }

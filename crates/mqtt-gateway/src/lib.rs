@@ -54,6 +54,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         registry.clone(),
         Duration::from_secs(config.device_cache_ttl_secs),
         Duration::from_secs(config.unknown_device_ttl_secs),
+        config.device_cache_max_entries,
     );
     directory.register_metrics(&skeleton.registry)?;
     let auth = Arc::new(device_auth::DeviceAuth::new(
