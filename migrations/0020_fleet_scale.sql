@@ -126,6 +126,12 @@ SET online_until = device_online_until(d.last_heartbeat, d.disconnected_at,
     (SELECT c.read_interval FROM device_config c WHERE c.device_id = d.id))
 WHERE d.last_heartbeat IS NOT NULL;
 
+-- Every heartbeat moves `online_until`, so each is a new row version with
+-- new entries in the indexes below, and the old ones stay until a vacuum:
+-- vacuum `devices` after 2 % of it changed, not the default 20 %.
+ALTER TABLE devices SET (autovacuum_vacuum_scale_factor = 0.02,
+                         autovacuum_analyze_scale_factor = 0.02);
+
 -- Online counts, per owner and over every owner.
 CREATE INDEX IF NOT EXISTS idx_devices_online_by_owner ON devices (owner_id, online_until)
     WHERE status = 'active';
