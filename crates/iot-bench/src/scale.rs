@@ -380,9 +380,8 @@ pub async fn run(ctx: &Ctx) {
              | heartbeats of {} devices (every {ONLINE_EVERY}th) through `RecordActivity` \
              ({HEARTBEATS_PER_CALL} per call), then online | {heartbeat_rate:.0} devices/s | |\n\
              {}{}{}{}\n\
-             The rest of the scale issue (an active fleet of 100,000 devices \
-             publishing through the gateway, gateway memory, alert rules at scale, \
-             replicas, cost growth) is not measured by this program yet.\n",
+             The active fleet is the next section; alert rules at scale are in \
+             \"Alert latency\", replicas in \"Replicas\".\n",
             crate::report_header("Scale: a large registry", "cargo xtask bench scale"),
             DEVICES / ONLINE_EVERY,
             row(
