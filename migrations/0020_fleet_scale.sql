@@ -13,21 +13,15 @@ CREATE TABLE IF NOT EXISTS device_status_counts (
 
 -- Inserts and deletes are counted per statement (a bulk import of
 -- thousands of devices is one change per owner and status), in key order
--- so that concurrent statements lock the counters in the same order.
-CREATE OR REPLACE FUNCTION device_counts_added() RETURNS trigger
+-- so that concurrent statements lock the counters in the same order. Both
+-- triggers name their transition table `changed`: inserted rows count up,
+-- deleted ones down.
+CREATE OR REPLACE FUNCTION device_counts_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO device_status_counts (owner_id, status, n)
-    SELECT owner_id, status, count(*) FROM added GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (owner_id, status) DO UPDATE SET n = device_status_counts.n + EXCLUDED.n;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION device_counts_removed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO device_status_counts (owner_id, status, n)
-    SELECT owner_id, status, -count(*) FROM removed GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT owner_id, status, count(*) * CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END
+    FROM changed GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (owner_id, status) DO UPDATE SET n = device_status_counts.n + EXCLUDED.n;
     RETURN NULL;
 END $$;
@@ -59,9 +53,9 @@ DROP TRIGGER IF EXISTS devices_counted_out ON devices;
 DROP TRIGGER IF EXISTS devices_counted_moved ON devices;
 DROP TRIGGER IF EXISTS devices_counted_cleared ON devices;
 CREATE TRIGGER devices_counted_in AFTER INSERT ON devices
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION device_counts_added();
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION device_counts_changed();
 CREATE TRIGGER devices_counted_out AFTER DELETE ON devices
-    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION device_counts_removed();
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION device_counts_changed();
 CREATE TRIGGER devices_counted_moved AFTER UPDATE OF status, owner_id ON devices
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.owner_id IS DISTINCT FROM NEW.owner_id)
     EXECUTE FUNCTION device_counts_moved();
