@@ -309,18 +309,28 @@ pub fn cpu_between(
         .sum()
 }
 
-/// The Prometheus text a service serves on its admin port.
-pub async fn admin_metrics(port: u16) -> String {
+/// `GET path` on a service's admin port: the status code and body, or
+/// `None` while the port does not answer yet (services start in parallel).
+pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
         .await
-        .unwrap();
+        .ok()?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, buf))
+}
+
+/// The Prometheus text a service serves on its admin port.
+pub async fn admin_metrics(port: u16) -> String {
+    admin_get(port, "/metrics")
+        .await
+        .unwrap_or_else(|| panic!("no answer on admin port {port}"))
+        .1
 }
 
 /// The sum of the samples of series `name` in Prometheus `text` that carry

@@ -28,22 +28,6 @@ const REPLICAS: u32 = 2;
 /// Least share of its kind's work each replica must do.
 const MIN_SHARE: f64 = 0.25;
 
-/// `GET path` on a service's admin port: the status code and body, or
-/// `None` while the port does not answer yet (services start in parallel).
-async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, buf))
-}
-
 /// The partitions a consumer reports lag for: the ones it holds (the
 /// gauge is reset on every rebalance and filled from librdkafka's
 /// statistics, every 5 s).
@@ -85,7 +69,7 @@ async fn wait_assigned(kind: &str, ports: &[u16], limit: Duration) -> bool {
     loop {
         let mut held = Vec::new();
         for port in ports {
-            let m = admin_get(*port, "/metrics").await.map(|(_, b)| b);
+            let m = procs::admin_get(*port, "/metrics").await.map(|(_, b)| b);
             held.push(m.map_or(0.0, |m| {
                 procs::metric_sum(&m, "iot_kafka_assigned_partitions", "")
             }));
@@ -170,7 +154,7 @@ pub async fn run(ctx: &Ctx) {
     // broker keeps every message for each of them from then on.
     let start = Instant::now();
     for port in &gateway_ports {
-        while admin_get(*port, "/readyz").await.map(|(c, _)| c) != Some(200) {
+        while procs::admin_get(*port, "/readyz").await.map(|(c, _)| c) != Some(200) {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "gateway on admin port {port} not ready after 60 s"
