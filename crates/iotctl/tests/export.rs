@@ -7,14 +7,14 @@ use std::process::Command;
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ingest_writer::Store;
+use ingest_writer::archive::ArchiveConfig;
 use ingest_writer::archive::format::FileRows;
-use ingest_writer::archive::{ArchiveConfig, floor_day};
 use ingest_writer::retention::{RetentionConfig, maintain};
 use ingest_writer::store::Row;
 use iot_testkit as kit;
+
+mod support;
 use rust_decimal::Decimal;
-use uuid::Uuid;
 
 fn iotctl(url: &str, dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_iotctl"))
@@ -68,39 +68,15 @@ fn rollup_rows(path: &std::path::Path) -> Vec<(String, i64, Decimal)> {
 
 #[tokio::test]
 async fn export_merges_archive_and_database_and_restore_is_idempotent() {
-    let url = kit::migrated_database_with(iot_db::Backend::Postgres).await;
-    let db = kit::connect(url.url()).await;
-    db.execute("SELECT iot_ensure_partitions(60, 14)", &[])
-        .await
-        .unwrap();
-    let store = Store::new(iot_db::pool(url.url(), 2).unwrap());
-    let device = Uuid::new_v4();
-    db.execute(
-        "INSERT INTO devices (id, device_id, name, device_type, owner_id)
-         VALUES ($1, 'boiler-7', 'boiler', 'sensor', $2)",
-        &[&device, &Uuid::new_v4()],
-    )
-    .await
-    .unwrap();
-    // Microseconds, as the database keeps them.
-    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
-    let old = floor_day(now - TimeDelta::days(40)) + TimeDelta::hours(6);
-    let times: Vec<DateTime<Utc>> = (0..10)
-        .map(|i| old + TimeDelta::minutes(i))
-        .chain((0..5).map(|i| now - TimeDelta::hours(i + 1)))
-        .collect();
-    let rows: Vec<Row> = times
-        .iter()
-        .map(|t| Row {
-            time: *t,
-            device_id: device,
-            sensor_name: "temperature".into(),
-            value: Decimal::from_str("21.0625").unwrap(),
-            unit: Some("C".into()),
-            quality: None,
-        })
-        .collect();
-    store.write_batch(&rows).await.unwrap();
+    let support::Seeded {
+        url,
+        db,
+        store,
+        device,
+        now,
+        old,
+        rows,
+    } = support::seeded("boiler-7", |_| "21.0625".into()).await;
     let dir = std::env::temp_dir().join(format!("iot-archive-{}", kit::unique()));
     let cfg = RetentionConfig {
         default_days: 30,

@@ -8,16 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
-use std::str::FromStr;
 
-use chrono::{DateTime, TimeDelta, Utc};
-use ingest_writer::Store;
+use chrono::TimeDelta;
 use ingest_writer::archive::format::FileRows;
-use ingest_writer::archive::{ArchiveConfig, S3Config, StoreKind, floor_day};
+use ingest_writer::archive::{ArchiveConfig, S3Config, StoreKind};
 use ingest_writer::retention::{RetentionConfig, maintain};
 use ingest_writer::store::Row;
 use iot_testkit as kit;
-use rust_decimal::Decimal;
+
+mod support;
 use uuid::Uuid;
 
 /// The binary with only the settings given: none of the caller's archive
@@ -52,40 +51,15 @@ async fn export_and_restore_read_an_s3_archive() {
     let bucket = format!("iot-archive-{}", Uuid::new_v4().simple());
     assert_eq!(moto.request("PUT", &format!("/{bucket}")).await, Some(200));
 
-    let url = kit::migrated_database_with(iot_db::Backend::Postgres).await;
-    let db = kit::connect(url.url()).await;
-    db.execute("SELECT iot_ensure_partitions(60, 14)", &[])
-        .await
-        .unwrap();
-    let store = Store::new(iot_db::pool(url.url(), 4).unwrap());
-    let device = Uuid::new_v4();
-    db.execute(
-        "INSERT INTO devices (id, device_id, name, device_type, owner_id)
-         VALUES ($1, 'boiler-9', 'boiler', 'sensor', $2)",
-        &[&device, &Uuid::new_v4()],
-    )
-    .await
-    .unwrap();
-    // Microseconds, as the database keeps them.
-    let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
-    let old = floor_day(now - TimeDelta::days(40)) + TimeDelta::hours(6);
-    let times: Vec<DateTime<Utc>> = (0..10)
-        .map(|i| old + TimeDelta::minutes(i))
-        .chain((0..5).map(|i| now - TimeDelta::hours(i + 1)))
-        .collect();
-    let rows: Vec<Row> = times
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Row {
-            time: *t,
-            device_id: device,
-            sensor_name: "temperature".into(),
-            value: Decimal::from_str(&format!("{i}.0625")).unwrap(),
-            unit: Some("C".into()),
-            quality: None,
-        })
-        .collect();
-    store.write_batch(&rows).await.unwrap();
+    let support::Seeded {
+        url,
+        db,
+        store,
+        device,
+        now,
+        old,
+        rows,
+    } = support::seeded("boiler-9", |i| format!("{i}.0625")).await;
 
     let tmp = std::env::temp_dir().join(format!("iot-s3-export-{}", kit::unique()));
     let staging = tmp.join("writer");
