@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use ingest_writer::Store;
 use ingest_writer::archive::format::FileRows;
 use ingest_writer::archive::restore::restore;
-use ingest_writer::archive::{ArchiveConfig, LocalStore, S3Config, StoreKind, list, midnight};
+use ingest_writer::archive::{ArchiveConfig, LocalStore, StoreKind, list, midnight};
 use ingest_writer::retention::{RetentionConfig, maintain};
 use ingest_writer::store::Row;
 use iot_db::Backend;
@@ -39,8 +39,8 @@ fn reading(device: Uuid, sensor: &str, t: chrono::DateTime<Utc>, value: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
     let moto = kit::moto::Moto::start().await;
-    let bucket = format!("iot-archive-{}", Uuid::new_v4().simple());
-    assert_eq!(moto.request("PUT", &format!("/{bucket}")).await, Some(200));
+    let s3 = moto.new_bucket().await;
+    let bucket = s3.bucket.clone();
 
     let db_url = kit::migrated_database_with(Backend::Postgres).await;
     let url = db_url.url();
@@ -76,15 +76,6 @@ async fn retention_archives_into_a_bucket_and_restore_reads_it_back() {
     rows.sort_by(|a, b| (a.time, &a.sensor_name).cmp(&(b.time, &b.sensor_name)));
 
     let staging = std::env::temp_dir().join(format!("iot-s3-dir-{}", Uuid::new_v4().simple()));
-    let s3 = S3Config {
-        bucket: bucket.clone(),
-        prefix: "platform-a".into(),
-        endpoint: Some(moto.endpoint()),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("testing".into()),
-        secret_access_key: Some("testing".into()),
-        allow_http: true,
-    };
     let cfg = RetentionConfig {
         default_days: 30,
         archive: ArchiveConfig {

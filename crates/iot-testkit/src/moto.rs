@@ -59,6 +59,22 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A new empty bucket, and the archive's settings for it (prefix
+    /// `platform-a`, moto's test credentials, plain HTTP).
+    pub async fn new_bucket(&self) -> ingest_writer::archive::S3Config {
+        let bucket = format!("iot-archive-{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(self.request("PUT", &format!("/{bucket}")).await, Some(200));
+        ingest_writer::archive::S3Config {
+            bucket,
+            prefix: "platform-a".into(),
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+            allow_http: true,
+        }
+    }
+
     /// One plain HTTP request (moto takes unsigned ones); the status.
     pub async fn request(&self, method: &str, path: &str) -> Option<u16> {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))

@@ -11,13 +11,12 @@ use std::process::{Command, Output};
 
 use chrono::TimeDelta;
 use ingest_writer::archive::format::FileRows;
-use ingest_writer::archive::{ArchiveConfig, S3Config, StoreKind};
+use ingest_writer::archive::{ArchiveConfig, StoreKind};
 use ingest_writer::retention::{RetentionConfig, maintain};
 use ingest_writer::store::Row;
 use iot_testkit as kit;
 
 mod support;
-use uuid::Uuid;
 
 /// The binary with only the settings given: none of the caller's archive
 /// or AWS variables leak in.
@@ -48,8 +47,8 @@ fn ok(out: Output, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_and_restore_read_an_s3_archive() {
     let moto = kit::moto::Moto::start().await;
-    let bucket = format!("iot-archive-{}", Uuid::new_v4().simple());
-    assert_eq!(moto.request("PUT", &format!("/{bucket}")).await, Some(200));
+    let s3 = moto.new_bucket().await;
+    let bucket = s3.bucket.clone();
 
     let support::Seeded {
         url,
@@ -69,15 +68,7 @@ async fn export_and_restore_read_an_s3_archive() {
             enabled: true,
             dir: staging.clone(),
             store: StoreKind::S3,
-            s3: S3Config {
-                bucket: bucket.clone(),
-                prefix: "platform-a".into(),
-                endpoint: Some(moto.endpoint()),
-                region: Some("us-east-1".into()),
-                access_key_id: Some("testing".into()),
-                secret_access_key: Some("testing".into()),
-                allow_http: true,
-            },
+            s3,
         },
         ..Default::default()
     };
