@@ -26,6 +26,7 @@ mod commands;
 mod export;
 mod faults;
 mod graphql;
+mod history;
 mod late;
 mod links;
 mod procs;
@@ -796,8 +797,9 @@ async fn run() -> anyhow::Result<()> {
         "subscriptions" => subscriptions::run(&ctx).await,
         "scale" => scale::run(&ctx).await,
         "replicas" => replicas::run(&ctx).await,
+        "history" => history::run(&ctx).await,
         _ => anyhow::bail!(
-            "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|scale|replicas|faults [--short] [--keep]"
+            "usage: iot-bench ingest|query|graphql|alerts|late|abuse|export|commands|subscriptions|scale|replicas|history|faults [--short] [--keep]"
         ),
     }
     Ok(())

@@ -700,7 +700,7 @@ fn test_databases() -> Option<Vec<String>> {
 
 /// The benchmark programs `cargo xtask bench` runs (`iot-bench <name>`;
 /// the fault suite is `cargo xtask faults`).
-pub const BENCHES: [&str; 11] = [
+pub const BENCHES: [&str; 12] = [
     "ingest",
     "query",
     "graphql",
@@ -712,6 +712,7 @@ pub const BENCHES: [&str; 11] = [
     "subscriptions",
     "scale",
     "replicas",
+    "history",
 ];
 
 /// `cargo xtask bench ingest`: release build, stack up, run the program.
