@@ -17,10 +17,11 @@ pub const DEFAULT_MAX_CAPACITY: u64 = 100_000;
 /// How much a [`DeviceCache`] keeps, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// Most entries kept: an answer per id looked up, plus the answer under
-    /// its device's UUID when it was looked up by another id. Past it, the
-    /// entries least likely to be asked for again go (moka's TinyLFU), not
-    /// all of them.
+    /// Most devices kept. A device takes up to two entries (its answer
+    /// under its UUID, and the id it was looked up by when that is another),
+    /// so the cache holds twice this many entries: a fleet of exactly this
+    /// size looked up by external id fits. Past it, the entries least
+    /// likely to be asked for again go (moka's TinyLFU), not all of them.
     pub max_capacity: u64,
     /// How long a device's answer is trusted. `None`: until the change
     /// stream reports the device (or room is needed). Zero: not cached.
@@ -153,7 +154,7 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
     ) -> Self {
         let entries = moka::future::Cache::builder()
             .name("devices")
-            .max_capacity(settings.max_capacity)
+            .max_capacity(settings.max_capacity.saturating_mul(2))
             .expire_after(Lifetimes {
                 found: settings.found_ttl,
                 not_found: settings.not_found_ttl,
