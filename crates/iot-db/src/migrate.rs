@@ -77,7 +77,10 @@ pub enum MigrateError {
         name: &'static str,
         source: tokio_postgres::Error,
     },
-    #[error("TimescaleDB was requested but the extension is not available on this server")]
+    #[error(
+        "TimescaleDB was requested but the extension is not available on this server \
+         (installed and in shared_preload_libraries)"
+    )]
     TimescaleUnavailable,
     #[error("database was migrated with backend {recorded}, but {requested} was requested")]
     BackendMismatch {
@@ -213,6 +216,12 @@ const MIGRATIONS: &[Migration] = &[
         name: "fleet_scale",
         postgres: include_str!("../../../migrations/0020_fleet_scale.sql"),
         timescaledb: include_str!("../../../migrations/0020_fleet_scale.sql"),
+    },
+    Migration {
+        version: 21,
+        name: "in_place_updates",
+        postgres: include_str!("../../../migrations/0021_in_place_updates.sql"),
+        timescaledb: include_str!("../../../migrations/0021_in_place_updates.sql"),
     },
 ];
 
@@ -358,6 +367,21 @@ async fn apply(
     tx.commit().await
 }
 
+/// Whether the server can run TimescaleDB: the extension is installed and
+/// preloaded (`shared_preload_libraries`). Installed alone, creating it
+/// fails, so `auto` chooses plain PostgreSQL there.
+pub async fn timescaledb_usable(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+                AND 'timescaledb' = ANY (string_to_array(
+                    replace(current_setting('shared_preload_libraries'), ' ', ''), ','))",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
 async fn decide_backend(client: &Client, choice: BackendChoice) -> Result<Backend, MigrateError> {
     let recorded: Option<String> = client
         .query_opt(
@@ -366,13 +390,7 @@ async fn decide_backend(client: &Client, choice: BackendChoice) -> Result<Backen
         )
         .await?
         .map(|r| r.get(0));
-    let available: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
-            &[],
-        )
-        .await?
-        .get(0);
+    let available = timescaledb_usable(client).await?;
     if let Some(recorded) = recorded {
         let backend = if recorded == Backend::TimescaleDb.as_str() {
             Backend::TimescaleDb

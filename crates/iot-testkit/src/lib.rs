@@ -277,18 +277,11 @@ pub async fn migrated_database() -> TestDb {
 }
 
 /// The storage backends the test server can run: plain PostgreSQL always,
-/// TimescaleDB where the extension is installed. A storage test runs its one
+/// TimescaleDB where the extension is installed and preloaded. A storage test runs its one
 /// body on each.
 pub async fn backends() -> Vec<iot_db::Backend> {
     let db = connect(&admin_database_url()).await;
-    let timescale: bool = db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let timescale = iot_db::migrate::timescaledb_usable(&db).await.unwrap();
     let mut out = vec![iot_db::Backend::Postgres];
     if timescale {
         out.push(iot_db::Backend::TimescaleDb);
