@@ -600,7 +600,7 @@ pub async fn trim_changes(pool: &Pool) -> Result<u64, RegistryError> {
         .await?)
 }
 
-/// Heartbeats (newest wins), presence events and first-seen sensors, in
+/// Heartbeats (newest wins: an older one writes nothing), presence events and first-seen sensors, in
 /// one transaction. A device heard from while offline, and every presence
 /// event, is logged as a "presence" change for watchers (the gateway's
 /// live subscriptions, alert-engine's cache).
@@ -617,18 +617,26 @@ pub async fn record_activity(
              before AS (
                 SELECT d.id, d.device_id, d.online_until <= now() AS was_offline
                 FROM devices d JOIN a ON a.id = d.id)
-             UPDATE devices d SET last_heartbeat = GREATEST(d.last_heartbeat, a.seen)
+             UPDATE devices d SET last_heartbeat = a.seen
              FROM a, before WHERE d.id = a.id AND before.id = d.id
+                 AND (d.last_heartbeat IS NULL OR d.last_heartbeat < a.seen)
              RETURNING d.id, d.device_id, before.was_offline";
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let (ids, times): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
         seen.iter().copied().unzip();
     let stmt = tx.prepare_cached(HEARD).await?;
-    for r in tx.query(&stmt, &[&ids, &times]).await? {
-        if r.get::<_, bool>(2) {
-            record_change(&tx, r.get(0), r.get::<_, &str>(1), "presence").await?;
-        }
+    // Devices back from offline (all of a fleet heard from for the first
+    // time): their changes go in one statement.
+    let back: Vec<(Uuid, String)> = tx
+        .query(&stmt, &[&ids, &times])
+        .await?
+        .iter()
+        .filter(|r| r.get::<_, bool>(2))
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !back.is_empty() {
+        record_changes(&tx, &back, "presence").await?;
     }
     for (device, event, at) in presence {
         let sql = match event {

@@ -156,10 +156,10 @@ async fn heartbeats_of_a_hundred_thousand_devices_go_in_one_flush() {
         Uuid::parse_str(&b.id).unwrap(),
     ];
     for uuid in real {
-        directory.record_activity(uuid, ["temperature"].into_iter());
+        directory.record_activity(&known(uuid), ["temperature"].into_iter());
     }
     for _ in 0..99_998 {
-        directory.record_activity(Uuid::new_v4(), ["temperature"].into_iter());
+        directory.record_activity(&known(Uuid::new_v4()), ["temperature"].into_iter());
     }
     assert_eq!(directory.flush_activity().await.unwrap(), 100_000);
     // Nothing is left to send, and the real devices were seen.
@@ -175,5 +175,85 @@ async fn heartbeats_of_a_hundred_thousand_devices_go_in_one_flush() {
             .into_inner();
         assert!(dev.last_heartbeat.is_some(), "{dev:?}");
     }
+    p.stop().await;
+}
+
+/// A device as the gateway's directory knows it, by its UUID alone.
+fn known(uuid: Uuid) -> std::sync::Arc<mqtt_gateway::directory::DeviceInfo> {
+    std::sync::Arc::new(mqtt_gateway::directory::DeviceInfo::new(
+        uuid,
+        uuid.to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_heard_without_pause_is_recorded_once_a_hold_and_when_it_goes_quiet() {
+    let p = Platform::start().await;
+    let d = p
+        .create_device(&format!("hold-{}", kit::unique()), "active")
+        .await;
+    // Flushes are called by hand here; a 2 s hold keeps the test short
+    // (the shipped cap is a minute, well inside a 5-minute silence limit).
+    let directory = mqtt_gateway::directory::Directory::new(
+        &format!("http://{}", p.registry),
+        &kit::pki::grpc_tls(mqtt_gateway::SERVICE),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+        1000,
+    )
+    .unwrap()
+    .holding_heartbeats(mqtt_gateway::directory::HeartbeatHold {
+        flush: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+    });
+    let device = known(Uuid::parse_str(&d.id).unwrap());
+    let mut registry = p.registry_client(Scope::Admin).await;
+    let mut heartbeat = async || {
+        let dev = registry
+            .get_device(GetDeviceRequest { id: d.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        dev.last_heartbeat
+            .as_ref()
+            .and_then(iot_proto::from_timestamp)
+    };
+    // First heard: recorded at once.
+    directory.record_activity(&device, std::iter::empty());
+    assert_eq!(directory.flush_activity().await.unwrap(), 1);
+    let first = heartbeat().await.expect("recorded");
+    // Heard again within the hold: held back, flush after flush.
+    for _ in 0..3 {
+        directory.record_activity(&device, std::iter::empty());
+        assert_eq!(directory.flush_activity().await.unwrap(), 0);
+    }
+    assert_eq!(heartbeat().await, Some(first));
+    // A new sensor is not held back.
+    directory.record_activity(&device, ["humidity"].into_iter());
+    assert_eq!(directory.flush_activity().await.unwrap(), 1);
+    directory.record_activity(&device, ["humidity"].into_iter());
+    let last_heard = chrono::Utc::now();
+    assert_eq!(directory.flush_activity().await.unwrap(), 0);
+    // Not heard by the next flush: gone quiet, its last word goes now.
+    assert_eq!(directory.flush_activity().await.unwrap(), 1);
+    let quiet = heartbeat().await.unwrap();
+    assert!(
+        (quiet - last_heard).num_milliseconds().abs() < 50,
+        "{quiet} for {last_heard}"
+    );
+    assert_eq!(directory.flush_activity().await.unwrap(), 0);
+    // Heard past the hold: due again.
+    directory.record_activity(&device, std::iter::empty());
+    assert_eq!(directory.flush_activity().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    directory.record_activity(&device, std::iter::empty());
+    assert_eq!(directory.flush_activity().await.unwrap(), 1);
+    let due = heartbeat().await.unwrap();
+    assert!(due > quiet);
+    // Held back when the process stops: the last flush sends it anyway.
+    directory.record_activity(&device, std::iter::empty());
+    assert_eq!(directory.flush_activity().await.unwrap(), 0);
+    assert_eq!(directory.flush_all_activity().await.unwrap(), 1);
+    assert!(heartbeat().await.unwrap() > due);
     p.stop().await;
 }

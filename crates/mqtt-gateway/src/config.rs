@@ -42,6 +42,11 @@ pub struct Config {
     /// Device heartbeats and first-seen sensors go to the registry in one
     /// call this often.
     pub activity_flush_secs: u64,
+    /// The longest the recorded heartbeat of a device heard without pause
+    /// may trail it (always well inside the device's silence limit; its
+    /// last heartbeat is recorded within two flushes of it going quiet).
+    /// 0 records every device heard at every flush.
+    pub heartbeat_hold_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -142,6 +147,7 @@ impl Default for Config {
             grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9104).into(),
             activity_flush_secs: 5,
+            heartbeat_hold_secs: 60,
         }
     }
 }

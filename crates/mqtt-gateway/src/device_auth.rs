@@ -248,10 +248,11 @@ impl DeviceAuth {
     /// know drop what is kept of the device's credentials. The others
     /// leave credentials as they were ("created": a new device's password
     /// is one no one can have tried; "updated", "config": the pipeline
-    /// checks the device's status itself).
+    /// checks the device's status itself; "presence": a device heard from
+    /// or gone keeps its password).
     pub fn apply(&self, change: &DeviceChange) {
         match change.kind.as_str() {
-            "sync" | "created" | "updated" | "config" => {}
+            "sync" | "created" | "updated" | "config" | "presence" => {}
             "reset" => {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 self.verified.invalidate_all();

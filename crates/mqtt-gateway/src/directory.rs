@@ -4,6 +4,7 @@
 //! `RecordActivity` calls.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,19 +16,69 @@ use uuid::Uuid;
 const MAX_KNOWN_PAIRS: usize = 1_000_000;
 
 /// What the gateway needs to know of a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct DeviceInfo {
     pub uuid: Uuid,
     pub device_id: String,
     pub active: bool,
+    /// The silence after which the platform counts it offline
+    /// (`iot_domain::presence`), from its reporting interval.
+    pub silence: Duration,
+    /// When its heartbeat was last recorded by this process (Unix ms; 0:
+    /// not yet). Kept with the cache entry, so it is as bounded as the
+    /// cache and starts again when the entry goes.
+    recorded_ms: AtomicI64,
 }
 
 impl DeviceInfo {
-    fn of(uuid: Uuid, d: v1::Device) -> Self {
+    /// A device known by `uuid` alone: active, without a reporting interval.
+    pub fn new(uuid: Uuid, device_id: String) -> Self {
         Self {
             uuid,
+            device_id,
+            active: true,
+            silence: iot_domain::presence::PLATFORM.silence_limit(None),
+            recorded_ms: AtomicI64::new(0),
+        }
+    }
+
+    fn of(uuid: Uuid, d: v1::Device) -> Self {
+        let interval = d.config.as_ref().map(|c| c.read_interval);
+        Self {
             active: d.status == "active",
-            device_id: d.device_id,
+            silence: iot_domain::presence::PLATFORM.silence_limit(interval),
+            ..Self::new(uuid, d.device_id)
+        }
+    }
+}
+
+/// How the heartbeats of devices heard without pause are recorded: at most
+/// every `hold` (never more than `max`), and the last one within two
+/// flushes of a device going quiet. A device publishing every second is
+/// then a registry write a minute, not one per flush, and the moment it
+/// goes silent, which decides when it is offline, is still exact.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeartbeatHold {
+    /// How often activity is flushed.
+    pub flush: Duration,
+    /// The longest a recorded heartbeat may trail a device heard since.
+    pub max: Duration,
+}
+
+impl HeartbeatHold {
+    /// How long the heartbeat of a device whose silence limit is `silence`
+    /// may go unrecorded while it is heard from. The recorded one trails
+    /// by at most this and a flush, and the last one arrives two flushes
+    /// after the device went quiet: half of what is left of the limit
+    /// after four flushes keeps both well inside it, so a device that
+    /// keeps publishing never looks offline. Zero (every flush) for limits
+    /// too short to hold anything.
+    pub fn of(&self, silence: Duration) -> Duration {
+        let hold = (silence.saturating_sub(self.flush * 4) / 2).min(self.max);
+        if hold < self.flush {
+            Duration::ZERO
+        } else {
+            hold
         }
     }
 }
@@ -36,13 +87,51 @@ pub struct Directory {
     client: iot_proto::RegistryClient,
     devices: DeviceCache<DeviceInfo>,
     activity: Mutex<Activity>,
+    hold: HeartbeatHold,
+}
+
+/// A device's activity not yet reported to the registry.
+struct Pending {
+    /// When its last reading was accepted.
+    seen: chrono::DateTime<chrono::Utc>,
+    /// Sensors not reported before.
+    sensors: Vec<String>,
+    info: Arc<DeviceInfo>,
+    /// Sent by a flush that failed: goes with the next one whatever the
+    /// hold.
+    retry: bool,
+}
+
+impl Pending {
+    fn activity(&self) -> v1::DeviceActivity {
+        v1::DeviceActivity {
+            device_uuid: self.info.uuid.to_string(),
+            last_seen: Some(iot_proto::timestamp(self.seen)),
+            new_sensors: self.sensors.clone(),
+            presence: String::new(),
+        }
+    }
+
+    /// The same device and time, no sensors.
+    fn clone_head(&self) -> Self {
+        Self {
+            seen: self.seen,
+            sensors: Vec::new(),
+            info: self.info.clone(),
+            retry: self.retry,
+        }
+    }
 }
 
 /// Device activity not yet reported to the registry.
 #[derive(Default)]
 struct Activity {
-    /// Last reading accepted per device, and sensors not reported before.
-    pending: HashMap<Uuid, (chrono::DateTime<chrono::Utc>, Vec<String>)>,
+    /// Devices heard since the last flush.
+    pending: HashMap<Uuid, Pending>,
+    /// Devices heard before the last flush, whose heartbeat it held back:
+    /// one not heard again by the next flush has gone quiet, and its last
+    /// heartbeat goes then.
+    held: HashMap<Uuid, Pending>,
     /// Every (device, sensor) pair reported by this process, as a keyed
     /// 64-bit hash: a few bytes a pair, where the names would cost a set
     /// per device (most of the gateway's memory with a large fleet). Two
@@ -86,7 +175,16 @@ impl Directory {
             devices: DeviceCache::new(client.clone(), settings, DeviceInfo::of),
             client,
             activity: Mutex::default(),
+            hold: HeartbeatHold::default(),
         }
+    }
+
+    /// Holds back the heartbeats of devices heard without pause (see
+    /// [`HeartbeatHold`]); without it each flush records every device it
+    /// heard from.
+    pub fn holding_heartbeats(mut self, hold: HeartbeatHold) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// Exports the cache's hit and miss counts.
@@ -98,16 +196,26 @@ impl Directory {
     }
 
     /// Notes that `device` just reported readings of `sensors`.
-    pub fn record_activity<'a>(&self, device: Uuid, sensors: impl Iterator<Item = &'a str>) {
+    pub fn record_activity<'a>(
+        &self,
+        device: &Arc<DeviceInfo>,
+        sensors: impl Iterator<Item = &'a str>,
+    ) {
         let now = chrono::Utc::now();
         let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
         let Activity {
             pending,
             known,
             hasher,
+            ..
         } = &mut *a;
-        let entry = pending.entry(device).or_insert_with(|| (now, Vec::new()));
-        entry.0 = now;
+        let entry = pending.entry(device.uuid).or_insert_with(|| Pending {
+            seen: now,
+            sensors: Vec::new(),
+            info: device.clone(),
+            retry: false,
+        });
+        entry.seen = now;
         for s in sensors {
             // Full: start again. The registry adds a sensor it has once
             // more as nothing, where one never reported would be missing.
@@ -115,55 +223,97 @@ impl Directory {
                 known.clear();
             }
             // A lookup per reading; an allocation only for a new sensor.
-            if known.insert(std::hash::BuildHasher::hash_one(&*hasher, (device, s))) {
-                entry.1.push(s.to_owned());
+            if known.insert(std::hash::BuildHasher::hash_one(&*hasher, (device.uuid, s))) {
+                entry.sensors.push(s.to_owned());
             }
         }
     }
 
-    /// Reports the activity noted since the last flush, in one call; kept for
-    /// the next flush if the registry does not answer.
+    /// Reports every device's activity not reported yet, held back or not:
+    /// the last flush before the process stops.
+    pub async fn flush_all_activity(&self) -> Result<usize, tonic::Status> {
+        {
+            let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+            let Activity { pending, held, .. } = &mut *a;
+            for (uuid, mut p) in held.drain() {
+                let entry = pending.entry(uuid).or_insert_with(|| p.clone_head());
+                entry.seen = entry.seen.max(p.seen);
+                entry.sensors.append(&mut p.sensors);
+            }
+            for p in pending.values_mut() {
+                p.retry = true;
+            }
+        }
+        self.flush_activity().await
+    }
+
+    /// Reports the activity due since the last flush (see
+    /// [`HeartbeatHold`]) in calls under gRPC's message limit; what a
+    /// failed call did not report goes with the next flush. Answers the
+    /// devices reported.
     pub async fn flush_activity(&self) -> Result<usize, tonic::Status> {
-        let pending = std::mem::take(
-            &mut self
-                .activity
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pending,
-        );
-        if pending.is_empty() {
+        let now = chrono::Utc::now();
+        let (window, mut quiet) = {
+            let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut a.pending), std::mem::take(&mut a.held))
+        };
+        let mut due = Vec::new();
+        let mut held = HashMap::new();
+        for (uuid, p) in window {
+            quiet.remove(&uuid);
+            let hold = self.hold.of(p.info.silence);
+            let recorded = p.info.recorded_ms.load(Ordering::Relaxed);
+            if p.retry
+                || !p.sensors.is_empty()
+                || now.timestamp_millis() - recorded >= hold.as_millis() as i64
+            {
+                due.push(p);
+            } else {
+                held.insert(uuid, p);
+            }
+        }
+        // Heard before the last flush and not since: its last word.
+        due.extend(quiet.into_values());
+        self.activity.lock().unwrap_or_else(|p| p.into_inner()).held = held;
+        if due.is_empty() {
             return Ok(0);
         }
-        let devices: Vec<v1::DeviceActivity> = pending
-            .iter()
-            .map(|(uuid, (seen, sensors))| v1::DeviceActivity {
-                device_uuid: uuid.to_string(),
-                last_seen: Some(iot_proto::timestamp(*seen)),
-                new_sensors: sensors.clone(),
-                presence: String::new(),
-            })
-            .collect();
-        let n = devices.len();
+        let n = due.len();
         let mut client = self.client.clone();
         let mut sent = 0;
-        for chunk in activity_chunks(devices, ACTIVITY_CALL_BYTES) {
+        let mut rest = due.as_slice();
+        for chunk in activity_chunks(
+            due.iter().map(Pending::activity).collect(),
+            ACTIVITY_CALL_BYTES,
+        ) {
             let len = chunk.len();
             if let Err(e) = client
                 .record_activity(v1::RecordActivityRequest { devices: chunk })
                 .await
             {
-                // What was not reported yet waits for the next flush (a
-                // chunk that went through may go again: last-seen only
-                // moves forward).
+                // What was not reported yet waits for the next flush,
+                // whatever its hold (a chunk that went through may go
+                // again: last-seen only moves forward).
                 let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-                for (uuid, (seen, sensors)) in pending {
-                    let entry = a.pending.entry(uuid).or_insert((seen, Vec::new()));
-                    entry.0 = entry.0.max(seen);
-                    entry.1.extend(sensors);
+                for p in due.into_iter().skip(sent) {
+                    a.held.remove(&p.info.uuid);
+                    let entry = a
+                        .pending
+                        .entry(p.info.uuid)
+                        .or_insert_with(|| p.clone_head());
+                    entry.seen = entry.seen.max(p.seen);
+                    entry.sensors.extend(p.sensors);
+                    entry.retry = true;
                 }
                 tracing::debug!(sent, "activity flush interrupted");
                 return Err(e);
             }
+            for p in &rest[..len] {
+                p.info
+                    .recorded_ms
+                    .store(now.timestamp_millis(), Ordering::Relaxed);
+            }
+            rest = &rest[len..];
             sent += len;
         }
         Ok(n)
@@ -203,7 +353,11 @@ impl Directory {
             self.client.clone(),
             shutdown,
             |change| async move {
-                self.devices.apply(&change).await;
+                // A device heard from again (or gone) is the same device
+                // to the gateway: nothing it caches changes with presence.
+                if change.kind != "presence" {
+                    self.devices.apply(&change).await;
+                }
                 also(&change);
             },
         )
@@ -247,6 +401,34 @@ fn activity_chunks(
         chunks.push(chunk);
     }
     chunks
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_stays_well_inside_the_silence_limit() {
+        let hold = HeartbeatHold {
+            flush: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+        };
+        let secs = |s| Duration::from_secs(s);
+        // No reporting interval: 5 minutes of silence; the cap applies.
+        assert_eq!(hold.of(secs(300)), secs(60));
+        // Every 10 s: offline after 50 s of silence.
+        assert_eq!(hold.of(secs(50)), secs(15));
+        // The least limit, 10 s: too short to hold anything.
+        assert_eq!(hold.of(secs(10)), Duration::ZERO);
+        assert_eq!(hold.of(secs(25)), Duration::ZERO);
+        // Whatever the limit, the recorded heartbeat trails by at most the
+        // hold and a flush, and the last one comes two flushes late.
+        for limit in 0..1000 {
+            let h = hold.of(secs(limit));
+            assert!(h.is_zero() || h + hold.flush * 4 < secs(limit), "{limit}");
+        }
+        assert_eq!(HeartbeatHold::default().of(secs(300)), Duration::ZERO);
+    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Duration::from_secs(config.device_cache_ttl_secs),
         Duration::from_secs(config.unknown_device_ttl_secs),
         config.device_cache_max_entries,
-    );
+    )
+    .holding_heartbeats(directory::HeartbeatHold {
+        flush: Duration::from_secs(config.activity_flush_secs),
+        max: Duration::from_secs(config.heartbeat_hold_secs),
+    });
     directory.register_metrics(&skeleton.registry)?;
     let auth = Arc::new(device_auth::DeviceAuth::new(
         registry,
@@ -114,7 +118,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                     () = stop.cancelled() => true,
                     _ = tick.tick() => false,
                 };
-                if let Err(e) = p.directory.flush_activity().await {
+                let flushed = if last {
+                    p.directory.flush_all_activity().await
+                } else {
+                    p.directory.flush_activity().await
+                };
+                if let Err(e) = flushed {
                     tracing::warn!(error = %e, "cannot report device activity; keeping it");
                 }
                 if last {

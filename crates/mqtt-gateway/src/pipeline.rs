@@ -261,7 +261,7 @@ impl Pipeline {
         self.metrics.accepted(door.as_str(), readings.len());
         if !readings.is_empty() {
             self.directory
-                .record_activity(info.uuid, readings.iter().map(|r| r.sensor_name.as_str()));
+                .record_activity(&info, readings.iter().map(|r| r.sensor_name.as_str()));
         }
         for (_, r) in &rejected {
             self.metrics.rejected(origin, r);
