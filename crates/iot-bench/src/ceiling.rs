@@ -55,6 +55,7 @@ pub async fn measure(mqtt_port: u16, args: iotctl::simulate::Args) -> f64 {
         .expect("SUBACK")
         .unwrap();
     let start = Instant::now();
+    let cpu = crate::CpuShares::start(&[]);
     let s = iotctl::simulate::simulate(args).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while received.load(Ordering::Relaxed) < s.acked && Instant::now() < deadline {
@@ -67,6 +68,7 @@ pub async fn measure(mqtt_port: u16, args: iotctl::simulate::Args) -> f64 {
         s.acked
     );
     let took = *last.lock().unwrap() - start;
+    cpu.print_per_reading("broker ceiling", took, got);
     events.abort();
     let _ = client.disconnect().await;
     println!(

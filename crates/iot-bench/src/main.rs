@@ -92,11 +92,14 @@ fn replace_report_section(path: &str, heading: &str, body: &str) {
     }
 }
 
+#[derive(Clone)]
 struct Ctx {
     admin_db: String,
     brokers: String,
     mqtt_port: u16,
     rows: usize,
+    /// The storage backend of the databases [`fresh_db`] makes.
+    backend: iot_db::BackendChoice,
 }
 
 async fn fresh_db(ctx: &Ctx) -> String {
@@ -108,9 +111,7 @@ async fn fresh_db(ctx: &Ctx) -> String {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(name);
-    iot_db::migrate(&url, iot_db::BackendChoice::Auto)
-        .await
-        .unwrap();
+    iot_db::migrate(&url, ctx.backend).await.unwrap();
     url
 }
 
@@ -257,7 +258,7 @@ async fn raw_copy(ctx: &Ctx) -> f64 {
     let cpu = CpuShares::start(&[]);
     copy_in(&client, &data, |(t, d, s, v)| [t, d, s, v]).await;
     let took = start.elapsed();
-    cpu.print("raw phase", took);
+    cpu.print_per_reading("raw phase", took, ctx.rows as u64);
     let secs = took.as_secs_f64();
     assert_eq!(count(&client).await, ctx.rows as i64);
     ctx.rows as f64 / secs
@@ -350,22 +351,104 @@ impl<'a> CpuShares<'a> {
         }
     }
 
-    fn print(&self, phase: &str, took: Duration) {
-        let secs = took.as_secs_f64();
-        let mut parts: Vec<String> = self
+    /// CPU seconds used since the start, by name.
+    fn used(&self) -> Vec<(&'static str, f64)> {
+        let mut used: Vec<(&'static str, f64)> = self
             .services
             .iter()
-            .map(|(n, s, t)| format!("{n} {:.0}%", 100.0 * (s.cpu_seconds() - t) / secs))
+            .map(|(n, s, t)| (*n, s.cpu_seconds() - t))
             .collect();
-        parts.push(format!(
-            "bench {:.0}%",
-            100.0 * (procs::own_cpu_seconds() - self.own) / secs
-        ));
+        used.push(("bench", procs::own_cpu_seconds() - self.own));
         for (c, before) in &self.infra {
-            let used = procs::cpu_between(before, &procs::cpu_by_command(c));
-            parts.push(format!("{c} {:.0}%", 100.0 * used / secs));
+            used.push((c, procs::cpu_between(before, &procs::cpu_by_command(c))));
         }
+        used
+    }
+
+    fn print(&self, phase: &str, took: Duration) {
+        let secs = took.as_secs_f64();
+        let parts: Vec<String> = self
+            .used()
+            .iter()
+            .map(|(n, t)| format!("{n} {:.0}%", 100.0 * t / secs))
+            .collect();
         println!("  {phase} CPU: {}", parts.join(", "));
+    }
+
+    /// [`Self::print`], then the CPU each reading of `readings` cost and the
+    /// rate that cost allows on this machine's cores with nothing idle: a
+    /// phase near that bound is limited by CPU, not by waiting.
+    fn print_per_reading(&self, phase: &str, took: Duration, readings: u64) {
+        self.print(phase, took);
+        let used = self.used();
+        let per = |t: f64| 1e6 * t / readings.max(1) as f64;
+        let total: f64 = used.iter().map(|(_, t)| per(*t)).sum();
+        let parts: Vec<String> = used
+            .iter()
+            .map(|(n, t)| format!("{n} {:.1}", per(*t)))
+            .collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        println!(
+            "  {phase} CPU µs per reading: {} = {total:.1} in all: at most {:.0} readings/s on {cores} cores",
+            parts.join(" + "),
+            cores * 1e6 / total
+        );
+    }
+}
+
+type Samples = std::sync::Arc<std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>>;
+
+struct ActiveStatements {
+    samples: Samples,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ActiveStatements {
+    async fn start(admin_url: &str, database: &str) -> Self {
+        let db = connect(admin_url).await;
+        let samples = Samples::default();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (into, database) = (samples.clone(), database.to_owned());
+        tokio::spawn(async move {
+            let stmt = db
+                .prepare(
+                    "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 60)
+                     FROM pg_stat_activity
+                     WHERE state = 'active' AND datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .await
+                .unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {}
+                }
+                let Ok(rows) = db.query(&stmt, &[&database]).await else {
+                    break;
+                };
+                let mut s = into.lock().unwrap();
+                s.0 += 1;
+                for r in rows {
+                    *s.1.entry(r.get::<_, String>(0)).or_default() += 1;
+                }
+            }
+        });
+        Self { samples, stop }
+    }
+
+    /// Prints the `top` statements of the phase by share of samples.
+    fn print(self, phase: &str, top: usize) {
+        let _ = self.stop.send(());
+        let (n, by) = std::mem::take(&mut *self.samples.lock().unwrap());
+        let mut by: Vec<(String, u64)> = by.into_iter().collect();
+        by.sort_by_key(|b| std::cmp::Reverse(b.1));
+        let parts: Vec<String> = by
+            .iter()
+            .take(top)
+            .map(|(q, k)| format!("{:.0}% {q}", 100.0 * *k as f64 / n.max(1) as f64))
+            .collect();
+        println!("  {phase} database busy with: {}", parts.join(" | "));
     }
 }
 
@@ -452,7 +535,7 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
         .unwrap();
     let done = wait_rows(&client, s.readings as i64, Duration::from_secs(900)).await;
     publish_vs_store("single-reading phase", &s, done - start);
-    cpu.print("single-reading phase", done - start);
+    cpu.print_per_reading("single-reading phase", done - start, s.readings);
     batches.print("single-reading phase", done - start).await;
     let single = s.readings as f64 / (done - start).as_secs_f64();
 
@@ -470,7 +553,7 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
     )
     .await;
     publish_vs_store("50-reading phase", &s, done - start);
-    cpu.print("50-reading phase", done - start);
+    cpu.print_per_reading("50-reading phase", done - start, s.readings);
     batches.print("50-reading phase", done - start).await;
     let batch = s.readings as f64 / (done - start).as_secs_f64();
 
@@ -661,6 +744,7 @@ fn simulator(ctx: &Ctx, registry_url: &str, root: &str) -> iotctl::simulate::Arg
         max_in_flight: 1000,
         quiet: true,
         answer_commands: false,
+        registered: false,
         commands_root: "commands".into(),
     }
 }
@@ -777,6 +861,7 @@ async fn run() -> anyhow::Result<()> {
         brokers: env("IOT_BENCH_KAFKA", "127.0.0.1:19092"),
         mqtt_port: env("IOT_BENCH_MQTT_PORT", "11883").parse()?,
         rows: env("IOT_BENCH_ROWS", "200000").parse()?,
+        backend: iot_db::BackendChoice::Auto,
     };
     match what.as_str() {
         "ingest" => ingest(&ctx).await,
@@ -807,42 +892,93 @@ async fn run() -> anyhow::Result<()> {
 
 /// `iot-bench ingest`: raw `COPY`, the writer draining Kafka, end to end
 /// with the broker's ceiling and latency, and the TLS comparison.
+/// The ingest figures of one storage backend.
+struct IngestRun {
+    backend: iot_db::Backend,
+    raw: f64,
+    writer: f64,
+    writer_rss: u64,
+    e: E2e,
+}
+
+impl IngestRun {
+    async fn measure(ctx: &Ctx, backend: iot_db::Backend) -> Self {
+        let ctx = &Ctx {
+            backend: iot_db::BackendChoice::Force(backend),
+            ..ctx.clone()
+        };
+        println!("backend {backend}:");
+        let raw = raw_copy(ctx).await;
+        println!("raw COPY into sensor_readings      {raw:>10.0} rows/s   1.00x (baseline)");
+        let (writer, writer_rss) = writer_drain(ctx).await;
+        println!(
+            "ingest-writer draining Kafka       {writer:>10.0} rows/s   {:.2}x",
+            writer / raw
+        );
+        let e = end_to_end(ctx, &links::Links::stack(ctx), true).await;
+        let (p50_ms, p99_ms, latency_rate) = e.latency.unwrap();
+        println!(
+            "end to end, 1 reading/message      {:>10.0} readings/s {:.2}x",
+            e.single,
+            e.single / raw
+        );
+        println!(
+            "broker ceiling, 1 reading/message  {:>10.0} readings/s; end to end is {:.2}x of it",
+            e.ceiling.unwrap(),
+            e.single / e.ceiling.unwrap()
+        );
+        println!(
+            "end to end, 50 readings/message    {:>10.0} readings/s {:.2}x",
+            e.batch,
+            e.batch / raw
+        );
+        println!(
+            "publish-to-row latency at {latency_rate:.0} readings/s: p50 {p50_ms:.1} ms, p99 {p99_ms:.1} ms"
+        );
+        println!(
+            "peak RSS: ingest-writer (drain phase) {} MiB",
+            writer_rss / 1024
+        );
+        for (name, kib) in &e.rss {
+            println!("peak RSS: {name} {} MiB", kib / 1024);
+        }
+        Self {
+            backend,
+            raw,
+            writer,
+            writer_rss,
+            e,
+        }
+    }
+
+    fn peak_rss_mib(&self) -> u64 {
+        self.e
+            .rss
+            .iter()
+            .map(|(_, kib)| *kib)
+            .chain([self.writer_rss])
+            .max()
+            .unwrap_or(0)
+            / 1024
+    }
+}
+
+/// The backends this server runs: plain PostgreSQL always, TimescaleDB
+/// when the extension is installed and preloaded.
+async fn usable_backends(ctx: &Ctx) -> Vec<iot_db::Backend> {
+    let db = connect(&ctx.admin_db).await;
+    let mut out = vec![iot_db::Backend::Postgres];
+    if iot_db::migrate::timescaledb_usable(&db).await.unwrap() {
+        out.push(iot_db::Backend::TimescaleDb);
+    }
+    out
+}
+
 async fn ingest(ctx: &Ctx) {
     println!("ingest benchmark, {} rows per phase", ctx.rows);
-    let raw = raw_copy(ctx).await;
-    println!("raw COPY into sensor_readings      {raw:>10.0} rows/s   1.00x (baseline)");
-    let (writer, writer_rss) = writer_drain(ctx).await;
-    println!(
-        "ingest-writer draining Kafka       {writer:>10.0} rows/s   {:.2}x",
-        writer / raw
-    );
-    let e = end_to_end(ctx, &links::Links::stack(ctx), true).await;
-    let (p50_ms, p99_ms, latency_rate) = e.latency.unwrap();
-    println!(
-        "end to end, 1 reading/message      {:>10.0} readings/s {:.2}x",
-        e.single,
-        e.single / raw
-    );
-    let ceiling = e.ceiling.unwrap();
-    println!(
-        "broker ceiling, 1 reading/message  {ceiling:>10.0} readings/s; end to end is {:.2}x of it",
-        e.single / ceiling
-    );
-    println!(
-        "end to end, 50 readings/message    {:>10.0} readings/s {:.2}x",
-        e.batch,
-        e.batch / raw
-    );
-    println!(
-        "publish-to-row latency at {:.0} readings/s: p50 {:.1} ms, p99 {:.1} ms",
-        latency_rate, p50_ms, p99_ms
-    );
-    println!(
-        "peak RSS: ingest-writer (drain phase) {} MiB",
-        writer_rss / 1024
-    );
-    for (name, kib) in &e.rss {
-        println!("peak RSS: {name} {} MiB", kib / 1024);
+    let mut runs = Vec::new();
+    for backend in usable_backends(ctx).await {
+        runs.push(IngestRun::measure(ctx, backend).await);
     }
     let t = tls_comparison(ctx).await;
     println!(
@@ -859,50 +995,106 @@ async fn ingest(ctx: &Ctx) {
     );
     if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
         let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
-        let peak = e
-            .rss
-            .iter()
-            .map(|(_, kib)| *kib)
-            .chain([writer_rss])
-            .max()
-            .unwrap_or(0)
-            / 1024;
-        let rss = std::iter::once(format!("writer (drain) {}", writer_rss / 1024))
-            .chain(e.rss.iter().map(|(n, kib)| format!("{n} {}", kib / 1024)))
-            .collect::<Vec<_>>()
-            .join(" / ");
-        let section = format!(
-            "{}\n\n{} rows per phase; every process on one box, against a freshly \
-             started Tansu (memory storage). Ratios are against the raw `COPY` of \
-             the same run.\n\n\
-             | phase | figure | target |\n|---|---|---|\n\
-             | raw `COPY` into `sensor_readings` (baseline) | {raw:.0} rows/s | |\n\
-             | ingest-writer draining Kafka | {:.2}× | ≥ 0.70×: {} |\n\
-             | end to end, 1 reading per message (QoS 1) | {:.0} readings/s | ≥ 25 000/s: {} |\n\
-             | broker ceiling: the same simulator's QoS 1 single readings to a plain \
-             subscriber, no platform | {ceiling:.0} readings/s | |\n\
-             | end to end, 1 reading per message ÷ broker ceiling | {:.2}× | ≥ 0.70×: {} |\n\
-             | end to end, 50 readings per message | {:.2}× | ≥ 0.80×: {} |\n\
-             | publish-to-row p50 / p99 at {:.0} readings/s | {:.0} / {:.0} ms | p99 ≤ 1 s: {} |\n\
-             | peak RSS MiB: {rss} | max {peak} | < 100: {} |\n",
-            report_header("Ingest", "cargo xtask bench ingest"),
-            ctx.rows,
-            writer / raw,
-            met(writer / raw >= 0.70),
-            e.single,
-            met(e.single >= 25_000.0),
-            e.single / ceiling,
-            met(e.single / ceiling >= 0.70),
-            e.batch / raw,
-            met(e.batch / raw >= 0.80),
-            latency_rate,
-            p50_ms,
-            p99_ms,
-            met(p99_ms <= 1000.0),
-            met(peak < 100),
+        // One column per backend; a target is met when every backend meets it.
+        let row = |phase: &str, target: &str, cell: &dyn Fn(&IngestRun) -> (String, bool)| {
+            let cells: Vec<(String, bool)> = runs.iter().map(cell).collect();
+            let verdict = if target.is_empty() {
+                String::new()
+            } else {
+                format!("{target}: {}", met(cells.iter().all(|(_, ok)| *ok)))
+            };
+            format!(
+                "| {phase} | {} | {verdict} |\n",
+                cells
+                    .iter()
+                    .map(|(c, _)| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )
+        };
+        let mut table = format!(
+            "| phase | {} | target |\n|---|{}---|\n",
+            runs.iter()
+                .map(|r| r.backend.to_string())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(runs.len())
+        );
+        table += &row("raw `COPY` into `sensor_readings` (baseline)", "", &|r| {
+            (format!("{:.0} rows/s", r.raw), true)
+        });
+        table += &row("ingest-writer draining Kafka", "≥ 0.70×", &|r| {
+            (
+                format!("{:.2}×", r.writer / r.raw),
+                r.writer / r.raw >= 0.70,
+            )
+        });
+        table += &row(
+            "end to end, 1 reading per message (QoS 1)",
+            "≥ 25 000/s",
+            &|r| {
+                (
+                    format!("{:.0} readings/s", r.e.single),
+                    r.e.single >= 25_000.0,
+                )
+            },
+        );
+        table += &row(
+            "broker ceiling: the same simulator's QoS 1 single readings to a plain \
+             subscriber, no platform",
+            "",
+            &|r| (format!("{:.0} readings/s", r.e.ceiling.unwrap()), true),
+        );
+        table += &row(
+            "end to end, 1 reading per message ÷ broker ceiling",
+            "≥ 0.70×",
+            &|r| {
+                let x = r.e.single / r.e.ceiling.unwrap();
+                (format!("{x:.2}×"), x >= 0.70)
+            },
+        );
+        table += &row(
+            "end to end, 50 readings per message ÷ raw `COPY`",
+            "≥ 0.80×",
+            &|r| {
+                (
+                    format!("{:.2}×", r.e.batch / r.raw),
+                    r.e.batch / r.raw >= 0.80,
+                )
+            },
+        );
+        table += &row("publish-to-row p50 / p99", "p99 ≤ 1 s", &|r| {
+            let (p50, p99, rate) = r.e.latency.unwrap();
+            (
+                format!("{p50:.0} / {p99:.0} ms at {rate:.0} readings/s"),
+                p99 <= 1000.0,
+            )
+        });
+        table += &row(
+            "peak RSS MiB (writer draining, registry, writer, gateway)",
+            "< 100",
+            &|r| {
+                let each = std::iter::once(r.writer_rss)
+                    .chain(r.e.rss.iter().map(|(_, kib)| *kib))
+                    .map(|kib| (kib / 1024).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" / ");
+                (each, r.peak_rss_mib() < 100)
+            },
         );
         let section = format!(
-            "{section}| end to end with TLS on every link ÷ plain, 1 reading per message \
+            "{}\n\n{} rows per phase, on each storage backend the server runs (in turn, \
+             each phase with a database of its own); every process on one box, against a \
+             freshly started Tansu (memory storage). Ratios are against the raw `COPY` of \
+             the same backend in the same run. On TimescaleDB `sensor_readings` is a \
+             hypertable with compression; the rollups are the writer's tables on both \
+             ([storage.md](storage.md)).\n\n{table}",
+            report_header("Ingest", "cargo xtask bench ingest"),
+            ctx.rows,
+        );
+        let section = format!(
+            "{section}\n| with TLS, on {} (what `auto` chooses) | figure | target |\n|---|---|---|\n\
+             | end to end with TLS on every link ÷ plain, 1 reading per message \
              (plain {:.0} / TLS {:.0} readings/s) | {:.2}× | ≥ 0.85×: {} |\n\
              | end to end with TLS on every link ÷ plain, 50 readings per message \
              (plain {:.0} / TLS {:.0} readings/s) | {:.2}× | ≥ 0.85×: {} |\n\n\
@@ -916,6 +1108,9 @@ async fn ingest(ctx: &Ctx) {
              service from a CA made for the run, the benchmark calling as `iotctl`; \
              Kafka: `security.protocol=ssl` to the terminator. The benchmark's own \
              row counting stays on a plain PostgreSQL connection.\n",
+            runs.last()
+                .map(|r| r.backend.to_string())
+                .unwrap_or_default(),
             t.plain.0,
             t.tls.0,
             t.tls.0 / t.plain.0,

@@ -649,6 +649,7 @@ async fn simulated_devices_answer_commands() {
         max_in_flight: 10,
         quiet: true,
         answer_commands: true,
+        registered: false,
         commands_root: format!("{}/commands", r.root),
     };
     // The simulator publishes readings only once its responders are

@@ -43,6 +43,7 @@ fn args(p: &Platform, account: &str, count: u64) -> Args {
         max_in_flight: 100,
         quiet: true,
         answer_commands: false,
+        registered: false,
         commands_root: "commands".into(),
     }
 }

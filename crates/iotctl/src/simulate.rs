@@ -96,6 +96,10 @@ pub struct Args {
     /// one).
     #[arg(long)]
     pub answer_commands: bool,
+    /// The fleet is registered already: publish without registering it
+    /// first (a large fleet's registration is a thousand devices a call).
+    #[arg(long, conflicts_with = "answer_commands")]
+    pub registered: bool,
     /// device-registry's `broker.commands_root`.
     #[arg(long, default_value = "commands")]
     pub commands_root: String,
@@ -244,6 +248,13 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// The simulated devices' ids: `{device-prefix}-{n}`.
+fn device_ids(args: &Args) -> Vec<String> {
+    (1..=args.devices)
+        .map(|n| format!("{}-{n:04}", args.device_prefix))
+        .collect()
+}
+
 /// Registers the fleet's devices (those missing) and returns their ids.
 pub async fn register(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut registry = iot_proto::registry_client(
@@ -252,9 +263,7 @@ pub async fn register(args: &Args) -> anyhow::Result<Vec<String>> {
         &args.grpc_tls.config(),
     )
     .await?;
-    let ids: Vec<String> = (1..=args.devices)
-        .map(|n| format!("{}-{n:04}", args.device_prefix))
-        .collect();
+    let ids = device_ids(args);
     // The bulk call, a thousand at a time: a fleet of a hundred thousand
     // is registered (or found registered) in a hundred calls.
     for chunk in ids.chunks(1000) {
@@ -364,7 +373,11 @@ pub async fn simulate(args: Args) -> anyhow::Result<Summary> {
         .config()
         .transport()
         .map_err(|e| link.error(&e))?;
-    let ids = register(&args).await?;
+    let ids = if args.registered {
+        device_ids(&args)
+    } else {
+        register(&args).await?
+    };
     // Held until the run ends: the responders stop when it is dropped.
     let (_answering, responders) = if args.answer_commands {
         let (stop, stopped) = tokio::sync::watch::channel(false);
