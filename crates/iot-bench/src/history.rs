@@ -84,36 +84,20 @@ async fn load(ctx: &Ctx) -> (String, DateTime<Utc>) {
         "{STEP_SECS} {}",
         HISTORIES.map(|(_, d)| d.to_string()).join(",")
     );
-    let reload = std::env::var("IOT_BENCH_RELOAD").is_ok_and(|v| v == "1");
     // `auto`, `postgres` or `timescaledb`, as in the export benchmark.
     let choice: iot_db::BackendChoice = crate::env("IOT_BENCH_BACKEND", "auto").parse().unwrap();
-    if !reload
-        && iot_db::ensure_database(&url)
-            .await
-            .is_ok_and(|created| !created)
+    let kept = crate::kept_data(&url, "bench_history_data").await;
+    if let Some((s, end)) = kept.as_deref().and_then(|s| s.rsplit_once(' '))
+        && s == shape
+        && let Ok(end) = end.parse::<DateTime<Utc>>()
     {
-        let db = connect(&url).await;
-        let kept = db
-            .query_opt(
-                "SELECT value FROM platform_info WHERE key = 'bench_history_data'",
-                &[],
-            )
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.get::<_, String>(0));
-        if let Some((s, end)) = kept.as_deref().and_then(|s| s.rsplit_once(' '))
-            && s == shape
-            && let Ok(end) = end.parse::<DateTime<Utc>>()
-        {
-            // Migrations added since it was loaded; a backend other than
-            // the one asked for means loading afresh.
-            if iot_db::migrate(&url, choice).await.is_ok() {
-                println!(
-                    "reusing the loaded histories in database {DB_NAME} (IOT_BENCH_RELOAD=1 reloads)"
-                );
-                return (url, end);
-            }
+        // Migrations added since it was loaded; a backend other than
+        // the one asked for means loading afresh.
+        if iot_db::migrate(&url, choice).await.is_ok() {
+            println!(
+                "reusing the loaded histories in database {DB_NAME} (IOT_BENCH_RELOAD=1 reloads)"
+            );
+            return (url, end);
         }
     }
     connect(&ctx.admin_db)

@@ -115,6 +115,27 @@ async fn fresh_db(ctx: &Ctx) -> String {
     url
 }
 
+/// What a kept benchmark database holds, as its loader recorded it in
+/// `platform_info` under `key`: `None` for a database made now, one that
+/// recorded nothing, or when the run asks for a reload
+/// (`IOT_BENCH_RELOAD=1`).
+async fn kept_data(url: &str, key: &str) -> Option<String> {
+    if std::env::var("IOT_BENCH_RELOAD").is_ok_and(|v| v == "1")
+        || !iot_db::ensure_database(url)
+            .await
+            .is_ok_and(|created| !created)
+    {
+        return None;
+    }
+    connect(url)
+        .await
+        .query_opt("SELECT value FROM platform_info WHERE key = $1", &[&key])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
 /// Has database `name`, one a benchmark reuses when it is there (a year of
 /// readings, a million devices), dropped when the program ends unless
 /// the run was told to keep it (`--keep`): repeated runs must not fill

@@ -65,33 +65,17 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
     let base = ctx.admin_db.rsplit_once('/').unwrap().0;
     let url = format!("{base}/{name}");
     let admin = connect(&ctx.admin_db).await;
-    let reload = std::env::var("IOT_BENCH_RELOAD").is_ok_and(|v| v == "1");
-    if !reload
-        && iot_db::ensure_database(&url)
-            .await
-            .is_ok_and(|created| !created)
+    let kept = crate::kept_data(&url, "bench_query_data").await;
+    if let Some((n, end)) = kept.as_deref().and_then(|s| s.split_once(' '))
+        && n == series.to_string()
+        && let Ok(end) = end.parse::<DateTime<Utc>>()
     {
-        let db = connect(&url).await;
-        let kept = db
-            .query_opt(
-                "SELECT value FROM platform_info WHERE key = 'bench_query_data'",
-                &[],
-            )
+        println!("reusing the loaded year in database {name} (IOT_BENCH_RELOAD=1 reloads)");
+        // Migrations added since it was loaded.
+        iot_db::migrate(&url, iot_db::BackendChoice::Auto)
             .await
-            .ok()
-            .flatten()
-            .map(|r| r.get::<_, String>(0));
-        if let Some((n, end)) = kept.as_deref().and_then(|s| s.split_once(' '))
-            && n == series.to_string()
-            && let Ok(end) = end.parse::<DateTime<Utc>>()
-        {
-            println!("reusing the loaded year in database {name} (IOT_BENCH_RELOAD=1 reloads)");
-            // Migrations added since it was loaded.
-            iot_db::migrate(&url, iot_db::BackendChoice::Auto)
-                .await
-                .unwrap();
-            return (url, Data { series, end });
-        }
+            .unwrap();
+        return (url, Data { series, end });
     }
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
