@@ -611,13 +611,17 @@ pub async fn record_activity(
     sensors: &[(Uuid, String)],
 ) -> Result<(), RegistryError> {
     // The state before is read from the statement's snapshot: the update
-    // takes no row locks beyond its own, as before presence.
+    // takes no row locks beyond its own, as before presence. It sets
+    // `online_until` itself, with the function the row trigger would call
+    // (which then does not run: 0022).
     const HEARD: &str =
         "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
              before AS (
-                SELECT d.id, d.device_id, d.online_until <= now() AS was_offline
-                FROM devices d JOIN a ON a.id = d.id)
-             UPDATE devices d SET last_heartbeat = a.seen
+                SELECT d.id, d.device_id, d.online_until <= now() AS was_offline, c.read_interval
+                FROM devices d JOIN a ON a.id = d.id
+                LEFT JOIN device_config c ON c.device_id = d.id)
+             UPDATE devices d SET last_heartbeat = a.seen,
+                 online_until = device_online_until(a.seen, d.disconnected_at, before.read_interval)
              FROM a, before WHERE d.id = a.id AND before.id = d.id
                  AND (d.last_heartbeat IS NULL OR d.last_heartbeat < a.seen)
              RETURNING d.id, d.device_id, before.was_offline";

@@ -223,6 +223,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0021_in_place_updates.sql"),
         timescaledb: include_str!("../../../migrations/0021_in_place_updates.sql"),
     },
+    Migration {
+        version: 22,
+        name: "heartbeat_statement",
+        postgres: include_str!("../../../migrations/0022_heartbeat_statement.sql"),
+        timescaledb: include_str!("../../../migrations/0022_heartbeat_statement.sql"),
+    },
 ];
 
 /// What a migration run did.

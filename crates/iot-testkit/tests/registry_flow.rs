@@ -143,14 +143,7 @@ async fn heartbeats_of_a_hundred_thousand_devices_go_in_one_flush() {
     let b = p
         .create_device(&format!("hb-{}", kit::unique()), "active")
         .await;
-    let directory = mqtt_gateway::directory::Directory::new(
-        &format!("http://{}", p.registry),
-        &kit::pki::grpc_tls(mqtt_gateway::SERVICE),
-        Duration::from_secs(60),
-        Duration::from_secs(5),
-        100_000,
-    )
-    .unwrap();
+    let directory = directory(&p, 100_000);
     let real = [
         Uuid::parse_str(&a.id).unwrap(),
         Uuid::parse_str(&b.id).unwrap(),
@@ -194,18 +187,11 @@ async fn a_device_heard_without_pause_is_recorded_once_a_hold_and_when_it_goes_q
         .await;
     // Flushes are called by hand here; a 2 s hold keeps the test short
     // (the shipped cap is a minute, well inside a 5-minute silence limit).
-    let directory = mqtt_gateway::directory::Directory::new(
-        &format!("http://{}", p.registry),
-        &kit::pki::grpc_tls(mqtt_gateway::SERVICE),
-        Duration::from_secs(60),
-        Duration::from_secs(5),
-        1000,
-    )
-    .unwrap()
-    .holding_heartbeats(mqtt_gateway::directory::HeartbeatHold {
-        flush: Duration::from_millis(100),
-        max: Duration::from_secs(2),
-    });
+    let directory =
+        directory(&p, 1000).holding_heartbeats(mqtt_gateway::directory::HeartbeatHold {
+            flush: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        });
     let device = known(Uuid::parse_str(&d.id).unwrap());
     let mut registry = p.registry_client(Scope::Admin).await;
     let mut heartbeat = async || {
@@ -250,10 +236,47 @@ async fn a_device_heard_without_pause_is_recorded_once_a_hold_and_when_it_goes_q
     assert_eq!(directory.flush_activity().await.unwrap(), 1);
     let due = heartbeat().await.unwrap();
     assert!(due > quiet);
+    // The flush's statement sets `online_until` itself (the row trigger
+    // stands aside): the same moment the trigger's function names, with
+    // the device's own interval.
+    let db = kit::connect(&p.db).await;
+    let agrees = async || -> bool {
+        db.query_one(
+            "SELECT d.online_until = device_online_until(d.last_heartbeat, d.disconnected_at, c.read_interval)
+                    AND d.online_until > now()
+             FROM devices d LEFT JOIN device_config c ON c.device_id = d.id WHERE d.id = $1",
+            &[&device.uuid],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    assert!(agrees().await);
+    db.execute(
+        "UPDATE device_config SET read_interval = 20 WHERE device_id = $1",
+        &[&device.uuid],
+    )
+    .await
+    .unwrap();
+    assert!(agrees().await);
     // Held back when the process stops: the last flush sends it anyway.
     directory.record_activity(&device, std::iter::empty());
     assert_eq!(directory.flush_activity().await.unwrap(), 0);
     assert_eq!(directory.flush_all_activity().await.unwrap(), 1);
     assert!(heartbeat().await.unwrap() > due);
+    assert!(agrees().await);
     p.stop().await;
+}
+
+/// mqtt-gateway's directory on `p`'s registry, holding `max_entries`
+/// devices.
+fn directory(p: &Platform, max_entries: u64) -> mqtt_gateway::directory::Directory {
+    mqtt_gateway::directory::Directory::new(
+        &format!("http://{}", p.registry),
+        &kit::pki::grpc_tls(mqtt_gateway::SERVICE),
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+        max_entries,
+    )
+    .unwrap()
 }
