@@ -43,8 +43,8 @@ pub struct Config {
     /// call this often.
     pub activity_flush_secs: u64,
     /// The longest the recorded heartbeat of a device heard without pause
-    /// may trail it (always well inside the device's silence limit; its
-    /// last heartbeat is recorded within two flushes of it going quiet).
+    /// may trail it (always well inside the device's silence limit, so its
+    /// last heartbeat is recorded before it would count as offline).
     /// 0 records every device heard at every flush.
     pub heartbeat_hold_secs: u64,
 }

@@ -52,11 +52,13 @@ impl DeviceInfo {
     }
 }
 
-/// How the heartbeats of devices heard without pause are recorded: at most
-/// every `hold` (never more than `max`), and the last one within two
-/// flushes of a device going quiet. A device publishing every second is
-/// then a registry write a minute, not one per flush, and the moment it
-/// goes silent, which decides when it is offline, is still exact.
+/// How the heartbeats of devices heard again and again are recorded: at
+/// most every `hold` (never more than `max`), the latest one each time, so
+/// the last one a device sends reaches the registry within a hold and a
+/// flush of the one recorded before it. A device publishing every second or
+/// every ten is then a registry write a minute, not one per flush or per
+/// message, and the moment it goes silent, which decides when it is
+/// offline, is still exact: it is recorded before that moment comes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HeartbeatHold {
     /// How often activity is flushed.
@@ -68,11 +70,12 @@ pub struct HeartbeatHold {
 impl HeartbeatHold {
     /// How long the heartbeat of a device whose silence limit is `silence`
     /// may go unrecorded while it is heard from. The recorded one trails
-    /// by at most this and a flush, and the last one arrives two flushes
-    /// after the device went quiet: half of what is left of the limit
-    /// after four flushes keeps both well inside it, so a device that
-    /// keeps publishing never looks offline. Zero (every flush) for limits
-    /// too short to hold anything.
+    /// the device by at most this and a flush, and its last one is
+    /// recorded within this and a flush: half of what is left of the limit
+    /// after four flushes keeps both well inside it, so a device that keeps
+    /// publishing never looks offline and one that stops is offline at the
+    /// exact moment. Zero (every flush) for limits too short to hold
+    /// anything.
     pub fn of(&self, silence: Duration) -> Duration {
         let hold = (silence.saturating_sub(self.flush * 4) / 2).min(self.max);
         if hold < self.flush {
@@ -128,9 +131,8 @@ impl Pending {
 struct Activity {
     /// Devices heard since the last flush.
     pending: HashMap<Uuid, Pending>,
-    /// Devices heard before the last flush, whose heartbeat it held back:
-    /// one not heard again by the next flush has gone quiet, and its last
-    /// heartbeat goes then.
+    /// Devices heard before the last flush whose heartbeat it held back:
+    /// each goes with the first flush past its hold, heard since or not.
     held: HashMap<Uuid, Pending>,
     /// Every (device, sensor) pair reported by this process, as a keyed
     /// 64-bit hash: a few bytes a pair, where the names would cost a set
@@ -253,14 +255,22 @@ impl Directory {
     /// devices reported.
     pub async fn flush_activity(&self) -> Result<usize, tonic::Status> {
         let now = chrono::Utc::now();
-        let (window, mut quiet) = {
+        let (window, mut waiting) = {
             let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
             (std::mem::take(&mut a.pending), std::mem::take(&mut a.held))
         };
+        for (uuid, mut p) in window {
+            if let Some(before) = waiting.get_mut(&uuid) {
+                before.seen = before.seen.max(p.seen);
+                before.sensors.append(&mut p.sensors);
+                before.retry |= p.retry;
+            } else {
+                waiting.insert(uuid, p);
+            }
+        }
         let mut due = Vec::new();
         let mut held = HashMap::new();
-        for (uuid, p) in window {
-            quiet.remove(&uuid);
+        for (uuid, p) in waiting {
             let hold = self.hold.of(p.info.silence);
             let recorded = p.info.recorded_ms.load(Ordering::Relaxed);
             if p.retry
@@ -272,8 +282,6 @@ impl Directory {
                 held.insert(uuid, p);
             }
         }
-        // Heard before the last flush and not since: its last word.
-        due.extend(quiet.into_values());
         self.activity.lock().unwrap_or_else(|p| p.into_inner()).held = held;
         if due.is_empty() {
             return Ok(0);
@@ -422,7 +430,7 @@ mod hold_tests {
         assert_eq!(hold.of(secs(10)), Duration::ZERO);
         assert_eq!(hold.of(secs(25)), Duration::ZERO);
         // Whatever the limit, the recorded heartbeat trails by at most the
-        // hold and a flush, and the last one comes two flushes late.
+        // hold and a flush, and so is the last one: four flushes of room.
         for limit in 0..1000 {
             let h = hold.of(secs(limit));
             assert!(h.is_zero() || h + hold.flush * 4 < secs(limit), "{limit}");
