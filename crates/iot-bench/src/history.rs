@@ -100,13 +100,7 @@ async fn load(ctx: &Ctx) -> (String, DateTime<Utc>) {
             return (url, end);
         }
     }
-    connect(&ctx.admin_db)
-        .await
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-        .await
-        .unwrap();
-    iot_db::ensure_database(&url).await.unwrap();
-    let report = iot_db::migrate(&url, choice).await.unwrap();
+    let report = crate::remade_database(ctx, DB_NAME, &url, choice).await;
     let db = connect(&url).await;
     let started = Instant::now();
     if report.backend == iot_db::Backend::Postgres {
@@ -164,12 +158,12 @@ async fn load(ctx: &Ctx) -> (String, DateTime<Utc>) {
         l.await.unwrap();
     }
     db.batch_execute("VACUUM ANALYZE").await.unwrap();
-    db.execute(
-        "INSERT INTO platform_info (key, value) VALUES ('bench_history_data', $1)",
-        &[&format!("{shape} {}", end.to_rfc3339())],
+    crate::record_kept_data(
+        &db,
+        "bench_history_data",
+        &format!("{shape} {}", end.to_rfc3339()),
     )
-    .await
-    .unwrap();
+    .await;
     println!(
         "loaded in {:.0} s (partitions, rows, VACUUM ANALYZE)",
         started.elapsed().as_secs_f64()

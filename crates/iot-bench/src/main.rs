@@ -136,6 +136,34 @@ async fn kept_data(url: &str, key: &str) -> Option<String> {
         .map(|r| r.get(0))
 }
 
+/// Records in `platform_info` under `key` what a loaded benchmark database
+/// holds, for [`kept_data`] in the next run.
+async fn record_kept_data(db: &tokio_postgres::Client, key: &str, value: &str) {
+    db.execute(
+        "INSERT INTO platform_info (key, value) VALUES ($1, $2)",
+        &[&key, &value],
+    )
+    .await
+    .unwrap();
+}
+
+/// Database `name` at `url` made afresh (whatever it held dropped) and
+/// migrated with `backend`.
+async fn remade_database(
+    ctx: &Ctx,
+    name: &str,
+    url: &str,
+    backend: iot_db::BackendChoice,
+) -> iot_db::MigrationReport {
+    connect(&ctx.admin_db)
+        .await
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    iot_db::ensure_database(url).await.unwrap();
+    iot_db::migrate(url, backend).await.unwrap()
+}
+
 /// Has database `name`, one a benchmark reuses when it is there (a year of
 /// readings, a million devices), dropped when the program ends unless
 /// the run was told to keep it (`--keep`): repeated runs must not fill

@@ -64,7 +64,6 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
     crate::drop_unless_kept(name);
     let base = ctx.admin_db.rsplit_once('/').unwrap().0;
     let url = format!("{base}/{name}");
-    let admin = connect(&ctx.admin_db).await;
     let kept = crate::kept_data(&url, "bench_query_data").await;
     if let Some((n, end)) = kept.as_deref().and_then(|s| s.split_once(' '))
         && n == series.to_string()
@@ -77,14 +76,7 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
             .unwrap();
         return (url, Data { series, end });
     }
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    iot_db::ensure_database(&url).await.unwrap();
-    let report = iot_db::migrate(&url, iot_db::BackendChoice::Auto)
-        .await
-        .unwrap();
+    let report = crate::remade_database(ctx, name, &url, iot_db::BackendChoice::Auto).await;
     let db = connect(&url).await;
     if report.backend == iot_db::Backend::Postgres {
         db.execute(
@@ -159,12 +151,12 @@ pub async fn load(ctx: &Ctx, name: &str, series: usize) -> (String, Data) {
         store.write_batch(&rows).await.unwrap();
     }
     db.batch_execute("VACUUM ANALYZE").await.unwrap();
-    db.execute(
-        "INSERT INTO platform_info (key, value) VALUES ('bench_query_data', $1)",
-        &[&format!("{series} {}", end.to_rfc3339())],
+    crate::record_kept_data(
+        &db,
+        "bench_query_data",
+        &format!("{series} {}", end.to_rfc3339()),
     )
-    .await
-    .unwrap();
+    .await;
     println!(
         "loaded in {:.0} s ({:.0} rows/s)",
         started.elapsed().as_secs_f64(),
