@@ -68,7 +68,7 @@ fn channel(
         .endpoint(service, url)?
         .connect_timeout(timeout.min(Duration::from_secs(3)))
         .timeout(timeout);
-    Ok(iot_proto::tls::lazy(&endpoint, true))
+    Ok(iot_proto::tls::lazy(&endpoint))
 }
 
 impl Upstreams {

@@ -179,10 +179,12 @@ impl GrpcTls {
 /// `connect_timeout` covering the TLS handshake as well as the TCP connect
 /// (tonic's own lazy channel times only the TCP connect, so a peer that
 /// accepts and never answers the handshake would hold every call).
-pub fn lazy(endpoint: &Endpoint, nodelay: bool) -> tonic::transport::Channel {
+/// NODELAY as tonic's own endpoints have it: with Nagle's algorithm a call
+/// on a quiet connection waits out the peer's delayed ACK.
+pub fn lazy(endpoint: &Endpoint) -> tonic::transport::Channel {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
-    http.set_nodelay(nodelay);
+    http.set_nodelay(true);
     endpoint.connect_with_connector_lazy(http)
 }
 

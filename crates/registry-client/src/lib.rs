@@ -52,7 +52,7 @@ fn admin_client_with(
         .endpoint(SERVICE, url)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10));
-    let channel = iot_proto::tls::lazy(&endpoint, false);
+    let channel = iot_proto::tls::lazy(&endpoint);
     Ok(iot_proto::registry_client_on(
         iot_proto::client_channel(channel, layer),
         iot_proto::Scope::Admin,
