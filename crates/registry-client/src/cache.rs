@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use iot_proto::v1::{self, DeviceChange, GetDeviceRequest};
 use iot_telemetry::prometheus::{self, IntCounter, IntCounterVec, Opts, Registry};
-use moka::Expiry;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -19,9 +18,11 @@ pub const DEFAULT_MAX_CAPACITY: u64 = 100_000;
 pub struct Settings {
     /// Most devices kept. A device takes up to two entries (its answer
     /// under its UUID, and the id it was looked up by when that is another),
-    /// so the cache holds twice this many entries: a fleet of exactly this
+    /// so the cache holds twice this many entries (and a little room over,
+    /// since it is split into shards that fill unevenly): a fleet of this
     /// size looked up by external id fits. Past it, the entries least
-    /// likely to be asked for again go (moka's TinyLFU), not all of them.
+    /// likely to be asked for again go (quick_cache's CLOCK-Pro, which a
+    /// scan of devices heard once does not flush), not all of them.
     pub max_capacity: u64,
     /// How long a device's answer is trusted. `None`: until the change
     /// stream reports the device (or room is needed). Zero: not cached.
@@ -42,15 +43,19 @@ pub type MapDevice<V> = dyn Fn(Uuid, v1::Device) -> V + Send + Sync;
 ///   finds it and invalidating either drops both.
 /// - NOT_FOUND is cached as `None` for [`Settings::not_found_ttl`]; other
 ///   errors are returned and not cached.
-/// - Concurrent misses for one id make one registry call.
+/// - Concurrent misses for one id make one registry call (a failed one is
+///   retried by the next waiting caller).
 /// - [`DeviceCache::follow_changes`] drops changed devices at once, and the
 ///   whole cache on a "reset"; an answer fetched while a change arrived is
 ///   returned but not cached, since it may predate the change.
 pub struct DeviceCache<V> {
     client: iot_proto::RegistryClient,
     map: Box<MapDevice<V>>,
-    settings: Settings,
-    entries: moka::future::Cache<String, Slot<V>>,
+    lifetimes: Lifetimes,
+    /// Light per-entry bookkeeping (expiry is checked on lookup, with no
+    /// timer wheel or access queues): with a large fleet this cache is most
+    /// of a gateway's memory.
+    entries: quick_cache::sync::Cache<String, Entry<V>>,
     /// Bumped by every invalidation: an answer fetched across a bump may
     /// predate it and is not cached.
     epoch: AtomicU64,
@@ -91,14 +96,26 @@ impl<V> Slot<V> {
     }
 }
 
-/// Why a miss left nothing in the cache; shared by the callers it
-/// coalesced.
-enum Unkept<V> {
-    /// The registry answered, but the answer is not to be cached (it may
-    /// predate a change, or its TTL is zero).
-    Answer(Option<Arc<V>>),
-    /// The registry did not answer.
-    Failed(tonic::Status),
+/// A slot and until when it may be used (`None`: until a change).
+struct Entry<V> {
+    slot: Slot<V>,
+    expires: Option<Instant>,
+}
+
+// Derived Clone would ask for `V: Clone`.
+impl<V> Clone for Entry<V> {
+    fn clone(&self) -> Self {
+        Self {
+            slot: self.slot.clone(),
+            expires: self.expires,
+        }
+    }
+}
+
+impl<V> Entry<V> {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
 }
 
 /// Per-entry lifetimes: a device's answer and a NOT_FOUND have their own.
@@ -114,22 +131,13 @@ impl Lifetimes {
             Slot::Missing => self.not_found,
         }
     }
-}
 
-impl<V> Expiry<String, Slot<V>> for Lifetimes {
-    fn expire_after_create(&self, _: &String, slot: &Slot<V>, _: Instant) -> Option<Duration> {
-        self.of(slot)
-    }
-
-    /// A new answer for an id lives as long as a first one.
-    fn expire_after_update(
-        &self,
-        _: &String,
-        slot: &Slot<V>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.of(slot)
+    /// `slot` as stored at `now`.
+    fn entry<V>(&self, slot: Slot<V>, now: Instant) -> Entry<V> {
+        Entry {
+            expires: self.of(&slot).and_then(|ttl| now.checked_add(ttl)),
+            slot,
+        }
     }
 }
 
@@ -152,14 +160,11 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
         settings: Settings,
         map: impl Fn(Uuid, v1::Device) -> V + Send + Sync + 'static,
     ) -> Self {
-        let entries = moka::future::Cache::builder()
-            .name("devices")
-            .max_capacity(settings.max_capacity.saturating_mul(2))
-            .expire_after(Lifetimes {
-                found: settings.found_ttl,
-                not_found: settings.not_found_ttl,
-            })
-            .build();
+        let entries =
+            usize::try_from(settings.max_capacity.saturating_mul(2)).unwrap_or(usize::MAX);
+        // An eighth over: the shards fill unevenly, and the fleet the
+        // capacity names is to fit.
+        let entries = quick_cache::sync::Cache::new(entries.saturating_add(entries / 8));
         let lookups = IntCounterVec::new(
             Opts::new(
                 "iot_device_cache_lookups_total",
@@ -171,7 +176,10 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
         Self {
             client,
             map: Box::new(map),
-            settings,
+            lifetimes: Lifetimes {
+                found: settings.found_ttl,
+                not_found: settings.not_found_ttl,
+            },
             entries,
             epoch: AtomicU64::new(0),
             hits: lookups.with_label_values(&["hit"]),
@@ -221,16 +229,23 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
     /// are no longer valid.)
     pub async fn invalidate(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        if let Some(Slot::Alias(uuid, _)) = self.entries.remove(id).await {
+        if let Some((
+            _,
+            Entry {
+                slot: Slot::Alias(uuid, _),
+                ..
+            },
+        )) = self.entries.remove(id)
+        {
             let mut buf = Uuid::encode_buffer();
-            self.entries.invalidate(uuid_key(&uuid, &mut buf)).await;
+            self.entries.remove(uuid_key(&uuid, &mut buf));
         }
     }
 
     /// Drops everything.
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     /// Applies one message of the change stream: "sync" drops nothing,
@@ -262,17 +277,31 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
 
     /// The cached answer for `id`: `None` on a miss.
     async fn cached(&self, id: &str) -> Option<Option<Arc<V>>> {
-        match self.entries.get(id).await? {
+        self.cached_now(id, Instant::now())
+    }
+
+    fn cached_now(&self, id: &str, now: Instant) -> Option<Option<Arc<V>>> {
+        let entry = self.entries.get(id)?;
+        if !entry.live(now) {
+            self.entries.remove_if(id, |e| !e.live(now));
+            return None;
+        }
+        match entry.slot {
             Slot::Found(v) => Some(Some(v)),
             Slot::Missing => Some(None),
             Slot::Alias(uuid, v) => {
                 let mut buf = Uuid::encode_buffer();
-                match self.entries.get(uuid_key(&uuid, &mut buf)).await {
-                    Some(Slot::Found(w)) if Arc::ptr_eq(&v, &w) => Some(Some(v)),
+                match self.entries.get(uuid_key(&uuid, &mut buf)) {
+                    Some(e)
+                        if e.live(now)
+                            && matches!(&e.slot, Slot::Found(w) if Arc::ptr_eq(&v, w)) =>
+                    {
+                        Some(Some(v))
+                    }
                     _ => {
                         // The device changed (or its entry went): this way
                         // to it is stale too.
-                        self.entries.invalidate(id).await;
+                        self.entries.remove(id);
                         None
                     }
                 }
@@ -280,54 +309,65 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
         }
     }
 
-    /// Asks the registry about `id` (one call for concurrent misses) and
-    /// caches the answer unless a change arrived meanwhile.
+    /// Asks the registry about `id` (one call at a time for concurrent
+    /// misses: the others wait for its answer) and caches the answer
+    /// unless a change arrived meanwhile.
     async fn load(&self, id: &str) -> Result<Option<Arc<V>>, tonic::Status> {
-        let before = self.epoch.load(Ordering::SeqCst);
-        let slot = self
-            .entries
-            .try_get_with_by_ref(id, self.fill(id, before))
-            .await;
-        if self.epoch.load(Ordering::SeqCst) != before {
-            // A change arrived while the answer was on its way: the check in
-            // `fill` may have passed just before it, and the answer been
-            // stored just after its invalidation.
-            if let Ok(Slot::Alias(uuid, _)) = &slot {
-                let mut buf = Uuid::encode_buffer();
-                self.entries.invalidate(uuid_key(uuid, &mut buf)).await;
+        let guard = loop {
+            match self.entries.get_value_or_guard_async(id).await {
+                // Filled while this caller waited.
+                Ok(entry) if entry.live(Instant::now()) => {
+                    return Ok(entry.slot.answer());
+                }
+                Ok(_) => {
+                    self.entries.remove_if(id, |e| !e.live(Instant::now()));
+                }
+                Err(guard) => break guard,
             }
-            self.entries.invalidate(id).await;
+        };
+        let before = self.epoch.load(Ordering::SeqCst);
+        // Dropping the guard unfilled (an error, or an answer not to be
+        // kept) hands the miss to the next waiting caller.
+        let answer = self.ask(id).await?;
+        if self.epoch.load(Ordering::SeqCst) != before {
+            // A change arrived while the answer was on its way: it may
+            // predate the change.
+            return Ok(answer.map(|(_, v)| v));
         }
-        match slot {
-            Ok(slot) => Ok(slot.answer()),
-            Err(unkept) => match &*unkept {
-                Unkept::Answer(answer) => Ok(answer.clone()),
-                Unkept::Failed(status) => Err(status.clone()),
-            },
-        }
-    }
-
-    /// The entry for `id` from the registry's answer; `Err` for one that is
-    /// not to be cached. A device found by another id than its UUID text is
-    /// stored under its UUID here, and `id` gets an alias of it.
-    async fn fill(&self, id: &str, before: u64) -> Result<Slot<V>, Unkept<V>> {
-        let answer = self.ask(id).await.map_err(Unkept::Failed)?;
-        let current = self.epoch.load(Ordering::SeqCst) == before;
-        match answer {
-            None if current && kept(self.settings.not_found_ttl) => Ok(Slot::Missing),
-            Some((uuid, v)) if current && kept(self.settings.found_ttl) => {
+        let now = Instant::now();
+        let slot = match answer {
+            None if kept(self.lifetimes.not_found) => Slot::Missing,
+            Some((uuid, v)) if kept(self.lifetimes.found) => {
                 let mut buf = Uuid::encode_buffer();
                 let key = uuid_key(&uuid, &mut buf);
                 if key == id {
-                    return Ok(Slot::Found(v));
+                    Slot::Found(v)
+                } else {
+                    self.entries.insert(
+                        key.to_owned(),
+                        self.lifetimes.entry(Slot::Found(v.clone()), now),
+                    );
+                    Slot::Alias(uuid, v)
                 }
-                self.entries
-                    .insert(key.to_owned(), Slot::Found(v.clone()))
-                    .await;
-                Ok(Slot::Alias(uuid, v))
             }
-            answer => Err(Unkept::Answer(answer.map(|(_, v)| v))),
+            answer => return Ok(answer.map(|(_, v)| v)),
+        };
+        let answer = slot.answer();
+        let _ = guard.insert(self.lifetimes.entry(slot, now));
+        if self.epoch.load(Ordering::SeqCst) != before {
+            // The change came between the check above and the insert: its
+            // invalidation may have run before the answer was stored.
+            if let Some(Entry {
+                slot: Slot::Alias(uuid, _),
+                ..
+            }) = self.entries.get(id)
+            {
+                let mut buf = Uuid::encode_buffer();
+                self.entries.remove(uuid_key(&uuid, &mut buf));
+            }
+            self.entries.remove(id);
         }
+        Ok(answer)
     }
 
     /// The registry's answer for `id`, mapped; `None` for NOT_FOUND.
