@@ -30,6 +30,10 @@ pub struct Config {
     pub batch_max_rows: usize,
     /// ...or when its first reading has waited this long.
     pub batch_max_wait_ms: u64,
+    /// Batches written at once, each in a transaction of its own: while
+    /// one commits the next is already copying. Their offsets are still
+    /// stored in order.
+    pub batch_writes_in_flight: usize,
     /// gRPC API (Telemetry + grpc.health.v1).
     pub grpc_addr: SocketAddr,
     /// mTLS on its gRPC server and on its calls to other services
@@ -103,6 +107,7 @@ impl Default for Config {
             instance_id: None,
             batch_max_rows: 10_000,
             batch_max_wait_ms: 100,
+            batch_writes_in_flight: 2,
             grpc_addr: ([127, 0, 0, 1], 50052).into(),
             grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9102).into(),
@@ -130,6 +135,11 @@ impl iot_runtime::Validate for Config {
         }
         if self.batch_max_wait_ms == 0 {
             p.push("batch_max_wait_ms must be positive".into());
+        }
+        if !(1..=8).contains(&self.batch_writes_in_flight) {
+            p.push("batch_writes_in_flight must be in 1..=8".into());
+        } else if self.batch_writes_in_flight > self.pool_size {
+            p.push("batch_writes_in_flight must not exceed pool_size".into());
         }
         p
     }

@@ -3,6 +3,7 @@
 //! commit. A batch is never skipped: database errors are retried with
 //! backoff while consumption is paused.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 use tracing::Instrument as _;
 
@@ -18,6 +19,9 @@ use crate::store::{Row, Store};
 pub struct BatchSettings {
     pub max_rows: usize,
     pub max_wait: Duration,
+    /// Batches written at once (each in its own transaction); their
+    /// offsets are stored in the order the batches were taken.
+    pub writes_in_flight: usize,
 }
 
 /// Decodes one record; `Err` is a poison record for the dead-letter topic:
@@ -51,12 +55,17 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), WriterError> {
+    let max_writes = settings.writes_in_flight.max(1);
     let mut rows: Vec<Row> = Vec::with_capacity(settings.max_rows);
     // Highest offset seen per (topic, partition) in the current batch.
     let mut offsets = Offsets::default();
-    let mut writing: Option<Writing> = None;
+    // The batches being written, oldest first.
+    let mut writing: VecDeque<Writing> = VecDeque::with_capacity(max_writes);
     // The traced readings of the batch, which its span links to.
     let mut links: Vec<String> = Vec::new();
+    // Set when a batch was not written: no later one may be acknowledged,
+    // or its offsets would skip the unwritten batch's records.
+    let mut gap = false;
     'outer: loop {
         let mut batch = Batch {
             rows: &mut rows,
@@ -67,14 +76,14 @@ pub async fn run(
             shutdown: &shutdown,
         };
         // Wait for the first record of a batch; meanwhile acknowledge the
-        // batch being written as soon as it is.
+        // batches being written as soon as they are.
         let first = loop {
             tokio::select! {
                 () = shutdown.cancelled() => break 'outer,
                 m = stream.recv() => break m,
-                Some(done) = written(&mut writing), if writing.is_some() => {
-                    writing = None;
+                Some(done) = oldest_written(&mut writing) => {
                     if !acknowledged(&stream, done) {
+                        gap = true;
                         break 'outer;
                     }
                 }
@@ -84,10 +93,10 @@ pub async fn run(
             break 'outer;
         }
         // The batch is due at `max_wait` after its first record, or when
-        // full. While the previous batch is still being written a due batch
-        // keeps growing (up to `max_rows`) instead of waiting idle: under
-        // load the batches grow to what the database takes per write, which
-        // costs no latency, since its records would otherwise wait here.
+        // full. While every write slot is taken a due batch keeps growing
+        // (up to `max_rows`) instead of waiting idle: under load the
+        // batches grow to what the database takes per write, which costs no
+        // latency, since its records would otherwise wait here.
         let deadline = tokio::time::Instant::now() + settings.max_wait;
         let mut due = false;
         while batch.rows.len() < settings.max_rows {
@@ -97,13 +106,13 @@ pub async fn run(
                 },
                 () = tokio::time::sleep_until(deadline), if !due => {
                     due = true;
-                    if writing.is_none() {
+                    if writing.len() < max_writes {
                         break;
                     }
                 }
-                Some(done) = written(&mut writing), if writing.is_some() => {
-                    writing = None;
+                Some(done) = oldest_written(&mut writing) => {
                     if !acknowledged(&stream, done) {
+                        gap = true;
                         break 'outer;
                     }
                     if due {
@@ -112,10 +121,14 @@ pub async fn run(
                 }
             }
         }
-        // One write runs while the next batch is collected (at most two
-        // batches in memory); writes stay in order, and so do the offsets.
-        if !finish(&stream, writing.take()).await {
-            break 'outer;
+        // Up to `max_writes` writes run while the next batch is collected;
+        // offsets are stored in batch order, so a batch committed before
+        // an older one is acknowledged only with it.
+        while writing.len() >= max_writes {
+            if !finish(&stream, writing.pop_front()).await {
+                gap = true;
+                break 'outer;
+            }
         }
         let batch = std::mem::replace(&mut rows, Vec::with_capacity(settings.max_rows));
         let batch_offsets = std::mem::take(&mut offsets);
@@ -127,7 +140,7 @@ pub async fn run(
         for tp in links.drain(..) {
             iot_telemetry::trace::add_link(&span, &tp);
         }
-        writing = Some(tokio::spawn(
+        writing.push_back(tokio::spawn(
             async move {
                 // The offsets come back only once the batch is written.
                 let written =
@@ -137,7 +150,15 @@ pub async fn run(
             .instrument(span),
         ));
     }
-    finish(&stream, writing.take()).await;
+    while let Some(w) = writing.pop_front() {
+        if gap {
+            // Written or not, it stays unacknowledged: read again after a
+            // restart, and its stored rows absorbed as redeliveries.
+            let _ = w.await;
+        } else if !finish(&stream, Some(w)).await {
+            gap = true;
+        }
+    }
     stream.commit();
     Ok(())
 }
@@ -198,15 +219,14 @@ impl Batch<'_> {
 /// service stopped first).
 type Writing = tokio::task::JoinHandle<Option<Offsets>>;
 
-/// The outcome of the batch being written, once it is done (`None`, at
-/// once, when none is).
-async fn written(
-    writing: &mut Option<Writing>,
+/// The outcome of the oldest batch being written, once it is done (taken
+/// off the queue); `None`, at once, when none is being written.
+async fn oldest_written(
+    writing: &mut VecDeque<Writing>,
 ) -> Option<Result<Option<Offsets>, tokio::task::JoinError>> {
-    match writing.as_mut() {
-        Some(w) => Some(w.await),
-        None => None,
-    }
+    let done = writing.front_mut()?.await;
+    writing.pop_front();
+    Some(done)
 }
 
 /// Waits for the batch being written, then acknowledges it. False when it

@@ -108,6 +108,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let settings = consumer::BatchSettings {
         max_rows: config.batch_max_rows,
         max_wait: Duration::from_millis(config.batch_max_wait_ms),
+        writes_in_flight: config.batch_writes_in_flight,
     };
     tracing::info!(%backend, "storage backend");
     skeleton.ready.set(true);
