@@ -97,16 +97,16 @@ async fn operations_past_the_field_alias_and_cost_limits_are_refused() {
         + (limits.max_root_fields
             * graphql_gateway::metrics_cost("2025-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "1h"))
             / limits.cost_per_token;
-    let enough = (limits.rate_burst as usize) / per_request + 2;
-    let mut limited = None;
-    for _ in 0..enough {
-        let v = a.run(&costly, json!({})).await;
-        if v["errors"][0]["extensions"]["code"] == "RATE_LIMITED" {
-            limited = Some(v);
-            break;
-        }
-    }
-    let v = limited.expect("a burst of costly operations runs out of the rate limit");
+    // Sent at once, so the bucket cannot refill between them however long
+    // each takes on a slow machine: more than the burst and two seconds of
+    // refill.
+    let enough = (limits.rate_burst + 2.0 * limits.rate_per_sec) as usize / per_request + 2;
+    let burst = (0..enough).map(|_| a.run(&costly, json!({})));
+    let v = futures::future::join_all(burst)
+        .await
+        .into_iter()
+        .find(|v| v["errors"][0]["extensions"]["code"] == "RATE_LIMITED")
+        .expect("a burst of costly operations runs out of the rate limit");
     assert!(
         v["errors"][0]["extensions"]["retryAfterSecs"]
             .as_u64()
