@@ -64,8 +64,7 @@ fn report_header(title: &str, command: &str) -> String {
             .unwrap_or_default()
     };
     let (started, stolen_then) = *RUN_START.get_or_init(|| (Instant::now(), stolen_cpu_seconds()));
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let stolen = (stolen_cpu_seconds() - stolen_then) / (started.elapsed().as_secs_f64() * cores);
+    let stolen = stolen_share(stolen_then, started.elapsed());
     format!(
         "## {title}\n\n`{command}`, written by the program. Date {}; commit {}; machine: {}, {} cores, {} GiB; CPU stolen by the host over the run: {:.0}% of the cores.",
         sh("date -u +%F"),
@@ -409,6 +408,17 @@ fn stolen_cpu_seconds() -> f64 {
         .map_or(0.0, |ticks| ticks / 100.0)
 }
 
+/// The share of the machine's cores stolen over the `took` since
+/// [`stolen_cpu_seconds`] read `then`.
+fn stolen_share(then: f64, took: Duration) -> f64 {
+    (stolen_cpu_seconds() - then) / (took.as_secs_f64() * cores())
+}
+
+/// The machine's cores.
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
 const INFRA: [&str; 3] = ["postgres", "tansu", "mosquitto"];
 
 impl<'a> CpuShares<'a> {
@@ -445,8 +455,7 @@ impl<'a> CpuShares<'a> {
             .iter()
             .map(|(n, t)| format!("{n} {:.0}%", 100.0 * t / secs))
             .collect();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let stolen = (stolen_cpu_seconds() - self.stolen) / (secs * cores);
+        let stolen = stolen_share(self.stolen, took);
         println!(
             "  {phase} CPU: {}; stolen by the host: {:.0}% of the cores",
             parts.join(", "),
@@ -466,7 +475,7 @@ impl<'a> CpuShares<'a> {
             .iter()
             .map(|(n, t)| format!("{n} {:.1}", per(*t)))
             .collect();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = cores();
         println!(
             "  {phase} CPU µs per reading: {} = {total:.1} in all: at most {:.0} readings/s on {cores} cores",
             parts.join(" + "),

@@ -501,15 +501,14 @@ async fn active_fleet(
     let root = format!("scale{}", crate::unique());
     let gateway = Service::gateway(kafka, &root, ctx.mqtt_port, &registry.grpc_url());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // `count` readings (or `secs` of them) from `devices` devices:
+    // `count` readings from `devices` devices:
     // readings stored per second from the first publish.
-    let publish = async |devices: u32, count: u64, secs: u64, label: &str| {
+    let publish = async |devices: u32, count: u64, label: &str| {
         let before = crate::stored(db).await;
         let args = iotctl::simulate::Args {
             device_prefix: "scale".into(),
             devices,
             count,
-            duration: secs,
             sensors: SENSORS as u32,
             ..crate::simulator(ctx, &registry.grpc_url(), &root)
         };
@@ -553,11 +552,10 @@ async fn active_fleet(
         let first = publish(
             devices,
             u64::from(devices) * SENSORS,
-            0,
             &format!("{devices} devices, first contact"),
         )
         .await;
-        let steady = publish(devices, FLEET_READINGS, 0, &format!("{devices} devices")).await;
+        let steady = publish(devices, FLEET_READINGS, &format!("{devices} devices")).await;
         (first, steady)
     };
     let few = phase(100).await.1;

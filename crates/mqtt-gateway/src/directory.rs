@@ -114,14 +114,20 @@ impl Pending {
             presence: String::new(),
         }
     }
+}
 
-    /// The same device and time, no sensors.
-    fn clone_head(&self) -> Self {
-        Self {
-            seen: self.seen,
-            sensors: Vec::new(),
-            info: self.info.clone(),
-            retry: self.retry,
+/// Adds `p` to what `map` holds for `uuid`: the later time, both lists of
+/// new sensors, and a retry if either is one.
+fn merge(map: &mut HashMap<Uuid, Pending>, uuid: Uuid, mut p: Pending) {
+    match map.entry(uuid) {
+        std::collections::hash_map::Entry::Occupied(mut e) => {
+            let e = e.get_mut();
+            e.seen = e.seen.max(p.seen);
+            e.sensors.append(&mut p.sensors);
+            e.retry |= p.retry;
+        }
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(p);
         }
     }
 }
@@ -237,10 +243,8 @@ impl Directory {
         {
             let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
             let Activity { pending, held, .. } = &mut *a;
-            for (uuid, mut p) in held.drain() {
-                let entry = pending.entry(uuid).or_insert_with(|| p.clone_head());
-                entry.seen = entry.seen.max(p.seen);
-                entry.sensors.append(&mut p.sensors);
+            for (uuid, p) in held.drain() {
+                merge(pending, uuid, p);
             }
             for p in pending.values_mut() {
                 p.retry = true;
@@ -259,14 +263,8 @@ impl Directory {
             let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
             (std::mem::take(&mut a.pending), std::mem::take(&mut a.held))
         };
-        for (uuid, mut p) in window {
-            if let Some(before) = waiting.get_mut(&uuid) {
-                before.seen = before.seen.max(p.seen);
-                before.sensors.append(&mut p.sensors);
-                before.retry |= p.retry;
-            } else {
-                waiting.insert(uuid, p);
-            }
+        for (uuid, p) in window {
+            merge(&mut waiting, uuid, p);
         }
         let mut due = Vec::new();
         let mut held = HashMap::new();
@@ -303,15 +301,11 @@ impl Directory {
                 // whatever its hold (a chunk that went through may go
                 // again: last-seen only moves forward).
                 let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-                for p in due.into_iter().skip(sent) {
-                    a.held.remove(&p.info.uuid);
-                    let entry = a
-                        .pending
-                        .entry(p.info.uuid)
-                        .or_insert_with(|| p.clone_head());
-                    entry.seen = entry.seen.max(p.seen);
-                    entry.sensors.extend(p.sensors);
-                    entry.retry = true;
+                for mut p in due.into_iter().skip(sent) {
+                    let uuid = p.info.uuid;
+                    a.held.remove(&uuid);
+                    p.retry = true;
+                    merge(&mut a.pending, uuid, p);
                 }
                 tracing::debug!(sent, "activity flush interrupted");
                 return Err(e);
