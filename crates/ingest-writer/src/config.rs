@@ -42,6 +42,12 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// Raw and rollup retention, and how often it is applied.
     pub retention: RetentionConfig,
+    /// An hour's on-time readings reach the rollups this long after it
+    /// ends, aggregated from the raw rows; a reading of a sealed hour is
+    /// upserted with its batch (`seal`).
+    pub seal_grace_secs: u64,
+    /// How often a replica checks for an hour to seal.
+    pub seal_interval_secs: u64,
 }
 
 /// What API queries may take of the database.
@@ -112,6 +118,8 @@ impl Default for Config {
             grpc_tls: iot_proto::GrpcTls::default(),
             admin_addr: ([127, 0, 0, 1], 9102).into(),
             retention: RetentionConfig::default(),
+            seal_grace_secs: 300,
+            seal_interval_secs: 60,
         }
     }
 }
@@ -135,6 +143,12 @@ impl iot_runtime::Validate for Config {
         }
         if self.batch_max_wait_ms == 0 {
             p.push("batch_max_wait_ms must be positive".into());
+        }
+        if self.seal_grace_secs > 86_400 {
+            p.push("seal_grace_secs must be at most 86400".into());
+        }
+        if self.seal_interval_secs == 0 || self.seal_interval_secs > 3_600 {
+            p.push("seal_interval_secs must be in 1..=3600".into());
         }
         if !(1..=8).contains(&self.batch_writes_in_flight) {
             p.push("batch_writes_in_flight must be in 1..=8".into());

@@ -15,6 +15,7 @@ mod error;
 mod metrics;
 pub mod retention;
 pub mod rollup;
+pub mod seal;
 mod service;
 pub mod store;
 
@@ -37,9 +38,9 @@ pub type Running = iot_runtime::Running;
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, WriterError> {
     let mut skeleton = Skeleton::new(SERVICE, shutdown.clone())?;
-    // 19, its newest migration: the archive manifest.
+    // 23, its newest migration: the rollup watermark.
     let pool = skeleton
-        .database(&config.database_url, config.pool_size, 19)
+        .database(&config.database_url, config.pool_size, 23)
         .await?;
     let backend = {
         let client = pool.get().await?;
@@ -94,6 +95,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         backend,
         config.retention.clone(),
         archive_metrics,
+        shutdown.clone(),
+    ));
+    tokio::spawn(seal::run(
+        pool.clone(),
+        Duration::from_secs(config.seal_grace_secs),
+        Duration::from_secs(config.seal_interval_secs),
+        store.sealed().clone(),
         shutdown.clone(),
     ));
     if backend == iot_db::Backend::TimescaleDb {

@@ -110,6 +110,30 @@ fn plan_into(start: DateTime<Utc>, end: DateTime<Utc>, levels: &[Level], out: &m
     plan_into(b, end, finer, out);
 }
 
+/// [`plan`] for rollups complete only before `sealed` (`seal::Sealed`):
+/// from the hour that holds it on, raw rows. At most two raw segments, as
+/// in [`plan`].
+pub fn plan_sealed(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    levels: &[Level],
+    sealed: DateTime<Utc>,
+) -> Vec<Segment> {
+    let cut = floor(sealed, Level::Hour.secs()).clamp(start, end);
+    let mut out = plan(start, cut, levels);
+    if cut < end {
+        match out.last_mut() {
+            Some(last) if last.source == Source::Raw => last.end = end,
+            _ => out.push(Segment {
+                source: Source::Raw,
+                start: cut,
+                end,
+            }),
+        }
+    }
+    out
+}
+
 /// Count, sum, min and max of a set of readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Agg {
@@ -142,7 +166,7 @@ pub type Key = (Uuid, String, DateTime<Utc>);
 
 /// Rollup rows of a set of readings at each level, sorted by key (writers
 /// upsert in key order, so two of them never wait on each other in a cycle).
-pub fn rollups(rows: &[Row]) -> [(Level, BTreeMap<Key, Agg>); 3] {
+pub fn rollups<'a>(rows: impl IntoIterator<Item = &'a Row>) -> [(Level, BTreeMap<Key, Agg>); 3] {
     let mut hourly: BTreeMap<Key, Agg> = BTreeMap::new();
     for r in rows {
         let key = (

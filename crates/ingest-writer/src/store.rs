@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Transaction};
-use futures::future::{BoxFuture, FutureExt, try_join_all};
+use futures::future::try_join_all;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -14,12 +14,14 @@ use uuid::Uuid;
 
 use crate::error::WriterError;
 use crate::rollup::{self, Agg, Key, Level, Levels as _, Segment, Source, Width};
+use crate::seal::Sealed;
 
 const CREATE_STAGING: &str = include_str!("sql/create_staging.sql");
 const COPY_STAGING: &str = include_str!("sql/copy_staging.sql");
 const COPY_DIRECT: &str = include_str!("sql/copy_direct.sql");
 const INSERT_READINGS: &str = include_str!("sql/insert_readings.sql");
 const UPSERT_ROLLUP: &str = include_str!("sql/upsert_rollup.sql");
+const UPSERT_BELOW: &str = "SELECT iot_rollup_upsert_below()";
 const UPSERT_LATEST: &str = include_str!("sql/upsert_latest.sql");
 const COUNT_READINGS: &str = include_str!("sql/count_readings.sql");
 const QUERY_READINGS: &str = include_str!("sql/query_readings.sql");
@@ -73,6 +75,8 @@ pub struct Store {
     upsert_rollup: [String; 3],
     /// Each committed batch's inserted rows, for `WatchStored`.
     stored: tokio::sync::broadcast::Sender<Stored>,
+    /// Where queries stop reading rollups.
+    sealed: Sealed,
 }
 
 /// The rows one batch inserted, and when it committed.
@@ -87,9 +91,11 @@ pub struct Stored {
 const STORED_BACKLOG: usize = 1024;
 
 impl Store {
-    /// The writer keeps the rollup tables on both backends, in the same
-    /// transaction as the raw rows: a late reading counts at every width as
-    /// soon as it is stored (docs/design/late-readings.md).
+    /// The writer keeps the rollup tables on both backends: a late reading
+    /// is upserted in the same transaction as its raw row, the others when
+    /// their hour is sealed ([`crate::seal`]); either way a reading counts
+    /// at every width as soon as it is stored
+    /// (docs/design/late-readings.md, docs/design/sealed-rollups.md).
     pub fn new(pool: Pool) -> Self {
         Self::with_query_pool(pool.clone(), pool)
     }
@@ -102,6 +108,7 @@ impl Store {
             writer_id: Uuid::new_v4(),
             upsert_rollup: Level::ALL.map(|l| UPSERT_ROLLUP.replace("{table}", l.table())),
             stored: tokio::sync::broadcast::channel(STORED_BACKLOG).0,
+            sealed: Sealed::default(),
         }
     }
 
@@ -123,6 +130,11 @@ impl Store {
         &self.pool
     }
 
+    /// Where this process's queries stop reading rollups.
+    pub fn sealed(&self) -> &Sealed {
+        &self.sealed
+    }
+
     /// The API queries' pool (exports hold one of its connections).
     pub fn query_pool(&self) -> &Pool {
         &self.queries
@@ -137,7 +149,8 @@ impl Store {
     /// ON CONFLICT DO NOTHING`, so stored readings are ignored, not
     /// duplicated. Either way the rollups, the latest readings and the
     /// ingest counts are updated from the rows actually inserted, in the
-    /// same transaction.
+    /// same transaction (the rollups only for readings the last seal has
+    /// passed: [`crate::seal`]).
     pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, WriterError> {
         let mut client = self.pool.get().await?;
         match self.write_tx(&mut client, rows, false).await {
@@ -155,6 +168,10 @@ impl Store {
         dedup: bool,
     ) -> Result<u64, WriterError> {
         let tx = client.transaction().await?;
+        let upsert_below: DateTime<Utc> = {
+            let stmt = tx.prepare_cached(UPSERT_BELOW).await?;
+            tx.query_one(&stmt, &[]).await?.get(0)
+        };
         if dedup {
             tx.batch_execute(CREATE_STAGING).await?;
         }
@@ -185,7 +202,7 @@ impl Store {
             Cow::Borrowed(rows)
         };
         if !inserted.is_empty() {
-            self.derive(&tx, &inserted).await?;
+            self.derive(&tx, &inserted, upsert_below).await?;
         }
         tx.commit().await?;
         let n = inserted.len() as u64;
@@ -199,22 +216,43 @@ impl Store {
         Ok(n)
     }
 
-    /// Rollups, latest readings and ingest counts of the inserted rows; the
-    /// statements are pipelined on the connection.
-    async fn derive(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<(), WriterError> {
-        let rollups: Vec<(&str, RollupArrays)> = rollup::rollups(rows)
+    /// Rollups of the inserted rows older than `upsert_below`, latest
+    /// readings and ingest counts; the statements are pipelined on the
+    /// connection.
+    async fn derive(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &[Row],
+        upsert_below: DateTime<Utc>,
+    ) -> Result<(), WriterError> {
+        let late = rows.iter().filter(|r| r.time < upsert_below);
+        let rollups: Vec<(&str, RollupArrays)> = rollup::rollups(late)
             .iter()
+            .filter(|(_, aggs)| !aggs.is_empty())
             .map(|(level, aggs)| (self.upsert_sql(*level), RollupArrays::from(aggs)))
             .collect();
         let latest = LatestArrays::from(rollup::latest(rows).as_slice());
         let n = rows.len() as i64;
-        let mut work: Vec<BoxFuture<'_, Result<u64, tokio_postgres::Error>>> = Vec::new();
-        for (sql, arrays) in &rollups {
-            work.push(execute(tx, sql, arrays.params()).boxed());
+        let mut work: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = rollups
+            .iter()
+            .map(|(sql, arrays)| (*sql, arrays.params()))
+            .collect();
+        work.push((UPSERT_LATEST, latest.params()));
+        work.push((COUNT_READINGS, vec![&self.writer_id, &n]));
+        // Every statement is prepared before any runs, so they run in this
+        // order whichever of them the connection had prepared already: two
+        // batches then lock rollup and latest rows in the same order.
+        let mut stmts = Vec::with_capacity(work.len());
+        for (sql, _) in &work {
+            stmts.push(tx.prepare_cached(sql).await?);
         }
-        work.push(execute(tx, UPSERT_LATEST, latest.params()).boxed());
-        work.push(execute(tx, COUNT_READINGS, vec![&self.writer_id, &n]).boxed());
-        try_join_all(work).await?;
+        try_join_all(
+            stmts
+                .iter()
+                .zip(&work)
+                .map(|(stmt, (_, params))| tx.execute(stmt, params)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -265,14 +303,16 @@ impl Store {
         impl Stream<Item = Result<(DateTime<Utc>, Agg), WriterError>> + Send + 'static,
         WriterError,
     > {
-        let ranges = slots(&rollup::plan(start, end, &width.levels()), start);
+        let client = self.queries.get().await?;
+        let sealed = self.sealed.read(&client).await?;
+        let plan = rollup::plan_sealed(start, end, &width.levels(), sealed);
+        let ranges = slots(&plan, start);
         let width_secs = width.secs() as f64;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&device, &sensor, &width_secs];
         for (a, b) in &ranges {
             params.push(a);
             params.push(b);
         }
-        let client = self.queries.get().await?;
         let stmt = client.prepare_cached(QUERY_METRICS).await?;
         let rows = client.query_raw(&stmt, params).await?;
         Ok(rows.map(move |r| {
@@ -343,15 +383,6 @@ pub struct FleetStats {
     pub devices_reporting: i64,
     pub devices_seen: i64,
     pub series: i64,
-}
-
-async fn execute(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: Vec<&(dyn ToSql + Sync)>,
-) -> Result<u64, tokio_postgres::Error> {
-    let stmt = tx.prepare_cached(sql).await?;
-    tx.execute(&stmt, &params).await
 }
 
 /// The query's fixed slots, in `query_metrics.sql` order: 1w once, 1d
@@ -482,6 +513,25 @@ mod tests {
             assert_eq!(used.len(), plan.len(), "{levels:?}");
             let covered: i64 = used.iter().map(|(a, b)| (*b - *a).num_seconds()).sum();
             assert_eq!(covered, (e - s).num_seconds());
+            for sealed in [
+                s,
+                e,
+                t("2026-02-11T07:00:00Z"),
+                t("2026-03-20T05:00:00Z"),
+                t("2020-01-01T00:00:00Z"),
+            ] {
+                let plan = rollup::plan_sealed(s, e, levels, sealed);
+                let filled = slots(&plan, s);
+                let used: Vec<_> = filled.iter().filter(|(a, b)| a < b).collect();
+                assert_eq!(used.len(), plan.len(), "{levels:?} sealed {sealed}");
+                let covered: i64 = used.iter().map(|(a, b)| (*b - *a).num_seconds()).sum();
+                assert_eq!(covered, (e - s).num_seconds());
+                assert!(
+                    plan.iter()
+                        .all(|g| g.source == Source::Raw || g.end <= sealed),
+                    "{plan:?}"
+                );
+            }
         }
     }
 }

@@ -600,7 +600,8 @@ async fn retention_per_device_keeps_rollups_and_other_devices() {
             .unwrap();
         let total: u64 = m.iter().map(|m| m.count).sum();
         assert_eq!(total, 4, "{backend}: {m:?}");
-        // Hourly rollups are kept 30 days: the 45-day-old hour is gone.
+        // Hourly rollups are kept 30 days: the 45-day-old hour is gone (and
+        // this hour's reading reaches them only when the hour is sealed).
         let hourly: i64 = env
             .db
             .query_one(
@@ -610,7 +611,7 @@ async fn retention_per_device_keeps_rollups_and_other_devices() {
             .await
             .unwrap()
             .get(0);
-        assert_eq!(hourly, 3, "{backend}");
+        assert_eq!(hourly, 2, "{backend}");
     }
 }
 
@@ -752,6 +753,47 @@ fn naive(
         .collect()
 }
 
+/// QueryMetrics' answer for `[start, end)` at `name` (`width` seconds)
+/// equals the naive computation over `raw`.
+async fn answer_matches(
+    env: &Env,
+    device: Uuid,
+    raw: &[(DateTime<Utc>, Decimal)],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    name: &str,
+    width: i64,
+) {
+    let backend = env.backend;
+    let got = metrics(env, device, "s", start, end, name)
+        .await
+        .unwrap_or_else(|e| panic!("{name} {start} {end}: {e:?}"));
+    let want = naive(raw, start, end, width);
+    let f = |d: Decimal| d.to_f64().unwrap();
+    let got: Vec<_> = got
+        .iter()
+        .map(|m| {
+            (
+                iot_proto::from_timestamp(m.bucket.as_ref().unwrap()).unwrap(),
+                m.count,
+                Decimal::from_str(&m.sum).unwrap(),
+                m.min,
+                m.max,
+                m.avg,
+            )
+        })
+        .collect();
+    let want: Vec<_> = want
+        .iter()
+        .map(|(b, n, s, lo, hi)| {
+            let mean = (*s / Decimal::from(*n))
+                .round_dp_with_strategy(4, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            (*b, *n, *s, f(*lo), f(*hi), f(mean))
+        })
+        .collect();
+    assert_eq!(got, want, "{backend} {name} [{start}, {end})");
+}
+
 #[test]
 fn metrics_equal_a_naive_computation_over_the_raw_rows() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -815,39 +857,281 @@ fn metrics_equal_a_naive_computation_over_the_raw_rows() {
                         let (name, width) = widths[w];
                         let start = base + TimeDelta::seconds(from);
                         let end = start + TimeDelta::seconds(len.min(9_000 * width));
-                        let got = metrics(&env, device, "s", start, end, name)
-                            .await
-                            .unwrap_or_else(|e| panic!("{name} {start} {end}: {e:?}"));
-                        let want = naive(&raw, start, end, width);
-                        let f = |d: Decimal| d.to_f64().unwrap();
-                        let got: Vec<_> = got
-                            .iter()
-                            .map(|m| {
-                                (
-                                    iot_proto::from_timestamp(m.bucket.as_ref().unwrap()).unwrap(),
-                                    m.count,
-                                    Decimal::from_str(&m.sum).unwrap(),
-                                    m.min,
-                                    m.max,
-                                    m.avg,
-                                )
-                            })
-                            .collect();
-                        let want: Vec<_> = want
-                            .iter()
-                            .map(|(b, n, s, lo, hi)| {
-                                let mean = (*s / Decimal::from(*n)).round_dp_with_strategy(
-                                    4,
-                                    rust_decimal::RoundingStrategy::MidpointAwayFromZero,
-                                );
-                                (*b, *n, *s, f(*lo), f(*hi), f(mean))
-                            })
-                            .collect();
-                        assert_eq!(got, want, "{backend} {name} [{start}, {end})");
+                        answer_matches(&env, device, &raw, start, end, name, width).await;
                     }
                 });
                 Ok(())
             })
             .unwrap();
+    }
+}
+
+/// Seals every hour that ends by `until` (an hour boundary), as the
+/// writer's background seal does when `until` is a grace period ago.
+async fn seal_until(env: &Env, until: DateTime<Utc>) -> ingest_writer::seal::Report {
+    let ago = (Utc::now() - until - TimeDelta::seconds(1))
+        .to_std()
+        .unwrap();
+    ingest_writer::seal::seal(env.store.pool(), ago, env.store.sealed())
+        .await
+        .unwrap()
+        .expect("no other seal runs")
+}
+
+async fn watermark(env: &Env) -> (DateTime<Utc>, DateTime<Utc>) {
+    let r = env
+        .db
+        .query_one(
+            "SELECT sealed_until, upsert_below FROM rollup_watermark",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// The rollup rows of `device` at every level whose bucket ends by the
+/// watermark count exactly its raw rows; none exists past it.
+async fn rollups_exact(env: &Env, device: Uuid) {
+    let (sealed, _) = watermark(env).await;
+    let raw = raw_rows(env, device).await;
+    for (table, width) in [
+        ("sensor_readings_1h", 3_600i64),
+        ("sensor_readings_1d", 86_400),
+        ("sensor_readings_1w", 604_800),
+    ] {
+        let got: Vec<(DateTime<Utc>, u64, Decimal, Decimal, Decimal)> = env
+            .db
+            .query(
+                &format!(
+                    "SELECT bucket, readings, sum_value, min_value, max_value FROM {table}
+                     WHERE device_id = $1 AND bucket < $2 ORDER BY bucket"
+                ),
+                &[&device, &sealed],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1);
+                (r.get(0), n as u64, r.get(2), r.get(3), r.get(4))
+            })
+            .collect();
+        let want: Vec<_> = naive(&raw, t("2000-01-03T00:00:00Z"), sealed, width)
+            .into_iter()
+            .collect();
+        // A bucket the watermark cuts holds what is before it.
+        assert_eq!(got, want, "{} {table} below {sealed}", env.backend);
+        let after: i64 = env
+            .db
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE device_id = $1 AND bucket >= $2"),
+                &[&device, &sealed],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(after, 0, "{} {table} past {sealed}", env.backend);
+    }
+}
+
+/// A small deterministic generator (xorshift) for the sealing tests.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: i64) -> i64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as i64
+    }
+}
+
+#[tokio::test]
+async fn sealing_changes_no_answer_and_keeps_rollups_exact() {
+    let widths = [
+        ("5m", 300),
+        ("1h", 3_600),
+        ("2h", 7_200),
+        ("1d", 86_400),
+        ("3d", 259_200),
+        ("1w", 604_800),
+    ];
+    for backend in kit::backends().await {
+        let env = env(backend).await;
+        // A database with no readings yet: any watermark is consistent.
+        let base = t("2026-09-28T00:00:00Z");
+        env.db
+            .execute(
+                "UPDATE rollup_watermark SET sealed_until = $1, upsert_below = $1",
+                &[&base],
+            )
+            .await
+            .unwrap();
+        let mut rng = Rng(0x5ea1_5ea1);
+        let mut devices = Vec::new();
+        for round in 0..6i64 {
+            let device = Uuid::new_v4();
+            devices.push(device);
+            let w0 = base + TimeDelta::days(4 * round);
+            let hour = |h: i64| w0 + TimeDelta::hours(h);
+            let at = |rng: &mut Rng, from: DateTime<Utc>, span_ms: i64| Row {
+                time: from + TimeDelta::milliseconds(rng.below(span_ms)),
+                device_id: device,
+                sensor_name: "s".into(),
+                value: Decimal::new(rng.below(2_000_000) - 1_000_000, 3),
+                unit: None,
+                quality: None,
+            };
+            let four_days = 4 * 86_400_000;
+            let rows: Vec<Row> = (0..150).map(|_| at(&mut rng, w0, four_days)).collect();
+            let check = |rng: &mut Rng| {
+                let (from, len) = (rng.below(5 * 86_400) - 86_400, 1 + rng.below(6 * 86_400));
+                let (name, width) = widths[rng.below(widths.len() as i64) as usize];
+                (w0 + TimeDelta::seconds(from), len, name, width)
+            };
+            let answers = |rng: &mut Rng| {
+                let qs: Vec<_> = (0..4).map(|_| check(rng)).collect();
+                let env = &env;
+                async move {
+                    let raw = raw_rows(env, device).await;
+                    for (start, len, name, width) in qs {
+                        answer_matches(
+                            env,
+                            device,
+                            &raw,
+                            start,
+                            start + TimeDelta::seconds(len),
+                            name,
+                            width,
+                        )
+                        .await;
+                    }
+                    // The whole window at once, at every level.
+                    for (name, width) in widths {
+                        answer_matches(
+                            env,
+                            device,
+                            &raw,
+                            w0 - TimeDelta::days(7),
+                            w0 + TimeDelta::days(11),
+                            name,
+                            width,
+                        )
+                        .await;
+                    }
+                }
+            };
+            // Unsealed: nothing reaches the rollups, every answer is right.
+            env.store.write_batch(&rows[..75]).await.unwrap();
+            answers(&mut rng).await;
+            rollups_exact(&env, device).await;
+            let k1 = 1 + rng.below(48);
+            let r = seal_until(&env, hour(k1)).await;
+            assert_eq!((r.to, r.recovered), (hour(k1), false), "{backend}");
+            answers(&mut rng).await;
+            rollups_exact(&env, device).await;
+            // All of it again: the older part is upserted with its batch.
+            env.store.write_batch(&rows).await.unwrap();
+            answers(&mut rng).await;
+            rollups_exact(&env, device).await;
+            if round % 2 == 1 {
+                // A seal that died after moving upsert_below, and late
+                // readings upserted into its range since.
+                let k2 = k1 + 1 + rng.below(40);
+                env.db
+                    .execute(
+                        "UPDATE rollup_watermark SET upsert_below = $1",
+                        &[&hour(k2)],
+                    )
+                    .await
+                    .unwrap();
+                let span = (k2 - k1) * 3_600_000;
+                let late: Vec<Row> = (0..12).map(|_| at(&mut rng, hour(k1), span)).collect();
+                env.store.write_batch(&late).await.unwrap();
+                answers(&mut rng).await;
+            }
+            let r = seal_until(&env, hour(96)).await;
+            assert_eq!(r.to, hour(96), "{backend}");
+            assert_eq!(r.recovered, round % 2 == 1, "{backend}");
+            assert_eq!(watermark(&env).await, (hour(96), hour(96)));
+            answers(&mut rng).await;
+        }
+        for d in devices {
+            rollups_exact(&env, d).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_written_during_seals_count_once() {
+    for backend in kit::backends().await {
+        let env = std::sync::Arc::new(env(backend).await);
+        let now = Utc::now();
+        let base = now - TimeDelta::seconds(now.timestamp().rem_euclid(3_600)) - TimeDelta::days(3);
+        env.db
+            .execute(
+                "UPDATE rollup_watermark SET sealed_until = $1, upsert_below = $1",
+                &[&base],
+            )
+            .await
+            .unwrap();
+        let device = Uuid::new_v4();
+        // Two writers, each its own readings spread over three days, in
+        // batches that race a seal every few milliseconds.
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let env = env.clone();
+                tokio::spawn(async move {
+                    let mut rng = Rng(0x0dd5 + w);
+                    for batch in 0..60i64 {
+                        let rows: Vec<Row> = (0..100i64)
+                            .map(|i| Row {
+                                time: base
+                                    + TimeDelta::hours(rng.below(72))
+                                    + TimeDelta::milliseconds(
+                                        (w as i64 * 6_000 + batch * 100 + i) * 7,
+                                    ),
+                                device_id: device,
+                                sensor_name: "s".into(),
+                                value: Decimal::new(rng.below(100_000), 2),
+                                unit: None,
+                                quality: None,
+                            })
+                            .collect();
+                        env.store.write_batch(&rows).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut h = 0;
+        while writers.iter().any(|w| !w.is_finished()) && h < 72 {
+            h += 1;
+            seal_until(&env, base + TimeDelta::hours(h)).await;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert!(
+            h > 3,
+            "{backend}: seals ran while the batches were written ({h})"
+        );
+        let raw = raw_rows(&env, device).await;
+        assert_eq!(raw.len(), 12_000, "{backend}");
+        rollups_exact(&env, device).await;
+        seal_until(&env, base + TimeDelta::hours(72)).await;
+        rollups_exact(&env, device).await;
+        for (name, width) in [("1h", 3_600), ("1d", 86_400), ("1w", 604_800)] {
+            answer_matches(
+                &env,
+                device,
+                &raw,
+                base - TimeDelta::days(7),
+                now,
+                name,
+                width,
+            )
+            .await;
+        }
     }
 }

@@ -489,7 +489,8 @@ struct Outcome {
 }
 
 /// Readings stored for devices `{prefix}-*`, and what the hourly rollup
-/// counts for them (more there than raw rows: counted twice).
+/// counts for them below the seal watermark, with the raw rows after it
+/// (more than raw rows: counted twice).
 async fn stored(db: &tokio_postgres::Client, prefix: &str) -> (i64, i64) {
     let pattern = format!("{prefix}-%");
     let raw: i64 = db
@@ -503,8 +504,12 @@ async fn stored(db: &tokio_postgres::Client, prefix: &str) -> (i64, i64) {
         .unwrap_or(-1);
     let rollup: i64 = db
         .query_one(
-            "SELECT COALESCE(sum(h.readings), 0)::int8 FROM sensor_readings_1h h \
-             JOIN devices d ON d.id = h.device_id WHERE d.device_id LIKE $1",
+            "SELECT (SELECT COALESCE(sum(h.readings), 0) FROM sensor_readings_1h h \
+                     JOIN devices d ON d.id = h.device_id, rollup_watermark w \
+                     WHERE d.device_id LIKE $1 AND h.bucket < w.sealed_until)::int8 \
+                  + (SELECT count(*) FROM sensor_readings r \
+                     JOIN devices d ON d.id = r.device_id, rollup_watermark w \
+                     WHERE d.device_id LIKE $1 AND r.time >= w.sealed_until)",
             &[&pattern],
         )
         .await

@@ -229,6 +229,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0022_heartbeat_statement.sql"),
         timescaledb: include_str!("../../../migrations/0022_heartbeat_statement.sql"),
     },
+    Migration {
+        version: 23,
+        name: "rollup_watermark",
+        postgres: include_str!("../../../migrations/0023_rollup_watermark.sql"),
+        timescaledb: include_str!("../../../migrations/0023_rollup_watermark.sql"),
+    },
 ];
 
 /// What a migration run did.

@@ -82,6 +82,12 @@ pub const RELATIONS: &[Relation] = &[
     own("sensor_readings_1h", "ingest-writer"),
     own("sensor_readings_1d", "ingest-writer"),
     own("sensor_readings_1w", "ingest-writer"),
+    Relation {
+        name: "rollup_watermark",
+        owner: "ingest-writer",
+        // `iotctl export` stitches rollups and raw rows at the watermark.
+        readers: &["iotctl"],
+    },
     own("sensor_latest", "ingest-writer"),
     own("ingest_counts", "ingest-writer"),
     Relation {

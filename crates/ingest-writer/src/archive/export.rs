@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::format::{self, FileRows, Merge, RowWriter};
 use super::{ArchiveError, Chunk, LocalStore, Received, list};
+use crate::rollup::Level;
 use crate::store::Row;
 
 const READINGS: &str = include_str!("../sql/export_readings.sql");
@@ -303,14 +304,17 @@ pub async fn export_rollups(
     mut out: Box<dyn Write + Send>,
     progress: Arc<AtomicU64>,
 ) -> Result<u64, ArchiveError> {
-    let sql = match width {
-        Rollup::Hour => include_str!("../sql/export_rollup_1h.sql"),
-        Rollup::Day => include_str!("../sql/export_rollup_1d.sql"),
-        Rollup::Week => include_str!("../sql/export_rollup_1w.sql"),
+    let level = match width {
+        Rollup::Hour => Level::Hour,
+        Rollup::Day => Level::Day,
+        Rollup::Week => Level::Week,
     };
+    let sql = include_str!("../sql/export_rollup.sql")
+        .replace("{table}", level.table())
+        .replace("{width}", &format!("{} seconds", level.secs()));
     let rows = client
         .query_raw(
-            sql,
+            sql.as_str(),
             [
                 &req.device as &(dyn tokio_postgres::types::ToSql + Sync),
                 &req.sensor,
