@@ -62,8 +62,10 @@ impl Service {
             format!("{prefix}__ADMIN_ADDR"),
             format!("127.0.0.1:{admin_port}"),
         )
+        // Warnings stay in the run's output (the services log to stdout): a
+        // reconnect or a failed call under load explains a figure.
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
         for (k, v) in vars {
             cmd.env(format!("{prefix}__{k}"), v);
