@@ -17,11 +17,14 @@
 //! - `IOT_FAULTS_DYNSEC_PLUGIN`: Mosquitto's dynamic-security plugin;
 //! - `IOT_FAULTS_PG_RESTART`: a shell command that restarts PostgreSQL;
 //! - `IOT_FAULTS_CONFIG_DIR`: the shipped configs (`deploy/local`).
+//!
+//! `IOT_FAULTS_ONLY` runs only the faults whose label contains it (and
+//! writes no report).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::procs;
@@ -143,11 +146,12 @@ fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set")))
 }
 
-/// A TCP proxy to PostgreSQL whose forwarding can be held: a stalled
-/// network, with the connections left open.
+/// A TCP proxy whose forwarding can be held (a stalled network, with the
+/// connections left open) or cut (every connection through it closed).
 struct Proxy {
     port: u16,
     held: Arc<AtomicBool>,
+    cuts: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -155,7 +159,8 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let held = Arc::new(AtomicBool::new(false));
-        let h = held.clone();
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (h, c) = (held.clone(), cuts.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
@@ -164,32 +169,70 @@ impl Proxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, h.clone()));
-                tokio::spawn(pipe(sr, cw, h.clone()));
+                let link = Link {
+                    held: h.clone(),
+                    cuts: c.clone(),
+                    at: c.load(Ordering::SeqCst),
+                };
+                tokio::spawn(pipe(cr, sw, link.clone()));
+                tokio::spawn(pipe(sr, cw, link));
             }
         });
-        Self { port, held }
+        Self { port, held, cuts }
     }
 
     fn hold(&self, on: bool) {
         self.held.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes every connection open through the proxy now.
+    fn cut(&self) {
+        self.cuts.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// One connection's view of its proxy.
+#[derive(Clone)]
+struct Link {
+    held: Arc<AtomicBool>,
+    cuts: Arc<AtomicU64>,
+    /// The proxy's cut count when the connection was made.
+    at: u64,
+}
+
+impl Link {
+    fn cut(&self) -> bool {
+        self.cuts.load(Ordering::SeqCst) != self.at
     }
 }
 
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    held: Arc<AtomicBool>,
+    link: Link,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut buf = vec![0u8; 64 * 1024];
+    let cut = async || {
+        while !link.cut() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            // Both halves dropped: the connection closes, whatever was
+            // still in flight in it is gone.
+            () = cut() => return,
         };
-        while held.load(Ordering::SeqCst) {
+        while link.held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if link.cut() {
+            return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
@@ -209,6 +252,8 @@ struct Platform {
     alerts: Proc,
     gateway: Proc,
     proxy: Proxy,
+    /// Between mqtt-gateway and Mosquitto.
+    gateway_link: Proxy,
     mqtt_port: u16,
     kafka_port: u16,
     registry_port: u16,
@@ -321,6 +366,7 @@ impl Platform {
 
         let db = crate::fresh_db(ctx).await;
         let proxy = Proxy::start(5432).await;
+        let gateway_link = Proxy::start(mqtt_port).await;
         let writer_db = db.replace(":5432/", &format!(":{}/", proxy.port));
         let brokers = format!("127.0.0.1:{kafka_port}");
 
@@ -360,7 +406,7 @@ impl Platform {
             .env("MQTT_GATEWAY__HTTP_ADDR", "127.0.0.1:0")
             .env("MQTT_GATEWAY__REGISTRY_URL", &registry_url)
             .env("MQTT_GATEWAY__KAFKA__BROKERS", &brokers)
-            .env("MQTT_GATEWAY__MQTT__PORT", mqtt_port.to_string());
+            .env("MQTT_GATEWAY__MQTT__PORT", gateway_link.port.to_string());
         gateway.start();
         wait_port(gateway_grpc, "mqtt-gateway").await;
         Self {
@@ -373,6 +419,7 @@ impl Platform {
             alerts,
             gateway,
             proxy,
+            gateway_link,
             mqtt_port,
             kafka_port,
             registry_port,
@@ -398,10 +445,11 @@ enum Fault {
     RestartKafka,
     RestartMosquitto,
     StallDatabase,
+    CutGatewayLink,
 }
 
 impl Fault {
-    const ALL: [Fault; 8] = [
+    const ALL: [Fault; 9] = [
         Fault::KillWriter,
         Fault::KillGateway,
         Fault::KillRegistry,
@@ -410,6 +458,7 @@ impl Fault {
         Fault::RestartKafka,
         Fault::RestartMosquitto,
         Fault::StallDatabase,
+        Fault::CutGatewayLink,
     ];
 
     fn label(self) -> &'static str {
@@ -422,6 +471,7 @@ impl Fault {
             Fault::RestartKafka => "restart Kafka (durable storage)",
             Fault::RestartMosquitto => "restart Mosquitto (persistent)",
             Fault::StallDatabase => "writer's database link stalls",
+            Fault::CutGatewayLink => "gateway's broker connection breaks, 5 times",
         }
     }
 
@@ -475,6 +525,14 @@ impl Fault {
                 p.proxy.hold(true);
                 tokio::time::sleep(stall).await;
                 p.proxy.hold(false);
+            }
+            Fault::CutGatewayLink => {
+                // The gateway reconnects (its session resumes) while it
+                // still holds messages of the connection before.
+                for _ in 0..5 {
+                    p.gateway_link.cut();
+                    tokio::time::sleep(outage / 5).await;
+                }
             }
         }
     }
@@ -660,7 +718,11 @@ pub async fn run(ctx: &crate::Ctx, short: bool) -> bool {
     );
     let mut rows = Vec::new();
     let mut sound = true;
+    let only = std::env::var("IOT_FAULTS_ONLY").unwrap_or_default();
     for (n, fault) in Fault::ALL.into_iter().enumerate() {
+        if !fault.label().contains(only.as_str()) {
+            continue;
+        }
         if matches!(fault, Fault::RestartPostgres) && p.pg_restart.is_empty() {
             println!(
                 "{:<32} skipped: IOT_FAULTS_PG_RESTART not set",
@@ -693,7 +755,10 @@ pub async fn run(ctx: &crate::Ctx, short: bool) -> bool {
         );
         rows.push((fault.label(), Some((o, lost, duplicated, resumed))));
     }
-    write_report(rate, short, &rows);
+    // Some faults only: not a table for the report.
+    if only.is_empty() {
+        write_report(rate, short, &rows);
+    }
     drop(p);
     sound
 }

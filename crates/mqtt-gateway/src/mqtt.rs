@@ -13,6 +13,15 @@
 //!   task stops reading the socket until work drains, so memory stays
 //!   bounded whatever the broker does.
 //!
+//! A PUBACK names a packet id, and a packet id means a message only on the
+//! connection it came in on: a resumed session redelivers the unacknowledged
+//! messages under their ids, the broker reuses an id once acknowledged, and
+//! an ack left over from the connection before would acknowledge whatever
+//! message holds that id now, before the gateway has it (lost if the gateway
+//! then drops it). So every message carries the connection it came in on
+//! ([`Epoch`]), and a message from an earlier connection is never
+//! acknowledged: the broker redelivers it, and the writer ignores the copy.
+//!
 //! rumqttc's `EventLoop::poll` is not cancel-safe: dropped while it writes,
 //! the packets it took from the request queue are lost (for the gateway,
 //! PUBACKs: each one lost shrinks the broker's window of unacknowledged
@@ -21,7 +30,7 @@
 //! selects over that task's events instead.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use iot_runtime::CancellationToken;
@@ -39,18 +48,35 @@ use crate::pipeline::Pipeline;
 /// Outgoing publishes the client keeps slots for: the gateway sends none.
 const OUTGOING_PUBLISH_SLOTS: u16 = 16;
 
+/// The connection a message came in on, counted from the first: moved by
+/// [`drive`] at each connection error, under its lock, while rumqttc's
+/// queue of requests is cleared of acks; read under the same lock when an
+/// ack is queued. An ack is queued only on the connection it is for.
+#[derive(Clone, Default)]
+struct Epoch(Arc<Mutex<u64>>);
+
+impl Epoch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A message and the connection it came in on.
+type Received = (Publish, u64);
+
 /// The subscriber's state between events.
 struct Flow {
     client: AsyncClient,
+    epoch: Epoch,
     pipeline: Arc<Pipeline>,
     work: CancellationToken,
     handlers: JoinSet<()>,
-    done_tx: mpsc::UnboundedSender<Publish>,
+    done_tx: mpsc::UnboundedSender<Received>,
     /// Received, not yet being processed.
-    waiting: VecDeque<Publish>,
+    waiting: VecDeque<Received>,
     /// Processed (Kafka holds them) or another replica's, PUBACK not yet
     /// queued to the client; `true` for processed ones.
-    to_ack: VecDeque<(Publish, bool)>,
+    to_ack: VecDeque<(Received, bool)>,
     in_flight: usize,
     max_in_flight: usize,
     /// Which messages this replica handles (the rest it only acknowledges).
@@ -93,14 +119,14 @@ impl Flow {
     /// PUBACK the client will take now.
     fn advance(&mut self) {
         while self.in_flight < self.max_in_flight {
-            let Some(publish) = self.waiting.pop_front() else {
+            let Some((publish, epoch)) = self.waiting.pop_front() else {
                 break;
             };
             if !self.shard.owns(&publish.topic) {
                 // Another replica's device: its own session holds the
                 // message for it.
                 self.pipeline.metrics.mqtt_others.inc();
-                self.to_ack.push_back((publish, false));
+                self.to_ack.push_back(((publish, epoch), false));
                 continue;
             }
             self.in_flight += 1;
@@ -116,27 +142,30 @@ impl Flow {
             // paths are boxed now, and it is some 750 bytes).
             self.handlers.spawn(Box::pin(async move {
                 if handle(&pipeline, &publish, &work).await {
-                    let _ = done.send(publish);
+                    let _ = done.send((publish, epoch));
                 }
             }));
         }
-        while let Some((publish, processed)) = self.to_ack.front() {
-            if self.client.try_ack(publish).is_err() {
+        let current = self.epoch.lock();
+        while let Some(((publish, epoch), processed)) = self.to_ack.front() {
+            // From a connection before this one: the broker redelivers it.
+            if *epoch == *current && self.client.try_ack(publish).is_err() {
                 // The request queue is full; the event loop drains it.
                 break;
             }
-            if *processed {
+            if *processed && *epoch == *current {
                 self.pipeline.metrics.mqtt_acks.inc();
             }
             self.to_ack.pop_front();
         }
+        drop(current);
         while self.handlers.try_join_next().is_some() {}
     }
 
-    fn finished(&mut self, publish: Publish) {
+    fn finished(&mut self, done: Received) {
         self.in_flight -= 1;
         self.pipeline.metrics.in_flight.dec();
-        self.to_ack.push_back((publish, true));
+        self.to_ack.push_back((done, true));
     }
 }
 
@@ -176,7 +205,8 @@ pub async fn run_subscriber(
         .map_err(|e| iot_runtime::ServiceError::Failed(Box::new(link.error(&e))))?;
     let (client, eventloop) = AsyncClient::new(opts, 2 * max_in_flight + 64);
     let (events_tx, mut events) = mpsc::channel(EVENTS_BUFFERED);
-    let driver = tokio::spawn(drive(eventloop, events_tx));
+    let epoch = Epoch::default();
+    let driver = tokio::spawn(drive(eventloop, events_tx, epoch.clone()));
     // `#`, not `+/+`: a topic of the wrong shape under a prefix must reach
     // the gateway to be dead-lettered, not be ignored by the broker.
     let prefixes = [
@@ -212,6 +242,7 @@ pub async fn run_subscriber(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut flow = Flow {
         client: client.clone(),
+        epoch,
         pipeline,
         work: CancellationToken::new(),
         handlers: JoinSet::new(),
@@ -236,7 +267,7 @@ pub async fn run_subscriber(
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(publish) = done_rx.recv() => flow.finished(publish),
-            Some(ev) = events.recv(), if can_read => match ev {
+            Some((ev, epoch)) = events.recv(), if can_read => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(session_present = ack.session_present, ?filters, "connected to MQTT broker");
                     let subs = filters.iter().map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
@@ -251,7 +282,7 @@ pub async fn run_subscriber(
                         broker_check.sample(&publish.payload);
                     } else {
                         broker_check.delivered(publish.dup);
-                        flow.waiting.push_back(publish);
+                        flow.waiting.push_back((publish, epoch));
                     }
                 }
                 Ok(_) => {}
@@ -273,7 +304,7 @@ pub async fn run_subscriber(
     // Let the event loop flush the DISCONNECT and pending acks: it ends at
     // its first error once the connection is closed.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = events.recv().await {}
+        while let Some((Ok(_), _)) = events.recv().await {}
     })
     .await;
     driver.abort();
@@ -284,13 +315,28 @@ pub async fn run_subscriber(
 const EVENTS_BUFFERED: usize = 64;
 
 /// Polls the event loop until the flow is gone, never dropping a `poll`
-/// half done; passes every event on (after an error, the next poll
-/// reconnects: one second later).
-async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<Result<Event, ConnectionError>>) {
+/// half done; passes every event on with the connection it came in on
+/// (after an error, the next poll reconnects: one second later).
+async fn drive(
+    mut eventloop: EventLoop,
+    events: mpsc::Sender<(Result<Event, ConnectionError>, u64)>,
+    epoch: Epoch,
+) {
     loop {
         let ev = eventloop.poll().await;
         let failed = ev.is_err();
-        if events.send(ev).await.is_err() {
+        let on = if failed {
+            // rumqttc dropped the queued acks when the connection failed;
+            // it drops those queued since now, and the flow queues none for
+            // this connection's messages from here on.
+            let mut e = epoch.lock();
+            eventloop.clean();
+            *e += 1;
+            *e
+        } else {
+            *epoch.lock()
+        };
+        if events.send((ev, on)).await.is_err() {
             return;
         }
         if failed {
@@ -303,8 +349,8 @@ async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<Result<Event, Conn
 /// keeps sending acks; messages not started are left to the broker.
 async fn drain(
     mut flow: Flow,
-    events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
-    done_rx: &mut mpsc::UnboundedReceiver<Publish>,
+    events: &mut mpsc::Receiver<(Result<Event, ConnectionError>, u64)>,
+    done_rx: &mut mpsc::UnboundedReceiver<Received>,
     timeout: Duration,
 ) {
     flow.waiting.clear();
@@ -329,8 +375,8 @@ async fn drain(
             ev = events.recv() => match ev {
                 // A publish arriving now is not ours to process any more:
                 // unacknowledged, the broker redelivers it.
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+                Some((Ok(_), _)) => {}
+                Some((Err(_), _)) | None => break,
             },
         }
     }
