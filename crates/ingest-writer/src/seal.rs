@@ -30,6 +30,7 @@ const STEP: TimeDelta = TimeDelta::days(1);
 const AGGREGATE: &str = include_str!("sql/seal_aggregate.sql");
 const MERGE: &str = include_str!("sql/seal_merge.sql");
 const RECOMPUTE: &str = include_str!("sql/seal_recompute.sql");
+const RECOMPUTE_LEVEL: &str = include_str!("sql/seal_recompute_level.sql");
 const SEAL_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS iot_seal (
     device_id UUID, sensor_name VARCHAR(100), bucket TIMESTAMPTZ,
     readings INT8, sum_value NUMERIC, min_value NUMERIC, max_value NUMERIC)";
@@ -197,18 +198,31 @@ async fn recompute(
         .await?;
     c.batch_execute("BEGIN").await?;
     let params: [&(dyn ToSql + Sync); 2] = [&from, &upsert_below];
-    let code: Vec<&str> = RECOMPUTE
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect();
-    for sql in code
-        .join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        c.execute(sql, &params).await?;
+    let levels = [(Level::Day, Level::Hour), (Level::Week, Level::Day)].map(|(l, finer)| {
+        RECOMPUTE_LEVEL
+            .replace("{table}", l.table())
+            .replace("{finer}", finer.table())
+            .replace("{width}", &format!("{} seconds", l.secs()))
+    });
+    for script in std::iter::once(RECOMPUTE).chain(levels.iter().map(String::as_str)) {
+        let code: Vec<&str> = script
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        for sql in code
+            .join("\n")
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            c.execute(sql, &params).await?;
+        }
     }
+    c.execute(
+        "UPDATE rollup_watermark SET sealed_until = $2 WHERE sealed_until = $1",
+        &params,
+    )
+    .await?;
     c.batch_execute("COMMIT").await?;
     c.execute("SELECT pg_advisory_unlock($1)", &[&WRITE_LOCK])
         .await?;
