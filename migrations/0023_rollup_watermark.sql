@@ -37,3 +37,30 @@ BEGIN
     RETURN (SELECT upsert_below FROM rollup_watermark);
 END
 $$;
+
+-- The rollups as queries see them, for readers of the database itself
+-- (dashboards): sealed rollup rows, and past the watermark the raw rows'
+-- hours (a day in progress from its sealed hours and the raw rows after).
+CREATE VIEW sensor_readings_1h_live AS
+SELECT r.device_id, r.sensor_name, r.bucket, r.readings, r.sum_value, r.min_value, r.max_value
+FROM sensor_readings_1h r, rollup_watermark w
+WHERE r.bucket < w.sealed_until
+UNION ALL
+SELECT x.device_id, x.sensor_name,
+       date_bin(INTERVAL '1 hour', x.time, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
+       count(*), sum(x.value), min(x.value), max(x.value)
+FROM sensor_readings x, rollup_watermark w
+WHERE x.time >= w.sealed_until
+GROUP BY 1, 2, 3;
+
+CREATE VIEW sensor_readings_1d_live AS
+SELECT d.device_id, d.sensor_name, d.bucket, d.readings, d.sum_value, d.min_value, d.max_value
+FROM sensor_readings_1d d, rollup_watermark w
+WHERE d.bucket + INTERVAL '1 day' <= w.sealed_until
+UNION ALL
+SELECT h.device_id, h.sensor_name,
+       date_bin(INTERVAL '1 day', h.bucket, TIMESTAMPTZ '2000-01-03 00:00:00+00'),
+       sum(h.readings)::int8, sum(h.sum_value), min(h.min_value), max(h.max_value)
+FROM sensor_readings_1h_live h, rollup_watermark w
+WHERE h.bucket >= date_bin(INTERVAL '1 day', w.sealed_until, TIMESTAMPTZ '2000-01-03 00:00:00+00')
+GROUP BY 1, 2, 3;

@@ -949,6 +949,36 @@ async fn rollups_exact(env: &Env, device: Uuid) {
             .get(0);
         assert_eq!(after, 0, "{} {table} past {sealed}", env.backend);
     }
+    // The views dashboards read: every reading, sealed or not.
+    for (view, width) in [
+        ("sensor_readings_1h_live", 3_600i64),
+        ("sensor_readings_1d_live", 86_400),
+    ] {
+        let got: Vec<(DateTime<Utc>, u64, Decimal, Decimal, Decimal)> = env
+            .db
+            .query(
+                &format!(
+                    "SELECT bucket, readings, sum_value, min_value, max_value FROM {view}
+                     WHERE device_id = $1 ORDER BY bucket"
+                ),
+                &[&device],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1);
+                (r.get(0), n as u64, r.get(2), r.get(3), r.get(4))
+            })
+            .collect();
+        let want = naive(
+            &raw,
+            t("2000-01-03T00:00:00Z"),
+            t("2100-01-01T00:00:00Z"),
+            width,
+        );
+        assert_eq!(got, want, "{} {view}", env.backend);
+    }
 }
 
 /// A small deterministic generator (xorshift) for the sealing tests.

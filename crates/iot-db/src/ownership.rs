@@ -82,6 +82,8 @@ pub const RELATIONS: &[Relation] = &[
     own("sensor_readings_1h", "ingest-writer"),
     own("sensor_readings_1d", "ingest-writer"),
     own("sensor_readings_1w", "ingest-writer"),
+    own("sensor_readings_1h_live", "ingest-writer"),
+    own("sensor_readings_1d_live", "ingest-writer"),
     Relation {
         name: "rollup_watermark",
         owner: "ingest-writer",
