@@ -41,6 +41,13 @@ impl Level {
             Self::Week => "sensor_readings_1w",
         }
     }
+
+    /// `sql` for this level: `{table}` its table, `{width}` its bucket as
+    /// an interval (`INTERVAL '{width}'`).
+    pub fn fill(self, sql: &str) -> String {
+        sql.replace("{table}", self.table())
+            .replace("{width}", &format!("{} seconds", self.secs()))
+    }
 }
 
 pub use iot_domain::bucket::{Width, ceil, floor};

@@ -123,6 +123,7 @@ pub async fn seal(
             hours: 0,
             recovered: false,
         });
+        r.to = from;
         if upsert_below > from {
             recompute(&c, from, upsert_below).await?;
             r.recovered = true;
@@ -132,12 +133,6 @@ pub async fn seal(
         } else {
             break;
         }
-        let to: DateTime<Utc> = c
-            .query_one("SELECT sealed_until FROM rollup_watermark", &[])
-            .await?
-            .get(0);
-        r.to = to;
-        sealed.advance(to);
     }
     // Now rather than when the server notices the closed connection: the
     // next seal may come at once.
@@ -172,10 +167,7 @@ async fn step(
     // upsert late readings (`rollup::rollups`), so neither waits on the
     // other in a cycle.
     for level in [Level::Hour, Level::Day, Level::Week] {
-        let sql = MERGE
-            .replace("{table}", level.table())
-            .replace("{width}", &format!("{} seconds", level.secs()));
-        c.execute(&sql, &[]).await?;
+        c.execute(&level.fill(MERGE), &[]).await?;
     }
     c.execute(
         "UPDATE rollup_watermark SET sealed_until = $2 WHERE sealed_until = $1",
@@ -198,12 +190,8 @@ async fn recompute(
         .await?;
     c.batch_execute("BEGIN").await?;
     let params: [&(dyn ToSql + Sync); 2] = [&from, &upsert_below];
-    let levels = [(Level::Day, Level::Hour), (Level::Week, Level::Day)].map(|(l, finer)| {
-        RECOMPUTE_LEVEL
-            .replace("{table}", l.table())
-            .replace("{finer}", finer.table())
-            .replace("{width}", &format!("{} seconds", l.secs()))
-    });
+    let levels = [(Level::Day, Level::Hour), (Level::Week, Level::Day)]
+        .map(|(l, finer)| l.fill(RECOMPUTE_LEVEL).replace("{finer}", finer.table()));
     for script in std::iter::once(RECOMPUTE).chain(levels.iter().map(String::as_str)) {
         let code: Vec<&str> = script
             .lines()

@@ -106,7 +106,7 @@ impl Store {
             pool,
             queries,
             writer_id: Uuid::new_v4(),
-            upsert_rollup: Level::ALL.map(|l| UPSERT_ROLLUP.replace("{table}", l.table())),
+            upsert_rollup: Level::ALL.map(|l| l.fill(UPSERT_ROLLUP)),
             stored: tokio::sync::broadcast::channel(STORED_BACKLOG).0,
             sealed: Sealed::default(),
         }

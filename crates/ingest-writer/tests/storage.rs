@@ -906,38 +906,50 @@ async fn watermark(env: &Env) -> (DateTime<Utc>, DateTime<Utc>) {
     (r.get(0), r.get(1))
 }
 
+/// `device`'s rows of a rollup table or view with buckets before `before`,
+/// oldest first, as [`naive`] gives them.
+async fn bucket_rows(
+    env: &Env,
+    relation: &str,
+    device: Uuid,
+    before: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, u64, Decimal, Decimal, Decimal)> {
+    env.db
+        .query(
+            &format!(
+                "SELECT bucket, readings, sum_value, min_value, max_value FROM {relation}
+                 WHERE device_id = $1 AND bucket < $2 ORDER BY bucket"
+            ),
+            &[&device, &before],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let n: i64 = r.get(1);
+            (r.get(0), n as u64, r.get(2), r.get(3), r.get(4))
+        })
+        .collect()
+}
+
 /// The rollup rows of `device` at every level whose bucket ends by the
 /// watermark count exactly its raw rows; none exists past it.
 async fn rollups_exact(env: &Env, device: Uuid) {
     let (sealed, _) = watermark(env).await;
     let raw = raw_rows(env, device).await;
+    let (origin, never) = (t("2000-01-03T00:00:00Z"), t("2100-01-01T00:00:00Z"));
     for (table, width) in [
         ("sensor_readings_1h", 3_600i64),
         ("sensor_readings_1d", 86_400),
         ("sensor_readings_1w", 604_800),
     ] {
-        let got: Vec<(DateTime<Utc>, u64, Decimal, Decimal, Decimal)> = env
-            .db
-            .query(
-                &format!(
-                    "SELECT bucket, readings, sum_value, min_value, max_value FROM {table}
-                     WHERE device_id = $1 AND bucket < $2 ORDER BY bucket"
-                ),
-                &[&device, &sealed],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let n: i64 = r.get(1);
-                (r.get(0), n as u64, r.get(2), r.get(3), r.get(4))
-            })
-            .collect();
-        let want: Vec<_> = naive(&raw, t("2000-01-03T00:00:00Z"), sealed, width)
-            .into_iter()
-            .collect();
         // A bucket the watermark cuts holds what is before it.
-        assert_eq!(got, want, "{} {table} below {sealed}", env.backend);
+        assert_eq!(
+            bucket_rows(env, table, device, sealed).await,
+            naive(&raw, origin, sealed, width),
+            "{} {table} below {sealed}",
+            env.backend
+        );
         let after: i64 = env
             .db
             .query_one(
@@ -954,30 +966,12 @@ async fn rollups_exact(env: &Env, device: Uuid) {
         ("sensor_readings_1h_live", 3_600i64),
         ("sensor_readings_1d_live", 86_400),
     ] {
-        let got: Vec<(DateTime<Utc>, u64, Decimal, Decimal, Decimal)> = env
-            .db
-            .query(
-                &format!(
-                    "SELECT bucket, readings, sum_value, min_value, max_value FROM {view}
-                     WHERE device_id = $1 ORDER BY bucket"
-                ),
-                &[&device],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let n: i64 = r.get(1);
-                (r.get(0), n as u64, r.get(2), r.get(3), r.get(4))
-            })
-            .collect();
-        let want = naive(
-            &raw,
-            t("2000-01-03T00:00:00Z"),
-            t("2100-01-01T00:00:00Z"),
-            width,
+        assert_eq!(
+            bucket_rows(env, view, device, never).await,
+            naive(&raw, origin, never, width),
+            "{} {view}",
+            env.backend
         );
-        assert_eq!(got, want, "{} {view}", env.backend);
     }
 }
 

@@ -309,9 +309,7 @@ pub async fn export_rollups(
         Rollup::Day => Level::Day,
         Rollup::Week => Level::Week,
     };
-    let sql = include_str!("../sql/export_rollup.sql")
-        .replace("{table}", level.table())
-        .replace("{width}", &format!("{} seconds", level.secs()));
+    let sql = level.fill(include_str!("../sql/export_rollup.sql"));
     let rows = client
         .query_raw(
             sql.as_str(),
