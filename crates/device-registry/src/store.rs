@@ -429,7 +429,8 @@ fn sensor(r: &Row) -> v1::Sensor {
 
 /// Device counts by status within `owner`. Active devices count as
 /// offline by the platform's one definition
-/// (`iot_domain::presence::OfflinePolicy`, kept in `devices.online_until`),
+/// (`iot_domain::presence::OfflinePolicy`, kept in
+/// `device_heartbeats.online_until`),
 /// or, when `offline_after_secs` is given, when silent that long.
 ///
 /// The status counts come from `device_status_counts` and the online
@@ -447,10 +448,10 @@ pub async fn status_summary(
                     COALESCE(sum(n) FILTER (WHERE status = 'error'), 0)::int8
              FROM device_status_counts";
     const ACTIVE_ONLINE: &str =
-        "SELECT count(*) FROM devices d WHERE d.status = 'active' AND d.online_until > now()";
+        "SELECT count(*) FROM device_heartbeats d WHERE d.active AND d.online_until > now()";
     let silent = |secs: &str| {
         format!(
-            "SELECT count(*) FROM devices d WHERE d.status = 'active'
+            "SELECT count(*) FROM device_heartbeats d WHERE d.active
                 AND (d.last_heartbeat IS NULL
                      OR d.last_heartbeat < now() - {secs}::float8 * INTERVAL '1 second')"
         )
@@ -613,18 +614,20 @@ pub async fn record_activity(
     // The state before is read from the statement's snapshot: the update
     // takes no row locks beyond its own, as before presence. It sets
     // `online_until` itself, with the function the row trigger would call
-    // (which then does not run: 0022).
+    // (which then does not run: 0022, 0024). It writes only the narrow
+    // `device_heartbeats` rows, never `devices`.
     const HEARD: &str =
         "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
              before AS (
-                SELECT d.id, d.device_id, d.online_until <= now() AS was_offline, c.read_interval
-                FROM devices d JOIN a ON a.id = d.id
-                LEFT JOIN device_config c ON c.device_id = d.id)
-             UPDATE devices d SET last_heartbeat = a.seen,
-                 online_until = device_online_until(a.seen, d.disconnected_at, before.read_interval)
-             FROM a, before WHERE d.id = a.id AND before.id = d.id
-                 AND (d.last_heartbeat IS NULL OR d.last_heartbeat < a.seen)
-             RETURNING d.id, d.device_id, before.was_offline";
+                SELECT h.device_id AS id, h.online_until <= now() AS was_offline, c.read_interval
+                FROM device_heartbeats h JOIN a ON a.id = h.device_id
+                LEFT JOIN device_config c ON c.device_id = h.device_id)
+             UPDATE device_heartbeats h SET last_heartbeat = a.seen,
+                 online_until = device_online_until(a.seen, h.disconnected_at, before.read_interval)
+             FROM a, before WHERE h.device_id = a.id AND before.id = h.device_id
+                 AND (h.last_heartbeat IS NULL OR h.last_heartbeat < a.seen)
+             RETURNING h.device_id, before.was_offline";
+    const NAMES: &str = "SELECT id, device_id FROM devices WHERE id = ANY($1::uuid[])";
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let (ids, times): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) =
@@ -632,29 +635,37 @@ pub async fn record_activity(
     let stmt = tx.prepare_cached(HEARD).await?;
     // Devices back from offline (all of a fleet heard from for the first
     // time): their changes go in one statement.
-    let back: Vec<(Uuid, String)> = tx
+    let back: Vec<Uuid> = tx
         .query(&stmt, &[&ids, &times])
         .await?
         .iter()
-        .filter(|r| r.get::<_, bool>(2))
-        .map(|r| (r.get(0), r.get(1)))
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
         .collect();
     if !back.is_empty() {
+        let names = tx.prepare_cached(NAMES).await?;
+        let back: Vec<(Uuid, String)> = tx
+            .query(&names, &[&back])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         record_changes(&tx, &back, "presence").await?;
     }
     for (device, event, at) in presence {
         let sql = match event {
             PresenceEvent::Connected => {
-                "UPDATE devices SET last_heartbeat = GREATEST(last_heartbeat, $2), disconnected_at = NULL
-                 WHERE id = $1 RETURNING device_id"
+                "UPDATE device_heartbeats h SET last_heartbeat = GREATEST(h.last_heartbeat, $2),
+                     disconnected_at = NULL
+                 FROM devices d WHERE h.device_id = $1 AND d.id = h.device_id RETURNING d.device_id"
             }
             // A disconnect older than the last word from the device is
             // history, not its state.
             PresenceEvent::Disconnected | PresenceEvent::Lost => {
-                "UPDATE devices SET disconnected_at = CASE
-                    WHEN last_heartbeat IS NULL OR last_heartbeat <= $2 THEN $2
-                    ELSE disconnected_at END
-                 WHERE id = $1 RETURNING device_id"
+                "UPDATE device_heartbeats h SET disconnected_at = CASE
+                    WHEN h.last_heartbeat IS NULL OR h.last_heartbeat <= $2 THEN $2
+                    ELSE h.disconnected_at END
+                 FROM devices d WHERE h.device_id = $1 AND d.id = h.device_id RETURNING d.device_id"
             }
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [device, at];

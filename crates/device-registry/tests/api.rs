@@ -973,7 +973,7 @@ async fn devices_are_created_while_the_admin_session_is_dropped() {
     kit::dynsec(cleanup).await;
 }
 
-/// `device_online_until()`, which keeps `devices.online_until` for the
+/// `device_online_until()`, which keeps `device_heartbeats.online_until` for the
 /// counts the database makes, is the platform's one definition of offline
 /// (`iot_domain::presence::PLATFORM`) in SQL: both name the same moment.
 #[tokio::test]
@@ -1021,4 +1021,114 @@ async fn the_database_and_the_platform_agree_on_when_a_device_is_offline() {
         };
         assert_eq!(sql, expected, "{seen:?}");
     }
+}
+
+/// Heartbeats live in `device_heartbeats`, beside `devices` (migration
+/// 0024): every device has its row from its creation on, the row's owner
+/// and status follow the device's however it changes, and the status
+/// summary's online counts read it.
+#[tokio::test]
+async fn heartbeats_follow_their_devices_owner_and_status() {
+    let r = Registry::start().await;
+    let TwoOwners {
+        bob,
+        mut a,
+        mut b,
+        mut admin,
+        ad,
+        bd,
+        ..
+    } = TwoOwners::create(&r).await;
+    let many = a
+        .create_devices(v1::CreateDevicesRequest {
+            devices: (0..3)
+                .map(|_| device(&format!("alice-{}", kit::unique())))
+                .collect(),
+            issue_credentials: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        many.results.iter().all(|r| r.error_code.is_empty()),
+        "{many:?}"
+    );
+    let db = kit::connect(&r.db).await;
+    // Rows of `devices` without theirs, or theirs not as the device is.
+    let astray = async || -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM devices d FULL JOIN device_heartbeats h ON h.device_id = d.id
+             WHERE d.id IS NULL OR h.device_id IS NULL
+                OR h.owner_id <> d.owner_id OR h.active <> (d.status = 'active')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    let offline = |c: &mut RegistryClient| {
+        let mut c = c.clone();
+        async move {
+            let s = c
+                .device_status_summary(v1::DeviceStatusSummaryRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            (s.active, s.offline)
+        }
+    };
+    assert_eq!(astray().await, 0);
+    assert_eq!(offline(&mut a).await, (4, 4));
+    // Microseconds: what the database keeps of a time.
+    let now = chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros());
+    let now = iot_proto::timestamp(now.unwrap());
+    admin
+        .record_activity(v1::RecordActivityRequest {
+            devices: [&ad, &bd]
+                .iter()
+                .map(|d| v1::DeviceActivity {
+                    device_uuid: d.id.clone(),
+                    last_seen: Some(now),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(offline(&mut a).await, (4, 3));
+    assert_eq!(offline(&mut b).await, (1, 0));
+    let heard = a
+        .get_device(GetDeviceRequest { id: ad.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(heard.last_heartbeat, Some(now));
+    // No call moves a device to another owner; the database's triggers
+    // follow any writer of `devices`.
+    db.execute(
+        "UPDATE devices SET owner_id = $1 WHERE id = $2",
+        &[&bob, &Uuid::parse_str(&ad.id).unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(offline(&mut a).await, (3, 3));
+    assert_eq!(offline(&mut b).await, (2, 0));
+    admin
+        .update_device(v1::UpdateDeviceRequest {
+            id: bd.id.clone(),
+            status: Some("inactive".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(offline(&mut b).await, (1, 0));
+    assert_eq!(astray().await, 0);
+    admin
+        .delete_device(GetDeviceRequest {
+            id: many.results[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(astray().await, 0);
+    assert_eq!(offline(&mut a).await, (2, 2));
 }

@@ -57,12 +57,18 @@ const TEMPERATURE_TREND: &str = "query TemperatureTrend($deviceId: ID!, $startTi
 async fn seed(url: &str) {
     let db = connect(url).await;
     db.execute(
-        "INSERT INTO devices (id, device_id, name, device_type, owner_id, last_heartbeat)
+        "INSERT INTO devices (id, device_id, name, device_type, owner_id)
          SELECT ('10750000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
-                'bench-' || i, 'Bench device ' || i, 'temperature_sensor', $1, now()
+                'bench-' || i, 'Bench device ' || i, 'temperature_sensor', $1
          FROM generate_series(0, $2::int - 1) i
          ON CONFLICT DO NOTHING",
         &[&OWNER, &(DEVICES as i32)],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "UPDATE device_heartbeats SET last_heartbeat = now() WHERE owner_id = $1",
+        &[&OWNER],
     )
     .await
     .unwrap();

@@ -231,7 +231,8 @@ pub async fn run(ctx: &Ctx) {
     // A reused registry holds the last run's active fleet, heard from
     // minutes ago: every device starts never heard from.
     db.execute(
-        "UPDATE devices SET last_heartbeat = NULL, disconnected_at = NULL
+        "UPDATE device_heartbeats SET last_heartbeat = NULL, disconnected_at = NULL,
+             online_until = '-infinity'
          WHERE last_heartbeat IS NOT NULL OR disconnected_at IS NOT NULL",
         &[],
     )
@@ -570,7 +571,8 @@ async fn active_fleet(
     // default): two windows and then some.
     let heard = async || {
         db.query_one(
-            "SELECT count(*) FROM devices WHERE device_id LIKE 'scale-%' AND last_heartbeat >= $1",
+            "SELECT count(*) FROM devices d JOIN device_heartbeats h ON h.device_id = d.id
+             WHERE d.device_id LIKE 'scale-%' AND h.last_heartbeat >= $1",
             &[&since],
         )
         .await

@@ -132,10 +132,16 @@ pub async fn run(ctx: &crate::Ctx) {
     let db = crate::connect(&url).await;
     let ids: Vec<Uuid> = (0..DEVICES).map(device).collect();
     db.execute(
-        "INSERT INTO devices (id, device_id, name, device_type, owner_id, last_heartbeat)
-         SELECT d, 'sub-' || d, 'Bench device', 'temperature_sensor', $1, now()
+        "INSERT INTO devices (id, device_id, name, device_type, owner_id)
+         SELECT d, 'sub-' || d, 'Bench device', 'temperature_sensor', $1
          FROM unnest($2::uuid[]) d",
         &[&OWNER, &ids],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "UPDATE device_heartbeats SET last_heartbeat = now() WHERE device_id = ANY($1)",
+        &[&ids],
     )
     .await
     .unwrap();

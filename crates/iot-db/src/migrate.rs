@@ -235,6 +235,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../../migrations/0023_rollup_watermark.sql"),
         timescaledb: include_str!("../../../migrations/0023_rollup_watermark.sql"),
     },
+    Migration {
+        version: 24,
+        name: "device_heartbeats",
+        postgres: include_str!("../../../migrations/0024_device_heartbeats.sql"),
+        timescaledb: include_str!("../../../migrations/0024_device_heartbeats.sql"),
+    },
 ];
 
 /// What a migration run did.

@@ -62,6 +62,7 @@ pub const RELATIONS: &[Relation] = &[
     own("device_state", "device-registry"),
     own("device_presence", "device-registry"),
     own("device_status_counts", "device-registry"),
+    own("device_heartbeats", "device-registry"),
     Relation {
         name: "device_retention",
         owner: "device-registry",

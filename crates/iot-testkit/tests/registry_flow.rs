@@ -247,9 +247,10 @@ async fn a_device_heard_again_and_again_is_recorded_once_a_hold_and_its_last_wor
     let db = kit::connect(&p.db).await;
     let agrees = async || -> bool {
         db.query_one(
-            "SELECT d.online_until = device_online_until(d.last_heartbeat, d.disconnected_at, c.read_interval)
-                    AND d.online_until > now()
-             FROM devices d LEFT JOIN device_config c ON c.device_id = d.id WHERE d.id = $1",
+            "SELECT h.online_until = device_online_until(h.last_heartbeat, h.disconnected_at, c.read_interval)
+                    AND h.online_until > now()
+             FROM device_heartbeats h LEFT JOIN device_config c ON c.device_id = h.device_id
+             WHERE h.device_id = $1",
             &[&device.uuid],
         )
         .await
