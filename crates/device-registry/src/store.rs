@@ -611,22 +611,19 @@ pub async fn record_activity(
     presence: &[(Uuid, PresenceEvent, chrono::DateTime<chrono::Utc>)],
     sensors: &[(Uuid, String)],
 ) -> Result<(), RegistryError> {
-    // The state before is read from the statement's snapshot: the update
-    // takes no row locks beyond its own, as before presence. It sets
-    // `online_until` itself, with the function the row trigger would call
-    // (which then does not run: 0022, 0024). It writes only the narrow
-    // `device_heartbeats` rows, never `devices`.
+    // The state before (`old`) is read from the statement's snapshot: the
+    // update takes no row locks beyond its own, as before presence. It
+    // sets `online_until` itself, with the function the row trigger would
+    // call (which then does not run: 0022, 0024). It writes only the
+    // narrow `device_heartbeats` rows, never `devices`.
     const HEARD: &str =
-        "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen)),
-             before AS (
-                SELECT h.device_id AS id, h.online_until <= now() AS was_offline, c.read_interval
-                FROM device_heartbeats h JOIN a ON a.id = h.device_id
-                LEFT JOIN device_config c ON c.device_id = h.device_id)
-             UPDATE device_heartbeats h SET last_heartbeat = a.seen,
-                 online_until = device_online_until(a.seen, h.disconnected_at, before.read_interval)
-             FROM a, before WHERE h.device_id = a.id AND before.id = h.device_id
-                 AND (h.last_heartbeat IS NULL OR h.last_heartbeat < a.seen)
-             RETURNING h.device_id, before.was_offline";
+        "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS a(id, seen))
+         UPDATE device_heartbeats h SET last_heartbeat = a.seen,
+             online_until = device_online_until(a.seen, h.disconnected_at, c.read_interval)
+         FROM a JOIN device_heartbeats old ON old.device_id = a.id
+             LEFT JOIN device_config c ON c.device_id = a.id
+         WHERE h.device_id = a.id AND (h.last_heartbeat IS NULL OR h.last_heartbeat < a.seen)
+         RETURNING h.device_id, old.online_until <= now()";
     const NAMES: &str = "SELECT id, device_id FROM devices WHERE id = ANY($1::uuid[])";
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;

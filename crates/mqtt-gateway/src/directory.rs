@@ -374,10 +374,13 @@ impl Directory {
     }
 }
 
-/// The largest RecordActivity call the gateway sends: well under gRPC's
-/// default 4 MiB message limit, which a whole flush window of a large fleet
-/// (some 60 bytes a device) would pass near 70,000 devices.
-const ACTIVITY_CALL_BYTES: usize = 1024 * 1024;
+/// The largest RecordActivity call the gateway sends: some 2,000 devices
+/// (about 60 bytes each). A call is one registry transaction, and one that
+/// outlasts the client's timeout is rolled back and sent again whole, so a
+/// call stays small enough to finish well inside it on a busy database (a
+/// whole flush window of a large fleet in one call would also pass gRPC's
+/// default 4 MiB message limit near 70,000 devices).
+const ACTIVITY_CALL_BYTES: usize = 128 * 1024;
 
 /// Splits a flush window into calls of at most `max_bytes` encoded each
 /// (an entry larger than that alone goes in a call of its own).
