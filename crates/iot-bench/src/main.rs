@@ -262,6 +262,26 @@ async fn wait_rows(db: &tokio_postgres::Client, n: i64, limit: Duration) -> Inst
     }
 }
 
+/// Waits for `n` rows, or until none has come for `stall`: answers when
+/// the last row came and how many there are. A run that loses rows ends
+/// with a count to report, not a panic.
+async fn wait_rows_while_coming(
+    db: &tokio_postgres::Client,
+    n: i64,
+    stall: Duration,
+) -> (Instant, i64) {
+    let mut have = stored(db).await;
+    let mut last = Instant::now();
+    while have < n && last.elapsed() < stall {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = stored(db).await;
+        if now > have {
+            (have, last) = (now, Instant::now());
+        }
+    }
+    (last, have)
+}
+
 /// The same rows every phase writes: 100 devices, 3 sensors, 1 s apart.
 fn rows(n: usize) -> Vec<(chrono::DateTime<chrono::Utc>, Uuid, String, Decimal)> {
     let devices: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();

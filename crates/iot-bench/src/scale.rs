@@ -412,12 +412,14 @@ pub async fn run(ctx: &Ctx) {
     let fleet = active_fleet(ctx, &db, &registry, &writer, &kafka).await;
     println!(
         "active fleet: {} readings/s from {ACTIVE} devices, {} from 100 ({:.2}x); \
-         gateway peak RSS {} MiB; heartbeats recorded for {} of {ACTIVE} devices",
+         gateway peak RSS {} MiB; heartbeats recorded for {} of {ACTIVE} devices; \
+         {} acknowledged readings never stored",
         fleet.many.round(),
         fleet.few.round(),
         fleet.many / fleet.few,
         fleet.gateway_rss_mib,
-        fleet.heard
+        fleet.heard,
+        fleet.lost
     );
     if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
         let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
@@ -436,7 +438,8 @@ pub async fn run(ctx: &Ctx) {
              | ingest from {ACTIVE} distinct devices | {:.0} readings/s ({:.2}×) | ≥ 0.8×: {} |\n\
              | first contact of the {ACTIVE} devices ({} readings) | {:.0} readings/s ({:.2}×) | |\n\
              | mqtt-gateway peak RSS over every phase | {} MiB | ≤ 150 MiB: {} |\n\
-             | devices of the {ACTIVE} whose heartbeat was recorded | {} | all: {} |\n\n\
+             | devices of the {ACTIVE} whose heartbeat was recorded | {} | all: {} |\n\
+             | readings the broker acknowledged, never stored (every phase) | {} | none: {} |\n\n\
              How the cost grows with the active fleet (same run, same readings):\n\n\
              | active devices | readings/s | ÷ 100 devices |\n|---|---|---|\n\
              | 100 | {:.0} | 1.00× |\n{}",
@@ -452,6 +455,8 @@ pub async fn run(ctx: &Ctx) {
             met(fleet.gateway_rss_mib <= 150),
             fleet.heard,
             met(fleet.heard == ACTIVE),
+            fleet.lost,
+            met(fleet.lost == 0),
             fleet.few,
             fleet
                 .growth
@@ -487,6 +492,9 @@ struct ActiveFleet {
     gateway_rss_mib: u64,
     /// Devices of the `ACTIVE` whose heartbeat reached the registry.
     heard: usize,
+    /// Readings the broker acknowledged that were never stored, in all
+    /// phases.
+    lost: u64,
 }
 
 /// The big owner's devices publish through a gateway: first 100 of them,
@@ -500,6 +508,7 @@ async fn active_fleet(
     kafka: &iot_kafka::KafkaConfig,
 ) -> ActiveFleet {
     let root = format!("scale{}", crate::unique());
+    let lost = std::cell::Cell::new(0);
     let gateway = Service::gateway(kafka, &root, ctx.mqtt_port, &registry.grpc_url());
     tokio::time::sleep(Duration::from_secs(3)).await;
     // `count` readings from `devices` devices:
@@ -541,10 +550,21 @@ async fn active_fleet(
                 s.errors
             );
         }
-        let done = crate::wait_rows(db, before + acked as i64, Duration::from_secs(900)).await;
-        cpu.print_per_reading(label, done - start, acked);
+        // Two minutes without a new row: what has not come never will.
+        let (done, have) =
+            crate::wait_rows_while_coming(db, before + acked as i64, Duration::from_secs(120))
+                .await;
+        let stored = u64::try_from(have - before).unwrap_or(0).min(acked);
+        if stored < acked {
+            println!(
+                "  {label}: {} readings acknowledged by the broker were never stored",
+                acked - stored
+            );
+            lost.set(lost.get() + acked - stored);
+        }
+        cpu.print_per_reading(label, done - start, stored);
         busy.print(label, 6);
-        acked as f64 / (done - start).as_secs_f64()
+        stored as f64 / (done - start).as_secs_f64()
     };
     // A fleet that publishes within each minute is known to every cache
     // and table on the way: first contact (each device's every sensor
@@ -592,6 +612,7 @@ async fn active_fleet(
         first_contact,
         gateway_rss_mib: gateway.peak_rss_kib() / 1024,
         heard: n,
+        lost: lost.get(),
     }
 }
 
