@@ -84,6 +84,9 @@ pub struct MqttState {
     pub collision_ping_count: usize,
     /// Last incoming packet time
     last_incoming: Instant,
+    /// PATCH (iot-platform): whether any packet came in since the last
+    /// PINGREQ went out.
+    heard_since_ping: bool,
     /// Last outgoing packet time
     last_outgoing: Instant,
     /// Packet id of the last outgoing packet
@@ -121,6 +124,7 @@ impl MqttState {
             await_pingresp: false,
             collision_ping_count: 0,
             last_incoming: Instant::now(),
+            heard_since_ping: false,
             last_outgoing: Instant::now(),
             last_pkid: 0,
             inflight: 0,
@@ -162,6 +166,7 @@ impl MqttState {
         self.incoming_pub.clear();
 
         self.await_pingresp = false;
+        self.heard_since_ping = false;
         self.collision_ping_count = 0;
         self.inflight = 0;
         pending
@@ -223,6 +228,7 @@ impl MqttState {
         };
 
         self.last_incoming = Instant::now();
+        self.heard_since_ping = true;
         Ok(outgoing)
     }
 
@@ -566,12 +572,19 @@ impl MqttState {
             }
         }
 
-        // raise error if last ping didn't receive ack
-        if self.await_pingresp {
+        // PATCH (iot-platform): a PINGRESP still missing is an error only
+        // when nothing at all came in since that PINGREQ went out (Paho's
+        // rule: the last inbound activity, not the last PINGRESP). A broker
+        // busy with a backlog for this client can answer a PINGREQ later
+        // than one keep-alive interval while its packets keep arriving:
+        // the link is alive then, and closing it makes the broker resend
+        // everything unacknowledged. Such a turn sends another PINGREQ.
+        if self.await_pingresp && !self.heard_since_ping {
             return Err(StateError::AwaitPingResp);
         }
 
         self.await_pingresp = true;
+        self.heard_since_ping = false;
 
         debug!(
             "Pingreq, last incoming packet before {:?}, last outgoing request before {:?}",
@@ -986,14 +999,16 @@ mod test {
         let mut mqtt = build_mqttstate();
         mqtt.outgoing_ping().unwrap();
 
-        // network activity other than pingresp
+        // network activity other than pingresp: the link is alive, and
+        // the next turn pings again (PATCH (iot-platform))
         let publish = build_outgoing_publish(QoS::AtLeastOnce);
         mqtt.handle_outgoing_packet(Request::Publish(publish))
             .unwrap();
         mqtt.handle_incoming_packet(Incoming::PubAck(PubAck::new(1, None)))
             .unwrap();
+        assert!(matches!(mqtt.outgoing_ping(), Ok(Some(Packet::PingReq(_)))));
 
-        // should throw error because we didn't get pingresp for previous ping
+        // nothing at all since that ping: an error
         match mqtt.outgoing_ping() {
             Ok(_) => panic!("Should throw pingresp await error"),
             Err(StateError::AwaitPingResp) => (),
