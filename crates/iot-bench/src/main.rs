@@ -212,8 +212,48 @@ async fn fresh_topics(ctx: &Ctx) -> iot_kafka::KafkaConfig {
         dead_letter_topic: format!("bench.dlq.{}", unique()),
         ..Default::default()
     };
-    kafka.ensure_topics().await.unwrap();
+    make_topics(&kafka).await;
     kafka
+}
+
+/// The topic the alert-engines of a benchmark on `kafka` publish alerts to.
+fn alerts_topic(kafka: &iot_kafka::KafkaConfig) -> String {
+    format!("{}.alerts", kafka.readings_topic)
+}
+
+/// Creates `kafka`'s topics, deleted when the program ends (with the
+/// alerts topic an alert-engine on them makes).
+async fn make_topics(kafka: &iot_kafka::KafkaConfig) {
+    kafka.ensure_topics().await.unwrap();
+    TOPICS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(kafka.clone());
+}
+
+/// The topics [`make_topics`] made, deleted when the program ends: the
+/// local broker keeps every topic's records in memory, and a broker
+/// holding earlier runs' millions of records costs several times as much
+/// per record.
+static TOPICS: std::sync::Mutex<Vec<iot_kafka::KafkaConfig>> = std::sync::Mutex::new(Vec::new());
+
+async fn delete_made_topics() {
+    let made = std::mem::take(
+        &mut *TOPICS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for kafka in made {
+        let alerts = alerts_topic(&kafka);
+        let topics = [
+            kafka.readings_topic.as_str(),
+            kafka.dead_letter_topic.as_str(),
+            alerts.as_str(),
+        ];
+        if let Err(e) = iot_kafka::delete_topics(&kafka, &topics).await {
+            eprintln!("cannot delete benchmark topics {topics:?}: {e}");
+        }
+    }
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -584,7 +624,12 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
         dead_letter_topic: format!("bench.dlq.{}", unique()),
         ..Default::default()
     });
-    kafka.ensure_topics().await.unwrap();
+    if kafka.brokers == ctx.brokers {
+        make_topics(&kafka).await;
+    } else {
+        // The TLS links' broker is the run's own: it goes with its topics.
+        kafka.ensure_topics().await.unwrap();
+    }
     let root = format!("bench{}", unique());
     let service_db = links.db(&db);
     let registry = Service::registry_with(
@@ -957,6 +1002,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let result = run().await;
     drop_fresh_dbs(&admin_db).await;
+    delete_made_topics().await;
     result
 }
 

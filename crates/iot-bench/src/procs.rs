@@ -170,7 +170,7 @@ impl Service {
                 ("KAFKA__BROKERS", kafka.brokers.clone()),
                 ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),
                 ("KAFKA__DEAD_LETTER_TOPIC", kafka.dead_letter_topic.clone()),
-                ("ALERTS_TOPIC", format!("{}.alerts", kafka.readings_topic)),
+                ("ALERTS_TOPIC", crate::alerts_topic(kafka)),
             ],
         )
     }

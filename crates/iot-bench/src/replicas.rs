@@ -110,7 +110,7 @@ pub async fn run(ctx: &Ctx) {
         partitions: PARTITIONS,
         ..Default::default()
     };
-    kafka.ensure_topics().await.unwrap();
+    crate::make_topics(&kafka).await;
     let root = format!("bench{}", unique());
     let n = ctx.rows as u64;
     println!(

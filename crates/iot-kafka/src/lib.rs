@@ -314,6 +314,22 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[(&str, i32)]) -> Result<
     Ok(())
 }
 
+/// Deletes `topics` (for tools that make throwaway ones: the benchmarks);
+/// one that is gone already is no error.
+pub async fn delete_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = cfg.client_config().create()?;
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(topics, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
 /// Why a consumer could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
