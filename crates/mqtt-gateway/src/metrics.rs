@@ -86,7 +86,7 @@ impl Metrics {
         )?;
         let broker_unreceived_alarm = IntGauge::new(
             "iot_gateway_broker_unreceived_alarm",
-            "1 while broker_unreceived_messages stays above mqtt.unreceived_alarm for six samples in a row",
+            "1 while broker_unreceived_messages is above mqtt.unreceived_alarm",
         )?;
         registry.register(Box::new(broker_unreceived.clone()))?;
         registry.register(Box::new(broker_unreceived_alarm.clone()))?;
