@@ -24,6 +24,7 @@ mod console;
 mod deploy;
 mod helm;
 mod paths;
+mod pgsize;
 mod pgtls;
 mod proc;
 mod proto;

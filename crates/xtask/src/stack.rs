@@ -135,7 +135,8 @@ fn ensure_postgres(started: &mut Started) -> Result<()> {
             "unix_socket_directories=/tmp",
             "-c",
             "max_connections=300",
-        ]);
+        ])
+        .args(crate::pgsize::args());
     proc::spawn("postgres", &mut cmd)?;
     eprintln!("postgres: own trust-auth cluster in {}", data.display());
     started.0.push("postgres");
@@ -397,6 +398,10 @@ pub fn infra() -> Result<Started> {
     let mut started = Started(Vec::new());
     ensure_postgres(&mut started)?;
     crate::pgtls::ensure(TEST_ADMIN_URL)?;
+    // A cluster of our own starts sized (`ensure_postgres`).
+    if !started.0.contains(&"postgres") {
+        crate::pgsize::ensure(TEST_ADMIN_URL, postgres_restart_command())?;
+    }
     ensure_mosquitto(&mut started)?;
     provision_mqtt_accounts()?;
     ensure_tansu(&mut started)?;
