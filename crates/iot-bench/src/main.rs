@@ -244,15 +244,66 @@ async fn delete_made_topics() {
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     for kafka in made {
-        let alerts = alerts_topic(&kafka);
-        let topics = [
-            kafka.readings_topic.as_str(),
-            kafka.dead_letter_topic.as_str(),
-            alerts.as_str(),
-        ];
-        if let Err(e) = iot_kafka::delete_topics(&kafka, &topics).await {
-            eprintln!("cannot delete benchmark topics {topics:?}: {e}");
+        delete_topics_of(&kafka).await;
+    }
+}
+
+/// Deletes `kafka`'s topics now instead of when the program ends.
+async fn drop_topics(kafka: &iot_kafka::KafkaConfig) {
+    TOPICS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|k| k.readings_topic != kafka.readings_topic);
+    delete_topics_of(kafka).await;
+}
+
+/// Waits until every consumer of `ports` holds partitions and together
+/// they hold all of them: publishing into a group still rebalancing would
+/// move partitions (and redeliver records) in the middle of the run.
+pub(crate) async fn wait_assigned(
+    kind: &str,
+    ports: &[u16],
+    partitions: i32,
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    loop {
+        let mut held = Vec::new();
+        for port in ports {
+            let m = crate::procs::admin_get(*port, "/metrics")
+                .await
+                .map(|(_, b)| b);
+            held.push(m.map_or(0.0, |m| {
+                crate::procs::metric_sum(&m, "iot_kafka_assigned_partitions", "")
+            }));
         }
+        if held.iter().all(|h| *h > 0.0) && held.iter().sum::<f64>() == f64::from(partitions) {
+            println!(
+                "  {kind}: partitions held {}",
+                held.iter()
+                    .map(|h| format!("{h:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            );
+            return true;
+        }
+        if start.elapsed() > limit {
+            println!("  {kind}: partitions held {held:?} after {limit:?}; going on");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn delete_topics_of(kafka: &iot_kafka::KafkaConfig) {
+    let alerts = alerts_topic(kafka);
+    let topics = [
+        kafka.readings_topic.as_str(),
+        kafka.dead_letter_topic.as_str(),
+        alerts.as_str(),
+    ];
+    if let Err(e) = iot_kafka::delete_topics(kafka, &topics).await {
+        eprintln!("cannot delete benchmark topics {topics:?}: {e}");
     }
 }
 

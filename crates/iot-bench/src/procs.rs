@@ -159,13 +159,16 @@ impl Service {
         Self::spawn("mqtt-gateway", "MQTT_GATEWAY", &all)
     }
 
+    /// An alert-engine on `kafka`'s readings, in a consumer group of that
+    /// topic's: replicas on one topic share it, and an engine started on a
+    /// new topic never waits for a group whose member is gone with the old.
     pub fn alerts(db: &str, kafka: &iot_kafka::KafkaConfig, registry: &str) -> Self {
         Self::spawn(
             "alert-engine",
             "ALERT_ENGINE",
             &[
                 ("DATABASE_URL", db.into()),
-                ("GROUP_ID", format!("bench-alerts-{}", std::process::id())),
+                ("GROUP_ID", format!("bench-alerts-{}", kafka.readings_topic)),
                 ("REGISTRY_URL", registry.into()),
                 ("KAFKA__BROKERS", kafka.brokers.clone()),
                 ("KAFKA__READINGS_TOPIC", kafka.readings_topic.clone()),

@@ -61,37 +61,6 @@ struct Replica {
     note: String,
 }
 
-/// Waits until every consumer of `ports` holds partitions and together
-/// they hold all of them: publishing into a group still rebalancing would
-/// move partitions (and redeliver records) in the middle of the run.
-async fn wait_assigned(kind: &str, ports: &[u16], limit: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        let mut held = Vec::new();
-        for port in ports {
-            let m = procs::admin_get(*port, "/metrics").await.map(|(_, b)| b);
-            held.push(m.map_or(0.0, |m| {
-                procs::metric_sum(&m, "iot_kafka_assigned_partitions", "")
-            }));
-        }
-        if held.iter().all(|h| *h > 0.0) && held.iter().sum::<f64>() == f64::from(PARTITIONS) {
-            println!(
-                "  {kind}: partitions held {}",
-                held.iter()
-                    .map(|h| format!("{h:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(" + ")
-            );
-            return true;
-        }
-        if start.elapsed() > limit {
-            println!("  {kind}: partitions held {held:?} after {limit:?}; going on");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Sum of series `name` over the services on `ports`.
 async fn sum_over(ports: &[u16], name: &str, labels: &str) -> f64 {
     let mut total = 0.0;
@@ -123,8 +92,8 @@ pub async fn run(ctx: &Ctx) {
     let writers: Vec<Service> = (0..REPLICAS)
         .map(|_| Service::writer(&db_url, &kafka, &group))
         .collect();
-    // One consumer group for both: `Service::alerts` names it after this
-    // process.
+    // One consumer group for both: `Service::alerts` names it after the
+    // topic.
     let engines: Vec<Service> = (0..REPLICAS)
         .map(|_| Service::alerts(&db_url, &kafka, &registry.grpc_url()))
         .collect();
@@ -162,9 +131,20 @@ pub async fn run(ctx: &Ctx) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let writers_settled = wait_assigned("writers", &writer_ports, Duration::from_secs(120)).await;
-    let engines_settled =
-        wait_assigned("alert-engines", &engine_ports, Duration::from_secs(120)).await;
+    let writers_settled = crate::wait_assigned(
+        "writers",
+        &writer_ports,
+        PARTITIONS,
+        Duration::from_secs(120),
+    )
+    .await;
+    let engines_settled = crate::wait_assigned(
+        "alert-engines",
+        &engine_ports,
+        PARTITIONS,
+        Duration::from_secs(120),
+    )
+    .await;
 
     let sim = iotctl::simulate::Args {
         devices: DEVICES,

@@ -242,7 +242,9 @@ pub async fn run(ctx: &Ctx) {
     // What autovacuum keeps (devices are vacuumed after 2 % changed), done
     // here because a server may run without it (CI machines do): the
     // dead row versions of the heartbeats gone.
-    db.batch_execute("VACUUM ANALYZE devices").await.unwrap();
+    db.batch_execute("VACUUM ANALYZE devices, device_heartbeats")
+        .await
+        .unwrap();
 
     let keys = format!(
         r#"[{{name="owner", sha256="{}", owner="{}"}}, {{name="operator", sha256="{}", owner="*"}}]"#,
@@ -409,7 +411,9 @@ pub async fn run(ctx: &Ctx) {
         crate::replace_report_section(&path, "## Scale: a large registry", &section);
     }
     drop(gql);
-    let fleet = active_fleet(ctx, &db, &registry, &writer, &kafka).await;
+    // The fleet's phases run their own (`active_fleet`).
+    drop((writer, alerts));
+    let fleet = active_fleet(ctx, &db, &url, &registry).await;
     println!(
         "active fleet: {} readings/s from {ACTIVE} devices, {} from 100 ({:.2}x); \
          gateway peak RSS {} MiB; heartbeats recorded for {} of {ACTIVE} devices; \
@@ -424,8 +428,11 @@ pub async fn run(ctx: &Ctx) {
     if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
         let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
         let section = format!(
-            "{}\n\nThe same registry; mqtt-gateway, ingest-writer and device-registry \
-             (release builds, shipped defaults) on one box. `iotctl simulate` publishes \
+            "{}\n\nThe same registry; mqtt-gateway, ingest-writer, alert-engine and \
+             device-registry (release builds, shipped defaults) on one box, each fleet size \
+             with a gateway, writer and alert-engine of its own on topics of its own, deleted \
+             before the next size starts (the local broker's cost per record grows with the \
+             records it holds). `iotctl simulate` publishes \
              {FLEET_READINGS} single readings (QoS 1, 3 sensors per device) through the \
              platform publisher account over 4 connections, first as 100 devices, then \
              as 1,000, 10,000 and {ACTIVE} distinct devices (the big owner's); each rate is readings \
@@ -466,8 +473,6 @@ pub async fn run(ctx: &Ctx) {
         );
         crate::replace_report_section(&path, "## Scale: an active fleet", &section);
     }
-    drop(alerts);
-    drop(writer);
     drop(registry);
     // The other half of the cost-growth table: query cost over history.
     crate::history::run(ctx).await;
@@ -497,30 +502,34 @@ struct ActiveFleet {
     lost: u64,
 }
 
-/// The big owner's devices publish through a gateway: first 100 of them,
-/// then 1,000, 10,000 and all `ACTIVE`, the same number of readings each
-/// time.
+/// The big owner's devices publish through the platform: first 100 of
+/// them, then 1,000, 10,000 and all `ACTIVE`, the same number of readings
+/// each time.
+///
+/// Each fleet size runs on topics of its own, with a gateway, a writer and
+/// an alert-engine of its own, and its topics are deleted before the next
+/// one starts. The local broker (Tansu's memory engine) costs more per
+/// record the more records it holds, which a Kafka log does not: without
+/// this, each phase would pay for the millions the phases before it left
+/// behind, and the largest fleet, which runs last, for all of them.
 async fn active_fleet(
     ctx: &Ctx,
     db: &tokio_postgres::Client,
+    url: &str,
     registry: &Service,
-    writer: &Service,
-    kafka: &iot_kafka::KafkaConfig,
 ) -> ActiveFleet {
-    let root = format!("scale{}", crate::unique());
     let lost = std::cell::Cell::new(0);
-    let gateway = Service::gateway(kafka, &root, ctx.mqtt_port, &registry.grpc_url());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // `count` readings from `devices` devices:
+    let peak_rss_kib = std::cell::Cell::new(0);
+    // `count` readings from `devices` devices through `gateway`:
     // readings stored per second from the first publish.
-    let publish = async |devices: u32, count: u64, label: &str| {
+    let publish = async |platform: &Platform, devices: u32, count: u64, label: &str| {
         let before = crate::stored(db).await;
         let args = iotctl::simulate::Args {
             device_prefix: "scale".into(),
             devices,
             count,
             sensors: SENSORS as u32,
-            ..crate::simulator(ctx, &registry.grpc_url(), &root)
+            ..crate::simulator(ctx, &registry.grpc_url(), &platform.root)
         };
         // Every device exists already, and what finding that out costs
         // is not the fleet's.
@@ -530,9 +539,10 @@ async fn active_fleet(
             ..args
         };
         let cpu = crate::CpuShares::start(&[
-            ("mqtt-gateway", &gateway),
-            ("ingest-writer", writer),
+            ("mqtt-gateway", &platform.gateway),
+            ("ingest-writer", &platform.writer),
             ("device-registry", registry),
+            ("alert-engine", &platform.alerts),
         ]);
         let busy = crate::ActiveStatements::start(&ctx.admin_db, DB).await;
         let s = iotctl::simulate::simulate(args).await.unwrap();
@@ -564,28 +574,40 @@ async fn active_fleet(
         }
         cpu.print_per_reading(label, done - start, stored);
         busy.print(label, 6);
+        peak_rss_kib.set(peak_rss_kib.get().max(platform.gateway.peak_rss_kib()));
         stored as f64 / (done - start).as_secs_f64()
     };
     // A fleet that publishes within each minute is known to every cache
     // and table on the way: first contact (each device's every sensor
     // once) is its own figure, then `FLEET_READINGS` from the known fleet.
     let phase = async |devices: u32| {
+        let platform = Platform::start(ctx, url, registry, devices).await;
         let first = publish(
+            &platform,
             devices,
             u64::from(devices) * SENSORS,
             &format!("{devices} devices, first contact"),
         )
         .await;
-        let steady = publish(devices, FLEET_READINGS, &format!("{devices} devices")).await;
-        (first, steady)
+        let steady = publish(
+            &platform,
+            devices,
+            FLEET_READINGS,
+            &format!("{devices} devices"),
+        )
+        .await;
+        (first, steady, platform)
     };
-    let few = phase(100).await.1;
     let mut growth = Vec::new();
+    let (_, few, platform) = phase(100).await;
+    platform.stop().await;
     for devices in [1000, 10_000] {
-        growth.push((devices, phase(devices).await.1));
+        let (_, rate, platform) = phase(devices).await;
+        platform.stop().await;
+        growth.push((devices, rate));
     }
     let since = chrono::Utc::now();
-    let (first_contact, many) = phase(ACTIVE as u32).await;
+    let (first_contact, many, platform) = phase(ACTIVE as u32).await;
     growth.push((ACTIVE as u32, many));
     // Heartbeats go to the registry every `activity_flush_secs` (5 s by
     // default): two windows and then some.
@@ -605,14 +627,79 @@ async fn active_fleet(
         tokio::time::sleep(Duration::from_secs(1)).await;
         n = heard().await;
     }
+    platform.stop().await;
     ActiveFleet {
         few,
         many,
         growth,
         first_contact,
-        gateway_rss_mib: gateway.peak_rss_kib() / 1024,
+        gateway_rss_mib: peak_rss_kib.get() / 1024,
         heard: n,
         lost: lost.get(),
+    }
+}
+
+/// One phase's ingest path: its topics, and a gateway, a writer and an
+/// alert-engine on them (release builds, shipped defaults).
+struct Platform {
+    kafka: iot_kafka::KafkaConfig,
+    /// The simulator's and the gateway's topic root.
+    root: String,
+    gateway: Service,
+    writer: Service,
+    alerts: Service,
+}
+
+impl Platform {
+    async fn start(ctx: &Ctx, url: &str, registry: &Service, devices: u32) -> Self {
+        let kafka = crate::fresh_topics(ctx).await;
+        let root = format!("scale{}", crate::unique());
+        let writer = Service::writer(url, &kafka, &format!("bench-scale-{devices}"));
+        let alerts = Service::alerts(url, &kafka, &registry.grpc_url());
+        let gateway = Service::gateway(&kafka, &root, ctx.mqtt_port, &registry.grpc_url());
+        // Consumers that still join their groups when the fleet starts
+        // would leave the first readings of the phase waiting.
+        for (kind, consumer) in [("writer", &writer), ("alert-engine", &alerts)] {
+            crate::wait_assigned(
+                kind,
+                &[consumer.admin_port],
+                kafka.partitions,
+                Duration::from_secs(60),
+            )
+            .await;
+        }
+        let start = Instant::now();
+        while crate::procs::admin_get(gateway.admin_port, "/readyz")
+            .await
+            .map(|(c, _)| c)
+            != Some(200)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "gateway not ready after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            kafka,
+            root,
+            gateway,
+            writer,
+            alerts,
+        }
+    }
+
+    /// Stops the services, then deletes the topics.
+    async fn stop(self) {
+        let Self {
+            kafka,
+            gateway,
+            writer,
+            alerts,
+            ..
+        } = self;
+        drop((gateway, writer, alerts));
+        crate::drop_topics(&kafka).await;
     }
 }
 
