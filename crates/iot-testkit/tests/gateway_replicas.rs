@@ -97,8 +97,15 @@ async fn two_replicas_split_the_devices_and_store_each_reading_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_the_broker_took_but_never_delivered_raise_the_alarm() {
     // A low threshold (the default is 1000) so that a few hundred messages
-    // the gateway never gets show.
-    let p = Platform::start_tuned(kit::kafka_config(), |c| c.mqtt.unreceived_alarm = 100).await;
+    // the gateway never gets show, and a short hold (the default is 120 s,
+    // past the bursts a gateway works through): the rule is the same at any
+    // hold, and `broker_check`'s unit tests show that a backlog that drains
+    // within it raises nothing.
+    let p = Platform::start_tuned(kit::kafka_config(), |c| {
+        c.mqtt.unreceived_alarm = 100;
+        c.mqtt.unreceived_alarm_after_secs = 3;
+    })
+    .await;
     // The broker takes these, acknowledges them, and delivers them to no
     // gateway: the same, seen from the gateway, as messages a broker loses.
     let elsewhere: Vec<(String, Vec<u8>)> = (0..300)
@@ -106,10 +113,10 @@ async fn messages_the_broker_took_but_never_delivered_raise_the_alarm() {
         .collect();
     kit::publish_all(&elsewhere).await;
     // Mosquitto publishes its $SYS counts every 10 s; the 300 may straddle
-    // two samples.
-    // Both from one scrape: a sample arriving between two scrapes would
-    // pair an old alarm with a new count.
-    let (alarm, unreceived) = kit::eventually("alarm raised", Duration::from_secs(45), || async {
+    // two samples, and other tests' publishes on the same broker count too:
+    // at least the 300, with the alarm up. Both from one scrape: a sample
+    // arriving between two scrapes would pair an old alarm with a new count.
+    kit::eventually("alarm raised", Duration::from_secs(45), || async {
         let body = kit::http_get(p.gateway_admin, "/metrics").await;
         let value = |series: &str| {
             iot_telemetry::samples(&body, series)
@@ -118,9 +125,8 @@ async fn messages_the_broker_took_but_never_delivered_raise_the_alarm() {
         };
         let alarm = value("iot_gateway_broker_unreceived_alarm")?;
         let unreceived = value("iot_gateway_broker_unreceived_messages")?;
-        (unreceived >= 300).then_some((alarm, unreceived))
+        (alarm == 1 && unreceived >= 300).then_some(())
     })
     .await;
-    assert_eq!(alarm, 1, "{unreceived} unreceived");
     p.stop().await;
 }

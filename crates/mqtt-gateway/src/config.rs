@@ -98,8 +98,11 @@ pub struct MqttConfig {
     /// what reached the gateway (`src/broker_check.rs`); empty: no check.
     pub broker_received_topic: String,
     /// Messages the broker received and the gateway did not, above which
-    /// the alarm goes up.
+    /// the alarm goes up...
     pub unreceived_alarm: u64,
+    /// ...once the difference has stayed above it this long: a backlog the
+    /// gateway works through comes down before.
+    pub unreceived_alarm_after_secs: u64,
 }
 
 /// How gateway replicas split the devices between them.
@@ -180,6 +183,7 @@ impl Default for MqttConfig {
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             broker_received_topic: "$SYS/broker/publish/messages/received".into(),
             unreceived_alarm: 1000,
+            unreceived_alarm_after_secs: 120,
         }
     }
 }

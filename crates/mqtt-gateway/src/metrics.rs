@@ -86,7 +86,7 @@ impl Metrics {
         )?;
         let broker_unreceived_alarm = IntGauge::new(
             "iot_gateway_broker_unreceived_alarm",
-            "1 while broker_unreceived_messages is above mqtt.unreceived_alarm",
+            "1 once broker_unreceived_messages has stayed above mqtt.unreceived_alarm for mqtt.unreceived_alarm_after_secs",
         )?;
         registry.register(Box::new(broker_unreceived.clone()))?;
         registry.register(Box::new(broker_unreceived_alarm.clone()))?;

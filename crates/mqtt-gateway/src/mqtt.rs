@@ -31,7 +31,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iot_runtime::CancellationToken;
 use iot_telemetry::Readiness;
@@ -257,29 +257,41 @@ pub async fn run_subscriber(
     let mut broker_check = crate::broker_check::BrokerCheck::new(
         cfg.broker_received_topic.clone(),
         cfg.unreceived_alarm,
+        Duration::from_secs(cfg.unreceived_alarm_after_secs),
         flow.pipeline.metrics.broker_unreceived.clone(),
         flow.pipeline.metrics.broker_unreceived_alarm.clone(),
     );
 
+    // The broker check also judges between samples (`broker_check`).
+    let mut check_tick = tokio::time::interval(Duration::from_secs(1));
+    check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         flow.advance();
         let can_read = flow.waiting.len() < hold_limit;
         tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = check_tick.tick() => broker_check.tick(Instant::now()),
             Some(publish) = done_rx.recv() => flow.finished(publish),
             Some((ev, epoch)) = events.recv(), if can_read => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(session_present = ack.session_present, ?filters, "connected to MQTT broker");
-                    let subs = filters.iter().map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
-                    client.try_subscribe_many(subs)?;
+                    // One SUBSCRIBE for both: once its SUBACK says the
+                    // gateway is ready, the broker's first count (retained)
+                    // is on its way ahead of any device message published
+                    // after, so the check counts from before them.
+                    let mut subs: Vec<Filter> = filters
+                        .iter()
+                        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce))
+                        .collect();
                     if let Some(topic) = broker_check.topic() {
-                        client.try_subscribe(topic, QoS::AtMostOnce)?;
+                        subs.push(Filter::new(topic.to_owned(), QoS::AtMostOnce));
                     }
+                    client.try_subscribe_many(subs)?;
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(true),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if broker_check.is_sample(&publish.topic) {
-                        broker_check.sample(&publish.payload);
+                        broker_check.sample(&publish.payload, Instant::now());
                     } else {
                         broker_check.delivered(publish.dup);
                         flow.waiting.push_back((publish, epoch));
