@@ -37,20 +37,7 @@ pub fn args() -> Vec<String> {
 /// already sized at least as large is left alone.
 pub fn ensure(admin_url: &str, restart: Option<String>) -> Result<()> {
     let want = settings();
-    let psql = |q: &str| -> Result<String> {
-        let out = Command::new("psql")
-            .arg(admin_url)
-            .args(["-qAtc", q])
-            .output()
-            .map_err(|e| format!("psql: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "postgres sizing ({q}): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let psql = |q: &str| crate::pgtls::psql(admin_url, q);
     let buffers_mb: u64 =
         psql("SELECT setting::int8 * 8 / 1024 FROM pg_settings WHERE name = 'shared_buffers'")?
             .parse()

@@ -189,20 +189,7 @@ const TLS_ONLY: &str = "hostnossl all iot_tls all reject";
 /// accepts over TLS only: PostgreSQL's `hostssl`-only access for the run,
 /// while every other role keeps the server's own rules.
 pub fn ensure_tls_role(admin_url: &str) -> Result<()> {
-    let sql = |q: &str| -> Result<String> {
-        let out = Command::new("psql")
-            .arg(admin_url)
-            .args(["-qAtc", q])
-            .output()
-            .map_err(|e| format!("psql: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "postgres ({q}): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let sql = |q: &str| psql(admin_url, q);
     sql(&format!(
         "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{TLS_ROLE}') \
          THEN CREATE ROLE {TLS_ROLE} LOGIN SUPERUSER PASSWORD '{TLS_ROLE}'; END IF; END$$"
@@ -294,4 +281,20 @@ pub fn grpc_env(name: &str) -> Vec<(String, PathBuf)> {
         .into_iter()
         .map(|(k, v)| (format!("{prefix}{k}"), v))
         .collect()
+}
+
+/// Runs `q` on the server at `url` through `psql`: its output, trimmed.
+pub fn psql(url: &str, q: &str) -> Result<String> {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-qAtc", q])
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "postgres ({q}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
