@@ -69,14 +69,24 @@ pub fn ensure(admin_url: &str, restart: Option<String>) -> Result<()> {
     Err("postgres did not come back after sizing its memory (see its log)".into())
 }
 
-/// The machine's memory in MB, or 1 GB if it cannot be read.
+/// The machine's memory in MB (or its container's limit, if lower, as
+/// `timescaledb-tune` reads it), or 1 GB if it cannot be read.
 fn memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("MemTotal:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(1024, |kb| kb / 1024)
+        .map_or(1024, |kb| kb / 1024);
+    // cgroup v2, then v1; "max" or an absurd v1 default means no limit.
+    let limit = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
+    .map_or(u64::MAX, |bytes| bytes / (1024 * 1024));
+    total.min(limit)
 }
