@@ -520,7 +520,7 @@ async fn active_fleet(
 ) -> ActiveFleet {
     let lost = std::cell::Cell::new(0);
     let peak_rss_kib = std::cell::Cell::new(0);
-    // `count` readings from `devices` devices through `gateway`:
+    // `count` readings from `devices` devices through `platform`:
     // readings stored per second from the first publish.
     let publish = async |platform: &Platform, devices: u32, count: u64, label: &str| {
         let before = crate::stored(db).await;
