@@ -152,6 +152,33 @@ fn kept(ttl: Option<Duration>) -> bool {
     ttl.is_none_or(|t| !t.is_zero())
 }
 
+/// The capacity and shard count that hold `entries`. The cache is split
+/// into shards by hash, each with an equal part of the capacity, and the
+/// entries do not split evenly: a shard's share of them varies by about its
+/// square root. Each shard gets its share, six times that variation and an
+/// eighth over, so a fleet of the named size fits (with quick_cache's own
+/// count of shards, a fleet of 1,000 devices overflowed a shard about one
+/// time in ten). A shard holds at least 64 entries' share, so that the
+/// variation stays small beside it.
+fn sized(entries: usize) -> (usize, usize) {
+    let parallel = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let wanted = (parallel * 4).min(entries / 64).max(1);
+    // quick_cache rounds the count up to a power of two: round it down.
+    let shards = if wanted.is_power_of_two() {
+        wanted
+    } else {
+        wanted.next_power_of_two() / 2
+    };
+    let share = entries.div_ceil(shards);
+    // 6 × √share, in integers.
+    let spread = 6 * (share as f64).sqrt().ceil() as usize;
+    let per_shard = share
+        .saturating_add(share / 8)
+        .saturating_add(spread)
+        .saturating_add(1);
+    (per_shard.saturating_mul(shards), shards)
+}
+
 impl<V: Send + Sync + 'static> DeviceCache<V> {
     /// A cache that asks `client` (which needs the admin scope to follow
     /// changes) and maps each device found with `map`.
@@ -160,11 +187,20 @@ impl<V: Send + Sync + 'static> DeviceCache<V> {
         settings: Settings,
         map: impl Fn(Uuid, v1::Device) -> V + Send + Sync + 'static,
     ) -> Self {
-        let entries =
-            usize::try_from(settings.max_capacity.saturating_mul(2)).unwrap_or(usize::MAX);
-        // An eighth over: the shards fill unevenly, and the fleet the
-        // capacity names is to fit.
-        let entries = quick_cache::sync::Cache::new(entries.saturating_add(entries / 8));
+        let (capacity, shards) =
+            sized(usize::try_from(settings.max_capacity.saturating_mul(2)).unwrap_or(usize::MAX));
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(capacity)
+            .weight_capacity(u64::try_from(capacity).unwrap_or(u64::MAX))
+            .shards(shards)
+            .build()
+            .unwrap_or_else(|e| unreachable!("a capacity and a shard count are valid: {e:?}"));
+        let entries = quick_cache::sync::Cache::with_options(
+            options,
+            quick_cache::UnitWeighter,
+            quick_cache::DefaultHashBuilder::default(),
+            quick_cache::sync::DefaultLifecycle::default(),
+        );
         let lookups = IntCounterVec::new(
             Opts::new(
                 "iot_device_cache_lookups_total",
