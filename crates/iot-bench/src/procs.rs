@@ -314,6 +314,18 @@ pub fn cpu_between(
         .sum()
 }
 
+/// Waits until the service on admin port `port` answers `/readyz` with 200.
+pub async fn wait_ready(port: u16, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while admin_get(port, "/readyz").await.map(|(c, _)| c) != Some(200) {
+        assert!(
+            start.elapsed() < limit,
+            "service on admin port {port} not ready after {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// `GET path` on a service's admin port: the status code and body, or
 /// `None` while the port does not answer yet (services start in parallel).
 pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {

@@ -121,30 +121,14 @@ pub async fn run(ctx: &Ctx) {
 
     // Gateways are ready once subscribed: their sessions exist, so the
     // broker keeps every message for each of them from then on.
-    let start = Instant::now();
     for port in &gateway_ports {
-        while procs::admin_get(*port, "/readyz").await.map(|(c, _)| c) != Some(200) {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "gateway on admin port {port} not ready after 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        procs::wait_ready(*port, Duration::from_secs(60)).await;
     }
-    let writers_settled = crate::wait_assigned(
-        "writers",
-        &writer_ports,
-        PARTITIONS,
-        Duration::from_secs(120),
-    )
-    .await;
-    let engines_settled = crate::wait_assigned(
-        "alert-engines",
-        &engine_ports,
-        PARTITIONS,
-        Duration::from_secs(120),
-    )
-    .await;
+    let settled = async |kind: &str, ports: &[u16]| {
+        crate::wait_assigned(kind, ports, PARTITIONS, Duration::from_secs(120)).await
+    };
+    let writers_settled = settled("writers", &writer_ports).await;
+    let engines_settled = settled("alert-engines", &engine_ports).await;
 
     let sim = iotctl::simulate::Args {
         devices: DEVICES,

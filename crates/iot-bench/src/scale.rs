@@ -668,18 +668,7 @@ impl Platform {
             )
             .await;
         }
-        let start = Instant::now();
-        while crate::procs::admin_get(gateway.admin_port, "/readyz")
-            .await
-            .map(|(c, _)| c)
-            != Some(200)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "gateway not ready after 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::procs::wait_ready(gateway.admin_port, Duration::from_secs(60)).await;
         Self {
             kafka,
             root,
