@@ -212,4 +212,44 @@ mod tests {
         c.sample(b"not a number", t + HOLD);
         assert_eq!(c.gauge.get(), 0);
     }
+
+    /// The shipped settings: a loss past the threshold is raised once the
+    /// hold has passed, with no further sample; a million-message burst
+    /// drained within the hold raises nothing.
+    #[test]
+    fn the_shipped_settings_raise_a_loss_and_not_a_drained_burst() {
+        let shipped = crate::config::MqttConfig::default();
+        let hold = Duration::from_secs(shipped.unreceived_alarm_after_secs);
+        let g = || IntGauge::new("g", "g").unwrap_or_else(|_| unreachable!());
+        let check = || {
+            BrokerCheck::new(
+                shipped.broker_received_topic.clone(),
+                shipped.unreceived_alarm,
+                hold,
+                g(),
+                g(),
+            )
+        };
+        let t = Instant::now();
+        let lost = shipped.unreceived_alarm + 1;
+        let mut c = check();
+        c.sample(b"0", t);
+        c.sample(lost.to_string().as_bytes(), t);
+        c.tick(t + hold - Duration::from_secs(1));
+        assert_eq!(c.alarm.get(), 0);
+        c.tick(t + hold);
+        assert_eq!(c.alarm.get(), 1);
+
+        let mut c = check();
+        c.sample(b"0", t);
+        c.sample(b"1000000", t);
+        for i in 1..=1_000_000u32 {
+            c.delivered(false);
+            if i % 10_000 == 0 {
+                c.tick(t + hold * (i / 10_000) / 101);
+            }
+        }
+        c.tick(t + 2 * hold);
+        assert_eq!((c.gauge.get(), c.alarm.get()), (0, 0));
+    }
 }
