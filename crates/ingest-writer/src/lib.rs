@@ -12,6 +12,7 @@ pub mod archive;
 mod config;
 pub mod consumer;
 mod error;
+pub mod latest;
 mod metrics;
 pub mod retention;
 pub mod rollup;

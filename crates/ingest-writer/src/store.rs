@@ -13,6 +13,7 @@ use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::error::WriterError;
+use crate::latest::{self, Written};
 use crate::rollup::{self, Agg, Key, Level, Levels as _, Segment, Source, Width};
 use crate::seal::Sealed;
 
@@ -77,6 +78,8 @@ pub struct Store {
     stored: tokio::sync::broadcast::Sender<Stored>,
     /// Where queries stop reading rollups.
     sealed: Sealed,
+    /// Which `sensor_latest` rows a batch rewrites.
+    written: std::sync::Arc<Written>,
 }
 
 /// The rows one batch inserted, and when it committed.
@@ -109,6 +112,7 @@ impl Store {
             upsert_rollup: Level::ALL.map(|l| l.fill(UPSERT_ROLLUP)),
             stored: tokio::sync::broadcast::channel(STORED_BACKLOG).0,
             sealed: Sealed::default(),
+            written: Default::default(),
         }
     }
 
@@ -201,10 +205,13 @@ impl Store {
         } else {
             Cow::Borrowed(rows)
         };
-        if !inserted.is_empty() {
-            self.derive(&tx, &inserted, upsert_below).await?;
-        }
+        let latest = if inserted.is_empty() {
+            Vec::new()
+        } else {
+            self.derive(&tx, &inserted, upsert_below).await?
+        };
         tx.commit().await?;
+        self.written.wrote(&latest);
         let n = inserted.len() as u64;
         // Copied only when a live stream is watching.
         if n > 0 && self.stored.receiver_count() > 0 {
@@ -216,28 +223,31 @@ impl Store {
         Ok(n)
     }
 
-    /// Rollups of the inserted rows older than `upsert_below`, latest
-    /// readings and ingest counts; the statements are pipelined on the
-    /// connection.
-    async fn derive(
+    /// Rollups of the inserted rows older than `upsert_below`, the latest
+    /// readings that are due ([`latest`]) and ingest counts; the statements
+    /// are pipelined on the connection. Returns the latest readings written.
+    async fn derive<'a>(
         &self,
         tx: &Transaction<'_>,
-        rows: &[Row],
+        rows: &'a [Row],
         upsert_below: DateTime<Utc>,
-    ) -> Result<(), WriterError> {
+    ) -> Result<Vec<&'a Row>, WriterError> {
         let late = rows.iter().filter(|r| r.time < upsert_below);
         let rollups: Vec<(&str, RollupArrays)> = rollup::rollups(late)
             .iter()
             .filter(|(_, aggs)| !aggs.is_empty())
             .map(|(level, aggs)| (self.upsert_sql(*level), RollupArrays::from(aggs)))
             .collect();
-        let latest = LatestArrays::from(rollup::latest(rows).as_slice());
+        let due = self.written.due(rollup::latest(rows));
+        let latest = LatestArrays::from(due.as_slice());
         let n = rows.len() as i64;
         let mut work: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = rollups
             .iter()
             .map(|(sql, arrays)| (*sql, arrays.params()))
             .collect();
-        work.push((UPSERT_LATEST, latest.params()));
+        if !due.is_empty() {
+            work.push((UPSERT_LATEST, latest.params()));
+        }
         work.push((COUNT_READINGS, vec![&self.writer_id, &n]));
         // Every statement is prepared before any runs, so they run in this
         // order whichever of them the connection had prepared already: two
@@ -253,7 +263,7 @@ impl Store {
                 .map(|(stmt, (_, params))| tx.execute(stmt, params)),
         )
         .await?;
-        Ok(())
+        Ok(due)
     }
 
     /// Raw readings of one device and sensor in `[start, end)`, newest first.
@@ -357,14 +367,15 @@ impl Store {
 
     pub async fn fleet_stats(&self, owner: Option<Uuid>) -> Result<FleetStats, WriterError> {
         let client = self.queries.get().await?;
+        let refresh = latest::REFRESH.as_seconds_f64();
         let r = match owner {
             None => {
                 let stmt = client.prepare_cached(FLEET_STATS).await?;
-                client.query_one(&stmt, &[]).await?
+                client.query_one(&stmt, &[&refresh]).await?
             }
             Some(o) => {
                 let stmt = client.prepare_cached(FLEET_STATS_OWNER).await?;
-                client.query_one(&stmt, &[&o]).await?
+                client.query_one(&stmt, &[&o, &refresh]).await?
             }
         };
         Ok(FleetStats {

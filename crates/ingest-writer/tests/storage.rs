@@ -421,6 +421,97 @@ async fn latest_readings_of_many_devices_in_one_call_and_fleet_stats() {
     }
 }
 
+/// A series' `sensor_latest` row is rewritten at most once per
+/// `latest::REFRESH`; what is newer is read from the raw rows, so the
+/// latest readings and the fleet counts stay exact.
+#[tokio::test]
+async fn readings_newer_than_the_latest_row_still_count_as_latest() {
+    use ingest_writer::latest::REFRESH;
+    for backend in kit::backends().await {
+        let mut env = env(backend).await;
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        let mark = now - TimeDelta::minutes(5);
+        let first = mark - TimeDelta::seconds(20);
+        env.store
+            .write_batch(&[
+                row(a, "temperature", first, "1"),
+                row(b, "temperature", first, "2"),
+                row(
+                    c,
+                    "temperature",
+                    mark - REFRESH - TimeDelta::seconds(30),
+                    "3",
+                ),
+            ])
+            .await
+            .unwrap();
+        // Within REFRESH of what was written: the row is not rewritten.
+        let second = first + REFRESH / 2;
+        env.store
+            .write_batch(&[row(a, "temperature", second, "4")])
+            .await
+            .unwrap();
+        let stored: DateTime<Utc> = env
+            .db
+            .query_one("SELECT time FROM sensor_latest WHERE device_id = $1", &[&a])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            stored.timestamp_micros(),
+            first.timestamp_micros(),
+            "{backend}"
+        );
+        let latest = |env: &mut Env| {
+            let mut api = env.api.clone();
+            async move {
+                api.latest_readings(v1::LatestReadingsRequest {
+                    device_uuids: vec![a.to_string()],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .readings
+                .into_iter()
+                .map(|r| r.value)
+                .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(latest(&mut env).await, ["4"], "{backend}");
+        let stats = env
+            .api
+            .fleet_stats(v1::FleetStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        // a's row says 5m20s ago, its raw rows 4m50s ago: it reports; b and
+        // c do not.
+        assert_eq!(
+            (stats.devices_reporting, stats.devices_silent),
+            (1, 2),
+            "{backend}"
+        );
+        // REFRESH or more past what was written: the row is rewritten.
+        env.store
+            .write_batch(&[row(a, "temperature", first + REFRESH, "5")])
+            .await
+            .unwrap();
+        let stored: DateTime<Utc> = env
+            .db
+            .query_one("SELECT time FROM sensor_latest WHERE device_id = $1", &[&a])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            stored.timestamp_micros(),
+            (first + REFRESH).timestamp_micros(),
+            "{backend}"
+        );
+        assert_eq!(latest(&mut env).await, ["5"], "{backend}");
+    }
+}
+
 #[tokio::test]
 async fn streamed_metrics_come_in_parts_of_at_most_512_buckets() {
     let mut env = env(Backend::Postgres).await;
