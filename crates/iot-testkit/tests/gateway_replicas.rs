@@ -106,6 +106,16 @@ async fn messages_the_broker_took_but_never_delivered_raise_the_alarm() {
         c.mqtt.unreceived_alarm_after_secs = 3;
     })
     .await;
+    // The balance counts from the gateway's first sample of the broker's
+    // count: messages published before it would be part of the baseline.
+    kit::eventually("first broker sample", Duration::from_secs(30), || async {
+        let body = kit::http_get(p.gateway_admin, "/metrics").await;
+        iot_telemetry::samples(&body, "iot_gateway_broker_received_messages")
+            .first()
+            .is_some_and(|v| *v > 0.0)
+            .then_some(())
+    })
+    .await;
     // The broker takes these, acknowledges them, and delivers them to no
     // gateway: the same, seen from the gateway, as messages a broker loses.
     let elsewhere: Vec<(String, Vec<u8>)> = (0..300)

@@ -39,6 +39,9 @@ pub struct BrokerCheck {
     above_since: Option<Instant>,
     gauge: IntGauge,
     alarm: IntGauge,
+    /// The broker's count at the last sample (0 until the first): shows
+    /// from when the balance is known.
+    broker: IntGauge,
 }
 
 impl BrokerCheck {
@@ -48,6 +51,7 @@ impl BrokerCheck {
         hold: Duration,
         gauge: IntGauge,
         alarm: IntGauge,
+        broker: IntGauge,
     ) -> Self {
         Self {
             topic,
@@ -59,6 +63,7 @@ impl BrokerCheck {
             above_since: None,
             gauge,
             alarm,
+            broker,
         }
     }
 
@@ -98,6 +103,8 @@ impl BrokerCheck {
                 i64::try_from(took).unwrap_or(i64::MAX) - i64::try_from(got).unwrap_or(i64::MAX);
         }
         self.last = Some((broker, self.received));
+        self.broker
+            .set(i64::try_from(broker).unwrap_or(i64::MAX).max(1));
         self.tick(now);
     }
 
@@ -141,7 +148,7 @@ mod tests {
 
     fn check(threshold: u64) -> BrokerCheck {
         let g = || IntGauge::new("g", "g").unwrap_or_else(|_| unreachable!());
-        BrokerCheck::new("$SYS/x".into(), threshold, HOLD, g(), g())
+        BrokerCheck::new("$SYS/x".into(), threshold, HOLD, g(), g(), g())
     }
 
     #[test]
@@ -226,6 +233,7 @@ mod tests {
                 shipped.broker_received_topic.clone(),
                 shipped.unreceived_alarm,
                 hold,
+                g(),
                 g(),
                 g(),
             )

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub mqtt_others: IntCounter,
     pub broker_unreceived: IntGauge,
     pub broker_unreceived_alarm: IntGauge,
+    pub broker_received: IntGauge,
     presence: IntCounterVec,
 }
 
@@ -88,6 +89,11 @@ impl Metrics {
             "iot_gateway_broker_unreceived_alarm",
             "1 once broker_unreceived_messages has stayed above mqtt.unreceived_alarm for mqtt.unreceived_alarm_after_secs",
         )?;
+        let broker_received = IntGauge::new(
+            "iot_gateway_broker_received_messages",
+            "The MQTT broker's count of PUBLISH packets received, as last sampled (0 until the first sample; at least 1 after it)",
+        )?;
+        registry.register(Box::new(broker_received.clone()))?;
         registry.register(Box::new(broker_unreceived.clone()))?;
         registry.register(Box::new(broker_unreceived_alarm.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -121,6 +127,7 @@ impl Metrics {
             mqtt_others,
             broker_unreceived,
             broker_unreceived_alarm,
+            broker_received,
         })
     }
 

@@ -260,6 +260,7 @@ pub async fn run_subscriber(
         Duration::from_secs(cfg.unreceived_alarm_after_secs),
         flow.pipeline.metrics.broker_unreceived.clone(),
         flow.pipeline.metrics.broker_unreceived_alarm.clone(),
+        flow.pipeline.metrics.broker_received.clone(),
     );
 
     // The broker check also judges between samples (`broker_check`).
