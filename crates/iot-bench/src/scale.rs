@@ -645,6 +645,7 @@ struct Platform {
     kafka: iot_kafka::KafkaConfig,
     /// The simulator's and the gateway's topic root.
     root: String,
+    mqtt_port: u16,
     gateway: Service,
     writer: Service,
     alerts: Service,
@@ -672,24 +673,59 @@ impl Platform {
         Self {
             kafka,
             root,
+            mqtt_port: ctx.mqtt_port,
             gateway,
             writer,
             alerts,
         }
     }
 
-    /// Stops the services, then deletes the topics.
+    /// Stops the services, then deletes the topics and ends the gateway's
+    /// MQTT session.
     async fn stop(self) {
         let Self {
             kafka,
+            root,
+            mqtt_port,
             gateway,
             writer,
             alerts,
-            ..
         } = self;
         drop((gateway, writer, alerts));
         crate::drop_topics(&kafka).await;
+        end_session(mqtt_port, &format!("{root}-gw")).await;
     }
+}
+
+/// Ends a stopped gateway's durable session, as the phase's topics are
+/// deleted: the broker keeps a session and what is queued in it after its
+/// client is gone (Mosquitto rewrites all of it to disk every
+/// `autosave_interval`), and the sessions of earlier phases would weigh on
+/// the later ones. A clean-session connect with the same client id
+/// discards it.
+async fn end_session(port: u16, client_id: &str) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    let (user, password) = crate::procs::account("gateway");
+    opts.set_credentials(user, password);
+    opts.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(connected, Ok(true)),
+        "ending the MQTT session of {client_id} failed"
+    );
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
 }
 
 /// Every `ONLINE_EVERY`th device is heard from now through
