@@ -452,14 +452,20 @@ async fn readings_newer_than_the_latest_row_still_count_as_latest() {
             .write_batch(&[row(a, "temperature", second, "4")])
             .await
             .unwrap();
-        let stored: DateTime<Utc> = env
-            .db
-            .query_one("SELECT time FROM sensor_latest WHERE device_id = $1", &[&a])
-            .await
-            .unwrap()
-            .get(0);
+        // The time of a device's row, in µs (the database keeps no finer).
+        async fn stored(db: &tokio_postgres::Client, device: Uuid) -> i64 {
+            let t: DateTime<Utc> = db
+                .query_one(
+                    "SELECT time FROM sensor_latest WHERE device_id = $1",
+                    &[&device],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            t.timestamp_micros()
+        }
         assert_eq!(
-            stored.timestamp_micros(),
+            stored(&env.db, a).await,
             first.timestamp_micros(),
             "{backend}"
         );
@@ -497,14 +503,8 @@ async fn readings_newer_than_the_latest_row_still_count_as_latest() {
             .write_batch(&[row(a, "temperature", first + REFRESH, "5")])
             .await
             .unwrap();
-        let stored: DateTime<Utc> = env
-            .db
-            .query_one("SELECT time FROM sensor_latest WHERE device_id = $1", &[&a])
-            .await
-            .unwrap()
-            .get(0);
         assert_eq!(
-            stored.timestamp_micros(),
+            stored(&env.db, a).await,
             (first + REFRESH).timestamp_micros(),
             "{backend}"
         );
