@@ -359,6 +359,12 @@ pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// Readings mqtt-gateway accepted so far (`iot_gateway_readings_accepted_total`).
+pub async fn gateway_accepted(gateway: &Service) -> u64 {
+    let text = admin_metrics(gateway.admin_port).await;
+    metric_sum(&text, "iot_gateway_readings_accepted_total", "") as u64
+}
+
 /// The upgrade request of a GraphQL WebSocket (graphql-transport-ws) to
 /// the gateway on `port`.
 pub fn graphql_ws_request(port: u16) -> tokio_tungstenite::tungstenite::handshake::client::Request {

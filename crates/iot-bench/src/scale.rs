@@ -545,6 +545,7 @@ async fn active_fleet(
             ("alert-engine", &platform.alerts),
         ]);
         let busy = crate::ActiveStatements::start(&ctx.admin_db, DB).await;
+        let accepted_before = crate::procs::gateway_accepted(&platform.gateway).await;
         let s = iotctl::simulate::simulate(args).await.unwrap();
         let start = Instant::now() - s.elapsed;
         // The platform answers for what the broker acknowledged: a publish
@@ -572,6 +573,12 @@ async fn active_fleet(
             );
             lost.set(lost.get() + acked - stored);
         }
+        // A reading the gateway took more than once (a copy the broker
+        // sent again) costs the whole path again.
+        println!(
+            "  {label}: the gateway accepted {} readings for {stored} stored",
+            crate::procs::gateway_accepted(&platform.gateway).await - accepted_before,
+        );
         cpu.print_per_reading(label, done - start, stored);
         busy.print(label, 6);
         peak_rss_kib.set(peak_rss_kib.get().max(platform.gateway.peak_rss_kib()));
