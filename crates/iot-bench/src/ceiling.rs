@@ -14,8 +14,8 @@ use crate::{procs, unique};
 
 /// Messages per second the subscriber received while `args` (the
 /// simulator, whose topics the subscriber takes as `{topic_prefix}/#`)
-/// published.
-pub async fn measure(mqtt_port: u16, args: iotctl::simulate::Args) -> f64 {
+/// published, and the CPU each message cost in each process.
+pub async fn measure(mqtt_port: u16, args: iotctl::simulate::Args) -> (f64, crate::PerReading) {
     let mut opts = MqttOptions::new(format!("ceiling-{}", unique()), "127.0.0.1", mqtt_port);
     let (user, password) = procs::account("gateway");
     opts.set_credentials(user, password)
@@ -68,12 +68,12 @@ pub async fn measure(mqtt_port: u16, args: iotctl::simulate::Args) -> f64 {
         s.acked
     );
     let took = *last.lock().unwrap() - start;
-    cpu.print_per_reading("broker ceiling", took, got);
+    let per_reading = cpu.print_per_reading("broker ceiling", took, got);
     events.abort();
     let _ = client.disconnect().await;
     println!(
         "  broker ceiling: {got} QoS 1 messages to a plain subscriber in {:.1} s",
         took.as_secs_f64()
     );
-    got as f64 / took.as_secs_f64()
+    (got as f64 / took.as_secs_f64(), per_reading)
 }

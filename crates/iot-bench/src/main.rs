@@ -576,15 +576,19 @@ impl<'a> CpuShares<'a> {
 
     /// [`Self::print`], then the CPU each reading of `readings` cost and the
     /// rate that cost allows on this machine's cores with nothing idle: a
-    /// phase near that bound is limited by CPU, not by waiting.
-    fn print_per_reading(&self, phase: &str, took: Duration, readings: u64) {
+    /// phase near that bound is limited by CPU, not by waiting. Answers the
+    /// µs per reading by process.
+    fn print_per_reading(&self, phase: &str, took: Duration, readings: u64) -> PerReading {
         self.print(phase, took);
-        let used = self.used();
-        let per = |t: f64| 1e6 * t / readings.max(1) as f64;
-        let total: f64 = used.iter().map(|(_, t)| per(*t)).sum();
-        let parts: Vec<String> = used
+        let per_reading: PerReading = self
+            .used()
             .iter()
-            .map(|(n, t)| format!("{n} {:.1}", per(*t)))
+            .map(|(n, t)| (*n, 1e6 * t / readings.max(1) as f64))
+            .collect();
+        let total: f64 = per_reading.iter().map(|(_, us)| us).sum();
+        let parts: Vec<String> = per_reading
+            .iter()
+            .map(|(n, us)| format!("{n} {us:.1}"))
             .collect();
         let cores = cores();
         println!(
@@ -592,8 +596,13 @@ impl<'a> CpuShares<'a> {
             parts.join(" + "),
             cores * 1e6 / total
         );
+        per_reading
     }
 }
+
+/// CPU µs per reading by process (`bench` is this program: the simulator,
+/// and the ceiling's subscriber).
+type PerReading = Vec<(&'static str, f64)>;
 
 type Samples = std::sync::Arc<std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>>;
 
@@ -661,6 +670,8 @@ struct E2e {
     /// second from the same simulator to a plain subscriber.
     ceiling: Option<f64>,
     rss: Vec<(&'static str, u64)>,
+    /// What each reading cost each process, by phase.
+    cpu: Vec<(&'static str, PerReading)>,
 }
 
 /// The end-to-end phases on `links` (the stack's plain links, or TLS on
@@ -726,6 +737,11 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
     } else {
         None
     };
+    let mut cpu_by_phase = Vec::new();
+    let ceiling = ceiling.map(|(rate, per_reading)| {
+        cpu_by_phase.push(("broker ceiling", per_reading));
+        rate
+    });
     let services = [
         ("mqtt-gateway", &gateway),
         ("ingest-writer", &writer),
@@ -741,7 +757,10 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
     let done = wait_rows(&client, s.readings as i64, Duration::from_secs(900)).await;
     publish_vs_store("single-reading phase", &s, done - start);
     copies("single-reading phase", &gateway, accepted, s.readings).await;
-    cpu.print_per_reading("single-reading phase", done - start, s.readings);
+    cpu_by_phase.push((
+        "1 reading per message",
+        cpu.print_per_reading("single-reading phase", done - start, s.readings),
+    ));
     batches.print("single-reading phase", done - start).await;
     let single = s.readings as f64 / (done - start).as_secs_f64();
 
@@ -761,7 +780,10 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
     .await;
     publish_vs_store("50-reading phase", &s, done - start);
     copies("50-reading phase", &gateway, accepted, s.readings).await;
-    cpu.print_per_reading("50-reading phase", done - start, s.readings);
+    cpu_by_phase.push((
+        "50 readings per message",
+        cpu.print_per_reading("50-reading phase", done - start, s.readings),
+    ));
     batches.print("50-reading phase", done - start).await;
     let batch = s.readings as f64 / (done - start).as_secs_f64();
 
@@ -819,6 +841,7 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
         latency,
         ceiling,
         rss,
+        cpu: cpu_by_phase,
     }
 }
 
@@ -1204,6 +1227,44 @@ impl IngestRun {
     }
 }
 
+/// The CPU each reading cost each process, by phase and backend: what
+/// limits each figure, and the per-process costs `docs/capacity.md` sizes
+/// replicas from.
+fn cpu_table(runs: &[IngestRun]) -> String {
+    const COLUMNS: [(&str, &str); 7] = [
+        ("mqtt-gateway", "gateway"),
+        ("ingest-writer", "writer"),
+        ("device-registry", "registry"),
+        ("bench", "simulator (and the ceiling's subscriber)"),
+        ("postgres", "PostgreSQL"),
+        ("tansu", "Tansu"),
+        ("mosquitto", "Mosquitto"),
+    ];
+    let mut table = format!(
+        "CPU µs per reading, by process (all of its threads or processes; \
+         one reading per message is one message):\n\n| phase | backend | {} | all |\n|---|---|{}---|\n",
+        COLUMNS.map(|(_, title)| title).join(" | "),
+        "---:|".repeat(COLUMNS.len())
+    );
+    for r in runs {
+        for (phase, per_reading) in &r.e.cpu {
+            let cell = |process: &str| {
+                per_reading
+                    .iter()
+                    .find(|(n, _)| *n == process)
+                    .map_or(String::new(), |(_, us)| format!("{us:.1}"))
+            };
+            let all: f64 = per_reading.iter().map(|(_, us)| us).sum();
+            table += &format!(
+                "| {phase} | {} | {} | {all:.1} |\n",
+                r.backend,
+                COLUMNS.map(|(process, _)| cell(process)).join(" | ")
+            );
+        }
+    }
+    table
+}
+
 /// The backends this server runs: plain PostgreSQL always, TimescaleDB
 /// when the extension is installed and preloaded.
 async fn usable_backends(ctx: &Ctx) -> Vec<iot_db::Backend> {
@@ -1364,6 +1425,7 @@ async fn ingest(ctx: &Ctx) {
             met(t.tls.1 / t.plain.1 >= 0.85),
             t.rounds,
         );
+        let section = format!("{section}\n{}", cpu_table(&runs));
         replace_report_section(&path, "## Ingest", &section);
     }
 }

@@ -427,8 +427,9 @@ pub async fn run(ctx: &Ctx) {
     );
     if let Ok(path) = std::env::var("IOT_BENCH_REPORT") {
         let met = |ok: bool| if ok { "**met**" } else { "**not met**" };
+        let backend = iot_db::storage_backend(&db).await.unwrap().unwrap();
         let section = format!(
-            "{}\n\nThe same registry; mqtt-gateway, ingest-writer, alert-engine and \
+            "{}\n\nBackend {backend}. The same registry; mqtt-gateway, ingest-writer, alert-engine and \
              device-registry (release builds, shipped defaults) on one box, each fleet size \
              with a gateway, writer and alert-engine of its own on topics of its own, deleted \
              before the next size starts (the local broker's cost per record grows with the \
