@@ -1103,10 +1103,9 @@ async fn run() -> anyhow::Result<()> {
         ),
         brokers: env("IOT_BENCH_KAFKA", "127.0.0.1:19092"),
         mqtt_port: env("IOT_BENCH_MQTT_PORT", "11883").parse()?,
-        // The ingest phases are throughput: at 200,000 rows they last two
-        // seconds or so, and the last reading's way from publish to row (a
-        // writer batch and a commit) would be a third of the single-reading
-        // phase.
+        // The ingest phases measure throughput: they last long enough for
+        // the last reading's way from publish to row (a writer batch and a
+        // commit) to be a small part of them.
         rows: env(
             "IOT_BENCH_ROWS",
             if what == "ingest" {
