@@ -737,11 +737,11 @@ async fn end_to_end(ctx: &Ctx, links: &links::Links, latency: bool) -> E2e {
     } else {
         None
     };
-    let mut cpu_by_phase = Vec::new();
-    let ceiling = ceiling.map(|(rate, per_reading)| {
-        cpu_by_phase.push(("broker ceiling", per_reading));
-        rate
-    });
+    let (ceiling, ceiling_cpu) = ceiling.unzip();
+    let mut cpu_by_phase: Vec<_> = ceiling_cpu
+        .map(|c| ("broker ceiling", c))
+        .into_iter()
+        .collect();
     let services = [
         ("mqtt-gateway", &gateway),
         ("ingest-writer", &writer),

@@ -574,12 +574,7 @@ async fn active_fleet(
             );
             lost.set(lost.get() + acked - stored);
         }
-        // A reading the gateway took more than once (a copy the broker
-        // sent again) costs the whole path again.
-        println!(
-            "  {label}: the gateway accepted {} readings for {stored} stored",
-            crate::procs::gateway_accepted(&platform.gateway).await - accepted_before,
-        );
+        crate::copies(label, &platform.gateway, accepted_before, s.readings).await;
         cpu.print_per_reading(label, done - start, stored);
         busy.print(label, 6);
         peak_rss_kib.set(peak_rss_kib.get().max(platform.gateway.peak_rss_kib()));
